@@ -1,0 +1,13 @@
+//! # ovsb — Open Validator Service Broker
+//!
+//! A broker for the Open Service Broker API that provisions Ethereum RPC-node and validator
+//! instances, and a JSON-RPC gateway that runs every call to an instance's endpoint through a
+//! chain of WebAssembly plugins.
+//!
+//! ## Layout
+//! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm
+//!   instance pools, limits, host functions, chain execution.
+//!
+//! The broker, store, drivers and gateway arrive with their issues; see the README.
+
+pub mod plugins;

@@ -1,0 +1,312 @@
+//! The key-value store that plugins share per service instance (`kv-*` host functions).
+//!
+//! One [`KvStore`] belongs to one service instance; each plugin sees its own namespace in it.
+//! Everything is bounded: key and value sizes, the number of entries and the bytes held. Expired
+//! entries are dropped when touched and swept when the store is full. The store lives in memory:
+//! it is a cache for counters, buckets and answers, not a database.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+
+/// Bounds of one instance's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvLimits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most entries held at once.
+    pub max_entries: usize,
+    /// Most bytes (keys + values) held at once.
+    pub max_total_bytes: usize,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits { max_key_bytes: 1024, max_value_bytes: 1 << 20, max_entries: 100_000, max_total_bytes: 64 << 20 }
+    }
+}
+
+struct Entry {
+    value: Vec<u8>,
+    expires_at: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+    fn size(key: &str, value: &[u8]) -> usize {
+        key.len() + value.len()
+    }
+}
+
+/// A bounded in-memory key-value store with TTLs and atomic updates.
+pub struct KvStore {
+    shards: Box<[Mutex<HashMap<String, Entry>>]>,
+    hasher: RandomState,
+    limits: KvLimits,
+    entries: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+type Shard = HashMap<String, Entry>;
+
+impl KvStore {
+    /// An empty store with these bounds.
+    pub fn new(limits: KvLimits) -> Self {
+        KvStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            limits,
+            entries: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Number of live or not yet swept entries.
+    pub fn len(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // A poisoned shard only means a panic elsewhere while it was held; the map itself is
+        // always left consistent by the code below, so keep serving it.
+        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), String> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(format!("key is {} bytes, over the limit of {}", key.len(), self.limits.max_key_bytes));
+        }
+        Ok(())
+    }
+
+    /// Reads a live value.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        self.live_entry(&mut shard, key, now).map(|e| e.value.clone())
+    }
+
+    /// Stores a value.
+    pub fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), String> {
+        self.check_key(key)?;
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        self.put(&mut shard, key, value.to_vec(), ttl.map(|ttl| now + ttl), now)
+    }
+
+    /// Adds `delta` to the integer at `key`; `ttl` applies when the key is created.
+    pub fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, String> {
+        self.check_key(key)?;
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        let (current, expires_at) = match self.live_entry(&mut shard, key, now) {
+            Some(entry) => {
+                let n = std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or_else(|| format!("value at `{key}` is not an integer"))?;
+                (n, entry.expires_at)
+            }
+            None => (0, ttl.map(|ttl| now + ttl)),
+        };
+        let next = current.checked_add(delta).ok_or_else(|| format!("integer overflow at `{key}`"))?;
+        self.put(&mut shard, key, next.to_string().into_bytes(), expires_at, now)?;
+        Ok(next)
+    }
+
+    /// Replaces the value at `key` with `new` if the live value equals `expected`.
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, String> {
+        self.check_key(key)?;
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        let current = self.live_entry(&mut shard, key, now).map(|e| e.value.as_slice());
+        if current != expected {
+            return Ok(false);
+        }
+        self.put(&mut shard, key, new.to_vec(), ttl.map(|ttl| now + ttl), now)?;
+        Ok(true)
+    }
+
+    /// Removes a key; returns whether a live entry was there.
+    pub fn delete(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        match self.remove(&mut shard, key) {
+            Some(entry) => entry.live(now),
+            None => false,
+        }
+    }
+
+    fn live_entry<'s>(&self, shard: &'s mut Shard, key: &str, now: Instant) -> Option<&'s Entry> {
+        if shard.get(key).is_some_and(|e| !e.live(now)) {
+            self.remove(shard, key);
+        }
+        shard.get(key)
+    }
+
+    fn remove(&self, shard: &mut Shard, key: &str) -> Option<Entry> {
+        let entry = shard.remove(key)?;
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(Entry::size(key, &entry.value), Ordering::Relaxed);
+        Some(entry)
+    }
+
+    fn sweep(&self, shard: &mut Shard, now: Instant) {
+        let expired: Vec<String> = shard.iter().filter(|(_, e)| !e.live(now)).map(|(k, _)| k.clone()).collect();
+        for key in expired {
+            self.remove(shard, &key);
+        }
+    }
+
+    /// Inserts or replaces, within the bounds; sweeps this shard's expired entries when full.
+    fn put(
+        &self,
+        shard: &mut Shard,
+        key: &str,
+        value: Vec<u8>,
+        expires_at: Option<Instant>,
+        now: Instant,
+    ) -> Result<(), String> {
+        if value.len() > self.limits.max_value_bytes {
+            return Err(format!("value is {} bytes, over the limit of {}", value.len(), self.limits.max_value_bytes));
+        }
+        let new_size = Entry::size(key, &value);
+        let old = shard.get(key).map(|e| Entry::size(key, &e.value));
+        let fits = |store: &Self| {
+            let entries = store.entries.load(Ordering::Relaxed) + usize::from(old.is_none());
+            let bytes = store.bytes.load(Ordering::Relaxed) - old.unwrap_or(0) + new_size;
+            entries <= store.limits.max_entries && bytes <= store.limits.max_total_bytes
+        };
+        if !fits(self) {
+            // Sweep this shard, then every other shard not busy right now (try_lock: waiting for
+            // another shard while holding this one could deadlock).
+            self.sweep(shard, now);
+            for other in self.shards.iter() {
+                if let Ok(mut other) = other.try_lock() {
+                    self.sweep(&mut other, now);
+                }
+            }
+            if !fits(self) {
+                return Err("the key-value store of this instance is full".to_string());
+            }
+        }
+        match shard.insert(key.to_string(), Entry { value, expires_at }) {
+            Some(previous) => {
+                self.bytes.fetch_sub(Entry::size(key, &previous.value), Ordering::Relaxed);
+            }
+            None => {
+                self.entries.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.bytes.fetch_add(new_size, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> KvStore {
+        KvStore::new(KvLimits { max_key_bytes: 8, max_value_bytes: 16, max_entries: 3, max_total_bytes: 40 })
+    }
+
+    #[test]
+    fn values_expire_after_their_ttl() {
+        let kv = small();
+        kv.set("a", b"1", Some(Duration::from_millis(30))).unwrap();
+        assert_eq!(kv.get("a"), Some(b"1".to_vec()));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(kv.get("a"), None);
+        assert_eq!(kv.len(), 0, "an expired entry is dropped when touched");
+    }
+
+    #[test]
+    fn oversized_keys_and_values_are_refused_and_change_nothing() {
+        let kv = small();
+        assert!(kv.set("much-too-long", b"1", None).unwrap_err().contains("key is 13 bytes"));
+        assert!(kv.set("k", &[0; 17], None).unwrap_err().contains("value is 17 bytes"));
+        assert!(kv.is_empty());
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_keys_after_sweeping_expired_ones() {
+        let kv = small();
+        kv.set("a", b"1", Some(Duration::from_millis(10))).unwrap();
+        kv.set("b", b"1", None).unwrap();
+        kv.set("c", b"1", None).unwrap();
+        kv.set("b", b"2", None).expect("replacing a key never needs room");
+        std::thread::sleep(Duration::from_millis(20));
+        kv.set("d", b"1", None).expect("the expired `a` is swept to make room");
+        assert_eq!(kv.len(), 3);
+        let err = kv.set("e", b"1", None).unwrap_err();
+        assert!(err.contains("full"), "{err}");
+        assert_eq!(kv.get("e"), None);
+    }
+
+    #[test]
+    fn incr_keeps_the_ttl_of_the_entry_it_updates() {
+        let kv = small();
+        assert_eq!(kv.incr("n", 2, Some(Duration::from_millis(30))), Ok(2));
+        assert_eq!(kv.incr("n", 2, Some(Duration::from_secs(60))), Ok(4));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(kv.get("n"), None);
+    }
+
+    #[test]
+    fn concurrent_increments_are_all_counted() {
+        let kv = std::sync::Arc::new(KvStore::new(KvLimits::default()));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| drop(kv.incr("n", 1, None))))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(kv.get("n"), Some(b"8000".to_vec()));
+    }
+
+    #[test]
+    fn compare_and_swap_is_atomic_under_contention() {
+        let kv = std::sync::Arc::new(KvStore::new(KvLimits::default()));
+        kv.set("v", b"0", None).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    let mut done = 0;
+                    while done < 500 {
+                        let cur = kv.get("v").unwrap();
+                        let n: u64 = std::str::from_utf8(&cur).unwrap().parse().unwrap();
+                        if kv.compare_and_swap("v", Some(&cur), (n + 1).to_string().as_bytes(), None).unwrap() {
+                            done += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(kv.get("v"), Some(b"2000".to_vec()));
+    }
+}

@@ -1,0 +1,320 @@
+//! Warm copies of one plugin with one configuration, for one service instance.
+//!
+//! A call takes a copy out of the pool (instantiating one from the `InstancePre` when none is
+//! idle, up to a cap), runs one export under the copy's memory cap and CPU budget, and puts the
+//! copy back. A copy that failed, or whose memory grew past three quarters of its cap, is
+//! dropped instead, and a fresh one takes its place on demand.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::Store;
+
+use super::bindings::{self, ovsb::plugin::types::{Call, Context, Decision, Outcome, RpcError}};
+use super::errors::{ConfigureError, FailureKind, PluginFailure};
+use super::kv::KvStore;
+use super::state::{BudgetExceeded, CopySettings, MemoryCapExceeded, StoreState, Upstream, ticks_for};
+use super::{LoadedPlugin, RuntimeInner};
+
+/// Whether copies are reused between calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Warm copies are reused (the default; ~µs per call).
+    #[default]
+    Pooled,
+    /// A fresh copy (instantiate + configure) for every call, so no state survives a call;
+    /// tens of µs more per call.
+    PerCall,
+}
+
+/// Limits one plugin runs under. Every field is bounded; see [`PluginLimits::validate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Linear memory cap of one copy, in bytes.
+    pub memory_bytes: u64,
+    /// CPU time one export call may use, in milliseconds (time waiting for `upstream` excluded).
+    pub call_budget_ms: u64,
+    /// Longest string (method, params, result, error text) a plugin may return, in bytes.
+    pub max_output_bytes: usize,
+    /// `upstream` calls one export call may make.
+    pub max_upstream_calls: u32,
+    /// Copies kept warm while idle.
+    pub max_idle: usize,
+    /// Copies running at once; further calls wait up to the call budget, then fail as overloaded.
+    pub max_concurrency: usize,
+    /// Log lines a copy may write per second.
+    pub log_lines_per_second: u32,
+    /// Reuse copies, or start a fresh one per call.
+    pub isolation: Isolation,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory_bytes: 64 << 20,
+            call_budget_ms: 50,
+            max_output_bytes: 4 << 20,
+            max_upstream_calls: 16,
+            max_idle: 16,
+            max_concurrency: 64,
+            log_lines_per_second: 20,
+            isolation: Isolation::Pooled,
+        }
+    }
+}
+
+impl PluginLimits {
+    /// Checks every limit against its allowed range.
+    pub fn validate(&self, max_memory_bytes: u64) -> Result<(), String> {
+        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+        check(
+            (1 << 20..=max_memory_bytes).contains(&self.memory_bytes),
+            &format!("memory_bytes must be between 1 MiB and {max_memory_bytes}"),
+        )?;
+        check((1..=60_000).contains(&self.call_budget_ms), "call_budget_ms must be between 1 and 60000")?;
+        check((1024..=64 << 20).contains(&self.max_output_bytes), "max_output_bytes must be between 1 KiB and 64 MiB")?;
+        check(self.max_upstream_calls <= 1024, "max_upstream_calls must be at most 1024")?;
+        check(self.max_idle <= 1024, "max_idle must be at most 1024")?;
+        check((1..=4096).contains(&self.max_concurrency), "max_concurrency must be between 1 and 4096")?;
+        check(self.log_lines_per_second <= 10_000, "log_lines_per_second must be at most 10000")
+    }
+
+    fn budget(&self) -> Duration {
+        Duration::from_millis(self.call_budget_ms)
+    }
+}
+
+struct PluginCopy {
+    store: Store<StoreState>,
+    exports: bindings::Plugin,
+}
+
+/// Warm copies of one plugin with one configuration, for one service instance.
+pub struct InstancePool {
+    runtime: Arc<RuntimeInner>,
+    plugin: Arc<LoadedPlugin>,
+    config: String,
+    limits: PluginLimits,
+    settings: CopySettings,
+    idle: Mutex<Vec<PluginCopy>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl InstancePool {
+    pub(crate) async fn create(
+        runtime: Arc<RuntimeInner>,
+        plugin: Arc<LoadedPlugin>,
+        config: &str,
+        limits: PluginLimits,
+        instance_id: &str,
+        kv: Arc<KvStore>,
+    ) -> Result<Arc<Self>, ConfigureError> {
+        let settings = CopySettings {
+            plugin: plugin.name.clone(),
+            instance_id: instance_id.into(),
+            kv,
+            memory_cap: limits.memory_bytes,
+            budget: limits.budget(),
+            max_upstream_calls: limits.max_upstream_calls,
+            log_lines_per_second: limits.log_lines_per_second,
+        };
+        let pool = Arc::new(InstancePool {
+            runtime,
+            plugin,
+            config: config.to_string(),
+            limits,
+            settings,
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(limits.max_concurrency),
+        });
+        let first = pool.instantiate().await?;
+        pool.give_back(first);
+        Ok(pool)
+    }
+
+    /// The plugin's name.
+    pub fn plugin_name(&self) -> &str {
+        self.plugin.name()
+    }
+
+    /// The configuration (JSON text) every copy was configured with.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    /// Copies idle in the pool now.
+    pub fn idle_copies(&self) -> usize {
+        self.lock_idle().len()
+    }
+
+    /// Runs the plugin's `on-call`.
+    pub async fn on_call(
+        &self,
+        ctx: &Context,
+        call: &Call,
+        upstream: &Arc<dyn Upstream>,
+    ) -> Result<Decision, PluginFailure> {
+        let _permit = self.permit().await?;
+        let mut copy = self.take().await?;
+        copy.store.data_mut().begin_call(Some(upstream.clone()));
+        self.arm(&mut copy);
+        let result = copy.exports.call_on_call(&mut copy.store, ctx, call).await;
+        copy.store.data_mut().end_call();
+        let decision = self.settle(copy, result)?;
+        let size = match &decision {
+            Decision::Forward(call) => call.method.len() + call.params.as_ref().map_or(0, String::len),
+            Decision::Respond(outcome) => outcome_size(outcome),
+        };
+        self.check_size(size)?;
+        Ok(decision)
+    }
+
+    /// Runs the plugin's `on-result`.
+    pub async fn on_result(
+        &self,
+        ctx: &Context,
+        call: &Call,
+        outcome: &Outcome,
+        upstream: &Arc<dyn Upstream>,
+    ) -> Result<Outcome, PluginFailure> {
+        let _permit = self.permit().await?;
+        let mut copy = self.take().await?;
+        copy.store.data_mut().begin_call(Some(upstream.clone()));
+        self.arm(&mut copy);
+        let result = copy.exports.call_on_result(&mut copy.store, ctx, call, outcome).await;
+        copy.store.data_mut().end_call();
+        let outcome = self.settle(copy, result)?;
+        self.check_size(outcome_size(&outcome))?;
+        Ok(outcome)
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PluginFailure> {
+        if let Ok(permit) = self.permits.try_acquire() {
+            return Ok(permit);
+        }
+        match tokio::time::timeout(self.limits.budget(), self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(self.failure(FailureKind::Overloaded)),
+        }
+    }
+
+    /// An idle copy, or a new one.
+    async fn take(&self) -> Result<PluginCopy, PluginFailure> {
+        if self.limits.isolation == Isolation::Pooled {
+            if let Some(copy) = self.lock_idle().pop() {
+                return Ok(copy);
+            }
+        }
+        self.instantiate().await.map_err(|err| {
+            let detail = match err {
+                ConfigureError::Rejected { message, .. } => format!("configure failed: {message}"),
+                ConfigureError::Failed { reason, .. } => reason,
+            };
+            self.failure(FailureKind::Unavailable(detail))
+        })
+    }
+
+    /// Starts the CPU budget of one export call.
+    fn arm(&self, copy: &mut PluginCopy) {
+        copy.store.set_epoch_deadline(ticks_for(self.settings.budget, self.runtime.epoch_tick));
+    }
+
+    /// Instantiates a copy and runs `configure` on it.
+    async fn instantiate(&self) -> Result<PluginCopy, ConfigureError> {
+        let runtime = &self.runtime;
+        let mut store = Store::new(&runtime.engine, StoreState::new(&self.settings));
+        store.limiter(|state| &mut state.memory);
+        let tick = runtime.epoch_tick;
+        store.epoch_deadline_callback(move |ctx| StoreState::on_epoch_deadline(ctx, tick));
+        store.data_mut().begin_call(None);
+        store.set_epoch_deadline(ticks_for(self.settings.budget, tick));
+        let failed = |e: wasmtime::Error| ConfigureError::Failed {
+            plugin: self.plugin.name.to_string(),
+            reason: PluginFailure { plugin: self.plugin.name.clone(), kind: describe_error(&e, &self.settings) }.to_string(),
+        };
+        let exports = self.plugin.pre.instantiate_async(&mut store).await.map_err(failed)?;
+        runtime.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        match exports.call_configure(&mut store, &self.config).await.map_err(failed)? {
+            Ok(()) => {
+                store.data_mut().end_call();
+                Ok(PluginCopy { store, exports })
+            }
+            Err(message) => Err(ConfigureError::Rejected { plugin: self.plugin.name.to_string(), message }),
+        }
+    }
+
+    /// Returns the copy to the pool after a successful call, or drops it after a failure.
+    fn settle<T>(&self, copy: PluginCopy, result: wasmtime::Result<T>) -> Result<T, PluginFailure> {
+        match result {
+            Ok(value) => {
+                self.give_back(copy);
+                Ok(value)
+            }
+            Err(err) => {
+                self.runtime.stats.recycled.fetch_add(1, Ordering::Relaxed);
+                let kind = describe_error(&err, &self.settings);
+                tracing::warn!(
+                    plugin = %self.plugin.name,
+                    instance = %self.settings.instance_id,
+                    reason = kind.reason(),
+                    "plugin call failed; its copy is replaced: {err:#}"
+                );
+                Err(self.failure(kind))
+            }
+        }
+    }
+
+    fn give_back(&self, copy: PluginCopy) {
+        let high_water = copy.store.data().memory.high_water;
+        let keep = self.limits.isolation == Isolation::Pooled && high_water <= self.limits.memory_bytes / 4 * 3;
+        if !keep {
+            if self.limits.isolation == Isolation::Pooled {
+                self.runtime.stats.recycled.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let mut idle = self.lock_idle();
+        if idle.len() < self.limits.max_idle {
+            idle.push(copy);
+        }
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), PluginFailure> {
+        if size > self.limits.max_output_bytes {
+            return Err(self.failure(FailureKind::Oversize(self.limits.max_output_bytes)));
+        }
+        Ok(())
+    }
+
+    fn failure(&self, kind: FailureKind) -> PluginFailure {
+        PluginFailure { plugin: self.plugin.name.clone(), kind }
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<PluginCopy>> {
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn outcome_size(outcome: &Outcome) -> usize {
+    match outcome {
+        Ok(json) => json.len(),
+        Err(RpcError { message, data, .. }) => message.len() + data.as_ref().map_or(0, String::len),
+    }
+}
+
+/// Classifies a wasmtime error: our own limit errors first, then traps.
+fn describe_error(err: &wasmtime::Error, settings: &CopySettings) -> FailureKind {
+    if err.downcast_ref::<BudgetExceeded>().is_some() {
+        return FailureKind::Timeout(settings.budget);
+    }
+    if err.downcast_ref::<MemoryCapExceeded>().is_some() {
+        return FailureKind::Memory(settings.memory_cap);
+    }
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => FailureKind::Trap(trap.to_string()),
+        None => FailureKind::Trap(format!("{err:#}").lines().next().unwrap_or_default().to_string()),
+    }
+}

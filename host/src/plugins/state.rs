@@ -1,0 +1,307 @@
+//! What each plugin copy's `Store` holds, and the host functions (`ovsb:plugin/host`) it serves.
+//!
+//! A `StoreState` belongs to one copy of one plugin in one service instance's chain; it is never
+//! shared between instances, so a plugin's memory never carries one customer's data to another.
+//! Per-call state (the upstream, the CPU budget bookkeeping) is set by the pool before each call
+//! and cleared after it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::ovsb::plugin::host::Host;
+use super::bindings::ovsb::plugin::types::{Call, Level, Outcome, RpcError};
+use super::kv::KvStore;
+
+/// Longest log line a plugin may write; longer ones are cut.
+const MAX_LOG_LINE: usize = 4096;
+/// JSON-RPC code of an upstream call a plugin may not make (cap reached).
+pub const UPSTREAM_CAP_CODE: i32 = -32005;
+
+/// Where a plugin's `upstream` calls go: the instance's node, through the gateway's client.
+///
+/// Implementations must bound the call by a deadline of their own.
+pub trait Upstream: Send + Sync + 'static {
+    /// Sends one call to the node and returns its outcome; node errors pass through unchanged.
+    fn call<'a>(&'a self, call: &'a Call) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+}
+
+/// The plugin grew its memory past its cap (the error behind the trap).
+#[derive(Debug, thiserror::Error)]
+#[error("memory cap of {cap} bytes exceeded")]
+pub(crate) struct MemoryCapExceeded {
+    pub cap: u64,
+}
+
+/// The plugin ran past its CPU time budget (the error behind the trap).
+#[derive(Debug, thiserror::Error)]
+#[error("time budget of {budget:?} exceeded")]
+pub(crate) struct BudgetExceeded {
+    pub budget: Duration,
+}
+
+/// Caps linear memory and tables; remembers the largest memory the plugin reached.
+pub(crate) struct MemoryCap {
+    cap: u64,
+    pub high_water: u64,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.cap {
+            return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap }));
+        }
+        self.high_water = self.high_water.max(desired as u64);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Token bucket for a plugin copy's log lines.
+struct LogLimiter {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+    dropped: u64,
+}
+
+impl LogLimiter {
+    fn new(per_second: u32) -> Self {
+        LogLimiter { per_second: per_second as f64, tokens: per_second as f64, last: Instant::now(), dropped: 0 }
+    }
+
+    /// Whether a line may be written now.
+    fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second.max(1.0));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+/// Bookkeeping of the call in progress.
+pub(crate) struct CallState {
+    upstream: Option<Arc<dyn Upstream>>,
+    upstream_left: u32,
+    started: Instant,
+    host_wait: Duration,
+}
+
+/// The fixed identity and limits of a plugin copy.
+pub(crate) struct CopySettings {
+    pub plugin: Arc<str>,
+    pub instance_id: Arc<str>,
+    pub kv: Arc<KvStore>,
+    pub memory_cap: u64,
+    pub budget: Duration,
+    pub max_upstream_calls: u32,
+    pub log_lines_per_second: u32,
+}
+
+/// The data of one plugin copy's `Store`.
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub memory: MemoryCap,
+    plugin: Arc<str>,
+    instance_id: Arc<str>,
+    kv: Arc<KvStore>,
+    /// `<plugin name>/`: every key this plugin uses is prefixed with it.
+    kv_prefix: String,
+    log: LogLimiter,
+    budget: Duration,
+    max_upstream_calls: u32,
+    call: CallState,
+}
+
+impl StoreState {
+    pub fn new(settings: &CopySettings) -> Self {
+        StoreState {
+            wasi: locked_down_wasi(),
+            table: ResourceTable::new(),
+            memory: MemoryCap { cap: settings.memory_cap, high_water: 0 },
+            plugin: settings.plugin.clone(),
+            instance_id: settings.instance_id.clone(),
+            kv: settings.kv.clone(),
+            kv_prefix: format!("{}/", settings.plugin),
+            log: LogLimiter::new(settings.log_lines_per_second),
+            budget: settings.budget,
+            max_upstream_calls: settings.max_upstream_calls,
+            call: CallState { upstream: None, upstream_left: 0, started: Instant::now(), host_wait: Duration::ZERO },
+        }
+    }
+
+    /// Starts the bookkeeping of a call (or of `configure`, with no upstream).
+    pub fn begin_call(&mut self, upstream: Option<Arc<dyn Upstream>>) {
+        self.call = CallState {
+            upstream,
+            upstream_left: self.max_upstream_calls,
+            started: Instant::now(),
+            host_wait: Duration::ZERO,
+        };
+    }
+
+    /// Ends the call: the copy keeps no reference to the caller's upstream.
+    pub fn end_call(&mut self) {
+        self.call.upstream = None;
+    }
+
+    /// The epoch-deadline callback: traps once the plugin's own CPU time (wall time of the call
+    /// minus time spent waiting in host calls) passes the budget, else extends the deadline.
+    pub fn on_epoch_deadline(mut ctx: StoreContextMut<'_, Self>, tick: Duration) -> wasmtime::Result<UpdateDeadline> {
+        let state = ctx.data_mut();
+        let spent = state.call.started.elapsed().saturating_sub(state.call.host_wait);
+        if spent >= state.budget {
+            return Err(wasmtime::Error::new(BudgetExceeded { budget: state.budget }));
+        }
+        Ok(UpdateDeadline::Continue(ticks_for(state.budget - spent, tick)))
+    }
+
+    fn key(&self, key: &str) -> String {
+        let mut full = String::with_capacity(self.kv_prefix.len() + key.len());
+        full.push_str(&self.kv_prefix);
+        full.push_str(key);
+        full
+    }
+}
+
+/// Epoch ticks that cover `duration` (at least one).
+pub(crate) fn ticks_for(duration: Duration, tick: Duration) -> u64 {
+    (duration.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64).max(1)
+}
+
+/// WASI with nothing in it: no preopened directories, no environment, no arguments, no
+/// network, empty stdin, discarded stdout/stderr, and clocks frozen at the epoch. Rust's std
+/// for wasm32-wasip2 links against WASI, so the interfaces exist, but they give nothing away.
+fn locked_down_wasi() -> WasiCtx {
+    WasiCtxBuilder::new()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .build()
+}
+
+/// A clock that always reads zero: plugins tell time through `now-ms` only.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl super::bindings::ovsb::plugin::types::Host for StoreState {}
+
+impl Host for StoreState {
+    fn log(&mut self, level: Level, message: String) {
+        if !self.log.admit() {
+            return;
+        }
+        let dropped = std::mem::take(&mut self.log.dropped);
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let (plugin, instance) = (&*self.plugin, &*self.instance_id);
+        match level {
+            Level::Trace => tracing::trace!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
+            Level::Debug => tracing::debug!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
+            Level::Info => tracing::info!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
+            Level::Warn => tracing::warn!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
+            Level::Error => tracing::error!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
+        }
+    }
+
+    async fn upstream(&mut self, call: Call) -> Outcome {
+        let Some(upstream) = self.call.upstream.clone() else {
+            return Err(RpcError {
+                code: UPSTREAM_CAP_CODE,
+                message: "upstream calls are not available during configure".to_string(),
+                data: None,
+            });
+        };
+        if self.call.upstream_left == 0 {
+            return Err(RpcError {
+                code: UPSTREAM_CAP_CODE,
+                message: format!("plugin `{}` exceeded its {} upstream calls per call", self.plugin, self.max_upstream_calls),
+                data: None,
+            });
+        }
+        self.call.upstream_left -= 1;
+        let waited = Instant::now();
+        let outcome = upstream.call(&call).await;
+        self.call.host_wait += waited.elapsed();
+        outcome
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.kv.get(&self.key(&key))
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
+        self.kv.set(&self.key(&key), &value, ttl_ms.map(Duration::from_millis))
+    }
+
+    fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
+        self.kv.incr(&self.key(&key), delta, ttl_ms.map(Duration::from_millis))
+    }
+
+    fn kv_compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, String> {
+        self.kv.compare_and_swap(&self.key(&key), expected.as_deref(), &new, ttl_ms.map(Duration::from_millis))
+    }
+
+    fn kv_delete(&mut self, key: String) -> bool {
+        self.kv.delete(&self.key(&key))
+    }
+}

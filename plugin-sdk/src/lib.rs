@@ -1,0 +1,180 @@
+//! # ovsb-plugin-sdk
+//!
+//! Write plugins for [ovsb](https://example.invalid/ovsb)'s JSON-RPC endpoints in Rust. A plugin
+//! sees every call to an instance's endpoint and may pass it on (possibly rewritten), answer it
+//! itself, or post-process the node's answer. The contract is the WIT package `ovsb:plugin` in
+//! the repository's `wit/` folder; this crate wraps it in plain Rust.
+//!
+//! ```
+//! use ovsb_plugin_sdk::{Call, Config, Context, Decision, Plugin, RpcError};
+//!
+//! /// Refuses `eth_sendTransaction`: the node's accounts are not for dApps.
+//! struct NoServerSigning;
+//!
+//! impl Plugin for NoServerSigning {
+//!     fn configure(_config: Config) -> Result<Self, String> {
+//!         Ok(NoServerSigning)
+//!     }
+//!
+//!     fn on_call(&mut self, _ctx: &Context, call: Call) -> Decision {
+//!         if call.method == "eth_sendTransaction" {
+//!             return Decision::Respond(Err(RpcError::new(
+//!                 ovsb_plugin_sdk::codes::METHOD_NOT_FOUND,
+//!                 "eth_sendTransaction is disabled on this endpoint",
+//!             )));
+//!         }
+//!         Decision::Forward(call)
+//!     }
+//! }
+//!
+//! ovsb_plugin_sdk::export_plugin!(NoServerSigning);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`); the
+//! resulting `.wasm` file is a component that ovsb loads. Test it natively with plain
+//! `cargo test`: on targets other than wasm (where the `testing` module exists) the host functions ([`upstream`], [`kv`], [`log`],
+//! [`now_ms`]) are served by the [`testing::MockHost`] of the current thread.
+//!
+//! ## Layout
+//! - the crate root: the [`Plugin`] trait, the contract's types with helpers, [`export_plugin!`];
+//! - [`kv`], [`log`], [`upstream`], [`now_ms`]: the host functions, the only capabilities a
+//!   plugin has;
+//! - [`testing`]: the mock host and a harness that runs a plugin the way ovsb does;
+//! - `bindings`: generated from the WIT file (not for direct use).
+
+// The generated bindings and the export macro name this crate by its absolute path.
+extern crate self as ovsb_plugin_sdk;
+
+#[doc(hidden)]
+pub mod bindings;
+mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+mod types;
+
+pub use host::{kv, log, now_ms, upstream};
+pub use types::{Config, codes, ok, ok_raw};
+
+/// One JSON-RPC call: `method` and the JSON text of `params` (see [`Call::params_as`]).
+pub use bindings::ovsb::plugin::types::Call;
+/// Who is calling: instance, binding, plan and a request id unique to the call.
+pub use bindings::ovsb::plugin::types::Context;
+/// What [`Plugin::on_call`] decided: forward the call or respond to it.
+pub use bindings::ovsb::plugin::types::Decision;
+/// Severity of a log line.
+pub use bindings::ovsb::plugin::types::Level;
+/// The answer to a call: `Ok` holds the JSON text of `result`, `Err` a JSON-RPC error.
+pub use bindings::ovsb::plugin::types::Outcome;
+/// A JSON-RPC error object.
+pub use bindings::ovsb::plugin::types::RpcError;
+
+/// A plugin. Every method but [`configure`](Plugin::configure) has a pass-through default.
+///
+/// ovsb runs several copies of a plugin side by side (each in its own sandbox) and reuses a copy
+/// for many calls, so `self` may carry state between calls of that one copy; state that every
+/// copy must see goes in the [`kv`] store.
+pub trait Plugin: Sized + 'static {
+    /// Builds the plugin from its configuration in the instance's chain. Runs for every new copy
+    /// of the plugin, first when the operator provisions an instance with it: an `Err` there is
+    /// shown to the operator as a 400, so say what is wrong and how to fix it.
+    /// [`Config::parse`] turns serde's errors into such messages.
+    fn configure(config: Config) -> Result<Self, String>;
+
+    /// Sees a call on its way to the node, in chain order. Return [`Decision::Forward`] with the
+    /// call (rewritten or not) to pass it on, or [`Decision::Respond`] to answer it yourself: the
+    /// rest of the chain and the node are then skipped, and so is this plugin's `on_result`.
+    fn on_call(&mut self, ctx: &Context, call: Call) -> Decision {
+        let _ = ctx;
+        Decision::Forward(call)
+    }
+
+    /// Sees the outcome of a call this plugin forwarded (`call` is the call as it forwarded it),
+    /// in reverse chain order. Return it unchanged to pass it through.
+    fn on_result(&mut self, ctx: &Context, call: &Call, outcome: Outcome) -> Outcome {
+        let _ = (ctx, call);
+        outcome
+    }
+}
+
+/// Exports a [`Plugin`] type as the component's implementation of the `ovsb:plugin/plugin`
+/// world. Use it once, at the root of a `cdylib` crate.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        pub struct __OvsbPluginExport;
+
+        impl $crate::bindings::Guest for __OvsbPluginExport {
+            fn configure(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::__private::configure::<$plugin>(config)
+            }
+            fn on_call(ctx: $crate::Context, call: $crate::Call) -> $crate::Decision {
+                $crate::__private::on_call::<$plugin>(ctx, call)
+            }
+            fn on_result(ctx: $crate::Context, call: $crate::Call, outcome: $crate::Outcome) -> $crate::Outcome {
+                $crate::__private::on_result::<$plugin>(ctx, call, outcome)
+            }
+        }
+
+        $crate::bindings::__ovsb_export_world!(__OvsbPluginExport with_types_in $crate::bindings);
+    };
+}
+
+/// Glue used by [`export_plugin!`]; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    pub use wit_bindgen;
+
+    use crate::{Call, Config, Context, Decision, Outcome, Plugin, RpcError, codes};
+
+    thread_local! {
+        /// The configured plugin of this component instance (wasm is single-threaded).
+        static PLUGIN: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    pub fn configure<P: Plugin>(config: String) -> Result<(), String> {
+        install_panic_hook();
+        let plugin = P::configure(Config::new(config))?;
+        PLUGIN.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
+        Ok(())
+    }
+
+    pub fn on_call<P: Plugin>(ctx: Context, call: Call) -> Decision {
+        with_plugin::<P, _>(|plugin| plugin.on_call(&ctx, call))
+            .unwrap_or_else(|err| Decision::Respond(Err(err)))
+    }
+
+    pub fn on_result<P: Plugin>(ctx: Context, call: Call, outcome: Outcome) -> Outcome {
+        with_plugin::<P, _>(|plugin| plugin.on_result(&ctx, &call, outcome)).unwrap_or_else(Err)
+    }
+
+    fn with_plugin<P: Plugin, R>(f: impl FnOnce(&mut P) -> R) -> Result<R, RpcError> {
+        PLUGIN.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            match slot.as_mut().and_then(|any| any.downcast_mut::<P>()) {
+                Some(plugin) => Ok(f(plugin)),
+                None => Err(RpcError::new(
+                    codes::INTERNAL_ERROR,
+                    "plugin called before `configure` succeeded",
+                )),
+            }
+        })
+    }
+
+    /// Sends panic messages to the host's log: a plugin has no stderr.
+    fn install_panic_hook() {
+        #[cfg(target_arch = "wasm32")]
+        {
+            use std::sync::Once;
+            static HOOK: Once = Once::new();
+            HOOK.call_once(|| {
+                std::panic::set_hook(Box::new(|info| {
+                    crate::log::error(&format!("plugin panicked: {info}"));
+                }));
+            });
+        }
+    }
+}

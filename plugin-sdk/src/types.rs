@@ -1,0 +1,117 @@
+//! Helpers on the contract's types: typed params, outcome and error constructors, the config.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Call, Decision, Outcome, RpcError};
+
+/// JSON-RPC error codes used by ovsb and its first-party plugins.
+pub mod codes {
+    /// The JSON sent is not valid JSON.
+    pub const PARSE_ERROR: i32 = -32700;
+    /// The JSON sent is not a valid request object.
+    pub const INVALID_REQUEST: i32 = -32600;
+    /// The method does not exist or is not available on this endpoint.
+    pub const METHOD_NOT_FOUND: i32 = -32601;
+    /// Invalid method parameters.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// Internal JSON-RPC error; ovsb also uses it when a plugin fails (trap, limit).
+    pub const INTERNAL_ERROR: i32 = -32603;
+    /// A limit was exceeded (rate limit, quota); `data` may say when to retry.
+    pub const LIMIT_EXCEEDED: i32 = -32005;
+}
+
+impl Call {
+    /// A call with `params` given as JSON text.
+    pub fn new(method: impl Into<String>, params: Option<String>) -> Self {
+        Call { method: method.into(), params }
+    }
+
+    /// A call whose `params` are `params` serialized to JSON.
+    pub fn with_params(method: impl Into<String>, params: &impl Serialize) -> Self {
+        Call { method: method.into(), params: Some(to_json(params)) }
+    }
+
+    /// Parses `params` into `T`. A call without params parses as JSON `null` (so `Option<T>` and
+    /// `()` accept it). The error is a ready JSON-RPC "invalid params" error naming the problem.
+    pub fn params_as<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
+        let text = self.params.as_deref().unwrap_or("null");
+        serde_json::from_str(text).map_err(|err| {
+            RpcError::new(
+                crate::codes::INVALID_PARAMS,
+                format!("invalid params for {}: {err}", self.method),
+            )
+        })
+    }
+
+    /// Replaces `params` with `params` serialized to JSON.
+    pub fn set_params(&mut self, params: &impl Serialize) {
+        self.params = Some(to_json(params));
+    }
+}
+
+impl RpcError {
+    /// An error without `data`.
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        RpcError { code, message: message.into(), data: None }
+    }
+
+    /// Sets `data` to `data` serialized to JSON.
+    pub fn with_data(mut self, data: &impl Serialize) -> Self {
+        self.data = Some(to_json(data));
+        self
+    }
+}
+
+impl Decision {
+    /// Answer the call with `result` serialized to JSON.
+    pub fn respond_ok(result: &impl Serialize) -> Self {
+        Decision::Respond(ok(result))
+    }
+
+    /// Answer the call with an error.
+    pub fn respond_err(error: RpcError) -> Self {
+        Decision::Respond(Err(error))
+    }
+}
+
+/// A successful outcome whose `result` is `value` serialized to JSON.
+pub fn ok(value: &impl Serialize) -> Outcome {
+    Ok(to_json(value))
+}
+
+/// A successful outcome from the JSON text of `result`, as is.
+pub fn ok_raw(json: impl Into<String>) -> Outcome {
+    Ok(json.into())
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    // Serializing plain data to a String only fails for maps with non-string keys or a failing
+    // `Serialize` impl; both are programming errors, reported like any other plugin failure.
+    serde_json::to_string(value).unwrap_or_else(|err| panic!("value does not serialize to JSON: {err}"))
+}
+
+/// A plugin's configuration: the JSON text of the `config` member of its chain entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    json: String,
+}
+
+impl Config {
+    /// Wraps the JSON text of a configuration.
+    pub fn new(json: impl Into<String>) -> Self {
+        Config { json: json.into() }
+    }
+
+    /// The JSON text as the operator gave it (`null` when no config was given).
+    pub fn as_json(&self) -> &str {
+        &self.json
+    }
+
+    /// Parses the configuration into `T`. The error reads well as a 400 at provision time, for
+    /// example ``invalid configuration: unknown field `alow`, expected `allow` or `deny` at
+    /// line 1 column 7``. Use `#[serde(deny_unknown_fields)]` so that typos are caught.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_str(&self.json).map_err(|err| format!("invalid configuration: {err}"))
+    }
+}
