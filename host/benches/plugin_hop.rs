@@ -1,1 +1,92 @@
-fn main() {}
+//! Cost of one plugin hop (`on-call` + `on-result` of one plugin) on an `eth_call`-sized
+//! request, on a warm pool and with a fresh copy per call, against an upstream that answers at
+//! once. Run: `cargo bench -p ovsb --bench plugin_hop`; the hop cost is the difference between
+//! a one-plugin chain and the empty chain.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ovsb::plugins::{
+    Call, Chain, ChainEntry, Context, Isolation, KvLimits, KvStore, Outcome, PluginLimits,
+    PluginRuntime, RuntimeConfig, Upstream,
+};
+
+/// The answer of a `balanceOf` call: 32 bytes of hex.
+const RESULT: &str = "\"0x00000000000000000000000000000000000000000000000000000000000f4240\"";
+const PARAMS: &str = r#"[{"to":"0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48","data":"0x70a08231000000000000000000000000f39fd6e51aad88f6f4ce6ab8827279cfffb92266"},"latest"]"#;
+
+struct Immediate;
+
+impl Upstream for Immediate {
+    fn call<'a>(&'a self, _call: &'a Call) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(async { Ok(RESULT.to_string()) })
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = PluginRuntime::new(RuntimeConfig::default()).unwrap();
+    let plugin = runtime
+        .load_file("test", ovsb_test_artifacts::TEST_PLUGIN.as_ref())
+        .unwrap();
+    let kv = Arc::new(KvStore::new(KvLimits::default()));
+    let chain = |config: &str, isolation: Isolation| {
+        let limits = PluginLimits {
+            isolation,
+            ..PluginLimits::default()
+        };
+        let pool = rt
+            .block_on(runtime.pool(&plugin, config, limits, "bench", kv.clone()))
+            .unwrap();
+        Chain::new(vec![ChainEntry {
+            pool,
+            fail_open: false,
+        }])
+    };
+    let upstream: Arc<dyn Upstream> = Arc::new(Immediate);
+    let ctx = Context {
+        instance_id: "0b9d3bc4-2d5e-4d56-9d7c-6f1f4d1a2b3c".into(),
+        binding_id: Some("5f0c2f63-1c7e-4a8e-9f61-3c1d2e4f5a6b".into()),
+        plan: "devnet".into(),
+        request_id: "01JD8ZQ4M6X2K9V7T3N5R1P0AB".into(),
+    };
+    let call = Call {
+        method: "eth_call".into(),
+        params: Some(PARAMS.into()),
+    };
+
+    let cases = [
+        ("empty chain", Chain::default()),
+        (
+            "1 hop, pass-through, pooled",
+            chain(r#"{"mode":"pass"}"#, Isolation::Pooled),
+        ),
+        (
+            "1 hop, parses and rewrites params, pooled",
+            chain(r#"{"mode":"tracer","tag":"a"}"#, Isolation::Pooled),
+        ),
+        (
+            "1 hop, pass-through, fresh copy per call",
+            chain(r#"{"mode":"pass"}"#, Isolation::PerCall),
+        ),
+    ];
+    let mut group = c.benchmark_group("plugin_hop/eth_call");
+    for (name, chain) in &cases {
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                rt.block_on(chain.run(&ctx, call.clone(), &upstream))
+                    .unwrap()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -5,9 +5,11 @@
 //! chain of WebAssembly plugins.
 //!
 //! ## Layout
+//! - [`cli`]: the `ovsb` command line.
 //! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm
 //!   instance pools, limits, host functions, chain execution.
 //!
 //! The broker, store, drivers and gateway arrive with their issues; see the README.
 
+pub mod cli;
 pub mod plugins;

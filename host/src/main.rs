@@ -1,1 +1,5 @@
-fn main() {}
+//! The `ovsb` binary; everything lives in the library (`ovsb::cli`).
+
+fn main() -> std::process::ExitCode {
+    ovsb::cli::main()
+}

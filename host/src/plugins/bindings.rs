@@ -8,4 +8,5 @@ wasmtime::component::bindgen!({
         "ovsb:plugin/host.upstream": async,
     },
     exports: { default: async },
+    additional_derives: [PartialEq, Eq],
 });

@@ -108,9 +108,13 @@ pub struct PluginFailure {
 fn describe(kind: &FailureKind) -> String {
     match kind {
         FailureKind::Trap(detail) => format!("trapped ({detail})"),
-        FailureKind::Timeout(budget) => format!("exceeded its time budget of {} ms", budget.as_millis()),
+        FailureKind::Timeout(budget) => {
+            format!("exceeded its time budget of {} ms", budget.as_millis())
+        }
         FailureKind::Memory(cap) => format!("exceeded its memory cap of {} MiB", cap >> 20),
-        FailureKind::Oversize(limit) => format!("returned more than the output limit of {limit} bytes"),
+        FailureKind::Oversize(limit) => {
+            format!("returned more than the output limit of {limit} bytes")
+        }
         FailureKind::Overloaded => "all copies busy; try again".to_string(),
         FailureKind::Unavailable(detail) => format!("could not start a copy ({detail})"),
     }
@@ -127,7 +131,11 @@ impl PluginFailure {
             FailureKind::Unavailable(_) => format!("plugin `{}` failed: unavailable", self.plugin),
             _ => self.to_string(),
         };
-        RpcError { code: PLUGIN_FAILURE_CODE, message, data: Some(data.to_string()) }
+        RpcError {
+            code: PLUGIN_FAILURE_CODE,
+            message,
+            data: Some(data.to_string()),
+        }
     }
 }
 

@@ -31,7 +31,9 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use bindings::ovsb::plugin::types::{Call, Context, Decision, Level, Outcome, RpcError};
 pub use chain::{Chain, ChainEntry};
-pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
+pub use errors::{
+    ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError,
+};
 pub use kv::{KvLimits, KvStore};
 pub use pool::{InstancePool, Isolation, PluginLimits};
 pub use state::{UPSTREAM_CAP_CODE, Upstream};
@@ -146,9 +148,12 @@ impl PluginRuntime {
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::<StoreState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| {
+            state
+        })
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let cache = cache::CompileCache::new(&engine, config.cache_dir.as_deref())?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -187,11 +192,24 @@ impl PluginRuntime {
     /// world. CPU-heavy on a cache miss (tens of milliseconds): call it off the async executor.
     pub fn load(&self, name: &str, wasm: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
         let inner = &self.inner;
-        let (digest, component) = inner.cache.get_or_compile(&inner.engine, name, wasm, &inner.stats)?;
-        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld { name: name.to_string(), reason: format!("{e:#}") };
-        let pre = inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let (digest, component) =
+            inner
+                .cache
+                .get_or_compile(&inner.engine, name, wasm, &inner.stats)?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            name: name.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let pre = inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
         let pre = bindings::PluginPre::new(pre).map_err(wrong_world)?;
-        Ok(Arc::new(LoadedPlugin { name: name.into(), digest, pre }))
+        Ok(Arc::new(LoadedPlugin {
+            name: name.into(),
+            digest,
+            pre,
+        }))
     }
 
     /// [`load`](Self::load) from a file.
@@ -215,10 +233,20 @@ impl PluginRuntime {
         instance_id: &str,
         kv: Arc<KvStore>,
     ) -> Result<Arc<InstancePool>, ConfigureError> {
-        limits.validate(self.inner.max_memory_bytes).map_err(|reason| ConfigureError::Failed {
-            plugin: plugin.name.to_string(),
-            reason,
-        })?;
-        InstancePool::create(self.inner.clone(), plugin.clone(), config, limits, instance_id, kv).await
+        limits
+            .validate(self.inner.max_memory_bytes)
+            .map_err(|reason| ConfigureError::Failed {
+                plugin: plugin.name.to_string(),
+                reason,
+            })?;
+        InstancePool::create(
+            self.inner.clone(),
+            plugin.clone(),
+            config,
+            limits,
+            instance_id,
+            kv,
+        )
+        .await
     }
 }

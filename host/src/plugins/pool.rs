@@ -11,10 +11,15 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
-use super::bindings::{self, ovsb::plugin::types::{Call, Context, Decision, Outcome, RpcError}};
+use super::bindings::{
+    self,
+    ovsb::plugin::types::{Call, Context, Decision, Outcome, RpcError},
+};
 use super::errors::{ConfigureError, FailureKind, PluginFailure};
 use super::kv::KvStore;
-use super::state::{BudgetExceeded, CopySettings, MemoryCapExceeded, StoreState, Upstream, ticks_for};
+use super::state::{
+    BudgetExceeded, CopySettings, MemoryCapExceeded, StoreState, Upstream, ticks_for,
+};
 use super::{LoadedPlugin, RuntimeInner};
 
 /// Whether copies are reused between calls.
@@ -74,12 +79,27 @@ impl PluginLimits {
             (1 << 20..=max_memory_bytes).contains(&self.memory_bytes),
             &format!("memory_bytes must be between 1 MiB and {max_memory_bytes}"),
         )?;
-        check((1..=60_000).contains(&self.call_budget_ms), "call_budget_ms must be between 1 and 60000")?;
-        check((1024..=64 << 20).contains(&self.max_output_bytes), "max_output_bytes must be between 1 KiB and 64 MiB")?;
-        check(self.max_upstream_calls <= 1024, "max_upstream_calls must be at most 1024")?;
+        check(
+            (1..=60_000).contains(&self.call_budget_ms),
+            "call_budget_ms must be between 1 and 60000",
+        )?;
+        check(
+            (1024..=64 << 20).contains(&self.max_output_bytes),
+            "max_output_bytes must be between 1 KiB and 64 MiB",
+        )?;
+        check(
+            self.max_upstream_calls <= 1024,
+            "max_upstream_calls must be at most 1024",
+        )?;
         check(self.max_idle <= 1024, "max_idle must be at most 1024")?;
-        check((1..=4096).contains(&self.max_concurrency), "max_concurrency must be between 1 and 4096")?;
-        check(self.log_lines_per_second <= 10_000, "log_lines_per_second must be at most 10000")
+        check(
+            (1..=4096).contains(&self.max_concurrency),
+            "max_concurrency must be between 1 and 4096",
+        )?;
+        check(
+            self.log_lines_per_second <= 10_000,
+            "log_lines_per_second must be at most 10000",
+        )
     }
 
     fn budget(&self) -> Duration {
@@ -165,7 +185,9 @@ impl InstancePool {
         copy.store.data_mut().end_call();
         let decision = self.settle(copy, result)?;
         let size = match &decision {
-            Decision::Forward(call) => call.method.len() + call.params.as_ref().map_or(0, String::len),
+            Decision::Forward(call) => {
+                call.method.len() + call.params.as_ref().map_or(0, String::len)
+            }
             Decision::Respond(outcome) => outcome_size(outcome),
         };
         self.check_size(size)?;
@@ -184,7 +206,10 @@ impl InstancePool {
         let mut copy = self.take().await?;
         copy.store.data_mut().begin_call(Some(upstream.clone()));
         self.arm(&mut copy);
-        let result = copy.exports.call_on_result(&mut copy.store, ctx, call, outcome).await;
+        let result = copy
+            .exports
+            .call_on_result(&mut copy.store, ctx, call, outcome)
+            .await;
         copy.store.data_mut().end_call();
         let outcome = self.settle(copy, result)?;
         self.check_size(outcome_size(&outcome))?;
@@ -203,10 +228,10 @@ impl InstancePool {
 
     /// An idle copy, or a new one.
     async fn take(&self) -> Result<PluginCopy, PluginFailure> {
-        if self.limits.isolation == Isolation::Pooled {
-            if let Some(copy) = self.lock_idle().pop() {
-                return Ok(copy);
-            }
+        if self.limits.isolation == Isolation::Pooled
+            && let Some(copy) = self.lock_idle().pop()
+        {
+            return Ok(copy);
         }
         self.instantiate().await.map_err(|err| {
             let detail = match err {
@@ -219,7 +244,8 @@ impl InstancePool {
 
     /// Starts the CPU budget of one export call.
     fn arm(&self, copy: &mut PluginCopy) {
-        copy.store.set_epoch_deadline(ticks_for(self.settings.budget, self.runtime.epoch_tick));
+        copy.store
+            .set_epoch_deadline(ticks_for(self.settings.budget, self.runtime.epoch_tick));
     }
 
     /// Instantiates a copy and runs `configure` on it.
@@ -233,16 +259,32 @@ impl InstancePool {
         store.set_epoch_deadline(ticks_for(self.settings.budget, tick));
         let failed = |e: wasmtime::Error| ConfigureError::Failed {
             plugin: self.plugin.name.to_string(),
-            reason: PluginFailure { plugin: self.plugin.name.clone(), kind: describe_error(&e, &self.settings) }.to_string(),
+            reason: PluginFailure {
+                plugin: self.plugin.name.clone(),
+                kind: describe_error(&e, &self.settings),
+            }
+            .to_string(),
         };
-        let exports = self.plugin.pre.instantiate_async(&mut store).await.map_err(failed)?;
+        let exports = self
+            .plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(failed)?;
         runtime.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        match exports.call_configure(&mut store, &self.config).await.map_err(failed)? {
+        match exports
+            .call_configure(&mut store, &self.config)
+            .await
+            .map_err(failed)?
+        {
             Ok(()) => {
                 store.data_mut().end_call();
                 Ok(PluginCopy { store, exports })
             }
-            Err(message) => Err(ConfigureError::Rejected { plugin: self.plugin.name.to_string(), message }),
+            Err(message) => Err(ConfigureError::Rejected {
+                plugin: self.plugin.name.to_string(),
+                message,
+            }),
         }
     }
 
@@ -269,7 +311,8 @@ impl InstancePool {
 
     fn give_back(&self, copy: PluginCopy) {
         let high_water = copy.store.data().memory.high_water;
-        let keep = self.limits.isolation == Isolation::Pooled && high_water <= self.limits.memory_bytes / 4 * 3;
+        let keep = self.limits.isolation == Isolation::Pooled
+            && high_water <= self.limits.memory_bytes / 4 * 3;
         if !keep {
             if self.limits.isolation == Isolation::Pooled {
                 self.runtime.stats.recycled.fetch_add(1, Ordering::Relaxed);
@@ -290,11 +333,16 @@ impl InstancePool {
     }
 
     fn failure(&self, kind: FailureKind) -> PluginFailure {
-        PluginFailure { plugin: self.plugin.name.clone(), kind }
+        PluginFailure {
+            plugin: self.plugin.name.clone(),
+            kind,
+        }
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<PluginCopy>> {
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -315,6 +363,12 @@ fn describe_error(err: &wasmtime::Error, settings: &CopySettings) -> FailureKind
     }
     match err.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => FailureKind::Trap(trap.to_string()),
-        None => FailureKind::Trap(format!("{err:#}").lines().next().unwrap_or_default().to_string()),
+        None => FailureKind::Trap(
+            format!("{err:#}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
     }
 }

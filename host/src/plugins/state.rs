@@ -52,7 +52,12 @@ pub(crate) struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired as u64 > self.cap {
             return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap }));
         }
@@ -60,7 +65,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -75,7 +85,12 @@ struct LogLimiter {
 
 impl LogLimiter {
     fn new(per_second: u32) -> Self {
-        LogLimiter { per_second: per_second as f64, tokens: per_second as f64, last: Instant::now(), dropped: 0 }
+        LogLimiter {
+            per_second: per_second as f64,
+            tokens: per_second as f64,
+            last: Instant::now(),
+            dropped: 0,
+        }
     }
 
     /// Whether a line may be written now.
@@ -134,7 +149,10 @@ impl StoreState {
         StoreState {
             wasi: locked_down_wasi(),
             table: ResourceTable::new(),
-            memory: MemoryCap { cap: settings.memory_cap, high_water: 0 },
+            memory: MemoryCap {
+                cap: settings.memory_cap,
+                high_water: 0,
+            },
             plugin: settings.plugin.clone(),
             instance_id: settings.instance_id.clone(),
             kv: settings.kv.clone(),
@@ -142,7 +160,12 @@ impl StoreState {
             log: LogLimiter::new(settings.log_lines_per_second),
             budget: settings.budget,
             max_upstream_calls: settings.max_upstream_calls,
-            call: CallState { upstream: None, upstream_left: 0, started: Instant::now(), host_wait: Duration::ZERO },
+            call: CallState {
+                upstream: None,
+                upstream_left: 0,
+                started: Instant::now(),
+                host_wait: Duration::ZERO,
+            },
         }
     }
 
@@ -163,13 +186,25 @@ impl StoreState {
 
     /// The epoch-deadline callback: traps once the plugin's own CPU time (wall time of the call
     /// minus time spent waiting in host calls) passes the budget, else extends the deadline.
-    pub fn on_epoch_deadline(mut ctx: StoreContextMut<'_, Self>, tick: Duration) -> wasmtime::Result<UpdateDeadline> {
+    pub fn on_epoch_deadline(
+        mut ctx: StoreContextMut<'_, Self>,
+        tick: Duration,
+    ) -> wasmtime::Result<UpdateDeadline> {
         let state = ctx.data_mut();
-        let spent = state.call.started.elapsed().saturating_sub(state.call.host_wait);
+        let spent = state
+            .call
+            .started
+            .elapsed()
+            .saturating_sub(state.call.host_wait);
         if spent >= state.budget {
-            return Err(wasmtime::Error::new(BudgetExceeded { budget: state.budget }));
+            return Err(wasmtime::Error::new(BudgetExceeded {
+                budget: state.budget,
+            }));
         }
-        Ok(UpdateDeadline::Continue(ticks_for(state.budget - spent, tick)))
+        Ok(UpdateDeadline::Continue(ticks_for(
+            state.budget - spent,
+            tick,
+        )))
     }
 
     fn key(&self, key: &str) -> String {
@@ -222,7 +257,10 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -245,11 +283,21 @@ impl Host for StoreState {
         }
         let (plugin, instance) = (&*self.plugin, &*self.instance_id);
         match level {
-            Level::Trace => tracing::trace!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
-            Level::Debug => tracing::debug!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
-            Level::Info => tracing::info!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
-            Level::Warn => tracing::warn!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
-            Level::Error => tracing::error!(target: "ovsb::plugin", plugin, instance, dropped, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "ovsb::plugin", plugin, instance, dropped, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "ovsb::plugin", plugin, instance, dropped, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "ovsb::plugin", plugin, instance, dropped, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "ovsb::plugin", plugin, instance, dropped, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "ovsb::plugin", plugin, instance, dropped, "{message}")
+            }
         }
     }
 
@@ -264,7 +312,10 @@ impl Host for StoreState {
         if self.call.upstream_left == 0 {
             return Err(RpcError {
                 code: UPSTREAM_CAP_CODE,
-                message: format!("plugin `{}` exceeded its {} upstream calls per call", self.plugin, self.max_upstream_calls),
+                message: format!(
+                    "plugin `{}` exceeded its {} upstream calls per call",
+                    self.plugin, self.max_upstream_calls
+                ),
                 data: None,
             });
         }
@@ -276,7 +327,10 @@ impl Host for StoreState {
     }
 
     fn now_ms(&mut self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
     }
 
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
@@ -284,11 +338,13 @@ impl Host for StoreState {
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
-        self.kv.set(&self.key(&key), &value, ttl_ms.map(Duration::from_millis))
+        self.kv
+            .set(&self.key(&key), &value, ttl_ms.map(Duration::from_millis))
     }
 
     fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
-        self.kv.incr(&self.key(&key), delta, ttl_ms.map(Duration::from_millis))
+        self.kv
+            .incr(&self.key(&key), delta, ttl_ms.map(Duration::from_millis))
     }
 
     fn kv_compare_and_swap(
@@ -298,7 +354,12 @@ impl Host for StoreState {
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
-        self.kv.compare_and_swap(&self.key(&key), expected.as_deref(), &new, ttl_ms.map(Duration::from_millis))
+        self.kv.compare_and_swap(
+            &self.key(&key),
+            expected.as_deref(),
+            &new,
+            ttl_ms.map(Duration::from_millis),
+        )
     }
 
     fn kv_delete(&mut self, key: String) -> bool {
