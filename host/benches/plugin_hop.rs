@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ovsb::plugins::{
-    Call, Chain, ChainEntry, Context, Isolation, KvLimits, KvStore, Outcome, PluginLimits,
-    PluginRuntime, RuntimeConfig, Upstream,
+    Call, Chain, ChainEntry, Context, Isolation, KvLimits, KvStore, Outcome, PluginLimits, PluginRuntime,
+    RuntimeConfig, Upstream,
 };
 
 /// The answer of a `balanceOf` call: 32 bytes of hex.
@@ -27,27 +27,14 @@ impl Upstream for Immediate {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let runtime = PluginRuntime::new(RuntimeConfig::default()).unwrap();
-    let plugin = runtime
-        .load_file("test", ovsb_test_artifacts::TEST_PLUGIN.as_ref())
-        .unwrap();
+    let plugin = runtime.load_file("test", ovsb_test_artifacts::TEST_PLUGIN.as_ref()).unwrap();
     let kv = Arc::new(KvStore::new(KvLimits::default()));
     let chain = |config: &str, isolation: Isolation| {
-        let limits = PluginLimits {
-            isolation,
-            ..PluginLimits::default()
-        };
-        let pool = rt
-            .block_on(runtime.pool(&plugin, config, limits, "bench", kv.clone()))
-            .unwrap();
-        Chain::new(vec![ChainEntry {
-            pool,
-            fail_open: false,
-        }])
+        let limits = PluginLimits { isolation, ..PluginLimits::default() };
+        let pool = rt.block_on(runtime.pool(&plugin, config, limits, "bench", kv.clone())).unwrap();
+        Chain::new(vec![ChainEntry { pool, fail_open: false }])
     };
     let upstream: Arc<dyn Upstream> = Arc::new(Immediate);
     let ctx = Context {
@@ -56,33 +43,18 @@ fn bench(c: &mut Criterion) {
         plan: "devnet".into(),
         request_id: "01JD8ZQ4M6X2K9V7T3N5R1P0AB".into(),
     };
-    let call = Call {
-        method: "eth_call".into(),
-        params: Some(PARAMS.into()),
-    };
+    let call = Call { method: "eth_call".into(), params: Some(PARAMS.into()) };
 
     let cases = [
         ("empty chain", Chain::default()),
-        (
-            "1 hop, pass-through, pooled",
-            chain(r#"{"mode":"pass"}"#, Isolation::Pooled),
-        ),
-        (
-            "1 hop, parses and rewrites params, pooled",
-            chain(r#"{"mode":"tracer","tag":"a"}"#, Isolation::Pooled),
-        ),
-        (
-            "1 hop, pass-through, fresh copy per call",
-            chain(r#"{"mode":"pass"}"#, Isolation::PerCall),
-        ),
+        ("1 hop, pass-through, pooled", chain(r#"{"mode":"pass"}"#, Isolation::Pooled)),
+        ("1 hop, parses and rewrites params, pooled", chain(r#"{"mode":"tracer","tag":"a"}"#, Isolation::Pooled)),
+        ("1 hop, pass-through, fresh copy per call", chain(r#"{"mode":"pass"}"#, Isolation::PerCall)),
     ];
     let mut group = c.benchmark_group("plugin_hop/eth_call");
     for (name, chain) in &cases {
         group.bench_function(*name, |b| {
-            b.iter(|| {
-                rt.block_on(chain.run(&ctx, call.clone(), &upstream))
-                    .unwrap()
-            });
+            b.iter(|| rt.block_on(chain.run(&ctx, call.clone(), &upstream)).unwrap());
         });
     }
     group.finish();

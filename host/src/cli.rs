@@ -11,8 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::plugins::{
-    Call, Chain, ChainEntry, Context, KvLimits, KvStore, Outcome, PluginLimits, PluginRuntime,
-    RuntimeConfig, Upstream,
+    Call, Chain, ChainEntry, Context, KvLimits, KvStore, Outcome, PluginLimits, PluginRuntime, RuntimeConfig, Upstream,
 };
 
 /// Open Validator Service Broker.
@@ -64,16 +63,10 @@ enum PluginCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OVSB_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OVSB_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -97,31 +90,16 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Plugin(PluginCommand::Check { file, config }) => {
             let chain = load_chain(&file, &config).await?;
             let pool = &chain.entries()[0].pool;
-            Ok(format!(
-                "ok: plugin `{}` loaded and accepted its configuration",
-                pool.plugin_name()
-            ))
+            Ok(format!("ok: plugin `{}` loaded and accepted its configuration", pool.plugin_name()))
         }
-        Command::Plugin(PluginCommand::Call {
-            file,
-            config,
-            method,
-            params,
-            upstream_result,
-        }) => {
-            serde_json::from_str::<serde_json::Value>(&upstream_result)
-                .context("--upstream-result is not JSON")?;
+        Command::Plugin(PluginCommand::Call { file, config, method, params, upstream_result }) => {
+            serde_json::from_str::<serde_json::Value>(&upstream_result).context("--upstream-result is not JSON")?;
             if let Some(params) = &params {
-                serde_json::from_str::<serde_json::Value>(params)
-                    .context("--params is not JSON")?;
+                serde_json::from_str::<serde_json::Value>(params).context("--params is not JSON")?;
             }
             let chain = load_chain(&file, &config).await?;
-            let ctx = Context {
-                instance_id: "cli".into(),
-                binding_id: None,
-                plan: "cli".into(),
-                request_id: "cli-1".into(),
-            };
+            let ctx =
+                Context { instance_id: "cli".into(), binding_id: None, plan: "cli".into(), request_id: "cli-1".into() };
             let upstream: Arc<dyn Upstream> = Arc::new(Fixed(upstream_result));
             let outcome = chain.run(&ctx, Call { method, params }, &upstream).await;
             Ok(response_json(outcome))
@@ -131,28 +109,19 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
 
 async fn load_chain(file: &std::path::Path, config: &str) -> anyhow::Result<Chain> {
     let runtime = PluginRuntime::new(RuntimeConfig::default())?;
-    let name = file
-        .file_stem()
-        .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+    let name = file.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
     let plugin = {
         let (runtime, file, name) = (runtime.clone(), file.to_path_buf(), name.clone());
         tokio::task::spawn_blocking(move || runtime.load_file(&name, &file)).await??
     };
     let kv = Arc::new(KvStore::new(KvLimits::default()));
-    let pool = runtime
-        .pool(&plugin, config, PluginLimits::default(), "cli", kv)
-        .await?;
-    Ok(Chain::new(vec![ChainEntry {
-        pool,
-        fail_open: false,
-    }]))
+    let pool = runtime.pool(&plugin, config, PluginLimits::default(), "cli", kv).await?;
+    Ok(Chain::new(vec![ChainEntry { pool, fail_open: false }]))
 }
 
 /// A JSON-RPC 2.0 response object for `outcome` (id 1).
 fn response_json(outcome: Outcome) -> String {
-    let raw = |json: &str| {
-        serde_json::from_str::<serde_json::Value>(json).unwrap_or(serde_json::Value::Null)
-    };
+    let raw = |json: &str| serde_json::from_str::<serde_json::Value>(json).unwrap_or(serde_json::Value::Null);
     let body = match outcome {
         Ok(result) => serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": raw(&result)}),
         Err(err) => {

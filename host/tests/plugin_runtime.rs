@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ovsb::plugins::{
-    Call, Chain, ChainEntry, ConfigureError, Context, InstancePool, Isolation, KvLimits, KvStore,
-    LoadError, LoadedPlugin, Outcome, PLUGIN_FAILURE_CODE, PluginLimits, PluginRuntime,
-    RuntimeConfig, UPSTREAM_CAP_CODE, Upstream,
+    Call, Chain, ChainEntry, ConfigureError, Context, InstancePool, Isolation, KvLimits, KvStore, LoadError,
+    LoadedPlugin, Outcome, PLUGIN_FAILURE_CODE, PluginLimits, PluginRuntime, RuntimeConfig, UPSTREAM_CAP_CODE,
+    Upstream,
 };
 use ovsb_test_artifacts::TEST_PLUGIN;
 use serde_json::{Value, json};
@@ -32,10 +32,7 @@ impl Upstream for EchoUpstream {
             if let Some(delay) = self.delay {
                 tokio::time::sleep(delay).await;
             }
-            let params: Value = call
-                .params
-                .as_deref()
-                .map_or(Value::Null, |p| serde_json::from_str(p).unwrap());
+            let params: Value = call.params.as_deref().map_or(Value::Null, |p| serde_json::from_str(p).unwrap());
             Ok(json!({"trail": [], "method": call.method, "params": params}).to_string())
         })
     }
@@ -56,12 +53,7 @@ impl Fixture {
     fn with_upstream(upstream: EchoUpstream) -> Self {
         let runtime = PluginRuntime::new(RuntimeConfig::default()).unwrap();
         let plugin = runtime.load_file("test", TEST_PLUGIN.as_ref()).unwrap();
-        Fixture {
-            runtime,
-            plugin,
-            kv: Arc::new(KvStore::new(KvLimits::default())),
-            upstream: Arc::new(upstream),
-        }
+        Fixture { runtime, plugin, kv: Arc::new(KvStore::new(KvLimits::default())), upstream: Arc::new(upstream) }
     }
 
     async fn pool(&self, config: Value) -> Arc<InstancePool> {
@@ -69,25 +61,13 @@ impl Fixture {
     }
 
     async fn pool_with(&self, config: Value, limits: PluginLimits) -> Arc<InstancePool> {
-        self.runtime
-            .pool(
-                &self.plugin,
-                &config.to_string(),
-                limits,
-                "inst-1",
-                self.kv.clone(),
-            )
-            .await
-            .unwrap()
+        self.runtime.pool(&self.plugin, &config.to_string(), limits, "inst-1", self.kv.clone()).await.unwrap()
     }
 
     async fn chain(&self, configs: &[Value]) -> Chain {
         let mut entries = Vec::new();
         for config in configs {
-            entries.push(ChainEntry {
-                pool: self.pool(config.clone()).await,
-                fail_open: false,
-            });
+            entries.push(ChainEntry { pool: self.pool(config.clone()).await, fail_open: false });
         }
         Chain::new(entries)
     }
@@ -98,14 +78,7 @@ impl Fixture {
 
     async fn run(&self, chain: &Chain, method: &str, params: Option<&str>) -> Outcome {
         chain
-            .run(
-                &context(),
-                Call {
-                    method: method.into(),
-                    params: params.map(str::to_string),
-                },
-                &self.upstream(),
-            )
+            .run(&context(), Call { method: method.into(), params: params.map(str::to_string) }, &self.upstream())
             .await
     }
 }
@@ -139,25 +112,13 @@ fn tracer(tag: &str) -> Value {
 #[tokio::test]
 async fn each_plugin_sees_the_rewrite_of_the_one_before_and_results_come_back_in_reverse() {
     let fx = Fixture::new();
-    let chain = fx
-        .chain(&[
-            json!({"mode": "tracer", "tag": "a", "rename": "eth_renamed"}),
-            tracer("b"),
-            tracer("c"),
-        ])
-        .await;
+    let chain =
+        fx.chain(&[json!({"mode": "tracer", "tag": "a", "rename": "eth_renamed"}), tracer("b"), tracer("c")]).await;
 
     let result = json_of(fx.run(&chain, "eth_chainId", Some("[1]")).await);
 
-    assert_eq!(
-        result["method"], "eth_renamed",
-        "the upstream sees the method a rewrote"
-    );
-    assert_eq!(
-        result["params"],
-        json!([1, "call:a", "call:b", "call:c"]),
-        "b saw a's params, c saw b's"
-    );
+    assert_eq!(result["method"], "eth_renamed", "the upstream sees the method a rewrote");
+    assert_eq!(result["params"], json!([1, "call:a", "call:b", "call:c"]), "b saw a's params, c saw b's");
     assert_eq!(result["trail"], json!(["result:c", "result:b", "result:a"]));
     assert_eq!(fx.upstream.calls.load(Ordering::SeqCst), 1);
 }
@@ -165,25 +126,12 @@ async fn each_plugin_sees_the_rewrite_of_the_one_before_and_results_come_back_in
 #[tokio::test]
 async fn respond_skips_later_plugins_and_the_upstream_and_only_earlier_plugins_see_the_result() {
     let fx = Fixture::new();
-    let chain = fx
-        .chain(&[
-            tracer("a"),
-            json!({"mode": "respond", "tag": "b"}),
-            tracer("c"),
-        ])
-        .await;
+    let chain = fx.chain(&[tracer("a"), json!({"mode": "respond", "tag": "b"}), tracer("c")]).await;
 
     let result = json_of(fx.run(&chain, "eth_chainId", None).await);
 
-    assert_eq!(
-        result,
-        json!({"trail": ["respond:b", "result:a"], "params": ["call:a"]})
-    );
-    assert_eq!(
-        fx.upstream.calls.load(Ordering::SeqCst),
-        0,
-        "the upstream is never called"
-    );
+    assert_eq!(result, json!({"trail": ["respond:b", "result:a"], "params": ["call:a"]}));
+    assert_eq!(fx.upstream.calls.load(Ordering::SeqCst), 0, "the upstream is never called");
 }
 
 #[tokio::test]
@@ -194,67 +142,35 @@ async fn an_empty_chain_goes_straight_to_the_upstream() {
 }
 
 #[tokio::test]
-async fn an_infinite_loop_is_stopped_by_the_cpu_budget_and_the_pool_serves_the_next_call() {
+async fn an_infinite_loop_is_stopped_by_the_time_budget_and_the_pool_serves_the_next_call() {
     let fx = Fixture::new();
-    let limits = PluginLimits {
-        call_budget_ms: 30,
-        ..PluginLimits::default()
-    };
-    let chain = Chain::new(vec![ChainEntry {
-        pool: fx.pool_with(json!({"mode": "hostile"}), limits).await,
-        fail_open: false,
-    }]);
+    let limits = PluginLimits { call_budget_ms: 30, ..PluginLimits::default() };
+    let chain =
+        Chain::new(vec![ChainEntry { pool: fx.pool_with(json!({"mode": "hostile"}), limits).await, fail_open: false }]);
 
     let started = Instant::now();
     let outcome = fx.run(&chain, "test_loop", None).await;
     assert_eq!(failure_reason(&outcome), "timeout");
-    assert!(
-        started.elapsed() >= Duration::from_millis(30),
-        "stopped by the budget, not by something else"
-    );
-    assert!(
-        outcome
-            .unwrap_err()
-            .message
-            .contains("time budget of 30 ms")
-    );
+    assert!(started.elapsed() >= Duration::from_millis(30), "stopped by the budget, not by something else");
+    assert!(outcome.unwrap_err().message.contains("time budget of 30 ms"));
 
-    assert_eq!(
-        json_of(fx.run(&chain, "eth_chainId", None).await)["method"],
-        "eth_chainId"
-    );
-    assert_eq!(
-        fx.runtime.stats().recycled.load(Ordering::SeqCst),
-        1,
-        "the looping copy was thrown away"
-    );
+    assert_eq!(json_of(fx.run(&chain, "eth_chainId", None).await)["method"], "eth_chainId");
+    assert_eq!(fx.runtime.stats().recycled.load(Ordering::SeqCst), 1, "the looping copy was thrown away");
 }
 
 #[tokio::test]
 async fn a_memory_bomb_hits_its_cap_and_the_pool_serves_the_next_call() {
     let fx = Fixture::new();
-    let limits = PluginLimits {
-        memory_bytes: 16 << 20,
-        ..PluginLimits::default()
-    };
-    let chain = Chain::new(vec![ChainEntry {
-        pool: fx.pool_with(json!({"mode": "hostile"}), limits).await,
-        fail_open: false,
-    }]);
+    // A generous budget: this test is about memory, not time.
+    let limits = PluginLimits { memory_bytes: 16 << 20, call_budget_ms: 5_000, ..PluginLimits::default() };
+    let chain =
+        Chain::new(vec![ChainEntry { pool: fx.pool_with(json!({"mode": "hostile"}), limits).await, fail_open: false }]);
 
     let outcome = fx.run(&chain, "test_bomb", None).await;
     assert_eq!(failure_reason(&outcome), "memory");
-    assert!(
-        outcome
-            .unwrap_err()
-            .message
-            .contains("memory cap of 16 MiB")
-    );
+    assert!(outcome.unwrap_err().message.contains("memory cap of 16 MiB"));
 
-    assert_eq!(
-        json_of(fx.run(&chain, "eth_chainId", None).await)["method"],
-        "eth_chainId"
-    );
+    assert_eq!(json_of(fx.run(&chain, "eth_chainId", None).await)["method"], "eth_chainId");
 }
 
 #[tokio::test]
@@ -264,49 +180,28 @@ async fn a_panic_is_a_json_rpc_error_and_the_pool_serves_the_next_call() {
 
     let outcome = fx.run(&chain, "test_panic", None).await;
     assert_eq!(failure_reason(&outcome), "trap");
-    assert_eq!(
-        outcome.unwrap_err().message,
-        "plugin `test` failed: trapped"
-    );
+    assert_eq!(outcome.unwrap_err().message, "plugin `test` failed: trapped");
 
     let outcome = fx.run(&chain, "test_panic_on_result", None).await;
-    assert_eq!(
-        failure_reason(&outcome),
-        "trap",
-        "a panic in on_result fails the call too"
-    );
+    assert_eq!(failure_reason(&outcome), "trap", "a panic in on_result fails the call too");
 
-    assert_eq!(
-        json_of(fx.run(&chain, "eth_chainId", None).await)["method"],
-        "eth_chainId"
-    );
+    assert_eq!(json_of(fx.run(&chain, "eth_chainId", None).await)["method"], "eth_chainId");
 }
 
 #[tokio::test]
 async fn an_oversized_result_is_a_json_rpc_error_and_the_pool_serves_the_next_call() {
     let fx = Fixture::new();
-    let limits = PluginLimits {
-        max_output_bytes: 1 << 20,
-        ..PluginLimits::default()
-    };
-    let chain = Chain::new(vec![ChainEntry {
-        pool: fx.pool_with(json!({"mode": "hostile"}), limits).await,
-        fail_open: false,
-    }]);
+    // A generous budget: this test is about size, not time.
+    let limits = PluginLimits { max_output_bytes: 1 << 20, call_budget_ms: 5_000, ..PluginLimits::default() };
+    let chain =
+        Chain::new(vec![ChainEntry { pool: fx.pool_with(json!({"mode": "hostile"}), limits).await, fail_open: false }]);
 
     let outcome = fx.run(&chain, "test_huge", Some("[8388608]")).await;
     assert_eq!(failure_reason(&outcome), "oversize");
 
     let small = fx.run(&chain, "test_huge", Some("[1000]")).await;
-    assert_eq!(
-        small.unwrap().len(),
-        1002,
-        "under the limit the answer passes"
-    );
-    assert_eq!(
-        json_of(fx.run(&chain, "eth_chainId", None).await)["method"],
-        "eth_chainId"
-    );
+    assert_eq!(small.unwrap().len(), 1002, "under the limit the answer passes");
+    assert_eq!(json_of(fx.run(&chain, "eth_chainId", None).await)["method"], "eth_chainId");
 }
 
 #[tokio::test]
@@ -322,14 +217,8 @@ async fn earlier_plugins_see_a_failure_as_an_error_outcome() {
 async fn a_fail_open_plugin_is_skipped_when_it_fails() {
     let fx = Fixture::new();
     let chain = Chain::new(vec![
-        ChainEntry {
-            pool: fx.pool(json!({"mode": "hostile"})).await,
-            fail_open: true,
-        },
-        ChainEntry {
-            pool: fx.pool(tracer("b")).await,
-            fail_open: false,
-        },
+        ChainEntry { pool: fx.pool(json!({"mode": "hostile"})).await, fail_open: true },
+        ChainEntry { pool: fx.pool(tracer("b")).await, fail_open: false },
     ]);
 
     let result = json_of(fx.run(&chain, "test_panic", None).await);
@@ -342,137 +231,71 @@ async fn a_fail_open_plugin_is_skipped_when_it_fails() {
 #[tokio::test]
 async fn a_rejected_configuration_fails_with_the_plugins_own_message() {
     let fx = Fixture::new();
-    let config =
-        json!({"mode": "reject", "message": "`allow` must list at least one method"}).to_string();
-    let err = fx
-        .runtime
-        .pool(
-            &fx.plugin,
-            &config,
-            PluginLimits::default(),
-            "inst-1",
-            fx.kv.clone(),
-        )
-        .await
-        .err()
-        .unwrap();
+    let config = json!({"mode": "reject", "message": "`allow` must list at least one method"}).to_string();
+    let err =
+        fx.runtime.pool(&fx.plugin, &config, PluginLimits::default(), "inst-1", fx.kv.clone()).await.err().unwrap();
     assert_eq!(
         err,
-        ConfigureError::Rejected {
-            plugin: "test".into(),
-            message: "`allow` must list at least one method".into()
-        }
+        ConfigureError::Rejected { plugin: "test".into(), message: "`allow` must list at least one method".into() }
     );
-    assert_eq!(
-        err.to_string(),
-        "plugin `test` rejected its configuration: `allow` must list at least one method"
-    );
+    assert_eq!(err.to_string(), "plugin `test` rejected its configuration: `allow` must list at least one method");
 }
 
 #[tokio::test]
 async fn configuration_that_is_not_json_is_rejected_by_the_sdk() {
     let fx = Fixture::new();
-    let err = fx
-        .runtime
-        .pool(
-            &fx.plugin,
-            "{not json",
-            PluginLimits::default(),
-            "inst-1",
-            fx.kv.clone(),
-        )
-        .await
-        .err()
-        .unwrap();
-    let ConfigureError::Rejected { message, .. } = err else {
-        panic!("expected a rejection, got {err:?}")
-    };
+    let err =
+        fx.runtime.pool(&fx.plugin, "{not json", PluginLimits::default(), "inst-1", fx.kv.clone()).await.err().unwrap();
+    let ConfigureError::Rejected { message, .. } = err else { panic!("expected a rejection, got {err:?}") };
     assert!(message.starts_with("invalid configuration:"), "{message}");
 }
 
 #[tokio::test]
 async fn out_of_range_limits_are_refused_before_anything_runs() {
     let fx = Fixture::new();
-    let limits = PluginLimits {
-        memory_bytes: 1 << 40,
-        ..PluginLimits::default()
-    };
-    let err = fx
-        .runtime
-        .pool(&fx.plugin, "null", limits, "inst-1", fx.kv.clone())
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        err.to_string().contains("memory_bytes must be between"),
-        "{err}"
-    );
+    let limits = PluginLimits { memory_bytes: 1 << 40, ..PluginLimits::default() };
+    let err = fx.runtime.pool(&fx.plugin, "null", limits, "inst-1", fx.kv.clone()).await.err().unwrap();
+    assert!(err.to_string().contains("memory_bytes must be between"), "{err}");
 }
 
 #[test]
 fn files_that_are_not_plugins_fail_with_an_error_naming_them() {
     let runtime = PluginRuntime::new(RuntimeConfig::default()).unwrap();
 
-    let err = runtime
-        .load("garbage", b"\0asm definitely not wasm")
-        .err()
-        .unwrap();
+    let err = runtime.load("garbage", b"\0asm definitely not wasm").err().unwrap();
     assert!(matches!(err, LoadError::NotAComponent { .. }), "{err:?}");
-    assert!(
-        err.to_string()
-            .starts_with("plugin `garbage` is not a valid WebAssembly component"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("plugin `garbage` is not a valid WebAssembly component"), "{err}");
 
     let core_module = wat::parse_str("(module)").unwrap();
     let err = runtime.load("core", &core_module).err().unwrap();
-    assert!(
-        matches!(err, LoadError::NotAComponent { .. }),
-        "a core module is not a component: {err:?}"
-    );
+    assert!(matches!(err, LoadError::NotAComponent { .. }), "a core module is not a component: {err:?}");
 
     let empty_component = wat::parse_str("(component)").unwrap();
     let err = runtime.load("empty", &empty_component).err().unwrap();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err:?}");
     assert!(
-        err.to_string()
-            .starts_with("plugin `empty` does not implement the world ovsb:plugin/plugin@0.1.0"),
+        err.to_string().starts_with("plugin `empty` does not implement the world ovsb:plugin/plugin@0.1.0"),
         "{err}"
     );
 
-    let err = runtime
-        .load_file("missing", "/nonexistent/plugin.wasm".as_ref())
-        .err()
-        .unwrap();
-    assert!(
-        err.to_string()
-            .contains("cannot read /nonexistent/plugin.wasm"),
-        "{err}"
-    );
+    let err = runtime.load_file("missing", "/nonexistent/plugin.wasm".as_ref()).err().unwrap();
+    assert!(err.to_string().contains("cannot read /nonexistent/plugin.wasm"), "{err}");
 }
 
 #[test]
 fn a_component_importing_something_the_host_lacks_fails_with_a_clear_error() {
     let runtime = PluginRuntime::new(RuntimeConfig::default()).unwrap();
-    let wasm = wat::parse_str(
-        r#"(component (import "evil:net/raw-socket" (instance (export "open" (func)))))"#,
-    )
-    .unwrap();
+    let wasm =
+        wat::parse_str(r#"(component (import "evil:net/raw-socket" (instance (export "open" (func)))))"#).unwrap();
     let err = runtime.load("evil", &wasm).err().unwrap();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("evil:net/raw-socket"),
-        "the error names the import: {err}"
-    );
+    assert!(err.to_string().contains("evil:net/raw-socket"), "the error names the import: {err}");
 }
 
 #[test]
 fn an_unchanged_plugin_is_compiled_once_then_served_from_memory_and_from_disk() {
     let cache = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig {
-        cache_dir: Some(cache.path().to_path_buf()),
-        ..RuntimeConfig::default()
-    };
+    let config = RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeConfig::default() };
     let wasm = std::fs::read(TEST_PLUGIN).unwrap();
 
     let runtime = PluginRuntime::new(config.clone()).unwrap();
@@ -491,10 +314,7 @@ fn an_unchanged_plugin_is_compiled_once_then_served_from_memory_and_from_disk() 
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(cache.path())
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(cache.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "the cache directory is private");
     }
 }
@@ -502,15 +322,9 @@ fn an_unchanged_plugin_is_compiled_once_then_served_from_memory_and_from_disk() 
 #[test]
 fn a_corrupt_cache_file_is_recompiled_not_trusted() {
     let cache = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig {
-        cache_dir: Some(cache.path().to_path_buf()),
-        ..RuntimeConfig::default()
-    };
+    let config = RuntimeConfig { cache_dir: Some(cache.path().to_path_buf()), ..RuntimeConfig::default() };
     let wasm = std::fs::read(TEST_PLUGIN).unwrap();
-    PluginRuntime::new(config.clone())
-        .unwrap()
-        .load("a", &wasm)
-        .unwrap();
+    PluginRuntime::new(config.clone()).unwrap().load("a", &wasm).unwrap();
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         std::fs::write(entry.unwrap().path(), b"corrupted").unwrap();
     }
@@ -527,46 +341,25 @@ async fn copies_are_reused_when_pooled_and_fresh_for_every_call_in_per_call_mode
     for _ in 0..5 {
         fx.run(&pooled, "eth_chainId", None).await.unwrap();
     }
-    assert_eq!(
-        fx.runtime.stats().instantiations.load(Ordering::SeqCst),
-        before,
-        "warm copies were reused"
-    );
+    assert_eq!(fx.runtime.stats().instantiations.load(Ordering::SeqCst), before, "warm copies were reused");
 
-    let limits = PluginLimits {
-        isolation: Isolation::PerCall,
-        ..PluginLimits::default()
-    };
-    let per_call = Chain::new(vec![ChainEntry {
-        pool: fx.pool_with(json!({"mode": "pass"}), limits).await,
-        fail_open: false,
-    }]);
+    let limits = PluginLimits { isolation: Isolation::PerCall, ..PluginLimits::default() };
+    let per_call =
+        Chain::new(vec![ChainEntry { pool: fx.pool_with(json!({"mode": "pass"}), limits).await, fail_open: false }]);
     let before = fx.runtime.stats().instantiations.load(Ordering::SeqCst);
     for _ in 0..5 {
         fx.run(&per_call, "eth_chainId", None).await.unwrap();
     }
     // One copy for on_call and one for on_result, per call.
-    assert_eq!(
-        fx.runtime.stats().instantiations.load(Ordering::SeqCst),
-        before + 10
-    );
+    assert_eq!(fx.runtime.stats().instantiations.load(Ordering::SeqCst), before + 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_beyond_the_concurrency_cap_wait_and_all_succeed() {
-    let fx = Arc::new(Fixture::with_upstream(EchoUpstream {
-        delay: Some(Duration::from_millis(5)),
-        ..Default::default()
-    }));
-    let limits = PluginLimits {
-        max_concurrency: 2,
-        max_idle: 2,
-        ..PluginLimits::default()
-    };
-    let chain = Chain::new(vec![ChainEntry {
-        pool: fx.pool_with(tracer("a"), limits).await,
-        fail_open: false,
-    }]);
+    let fx =
+        Arc::new(Fixture::with_upstream(EchoUpstream { delay: Some(Duration::from_millis(5)), ..Default::default() }));
+    let limits = PluginLimits { max_concurrency: 2, max_idle: 2, ..PluginLimits::default() };
+    let chain = Chain::new(vec![ChainEntry { pool: fx.pool_with(tracer("a"), limits).await, fail_open: false }]);
     let tasks: Vec<_> = (0..40)
         .map(|i| {
             let (fx, chain) = (fx.clone(), chain.clone());
@@ -575,11 +368,7 @@ async fn concurrent_calls_beyond_the_concurrency_cap_wait_and_all_succeed() {
         .collect();
     for (i, task) in tasks.into_iter().enumerate() {
         let result = task.await.unwrap();
-        assert_eq!(
-            result["params"],
-            json!([i, "call:a"]),
-            "each caller gets its own answer"
-        );
+        assert_eq!(result["params"], json!([i, "call:a"]), "each caller gets its own answer");
     }
     assert!(chain.entries()[0].pool.idle_copies() <= 2);
 }
@@ -597,55 +386,29 @@ async fn kv_state_is_shared_by_copies_of_one_instance_and_separate_between_insta
     let other_kv = Arc::new(KvStore::new(KvLimits::default()));
     let other = fx
         .runtime
-        .pool(
-            &fx.plugin,
-            r#"{"mode":"counter"}"#,
-            PluginLimits::default(),
-            "inst-2",
-            other_kv,
-        )
+        .pool(&fx.plugin, r#"{"mode":"counter"}"#, PluginLimits::default(), "inst-2", other_kv)
         .await
         .unwrap();
-    let other = Chain::new(vec![ChainEntry {
-        pool: other,
-        fail_open: false,
-    }]);
+    let other = Chain::new(vec![ChainEntry { pool: other, fail_open: false }]);
     assert_eq!(fx.run(&other, "m", None).await, Ok("1".into()));
 
     // Another plugin (same bytes, another name) in the same instance has its own namespace.
-    let renamed = fx
-        .runtime
-        .load_file("other-plugin", TEST_PLUGIN.as_ref())
-        .unwrap();
+    let renamed = fx.runtime.load_file("other-plugin", TEST_PLUGIN.as_ref()).unwrap();
     let pool = fx
         .runtime
-        .pool(
-            &renamed,
-            r#"{"mode":"counter"}"#,
-            PluginLimits::default(),
-            "inst-1",
-            fx.kv.clone(),
-        )
+        .pool(&renamed, r#"{"mode":"counter"}"#, PluginLimits::default(), "inst-1", fx.kv.clone())
         .await
         .unwrap();
-    let renamed = Chain::new(vec![ChainEntry {
-        pool,
-        fail_open: false,
-    }]);
+    let renamed = Chain::new(vec![ChainEntry { pool, fail_open: false }]);
     assert_eq!(fx.run(&renamed, "m", None).await, Ok("1".into()));
 }
 
 #[tokio::test]
 async fn upstream_calls_from_a_plugin_are_capped_per_call() {
     let fx = Fixture::new();
-    let limits = PluginLimits {
-        max_upstream_calls: 3,
-        ..PluginLimits::default()
-    };
+    let limits = PluginLimits { max_upstream_calls: 3, ..PluginLimits::default() };
     let chain = Chain::new(vec![ChainEntry {
-        pool: fx
-            .pool_with(json!({"mode": "fanout", "count": 5}), limits)
-            .await,
+        pool: fx.pool_with(json!({"mode": "fanout", "count": 5}), limits).await,
         fail_open: false,
     }]);
 
@@ -653,43 +416,23 @@ async fn upstream_calls_from_a_plugin_are_capped_per_call() {
 
     let results = results.as_array().unwrap();
     assert_eq!(results.len(), 5);
-    assert!(
-        results[..3]
-            .iter()
-            .all(|r| r["method"] == "eth_getBalance" && r["params"] == json!(["0xabc"]))
-    );
+    assert!(results[..3].iter().all(|r| r["method"] == "eth_getBalance" && r["params"] == json!(["0xabc"])));
     assert!(results[3..].iter().all(|r| r["error"] == UPSTREAM_CAP_CODE));
-    assert_eq!(
-        fx.upstream.calls.load(Ordering::SeqCst),
-        3,
-        "the cap is enforced before the node is contacted"
-    );
+    assert_eq!(fx.upstream.calls.load(Ordering::SeqCst), 3, "the cap is enforced before the node is contacted");
 }
 
 #[tokio::test]
-async fn time_waiting_for_the_upstream_does_not_count_against_the_cpu_budget() {
-    let fx = Fixture::with_upstream(EchoUpstream {
-        delay: Some(Duration::from_millis(40)),
-        ..Default::default()
-    });
-    let limits = PluginLimits {
-        call_budget_ms: 20,
-        ..PluginLimits::default()
-    };
+async fn time_waiting_for_the_upstream_does_not_count_against_the_time_budget() {
+    let fx = Fixture::with_upstream(EchoUpstream { delay: Some(Duration::from_millis(150)), ..Default::default() });
+    let limits = PluginLimits { call_budget_ms: 100, ..PluginLimits::default() };
     let chain = Chain::new(vec![ChainEntry {
-        pool: fx
-            .pool_with(json!({"mode": "fanout", "count": 2}), limits)
-            .await,
+        pool: fx.pool_with(json!({"mode": "fanout", "count": 2}), limits).await,
         fail_open: false,
     }]);
 
     let results = json_of(fx.run(&chain, "eth_chainId", None).await);
 
-    assert_eq!(
-        results.as_array().unwrap().len(),
-        2,
-        "80 ms of upstream waits under a 20 ms budget succeed"
-    );
+    assert_eq!(results.as_array().unwrap().len(), 2, "300 ms of upstream waits under a 100 ms budget succeed");
 }
 
 #[tokio::test]
@@ -698,8 +441,5 @@ async fn plugins_get_no_environment_filesystem_or_clock_through_wasi() {
     let chain = fx.chain(&[json!({"mode": "wasi-probe"})]).await;
     let seen = json_of(fx.run(&chain, "m", None).await);
     assert_eq!(seen, json!({"env_vars": 0, "fs": "denied", "unix_secs": 0}));
-    assert!(
-        std::env::vars().count() > 0,
-        "the host process does have an environment"
-    );
+    assert!(std::env::vars().count() > 0, "the host process does have an environment");
 }

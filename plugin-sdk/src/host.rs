@@ -128,9 +128,7 @@ pub mod kv {
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
-            crate::testing::with_mock_host(|host| {
-                host.kv_compare_and_swap(key, expected, new, ttl_ms)
-            })
+            crate::testing::with_mock_host(|host| host.kv_compare_and_swap(key, expected, new, ttl_ms))
         }
     }
 

@@ -143,8 +143,7 @@ pub mod __private {
     }
 
     pub fn on_call<P: Plugin>(ctx: Context, call: Call) -> Decision {
-        with_plugin::<P, _>(|plugin| plugin.on_call(&ctx, call))
-            .unwrap_or_else(|err| Decision::Respond(Err(err)))
+        with_plugin::<P, _>(|plugin| plugin.on_call(&ctx, call)).unwrap_or_else(|err| Decision::Respond(Err(err)))
     }
 
     pub fn on_result<P: Plugin>(ctx: Context, call: Call, outcome: Outcome) -> Outcome {
@@ -156,10 +155,7 @@ pub mod __private {
             let mut slot = slot.borrow_mut();
             match slot.as_mut().and_then(|any| any.downcast_mut::<P>()) {
                 Some(plugin) => Ok(f(plugin)),
-                None => Err(RpcError::new(
-                    codes::INTERNAL_ERROR,
-                    "plugin called before `configure` succeeded",
-                )),
+                None => Err(RpcError::new(codes::INTERNAL_ERROR, "plugin called before `configure` succeeded")),
             }
         })
     }

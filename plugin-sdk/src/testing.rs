@@ -119,10 +119,7 @@ impl MockHost {
             state.upstream.take()
         };
         let Some(mut f) = taken else {
-            return Err(RpcError::new(
-                codes::INTERNAL_ERROR,
-                "no upstream in MockHost: call MockHost::set_upstream",
-            ));
+            return Err(RpcError::new(codes::INTERNAL_ERROR, "no upstream in MockHost: call MockHost::set_upstream"));
         };
         let outcome = f(call);
         let mut state = self.state.borrow_mut();
@@ -137,18 +134,12 @@ impl MockHost {
     }
 
     pub(crate) fn log(&self, level: Level, message: &str) {
-        self.state
-            .borrow_mut()
-            .logs
-            .push((level, message.to_string()));
+        self.state.borrow_mut().logs.push((level, message.to_string()));
     }
 
     fn live<'s>(state: &'s mut State, key: &str) -> Option<&'s mut Entry> {
         let now = state.now_ms;
-        let expired = state
-            .kv
-            .get(key)
-            .is_some_and(|e| e.expires_at_ms.is_some_and(|t| t <= now));
+        let expired = state.kv.get(key).is_some_and(|e| e.expires_at_ms.is_some_and(|t| t <= now));
         if expired {
             state.kv.remove(key);
         }
@@ -160,30 +151,14 @@ impl MockHost {
         Self::live(&mut state, key).map(|e| e.value.clone())
     }
 
-    pub(crate) fn kv_set(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl_ms: Option<u64>,
-    ) -> Result<(), String> {
+    pub(crate) fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), String> {
         let mut state = self.state.borrow_mut();
         let expires_at_ms = ttl_ms.map(|ttl| state.now_ms.saturating_add(ttl));
-        state.kv.insert(
-            key.to_string(),
-            Entry {
-                value: value.to_vec(),
-                expires_at_ms,
-            },
-        );
+        state.kv.insert(key.to_string(), Entry { value: value.to_vec(), expires_at_ms });
         Ok(())
     }
 
-    pub(crate) fn kv_incr(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl_ms: Option<u64>,
-    ) -> Result<i64, String> {
+    pub(crate) fn kv_incr(&self, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
         let mut state = self.state.borrow_mut();
         let now = state.now_ms;
         let current = match Self::live(&mut state, key) {
@@ -193,21 +168,13 @@ impl MockHost {
                 .ok_or_else(|| format!("value at `{key}` is not an integer"))?,
             None => 0,
         };
-        let next = current
-            .checked_add(delta)
-            .ok_or_else(|| format!("integer overflow at `{key}`"))?;
+        let next = current.checked_add(delta).ok_or_else(|| format!("integer overflow at `{key}`"))?;
         let value = next.to_string().into_bytes();
         match Self::live(&mut state, key) {
             Some(entry) => entry.value = value,
             None => {
                 let expires_at_ms = ttl_ms.map(|ttl| now.saturating_add(ttl));
-                state.kv.insert(
-                    key.to_string(),
-                    Entry {
-                        value,
-                        expires_at_ms,
-                    },
-                );
+                state.kv.insert(key.to_string(), Entry { value, expires_at_ms });
             }
         }
         Ok(next)
@@ -226,13 +193,7 @@ impl MockHost {
             return Ok(false);
         }
         let expires_at_ms = ttl_ms.map(|ttl| state.now_ms.saturating_add(ttl));
-        state.kv.insert(
-            key.to_string(),
-            Entry {
-                value: new.to_vec(),
-                expires_at_ms,
-            },
-        );
+        state.kv.insert(key.to_string(), Entry { value: new.to_vec(), expires_at_ms });
         Ok(true)
     }
 
@@ -264,10 +225,7 @@ pub struct Harness<P: Plugin> {
 impl<P: Plugin> Harness<P> {
     /// Configures the plugin with the JSON text `config`; the error is the plugin's message.
     pub fn new(config: &str) -> Result<Self, String> {
-        Ok(Harness {
-            plugin: P::configure(Config::new(config))?,
-            context: context(),
-        })
+        Ok(Harness { plugin: P::configure(Config::new(config))?, context: context() })
     }
 
     /// Uses `context` for the calls that follow.
@@ -318,30 +276,16 @@ mod tests {
         assert_eq!(crate::kv::incr("n", -2, None), Ok(3));
         assert_eq!(crate::kv::get("n"), Some(b"3".to_vec()));
         crate::kv::set("s", b"x", None).unwrap();
-        assert!(
-            crate::kv::incr("s", 1, None)
-                .unwrap_err()
-                .contains("not an integer")
-        );
+        assert!(crate::kv::incr("s", 1, None).unwrap_err().contains("not an integer"));
         crate::kv::set("max", i64::MAX.to_string().as_bytes(), None).unwrap();
-        assert!(
-            crate::kv::incr("max", 1, None)
-                .unwrap_err()
-                .contains("overflow")
-        );
+        assert!(crate::kv::incr("max", 1, None).unwrap_err().contains("overflow"));
     }
 
     #[test]
     fn compare_and_swap_only_swaps_on_the_expected_value() {
         assert_eq!(crate::kv::compare_and_swap("c", None, b"1", None), Ok(true));
-        assert_eq!(
-            crate::kv::compare_and_swap("c", None, b"2", None),
-            Ok(false)
-        );
-        assert_eq!(
-            crate::kv::compare_and_swap("c", Some(b"1"), b"2", None),
-            Ok(true)
-        );
+        assert_eq!(crate::kv::compare_and_swap("c", None, b"2", None), Ok(false));
+        assert_eq!(crate::kv::compare_and_swap("c", Some(b"1"), b"2", None), Ok(true));
         assert_eq!(crate::kv::get("c"), Some(b"2".to_vec()));
         assert!(crate::kv::delete("c"));
         assert!(!crate::kv::delete("c"));
@@ -373,9 +317,6 @@ mod tests {
             allow: Vec<String>,
         }
         let err = Config::new("{\"alow\": []}").parse::<Cfg>().unwrap_err();
-        assert!(
-            err.starts_with("invalid configuration: unknown field `alow`"),
-            "{err}"
-        );
+        assert!(err.starts_with("invalid configuration: unknown field `alow`"), "{err}");
     }
 }

@@ -24,18 +24,12 @@ pub mod codes {
 impl Call {
     /// A call with `params` given as JSON text.
     pub fn new(method: impl Into<String>, params: Option<String>) -> Self {
-        Call {
-            method: method.into(),
-            params,
-        }
+        Call { method: method.into(), params }
     }
 
     /// A call whose `params` are `params` serialized to JSON.
     pub fn with_params(method: impl Into<String>, params: &impl Serialize) -> Self {
-        Call {
-            method: method.into(),
-            params: Some(to_json(params)),
-        }
+        Call { method: method.into(), params: Some(to_json(params)) }
     }
 
     /// Parses `params` into `T`. A call without params parses as JSON `null` (so `Option<T>` and
@@ -43,10 +37,7 @@ impl Call {
     pub fn params_as<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
         let text = self.params.as_deref().unwrap_or("null");
         serde_json::from_str(text).map_err(|err| {
-            RpcError::new(
-                crate::codes::INVALID_PARAMS,
-                format!("invalid params for {}: {err}", self.method),
-            )
+            RpcError::new(crate::codes::INVALID_PARAMS, format!("invalid params for {}: {err}", self.method))
         })
     }
 
@@ -59,11 +50,7 @@ impl Call {
 impl RpcError {
     /// An error without `data`.
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        RpcError {
-            code,
-            message: message.into(),
-            data: None,
-        }
+        RpcError { code, message: message.into(), data: None }
     }
 
     /// Sets `data` to `data` serialized to JSON.
@@ -98,8 +85,7 @@ pub fn ok_raw(json: impl Into<String>) -> Outcome {
 fn to_json(value: &impl Serialize) -> String {
     // Serializing plain data to a String only fails for maps with non-string keys or a failing
     // `Serialize` impl; both are programming errors, reported like any other plugin failure.
-    serde_json::to_string(value)
-        .unwrap_or_else(|err| panic!("value does not serialize to JSON: {err}"))
+    serde_json::to_string(value).unwrap_or_else(|err| panic!("value does not serialize to JSON: {err}"))
 }
 
 /// A plugin's configuration: the JSON text of the `config` member of its chain entry.

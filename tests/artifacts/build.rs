@@ -11,22 +11,12 @@ use std::process::Command;
 const GUESTS: &[(&str, &str)] = &[("TEST_PLUGIN", "ovsb-test-plugin")];
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let root = manifest_dir
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root");
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out_dir.join("wasm-target");
 
-    for path in [
-        "wit",
-        "plugin-sdk/src",
-        "plugin-sdk/Cargo.toml",
-        "tests/test-plugin",
-        "Cargo.lock",
-    ] {
+    for path in ["wit", "plugin-sdk/src", "plugin-sdk/Cargo.toml", "tests/test-plugin", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 
@@ -34,47 +24,25 @@ fn main() {
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
-        .arg(&target_dir);
+    cmd.current_dir(&root).args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"]).arg(&target_dir);
     for (_, krate) in GUESTS {
         cmd.args(["-p", krate]);
     }
     // Flags meant for the host build must not leak into the guest build.
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
+    for var in
+        ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"]
+    {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo to build the test plugins");
-    assert!(
-        status.success(),
-        "building the test plugins for wasm32-wasip2 failed (see the output above)"
-    );
+    assert!(status.success(), "building the test plugins for wasm32-wasip2 failed (see the output above)");
 
     let mut generated = String::new();
     for (constant, krate) in GUESTS {
-        let wasm = target_dir
-            .join("wasm32-wasip2/release")
-            .join(format!("{}.wasm", krate.replace('-', "_")));
+        let wasm = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", krate.replace('-', "_")));
         assert!(wasm.exists(), "expected {} after the build", wasm.display());
         writeln!(generated, "/// Path of the `{krate}` component.").unwrap();
-        writeln!(
-            generated,
-            "pub const {constant}: &str = {:?};",
-            wasm.display().to_string()
-        )
-        .unwrap();
+        writeln!(generated, "pub const {constant}: &str = {:?};", wasm.display().to_string()).unwrap();
     }
     std::fs::write(out_dir.join("artifacts.rs"), generated).expect("write artifacts.rs");
 }
@@ -82,10 +50,7 @@ fn main() {
 /// Fails with the fix spelled out when the wasm target is not installed.
 fn check_wasm_target() {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-    let output = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .expect("run rustc --print sysroot");
+    let output = Command::new(rustc).args(["--print", "sysroot"]).output().expect("run rustc --print sysroot");
     let sysroot = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let target = Path::new(&sysroot).join("lib/rustlib/wasm32-wasip2");
     assert!(

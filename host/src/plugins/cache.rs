@@ -27,10 +27,7 @@ pub(crate) struct CompileCache {
 impl CompileCache {
     pub fn new(engine: &Engine, dir: Option<&Path>) -> Result<Self, RuntimeError> {
         if let Some(dir) = dir {
-            create_private_dir(dir).map_err(|source| RuntimeError::CacheDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            create_private_dir(dir).map_err(|source| RuntimeError::CacheDir { path: dir.to_path_buf(), source })?;
         }
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -53,24 +50,15 @@ impl CompileCache {
             stats.memory_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((digest, component.clone()));
         }
-        let file = self.dir.as_ref().map(|dir| {
-            dir.join(format!(
-                "{}-{}.cwasm",
-                hex::encode(digest),
-                self.engine_hash
-            ))
-        });
+        let file = self.dir.as_ref().map(|dir| dir.join(format!("{}-{}.cwasm", hex::encode(digest), self.engine_hash)));
         let component = match file.as_deref().and_then(|file| load_artifact(engine, file)) {
             Some(component) => {
                 stats.disk_cache_hits.fetch_add(1, Ordering::Relaxed);
                 component
             }
             None => {
-                let component =
-                    Component::new(engine, wasm).map_err(|e| LoadError::NotAComponent {
-                        name: name.to_string(),
-                        reason: format!("{e:#}"),
-                    })?;
+                let component = Component::new(engine, wasm)
+                    .map_err(|e| LoadError::NotAComponent { name: name.to_string(), reason: format!("{e:#}") })?;
                 stats.compilations.fetch_add(1, Ordering::Relaxed);
                 if let Some(file) = &file
                     && let Err(err) = store_artifact(&component, file)
@@ -85,9 +73,7 @@ impl CompileCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Component>> {
-        self.compiled
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.compiled.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -111,9 +97,7 @@ fn load_artifact(engine: &Engine, file: &Path) -> Option<Component> {
 }
 
 fn store_artifact(component: &Component, file: &Path) -> std::io::Result<()> {
-    let bytes = component
-        .serialize()
-        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let bytes = component.serialize().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
     let tmp = file.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, file)

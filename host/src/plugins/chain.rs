@@ -33,9 +33,7 @@ pub struct Chain {
 impl Chain {
     /// A chain of these plugins, in this order.
     pub fn new(entries: Vec<ChainEntry>) -> Self {
-        Chain {
-            entries: entries.into(),
-        }
+        Chain { entries: entries.into() }
     }
 
     /// The plugins, in order.
@@ -65,11 +63,7 @@ impl Chain {
         }
         let mut outcome = match answer {
             Some(outcome) => outcome,
-            None => {
-                upstream
-                    .call(forwarded.last().map_or(&call, |(_, call)| call))
-                    .await
-            }
+            None => upstream.call(forwarded.last().map_or(&call, |(_, call)| call)).await,
         };
         for (index, call) in forwarded.iter().rev() {
             let entry = &self.entries[*index];

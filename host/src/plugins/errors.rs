@@ -69,7 +69,7 @@ pub enum ConfigureError {
 pub enum FailureKind {
     /// The plugin trapped (a Rust panic is a trap); the text says where.
     Trap(String),
-    /// The plugin used more CPU time than its budget.
+    /// The plugin ran longer than its time budget.
     Timeout(Duration),
     /// The plugin tried to grow its memory past its cap.
     Memory(u64),
@@ -131,11 +131,7 @@ impl PluginFailure {
             FailureKind::Unavailable(_) => format!("plugin `{}` failed: unavailable", self.plugin),
             _ => self.to_string(),
         };
-        RpcError {
-            code: PLUGIN_FAILURE_CODE,
-            message,
-            data: Some(data.to_string()),
-        }
+        RpcError { code: PLUGIN_FAILURE_CODE, message, data: Some(data.to_string()) }
     }
 }
 

@@ -29,12 +29,7 @@ pub struct KvLimits {
 
 impl Default for KvLimits {
     fn default() -> Self {
-        KvLimits {
-            max_key_bytes: 1024,
-            max_value_bytes: 1 << 20,
-            max_entries: 100_000,
-            max_total_bytes: 64 << 20,
-        }
+        KvLimits { max_key_bytes: 1024, max_value_bytes: 1 << 20, max_entries: 100_000, max_total_bytes: 64 << 20 }
     }
 }
 
@@ -89,18 +84,12 @@ impl KvStore {
         let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         // A poisoned shard only means a panic elsewhere while it was held; the map itself is
         // always left consistent by the code below, so keep serving it.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn check_key(&self, key: &str) -> Result<(), String> {
         if key.len() > self.limits.max_key_bytes {
-            return Err(format!(
-                "key is {} bytes, over the limit of {}",
-                key.len(),
-                self.limits.max_key_bytes
-            ));
+            return Err(format!("key is {} bytes, over the limit of {}", key.len(), self.limits.max_key_bytes));
         }
         Ok(())
     }
@@ -109,8 +98,7 @@ impl KvStore {
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
         let mut shard = self.shard(key);
-        self.live_entry(&mut shard, key, now)
-            .map(|e| e.value.clone())
+        self.live_entry(&mut shard, key, now).map(|e| e.value.clone())
     }
 
     /// Stores a value.
@@ -118,13 +106,7 @@ impl KvStore {
         self.check_key(key)?;
         let now = Instant::now();
         let mut shard = self.shard(key);
-        self.put(
-            &mut shard,
-            key,
-            value.to_vec(),
-            ttl.map(|ttl| now + ttl),
-            now,
-        )
+        self.put(&mut shard, key, value.to_vec(), ttl.map(|ttl| now + ttl), now)
     }
 
     /// Adds `delta` to the integer at `key`; `ttl` applies when the key is created.
@@ -142,16 +124,8 @@ impl KvStore {
             }
             None => (0, ttl.map(|ttl| now + ttl)),
         };
-        let next = current
-            .checked_add(delta)
-            .ok_or_else(|| format!("integer overflow at `{key}`"))?;
-        self.put(
-            &mut shard,
-            key,
-            next.to_string().into_bytes(),
-            expires_at,
-            now,
-        )?;
+        let next = current.checked_add(delta).ok_or_else(|| format!("integer overflow at `{key}`"))?;
+        self.put(&mut shard, key, next.to_string().into_bytes(), expires_at, now)?;
         Ok(next)
     }
 
@@ -166,9 +140,7 @@ impl KvStore {
         self.check_key(key)?;
         let now = Instant::now();
         let mut shard = self.shard(key);
-        let current = self
-            .live_entry(&mut shard, key, now)
-            .map(|e| e.value.as_slice());
+        let current = self.live_entry(&mut shard, key, now).map(|e| e.value.as_slice());
         if current != expected {
             return Ok(false);
         }
@@ -196,17 +168,12 @@ impl KvStore {
     fn remove(&self, shard: &mut Shard, key: &str) -> Option<Entry> {
         let entry = shard.remove(key)?;
         self.entries.fetch_sub(1, Ordering::Relaxed);
-        self.bytes
-            .fetch_sub(Entry::size(key, &entry.value), Ordering::Relaxed);
+        self.bytes.fetch_sub(Entry::size(key, &entry.value), Ordering::Relaxed);
         Some(entry)
     }
 
     fn sweep(&self, shard: &mut Shard, now: Instant) {
-        let expired: Vec<String> = shard
-            .iter()
-            .filter(|(_, e)| !e.live(now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let expired: Vec<String> = shard.iter().filter(|(_, e)| !e.live(now)).map(|(k, _)| k.clone()).collect();
         for key in expired {
             self.remove(shard, &key);
         }
@@ -222,11 +189,7 @@ impl KvStore {
         now: Instant,
     ) -> Result<(), String> {
         if value.len() > self.limits.max_value_bytes {
-            return Err(format!(
-                "value is {} bytes, over the limit of {}",
-                value.len(),
-                self.limits.max_value_bytes
-            ));
+            return Err(format!("value is {} bytes, over the limit of {}", value.len(), self.limits.max_value_bytes));
         }
         let new_size = Entry::size(key, &value);
         let old = shard.get(key).map(|e| Entry::size(key, &e.value));
@@ -250,8 +213,7 @@ impl KvStore {
         }
         match shard.insert(key.to_string(), Entry { value, expires_at }) {
             Some(previous) => {
-                self.bytes
-                    .fetch_sub(Entry::size(key, &previous.value), Ordering::Relaxed);
+                self.bytes.fetch_sub(Entry::size(key, &previous.value), Ordering::Relaxed);
             }
             None => {
                 self.entries.fetch_add(1, Ordering::Relaxed);
@@ -267,12 +229,7 @@ mod tests {
     use super::*;
 
     fn small() -> KvStore {
-        KvStore::new(KvLimits {
-            max_key_bytes: 8,
-            max_value_bytes: 16,
-            max_entries: 3,
-            max_total_bytes: 40,
-        })
+        KvStore::new(KvLimits { max_key_bytes: 8, max_value_bytes: 16, max_entries: 3, max_total_bytes: 40 })
     }
 
     #[test]
@@ -288,16 +245,8 @@ mod tests {
     #[test]
     fn oversized_keys_and_values_are_refused_and_change_nothing() {
         let kv = small();
-        assert!(
-            kv.set("much-too-long", b"1", None)
-                .unwrap_err()
-                .contains("key is 13 bytes")
-        );
-        assert!(
-            kv.set("k", &[0; 17], None)
-                .unwrap_err()
-                .contains("value is 17 bytes")
-        );
+        assert!(kv.set("much-too-long", b"1", None).unwrap_err().contains("key is 13 bytes"));
+        assert!(kv.set("k", &[0; 17], None).unwrap_err().contains("value is 17 bytes"));
         assert!(kv.is_empty());
     }
 
@@ -307,11 +256,9 @@ mod tests {
         kv.set("a", b"1", Some(Duration::from_millis(10))).unwrap();
         kv.set("b", b"1", None).unwrap();
         kv.set("c", b"1", None).unwrap();
-        kv.set("b", b"2", None)
-            .expect("replacing a key never needs room");
+        kv.set("b", b"2", None).expect("replacing a key never needs room");
         std::thread::sleep(Duration::from_millis(20));
-        kv.set("d", b"1", None)
-            .expect("the expired `a` is swept to make room");
+        kv.set("d", b"1", None).expect("the expired `a` is swept to make room");
         assert_eq!(kv.len(), 3);
         let err = kv.set("e", b"1", None).unwrap_err();
         assert!(err.contains("full"), "{err}");
@@ -352,10 +299,7 @@ mod tests {
                     while done < 500 {
                         let cur = kv.get("v").unwrap();
                         let n: u64 = std::str::from_utf8(&cur).unwrap().parse().unwrap();
-                        if kv
-                            .compare_and_swap("v", Some(&cur), (n + 1).to_string().as_bytes(), None)
-                            .unwrap()
-                        {
+                        if kv.compare_and_swap("v", Some(&cur), (n + 1).to_string().as_bytes(), None).unwrap() {
                             done += 1;
                         }
                     }

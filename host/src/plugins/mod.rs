@@ -31,9 +31,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use bindings::ovsb::plugin::types::{Call, Context, Decision, Level, Outcome, RpcError};
 pub use chain::{Chain, ChainEntry};
-pub use errors::{
-    ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError,
-};
+pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
 pub use kv::{KvLimits, KvStore};
 pub use pool::{InstancePool, Isolation, PluginLimits};
 pub use state::{UPSTREAM_CAP_CODE, Upstream};
@@ -45,7 +43,7 @@ use state::StoreState;
 pub struct RuntimeConfig {
     /// Where compiled plugins are kept between runs; `None` keeps them in memory only.
     pub cache_dir: Option<PathBuf>,
-    /// How often the epoch advances; CPU budgets are enforced to this granularity.
+    /// How often the epoch advances; time budgets are enforced to this granularity.
     pub epoch_tick: Duration,
     /// Largest memory cap any plugin may be given (sizes the pooling allocator's slots).
     pub max_memory_bytes: u64,
@@ -148,12 +146,9 @@ impl PluginRuntime {
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::<StoreState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| {
-            state
-        })
-        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let cache = cache::CompileCache::new(&engine, config.cache_dir.as_deref())?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -192,24 +187,12 @@ impl PluginRuntime {
     /// world. CPU-heavy on a cache miss (tens of milliseconds): call it off the async executor.
     pub fn load(&self, name: &str, wasm: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
         let inner = &self.inner;
-        let (digest, component) =
-            inner
-                .cache
-                .get_or_compile(&inner.engine, name, wasm, &inner.stats)?;
-        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
-            name: name.to_string(),
-            reason: format!("{e:#}"),
-        };
-        let pre = inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(wrong_world)?;
+        let (digest, component) = inner.cache.get_or_compile(&inner.engine, name, wasm, &inner.stats)?;
+        let wrong_world =
+            |e: wasmtime::Error| LoadError::WrongWorld { name: name.to_string(), reason: format!("{e:#}") };
+        let pre = inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::PluginPre::new(pre).map_err(wrong_world)?;
-        Ok(Arc::new(LoadedPlugin {
-            name: name.into(),
-            digest,
-            pre,
-        }))
+        Ok(Arc::new(LoadedPlugin { name: name.into(), digest, pre }))
     }
 
     /// [`load`](Self::load) from a file.
@@ -235,18 +218,7 @@ impl PluginRuntime {
     ) -> Result<Arc<InstancePool>, ConfigureError> {
         limits
             .validate(self.inner.max_memory_bytes)
-            .map_err(|reason| ConfigureError::Failed {
-                plugin: plugin.name.to_string(),
-                reason,
-            })?;
-        InstancePool::create(
-            self.inner.clone(),
-            plugin.clone(),
-            config,
-            limits,
-            instance_id,
-            kv,
-        )
-        .await
+            .map_err(|reason| ConfigureError::Failed { plugin: plugin.name.to_string(), reason })?;
+        InstancePool::create(self.inner.clone(), plugin.clone(), config, limits, instance_id, kv).await
     }
 }

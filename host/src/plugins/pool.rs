@@ -1,7 +1,7 @@
 //! Warm copies of one plugin with one configuration, for one service instance.
 //!
 //! A call takes a copy out of the pool (instantiating one from the `InstancePre` when none is
-//! idle, up to a cap), runs one export under the copy's memory cap and CPU budget, and puts the
+//! idle, up to a cap), runs one export under the copy's memory cap and time budget, and puts the
 //! copy back. A copy that failed, or whose memory grew past three quarters of its cap, is
 //! dropped instead, and a fresh one takes its place on demand.
 
@@ -17,9 +17,7 @@ use super::bindings::{
 };
 use super::errors::{ConfigureError, FailureKind, PluginFailure};
 use super::kv::KvStore;
-use super::state::{
-    BudgetExceeded, CopySettings, MemoryCapExceeded, StoreState, Upstream, ticks_for,
-};
+use super::state::{BudgetExceeded, CopySettings, MemoryCapExceeded, StoreState, Upstream, ticks_for};
 use super::{LoadedPlugin, RuntimeInner};
 
 /// Whether copies are reused between calls.
@@ -40,7 +38,8 @@ pub enum Isolation {
 pub struct PluginLimits {
     /// Linear memory cap of one copy, in bytes.
     pub memory_bytes: u64,
-    /// CPU time one export call may use, in milliseconds (time waiting for `upstream` excluded).
+    /// Time one export call may run in the plugin, in milliseconds of wall-clock time (time
+    /// waiting for `upstream` excluded; time the OS takes the thread away counts).
     pub call_budget_ms: u64,
     /// Longest string (method, params, result, error text) a plugin may return, in bytes.
     pub max_output_bytes: usize,
@@ -79,27 +78,12 @@ impl PluginLimits {
             (1 << 20..=max_memory_bytes).contains(&self.memory_bytes),
             &format!("memory_bytes must be between 1 MiB and {max_memory_bytes}"),
         )?;
-        check(
-            (1..=60_000).contains(&self.call_budget_ms),
-            "call_budget_ms must be between 1 and 60000",
-        )?;
-        check(
-            (1024..=64 << 20).contains(&self.max_output_bytes),
-            "max_output_bytes must be between 1 KiB and 64 MiB",
-        )?;
-        check(
-            self.max_upstream_calls <= 1024,
-            "max_upstream_calls must be at most 1024",
-        )?;
+        check((1..=60_000).contains(&self.call_budget_ms), "call_budget_ms must be between 1 and 60000")?;
+        check((1024..=64 << 20).contains(&self.max_output_bytes), "max_output_bytes must be between 1 KiB and 64 MiB")?;
+        check(self.max_upstream_calls <= 1024, "max_upstream_calls must be at most 1024")?;
         check(self.max_idle <= 1024, "max_idle must be at most 1024")?;
-        check(
-            (1..=4096).contains(&self.max_concurrency),
-            "max_concurrency must be between 1 and 4096",
-        )?;
-        check(
-            self.log_lines_per_second <= 10_000,
-            "log_lines_per_second must be at most 10000",
-        )
+        check((1..=4096).contains(&self.max_concurrency), "max_concurrency must be between 1 and 4096")?;
+        check(self.log_lines_per_second <= 10_000, "log_lines_per_second must be at most 10000")
     }
 
     fn budget(&self) -> Duration {
@@ -185,9 +169,7 @@ impl InstancePool {
         copy.store.data_mut().end_call();
         let decision = self.settle(copy, result)?;
         let size = match &decision {
-            Decision::Forward(call) => {
-                call.method.len() + call.params.as_ref().map_or(0, String::len)
-            }
+            Decision::Forward(call) => call.method.len() + call.params.as_ref().map_or(0, String::len),
             Decision::Respond(outcome) => outcome_size(outcome),
         };
         self.check_size(size)?;
@@ -206,10 +188,7 @@ impl InstancePool {
         let mut copy = self.take().await?;
         copy.store.data_mut().begin_call(Some(upstream.clone()));
         self.arm(&mut copy);
-        let result = copy
-            .exports
-            .call_on_result(&mut copy.store, ctx, call, outcome)
-            .await;
+        let result = copy.exports.call_on_result(&mut copy.store, ctx, call, outcome).await;
         copy.store.data_mut().end_call();
         let outcome = self.settle(copy, result)?;
         self.check_size(outcome_size(&outcome))?;
@@ -242,10 +221,9 @@ impl InstancePool {
         })
     }
 
-    /// Starts the CPU budget of one export call.
+    /// Starts the time budget of one export call.
     fn arm(&self, copy: &mut PluginCopy) {
-        copy.store
-            .set_epoch_deadline(ticks_for(self.settings.budget, self.runtime.epoch_tick));
+        copy.store.set_epoch_deadline(ticks_for(self.settings.budget, self.runtime.epoch_tick));
     }
 
     /// Instantiates a copy and runs `configure` on it.
@@ -259,32 +237,17 @@ impl InstancePool {
         store.set_epoch_deadline(ticks_for(self.settings.budget, tick));
         let failed = |e: wasmtime::Error| ConfigureError::Failed {
             plugin: self.plugin.name.to_string(),
-            reason: PluginFailure {
-                plugin: self.plugin.name.clone(),
-                kind: describe_error(&e, &self.settings),
-            }
-            .to_string(),
+            reason: PluginFailure { plugin: self.plugin.name.clone(), kind: describe_error(&e, &self.settings) }
+                .to_string(),
         };
-        let exports = self
-            .plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(failed)?;
+        let exports = self.plugin.pre.instantiate_async(&mut store).await.map_err(failed)?;
         runtime.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        match exports
-            .call_configure(&mut store, &self.config)
-            .await
-            .map_err(failed)?
-        {
+        match exports.call_configure(&mut store, &self.config).await.map_err(failed)? {
             Ok(()) => {
                 store.data_mut().end_call();
                 Ok(PluginCopy { store, exports })
             }
-            Err(message) => Err(ConfigureError::Rejected {
-                plugin: self.plugin.name.to_string(),
-                message,
-            }),
+            Err(message) => Err(ConfigureError::Rejected { plugin: self.plugin.name.to_string(), message }),
         }
     }
 
@@ -311,8 +274,7 @@ impl InstancePool {
 
     fn give_back(&self, copy: PluginCopy) {
         let high_water = copy.store.data().memory.high_water;
-        let keep = self.limits.isolation == Isolation::Pooled
-            && high_water <= self.limits.memory_bytes / 4 * 3;
+        let keep = self.limits.isolation == Isolation::Pooled && high_water <= self.limits.memory_bytes / 4 * 3;
         if !keep {
             if self.limits.isolation == Isolation::Pooled {
                 self.runtime.stats.recycled.fetch_add(1, Ordering::Relaxed);
@@ -333,16 +295,11 @@ impl InstancePool {
     }
 
     fn failure(&self, kind: FailureKind) -> PluginFailure {
-        PluginFailure {
-            plugin: self.plugin.name.clone(),
-            kind,
-        }
+        PluginFailure { plugin: self.plugin.name.clone(), kind }
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<PluginCopy>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -363,12 +320,6 @@ fn describe_error(err: &wasmtime::Error, settings: &CopySettings) -> FailureKind
     }
     match err.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => FailureKind::Trap(trap.to_string()),
-        None => FailureKind::Trap(
-            format!("{err:#}")
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        ),
+        None => FailureKind::Trap(format!("{err:#}").lines().next().unwrap_or_default().to_string()),
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A `StoreState` belongs to one copy of one plugin in one service instance's chain; it is never
 //! shared between instances, so a plugin's memory never carries one customer's data to another.
-//! Per-call state (the upstream, the CPU budget bookkeeping) is set by the pool before each call
+//! Per-call state (the upstream, the time budget bookkeeping) is set by the pool before each call
 //! and cleared after it.
 
 use std::future::Future;
@@ -38,7 +38,7 @@ pub(crate) struct MemoryCapExceeded {
     pub cap: u64,
 }
 
-/// The plugin ran past its CPU time budget (the error behind the trap).
+/// The plugin ran past its time budget (the error behind the trap).
 #[derive(Debug, thiserror::Error)]
 #[error("time budget of {budget:?} exceeded")]
 pub(crate) struct BudgetExceeded {
@@ -52,12 +52,7 @@ pub(crate) struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired as u64 > self.cap {
             return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap }));
         }
@@ -65,12 +60,7 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -85,12 +75,7 @@ struct LogLimiter {
 
 impl LogLimiter {
     fn new(per_second: u32) -> Self {
-        LogLimiter {
-            per_second: per_second as f64,
-            tokens: per_second as f64,
-            last: Instant::now(),
-            dropped: 0,
-        }
+        LogLimiter { per_second: per_second as f64, tokens: per_second as f64, last: Instant::now(), dropped: 0 }
     }
 
     /// Whether a line may be written now.
@@ -149,10 +134,7 @@ impl StoreState {
         StoreState {
             wasi: locked_down_wasi(),
             table: ResourceTable::new(),
-            memory: MemoryCap {
-                cap: settings.memory_cap,
-                high_water: 0,
-            },
+            memory: MemoryCap { cap: settings.memory_cap, high_water: 0 },
             plugin: settings.plugin.clone(),
             instance_id: settings.instance_id.clone(),
             kv: settings.kv.clone(),
@@ -160,12 +142,7 @@ impl StoreState {
             log: LogLimiter::new(settings.log_lines_per_second),
             budget: settings.budget,
             max_upstream_calls: settings.max_upstream_calls,
-            call: CallState {
-                upstream: None,
-                upstream_left: 0,
-                started: Instant::now(),
-                host_wait: Duration::ZERO,
-            },
+            call: CallState { upstream: None, upstream_left: 0, started: Instant::now(), host_wait: Duration::ZERO },
         }
     }
 
@@ -184,27 +161,15 @@ impl StoreState {
         self.call.upstream = None;
     }
 
-    /// The epoch-deadline callback: traps once the plugin's own CPU time (wall time of the call
+    /// The epoch-deadline callback: traps once the plugin's own running time (wall time of the call
     /// minus time spent waiting in host calls) passes the budget, else extends the deadline.
-    pub fn on_epoch_deadline(
-        mut ctx: StoreContextMut<'_, Self>,
-        tick: Duration,
-    ) -> wasmtime::Result<UpdateDeadline> {
+    pub fn on_epoch_deadline(mut ctx: StoreContextMut<'_, Self>, tick: Duration) -> wasmtime::Result<UpdateDeadline> {
         let state = ctx.data_mut();
-        let spent = state
-            .call
-            .started
-            .elapsed()
-            .saturating_sub(state.call.host_wait);
+        let spent = state.call.started.elapsed().saturating_sub(state.call.host_wait);
         if spent >= state.budget {
-            return Err(wasmtime::Error::new(BudgetExceeded {
-                budget: state.budget,
-            }));
+            return Err(wasmtime::Error::new(BudgetExceeded { budget: state.budget }));
         }
-        Ok(UpdateDeadline::Continue(ticks_for(
-            state.budget - spent,
-            tick,
-        )))
+        Ok(UpdateDeadline::Continue(ticks_for(state.budget - spent, tick)))
     }
 
     fn key(&self, key: &str) -> String {
@@ -257,10 +222,7 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -327,10 +289,7 @@ impl Host for StoreState {
     }
 
     fn now_ms(&mut self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
@@ -338,13 +297,11 @@ impl Host for StoreState {
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
-        self.kv
-            .set(&self.key(&key), &value, ttl_ms.map(Duration::from_millis))
+        self.kv.set(&self.key(&key), &value, ttl_ms.map(Duration::from_millis))
     }
 
     fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
-        self.kv
-            .incr(&self.key(&key), delta, ttl_ms.map(Duration::from_millis))
+        self.kv.incr(&self.key(&key), delta, ttl_ms.map(Duration::from_millis))
     }
 
     fn kv_compare_and_swap(
@@ -354,12 +311,7 @@ impl Host for StoreState {
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
-        self.kv.compare_and_swap(
-            &self.key(&key),
-            expected.as_deref(),
-            &new,
-            ttl_ms.map(Duration::from_millis),
-        )
+        self.kv.compare_and_swap(&self.key(&key), expected.as_deref(), &new, ttl_ms.map(Duration::from_millis))
     }
 
     fn kv_delete(&mut self, key: String) -> bool {

@@ -58,9 +58,7 @@ impl Plugin for TestPlugin {
             }
             "respond" => {
                 let params: Value = call.params_as().unwrap_or(Value::Null);
-                Decision::respond_ok(
-                    &json!({"trail": [format!("respond:{}", self.tag())], "params": params}),
-                )
+                Decision::respond_ok(&json!({"trail": [format!("respond:{}", self.tag())], "params": params}))
             }
             "hostile" => match call.method.as_str() {
                 "test_loop" => {
@@ -78,11 +76,7 @@ impl Plugin for TestPlugin {
                 }
                 "test_panic" => panic!("test plugin panicked on purpose"),
                 "test_huge" => {
-                    let bytes = call
-                        .params_as::<Option<Vec<usize>>>()
-                        .ok()
-                        .flatten()
-                        .and_then(|p| p.first().copied());
+                    let bytes = call.params_as::<Option<Vec<usize>>>().ok().flatten().and_then(|p| p.first().copied());
                     Decision::Respond(Ok(format!("\"{}\"", "x".repeat(bytes.unwrap_or(8 << 20)))))
                 }
                 _ => Decision::Forward(call),
@@ -98,9 +92,7 @@ impl Plugin for TestPlugin {
             }
             "counter" => match kv::incr("hits", 1, None) {
                 Ok(n) => Decision::respond_ok(&n),
-                Err(message) => {
-                    Decision::respond_err(RpcError::new(codes::INTERNAL_ERROR, message))
-                }
+                Err(message) => Decision::respond_err(RpcError::new(codes::INTERNAL_ERROR, message)),
             },
             "log-spam" => {
                 for i in 0..self.number("lines", 1000) {
@@ -110,16 +102,12 @@ impl Plugin for TestPlugin {
             }
             "wasi-probe" => {
                 let env_vars = std::env::vars().count();
-                let fs = std::fs::read_dir("/")
-                    .map(|_| "readable")
-                    .unwrap_or("denied");
+                let fs = std::fs::read_dir("/").map(|_| "readable").unwrap_or("denied");
                 let unix_secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                Decision::respond_ok(
-                    &json!({"env_vars": env_vars, "fs": fs, "unix_secs": unix_secs}),
-                )
+                Decision::respond_ok(&json!({"env_vars": env_vars, "fs": fs, "unix_secs": unix_secs}))
             }
             _ => Decision::Forward(call),
         }
@@ -133,9 +121,8 @@ impl Plugin for TestPlugin {
             return outcome;
         }
         let json = outcome?;
-        let mut result: Value = serde_json::from_str(&json).map_err(|err| {
-            RpcError::new(codes::INTERNAL_ERROR, format!("result is not JSON: {err}"))
-        })?;
+        let mut result: Value = serde_json::from_str(&json)
+            .map_err(|err| RpcError::new(codes::INTERNAL_ERROR, format!("result is not JSON: {err}")))?;
         if let Some(trail) = result.get_mut("trail").and_then(Value::as_array_mut) {
             trail.push(json!(format!("result:{}", self.tag())));
         }
@@ -153,11 +140,8 @@ mod tests {
     #[test]
     fn tracer_marks_the_call_on_the_way_in_and_the_result_on_the_way_out() {
         let host = MockHost::current();
-        host.set_upstream(|call| {
-            Ok(json!({"trail": [], "seen": call.params_as::<Value>().unwrap()}).to_string())
-        });
-        let mut harness =
-            Harness::<TestPlugin>::new(r#"{"mode":"tracer","tag":"a","rename":"eth_x"}"#).unwrap();
+        host.set_upstream(|call| Ok(json!({"trail": [], "seen": call.params_as::<Value>().unwrap()}).to_string()));
+        let mut harness = Harness::<TestPlugin>::new(r#"{"mode":"tracer","tag":"a","rename":"eth_x"}"#).unwrap();
 
         let outcome = harness.call("eth_chainId", Some("[1]")).unwrap();
 
@@ -175,10 +159,7 @@ mod tests {
         let host = MockHost::current();
         let mut harness = Harness::<TestPlugin>::new(r#"{"mode":"respond","tag":"b"}"#).unwrap();
         let outcome = harness.call("eth_chainId", None).unwrap();
-        assert_eq!(
-            serde_json::from_str::<Value>(&outcome).unwrap(),
-            json!({"trail": ["respond:b"], "params": null})
-        );
+        assert_eq!(serde_json::from_str::<Value>(&outcome).unwrap(), json!({"trail": ["respond:b"], "params": null}));
         assert!(host.upstream_calls().is_empty());
     }
 
@@ -192,9 +173,7 @@ mod tests {
 
     #[test]
     fn reject_refuses_its_configuration_with_the_given_message() {
-        let err =
-            Harness::<TestPlugin>::new(r#"{"mode":"reject","message":"allow must not be empty"}"#)
-                .err();
+        let err = Harness::<TestPlugin>::new(r#"{"mode":"reject","message":"allow must not be empty"}"#).err();
         assert_eq!(err.as_deref(), Some("allow must not be empty"));
     }
 }
