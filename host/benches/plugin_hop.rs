@@ -57,6 +57,15 @@ fn bench(c: &mut Criterion) {
             b.iter(|| rt.block_on(chain.run(&ctx, call.clone(), &upstream)).unwrap());
         });
     }
+    // The parts of a hop: one export call each.
+    let pass = &cases[1].1.entries()[0].pool;
+    group.bench_function("on_call alone, pass-through", |b| {
+        b.iter(|| rt.block_on(pass.on_call(&ctx, &call, &upstream)).unwrap());
+    });
+    let outcome: Outcome = Ok(RESULT.to_string());
+    group.bench_function("on_result alone, pass-through", |b| {
+        b.iter(|| rt.block_on(pass.on_result(&ctx, &call, &outcome, &upstream)).unwrap());
+    });
     group.finish();
 }
 
