@@ -37,12 +37,12 @@ fn bench(c: &mut Criterion) {
         Chain::new(vec![ChainEntry { pool, fail_open: false }])
     };
     let upstream: Arc<dyn Upstream> = Arc::new(Immediate);
-    let ctx = Context {
+    let ctx = Arc::new(Context {
         instance_id: "0b9d3bc4-2d5e-4d56-9d7c-6f1f4d1a2b3c".into(),
         binding_id: Some("5f0c2f63-1c7e-4a8e-9f61-3c1d2e4f5a6b".into()),
         plan: "devnet".into(),
         request_id: "01JD8ZQ4M6X2K9V7T3N5R1P0AB".into(),
-    };
+    });
     let call = Call { method: "eth_call".into(), params: Some(PARAMS.into()) };
 
     let cases = [

@@ -98,8 +98,12 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
                 serde_json::from_str::<serde_json::Value>(params).context("--params is not JSON")?;
             }
             let chain = load_chain(&file, &config).await?;
-            let ctx =
-                Context { instance_id: "cli".into(), binding_id: None, plan: "cli".into(), request_id: "cli-1".into() };
+            let ctx = Arc::new(Context {
+                instance_id: "cli".into(),
+                binding_id: None,
+                plan: "cli".into(),
+                request_id: "cli-1".into(),
+            });
             let upstream: Arc<dyn Upstream> = Arc::new(Fixed(upstream_result));
             let outcome = chain.run(&ctx, Call { method, params }, &upstream).await;
             Ok(response_json(outcome))

@@ -78,7 +78,11 @@ impl Fixture {
 
     async fn run(&self, chain: &Chain, method: &str, params: Option<&str>) -> Outcome {
         chain
-            .run(&context(), Call { method: method.into(), params: params.map(str::to_string) }, &self.upstream())
+            .run(
+                &Arc::new(context()),
+                Call { method: method.into(), params: params.map(str::to_string) },
+                &self.upstream(),
+            )
             .await
     }
 }
@@ -442,4 +446,31 @@ async fn plugins_get_no_environment_filesystem_or_clock_through_wasi() {
     let seen = json_of(fx.run(&chain, "m", None).await);
     assert_eq!(seen, json!({"env_vars": 0, "fs": "denied", "unix_secs": 0}));
     assert!(std::env::vars().count() > 0, "the host process does have an environment");
+}
+
+#[tokio::test]
+async fn a_plugin_reads_the_context_of_the_call_it_is_processing() {
+    let fx = Fixture::new();
+    let chain = fx.chain(&[json!({"mode": "whoami"})]).await;
+    let seen = json_of(fx.run(&chain, "m", None).await);
+    assert_eq!(seen, json!({"instance_id": "inst-1", "binding_id": "bind-1", "plan": "devnet", "request_id": "req-1"}));
+}
+
+#[tokio::test]
+async fn hooks_a_plugin_does_not_declare_are_skipped() {
+    let fx = Fixture::new();
+    // b only filters (no on-result), c only post-processes (no on-call).
+    let chain = fx
+        .chain(&[
+            tracer("a"),
+            json!({"mode": "tracer", "tag": "b", "hooks": ["on-call"]}),
+            json!({"mode": "tracer", "tag": "c", "hooks": ["on-result"]}),
+        ])
+        .await;
+
+    let result = json_of(fx.run(&chain, "m", None).await);
+
+    assert_eq!(result["params"], json!(["call:a", "call:b"]), "c's on-call was skipped");
+    assert_eq!(result["trail"], json!(["result:c", "result:a"]), "b's on-result was skipped");
+    assert_eq!(fx.runtime.stats().instantiations.load(Ordering::SeqCst), 3, "one copy per pool served everything");
 }

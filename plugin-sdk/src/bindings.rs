@@ -11,5 +11,6 @@ wit_bindgen::generate!({
     export_macro_name: "__ovsb_export_world",
     default_bindings_module: "::ovsb_plugin_sdk::bindings",
     runtime_path: "::ovsb_plugin_sdk::__private::wit_bindgen::rt",
+    bitflags_path: "::ovsb_plugin_sdk::__private::wit_bindgen::rt::bitflags",
     additional_derives: [PartialEq, Eq],
 });

@@ -3,7 +3,7 @@
 //! Compiled to wasm they call ovsb through the `ovsb:plugin/host` imports. Compiled natively
 //! (for `cargo test`) they call the [`MockHost`](crate::testing::MockHost) of the current thread.
 
-use crate::{Call, Outcome};
+use crate::{Call, CallContext, Outcome};
 
 #[cfg(target_arch = "wasm32")]
 use crate::bindings::ovsb::plugin::host as imports;
@@ -19,6 +19,19 @@ pub fn upstream(call: &Call) -> Outcome {
     #[cfg(not(target_arch = "wasm32"))]
     {
         crate::testing::with_mock_host(|host| host.upstream(call))
+    }
+}
+
+/// The context of the call being processed (use [`Context`](crate::Context), which calls this
+/// lazily).
+pub(crate) fn call_context() -> CallContext {
+    #[cfg(target_arch = "wasm32")]
+    {
+        imports::call_context()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        crate::testing::with_mock_host(|host| host.call_context())
     }
 }
 

@@ -32,8 +32,9 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`); the
 //! resulting `.wasm` file is a component that ovsb loads. Test it natively with plain
-//! `cargo test`: on targets other than wasm (where the `testing` module exists) the host functions ([`upstream`], [`kv`], [`log`],
-//! [`now_ms`]) are served by the [`testing::MockHost`] of the current thread.
+//! `cargo test`: on targets other than wasm (where the `testing` module exists) the host
+//! functions ([`upstream`], [`kv`], [`log`], [`now_ms`], the [`Context`]) are served by the
+//! [`testing::MockHost`] of the current thread.
 //!
 //! ## Layout
 //! - the crate root: the [`Plugin`] trait, the contract's types with helpers, [`export_plugin!`];
@@ -53,14 +54,16 @@ pub mod testing;
 mod types;
 
 pub use host::{kv, log, now_ms, upstream};
-pub use types::{Config, codes, ok, ok_raw};
+pub use types::{Config, Context, codes, ok, ok_raw};
 
 /// One JSON-RPC call: `method` and the JSON text of `params` (see [`Call::params_as`]).
 pub use bindings::ovsb::plugin::types::Call;
-/// Who is calling: instance, binding, plan and a request id unique to the call.
-pub use bindings::ovsb::plugin::types::Context;
+/// Who is calling, as the host reports it (see [`Context`], which fetches it on first use).
+pub use bindings::ovsb::plugin::types::Context as CallContext;
 /// What [`Plugin::on_call`] decided: forward the call or respond to it.
 pub use bindings::ovsb::plugin::types::Decision;
+/// The hooks a plugin implements (see [`Plugin::hooks`]).
+pub use bindings::ovsb::plugin::types::Hooks;
 /// Severity of a log line.
 pub use bindings::ovsb::plugin::types::Level;
 /// The answer to a call: `Ok` holds the JSON text of `result`, `Err` a JSON-RPC error.
@@ -79,6 +82,13 @@ pub trait Plugin: Sized + 'static {
     /// shown to the operator as a 400, so say what is wrong and how to fix it.
     /// [`Config::parse`] turns serde's errors into such messages.
     fn configure(config: Config) -> Result<Self, String>;
+
+    /// The hooks this plugin implements; ovsb skips the others. The default is both: override
+    /// it to return only [`Hooks::ON_CALL`] when `on_result` is the pass-through default, so
+    /// that each call costs one plugin call instead of two.
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_CALL | Hooks::ON_RESULT
+    }
 
     /// Sees a call on its way to the node, in chain order. Return [`Decision::Forward`] with the
     /// call (rewritten or not) to pass it on, or [`Decision::Respond`] to answer it yourself: the
@@ -105,14 +115,14 @@ macro_rules! export_plugin {
         pub struct __OvsbPluginExport;
 
         impl $crate::bindings::Guest for __OvsbPluginExport {
-            fn configure(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+            fn configure(config: ::std::string::String) -> ::std::result::Result<$crate::Hooks, ::std::string::String> {
                 $crate::__private::configure::<$plugin>(config)
             }
-            fn on_call(ctx: $crate::Context, call: $crate::Call) -> $crate::Decision {
-                $crate::__private::on_call::<$plugin>(ctx, call)
+            fn on_call(call: $crate::Call) -> $crate::Decision {
+                $crate::__private::on_call::<$plugin>(call)
             }
-            fn on_result(ctx: $crate::Context, call: $crate::Call, outcome: $crate::Outcome) -> $crate::Outcome {
-                $crate::__private::on_result::<$plugin>(ctx, call, outcome)
+            fn on_result(call: $crate::Call, outcome: $crate::Outcome) -> $crate::Outcome {
+                $crate::__private::on_result::<$plugin>(call, outcome)
             }
         }
 
@@ -128,26 +138,28 @@ pub mod __private {
 
     pub use wit_bindgen;
 
-    use crate::{Call, Config, Context, Decision, Outcome, Plugin, RpcError, codes};
+    use crate::{Call, Config, Context, Decision, Hooks, Outcome, Plugin, RpcError, codes};
 
     thread_local! {
         /// The configured plugin of this component instance (wasm is single-threaded).
         static PLUGIN: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     }
 
-    pub fn configure<P: Plugin>(config: String) -> Result<(), String> {
+    pub fn configure<P: Plugin>(config: String) -> Result<Hooks, String> {
         install_panic_hook();
         let plugin = P::configure(Config::new(config))?;
+        let hooks = plugin.hooks();
         PLUGIN.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
-        Ok(())
+        Ok(hooks)
     }
 
-    pub fn on_call<P: Plugin>(ctx: Context, call: Call) -> Decision {
-        with_plugin::<P, _>(|plugin| plugin.on_call(&ctx, call)).unwrap_or_else(|err| Decision::Respond(Err(err)))
+    pub fn on_call<P: Plugin>(call: Call) -> Decision {
+        with_plugin::<P, _>(|plugin| plugin.on_call(&Context::from_host(), call))
+            .unwrap_or_else(|err| Decision::Respond(Err(err)))
     }
 
-    pub fn on_result<P: Plugin>(ctx: Context, call: Call, outcome: Outcome) -> Outcome {
-        with_plugin::<P, _>(|plugin| plugin.on_result(&ctx, &call, outcome)).unwrap_or_else(Err)
+    pub fn on_result<P: Plugin>(call: Call, outcome: Outcome) -> Outcome {
+        with_plugin::<P, _>(|plugin| plugin.on_result(&Context::from_host(), &call, outcome)).unwrap_or_else(Err)
     }
 
     fn with_plugin<P: Plugin, R>(f: impl FnOnce(&mut P) -> R) -> Result<R, RpcError> {

@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::{Call, Config, Context, Decision, Level, Outcome, Plugin, RpcError, codes};
+use crate::{Call, CallContext, Config, Context, Decision, Hooks, Level, Outcome, Plugin, RpcError, codes};
 
 type UpstreamFn = Box<dyn FnMut(&Call) -> Outcome>;
 
@@ -35,6 +35,7 @@ struct Entry {
 }
 
 struct State {
+    context: CallContext,
     now_ms: u64,
     upstream: Option<UpstreamFn>,
     upstream_calls: Vec<Call>,
@@ -64,6 +65,7 @@ impl MockHost {
     fn fresh() -> Self {
         MockHost {
             state: Rc::new(RefCell::new(State {
+                context: context(),
                 now_ms: 1_700_000_000_000,
                 upstream: None,
                 upstream_calls: Vec::new(),
@@ -76,6 +78,15 @@ impl MockHost {
     /// The mock host that the host functions use on this thread.
     pub fn current() -> Self {
         with_mock_host(MockHost::clone)
+    }
+
+    /// Sets the context that [`Context`] reports (by default [`context()`]).
+    pub fn set_context(&self, context: CallContext) {
+        self.state.borrow_mut().context = context;
+    }
+
+    pub(crate) fn call_context(&self) -> CallContext {
+        self.state.borrow().context.clone()
     }
 
     /// Answers upstream calls with `f` (by default they fail with "no upstream in MockHost").
@@ -206,8 +217,8 @@ impl MockHost {
 }
 
 /// A context for tests: instance `test-instance`, binding `test-binding`, plan `test-plan`.
-pub fn context() -> Context {
-    Context {
+pub fn context() -> CallContext {
+    CallContext {
         instance_id: "test-instance".to_string(),
         binding_id: Some("test-binding".to_string()),
         plan: "test-plan".to_string(),
@@ -219,19 +230,12 @@ pub fn context() -> Context {
 /// mock host's upstream, then `on_result`.
 pub struct Harness<P: Plugin> {
     plugin: P,
-    context: Context,
 }
 
 impl<P: Plugin> Harness<P> {
     /// Configures the plugin with the JSON text `config`; the error is the plugin's message.
     pub fn new(config: &str) -> Result<Self, String> {
-        Ok(Harness { plugin: P::configure(Config::new(config))?, context: context() })
-    }
-
-    /// Uses `context` for the calls that follow.
-    pub fn with_context(mut self, context: Context) -> Self {
-        self.context = context;
-        self
+        Ok(Harness { plugin: P::configure(Config::new(config))? })
     }
 
     /// The plugin, to inspect its state.
@@ -244,14 +248,24 @@ impl<P: Plugin> Harness<P> {
         self.run(Call::new(method, params.map(str::to_string)))
     }
 
-    /// Runs a call through `on_call`, the mock upstream and `on_result`.
+    /// Runs a call through `on_call`, the mock upstream and `on_result`, skipping the hooks the
+    /// plugin does not declare in [`Plugin::hooks`], as ovsb does. The context is the mock
+    /// host's ([`MockHost::set_context`]).
     pub fn run(&mut self, call: Call) -> Outcome {
-        match self.plugin.on_call(&self.context, call) {
-            Decision::Respond(outcome) => outcome,
-            Decision::Forward(call) => {
-                let outcome = MockHost::current().upstream(&call);
-                self.plugin.on_result(&self.context, &call, outcome)
+        let hooks = self.plugin.hooks();
+        let call = if hooks.contains(Hooks::ON_CALL) {
+            match self.plugin.on_call(&Context::from_host(), call) {
+                Decision::Respond(outcome) => return outcome,
+                Decision::Forward(call) => call,
             }
+        } else {
+            call
+        };
+        let outcome = MockHost::current().upstream(&call);
+        if hooks.contains(Hooks::ON_RESULT) {
+            self.plugin.on_result(&Context::from_host(), &call, outcome)
+        } else {
+            outcome
         }
     }
 }

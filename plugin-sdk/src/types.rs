@@ -3,7 +3,9 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Call, Decision, Outcome, RpcError};
+use std::cell::OnceCell;
+
+use crate::{Call, CallContext, Decision, Outcome, RpcError};
 
 /// JSON-RPC error codes used by ovsb and its first-party plugins.
 pub mod codes {
@@ -86,6 +88,49 @@ fn to_json(value: &impl Serialize) -> String {
     // Serializing plain data to a String only fails for maps with non-string keys or a failing
     // `Serialize` impl; both are programming errors, reported like any other plugin failure.
     serde_json::to_string(value).unwrap_or_else(|err| panic!("value does not serialize to JSON: {err}"))
+}
+
+/// Who is calling: instance, binding, plan and a request id unique to the call. Fetched from the
+/// host on first use (plugins that never look pay nothing).
+#[derive(Debug, Default)]
+pub struct Context {
+    cell: OnceCell<CallContext>,
+}
+
+impl Context {
+    /// A context that asks the host when first read.
+    pub fn from_host() -> Self {
+        Context { cell: OnceCell::new() }
+    }
+
+    /// A context with these values (for tests).
+    pub fn new(context: CallContext) -> Self {
+        Context { cell: OnceCell::from(context) }
+    }
+
+    fn get(&self) -> &CallContext {
+        self.cell.get_or_init(crate::host::call_context)
+    }
+
+    /// The service instance whose endpoint was called.
+    pub fn instance_id(&self) -> &str {
+        &self.get().instance_id
+    }
+
+    /// The binding whose credentials were used, if any.
+    pub fn binding_id(&self) -> Option<&str> {
+        self.get().binding_id.as_deref()
+    }
+
+    /// The plan id of the instance.
+    pub fn plan(&self) -> &str {
+        &self.get().plan
+    }
+
+    /// An id unique to this call, also in ovsb's logs.
+    pub fn request_id(&self) -> &str {
+        &self.get().request_id
+    }
 }
 
 /// A plugin's configuration: the JSON text of the `config` member of its chain entry.

@@ -1,8 +1,9 @@
 //! An instance's chain of plugins, and the semantics of running a call through it.
 //!
-//! `on-call` runs in order; `forward` hands the (possibly rewritten) call to the next plugin and,
+//! `on-call` runs in order (for the plugins that declared the hook); `forward` hands the (possibly rewritten) call to the next plugin and,
 //! after the last, to the upstream; `respond` ends the way in. `on-result` then runs in reverse
-//! for exactly the plugins that forwarded the call, each seeing the call as it forwarded it.
+//! for exactly the plugins that forwarded the call and declared the hook, each seeing the call
+//! as it forwarded it.
 //!
 //! When a plugin fails (trap, limit): fail-closed (the default) turns the call's outcome into
 //! the failure's JSON-RPC error, which the plugins before it still see in `on-result`;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use super::errors::PluginFailure;
 use super::pool::InstancePool;
 use super::state::Upstream;
-use super::{Call, Context, Decision, Outcome};
+use super::{Call, Context, Decision, Hooks, Outcome};
 
 /// One plugin of a chain.
 #[derive(Clone)]
@@ -42,14 +43,29 @@ impl Chain {
     }
 
     /// Runs one call through the chain and, unless a plugin answers it, the upstream.
-    pub async fn run(&self, ctx: &Context, call: Call, upstream: &Arc<dyn Upstream>) -> Outcome {
-        // The call as each forwarding plugin passed it on, with that plugin's index.
+    pub async fn run(&self, ctx: &Arc<Context>, call: Call, upstream: &Arc<dyn Upstream>) -> Outcome {
+        // The call as each plugin with an `on-result` hook passed it on, with its index.
         let mut forwarded: Vec<(usize, Call)> = Vec::with_capacity(self.entries.len());
+        // The call as the last plugin passed it on, when that plugin has no `on-result` hook.
+        let mut rewritten: Option<Call> = None;
         let mut answer: Option<Outcome> = None;
         for (index, entry) in self.entries.iter().enumerate() {
-            let current = forwarded.last().map_or(&call, |(_, call)| call);
+            let hooks = entry.pool.hooks();
+            let current = rewritten.as_ref().or(forwarded.last().map(|(_, call)| call)).unwrap_or(&call);
+            if !hooks.contains(Hooks::ON_CALL) {
+                if hooks.contains(Hooks::ON_RESULT) {
+                    let same = current.clone();
+                    rewritten = None;
+                    forwarded.push((index, same));
+                }
+                continue;
+            }
             match entry.pool.on_call(ctx, current, upstream).await {
-                Ok(Decision::Forward(next)) => forwarded.push((index, next)),
+                Ok(Decision::Forward(next)) if hooks.contains(Hooks::ON_RESULT) => {
+                    rewritten = None;
+                    forwarded.push((index, next));
+                }
+                Ok(Decision::Forward(next)) => rewritten = Some(next),
                 Ok(Decision::Respond(outcome)) => {
                     answer = Some(outcome);
                     break;
@@ -63,7 +79,10 @@ impl Chain {
         }
         let mut outcome = match answer {
             Some(outcome) => outcome,
-            None => upstream.call(forwarded.last().map_or(&call, |(_, call)| call)).await,
+            None => {
+                let last = rewritten.as_ref().or(forwarded.last().map(|(_, call)| call)).unwrap_or(&call);
+                upstream.call(last).await
+            }
         };
         for (index, call) in forwarded.iter().rev() {
             let entry = &self.entries[*index];

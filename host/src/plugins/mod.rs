@@ -29,7 +29,7 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use bindings::ovsb::plugin::types::{Call, Context, Decision, Level, Outcome, RpcError};
+pub use bindings::ovsb::plugin::types::{Call, Context, Decision, Hooks, Level, Outcome, RpcError};
 pub use chain::{Chain, ChainEntry};
 pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
 pub use kv::{KvLimits, KvStore};

@@ -6,14 +6,14 @@
 //! dropped instead, and a fresh one takes its place on demand.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use wasmtime::Store;
 
 use super::bindings::{
     self,
-    ovsb::plugin::types::{Call, Context, Decision, Outcome, RpcError},
+    ovsb::plugin::types::{Call, Context, Decision, Hooks, Outcome, RpcError},
 };
 use super::errors::{ConfigureError, FailureKind, PluginFailure};
 use super::kv::KvStore;
@@ -105,6 +105,8 @@ pub struct InstancePool {
     settings: CopySettings,
     idle: Mutex<Vec<PluginCopy>>,
     permits: tokio::sync::Semaphore,
+    /// What the first copy's `configure` declared.
+    hooks: OnceLock<Hooks>,
 }
 
 impl InstancePool {
@@ -133,6 +135,7 @@ impl InstancePool {
             settings,
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(limits.max_concurrency),
+            hooks: OnceLock::new(),
         });
         let first = pool.instantiate().await?;
         pool.give_back(first);
@@ -149,6 +152,11 @@ impl InstancePool {
         &self.config
     }
 
+    /// The hooks the plugin declared for this configuration.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks.get().copied().unwrap_or(Hooks::all())
+    }
+
     /// Copies idle in the pool now.
     pub fn idle_copies(&self) -> usize {
         self.lock_idle().len()
@@ -157,15 +165,15 @@ impl InstancePool {
     /// Runs the plugin's `on-call`.
     pub async fn on_call(
         &self,
-        ctx: &Context,
+        ctx: &Arc<Context>,
         call: &Call,
         upstream: &Arc<dyn Upstream>,
     ) -> Result<Decision, PluginFailure> {
         let _permit = self.permit().await?;
         let mut copy = self.take().await?;
-        copy.store.data_mut().begin_call(Some(upstream.clone()));
+        copy.store.data_mut().begin_call(Some(ctx.clone()), Some(upstream.clone()));
         self.arm(&mut copy);
-        let result = copy.exports.call_on_call(&mut copy.store, ctx, call).await;
+        let result = copy.exports.call_on_call(&mut copy.store, call).await;
         copy.store.data_mut().end_call();
         let decision = self.settle(copy, result)?;
         let size = match &decision {
@@ -179,16 +187,16 @@ impl InstancePool {
     /// Runs the plugin's `on-result`.
     pub async fn on_result(
         &self,
-        ctx: &Context,
+        ctx: &Arc<Context>,
         call: &Call,
         outcome: &Outcome,
         upstream: &Arc<dyn Upstream>,
     ) -> Result<Outcome, PluginFailure> {
         let _permit = self.permit().await?;
         let mut copy = self.take().await?;
-        copy.store.data_mut().begin_call(Some(upstream.clone()));
+        copy.store.data_mut().begin_call(Some(ctx.clone()), Some(upstream.clone()));
         self.arm(&mut copy);
-        let result = copy.exports.call_on_result(&mut copy.store, ctx, call, outcome).await;
+        let result = copy.exports.call_on_result(&mut copy.store, call, outcome).await;
         copy.store.data_mut().end_call();
         let outcome = self.settle(copy, result)?;
         self.check_size(outcome_size(&outcome))?;
@@ -233,7 +241,7 @@ impl InstancePool {
         store.limiter(|state| &mut state.memory);
         let tick = runtime.epoch_tick;
         store.epoch_deadline_callback(move |ctx| StoreState::on_epoch_deadline(ctx, tick));
-        store.data_mut().begin_call(None);
+        store.data_mut().begin_call(None, None);
         store.set_epoch_deadline(ticks_for(self.settings.budget, tick));
         let failed = |e: wasmtime::Error| ConfigureError::Failed {
             plugin: self.plugin.name.to_string(),
@@ -243,8 +251,9 @@ impl InstancePool {
         let exports = self.plugin.pre.instantiate_async(&mut store).await.map_err(failed)?;
         runtime.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         match exports.call_configure(&mut store, &self.config).await.map_err(failed)? {
-            Ok(()) => {
+            Ok(hooks) => {
                 store.data_mut().end_call();
+                self.hooks.get_or_init(|| hooks);
                 Ok(PluginCopy { store, exports })
             }
             Err(message) => Err(ConfigureError::Rejected { plugin: self.plugin.name.to_string(), message }),

@@ -15,7 +15,7 @@ use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::ovsb::plugin::host::Host;
-use super::bindings::ovsb::plugin::types::{Call, Level, Outcome, RpcError};
+use super::bindings::ovsb::plugin::types::{Call, Context, Level, Outcome, RpcError};
 use super::kv::KvStore;
 
 /// Longest log line a plugin may write; longer ones are cut.
@@ -96,6 +96,7 @@ impl LogLimiter {
 
 /// Bookkeeping of the call in progress.
 pub(crate) struct CallState {
+    context: Option<Arc<Context>>,
     upstream: Option<Arc<dyn Upstream>>,
     upstream_left: u32,
     started: Instant,
@@ -142,13 +143,20 @@ impl StoreState {
             log: LogLimiter::new(settings.log_lines_per_second),
             budget: settings.budget,
             max_upstream_calls: settings.max_upstream_calls,
-            call: CallState { upstream: None, upstream_left: 0, started: Instant::now(), host_wait: Duration::ZERO },
+            call: CallState {
+                context: None,
+                upstream: None,
+                upstream_left: 0,
+                started: Instant::now(),
+                host_wait: Duration::ZERO,
+            },
         }
     }
 
     /// Starts the bookkeeping of a call (or of `configure`, with no upstream).
-    pub fn begin_call(&mut self, upstream: Option<Arc<dyn Upstream>>) {
+    pub fn begin_call(&mut self, context: Option<Arc<Context>>, upstream: Option<Arc<dyn Upstream>>) {
         self.call = CallState {
+            context,
             upstream,
             upstream_left: self.max_upstream_calls,
             started: Instant::now(),
@@ -158,6 +166,7 @@ impl StoreState {
 
     /// Ends the call: the copy keeps no reference to the caller's upstream.
     pub fn end_call(&mut self) {
+        self.call.context = None;
         self.call.upstream = None;
     }
 
@@ -286,6 +295,19 @@ impl Host for StoreState {
         let outcome = upstream.call(&call).await;
         self.call.host_wait += waited.elapsed();
         outcome
+    }
+
+    fn call_context(&mut self) -> Context {
+        match &self.call.context {
+            Some(context) => Context::clone(context),
+            // During configure: only the instance is known.
+            None => Context {
+                instance_id: self.instance_id.to_string(),
+                binding_id: None,
+                plan: String::new(),
+                request_id: String::new(),
+            },
+        }
     }
 
     fn now_ms(&mut self) -> u64 {

@@ -12,8 +12,11 @@
 //! | `counter` | increments kv key `hits` and answers with the new value |
 //! | `log-spam` | writes `lines` log lines and answers `null` |
 //! | `wasi-probe` | tries WASI environment, filesystem and clock and answers what it saw |
+//! | `whoami` | answers the call's context |
+//!
+//! Every mode honours `"hooks": ["on-call", "on-result"]` (default both) to declare fewer hooks.
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Outcome, Plugin, RpcError, codes, kv, log};
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Outcome, Plugin, RpcError, codes, kv, log};
 use serde_json::{Value, json};
 
 /// See the module docs.
@@ -42,7 +45,18 @@ impl Plugin for TestPlugin {
         Ok(TestPlugin { config })
     }
 
-    fn on_call(&mut self, _ctx: &Context, mut call: Call) -> Decision {
+    fn hooks(&self) -> Hooks {
+        match self.config["hooks"].as_array() {
+            None => Hooks::ON_CALL | Hooks::ON_RESULT,
+            Some(names) => names.iter().fold(Hooks::empty(), |hooks, name| match name.as_str() {
+                Some("on-call") => hooks | Hooks::ON_CALL,
+                Some("on-result") => hooks | Hooks::ON_RESULT,
+                _ => hooks,
+            }),
+        }
+    }
+
+    fn on_call(&mut self, ctx: &Context, mut call: Call) -> Decision {
         match self.mode() {
             "tracer" => {
                 let mut params = match call.params_as::<Option<Vec<Value>>>() {
@@ -109,6 +123,12 @@ impl Plugin for TestPlugin {
                     .unwrap_or(0);
                 Decision::respond_ok(&json!({"env_vars": env_vars, "fs": fs, "unix_secs": unix_secs}))
             }
+            "whoami" => Decision::respond_ok(&json!({
+                "instance_id": ctx.instance_id(),
+                "binding_id": ctx.binding_id(),
+                "plan": ctx.plan(),
+                "request_id": ctx.request_id(),
+            })),
             _ => Decision::Forward(call),
         }
     }
