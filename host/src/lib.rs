@@ -6,10 +6,13 @@
 //!
 //! ## Layout
 //! - [`cli`]: the `ovsb` command line.
+//! - [`gateway`]: the JSON-RPC data plane (jsonrpsee): auth, routing snapshot, middleware,
+//!   upstream forwarding and failover, subscriptions, limits.
 //! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm
 //!   instance pools, limits, host functions, chain execution.
 //!
 //! The broker, store, drivers and gateway arrive with their issues; see the README.
 
 pub mod cli;
+pub mod gateway;
 pub mod plugins;

@@ -44,47 +44,12 @@ impl Chain {
 
     /// Runs one call through the chain and, unless a plugin answers it, the upstream.
     pub async fn run(&self, ctx: &Arc<Context>, call: Call, upstream: &Arc<dyn Upstream>) -> Outcome {
-        // The call as each plugin with an `on-result` hook passed it on, with its index.
-        let mut forwarded: Vec<(usize, Call)> = Vec::with_capacity(self.entries.len());
-        // The call as the last plugin passed it on, when that plugin has no `on-result` hook.
-        let mut rewritten: Option<Call> = None;
-        let mut answer: Option<Outcome> = None;
-        for (index, entry) in self.entries.iter().enumerate() {
-            let hooks = entry.pool.hooks();
-            let current = rewritten.as_ref().or(forwarded.last().map(|(_, call)| call)).unwrap_or(&call);
-            if !hooks.contains(Hooks::ON_CALL) {
-                if hooks.contains(Hooks::ON_RESULT) {
-                    let same = current.clone();
-                    rewritten = None;
-                    forwarded.push((index, same));
-                }
-                continue;
-            }
-            match entry.pool.on_call(ctx, current, upstream).await {
-                Ok(Decision::Forward(next)) if hooks.contains(Hooks::ON_RESULT) => {
-                    rewritten = None;
-                    forwarded.push((index, next));
-                }
-                Ok(Decision::Forward(next)) => rewritten = Some(next),
-                Ok(Decision::Respond(outcome)) => {
-                    answer = Some(outcome);
-                    break;
-                }
-                Err(failure) if entry.fail_open => log_skipped(&failure, ctx),
-                Err(failure) => {
-                    answer = Some(Err(failure.to_rpc_error()));
-                    break;
-                }
-            }
-        }
-        let mut outcome = match answer {
+        let inbound = self.inbound(ctx, &call, upstream).await;
+        let mut outcome = match inbound.answer {
             Some(outcome) => outcome,
-            None => {
-                let last = rewritten.as_ref().or(forwarded.last().map(|(_, call)| call)).unwrap_or(&call);
-                upstream.call(last).await
-            }
+            None => upstream.call(inbound.last().unwrap_or(&call)).await,
         };
-        for (index, call) in forwarded.iter().rev() {
+        for (index, call) in inbound.forwarded.iter().rev() {
             let entry = &self.entries[*index];
             match entry.pool.on_result(ctx, call, &outcome, upstream).await {
                 Ok(next) => outcome = next,
@@ -93,6 +58,67 @@ impl Chain {
             }
         }
         outcome
+    }
+
+    /// Runs only the way in: the call as the chain would pass it to the node, or the answer of
+    /// the plugin that responded (or failed). `on-result` hooks are not called. Used for
+    /// `eth_subscribe`, whose answer is a stream rather than an outcome.
+    pub async fn admit(&self, ctx: &Arc<Context>, call: Call, upstream: &Arc<dyn Upstream>) -> Result<Call, Outcome> {
+        let mut inbound = self.inbound(ctx, &call, upstream).await;
+        if let Some(answer) = inbound.answer {
+            return Err(answer);
+        }
+        Ok(inbound.rewritten.take().or_else(|| inbound.forwarded.pop().map(|(_, call)| call)).unwrap_or(call))
+    }
+
+    async fn inbound(&self, ctx: &Arc<Context>, call: &Call, upstream: &Arc<dyn Upstream>) -> Inbound {
+        let mut inbound = Inbound { forwarded: Vec::with_capacity(self.entries.len()), rewritten: None, answer: None };
+        for (index, entry) in self.entries.iter().enumerate() {
+            let hooks = entry.pool.hooks();
+            let current = inbound.last().unwrap_or(call);
+            if !hooks.contains(Hooks::ON_CALL) {
+                if hooks.contains(Hooks::ON_RESULT) {
+                    let same = current.clone();
+                    inbound.rewritten = None;
+                    inbound.forwarded.push((index, same));
+                }
+                continue;
+            }
+            match entry.pool.on_call(ctx, current, upstream).await {
+                Ok(Decision::Forward(next)) if hooks.contains(Hooks::ON_RESULT) => {
+                    inbound.rewritten = None;
+                    inbound.forwarded.push((index, next));
+                }
+                Ok(Decision::Forward(next)) => inbound.rewritten = Some(next),
+                Ok(Decision::Respond(outcome)) => {
+                    inbound.answer = Some(outcome);
+                    break;
+                }
+                Err(failure) if entry.fail_open => log_skipped(&failure, ctx),
+                Err(failure) => {
+                    inbound.answer = Some(Err(failure.to_rpc_error()));
+                    break;
+                }
+            }
+        }
+        inbound
+    }
+}
+
+/// The state of a call after the way in.
+struct Inbound {
+    /// The call as each plugin with an `on-result` hook passed it on, with its index.
+    forwarded: Vec<(usize, Call)>,
+    /// The call as the latest plugin passed it on, when that plugin has no `on-result` hook.
+    rewritten: Option<Call>,
+    /// The answer of a plugin that responded or failed.
+    answer: Option<Outcome>,
+}
+
+impl Inbound {
+    /// The call as the last forwarding plugin passed it on (`None`: unchanged).
+    fn last(&self) -> Option<&Call> {
+        self.rewritten.as_ref().or(self.forwarded.last().map(|(_, call)| call))
     }
 }
 

@@ -1,0 +1,141 @@
+//! The routing snapshot: which binding key opens which instance's endpoint.
+//!
+//! The control plane builds a new [`RouteTable`] whenever an instance or binding changes and
+//! swaps it in atomically ([`Routes::replace`] / [`Routes::update`]); the data plane only reads
+//! the current snapshot, without locks and without touching the store. A key is known here only
+//! by its SHA-256, as in the store, so a memory dump does not reveal working keys.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use super::upstream::UpstreamPool;
+use crate::plugins::Chain;
+
+/// SHA-256 of a binding key.
+pub type KeyDigest = [u8; 32];
+
+/// What every binding of one instance shares.
+pub struct InstanceRoute {
+    /// The service instance id.
+    pub instance_id: Arc<str>,
+    /// The plan id.
+    pub plan: Arc<str>,
+    /// The instance's plugin chain.
+    pub chain: Chain,
+    /// The instance's node(s).
+    pub upstream: Arc<UpstreamPool>,
+}
+
+/// One binding's way in.
+pub struct Route {
+    /// The instance the key opens.
+    pub instance: Arc<InstanceRoute>,
+    /// The binding the key belongs to.
+    pub binding_id: Arc<str>,
+}
+
+/// An immutable snapshot of every route.
+#[derive(Clone, Default)]
+pub struct RouteTable {
+    by_key: HashMap<KeyDigest, Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Adds or replaces the route of a key (given by its digest).
+    pub fn insert(&mut self, key: KeyDigest, route: Route) {
+        self.by_key.insert(key, Arc::new(route));
+    }
+
+    /// Removes a key; returns whether it was there.
+    pub fn remove(&mut self, key: &KeyDigest) -> bool {
+        self.by_key.remove(key).is_some()
+    }
+
+    /// Removes every key of an instance.
+    pub fn remove_instance(&mut self, instance_id: &str) {
+        self.by_key.retain(|_, route| &*route.instance.instance_id != instance_id);
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+/// The current snapshot, swapped atomically.
+#[derive(Default)]
+pub struct Routes {
+    current: ArcSwap<RouteTable>,
+}
+
+impl Routes {
+    /// The route a key opens, if any.
+    pub fn lookup(&self, key: &str) -> Option<Arc<Route>> {
+        self.current.load().by_key.get(&key_digest(key)).cloned()
+    }
+
+    /// The route of a key given by its digest, if it is still there.
+    pub fn lookup_digest(&self, digest: &KeyDigest) -> Option<Arc<Route>> {
+        self.current.load().by_key.get(digest).cloned()
+    }
+
+    /// Replaces the whole table.
+    pub fn replace(&self, table: RouteTable) {
+        self.current.store(Arc::new(table));
+    }
+
+    /// Applies a change to a copy of the table and swaps the copy in; concurrent updates are
+    /// retried, none is lost.
+    pub fn update(&self, change: impl Fn(&mut RouteTable)) {
+        self.current.rcu(|table| {
+            let mut next = RouteTable::clone(table);
+            change(&mut next);
+            next
+        });
+    }
+
+    /// Number of keys in the current snapshot.
+    pub fn len(&self) -> usize {
+        self.current.load().len()
+    }
+
+    /// Whether the current snapshot has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// SHA-256 of a key.
+pub fn key_digest(key: &str) -> KeyDigest {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A new binding key: 32 random bytes (256 bits), base64url without padding (43 characters,
+/// safe in a URL path).
+pub fn new_key() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_keys_are_long_url_safe_and_distinct() {
+        let (a, b) = (new_key(), new_key());
+        assert_eq!(a.len(), 43);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{a}");
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,312 @@
+//! The jsonrpsee RPC middleware that runs every call through its instance's plugin chain, and
+//! the WebSocket subscription proxy.
+//!
+//! jsonrpsee parses requests, splits batches, keeps ids, and enforces body and batch limits; this
+//! middleware then handles every call itself, registered method or not: it finds the caller's
+//! route in the current snapshot (so a revoked key stops working for the next call, even on an
+//! open WebSocket), runs the chain under the per-call deadline, and turns the outcome into the
+//! response. Batch entries run concurrently and are answered in order; notifications run the
+//! chain and get no answer. `eth_subscribe` is the one registered method: plugins see its
+//! `on-call` (they may refuse or rewrite it), then the subscription is proxied to the node's
+//! WebSocket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use jsonrpsee::core::middleware::{Batch, BatchEntry, Notification, RpcServiceT};
+use jsonrpsee::core::server::{BatchResponseBuilder, MethodResponse, ResponsePayload};
+use jsonrpsee::core::traits::ToRpcParams;
+use jsonrpsee::server::{IdProvider, PendingSubscriptionSink, RpcModule, SubscriptionMessage};
+use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Request, SubscriptionId};
+use serde_json::value::RawValue;
+
+use super::errors;
+use super::routes::{KeyDigest, Route, Routes};
+use crate::plugins::{Call, Context, Outcome, Upstream};
+
+/// Put into request extensions by the front service: the caller's key, by digest.
+#[derive(Clone, Copy)]
+pub(crate) struct Caller(pub KeyDigest);
+
+/// What the middleware needs besides the request.
+pub(crate) struct RpcState {
+    pub routes: Arc<Routes>,
+    pub max_response_bytes: usize,
+    pub request_ids: AtomicU64,
+    pub id_prefix: String,
+}
+
+impl RpcState {
+    fn route(&self, extensions: &http::Extensions) -> Option<Arc<Route>> {
+        let caller = extensions.get::<Caller>()?;
+        self.routes.lookup_digest(&caller.0)
+    }
+
+    fn context(&self, route: &Route) -> Arc<Context> {
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Context {
+            instance_id: route.instance.instance_id.to_string(),
+            binding_id: Some(route.binding_id.to_string()),
+            plan: route.instance.plan.to_string(),
+            request_id: format!("{}-{n:x}", self.id_prefix),
+        })
+    }
+}
+
+/// The middleware layer.
+#[derive(Clone)]
+pub(crate) struct ChainLayer(pub Arc<RpcState>);
+
+impl<S> tower::Layer<S> for ChainLayer {
+    type Service = ChainRpc<S>;
+    fn layer(&self, inner: S) -> ChainRpc<S> {
+        ChainRpc { inner, state: self.0.clone() }
+    }
+}
+
+/// The middleware service.
+#[derive(Clone)]
+pub(crate) struct ChainRpc<S> {
+    inner: S,
+    state: Arc<RpcState>,
+}
+
+impl<S> ChainRpc<S>
+where
+    S: RpcServiceT<
+            MethodResponse = MethodResponse,
+            NotificationResponse = MethodResponse,
+            BatchResponse = MethodResponse,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    async fn handle(self, req: Request<'_>) -> MethodResponse {
+        let Some(route) = self.state.route(&req.extensions) else {
+            return MethodResponse::error(req.id, error(errors::UNAUTHORIZED, "the key was revoked"));
+        };
+        let ctx = self.state.context(&route);
+        let call = Call { method: req.method.to_string(), params: req.params.as_ref().map(|p| p.get().to_string()) };
+        if call.method == "eth_subscribe" {
+            // Plugins may refuse or rewrite a subscription; the subscription itself is proxied.
+            return match route.instance.chain.admit(&ctx, call, &upstream_of(&route)).await {
+                Ok(call) => {
+                    let params = call.params.and_then(|p| RawValue::from_string(p).ok());
+                    let req =
+                        Request { method: call.method.into(), params: params.map(std::borrow::Cow::Owned), ..req };
+                    self.inner.call(req).await
+                }
+                Err(outcome) => response(req.id, outcome, self.state.max_response_bytes),
+            };
+        }
+        if call.method == "eth_unsubscribe" {
+            return self.inner.call(req).await;
+        }
+        let outcome = run(&route, &ctx, call).await;
+        response(req.id, outcome, self.state.max_response_bytes)
+    }
+
+    async fn notify(self, n: Notification<'_>) {
+        if let Some(route) = self.state.route(&n.extensions) {
+            let ctx = self.state.context(&route);
+            let call = Call { method: n.method.to_string(), params: n.params.as_ref().map(|p| p.get().to_string()) };
+            let _ = run(&route, &ctx, call).await;
+        }
+    }
+}
+
+impl<S> RpcServiceT for ChainRpc<S>
+where
+    S: RpcServiceT<
+            MethodResponse = MethodResponse,
+            NotificationResponse = MethodResponse,
+            BatchResponse = MethodResponse,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    type MethodResponse = MethodResponse;
+    type NotificationResponse = MethodResponse;
+    type BatchResponse = MethodResponse;
+
+    fn call<'a>(&self, req: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        self.clone().handle(req)
+    }
+
+    fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        let this = self.clone();
+        async move {
+            let entries = batch.into_iter().map(|entry| {
+                let this = this.clone();
+                async move {
+                    match entry {
+                        Ok(BatchEntry::Call(req)) => Some(this.handle(req).await),
+                        Ok(BatchEntry::Notification(n)) => {
+                            this.notify(n).await;
+                            None
+                        }
+                        Err(err) => {
+                            let (err, id) = err.into_parts();
+                            Some(MethodResponse::error(id, err))
+                        }
+                    }
+                }
+            });
+            let responses = futures::future::join_all(entries).await;
+            let mut builder = BatchResponseBuilder::new_with_limit(this.state.max_response_bytes);
+            let mut answered = false;
+            for response in responses.into_iter().flatten() {
+                answered = true;
+                if let Err(too_large) = builder.append(response) {
+                    return too_large;
+                }
+            }
+            if answered { MethodResponse::from_batch(builder.finish()) } else { MethodResponse::notification() }
+        }
+    }
+
+    fn notification<'a>(&self, n: Notification<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        let this = self.clone();
+        async move {
+            this.notify(n).await;
+            MethodResponse::notification()
+        }
+    }
+}
+
+fn upstream_of(route: &Route) -> Arc<dyn Upstream> {
+    route.instance.upstream.clone()
+}
+
+/// Runs a call through the route's chain under the instance's deadline.
+async fn run(route: &Route, ctx: &Arc<Context>, call: Call) -> Outcome {
+    let deadline = route.instance.upstream.deadline();
+    match tokio::time::timeout(deadline, route.instance.chain.run(ctx, call, &upstream_of(route))).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(crate::plugins::RpcError {
+            code: errors::DEADLINE_EXCEEDED,
+            message: format!("the call did not finish within {} ms", deadline.as_millis()),
+            data: None,
+        }),
+    }
+}
+
+fn error(code: i32, message: &str) -> ErrorObjectOwned {
+    ErrorObject::owned(code, message.to_string(), None::<()>)
+}
+
+/// The JSON-RPC response for an outcome. A plugin's result that is not valid JSON is an error.
+fn response(id: Id<'_>, outcome: Outcome, max_response_bytes: usize) -> MethodResponse {
+    match outcome {
+        Ok(json) => match RawValue::from_string(json) {
+            Ok(raw) => MethodResponse::response(id, ResponsePayload::success(raw), max_response_bytes),
+            Err(_) => {
+                MethodResponse::error(id, error(errors::INTERNAL_ERROR, "a plugin returned a result that is not JSON"))
+            }
+        },
+        Err(err) => {
+            let data = err.data.and_then(|d| RawValue::from_string(d).ok());
+            MethodResponse::error(id, ErrorObject::owned(err.code, err.message, data))
+        }
+    }
+}
+
+/// Params passed on as they are.
+struct RawParams(Option<Box<RawValue>>);
+
+impl ToRpcParams for RawParams {
+    fn to_rpc_params(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+        Ok(self.0)
+    }
+}
+
+/// The module of registered methods: only the subscription proxy.
+pub(crate) fn subscription_module(state: Arc<RpcState>) -> RpcModule<()> {
+    let mut module = RpcModule::new(());
+    module
+        .register_subscription(
+            "eth_subscribe",
+            "eth_subscription",
+            "eth_unsubscribe",
+            move |params, pending, _, ext| {
+                let state = state.clone();
+                let params = params.as_str().and_then(|p| RawValue::from_string(p.to_string()).ok());
+                async move {
+                    let Some(route) = ext.get::<Caller>().and_then(|caller| state.routes.lookup_digest(&caller.0))
+                    else {
+                        pending.reject(error(errors::UNAUTHORIZED, "the key was revoked")).await;
+                        return;
+                    };
+                    proxy_subscription(route, params, pending).await;
+                }
+            },
+        )
+        .expect("eth_subscribe is registered once");
+    module
+}
+
+/// Opens the subscription on the node's WebSocket and relays its notifications until either side
+/// goes away; dropping the upstream subscription unsubscribes at the node.
+async fn proxy_subscription(route: Arc<Route>, params: Option<Box<RawValue>>, pending: PendingSubscriptionSink) {
+    let Some(url) = route.instance.upstream.ws_urls().first().cloned() else {
+        pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "this instance has no WebSocket upstream")).await;
+        return;
+    };
+    let client = match jsonrpsee::ws_client::WsClientBuilder::default()
+        .connection_timeout(Duration::from_secs(5))
+        .build(&url)
+        .await
+    {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::warn!(instance = %route.instance.instance_id, "cannot reach the node's WebSocket: {err}");
+            pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "the node's WebSocket is unreachable")).await;
+            return;
+        }
+    };
+    use jsonrpsee::core::client::SubscriptionClientT;
+    let mut upstream =
+        match client.subscribe::<Box<RawValue>, _>("eth_subscribe", RawParams(params), "eth_unsubscribe").await {
+            Ok(subscription) => subscription,
+            Err(jsonrpsee::core::client::Error::Call(err)) => {
+                pending.reject(err).await;
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(instance = %route.instance.instance_id, "subscription at the node failed: {err}");
+                pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "the node refused the subscription")).await;
+                return;
+            }
+        };
+    let Ok(sink) = pending.accept().await else { return };
+    loop {
+        tokio::select! {
+            item = upstream.next() => match item {
+                Some(Ok(notification)) => {
+                    if sink.send(SubscriptionMessage::from(notification)).await.is_err() {
+                        break;
+                    }
+                }
+                // The node closed or sent garbage: end the subscription.
+                _ => break,
+            },
+            _ = sink.closed() => break,
+        }
+    }
+    let _ = upstream.unsubscribe().await;
+}
+
+/// Subscription ids in the form Ethereum clients use: `0x` and 32 hex digits.
+#[derive(Debug)]
+pub(crate) struct HexIdProvider;
+
+impl IdProvider for HexIdProvider {
+    fn next_id(&self) -> SubscriptionId<'static> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+        SubscriptionId::Str(format!("0x{}", hex::encode(bytes)).into())
+    }
+}

@@ -1,0 +1,292 @@
+//! Forwarding calls to an instance's node(s): a pooled keep-alive HTTP client, failover between
+//! several upstreams, a per-call deadline, and the rules for what may be retried.
+//!
+//! A call goes to the next upstream in round-robin order, healthy ones first. A connection
+//! error or an HTTP 5xx marks that upstream down for a while and, if the call is safe to
+//! repeat, the next one is tried. Transactions (`eth_sendRawTransaction`,
+//! `eth_sendTransaction`) are only retried when the request provably never left (connection
+//! refused); otherwise their outcome is reported as unknown. The node's own JSON-RPC errors are
+//! answers, passed through unchanged.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::errors;
+use crate::plugins::{Call, Outcome, RpcError, Upstream};
+
+/// How long an upstream that failed is skipped (unless all are down).
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// Methods whose repetition could do something twice.
+fn is_send(method: &str) -> bool {
+    matches!(method, "eth_sendRawTransaction" | "eth_sendTransaction" | "eth_sendRawTransactionSync")
+}
+
+/// Settings of an upstream pool.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// HTTP JSON-RPC URLs of the nodes, in order of preference.
+    pub http: Vec<http::Uri>,
+    /// WebSocket URLs of the same nodes (for subscriptions).
+    pub ws: Vec<String>,
+    /// Longest time one call may take, retries included.
+    pub deadline: Duration,
+    /// Largest response body accepted from a node.
+    pub max_response_bytes: usize,
+}
+
+struct Endpoint {
+    uri: http::Uri,
+    /// Milliseconds since the pool's start until which this endpoint is skipped.
+    down_until_ms: AtomicU64,
+}
+
+/// The node(s) behind one instance.
+pub struct UpstreamPool {
+    endpoints: Vec<Endpoint>,
+    ws: Vec<String>,
+    next: AtomicUsize,
+    next_id: AtomicU64,
+    started: Instant,
+    deadline: Duration,
+    max_response_bytes: usize,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Why a single attempt failed.
+enum AttemptError {
+    /// The request never reached the node (connect refused, DNS): safe to retry anything.
+    NotSent(String),
+    /// The request may have reached the node.
+    Failed(String),
+}
+
+impl UpstreamPool {
+    /// A pool over these upstreams.
+    pub fn new(settings: UpstreamSettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.deadline));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        UpstreamPool {
+            endpoints: settings
+                .http
+                .into_iter()
+                .map(|uri| Endpoint { uri, down_until_ms: AtomicU64::new(0) })
+                .collect(),
+            ws: settings.ws,
+            next: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            started: Instant::now(),
+            deadline: settings.deadline,
+            max_response_bytes: settings.max_response_bytes,
+            client,
+        }
+    }
+
+    /// The WebSocket URLs, in order of preference.
+    pub fn ws_urls(&self) -> &[String] {
+        &self.ws
+    }
+
+    /// The per-call deadline.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Endpoint indexes in the order to try them: round-robin, healthy ones first.
+    fn order(&self) -> Vec<usize> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let (mut up, mut down): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|i| (start + i) % n)
+            .partition(|&i| self.endpoints[i].down_until_ms.load(Ordering::Relaxed) <= now);
+        up.append(&mut down);
+        up
+    }
+
+    fn mark_down(&self, index: usize) {
+        let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
+        self.endpoints[index].down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Sends one call, with failover, within the deadline.
+    pub async fn send(&self, call: &Call) -> Outcome {
+        match tokio::time::timeout(self.deadline, self.send_with_failover(call)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(rpc_error(
+                errors::DEADLINE_EXCEEDED,
+                format!("the node did not answer within {} ms", self.deadline.as_millis()),
+            )),
+        }
+    }
+
+    async fn send_with_failover(&self, call: &Call) -> Outcome {
+        if self.endpoints.is_empty() {
+            return Err(rpc_error(errors::UPSTREAM_UNAVAILABLE, "this instance has no upstream node"));
+        }
+        let body = self.encode(call);
+        let send = is_send(&call.method);
+        let mut last = String::new();
+        for index in self.order() {
+            match self.attempt(index, body.clone()).await {
+                Ok(outcome) => return outcome,
+                Err(AttemptError::NotSent(reason)) => {
+                    self.mark_down(index);
+                    last = reason;
+                }
+                Err(AttemptError::Failed(reason)) => {
+                    self.mark_down(index);
+                    if send {
+                        tracing::warn!(method = %call.method, "upstream failed after a transaction was sent: {reason}");
+                        return Err(rpc_error(
+                            errors::SEND_OUTCOME_UNKNOWN,
+                            "the node failed while handling the transaction; it may or may not have been accepted",
+                        ));
+                    }
+                    last = reason;
+                }
+            }
+        }
+        tracing::warn!(method = %call.method, "no upstream answered: {last}");
+        Err(rpc_error(errors::UPSTREAM_UNAVAILABLE, "no upstream node is reachable"))
+    }
+
+    /// The JSON-RPC request body, built around the raw params without re-encoding them.
+    fn encode(&self, call: &Call) -> Bytes {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let params = call.params.as_deref().unwrap_or("[]");
+        let mut body = Vec::with_capacity(64 + call.method.len() + params.len());
+        body.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+        body.extend_from_slice(id.to_string().as_bytes());
+        body.extend_from_slice(br#","method":"#);
+        // A method name is a JSON string; serde escapes it.
+        serde_json::to_writer(&mut body, &call.method).expect("writing to a Vec cannot fail");
+        body.extend_from_slice(br#","params":"#);
+        body.extend_from_slice(params.as_bytes());
+        body.push(b'}');
+        Bytes::from(body)
+    }
+
+    async fn attempt(&self, index: usize, body: Bytes) -> Result<Outcome, AttemptError> {
+        let request = http::Request::post(self.endpoints[index].uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| AttemptError::NotSent(e.to_string()))?;
+        let response = self.client.request(request).await.map_err(|e| {
+            if e.is_connect() { AttemptError::NotSent(e.to_string()) } else { AttemptError::Failed(e.to_string()) }
+        })?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), self.max_response_bytes)
+            .collect()
+            .await
+            .map_err(|e| AttemptError::Failed(format!("reading the answer: {e}")))?
+            .to_bytes();
+        if status.is_server_error() && decode(&body).is_none() {
+            return Err(AttemptError::Failed(format!("HTTP {status}")));
+        }
+        match decode(&body) {
+            Some(outcome) => Ok(outcome),
+            None => Err(AttemptError::Failed(format!("HTTP {status} with a body that is not a JSON-RPC response"))),
+        }
+    }
+}
+
+impl Upstream for UpstreamPool {
+    fn call<'a>(&'a self, call: &'a Call) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(self.send(call))
+    }
+}
+
+#[derive(Deserialize)]
+struct WireResponse<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<WireError<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireError<'a> {
+    code: i32,
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// Keeps `"result": null` as `Some(null)`: null is a valid result.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// The outcome in a node's JSON-RPC response; `None` if the body is not one.
+fn decode(body: &[u8]) -> Option<Outcome> {
+    let response: WireResponse = serde_json::from_slice(body).ok()?;
+    match (response.result, response.error) {
+        (_, Some(error)) => Some(Err(RpcError {
+            code: error.code,
+            message: error.message.into_owned(),
+            data: error.data.map(|d| d.get().to_string()),
+        })),
+        (Some(result), None) => Some(Ok(result.get().to_string())),
+        (None, None) => None,
+    }
+}
+
+fn rpc_error(code: i32, message: impl Into<String>) -> RpcError {
+    RpcError { code, message: message.into(), data: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_keeps_null_results_and_node_errors_as_they_are() {
+        assert_eq!(decode(br#"{"jsonrpc":"2.0","id":1,"result":null}"#), Some(Ok("null".into())));
+        assert_eq!(decode(br#"{"jsonrpc":"2.0","id":1,"result":{"a": [1]}}"#), Some(Ok(r#"{"a": [1]}"#.into())));
+        let err = decode(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":3,"message":"execution reverted","data":"0x08c379a0"}}"#,
+        );
+        assert_eq!(
+            err,
+            Some(Err(RpcError { code: 3, message: "execution reverted".into(), data: Some("\"0x08c379a0\"".into()) }))
+        );
+        assert_eq!(decode(b"<html>bad gateway</html>"), None);
+        assert_eq!(decode(br#"{"jsonrpc":"2.0","id":1}"#), None);
+    }
+
+    #[test]
+    fn the_request_body_escapes_the_method_and_keeps_params_raw() {
+        let pool = UpstreamPool::new(UpstreamSettings {
+            http: vec![],
+            ws: vec![],
+            deadline: Duration::from_secs(1),
+            max_response_bytes: 1024,
+        });
+        let body = pool.encode(&Call { method: "we\"ird".into(), params: Some("[1, {\"a\":2}]".into()) });
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed["method"], "we\"ird");
+        assert_eq!(parsed["params"], serde_json::json!([1, {"a": 2}]));
+    }
+}

@@ -1,0 +1,180 @@
+//! Shared test helpers: a real anvil node, a gateway on an OS-assigned port, JSON-RPC over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ovsb::gateway::{self, GatewayConfig, InstanceRoute, Route, Routes, UpstreamPool, UpstreamSettings};
+use ovsb::plugins::{Chain, ChainEntry, KvLimits, KvStore, PluginLimits, PluginRuntime, RuntimeConfig};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// The anvil binary: `OVSB_ANVIL`, else the one `tests/run-all.sh` installs with npm.
+fn anvil_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("OVSB_ANVIL") {
+        return path.into();
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    assert!(path.exists(), "anvil is not installed at {}: run tests/run-all.sh (npm ci in tests/node)", path.display());
+    path
+}
+
+/// A real anvil process on an OS-assigned loopback port, killed (by PID) on drop.
+pub struct Anvil {
+    child: Child,
+    pub port: u16,
+}
+
+impl Anvil {
+    /// Starts anvil with extra arguments and waits until it listens.
+    pub fn start(args: &[&str]) -> Anvil {
+        let mut child = Command::new(anvil_binary())
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start anvil");
+        let stdout = child.stdout.take().expect("anvil stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("Listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("anvil did not start listening");
+        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("anvil's port");
+        Anvil { child, port }
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A gateway on an OS-assigned loopback port, stopped on drop.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub routes: Arc<Routes>,
+    pub runtime: PluginRuntime,
+    shutdown: CancellationToken,
+}
+
+impl TestGateway {
+    pub async fn start(config: GatewayConfig) -> TestGateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes = Arc::new(Routes::default());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(gateway::serve(listener, config, routes.clone(), shutdown.clone()));
+        TestGateway { addr, routes, runtime: PluginRuntime::new(RuntimeConfig::default()).unwrap(), shutdown }
+    }
+
+    /// An instance over these upstreams with these test-plugin configs as its chain.
+    pub async fn instance(
+        &self,
+        id: &str,
+        http: &[String],
+        ws: &[String],
+        chain: &[Value],
+        deadline: Duration,
+    ) -> Arc<InstanceRoute> {
+        let plugin = self.runtime.load_file("test", ovsb_test_artifacts::TEST_PLUGIN.as_ref()).unwrap();
+        let kv = Arc::new(KvStore::new(KvLimits::default()));
+        let mut entries = Vec::new();
+        for config in chain {
+            let pool =
+                self.runtime.pool(&plugin, &config.to_string(), PluginLimits::default(), id, kv.clone()).await.unwrap();
+            entries.push(ChainEntry { pool, fail_open: false });
+        }
+        let upstream = UpstreamPool::new(UpstreamSettings {
+            http: http.iter().map(|u| u.parse().unwrap()).collect(),
+            ws: ws.to_vec(),
+            deadline,
+            max_response_bytes: 16 << 20,
+        });
+        Arc::new(InstanceRoute {
+            instance_id: id.into(),
+            plan: "devnet".into(),
+            chain: Chain::new(entries),
+            upstream: Arc::new(upstream),
+        })
+    }
+
+    /// A new binding key for an instance, live at once.
+    pub fn bind(&self, instance: &Arc<InstanceRoute>, binding_id: &str) -> String {
+        let key = gateway::new_key();
+        let digest = gateway::key_digest(&key);
+        let route_instance = instance.clone();
+        let binding: Arc<str> = binding_id.into();
+        self.routes.update(|table| {
+            table.insert(digest, Route { instance: route_instance.clone(), binding_id: binding.clone() });
+        });
+        key
+    }
+
+    pub fn revoke(&self, key: &str) {
+        let digest = gateway::key_digest(key);
+        self.routes.update(|table| {
+            table.remove(&digest);
+        });
+    }
+
+    pub fn url(&self, key: &str) -> String {
+        format!("http://{}/v1/{key}", self.addr)
+    }
+
+    pub fn ws_url(&self, key: &str) -> String {
+        format!("ws://{}/v1/{key}", self.addr)
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// POSTs a JSON body; returns the status and the JSON answer (Null if none).
+pub async fn post(url: &str, body: &Value) -> (u16, Value) {
+    post_raw(url, body.to_string(), None).await
+}
+
+pub async fn post_raw(url: &str, body: String, bearer: Option<&str>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut request = client.post(url).header("content-type", "application/json").body(body);
+    if let Some(key) = bearer {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("HTTP request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// One JSON-RPC call; returns the whole response object.
+pub async fn rpc(url: &str, method: &str, params: Value) -> Value {
+    post(url, &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})).await.1
+}
