@@ -135,7 +135,7 @@ pub async fn serve(
                             tower::Service::call(&mut jsonrpc, request).await.map_err(|e| anyhow::anyhow!("{e}"))
                         })
                     }
-                    Err(response) => Box::pin(std::future::ready(Ok(response))),
+                    Err(message) => Box::pin(std::future::ready(Ok(unauthorized(message)))),
                 }
             });
             if let Err(err) = serve_with_graceful_shutdown(socket, service, stopped).await {
@@ -153,14 +153,14 @@ pub async fn serve(
 
 type BoxedResponse = std::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, anyhow::Error>> + Send + 'static>>;
 
-/// The caller's key, if it opens a route; else the 401 to send.
-fn authenticate<B>(request: &HttpRequest<B>, routes: &Routes) -> Result<Caller, HttpResponse> {
+/// The caller's key, if it opens a route; else the message of the 401 to send.
+fn authenticate<B>(request: &HttpRequest<B>, routes: &Routes) -> Result<Caller, &'static str> {
     let Some(key) = key_of(request) else {
-        return Err(unauthorized("missing API key: use /v1/<key> or the header `Authorization: Bearer <key>`"));
+        return Err("missing API key: use /v1/<key> or the header `Authorization: Bearer <key>`");
     };
     let digest = key_digest(key);
     if routes.lookup_digest(&digest).is_none() {
-        return Err(unauthorized("unknown or revoked API key"));
+        return Err("unknown or revoked API key");
     }
     Ok(Caller(digest))
 }
