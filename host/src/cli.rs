@@ -57,6 +57,28 @@ enum PluginCommand {
         #[arg(long, default_value = "null")]
         upstream_result: String,
     },
+    /// Serve one JSON-RPC endpoint in front of a real node, with a chain of plugins, to try
+    /// plugins by hand or measure them. Prints the endpoint URL; stops on Ctrl-C or SIGTERM.
+    Serve {
+        /// A plugin of the chain, in order; repeat for several.
+        #[arg(long = "plugin")]
+        plugins: Vec<PathBuf>,
+        /// The configuration (JSON) of the plugin at the same position; `null` when missing.
+        #[arg(long = "config")]
+        configs: Vec<String>,
+        /// The node's HTTP JSON-RPC URL; repeat for failover.
+        #[arg(long = "upstream", required = true)]
+        upstreams: Vec<String>,
+        /// The node's WebSocket URL, for subscriptions.
+        #[arg(long)]
+        upstream_ws: Option<String>,
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8645")]
+        listen: std::net::SocketAddr,
+        /// The key of the endpoint; a random one when not given.
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -75,7 +97,11 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(output) => {
-            println!("{output}");
+            if !output.is_empty() {
+                // A closed stdout (a pipe whose reader left) is not an error worth failing for.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout(), "{output}");
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -87,6 +113,9 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
+        Command::Plugin(PluginCommand::Serve { plugins, configs, upstreams, upstream_ws, listen, key }) => {
+            serve_endpoint(plugins, configs, upstreams, upstream_ws, listen, key).await
+        }
         Command::Plugin(PluginCommand::Check { file, config }) => {
             let chain = load_chain(&file, &config).await?;
             let pool = &chain.entries()[0].pool;
@@ -108,6 +137,89 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             let outcome = chain.run(&ctx, Call { method, params }, &upstream).await;
             Ok(response_json(outcome))
         }
+    }
+}
+
+async fn serve_endpoint(
+    plugins: Vec<PathBuf>,
+    configs: Vec<String>,
+    upstreams: Vec<String>,
+    upstream_ws: Option<String>,
+    listen: std::net::SocketAddr,
+    key: Option<String>,
+) -> anyhow::Result<String> {
+    use crate::gateway::{
+        self, GatewayConfig, InstanceRoute, Route, RouteTable, Routes, UpstreamPool, UpstreamSettings,
+    };
+
+    let runtime = PluginRuntime::new(RuntimeConfig::default())?;
+    let kv = Arc::new(KvStore::new(KvLimits::default()));
+    let mut entries = Vec::new();
+    for (index, file) in plugins.iter().enumerate() {
+        let name = file.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+        let plugin = runtime.load_file(&name, file)?;
+        let config = configs.get(index).map_or("null", String::as_str);
+        let pool = runtime.pool(&plugin, config, PluginLimits::default(), "local", kv.clone()).await?;
+        entries.push(ChainEntry { pool, fail_open: false });
+    }
+    let http = upstreams
+        .iter()
+        .map(|u| u.parse::<http::Uri>().with_context(|| format!("--upstream {u} is not a URL")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let upstream = UpstreamPool::new(UpstreamSettings {
+        http,
+        ws: upstream_ws.into_iter().collect(),
+        deadline: std::time::Duration::from_secs(30),
+        max_response_bytes: 32 << 20,
+    });
+    let instance = Arc::new(InstanceRoute {
+        instance_id: "local".into(),
+        plan: "local".into(),
+        chain: Chain::new(entries),
+        upstream: Arc::new(upstream),
+    });
+    let key = key.unwrap_or_else(gateway::new_key);
+    let mut table = RouteTable::default();
+    table.insert(gateway::key_digest(&key), Route { instance, binding_id: "local".into() });
+    let routes = Arc::new(Routes::default());
+    routes.replace(table);
+
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "endpoint: http://{addr}/v1/{key}  (WebSocket: ws://{addr}/v1/{key})");
+        let _ = out.flush();
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    gateway::serve(listener, GatewayConfig::default(), routes, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(String::new())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

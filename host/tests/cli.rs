@@ -63,3 +63,56 @@ fn plugin_check_names_a_file_that_is_not_a_component() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("plugin `broken` is not a valid WebAssembly component"), "{stderr}");
 }
+
+#[test]
+fn plugin_serve_fronts_a_real_node_with_a_plugin_chain_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let anvil_bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    let mut anvil = Command::new(anvil_bin)
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("anvil (installed by tests/run-all.sh)");
+    let anvil_url = BufReader::new(anvil.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("Listening on ").map(|a| format!("http://{}", a.trim())))
+        .unwrap();
+
+    let mut ovsb = Command::new(env!("CARGO_BIN_EXE_ovsb"))
+        .args(["plugin", "serve", "--plugin", TEST_PLUGIN, "--config", r#"{"mode":"pass"}"#])
+        .args(["--upstream", &anvil_url, "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let endpoint = BufReader::new(ovsb.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.strip_prefix("endpoint: ").and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
+        })
+        .unwrap();
+
+    let call = |url: &str| -> Value {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#,
+                url,
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(call(&endpoint)["result"], call(&anvil_url)["result"]);
+
+    Command::new("kill").args(["-TERM", &ovsb.id().to_string()]).status().unwrap();
+    let status = ovsb.wait().unwrap();
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+    let _ = anvil.kill();
+    let _ = anvil.wait();
+}

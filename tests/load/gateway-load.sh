@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Load test of the data plane, as DESIGN.md prescribes: servers pinned to core 0, wrk to core 1,
+# targets interleaved over several rounds, medians reported. Compares, against anvil and against
+# a static upstream (nginx answering a fixed JSON-RPC result): the upstream directly, nginx
+# proxying it, ovsb with an empty chain, ovsb with three plugins.
+#
+#   tests/load/gateway-load.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 10 s)
+#
+# Installs nginx and wrk from Debian's packages if missing. Everything listens on 127.0.0.1 and
+# is stopped by PID at the end.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${1:-5}
+SECS=${2:-10}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null; }
+[ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
+rustup target add wasm32-wasip2 >/dev/null 2>&1
+cargo build --release -p ovsb -q
+cargo build --release --target wasm32-wasip2 -p ovsb-test-plugin -q
+PLUGIN=target/wasm32-wasip2/release/ovsb_test_plugin.wasm
+OVSB=target/release/ovsb
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+ANVIL=$(free_port); STATIC=$(free_port); NGX_ANVIL=$(free_port); NGX_STATIC=$(free_port)
+taskset -c 0 tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
+
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream anvil { server 127.0.0.1:$ANVIL; keepalive 64; }
+    server { listen 127.0.0.1:$STATIC;
+             location / { default_type application/json; return 200 '{"jsonrpc":"2.0","id":1,"result":"0x7a69"}'; } }
+    upstream static { server 127.0.0.1:$STATIC; keepalive 64; }
+    server { listen 127.0.0.1:$NGX_ANVIL;
+             location / { proxy_pass http://anvil; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+    server { listen 127.0.0.1:$NGX_STATIC;
+             location / { proxy_pass http://static; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGINX
+taskset -c 0 nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+
+start_ovsb() { # name upstream_port plugins...
+    local port; port=$(free_port)
+    local args=(plugin serve --upstream "http://127.0.0.1:$2" --listen "127.0.0.1:$port" --key loadtest)
+    local n=$3
+    for _ in $(seq "$n"); do args+=(--plugin "$PLUGIN" --config '{"mode":"pass"}'); done
+    taskset -c 0 "$OVSB" "${args[@]}" > "$WORK/$1.log" 2>&1 & PIDS+=($!)
+    wait_port "$port"
+    echo "http://127.0.0.1:$port/v1/loadtest"
+}
+wait_port "$ANVIL"; wait_port "$STATIC"
+declare -A URL
+URL[anvil-direct]="http://127.0.0.1:$ANVIL"
+URL[anvil-nginx]="http://127.0.0.1:$NGX_ANVIL"
+URL[anvil-ovsb-0]=$(start_ovsb anvil-ovsb-0 "$ANVIL" 0)
+URL[anvil-ovsb-3]=$(start_ovsb anvil-ovsb-3 "$ANVIL" 3)
+URL[static-direct]="http://127.0.0.1:$STATIC"
+URL[static-nginx]="http://127.0.0.1:$NGX_STATIC"
+URL[static-ovsb-0]=$(start_ovsb static-ovsb-0 "$STATIC" 0)
+URL[static-ovsb-3]=$(start_ovsb static-ovsb-3 "$STATIC" 3)
+ORDER=(anvil-direct anvil-nginx anvil-ovsb-0 anvil-ovsb-3 static-direct static-nginx static-ovsb-0 static-ovsb-3)
+
+for t in "${ORDER[@]}"; do # every target must answer a real result before it is measured
+    curl -sf -H 'content-type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "${URL[$t]}" | grep -q '"result"' \
+        || { echo "$t does not answer"; exit 1; }
+done
+
+for round in $(seq "$ROUNDS"); do
+    for t in "${ORDER[@]}"; do
+        taskset -c 1 wrk -t1 -c32 -d"${SECS}s" --latency -s tests/load/post.lua "${URL[$t]}" > "$WORK/$t.$round.txt"
+        echo "round $round $t: $(grep Requests/sec "$WORK/$t.$round.txt" | awk '{print $2}') req/s" >&2
+    done
+done
+
+python3 - "$WORK" "$ROUNDS" "${ORDER[@]}" <<'PY'
+import re, statistics, sys
+work, rounds, order = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def ms(v):
+    n, unit = float(re.match(r"[\d.]+", v).group()), re.sub(r"[\d.]+", "", v)
+    return n * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+rows = {}
+for t in order:
+    rps, p50, p99 = [], [], []
+    for r in range(1, rounds + 1):
+        text = open(f"{work}/{t}.{r}.txt").read()
+        rps.append(float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)))
+        p50.append(ms(re.search(r"50%\s+(\S+)", text).group(1)))
+        p99.append(ms(re.search(r"99%\s+(\S+)", text).group(1)))
+    rows[t] = (statistics.median(rps), statistics.median(p50), statistics.median(p99))
+print(f"{'target':16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'added µs/call vs direct':>24}")
+for t in order:
+    rps, p50, p99 = rows[t]
+    direct = rows[t.split("-")[0] + "-direct"][0]
+    added = "" if t.endswith("direct") else f"{1e6 / rps - 1e6 / direct:.1f}"
+    print(f"{t:16} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {added:>24}")
+for up in ("anvil", "static"):
+    ng, o3 = rows[f"{up}-nginx"], rows[f"{up}-ovsb-3"]
+    print(f"{up}: ovsb with 3 plugins = {100 * o3[0] / ng[0]:.0f}% of nginx's req/s (target ≥ 85%), p99 {o3[2] / ng[2]:.2f}x nginx's (target ≤ 1.5x)")
+PY
