@@ -87,16 +87,18 @@ python3 - "$WORK" "$ROUNDS" "${ORDER[@]}" <<'PY'
 import re, statistics, sys
 work, rounds, order = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def ms(v):
-    n, unit = float(re.match(r"[\d.]+", v).group()), re.sub(r"[\d.]+", "", v)
-    return n * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3, "m": 6e4}[m.group(2)]
 rows = {}
 for t in order:
     rps, p50, p99 = [], [], []
     for r in range(1, rounds + 1):
         text = open(f"{work}/{t}.{r}.txt").read()
         rps.append(float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)))
-        p50.append(ms(re.search(r"50%\s+(\S+)", text).group(1)))
-        p99.append(ms(re.search(r"99%\s+(\S+)", text).group(1)))
+        p50.append(ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1)))
+        p99.append(ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1)))
     rows[t] = (statistics.median(rps), statistics.median(p50), statistics.median(p99))
 print(f"{'target':16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'added µs/call vs direct':>24}")
 for t in order:
