@@ -65,6 +65,28 @@ impl<S> tower::Layer<S> for ChainLayer {
     }
 }
 
+/// What the middleware wraps: jsonrpsee's own RPC service (used for the subscription methods).
+pub(crate) trait InnerService:
+    RpcServiceT<MethodResponse = MethodResponse, NotificationResponse = MethodResponse, BatchResponse = MethodResponse>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> InnerService for S where
+    S: RpcServiceT<
+            MethodResponse = MethodResponse,
+            NotificationResponse = MethodResponse,
+            BatchResponse = MethodResponse,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The middleware service.
 #[derive(Clone)]
 pub(crate) struct ChainRpc<S> {
@@ -74,14 +96,7 @@ pub(crate) struct ChainRpc<S> {
 
 impl<S> ChainRpc<S>
 where
-    S: RpcServiceT<
-            MethodResponse = MethodResponse,
-            NotificationResponse = MethodResponse,
-            BatchResponse = MethodResponse,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: InnerService,
 {
     async fn handle(self, req: Request<'_>) -> MethodResponse {
         let Some(route) = self.state.route(&req.extensions) else {
@@ -119,14 +134,7 @@ where
 
 impl<S> RpcServiceT for ChainRpc<S>
 where
-    S: RpcServiceT<
-            MethodResponse = MethodResponse,
-            NotificationResponse = MethodResponse,
-            BatchResponse = MethodResponse,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: InnerService,
 {
     type MethodResponse = MethodResponse;
     type NotificationResponse = MethodResponse;

@@ -170,11 +170,8 @@ impl InstancePool {
         upstream: &Arc<dyn Upstream>,
     ) -> Result<Decision, PluginFailure> {
         let _permit = self.permit().await?;
-        let mut copy = self.take().await?;
-        copy.store.data_mut().begin_call(Some(ctx.clone()), Some(upstream.clone()));
-        self.arm(&mut copy);
+        let mut copy = self.checkout(ctx, upstream).await?;
         let result = copy.exports.call_on_call(&mut copy.store, call).await;
-        copy.store.data_mut().end_call();
         let decision = self.settle(copy, result)?;
         let size = match &decision {
             Decision::Forward(call) => call.method.len() + call.params.as_ref().map_or(0, String::len),
@@ -193,14 +190,20 @@ impl InstancePool {
         upstream: &Arc<dyn Upstream>,
     ) -> Result<Outcome, PluginFailure> {
         let _permit = self.permit().await?;
-        let mut copy = self.take().await?;
-        copy.store.data_mut().begin_call(Some(ctx.clone()), Some(upstream.clone()));
-        self.arm(&mut copy);
+        let mut copy = self.checkout(ctx, upstream).await?;
         let result = copy.exports.call_on_result(&mut copy.store, call, outcome).await;
-        copy.store.data_mut().end_call();
         let outcome = self.settle(copy, result)?;
         self.check_size(outcome_size(&outcome))?;
         Ok(outcome)
+    }
+
+    /// A copy ready for one export call: the call's context and upstream set, the time budget
+    /// started. [`settle`](Self::settle) ends the call.
+    async fn checkout(&self, ctx: &Arc<Context>, upstream: &Arc<dyn Upstream>) -> Result<PluginCopy, PluginFailure> {
+        let mut copy = self.take().await?;
+        copy.store.data_mut().begin_call(Some(ctx.clone()), Some(upstream.clone()));
+        copy.store.set_epoch_deadline(ticks_for(self.settings.budget, self.runtime.epoch_tick));
+        Ok(copy)
     }
 
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PluginFailure> {
@@ -229,11 +232,6 @@ impl InstancePool {
         })
     }
 
-    /// Starts the time budget of one export call.
-    fn arm(&self, copy: &mut PluginCopy) {
-        copy.store.set_epoch_deadline(ticks_for(self.settings.budget, self.runtime.epoch_tick));
-    }
-
     /// Instantiates a copy and runs `configure` on it.
     async fn instantiate(&self) -> Result<PluginCopy, ConfigureError> {
         let runtime = &self.runtime;
@@ -260,8 +258,9 @@ impl InstancePool {
         }
     }
 
-    /// Returns the copy to the pool after a successful call, or drops it after a failure.
-    fn settle<T>(&self, copy: PluginCopy, result: wasmtime::Result<T>) -> Result<T, PluginFailure> {
+    /// Ends an export call: returns the copy to the pool after success, drops it after a failure.
+    fn settle<T>(&self, mut copy: PluginCopy, result: wasmtime::Result<T>) -> Result<T, PluginFailure> {
+        copy.store.data_mut().end_call();
         match result {
             Ok(value) => {
                 self.give_back(copy);
