@@ -1,5 +1,7 @@
 //! The `ovsb plugin` commands, run as the real binary.
 
+mod support;
+
 use std::process::{Command, Output};
 
 use ovsb_test_artifacts::TEST_PLUGIN;
@@ -67,26 +69,19 @@ fn plugin_check_names_a_file_that_is_not_a_component() {
 #[test]
 fn plugin_serve_fronts_a_real_node_with_a_plugin_chain_and_stops_on_sigterm() {
     use std::io::{BufRead, BufReader};
-    let anvil_bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-    let mut anvil = Command::new(anvil_bin)
-        .args(["--host", "127.0.0.1", "--port", "0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("anvil (installed by tests/run-all.sh)");
-    let anvil_url = BufReader::new(anvil.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("Listening on ").map(|a| format!("http://{}", a.trim())))
-        .unwrap();
+    // Stopped by PID when dropped, even if an assertion below fails.
+    let anvil = support::Anvil::start(&[]);
+    let anvil_url = anvil.http_url();
 
-    let mut ovsb = Command::new(env!("CARGO_BIN_EXE_ovsb"))
-        .args(["plugin", "serve", "--plugin", TEST_PLUGIN, "--config", r#"{"mode":"pass"}"#])
-        .args(["--upstream", &anvil_url, "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let endpoint = BufReader::new(ovsb.stdout.take().unwrap())
+    let mut ovsb = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_ovsb"))
+            .args(["plugin", "serve", "--plugin", TEST_PLUGIN, "--config", r#"{"mode":"pass"}"#])
+            .args(["--upstream", &anvil_url, "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let endpoint = BufReader::new(ovsb.0.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)
         .find_map(|line| {
@@ -110,9 +105,17 @@ fn plugin_serve_fronts_a_real_node_with_a_plugin_chain_and_stops_on_sigterm() {
     };
     assert_eq!(call(&endpoint)["result"], call(&anvil_url)["result"]);
 
-    Command::new("kill").args(["-TERM", &ovsb.id().to_string()]).status().unwrap();
-    let status = ovsb.wait().unwrap();
+    Command::new("kill").args(["-TERM", &ovsb.0.id().to_string()]).status().unwrap();
+    let status = ovsb.0.wait().unwrap();
     assert!(status.success(), "a clean exit on SIGTERM: {status}");
-    let _ = anvil.kill();
-    let _ = anvil.wait();
+}
+
+/// Kills (by PID) a child still running when the test ends, even on a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
