@@ -474,3 +474,50 @@ async fn hooks_a_plugin_does_not_declare_are_skipped() {
     assert_eq!(result["trail"], json!(["result:c", "result:a"]), "b's on-result was skipped");
     assert_eq!(fx.runtime.stats().instantiations.load(Ordering::SeqCst), 3, "one copy per pool served everything");
 }
+
+/// Captures what `tracing` writes on this thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn plugin_logs_are_tagged_rate_limited_and_panics_are_logged() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(captured.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let fx = Fixture::new();
+    let limits = PluginLimits { log_lines_per_second: 5, ..PluginLimits::default() };
+    let spam = Chain::new(vec![ChainEntry {
+        pool: fx.pool_with(json!({"mode": "log-spam", "lines": 1000}), limits).await,
+        fail_open: false,
+    }]);
+    fx.run(&spam, "m", None).await.unwrap();
+    let hostile = fx.chain(&[json!({"mode": "hostile"})]).await;
+    let _ = fx.run(&hostile, "test_panic", None).await;
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("line ")).collect();
+    assert!(!lines.is_empty() && lines.len() <= 6, "1000 lines at 5/s: {} got through", lines.len());
+    assert!(lines.iter().all(|l| l.contains("plugin=\"test\"") && l.contains("instance=\"inst-1\"")), "{lines:?}");
+    assert!(
+        text.contains("plugin panicked: panicked at") && text.contains("test plugin panicked on purpose"),
+        "{text}"
+    );
+}
