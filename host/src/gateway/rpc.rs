@@ -102,10 +102,13 @@ where
         let Some(route) = self.state.route(&req.extensions) else {
             return MethodResponse::error(req.id, error(errors::UNAUTHORIZED, "the key was revoked"));
         };
-        let ctx = self.state.context(&route);
+        if req.method == "eth_unsubscribe" {
+            return self.inner.call(req).await;
+        }
         let call = Call { method: req.method.to_string(), params: req.params.as_ref().map(|p| p.get().to_string()) };
         if call.method == "eth_subscribe" {
             // Plugins may refuse or rewrite a subscription; the subscription itself is proxied.
+            let ctx = self.state.context(&route);
             return match route.instance.chain.admit(&ctx, call, &upstream_of(&route)).await {
                 Ok(call) => {
                     let params = call.params.and_then(|p| RawValue::from_string(p).ok());
@@ -116,18 +119,14 @@ where
                 Err(outcome) => response(req.id, outcome, self.state.max_response_bytes),
             };
         }
-        if call.method == "eth_unsubscribe" {
-            return self.inner.call(req).await;
-        }
-        let outcome = run(&route, &ctx, call).await;
+        let outcome = run(&self.state, &route, call).await;
         response(req.id, outcome, self.state.max_response_bytes)
     }
 
     async fn notify(self, n: Notification<'_>) {
         if let Some(route) = self.state.route(&n.extensions) {
-            let ctx = self.state.context(&route);
             let call = Call { method: n.method.to_string(), params: n.params.as_ref().map(|p| p.get().to_string()) };
-            let _ = run(&route, &ctx, call).await;
+            let _ = run(&self.state, &route, call).await;
         }
     }
 }
@@ -189,10 +188,16 @@ fn upstream_of(route: &Route) -> Arc<dyn Upstream> {
     route.instance.upstream.clone()
 }
 
-/// Runs a call through the route's chain under the instance's deadline.
-async fn run(route: &Route, ctx: &Arc<Context>, call: Call) -> Outcome {
+/// Runs a call through the route's chain under the instance's deadline. An empty chain goes straight to the upstream (which applies the deadline itself), without
+/// building the plugins' context.
+async fn run(state: &RpcState, route: &Route, call: Call) -> Outcome {
+    let chain = &route.instance.chain;
+    if chain.entries().is_empty() {
+        return route.instance.upstream.send(&call).await;
+    }
     let deadline = route.instance.upstream.deadline();
-    match tokio::time::timeout(deadline, route.instance.chain.run(ctx, call, &upstream_of(route))).await {
+    let outcome = tokio::time::timeout(deadline, chain.run(&state.context(route), call, &upstream_of(route))).await;
+    match outcome {
         Ok(outcome) => outcome,
         Err(_) => Err(crate::plugins::RpcError {
             code: errors::DEADLINE_EXCEEDED,
