@@ -50,6 +50,13 @@ fn bench(c: &mut Criterion) {
         ("1 hop, pass-through, pooled", chain(r#"{"mode":"pass"}"#, Isolation::Pooled)),
         ("1 hop, parses and rewrites params, pooled", chain(r#"{"mode":"tracer","tag":"a"}"#, Isolation::Pooled)),
         ("1 hop, pass-through, fresh copy per call", chain(r#"{"mode":"pass"}"#, Isolation::PerCall)),
+        ("1 hop, on-call only (filter-style)", chain(r#"{"mode":"pass","hooks":["on-call"]}"#, Isolation::Pooled)),
+        ("1 hop, SDK defaults (declined after first call)", {
+            let defaults = runtime.load_file("pass", ovsb_test_artifacts::PASS_PLUGIN.as_ref()).unwrap();
+            let pool =
+                rt.block_on(runtime.pool(&defaults, "null", PluginLimits::default(), "bench", kv.clone())).unwrap();
+            Chain::new(vec![ChainEntry { pool, fail_open: false }])
+        }),
     ];
     let mut group = c.benchmark_group("plugin_hop/eth_call");
     for (name, chain) in &cases {

@@ -348,8 +348,7 @@ async fn copies_are_reused_when_pooled_and_fresh_for_every_call_in_per_call_mode
     assert_eq!(fx.runtime.stats().instantiations.load(Ordering::SeqCst), before, "warm copies were reused");
 
     let limits = PluginLimits { isolation: Isolation::PerCall, ..PluginLimits::default() };
-    let per_call =
-        Chain::new(vec![ChainEntry { pool: fx.pool_with(json!({"mode": "pass"}), limits).await, fail_open: false }]);
+    let per_call = Chain::new(vec![ChainEntry { pool: fx.pool_with(tracer("a"), limits).await, fail_open: false }]);
     let before = fx.runtime.stats().instantiations.load(Ordering::SeqCst);
     for _ in 0..5 {
         fx.run(&per_call, "eth_chainId", None).await.unwrap();
@@ -520,4 +519,25 @@ async fn plugin_logs_are_tagged_rate_limited_and_panics_are_logged() {
         text.contains("plugin panicked: panicked at") && text.contains("test plugin panicked on purpose"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn pass_through_defaults_are_declined_after_their_first_call_and_then_skipped() {
+    let fx = Fixture::new();
+    let defaults = fx.runtime.load_file("pass", ovsb_test_artifacts::PASS_PLUGIN.as_ref()).unwrap();
+    let pass = fx.runtime.pool(&defaults, "null", PluginLimits::default(), "inst-1", fx.kv.clone()).await.unwrap();
+    let chain = Chain::new(vec![
+        ChainEntry { pool: pass.clone(), fail_open: false },
+        ChainEntry { pool: fx.pool(tracer("t")).await, fail_open: false },
+    ]);
+    assert_eq!(pass.hooks(), ovsb::plugins::Hooks::all(), "configure declares both");
+
+    let first = json_of(fx.run(&chain, "m", Some("[1]")).await);
+    assert_eq!(pass.hooks(), ovsb::plugins::Hooks::empty(), "both defaults declined on first use");
+    let second = json_of(fx.run(&chain, "m", Some("[1]")).await);
+
+    assert_eq!(first, second, "skipping a pass-through changes nothing");
+    assert_eq!(second["params"], json!([1, "call:t"]));
+    assert_eq!(second["trail"], json!(["result:t"]));
+    assert_eq!(chain.entries()[1].pool.hooks(), ovsb::plugins::Hooks::all(), "overridden hooks are kept");
 }

@@ -35,6 +35,18 @@ pub(crate) fn call_context() -> CallContext {
     }
 }
 
+/// Tells the host that `hook` is a pass-through default (see [`Plugin::hooks`](crate::Plugin::hooks)).
+pub(crate) fn decline_hook(hook: crate::Hooks) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        imports::decline_hook(hook)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        crate::testing::with_mock_host(|host| host.decline_hook(hook))
+    }
+}
+
 /// Milliseconds since the Unix epoch, from the host's wall clock (the mock host's clock in
 /// native tests, which tests may move forward).
 pub fn now_ms() -> u64 {

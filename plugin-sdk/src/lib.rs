@@ -83,9 +83,10 @@ pub trait Plugin: Sized + 'static {
     /// [`Config::parse`] turns serde's errors into such messages.
     fn configure(config: Config) -> Result<Self, String>;
 
-    /// The hooks this plugin implements; ovsb skips the others. The default is both: override
-    /// it to return only [`Hooks::ON_CALL`] when `on_result` is the pass-through default, so
-    /// that each call costs one plugin call instead of two.
+    /// The hooks this plugin implements; ovsb skips the others. The default is both; the
+    /// pass-through defaults of `on_call` / `on_result` also tell ovsb on their first run, so a
+    /// plugin that overrides only one hook costs one wasm call per request without overriding
+    /// this.
     fn hooks(&self) -> Hooks {
         Hooks::ON_CALL | Hooks::ON_RESULT
     }
@@ -95,6 +96,7 @@ pub trait Plugin: Sized + 'static {
     /// rest of the chain and the node are then skipped, and so is this plugin's `on_result`.
     fn on_call(&mut self, ctx: &Context, call: Call) -> Decision {
         let _ = ctx;
+        host::decline_hook(Hooks::ON_CALL);
         Decision::Forward(call)
     }
 
@@ -102,6 +104,7 @@ pub trait Plugin: Sized + 'static {
     /// in reverse chain order. Return it unchanged to pass it through.
     fn on_result(&mut self, ctx: &Context, call: &Call, outcome: Outcome) -> Outcome {
         let _ = (ctx, call);
+        host::decline_hook(Hooks::ON_RESULT);
         outcome
     }
 }

@@ -36,6 +36,7 @@ struct Entry {
 
 struct State {
     context: CallContext,
+    declined: Hooks,
     now_ms: u64,
     upstream: Option<UpstreamFn>,
     upstream_calls: Vec<Call>,
@@ -66,6 +67,7 @@ impl MockHost {
         MockHost {
             state: Rc::new(RefCell::new(State {
                 context: context(),
+                declined: Hooks::empty(),
                 now_ms: 1_700_000_000_000,
                 upstream: None,
                 upstream_calls: Vec::new(),
@@ -83,6 +85,15 @@ impl MockHost {
     /// Sets the context that [`Context`] reports (by default [`context()`]).
     pub fn set_context(&self, context: CallContext) {
         self.state.borrow_mut().context = context;
+    }
+
+    /// The hooks the plugin declared pass-through so far (its default `on_call` / `on_result`).
+    pub fn declined_hooks(&self) -> Hooks {
+        self.state.borrow().declined
+    }
+
+    pub(crate) fn decline_hook(&self, hook: Hooks) {
+        self.state.borrow_mut().declined |= hook;
     }
 
     pub(crate) fn call_context(&self) -> CallContext {
@@ -273,6 +284,22 @@ impl<P: Plugin> Harness<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_hooks_tell_the_host_they_only_pass_through() {
+        struct Defaults;
+        impl Plugin for Defaults {
+            fn configure(_: Config) -> Result<Self, String> {
+                Ok(Defaults)
+            }
+        }
+        let host = MockHost::current();
+        host.set_upstream(|_| Ok("1".into()));
+        let mut harness = Harness::<Defaults>::new("null").unwrap();
+        assert_eq!(host.declined_hooks(), Hooks::empty());
+        assert_eq!(harness.call("m", None), Ok("1".into()));
+        assert_eq!(host.declined_hooks(), Hooks::ON_CALL | Hooks::ON_RESULT);
+    }
 
     #[test]
     fn kv_entries_expire_when_the_mock_clock_passes_their_ttl() {

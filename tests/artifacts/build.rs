@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (constant name, crate name) of every guest this crate builds.
-const GUESTS: &[(&str, &str)] = &[("TEST_PLUGIN", "ovsb-test-plugin")];
+const GUESTS: &[(&str, &str)] = &[("TEST_PLUGIN", "ovsb-test-plugin"), ("PASS_PLUGIN", "ovsb-pass-plugin")];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -16,7 +16,9 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out_dir.join("wasm-target");
 
-    for path in ["wit", "plugin-sdk/src", "plugin-sdk/Cargo.toml", "tests/test-plugin", "Cargo.lock"] {
+    for path in
+        ["wit", "plugin-sdk/src", "plugin-sdk/Cargo.toml", "tests/test-plugin", "tests/pass-plugin", "Cargo.lock"]
+    {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 

@@ -5,8 +5,9 @@
 //! copy back. A copy that failed, or whose memory grew past three quarters of its cap, is
 //! dropped instead, and a fresh one takes its place on demand.
 
+use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::Store;
@@ -105,8 +106,8 @@ pub struct InstancePool {
     settings: CopySettings,
     idle: Mutex<Vec<PluginCopy>>,
     permits: tokio::sync::Semaphore,
-    /// What the first copy's `configure` declared.
-    hooks: OnceLock<Hooks>,
+    /// The hooks to call: what `configure` declared, less those a copy declined since.
+    hooks: AtomicU8,
 }
 
 impl InstancePool {
@@ -135,7 +136,7 @@ impl InstancePool {
             settings,
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(limits.max_concurrency),
-            hooks: OnceLock::new(),
+            hooks: AtomicU8::new(hook_bits(Hooks::all())),
         });
         let first = pool.instantiate().await?;
         pool.give_back(first);
@@ -154,7 +155,7 @@ impl InstancePool {
 
     /// The hooks the plugin declared for this configuration.
     pub fn hooks(&self) -> Hooks {
-        self.hooks.get().copied().unwrap_or(Hooks::all())
+        hooks_from_bits(self.hooks.load(Ordering::Relaxed))
     }
 
     /// Copies idle in the pool now.
@@ -251,7 +252,7 @@ impl InstancePool {
         match exports.call_configure(&mut store, &self.config).await.map_err(failed)? {
             Ok(hooks) => {
                 store.data_mut().end_call();
-                self.hooks.get_or_init(|| hooks);
+                self.hooks.fetch_and(hook_bits(hooks), Ordering::Relaxed);
                 Ok(PluginCopy { store, exports })
             }
             Err(message) => Err(ConfigureError::Rejected { plugin: self.plugin.name.to_string(), message }),
@@ -261,6 +262,10 @@ impl InstancePool {
     /// Ends an export call: returns the copy to the pool after success, drops it after a failure.
     fn settle<T>(&self, mut copy: PluginCopy, result: wasmtime::Result<T>) -> Result<T, PluginFailure> {
         copy.store.data_mut().end_call();
+        let declined = copy.store.data().declined;
+        if declined != Hooks::empty() {
+            self.hooks.fetch_and(!hook_bits(declined), Ordering::Relaxed);
+        }
         match result {
             Ok(value) => {
                 self.give_back(copy);
@@ -309,6 +314,21 @@ impl InstancePool {
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<PluginCopy>> {
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+fn hook_bits(hooks: Hooks) -> u8 {
+    u8::from(hooks.contains(Hooks::ON_CALL)) | (u8::from(hooks.contains(Hooks::ON_RESULT)) << 1)
+}
+
+fn hooks_from_bits(bits: u8) -> Hooks {
+    let mut hooks = Hooks::empty();
+    if bits & 1 != 0 {
+        hooks |= Hooks::ON_CALL;
+    }
+    if bits & 2 != 0 {
+        hooks |= Hooks::ON_RESULT;
+    }
+    hooks
 }
 
 fn outcome_size(outcome: &Outcome) -> usize {

@@ -15,7 +15,7 @@ use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::ovsb::plugin::host::Host;
-use super::bindings::ovsb::plugin::types::{Call, Context, Level, Outcome, RpcError};
+use super::bindings::ovsb::plugin::types::{Call, Context, Hooks, Level, Outcome, RpcError};
 use super::kv::KvStore;
 
 /// Longest log line a plugin may write; longer ones are cut.
@@ -128,6 +128,8 @@ pub(crate) struct StoreState {
     budget: Duration,
     max_upstream_calls: u32,
     call: CallState,
+    /// Hooks the plugin said only pass things through (`decline-hook`).
+    pub declined: Hooks,
 }
 
 impl StoreState {
@@ -143,6 +145,7 @@ impl StoreState {
             log: LogLimiter::new(settings.log_lines_per_second),
             budget: settings.budget,
             max_upstream_calls: settings.max_upstream_calls,
+            declined: Hooks::empty(),
             call: CallState {
                 context: None,
                 upstream: None,
@@ -308,6 +311,10 @@ impl Host for StoreState {
                 request_id: String::new(),
             },
         }
+    }
+
+    fn decline_hook(&mut self, hook: Hooks) {
+        self.declined |= hook;
     }
 
     fn now_ms(&mut self) -> u64 {

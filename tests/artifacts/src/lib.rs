@@ -2,6 +2,6 @@
 //!
 //! `TEST_PLUGIN` is one component whose behaviour its configuration selects (`{"mode": ...}`),
 //! so that every test case, well-behaved or hostile, runs the same real `.wasm` file; see
-//! `tests/test-plugin/src/lib.rs` for the modes.
+//! `tests/test-plugin/src/lib.rs` for the modes. `PASS_PLUGIN` keeps every SDK default.
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
