@@ -11,7 +11,7 @@
 //! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm
 //!   instance pools, limits, host functions, chain execution.
 //!
-//! The broker, store, drivers and gateway arrive with their issues; see the README.
+//! The broker, store and drivers arrive with their issues; see the README.
 
 pub mod cli;
 pub mod gateway;
