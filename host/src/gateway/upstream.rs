@@ -201,11 +201,9 @@ impl UpstreamPool {
             .await
             .map_err(|e| AttemptError::Failed(format!("reading the answer: {e}")))?
             .to_bytes();
-        if status.is_server_error() && decode(&body).is_none() {
-            return Err(AttemptError::Failed(format!("HTTP {status}")));
-        }
         match decode(&body) {
             Some(outcome) => Ok(outcome),
+            None if status.is_server_error() => Err(AttemptError::Failed(format!("HTTP {status}"))),
             None => Err(AttemptError::Failed(format!("HTTP {status} with a body that is not a JSON-RPC response"))),
         }
     }
