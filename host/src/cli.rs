@@ -24,6 +24,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the broker and the gateway (the quick-start configuration when no --config is given).
+    /// OVSB_* environment variables override the file. Stops on Ctrl-C or SIGTERM.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -113,6 +120,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
+        Command::Serve { config } => serve(config).await,
         Command::Plugin(PluginCommand::Serve { plugins, configs, upstreams, upstream_ws, listen, key }) => {
             serve_endpoint(plugins, configs, upstreams, upstream_ws, listen, key).await
         }
@@ -138,6 +146,23 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             Ok(response_json(outcome))
         }
     }
+}
+
+/// `ovsb serve`: runs until Ctrl-C or SIGTERM, then drains and exits.
+async fn serve(file: Option<PathBuf>) -> anyhow::Result<String> {
+    let mut config = match &file {
+        Some(file) => crate::config::Config::load(file)?,
+        None => crate::config::Config::quick_start(),
+    };
+    config.apply_env(&crate::server::process_env())?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = crate::server::Server::start(config, shutdown.clone()).await?;
+    eprintln!("ovsb: broker on http://{}, gateway on http://{}", server.broker_addr, server.gateway_addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop();
+    server.wait(std::time::Duration::from_secs(30)).await;
+    Ok(String::new())
 }
 
 async fn serve_endpoint(

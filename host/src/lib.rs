@@ -6,13 +6,27 @@
 //!
 //! ## Layout
 //! - [`cli`]: the `ovsb` command line.
+//! - [`config`]: the one configuration tree (TOML, `OVSB_*` overrides, validation, catalog).
+//! - [`server`]: start-up order and every long-running task (`ovsb serve`).
+//! - [`broker`]: the OSB REST control plane (axum).
+//! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
+//! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
+//! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
 //! - [`gateway`]: the JSON-RPC data plane (jsonrpsee): auth, routing snapshot, middleware,
 //!   upstream forwarding and failover, subscriptions, limits.
 //! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm
-//!   instance pools, limits, host functions, chain execution.
+//!   instance pools, limits, host functions, chain execution, the plugin registry.
 //!
-//! The broker, store and drivers arrive with their issues; see the README.
+//! Control plane: OSB request → checks → one store transaction → the operation runner does the
+//! slow work → store → routes. Data plane: key → routing snapshot → plugin chain → node; it
+//! never touches the store.
 
+pub mod broker;
 pub mod cli;
+pub mod config;
 pub mod gateway;
 pub mod plugins;
+pub mod provision;
+pub mod routing;
+pub mod server;
+pub mod store;

@@ -31,6 +31,16 @@ pub enum LoadError {
         /// What the compiler said.
         reason: String,
     },
+    /// The file is not the one the configuration pinned.
+    #[error("plugin `{name}`: sha256 is {actual}, the configuration expects {expected}")]
+    Digest {
+        /// The plugin's name.
+        name: String,
+        /// The configured digest.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
     /// The component does not implement the `ovsb:plugin/plugin@0.1.0` world (wrong exports, or
     /// imports the host does not provide).
     #[error("plugin `{name}` does not implement the world ovsb:plugin/plugin@0.1.0: {reason}")]

@@ -11,6 +11,7 @@
 //! - [`InstancePool`]: warm copies of one plugin with one configuration, for one instance.
 //! - [`Chain`]: runs a call through an instance's pools in order and back.
 //! - [`KvStore`]: the per-instance key-value store behind the `kv-*` host functions.
+//! - [`Registry`]: the plugins the configuration makes available, by name; builds chains.
 
 mod bindings;
 mod cache;
@@ -18,6 +19,7 @@ mod chain;
 mod errors;
 mod kv;
 mod pool;
+mod registry;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +36,7 @@ pub use chain::{Chain, ChainEntry};
 pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
 pub use kv::{KvLimits, KvStore};
 pub use pool::{InstancePool, Isolation, PluginLimits};
+pub use registry::{ChainError, Registry};
 pub use state::{UPSTREAM_CAP_CODE, Upstream};
 
 use state::StoreState;

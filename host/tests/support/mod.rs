@@ -1,5 +1,8 @@
-//! Shared test helpers: a real anvil node, a gateway on an OS-assigned port, JSON-RPC over HTTP.
+//! Shared test helpers: a real anvil node, a gateway on an OS-assigned port, JSON-RPC over HTTP,
+//! and (in `broker`) a whole ovsb over SQLite or PostgreSQL with an OSB client.
 #![allow(dead_code)]
+
+pub mod broker;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -33,8 +36,14 @@ pub struct Anvil {
 impl Anvil {
     /// Starts anvil with extra arguments and waits until it listens.
     pub fn start(args: &[&str]) -> Anvil {
+        Anvil::start_on(0, args)
+    }
+
+    /// Starts anvil on `port` (0: the OS chooses) and waits until it listens.
+    pub fn start_on(port: u16, args: &[&str]) -> Anvil {
+        let port = port.to_string();
         let mut child = Command::new(anvil_binary())
-            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--host", "127.0.0.1", "--port", &port])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -60,6 +69,11 @@ impl Anvil {
 
     pub fn ws_url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill(&mut self) {
@@ -177,4 +191,9 @@ pub async fn post_raw(url: &str, body: String, bearer: Option<&str>) -> (u16, Va
 /// One JSON-RPC call; returns the whole response object.
 pub async fn rpc(url: &str, method: &str, params: Value) -> Value {
     post(url, &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})).await.1
+}
+
+/// A loopback port that was free a moment ago (for processes that must be told their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

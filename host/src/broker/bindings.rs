@@ -1,0 +1,209 @@
+//! Service bindings: bind (mint credentials), fetch, unbind (revoke), last_operation.
+//!
+//! Bindings are synchronous: the key exists, and opens the endpoint, when the 201 is sent; after
+//! an unbind's 200 the key is refused.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::credentials::key_sha256;
+use super::{
+    ApiError, BrokerState, Meta, checked_id, json_object, optional_object, optional_string, query, reply,
+    required_query, required_string, same_json,
+};
+use crate::store::{BindingRow, Change, Decision, InstanceState, now_ms};
+
+type IdsPath = Result<Path<(String, String)>, PathRejection>;
+type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn ids(path: IdsPath) -> Result<(String, String), ApiError> {
+    let (instance, binding) = match path {
+        Ok(Path(ids)) => (Ok(ids.0), Ok(ids.1)),
+        Err(err) => return Err(ApiError::bad_request(format!("malformed path: {err}"))),
+    };
+    Ok((checked_id(instance, "instance_id")?, checked_id(binding, "binding_id")?))
+}
+
+/// The credentials of a binding: the endpoint with the key in the path (works with no headers),
+/// its WebSocket twin, and the bare key for `Authorization: Bearer`.
+fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, with_parameters: bool) -> Value {
+    let key = state.secret.binding_key(&binding.instance_id, &binding.id, &binding.key_salt);
+    let base = state.config.public_gateway_url();
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        format!("ws://{}", base.trim_start_matches("http://"))
+    };
+    let mut body = json!({
+        "credentials": {
+            "uri": format!("{base}/v1/{key}"),
+            "ws_uri": format!("{ws_base}/v1/{key}"),
+            "http_uri": format!("{base}/"),
+            "token": key,
+        },
+    });
+    // `endpoints` arrived in OSB 2.14; older platforms validate against schemas without it.
+    if minor_version >= 14
+        && let Ok(uri) = base.parse::<http::Uri>()
+        && let Some(host) = uri.host()
+    {
+        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+        body["endpoints"] = json!([{ "host": host, "ports": [port.to_string()], "protocol": "tcp" }]);
+    }
+    if with_parameters && let Some(parameters) = binding.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()) {
+        body["parameters"] = parameters;
+    }
+    body
+}
+
+enum Outcome {
+    Created(BindingRow),
+    Exists(BindingRow),
+    Deleted,
+    Refused(ApiError),
+}
+
+/// `PUT /v2/service_instances/:instance_id/service_bindings/:binding_id`
+pub async fn bind(
+    State(state): State<Arc<BrokerState>>,
+    meta: Meta,
+    path: IdsPath,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (instance_id, binding_id) = ids(path)?;
+    let body = json_object(body)?;
+    let service_id = required_string(&body, "service_id")?;
+    let plan_id = required_string(&body, "plan_id")?;
+    let context = optional_object(&body, "context")?;
+    let parameters = optional_object(&body, "parameters")?;
+    let bind_resource = optional_object(&body, "bind_resource")?.filter(|r| r.as_object().is_some_and(|o| !o.is_empty()));
+    if optional_string(&body, "predecessor_binding_id")?.is_some() {
+        return Err(ApiError::bad_request("binding rotation is not supported by this plan (binding_rotatable is false)"));
+    }
+    let entry = state.catalog.plan(&service_id, &plan_id)?;
+    entry.check_binding_parameters(parameters.as_ref().unwrap_or(&json!({})))?;
+
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the operating system's random source failed");
+    let key_salt = hex::encode(salt);
+    let key = state.secret.binding_key(&instance_id, &binding_id, &key_salt);
+    let row = BindingRow {
+        instance_id: instance_id.clone(),
+        id: binding_id.clone(),
+        service_id: service_id.clone(),
+        plan_id: plan_id.clone(),
+        parameters: parameters.as_ref().map(Value::to_string),
+        bind_resource: bind_resource.as_ref().map(Value::to_string),
+        context: context.as_ref().map(Value::to_string),
+        key_salt,
+        key_sha256: key_sha256(&key),
+        created_ms: now_ms(),
+    };
+    let audit = meta.audit("bind", Some(&binding_id));
+    let outcome = state
+        .store
+        .binding_transition(&instance_id, &binding_id, |instance, existing| {
+            let Some(instance) = instance.filter(|i| i.state != InstanceState::Deleted) else {
+                return Decision::answer(Outcome::Refused(ApiError::not_found("no such instance")));
+            };
+            if let Some(existing) = existing {
+                let identical = existing.service_id == service_id
+                    && existing.plan_id == plan_id
+                    && same_json(existing.parameters.as_deref(), parameters.as_ref())
+                    && same_json(existing.bind_resource.as_deref(), bind_resource.as_ref());
+                return Decision::answer(if identical {
+                    Outcome::Exists(existing.clone())
+                } else {
+                    Outcome::Refused(ApiError::conflict("a binding with this id exists with different attributes"))
+                });
+            }
+            if instance.service_id != service_id || instance.plan_id != plan_id {
+                return Decision::answer(Outcome::Refused(ApiError::bad_request(
+                    "service_id and plan_id must be those of the instance",
+                )));
+            }
+            match instance.state {
+                InstanceState::Ready | InstanceState::Updating => Decision {
+                    changes: vec![Change::InsertBinding(row.clone()), Change::Audit(audit)],
+                    answer: Outcome::Created(row),
+                },
+                InstanceState::Provisioning => Decision::answer(Outcome::Refused(ApiError::concurrency(
+                    "the instance is still being provisioned",
+                ))),
+                InstanceState::Deprovisioning => {
+                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is being deprovisioned")))
+                }
+                InstanceState::Failed | InstanceState::Deleted => Decision::answer(Outcome::Refused(
+                    ApiError::unprocessable("InstanceFailed", "the instance failed; it cannot be bound"),
+                )),
+            }
+        })
+        .await?;
+    match outcome {
+        Outcome::Created(binding) => {
+            state.routing.sync().await;
+            tracing::info!(instance = %instance_id, binding = %binding_id, "bound");
+            Ok(reply(StatusCode::CREATED, binding_body(&state, &binding, meta.minor_version, false)))
+        }
+        Outcome::Exists(binding) => Ok(reply(StatusCode::OK, binding_body(&state, &binding, meta.minor_version, false))),
+        Outcome::Deleted => Ok(reply(StatusCode::OK, json!({}))),
+        Outcome::Refused(err) => Err(err),
+    }
+}
+
+/// `GET /v2/service_instances/:instance_id/service_bindings/:binding_id`
+pub async fn fetch(State(state): State<Arc<BrokerState>>, meta: Meta, path: IdsPath) -> Result<Response, ApiError> {
+    let (instance_id, binding_id) = ids(path)?;
+    match state.store.binding(&instance_id, &binding_id).await? {
+        Some(binding) => Ok(reply(StatusCode::OK, binding_body(&state, &binding, meta.minor_version, true))),
+        None => Err(ApiError::not_found("no such binding")),
+    }
+}
+
+/// `DELETE /v2/service_instances/:instance_id/service_bindings/:binding_id?service_id&plan_id`
+pub async fn unbind(
+    State(state): State<Arc<BrokerState>>,
+    meta: Meta,
+    path: IdsPath,
+    query_string: QueryMap,
+) -> Result<Response, ApiError> {
+    let (instance_id, binding_id) = ids(path)?;
+    let query = query(query_string)?;
+    required_query(&query, "service_id")?;
+    required_query(&query, "plan_id")?;
+    let audit = meta.audit("unbind", Some(&binding_id));
+    let outcome = state
+        .store
+        .binding_transition(&instance_id, &binding_id, |_, existing| match existing {
+            Some(_) => Decision { changes: vec![Change::DeleteBinding, Change::Audit(audit)], answer: Outcome::Deleted },
+            None => Decision::answer(Outcome::Refused(ApiError::gone("no such binding"))),
+        })
+        .await?;
+    match outcome {
+        Outcome::Deleted => {
+            // The key is refused from the next request on: the snapshot is swapped before the 200.
+            state.routing.sync().await;
+            tracing::info!(instance = %instance_id, binding = %binding_id, "unbound");
+            Ok(reply(StatusCode::OK, json!({})))
+        }
+        Outcome::Refused(err) => Err(err),
+        Outcome::Created(_) | Outcome::Exists(_) => unreachable!("unbind neither creates nor finds"),
+    }
+}
+
+/// `GET …/service_bindings/:binding_id/last_operation`: bindings finish synchronously, so an
+/// existing binding's last operation succeeded.
+pub async fn last_operation(State(state): State<Arc<BrokerState>>, path: IdsPath) -> Result<Response, ApiError> {
+    let (instance_id, binding_id) = ids(path)?;
+    match state.store.binding(&instance_id, &binding_id).await? {
+        Some(_) => Ok(reply(StatusCode::OK, json!({ "state": "succeeded", "description": "bound" }))),
+        None => Err(ApiError::not_found("no such binding")),
+    }
+}

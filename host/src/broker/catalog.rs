@@ -1,0 +1,203 @@
+//! The catalog: the JSON `GET /v2/catalog` returns, and the parameter schemas requests are
+//! validated against. Built once from the configuration.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use super::ApiError;
+use crate::config::{Config, MaintenanceInfo, PlanDecl, ServiceDecl};
+
+/// Most plugins an instance's chain may have.
+pub const MAX_CHAIN_LENGTH: usize = 16;
+
+/// One plan with what requests against it are checked with.
+pub struct PlanEntry {
+    /// The plan's service.
+    pub service: ServiceDecl,
+    /// The plan.
+    pub plan: PlanDecl,
+    /// Whether instances may move to another plan of the service.
+    pub plan_updateable: bool,
+    instance_schema: jsonschema::Validator,
+    binding_schema: jsonschema::Validator,
+}
+
+impl PlanEntry {
+    /// The plan's maintenance info.
+    pub fn maintenance_info(&self) -> Option<&MaintenanceInfo> {
+        self.plan.maintenance_info.as_ref()
+    }
+}
+
+/// The catalog.
+pub struct Catalog {
+    body: String,
+    plans: HashMap<String, PlanEntry>,
+    services: HashMap<String, ServiceDecl>,
+}
+
+impl Catalog {
+    /// Builds the catalog; `plugin_names` are the plugins instances may name.
+    pub fn new(config: &Config, plugin_names: &[String]) -> Catalog {
+        let instance_schema = instance_parameters_schema(plugin_names);
+        let binding_schema = binding_parameters_schema();
+        let mut plans = HashMap::new();
+        let mut services = HashMap::new();
+        let mut listed = Vec::new();
+        for service in &config.services {
+            let mut plan_json = Vec::new();
+            for plan in &service.plans {
+                let plan_updateable = plan.plan_updateable.unwrap_or(service.plan_updateable);
+                let mut entry = json!({
+                    "id": plan.id,
+                    "name": plan.name,
+                    "description": plan.description,
+                    "free": plan.free,
+                    "bindable": service.bindable,
+                    "plan_updateable": plan_updateable,
+                    "maximum_polling_duration": plan.maximum_polling_duration,
+                    "schemas": {
+                        "service_instance": {
+                            "create": {"parameters": instance_schema},
+                            "update": {"parameters": instance_schema},
+                        },
+                        "service_binding": {"create": {"parameters": binding_schema}},
+                    },
+                });
+                if let Some(info) = &plan.maintenance_info {
+                    entry["maintenance_info"] = json!(info);
+                }
+                if let Some(metadata) = &plan.metadata {
+                    entry["metadata"] = json!(metadata);
+                }
+                plan_json.push(entry);
+                plans.insert(
+                    plan.id.clone(),
+                    PlanEntry {
+                        service: service.clone(),
+                        plan: plan.clone(),
+                        plan_updateable,
+                        instance_schema: compile(&instance_schema),
+                        binding_schema: compile(&binding_schema),
+                    },
+                );
+            }
+            let mut entry = json!({
+                "id": service.id,
+                "name": service.name,
+                "description": service.description,
+                "tags": service.tags,
+                "bindable": service.bindable,
+                "instances_retrievable": true,
+                "bindings_retrievable": true,
+                "allow_context_updates": false,
+                "plan_updateable": service.plan_updateable,
+                "plans": plan_json,
+            });
+            if let Some(metadata) = &service.metadata {
+                entry["metadata"] = json!(metadata);
+            }
+            listed.push(entry);
+            services.insert(service.id.clone(), service.clone());
+        }
+        Catalog { body: json!({ "services": listed }).to_string(), plans, services }
+    }
+
+    /// The catalog response body.
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
+    /// The service with this id, or a 400 naming it.
+    pub fn service(&self, service_id: &str) -> Result<&ServiceDecl, ApiError> {
+        self.services
+            .get(service_id)
+            .ok_or_else(|| ApiError::bad_request(format!("service_id {service_id:?} is not in the catalog")))
+    }
+
+    /// The plan with this id in this service, or a 400 naming what is wrong.
+    pub fn plan(&self, service_id: &str, plan_id: &str) -> Result<&PlanEntry, ApiError> {
+        self.service(service_id)?;
+        match self.plans.get(plan_id) {
+            Some(entry) if entry.service.id == service_id => Ok(entry),
+            Some(_) => Err(ApiError::bad_request(format!("plan_id {plan_id:?} is not a plan of service {service_id:?}"))),
+            None => Err(ApiError::bad_request(format!("plan_id {plan_id:?} is not in the catalog"))),
+        }
+    }
+
+    /// The plan with this id, whatever its service.
+    pub fn plan_by_id(&self, plan_id: &str) -> Option<&PlanEntry> {
+        self.plans.get(plan_id)
+    }
+}
+
+impl PlanEntry {
+    /// Checks instance parameters against the plan's schema; a 400 names the field and reason.
+    pub fn check_instance_parameters(&self, parameters: &Value) -> Result<(), ApiError> {
+        check(&self.instance_schema, parameters)
+    }
+
+    /// Checks binding parameters against the plan's schema.
+    pub fn check_binding_parameters(&self, parameters: &Value) -> Result<(), ApiError> {
+        check(&self.binding_schema, parameters)
+    }
+}
+
+fn check(validator: &jsonschema::Validator, parameters: &Value) -> Result<(), ApiError> {
+    let problems: Vec<String> = validator
+        .iter_errors(parameters)
+        .take(5)
+        .map(|err| {
+            let path = err.instance_path.to_string();
+            format!("parameters{path}: {err}")
+        })
+        .collect();
+    if problems.is_empty() { Ok(()) } else { Err(ApiError::bad_request(problems.join("; "))) }
+}
+
+fn compile(schema: &Value) -> jsonschema::Validator {
+    jsonschema::draft4::new(schema).expect("the generated parameter schemas are valid draft-04")
+}
+
+/// Instance parameters: `{"plugins": [{"name", "config", "fail_open"}]}` and nothing else.
+fn instance_parameters_schema(plugin_names: &[String]) -> Value {
+    let mut name = json!({"type": "string", "description": "A plugin the operator made available"});
+    if !plugin_names.is_empty() {
+        name["enum"] = json!(plugin_names);
+    }
+    let mut plugins = json!({
+        "type": "array",
+        "description": "The instance's plugin chain, in call order; replaces the plan's default chain",
+        "maxItems": MAX_CHAIN_LENGTH,
+        "items": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["name"],
+            "properties": {
+                "name": name,
+                "config": {"type": "object", "description": "Handed to the plugin's configure"},
+                "fail_open": {"type": "boolean", "description": "Skip the plugin on a call it fails"},
+            },
+        },
+    });
+    if plugin_names.is_empty() {
+        plugins["maxItems"] = json!(0);
+    }
+    json!({
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": { "plugins": plugins },
+    })
+}
+
+/// Bindings take no parameters yet.
+fn binding_parameters_schema() -> Value {
+    json!({
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {},
+    })
+}

@@ -1,0 +1,457 @@
+//! Service instances: provision, fetch, update, deprovision, last_operation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::catalog::PlanEntry;
+use super::{
+    ApiError, BrokerState, Meta, accepts_incomplete, checked_id, json_object, maintenance_version, optional_object,
+    optional_string, query, reply, required_query, required_string, same_json,
+};
+use crate::plugins::{ChainError, KvLimits, KvStore};
+use crate::provision::UpdateRequest;
+use crate::store::{
+    Change, Decision, InstanceRow, InstanceState, OperationKind, OperationRow, OperationState, now_ms, random_id,
+};
+
+type IdPath = Result<Path<String>, PathRejection>;
+type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn id(path: IdPath) -> Result<String, ApiError> {
+    checked_id(path.map(|p| p.0), "instance_id")
+}
+
+/// Runs `configure` of every plugin of the chain the parameters give (or the plan's default),
+/// so that a bad configuration is a 400 now rather than a broken endpoint later.
+async fn check_chain(state: &BrokerState, instance_id: &str, plan_id: &str, parameters: Option<&Value>) -> Result<(), ApiError> {
+    let elements = state.routing.chain_elements(plan_id, parameters);
+    if elements.is_empty() {
+        return Ok(());
+    }
+    let scratch = Arc::new(KvStore::new(KvLimits::default()));
+    match state.registry.build_chain(instance_id, &elements, &scratch).await {
+        Ok(_) => Ok(()),
+        Err(err @ ChainError::UnknownPlugin(_)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
+        Err(ChainError::Configure(err)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
+    }
+}
+
+fn check_maintenance(entry: &PlanEntry, requested: Option<&str>) -> Result<(), ApiError> {
+    let Some(requested) = requested else { return Ok(()) };
+    match entry.maintenance_info() {
+        Some(info) if info.version == requested => Ok(()),
+        Some(info) => Err(ApiError::maintenance_conflict(format!(
+            "maintenance_info.version {requested:?} is not the plan's current version {:?}",
+            info.version
+        ))),
+        None => Err(ApiError::maintenance_conflict(format!(
+            "maintenance_info.version {requested:?} given, but the plan has no maintenance_info"
+        ))),
+    }
+}
+
+fn new_operation(state: &BrokerState, instance_id: &str, kind: OperationKind, request: String, polling_s: u64) -> OperationRow {
+    let now = now_ms();
+    OperationRow {
+        id: format!("{}-{}", kind.as_str(), random_id()),
+        instance_id: instance_id.to_string(),
+        kind,
+        state: OperationState::InProgress,
+        description: format!("{} accepted", kind.as_str()),
+        request,
+        deadline_ms: now + (polling_s * 1000) as i64,
+        lease_owner: state.operations.owner().to_string(),
+        lease_until_ms: state.operations.lease_until(),
+        created_ms: now,
+        updated_ms: now,
+    }
+}
+
+fn accepted(operation: &str) -> Response {
+    reply(StatusCode::ACCEPTED, json!({ "operation": operation }))
+}
+
+enum Outcome {
+    Started(OperationRow),
+    InProgress(String),
+    Done,
+    Refused(ApiError),
+}
+
+/// `PUT /v2/service_instances/:instance_id`
+pub async fn provision(
+    State(state): State<Arc<BrokerState>>,
+    meta: Meta,
+    path: IdPath,
+    query_string: QueryMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let instance_id = id(path)?;
+    let query = query(query_string)?;
+    let body = json_object(body)?;
+    let service_id = required_string(&body, "service_id")?;
+    let plan_id = required_string(&body, "plan_id")?;
+    let organization_guid = required_string(&body, "organization_guid")?;
+    let space_guid = required_string(&body, "space_guid")?;
+    let context = optional_object(&body, "context")?;
+    let parameters = optional_object(&body, "parameters")?;
+    let requested_version = maintenance_version(&body)?;
+    let entry = state.catalog.plan(&service_id, &plan_id)?;
+    if !accepts_incomplete(&query)? {
+        return Err(ApiError::async_required());
+    }
+    entry.check_instance_parameters(parameters.as_ref().unwrap_or(&json!({})))?;
+    check_maintenance(entry, requested_version.as_deref())?;
+    check_chain(&state, &instance_id, &plan_id, parameters.as_ref()).await?;
+
+    let now = now_ms();
+    let operation = new_operation(&state, &instance_id, OperationKind::Provision, "{}".into(), entry.plan.maximum_polling_duration);
+    let row = InstanceRow {
+        id: instance_id.clone(),
+        service_id: service_id.clone(),
+        plan_id: plan_id.clone(),
+        organization_guid: organization_guid.clone(),
+        space_guid: space_guid.clone(),
+        parameters: parameters.as_ref().map(Value::to_string),
+        context: context.as_ref().map(Value::to_string),
+        maintenance_version: entry.maintenance_info().map(|m| m.version.clone()),
+        state: InstanceState::Provisioning,
+        operation_id: operation.id.clone(),
+        created_ms: now,
+        updated_ms: now,
+    };
+    let cap = entry.plan.max_instances;
+    let audit = meta.audit("provision", None);
+    let outcome = state
+        .store
+        .instance_transition(&instance_id, Some(&plan_id), |view| {
+            let existing = view.instance.filter(|i| i.state != InstanceState::Deleted);
+            let Some(existing) = existing else {
+                if cap > 0 && view.plan_count >= cap {
+                    return Decision::answer(Outcome::Refused(ApiError::unprocessable(
+                        "InstanceLimitReached",
+                        format!("the plan allows at most {cap} instances"),
+                    )));
+                }
+                return Decision {
+                    changes: vec![
+                        Change::PutInstance(row),
+                        Change::InsertOperation(operation.clone()),
+                        Change::Audit(audit),
+                    ],
+                    answer: Outcome::Started(operation),
+                };
+            };
+            let identical = existing.service_id == service_id
+                && existing.plan_id == plan_id
+                && existing.organization_guid == organization_guid
+                && existing.space_guid == space_guid
+                && same_json(existing.parameters.as_deref(), parameters.as_ref());
+            if !identical {
+                return Decision::answer(Outcome::Refused(ApiError::conflict(
+                    "an instance with this id exists with different attributes",
+                )));
+            }
+            Decision::answer(match existing.state {
+                InstanceState::Provisioning => Outcome::InProgress(existing.operation_id.clone()),
+                InstanceState::Ready | InstanceState::Updating => Outcome::Done,
+                InstanceState::Failed => Outcome::Refused(ApiError::conflict(
+                    "an instance with this id exists but failed; deprovision it before provisioning it again",
+                )),
+                InstanceState::Deprovisioning => {
+                    Outcome::Refused(ApiError::concurrency("the instance is being deprovisioned"))
+                }
+                InstanceState::Deleted => unreachable!("filtered above"),
+            })
+        })
+        .await?;
+    match outcome {
+        Outcome::Started(operation) => {
+            let id = operation.id.clone();
+            tracing::info!(instance = %instance_id, operation = %id, plan = %plan_id, "provision accepted");
+            state.operations.start(operation);
+            Ok(accepted(&id))
+        }
+        Outcome::InProgress(operation) => Ok(accepted(&operation)),
+        Outcome::Done => Ok(reply(StatusCode::OK, json!({}))),
+        Outcome::Refused(err) => Err(err),
+    }
+}
+
+/// `GET /v2/service_instances/:instance_id`
+pub async fn fetch(State(state): State<Arc<BrokerState>>, path: IdPath) -> Result<Response, ApiError> {
+    let instance_id = id(path)?;
+    let Some(instance) = state.store.instance(&instance_id).await? else {
+        return Err(ApiError::not_found("no such instance"));
+    };
+    match instance.state {
+        InstanceState::Ready => {}
+        InstanceState::Updating => return Err(ApiError::concurrency("the instance is being updated")),
+        InstanceState::Provisioning => return Err(ApiError::not_found("the instance is still being provisioned")),
+        InstanceState::Failed => return Err(ApiError::not_found("the instance failed; deprovision it")),
+        InstanceState::Deprovisioning | InstanceState::Deleted => return Err(ApiError::not_found("no such instance")),
+    }
+    let mut body = json!({ "service_id": instance.service_id, "plan_id": instance.plan_id });
+    if let Some(parameters) = instance.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()) {
+        body["parameters"] = parameters;
+    }
+    if let Some(version) = instance.maintenance_version {
+        body["maintenance_info"] = json!({ "version": version });
+    }
+    Ok(reply(StatusCode::OK, body))
+}
+
+/// `PATCH /v2/service_instances/:instance_id`
+pub async fn update(
+    State(state): State<Arc<BrokerState>>,
+    meta: Meta,
+    path: IdPath,
+    query_string: QueryMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let instance_id = id(path)?;
+    let query = query(query_string)?;
+    let body = json_object(body)?;
+    let service_id = required_string(&body, "service_id")?;
+    let plan_id = optional_string(&body, "plan_id")?;
+    let parameters = optional_object(&body, "parameters")?;
+    let _context = optional_object(&body, "context")?;
+    let requested_version = maintenance_version(&body)?;
+    state.catalog.service(&service_id)?;
+    if let Some(plan_id) = &plan_id {
+        state.catalog.plan(&service_id, plan_id)?;
+    }
+    if !accepts_incomplete(&query)? {
+        return Err(ApiError::async_required());
+    }
+    let current = match state.store.instance(&instance_id).await? {
+        Some(instance) if instance.state != InstanceState::Deleted => instance,
+        _ => return Err(ApiError::not_found("no such instance")),
+    };
+    if current.service_id != service_id {
+        return Err(ApiError::bad_request(format!("the instance belongs to service {:?}", current.service_id)));
+    }
+    let target_plan = plan_id.clone().unwrap_or_else(|| current.plan_id.clone());
+    let plan_changes = target_plan != current.plan_id;
+    let entry = state.catalog.plan(&service_id, &target_plan)?;
+    if plan_changes {
+        let from_updateable = state.catalog.plan_by_id(&current.plan_id).is_some_and(|p| p.plan_updateable);
+        if !(from_updateable && entry.plan_updateable) {
+            return Err(ApiError::unprocessable("PlanChangeNotSupported", "this instance's plan cannot be changed"));
+        }
+    }
+    if let Some(parameters) = &parameters {
+        entry.check_instance_parameters(parameters)?;
+    }
+    check_maintenance(entry, requested_version.as_deref())?;
+    let new_parameters = match &parameters {
+        Some(parameters) => Some(parameters.to_string()),
+        None => current.parameters.clone(),
+    };
+    let parsed: Option<Value> = new_parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
+    if parameters.is_some() || plan_changes {
+        check_chain(&state, &instance_id, &target_plan, parsed.as_ref()).await?;
+    }
+    let maintenance_version = match (&requested_version, plan_changes) {
+        (Some(version), _) => Some(version.clone()),
+        (None, true) => entry.maintenance_info().map(|m| m.version.clone()),
+        (None, false) => current.maintenance_version.clone(),
+    };
+    let request = UpdateRequest { plan_id: target_plan, parameters: new_parameters, maintenance_version };
+    let request_json = serde_json::to_string(&request).expect("an update request serializes");
+    let operation = new_operation(&state, &instance_id, OperationKind::Update, request_json, entry.plan.maximum_polling_duration);
+    let audit = meta.audit("update", None);
+    let outcome = state
+        .store
+        .instance_transition(&instance_id, None, |view| {
+            let (Some(instance), operation_now) = (view.instance, view.operation) else {
+                return Decision::answer(Outcome::Refused(ApiError::not_found("no such instance")));
+            };
+            match instance.state {
+                InstanceState::Ready => {
+                    let unchanged = instance.plan_id == request.plan_id
+                        && instance.parameters.as_deref().map(serde_json::from_str::<Value>).and_then(Result::ok)
+                            == request.parameters.as_deref().map(serde_json::from_str::<Value>).and_then(Result::ok)
+                        && instance.maintenance_version == request.maintenance_version;
+                    if unchanged {
+                        return Decision::answer(Outcome::Done);
+                    }
+                    let row = InstanceRow {
+                        state: InstanceState::Updating,
+                        operation_id: operation.id.clone(),
+                        updated_ms: now_ms(),
+                        ..instance.clone()
+                    };
+                    Decision {
+                        changes: vec![
+                            Change::PutInstance(row),
+                            Change::InsertOperation(operation.clone()),
+                            Change::Audit(audit),
+                        ],
+                        answer: Outcome::Started(operation),
+                    }
+                }
+                InstanceState::Updating => {
+                    let same = operation_now
+                        .filter(|op| op.kind == OperationKind::Update)
+                        .and_then(|op| serde_json::from_str::<UpdateRequest>(&op.request).ok().map(|r| (op, r)))
+                        .filter(|(_, running)| *running == request);
+                    Decision::answer(match same {
+                        Some((op, _)) => Outcome::InProgress(op.id.clone()),
+                        None => Outcome::Refused(ApiError::concurrency("another update of this instance is running")),
+                    })
+                }
+                InstanceState::Provisioning => {
+                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is still being provisioned")))
+                }
+                InstanceState::Deprovisioning => {
+                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is being deprovisioned")))
+                }
+                InstanceState::Failed => Decision::answer(Outcome::Refused(ApiError::unprocessable(
+                    "InstanceFailed",
+                    "the instance failed; deprovision it",
+                ))),
+                InstanceState::Deleted => Decision::answer(Outcome::Refused(ApiError::not_found("no such instance"))),
+            }
+        })
+        .await?;
+    match outcome {
+        Outcome::Started(operation) => {
+            let id = operation.id.clone();
+            tracing::info!(instance = %instance_id, operation = %id, "update accepted");
+            state.operations.start(operation);
+            Ok(accepted(&id))
+        }
+        Outcome::InProgress(operation) => Ok(accepted(&operation)),
+        Outcome::Done => Ok(reply(StatusCode::OK, json!({}))),
+        Outcome::Refused(err) => Err(err),
+    }
+}
+
+/// `DELETE /v2/service_instances/:instance_id?service_id&plan_id&accepts_incomplete`
+pub async fn deprovision(
+    State(state): State<Arc<BrokerState>>,
+    meta: Meta,
+    path: IdPath,
+    query_string: QueryMap,
+) -> Result<Response, ApiError> {
+    let instance_id = id(path)?;
+    let query = query(query_string)?;
+    required_query(&query, "service_id")?;
+    required_query(&query, "plan_id")?;
+    if !accepts_incomplete(&query)? {
+        return Err(ApiError::async_required());
+    }
+    let polling = |plan_id: &str| state.catalog.plan_by_id(plan_id).map_or(600, |p| p.plan.maximum_polling_duration);
+    let audit = meta.audit("deprovision", None);
+    let outcome = state
+        .store
+        .instance_transition(&instance_id, None, |view| {
+            let Some(instance) = view.instance.filter(|i| i.state != InstanceState::Deleted) else {
+                return Decision::answer(Outcome::Refused(ApiError::gone("no such instance")));
+            };
+            match instance.state {
+                InstanceState::Ready | InstanceState::Failed => {
+                    let operation = new_operation(
+                        &state,
+                        &instance_id,
+                        OperationKind::Deprovision,
+                        "{}".into(),
+                        polling(&instance.plan_id),
+                    );
+                    let row = InstanceRow {
+                        state: InstanceState::Deprovisioning,
+                        operation_id: operation.id.clone(),
+                        updated_ms: now_ms(),
+                        ..instance.clone()
+                    };
+                    Decision {
+                        changes: vec![
+                            Change::PutInstance(row),
+                            Change::InsertOperation(operation.clone()),
+                            // Cascade: the instance's credentials stop working now.
+                            Change::DeleteBindings,
+                            Change::Audit(audit),
+                        ],
+                        answer: Outcome::Started(operation),
+                    }
+                }
+                InstanceState::Deprovisioning => Decision::answer(Outcome::InProgress(instance.operation_id.clone())),
+                InstanceState::Provisioning => Decision::answer(Outcome::Refused(ApiError::concurrency(
+                    "the instance is still being provisioned; deprovision it once last_operation reports the result",
+                ))),
+                InstanceState::Updating => {
+                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is being updated")))
+                }
+                InstanceState::Deleted => unreachable!("filtered above"),
+            }
+        })
+        .await?;
+    match outcome {
+        Outcome::Started(operation) => {
+            let id = operation.id.clone();
+            tracing::info!(instance = %instance_id, operation = %id, "deprovision accepted");
+            state.routing.sync().await;
+            state.operations.start(operation);
+            Ok(accepted(&id))
+        }
+        Outcome::InProgress(operation) => Ok(accepted(&operation)),
+        Outcome::Done => Ok(reply(StatusCode::OK, json!({}))),
+        Outcome::Refused(err) => Err(err),
+    }
+}
+
+/// `GET /v2/service_instances/:instance_id/last_operation`
+pub async fn last_operation(
+    State(state): State<Arc<BrokerState>>,
+    path: IdPath,
+    query_string: QueryMap,
+) -> Result<Response, ApiError> {
+    let instance_id = id(path)?;
+    let query = query(query_string)?;
+    let Some(instance) = state.store.instance(&instance_id).await? else {
+        return Err(ApiError::not_found("no such instance"));
+    };
+    // `operation` is a hint (platforms do not always send it): fall back to the latest.
+    let hinted = match query.get("operation").filter(|o| !o.is_empty()) {
+        Some(hint) => state.store.operation(hint).await?.filter(|op| op.instance_id == instance_id),
+        None => None,
+    };
+    let operation = match hinted {
+        Some(op) => op,
+        None => state
+            .store
+            .operation(&instance.operation_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("the instance has no operation"))?,
+    };
+    if instance.state == InstanceState::Deleted && operation.kind == OperationKind::Deprovision {
+        let kept_ms = (state.config.operations.tombstone_hours * 3_600_000) as i64;
+        if now_ms() - operation.updated_ms >= kept_ms {
+            return Err(ApiError::gone("the instance was deprovisioned"));
+        }
+    }
+    let mut body = json!({ "state": operation.state.as_str(), "description": operation.description });
+    if operation.state == OperationState::Failed {
+        match operation.kind {
+            OperationKind::Update => body["instance_usable"] = json!(true),
+            OperationKind::Deprovision => body["instance_usable"] = json!(false),
+            OperationKind::Provision => {}
+        }
+    }
+    let mut response = reply(StatusCode::OK, body);
+    if operation.state == OperationState::InProgress {
+        let seconds = state.config.operations.retry_after_seconds.to_string();
+        if let Ok(value) = HeaderValue::from_str(&seconds) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    Ok(response)
+}

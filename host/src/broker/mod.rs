@@ -1,0 +1,417 @@
+//! # The Open Service Broker API (v2.17; 2.13 and later accepted)
+//!
+//! Owns: the broker REST surface (axum): authentication, the version header, request and
+//! originating identities, parsing and validating requests, and turning every outcome into the
+//! OSB status and body ([`ApiError`] is the one translation point for failures). Must not: write
+//! SQL (the [`Store`] does, atomically, on the decision a handler makes) or do slow work in a
+//! request (the [`Operations`] runner does, in the background).
+//!
+//! The order of checks, which satisfies the spec and the OSB checkers: auth (401) → version
+//! (412) → body, required fields and catalog ids (400) → `accepts_incomplete` (422
+//! `AsyncRequired`) → parameter schema and plugin configuration (400) → `maintenance_info`
+//! (422) → existence and idempotency (200 / 202 / 404 / 409 / 410) → concurrency (422) → act.
+//!
+//! Decisions this broker makes where the spec leaves a choice (documented in the README):
+//! instance operations are always asynchronous; bindings are synchronous; deprovisioning an
+//! instance that has bindings revokes them (cascade); a finished deprovision answers
+//! `last_operation` with `succeeded` for `operations.tombstone_hours`, then 410.
+
+mod bindings;
+mod catalog;
+pub mod credentials;
+mod instances;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+pub use catalog::{Catalog, MAX_CHAIN_LENGTH};
+
+use crate::config::Config;
+use crate::plugins::Registry;
+use crate::provision::Operations;
+use crate::routing::RouteSync;
+use crate::store::{AuditEntry, Store, StoreError};
+use credentials::{BasicAuth, SecretKey};
+
+/// The version this broker implements.
+pub const API_VERSION: &str = "2.17";
+/// The oldest `X-Broker-API-Version` minor (2.x) accepted.
+pub const MIN_MINOR_VERSION: u32 = 13;
+/// Longest instance or binding id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 255;
+
+/// What the handlers share.
+pub struct BrokerState {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The catalog and its schemas.
+    pub catalog: Catalog,
+    /// The store.
+    pub store: Store,
+    /// The available plugins (to check an instance's chain at provision and update).
+    pub registry: Registry,
+    /// The route synchronizer (called after every committed change).
+    pub routing: Arc<RouteSync>,
+    /// The operation runner.
+    pub operations: Arc<Operations>,
+    /// The key binding credentials derive from.
+    pub secret: SecretKey,
+    /// The platform's credentials.
+    pub auth: BasicAuth,
+}
+
+/// The broker's router.
+pub fn router(state: Arc<BrokerState>) -> Router {
+    let max_body = state.config.broker.max_body_bytes;
+    Router::new()
+        .route("/v2/catalog", get(catalog))
+        .route(
+            "/v2/service_instances/{instance_id}",
+            get(instances::fetch).put(instances::provision).patch(instances::update).delete(instances::deprovision),
+        )
+        .route("/v2/service_instances/{instance_id}/last_operation", get(instances::last_operation))
+        .route(
+            "/v2/service_instances/{instance_id}/service_bindings/{binding_id}",
+            get(bindings::fetch).put(bindings::bind).delete(bindings::unbind),
+        )
+        .route(
+            "/v2/service_instances/{instance_id}/service_bindings/{binding_id}/last_operation",
+            get(bindings::last_operation),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, None, "no such endpoint of the OSB API") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, None, "method not allowed on this endpoint")
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn catalog(State(state): State<Arc<BrokerState>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], state.catalog.body().to_string()).into_response()
+}
+
+/// What the guard learned about a request, for handlers and the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    /// `X-Broker-API-Request-Identity`.
+    pub request_identity: Option<String>,
+    /// Platform named by `X-Broker-API-Originating-Identity`.
+    pub platform: Option<String>,
+    /// Its decoded identity, as JSON text.
+    pub identity: Option<String>,
+    /// The minor version the platform speaks (2.x).
+    pub minor_version: u32,
+}
+
+impl RequestMeta {
+    /// An audit record of `action` by this request.
+    pub fn audit(&self, action: &str, binding_id: Option<&str>) -> AuditEntry {
+        AuditEntry {
+            action: action.to_string(),
+            binding_id: binding_id.map(str::to_string),
+            request_identity: self.request_identity.clone(),
+            platform: self.platform.clone(),
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+const REQUEST_IDENTITY: &str = "x-broker-api-request-identity";
+
+/// Auth, version and identities, for every request; echoes the request identity on every
+/// response, errors included.
+async fn guard(State(state): State<Arc<BrokerState>>, mut request: Request, next: Next) -> Response {
+    let request_identity = request
+        .headers()
+        .get(REQUEST_IDENTITY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 1024)
+        .map(str::to_string);
+    let mut response = match admit(&state, request.headers()) {
+        Ok(mut meta) => {
+            meta.request_identity = request_identity.clone();
+            request.extensions_mut().insert(meta);
+            next.run(request).await
+        }
+        Err(err) => err.into_response(),
+    };
+    if let Some(identity) = request_identity.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        response.headers_mut().insert(REQUEST_IDENTITY, identity);
+    }
+    response
+}
+
+fn admit(state: &BrokerState, headers: &HeaderMap) -> Result<RequestMeta, ApiError> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !state.auth.accepts(authorization) {
+        return Err(ApiError::unauthorized());
+    }
+    let version = headers.get("x-broker-api-version").and_then(|v| v.to_str().ok()).unwrap_or("").trim();
+    let minor = version
+        .strip_prefix("2.")
+        .and_then(|minor| minor.parse::<u32>().ok())
+        .filter(|minor| *minor >= MIN_MINOR_VERSION)
+        .ok_or_else(|| {
+            let shown = if version.is_empty() { "missing".to_string() } else { format!("{version:?}") };
+            ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                Some("PreconditionFailed"),
+                format!(
+                    "X-Broker-API-Version is {shown}; this broker implements {API_VERSION} and accepts 2.{MIN_MINOR_VERSION} or later"
+                ),
+            )
+        })?;
+    let mut meta = RequestMeta { minor_version: minor, ..RequestMeta::default() };
+    if let Some(value) = headers.get("x-broker-api-originating-identity") {
+        let (platform, identity) = value.to_str().ok().and_then(decode_originating_identity).ok_or_else(|| {
+            ApiError::bad_request("X-Broker-API-Originating-Identity must be '<platform> <base64 of a JSON object>'")
+        })?;
+        meta.platform = Some(platform);
+        meta.identity = Some(identity);
+    }
+    Ok(meta)
+}
+
+fn decode_originating_identity(value: &str) -> Option<(String, String)> {
+    let (platform, encoded) = value.trim().split_once(' ')?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded.trim()))
+        .ok()?;
+    let identity: Value = serde_json::from_slice(&bytes).ok()?;
+    (!platform.is_empty() && identity.is_object()).then(|| (platform.to_string(), identity.to_string()))
+}
+
+/// A failure, as the platform sees it: a status and an OSB error body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: Option<&'static str>,
+    description: String,
+    instance_usable: Option<bool>,
+}
+
+impl ApiError {
+    /// A failure with this status, OSB `error` code and description.
+    pub fn new(status: StatusCode, error: Option<&'static str>, description: impl Into<String>) -> Self {
+        ApiError { status, error, description: description.into(), instance_usable: None }
+    }
+
+    /// 400.
+    pub fn bad_request(description: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, Some("BadRequest"), description)
+    }
+
+    /// 401 with `WWW-Authenticate`.
+    pub fn unauthorized() -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, Some("Unauthorized"), "HTTP Basic credentials are missing or wrong")
+    }
+
+    /// 404.
+    pub fn not_found(description: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, Some("NotFound"), description)
+    }
+
+    /// 409.
+    pub fn conflict(description: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, Some("Conflict"), description)
+    }
+
+    /// 410.
+    pub fn gone(description: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::GONE, Some("Gone"), description)
+    }
+
+    /// 422 `AsyncRequired`.
+    pub fn async_required() -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("AsyncRequired"),
+            "this operation runs asynchronously: send accepts_incomplete=true",
+        )
+    }
+
+    /// 422 `ConcurrencyError`.
+    pub fn concurrency(description: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some("ConcurrencyError"), description)
+    }
+
+    /// 422 `MaintenanceInfoConflict`.
+    pub fn maintenance_conflict(description: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some("MaintenanceInfoConflict"), description)
+    }
+
+    /// 422 without a spec-defined code.
+    pub fn unprocessable(error: &'static str, description: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, Some(error), description)
+    }
+
+    /// Adds `instance_usable` (only for failed updates and deprovisions).
+    pub fn with_instance_usable(mut self, usable: bool) -> Self {
+        self.instance_usable = Some(usable);
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        tracing::error!("broker request failed in the store: {err}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some("InternalError"),
+            "the broker could not reach its store; the request changed nothing, retry later",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "description": self.description });
+        if let Some(error) = self.error {
+            body["error"] = json!(error);
+        }
+        if let Some(usable) = self.instance_usable {
+            body["instance_usable"] = json!(usable);
+        }
+        let mut response = (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ovsb\""));
+        }
+        response
+    }
+}
+
+/// A JSON response.
+pub fn reply(status: StatusCode, body: Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The request body as a JSON object.
+pub fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, Some("PayloadTooLarge"), "the request body is too large")
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ApiError::bad_request("the request body must be a JSON object")),
+        Err(err) => Err(ApiError::bad_request(format!("malformed JSON: {err}"))),
+    }
+}
+
+/// A string field; absent, null and empty are all "missing".
+pub fn optional_string(body: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::bad_request(format!("{name} must be a string, not {}", kind(other)))),
+    }
+}
+
+/// A string field that must be there.
+pub fn required_string(body: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
+    optional_string(body, name)?.ok_or_else(|| ApiError::bad_request(format!("{name} is required")))
+}
+
+/// An object field; absent and null are "missing".
+pub fn optional_object(body: &Map<String, Value>, name: &str) -> Result<Option<Value>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value @ Value::Object(_)) => Ok(Some(value.clone())),
+        Some(other) => Err(ApiError::bad_request(format!("{name} must be an object, not {}", kind(other)))),
+    }
+}
+
+/// `maintenance_info.version`, if given (`{}` counts as not given).
+pub fn maintenance_version(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match optional_object(body, "maintenance_info")? {
+        None => Ok(None),
+        Some(Value::Object(info)) => optional_string(&info, "version")
+            .map_err(|_| ApiError::bad_request("maintenance_info.version must be a string")),
+        Some(_) => unreachable!("optional_object returns objects"),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The query string, or a 400.
+pub fn query(
+    query: Result<axum::extract::Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    query.map(|q| q.0).map_err(|err| ApiError::bad_request(format!("malformed query string: {err}")))
+}
+
+/// `accepts_incomplete`: absent or `false` is false; anything but `true`/`false` is a 400.
+pub fn accepts_incomplete(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match query.get("accepts_incomplete").map(String::as_str) {
+        None | Some("") | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("accepts_incomplete must be true or false, not {other:?}"))),
+    }
+}
+
+/// A required query parameter (empty is missing).
+pub fn required_query<'q>(query: &'q HashMap<String, String>, name: &str) -> Result<&'q str, ApiError> {
+    query
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("query parameter {name} is required")))
+}
+
+/// A path id, percent-decoded by axum: non-empty, at most [`MAX_ID_BYTES`], no control characters.
+pub fn checked_id(path: Result<String, PathRejection>, what: &str) -> Result<String, ApiError> {
+    let id = path.map_err(|err| ApiError::bad_request(format!("{what}: {err}")))?;
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be 1 to {MAX_ID_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(id)
+}
+
+/// Whether two optional JSON texts hold equal JSON (key order ignored).
+pub fn same_json(stored: Option<&str>, given: Option<&Value>) -> bool {
+    let stored: Option<Value> = stored.and_then(|s| serde_json::from_str(s).ok());
+    let empty = |v: &Option<&Value>| v.is_none_or(|v| v.as_object().is_some_and(Map::is_empty));
+    match (stored.as_ref(), given) {
+        (Some(a), Some(b)) => a == b,
+        (a, b) => empty(&a) && empty(&b),
+    }
+}
+
+/// The request metadata the guard attached.
+pub type Meta = Extension<RequestMeta>;

@@ -1,0 +1,613 @@
+//! The one configuration tree: the TOML model, `OVSB_*` environment overrides, defaults and
+//! validation.
+//!
+//! Owns: every setting an operator can give, and the check that runs before any port is bound.
+//! Must not: read the environment anywhere else (callers pass the variables in, so tests give a
+//! map instead of mutating the process), or touch the network or the store.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default). The catalog lives
+//! here too: services and plans with stable ids, each plan naming the driver that gives its
+//! instances a node and the plugin chain they get by default.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variables that override the file, by name.
+pub const ENV_VARS: &[&str] = &[
+    "OVSB_BROKER_LISTEN",
+    "OVSB_GATEWAY_LISTEN",
+    "OVSB_ADMIN_LISTEN",
+    "OVSB_DATABASE_URL",
+    "OVSB_BROKER_USERNAME",
+    "OVSB_BROKER_PASSWORD",
+    "OVSB_PUBLIC_GATEWAY_URL",
+    "OVSB_DATA_DIR",
+    "OVSB_SECRET_KEY",
+];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where ovsb keeps its files: the SQLite store, the secret key, the compiled-plugin cache.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; empty means SQLite at `<data_dir>/ovsb.db`.
+    #[serde(default)]
+    pub database_url: String,
+    /// The OSB REST listener.
+    #[serde(default)]
+    pub broker: BrokerSettings,
+    /// The JSON-RPC listener.
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    /// Asynchronous operations.
+    #[serde(default)]
+    pub operations: OperationSettings,
+    /// Plugins operators make available to instances, by name.
+    #[serde(default)]
+    pub plugins: Vec<PluginDecl>,
+    /// The catalog.
+    #[serde(default)]
+    pub services: Vec<ServiceDecl>,
+}
+
+/// The broker listener and its credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Address of the OSB REST listener.
+    #[serde(default = "default_broker_listen")]
+    pub listen: SocketAddr,
+    /// HTTP Basic user name.
+    #[serde(default = "default_username")]
+    pub username: String,
+    /// HTTP Basic password; when empty, one is generated and kept in `<data_dir>/broker-password`.
+    #[serde(default)]
+    pub password: String,
+    /// Largest request body, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Base64 of 32 bytes: the key binding credentials are derived from. Empty: generated and
+    /// kept in `<data_dir>/secret.key`. Replicas sharing one database must share this key.
+    #[serde(default)]
+    pub secret_key: String,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            listen: default_broker_listen(),
+            username: default_username(),
+            password: String::new(),
+            max_body_bytes: default_max_body(),
+            secret_key: String::new(),
+        }
+    }
+}
+
+/// The gateway listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Address of the JSON-RPC listener (HTTP and WebSocket).
+    #[serde(default = "default_gateway_listen")]
+    pub listen: SocketAddr,
+    /// Base of the URLs in binding credentials; empty means `http://<listen>`.
+    #[serde(default)]
+    pub public_url: String,
+    /// Largest request body or WebSocket message, in bytes.
+    #[serde(default = "default_gateway_max_request")]
+    pub max_request_bytes: u32,
+    /// Most calls in one batch.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    /// Most connections open at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Longest time one call may wait for the node, in milliseconds.
+    #[serde(default = "default_upstream_deadline")]
+    pub upstream_deadline_ms: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            listen: default_gateway_listen(),
+            public_url: String::new(),
+            max_request_bytes: default_gateway_max_request(),
+            max_batch: default_max_batch(),
+            max_connections: default_max_connections(),
+            upstream_deadline_ms: default_upstream_deadline(),
+        }
+    }
+}
+
+/// How asynchronous operations are run and kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationSettings {
+    /// How long a replica's claim on a running operation lasts without renewal, in seconds. A
+    /// replica that dies leaves its operations to another one after this long.
+    #[serde(default = "default_lease")]
+    pub lease_seconds: u64,
+    /// The `Retry-After` (seconds) sent with `in progress`.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_seconds: u64,
+    /// How long `last_operation` still reports a finished deprovision as `succeeded` (then 410).
+    #[serde(default = "default_tombstone")]
+    pub tombstone_hours: u64,
+    /// How often a replica looks for changes other replicas made, in milliseconds.
+    #[serde(default = "default_sync")]
+    pub sync_interval_ms: u64,
+}
+
+impl Default for OperationSettings {
+    fn default() -> Self {
+        OperationSettings {
+            lease_seconds: default_lease(),
+            retry_after_seconds: default_retry_after(),
+            tombstone_hours: default_tombstone(),
+            sync_interval_ms: default_sync(),
+        }
+    }
+}
+
+/// A plugin made available to instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDecl {
+    /// The name instances use in `parameters.plugins[].name`.
+    pub name: String,
+    /// The `.wasm` component (relative paths are relative to the config file).
+    pub path: PathBuf,
+    /// Expected SHA-256 of the file, hex; a mismatch refuses to load.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// A service offering.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDecl {
+    /// Stable id (a GUID is recommended); never change it once platforms know it.
+    pub id: String,
+    /// Lowercase-hyphen name.
+    pub name: String,
+    /// What the service is.
+    pub description: String,
+    /// Tags shown by platforms.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Whether instances can be bound.
+    #[serde(default = "yes")]
+    pub bindable: bool,
+    /// Whether plans may be changed by update.
+    #[serde(default)]
+    pub plan_updateable: bool,
+    /// Free-form catalog metadata (`displayName`, `documentationUrl`, …).
+    #[serde(default)]
+    pub metadata: Option<toml::Table>,
+    /// The plans, at least one.
+    pub plans: Vec<PlanDecl>,
+}
+
+/// A plan of a service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanDecl {
+    /// Stable id.
+    pub id: String,
+    /// Lowercase-hyphen name, unique within the service.
+    pub name: String,
+    /// What the plan gives.
+    pub description: String,
+    /// Whether the plan costs nothing.
+    #[serde(default = "yes")]
+    pub free: bool,
+    /// Overrides the service's `plan_updateable`.
+    #[serde(default)]
+    pub plan_updateable: Option<bool>,
+    /// Seconds after which an operation that has not finished is failed.
+    #[serde(default = "default_polling")]
+    pub maximum_polling_duration: u64,
+    /// The version of what instances of this plan run; provision/update with another is a 422.
+    #[serde(default)]
+    pub maintenance_info: Option<MaintenanceInfo>,
+    /// Most instances of this plan at once (0: no cap).
+    #[serde(default)]
+    pub max_instances: u64,
+    /// The chain an instance gets when its parameters name none.
+    #[serde(default)]
+    pub plugins: Vec<ChainElement>,
+    /// Free-form catalog metadata.
+    #[serde(default)]
+    pub metadata: Option<toml::Table>,
+    /// How an instance of this plan gets a node.
+    pub driver: DriverDecl,
+}
+
+/// `maintenance_info` of a plan.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceInfo {
+    /// Semantic version.
+    pub version: String,
+    /// What changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// One plugin of a chain, as plans and instance parameters give it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChainElement {
+    /// A name from `[[plugins]]`.
+    pub name: String,
+    /// The plugin's configuration (any JSON object), handed to its `configure`.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Skip this plugin on a call it fails, instead of failing the call.
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+/// The driver of a plan.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DriverDecl {
+    /// Attach instances to existing nodes.
+    Upstream {
+        /// HTTP JSON-RPC URLs of the nodes.
+        http: Vec<String>,
+        /// WebSocket URLs of the same nodes.
+        #[serde(default)]
+        ws: Vec<String>,
+    },
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown or mistyped key; the message names the line and the key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message, with line, column and key.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses a TOML document (`origin` names it in errors).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse { path: origin.to_string(), message: err.to_string() })
+    }
+
+    /// Reads and parses a file; plugin paths are made relative to its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut config = Config::from_toml(&text, &path.display().to_string())?;
+        if let Some(dir) = path.parent() {
+            for plugin in &mut config.plugins {
+                if plugin.path.is_relative() {
+                    plugin.path = dir.join(&plugin.path);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The quick-start configuration: loopback listeners, SQLite under `./.ovsb`, and the
+    /// `ethereum-rpc` service whose `devnet` plan attaches to a node on 127.0.0.1:8545.
+    pub fn quick_start() -> Config {
+        Config::from_toml(QUICK_START, "built-in quick-start configuration").expect("the built-in configuration parses")
+    }
+
+    /// Applies the `OVSB_*` variables found in `env` (pass `std::env::vars()` collected, or a map in tests).
+    pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        let get = |name: &str| env.get(name).filter(|value| !value.is_empty());
+        let addr = |name: &str, value: &str| {
+            value.parse::<SocketAddr>().map_err(|err| ConfigError::Invalid(format!("{name}={value:?}: {err}")))
+        };
+        if let Some(v) = get("OVSB_BROKER_LISTEN") {
+            self.broker.listen = addr("OVSB_BROKER_LISTEN", v)?;
+        }
+        if let Some(v) = get("OVSB_GATEWAY_LISTEN") {
+            self.gateway.listen = addr("OVSB_GATEWAY_LISTEN", v)?;
+        }
+        if let Some(v) = get("OVSB_DATABASE_URL") {
+            self.database_url = v.clone();
+        }
+        if let Some(v) = get("OVSB_BROKER_USERNAME") {
+            self.broker.username = v.clone();
+        }
+        if let Some(v) = get("OVSB_BROKER_PASSWORD") {
+            self.broker.password = v.clone();
+        }
+        if let Some(v) = get("OVSB_PUBLIC_GATEWAY_URL") {
+            self.gateway.public_url = v.clone();
+        }
+        if let Some(v) = get("OVSB_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("OVSB_SECRET_KEY") {
+            self.broker.secret_key = v.clone();
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("ovsb.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    /// The base of credential URLs, without a trailing slash.
+    pub fn public_gateway_url(&self) -> String {
+        if self.gateway.public_url.is_empty() {
+            format!("http://{}", self.gateway.listen)
+        } else {
+            self.gateway.public_url.trim_end_matches('/').to_string()
+        }
+    }
+
+    /// Checks everything that parsing cannot: unique ids and names, name syntax, plugin
+    /// references, URLs, bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Invalid(message));
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return bad("database_url must start with sqlite:// or postgres://".into());
+        }
+        if self.broker.username.is_empty() {
+            return bad("broker.username must not be empty".into());
+        }
+        if !(1024..=64 << 20).contains(&self.broker.max_body_bytes) {
+            return bad("broker.max_body_bytes must be between 1 KiB and 64 MiB".into());
+        }
+        let public = self.public_gateway_url();
+        if !(public.starts_with("http://") || public.starts_with("https://")) {
+            return bad(format!("gateway.public_url {public:?} must start with http:// or https://"));
+        }
+        if self.gateway.max_batch == 0 || self.gateway.max_connections == 0 || self.gateway.max_request_bytes < 1024 {
+            return bad("gateway limits must be positive (max_request_bytes at least 1024)".into());
+        }
+        if self.gateway.upstream_deadline_ms == 0 || self.gateway.upstream_deadline_ms > 600_000 {
+            return bad("gateway.upstream_deadline_ms must be between 1 and 600000".into());
+        }
+        if self.operations.lease_seconds < 2 || self.operations.sync_interval_ms == 0 {
+            return bad("operations.lease_seconds must be at least 2, sync_interval_ms positive".into());
+        }
+        let mut plugin_names = HashSet::new();
+        for plugin in &self.plugins {
+            if !is_slug(&plugin.name) {
+                return bad(format!("plugin name {:?} must be lowercase letters, digits and '-'", plugin.name));
+            }
+            if !plugin_names.insert(plugin.name.as_str()) {
+                return bad(format!("plugin {:?} is declared twice", plugin.name));
+            }
+            if let Some(sha) = &plugin.sha256
+                && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return bad(format!("plugin {:?}: sha256 must be 64 hex digits", plugin.name));
+            }
+        }
+        let mut ids = HashSet::new();
+        let mut service_names = HashSet::new();
+        for service in &self.services {
+            let what = format!("service {:?}", service.name);
+            if !is_slug(&service.name) {
+                return bad(format!("{what}: names must be lowercase letters, digits and '-'"));
+            }
+            if !service_names.insert(service.name.as_str()) {
+                return bad(format!("{what} is declared twice"));
+            }
+            if !is_id(&service.id) || !ids.insert(service.id.as_str()) {
+                return bad(format!("{what}: id {:?} must be unique, non-empty, and URL-safe", service.id));
+            }
+            if service.description.is_empty() || service.plans.is_empty() {
+                return bad(format!("{what}: needs a description and at least one plan"));
+            }
+            let mut plan_names = HashSet::new();
+            for plan in &service.plans {
+                let what = format!("{what}, plan {:?}", plan.name);
+                if !is_slug(&plan.name) || !plan_names.insert(plan.name.as_str()) {
+                    return bad(format!("{what}: names must be unique lowercase letters, digits and '-'"));
+                }
+                if !is_id(&plan.id) || !ids.insert(plan.id.as_str()) {
+                    return bad(format!("{what}: id {:?} must be unique, non-empty, and URL-safe", plan.id));
+                }
+                if plan.description.is_empty() {
+                    return bad(format!("{what}: needs a description"));
+                }
+                if plan.maximum_polling_duration == 0 {
+                    return bad(format!("{what}: maximum_polling_duration must be positive"));
+                }
+                if let Some(info) = &plan.maintenance_info
+                    && !is_semver(&info.version)
+                {
+                    return bad(format!("{what}: maintenance_info.version {:?} is not a semantic version", info.version));
+                }
+                for element in &plan.plugins {
+                    if !plugin_names.contains(element.name.as_str()) {
+                        return bad(format!("{what}: default chain names unknown plugin {:?}", element.name));
+                    }
+                    if !element.config.is_object() {
+                        return bad(format!("{what}: the config of plugin {:?} must be a table", element.name));
+                    }
+                }
+                match &plan.driver {
+                    DriverDecl::Upstream { http, ws } => {
+                        if http.is_empty() {
+                            return bad(format!("{what}: the upstream driver needs at least one http URL"));
+                        }
+                        for u in http {
+                            if !u.starts_with("http://") || u.parse::<http::Uri>().is_err() {
+                                return bad(format!("{what}: {u:?} is not an http:// URL"));
+                            }
+                        }
+                        for u in ws {
+                            if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+                                return bad(format!("{what}: {u:?} is not a ws:// URL"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds a plan by service and plan id.
+    pub fn plan(&self, service_id: &str, plan_id: &str) -> Option<(&ServiceDecl, &PlanDecl)> {
+        let service = self.services.iter().find(|s| s.id == service_id)?;
+        let plan = service.plans.iter().find(|p| p.id == plan_id)?;
+        Some((service, plan))
+    }
+
+    /// The plugin declarations by name.
+    pub fn plugins_by_name(&self) -> BTreeMap<&str, &PluginDecl> {
+        self.plugins.iter().map(|p| (p.name.as_str(), p)).collect()
+    }
+}
+
+/// Lowercase letters, digits and '-', not empty (what OSB checkers accept as names).
+fn is_slug(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// RFC 3986 unreserved characters only.
+fn is_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+fn is_semver(version: &str) -> bool {
+    let core = version.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".ovsb")
+}
+fn default_broker_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_gateway_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8645))
+}
+fn default_username() -> String {
+    "ovsb".into()
+}
+fn default_max_body() -> usize {
+    256 << 10
+}
+fn default_gateway_max_request() -> u32 {
+    1 << 20
+}
+fn default_max_batch() -> u32 {
+    100
+}
+fn default_max_connections() -> u32 {
+    1024
+}
+fn default_upstream_deadline() -> u64 {
+    10_000
+}
+fn default_lease() -> u64 {
+    15
+}
+fn default_retry_after() -> u64 {
+    2
+}
+fn default_tombstone() -> u64 {
+    72
+}
+fn default_sync() -> u64 {
+    1000
+}
+fn default_polling() -> u64 {
+    600
+}
+fn yes() -> bool {
+    true
+}
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// The configuration `ovsb serve` runs without `--config`.
+pub const QUICK_START: &str = include_str!("../../examples/quick-start.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quick_start_configuration_is_valid() {
+        let config = Config::quick_start();
+        config.validate().unwrap();
+        assert!(config.services.iter().any(|s| s.name == "ethereum-rpc" && s.plans.iter().any(|p| p.name == "devnet")));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_line_and_key() {
+        let err = Config::from_toml("data_dir = \"x\"\n[broker]\nlisten = \"127.0.0.1:1\"\npasword = \"x\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4") && err.contains("pasword"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut config = Config::quick_start();
+        let env: HashMap<String, String> = [
+            ("OVSB_BROKER_LISTEN", "127.0.0.1:9001"),
+            ("OVSB_DATABASE_URL", "postgres://x@127.0.0.1/db"),
+            ("OVSB_PUBLIC_GATEWAY_URL", "https://rpc.example.com/"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        config.apply_env(&env).unwrap();
+        assert_eq!(config.broker.listen.port(), 9001);
+        assert_eq!(config.database_url(), "postgres://x@127.0.0.1/db");
+        assert_eq!(config.public_gateway_url(), "https://rpc.example.com");
+        let bad: HashMap<String, String> = [("OVSB_GATEWAY_LISTEN".to_string(), "nope".to_string())].into();
+        assert!(config.apply_env(&bad).unwrap_err().to_string().contains("OVSB_GATEWAY_LISTEN"));
+    }
+
+    #[test]
+    fn validation_names_what_is_wrong() {
+        let mut config = Config::quick_start();
+        config.services[0].plans[0].plugins.push(ChainElement {
+            name: "nope".into(),
+            config: empty_object(),
+            fail_open: false,
+        });
+        assert!(config.validate().unwrap_err().to_string().contains("unknown plugin \"nope\""));
+        let mut config = Config::quick_start();
+        config.services[0].name = "Ethereum RPC".into();
+        assert!(config.validate().unwrap_err().to_string().contains("lowercase"));
+    }
+}

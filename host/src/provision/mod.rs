@@ -1,0 +1,320 @@
+//! Provisioning: the [`Driver`] interface that gives an instance a node, and the runner of
+//! asynchronous operations.
+//!
+//! Owns: turning an accepted provision / update / deprovision (an `in progress` operation row)
+//! into driver work and then into a final state, exactly once across crashes and replicas.
+//! Must not: answer HTTP, or decide what a request means (the broker does, in the store's
+//! transaction); the runner only finishes what the broker started.
+//!
+//! ## How an operation survives a crash
+//! The broker inserts the operation with this replica as its lease owner. The runner renews
+//! the leases of the operations it runs every third of `operations.lease_seconds`. Every
+//! replica looks for operations whose lease lapsed (its owner died) and claims them with a
+//! conditional update, so exactly one replica resumes each. Drivers are idempotent, so a
+//! resumed operation simply runs again; one past its deadline (the plan's
+//! `maximum_polling_duration`) fails with that reason, and a failed provision is cleaned up by
+//! the driver, so nothing is left half-made. On SQLite, which one process holds exclusively,
+//! every `in progress` operation found at start is resumed at once.
+
+mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use upstream::UpstreamDriver;
+
+use crate::config::{Config, DriverDecl, PlanDecl};
+use crate::gateway::UpstreamPool;
+use crate::routing::RouteSync;
+use crate::store::{InstanceRow, InstanceState, OperationKind, OperationRow, OperationState, Store, now_ms};
+
+/// What a driver is told about an instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// The instance id.
+    pub id: String,
+    /// The plan id.
+    pub plan_id: String,
+    /// The instance's parameters (an empty object when none were given).
+    pub parameters: serde_json::Value,
+}
+
+/// Why a driver could not do its work; the text is shown to users in `last_operation`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DriverError(pub String);
+
+/// Lets a driver tell the platform how far it got (`last_operation`'s `description`).
+pub struct Progress {
+    store: Store,
+    operation_id: String,
+    owner: String,
+}
+
+impl Progress {
+    /// Replaces the operation's description.
+    pub async fn report(&self, description: &str) {
+        if let Err(err) = self.store.set_progress(&self.operation_id, &self.owner, description).await {
+            tracing::warn!(operation = %self.operation_id, "cannot record progress: {err}");
+        }
+    }
+}
+
+/// How instances of a plan get a node. Every method must be idempotent: after a crash an
+/// operation runs again from the start.
+pub trait Driver: Send + Sync {
+    /// Makes the instance's node ready to serve.
+    fn provision<'a>(&'a self, instance: &'a InstanceSpec, progress: &'a Progress)
+    -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Moves an instance from one spec to another (a plan or parameter change).
+    fn update<'a>(
+        &'a self,
+        from: &'a InstanceSpec,
+        to: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Removes everything provisioning made. Succeeds when there is nothing to remove.
+    fn deprovision<'a>(
+        &'a self,
+        instance: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Where the instance's calls go.
+    fn upstream(&self, instance_id: &str) -> Arc<UpstreamPool>;
+}
+
+/// The driver of every plan, by plan id.
+#[derive(Clone, Default)]
+pub struct Drivers {
+    by_plan: Arc<HashMap<String, Arc<dyn Driver>>>,
+}
+
+impl Drivers {
+    /// Creates the driver of each plan in the catalog.
+    pub fn from_config(config: &Config) -> Drivers {
+        let deadline = Duration::from_millis(config.gateway.upstream_deadline_ms);
+        let max_response = config.gateway.max_request_bytes.max(32 << 20) as usize;
+        let mut by_plan: HashMap<String, Arc<dyn Driver>> = HashMap::new();
+        for plan in config.services.iter().flat_map(|s| &s.plans) {
+            let driver: Arc<dyn Driver> = match &plan.driver {
+                DriverDecl::Upstream { http, ws } => Arc::new(UpstreamDriver::new(http, ws, deadline, max_response)),
+            };
+            by_plan.insert(plan.id.clone(), driver);
+        }
+        Drivers { by_plan: Arc::new(by_plan) }
+    }
+
+    /// The driver of a plan.
+    pub fn get(&self, plan_id: &str) -> Option<&Arc<dyn Driver>> {
+        self.by_plan.get(plan_id)
+    }
+}
+
+/// What an update operation applies, stored as the operation's `request`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UpdateRequest {
+    /// The plan after the update.
+    pub plan_id: String,
+    /// The parameters after the update (JSON text), if any.
+    pub parameters: Option<String>,
+    /// The maintenance version after the update.
+    pub maintenance_version: Option<String>,
+}
+
+/// Runs operations: those this replica accepted, and those a dead replica left behind.
+pub struct Operations {
+    store: Store,
+    config: Arc<Config>,
+    drivers: Drivers,
+    routing: Arc<RouteSync>,
+    owner: String,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Operations {
+    /// A runner whose leases are held under `owner` (this replica's id).
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        drivers: Drivers,
+        routing: Arc<RouteSync>,
+        owner: String,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Operations> {
+        Arc::new(Operations { store, config, drivers, routing, owner, tracker, shutdown })
+    }
+
+    /// This replica's lease-owner id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// When a lease taken now ends.
+    pub fn lease_until(&self) -> i64 {
+        now_ms() + (self.config.operations.lease_seconds * 1000) as i64
+    }
+
+    /// Runs `operation` (already stored with this replica as owner) in the background.
+    pub fn start(self: &Arc<Self>, operation: OperationRow) {
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let id = operation.id.clone();
+            tokio::select! {
+                _ = this.shutdown.cancelled() => {
+                    // Hand the operation over at once instead of after the lease lapses.
+                    if let Err(err) = this.store.renew_leases_of(&id, &this.owner, 0).await {
+                        tracing::warn!(operation = %id, "cannot release the lease: {err}");
+                    }
+                }
+                () = this.run(operation) => {}
+            }
+        });
+    }
+
+    /// Renews this replica's leases and claims lapsed ones until shutdown. `take_all` claims
+    /// every running operation at once (the store is this process's alone).
+    pub async fn supervise(self: Arc<Self>, take_all: bool) {
+        let lease = Duration::from_secs(self.config.operations.lease_seconds);
+        let mut renew = tokio::time::interval(lease / 3);
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = renew.tick() => {}
+            }
+            if let Err(err) = self.store.renew_leases(&self.owner, self.lease_until()).await {
+                tracing::warn!("cannot renew operation leases: {err}");
+            }
+            match self.store.claim_stale(&self.owner, self.lease_until(), take_all && first).await {
+                Ok(claimed) => {
+                    for operation in claimed {
+                        tracing::info!(operation = %operation.id, instance = %operation.instance_id,
+                            kind = operation.kind.as_str(), "resuming an operation left unfinished");
+                        self.start(operation);
+                    }
+                    first = false;
+                }
+                Err(err) => tracing::warn!("cannot look for unfinished operations: {err}"),
+            }
+        }
+    }
+
+    async fn run(&self, operation: OperationRow) {
+        let result = self.execute(&operation).await;
+        if let Err(err) = result {
+            // The store failed; the lease lapses and the operation is resumed later.
+            tracing::error!(operation = %operation.id, "operation interrupted: {err}");
+            return;
+        }
+        self.routing.sync().await;
+    }
+
+    async fn execute(&self, operation: &OperationRow) -> Result<(), crate::store::StoreError> {
+        let Some(instance) = self.store.instance(&operation.instance_id).await? else {
+            tracing::error!(operation = %operation.id, "operation of a missing instance");
+            return Ok(());
+        };
+        let progress =
+            Progress { store: self.store.clone(), operation_id: operation.id.clone(), owner: self.owner.clone() };
+        let spec = spec_of(&instance.id, &instance.plan_id, instance.parameters.as_deref());
+        let update: Option<UpdateRequest> = match operation.kind {
+            OperationKind::Update => serde_json::from_str(&operation.request).ok(),
+            _ => None,
+        };
+        let target_plan = update.as_ref().map_or(instance.plan_id.as_str(), |u| u.plan_id.as_str());
+        let driver = self.drivers.get(target_plan).cloned();
+        let remaining = Duration::from_millis(operation.deadline_ms.saturating_sub(now_ms()).max(0) as u64);
+        let work = async {
+            let Some(driver) = &driver else {
+                return Err(DriverError(format!("plan {target_plan} is no longer in the catalog")));
+            };
+            match (operation.kind, &update) {
+                (OperationKind::Provision, _) => driver.provision(&spec, &progress).await,
+                (OperationKind::Update, Some(update)) => {
+                    let to = spec_of(&instance.id, &update.plan_id, update.parameters.as_deref());
+                    driver.update(&spec, &to, &progress).await
+                }
+                (OperationKind::Update, None) => Err(DriverError("the update request is unreadable".into())),
+                (OperationKind::Deprovision, _) => driver.deprovision(&spec, &progress).await,
+            }
+        };
+        let outcome = match tokio::time::timeout(remaining, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(DriverError(format!(
+                "did not finish within the plan's maximum_polling_duration ({} s)",
+                self.plan(&instance.plan_id).map_or(0, |p| p.maximum_polling_duration)
+            ))),
+        };
+        let now = now_ms();
+        let mut row = InstanceRow { updated_ms: now, ..instance.clone() };
+        let (state, description) = match (operation.kind, outcome) {
+            (OperationKind::Provision, Ok(())) => {
+                row.state = InstanceState::Ready;
+                (OperationState::Succeeded, "provisioned".to_string())
+            }
+            (OperationKind::Provision, Err(err)) => {
+                // Leave nothing half-made: undo what the driver may have done.
+                if let Some(driver) = &driver {
+                    match tokio::time::timeout(Duration::from_secs(60), driver.deprovision(&spec, &progress)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(cleanup)) => {
+                            tracing::warn!(instance = %instance.id, "cleanup after a failed provision failed: {cleanup}")
+                        }
+                        Err(_) => tracing::warn!(instance = %instance.id, "cleanup after a failed provision timed out"),
+                    }
+                }
+                row.state = InstanceState::Failed;
+                (OperationState::Failed, format!("provisioning failed: {err}"))
+            }
+            (OperationKind::Update, Ok(())) => {
+                if let Some(update) = update {
+                    row.plan_id = update.plan_id;
+                    row.parameters = update.parameters;
+                    row.maintenance_version = update.maintenance_version;
+                }
+                row.state = InstanceState::Ready;
+                (OperationState::Succeeded, "updated".to_string())
+            }
+            (OperationKind::Update, Err(err)) => {
+                row.state = InstanceState::Ready;
+                (OperationState::Failed, format!("update failed, the instance keeps its previous settings: {err}"))
+            }
+            (OperationKind::Deprovision, Ok(())) => {
+                row.state = InstanceState::Deleted;
+                row.parameters = None;
+                row.context = None;
+                (OperationState::Succeeded, "deprovisioned".to_string())
+            }
+            (OperationKind::Deprovision, Err(err)) => {
+                row.state = InstanceState::Failed;
+                (OperationState::Failed, format!("deprovisioning failed: {err}"))
+            }
+        };
+        let finished = self.store.finish_operation(&operation.id, &self.owner, state, &description, row).await?;
+        if finished {
+            tracing::info!(operation = %operation.id, instance = %instance.id, kind = operation.kind.as_str(),
+                state = state.as_str(), "{description}");
+        } else {
+            tracing::warn!(operation = %operation.id, "another replica took the operation over; dropping this result");
+        }
+        Ok(())
+    }
+
+    fn plan(&self, plan_id: &str) -> Option<&PlanDecl> {
+        self.config.services.iter().flat_map(|s| &s.plans).find(|p| p.id == plan_id)
+    }
+}
+
+fn spec_of(id: &str, plan_id: &str, parameters: Option<&str>) -> InstanceSpec {
+    let parameters = parameters
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    InstanceSpec { id: id.to_string(), plan_id: plan_id.to_string(), parameters }
+}

@@ -1,0 +1,165 @@
+//! Keeps the gateway's routing snapshot in step with the store.
+//!
+//! Owns: turning the serving instances and their bindings (store rows) into the gateway's
+//! [`RouteTable`], building each instance's plugin chain once and reusing it until its plan or
+//! parameters change, and each instance's key-value store for as long as the instance lives.
+//! Must not: run on the data path. The broker calls [`RouteSync::sync`] after each change it
+//! commits (so an unbind takes effect before the 200 is sent); a poll of the store's change
+//! counter picks up what other replicas changed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ChainElement, Config};
+use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes};
+use crate::plugins::{KvLimits, KvStore, Registry};
+use crate::provision::Drivers;
+use crate::store::{InstanceRow, Store};
+
+struct Built {
+    plan_id: String,
+    parameters: Option<String>,
+    route: Arc<InstanceRoute>,
+}
+
+/// The synchronizer. One per process.
+pub struct RouteSync {
+    store: Store,
+    config: Arc<Config>,
+    registry: Registry,
+    drivers: Drivers,
+    routes: Arc<Routes>,
+    built: tokio::sync::Mutex<HashMap<String, Built>>,
+    kv: std::sync::Mutex<HashMap<String, Arc<KvStore>>>,
+    generation: AtomicI64,
+    loaded: std::sync::atomic::AtomicBool,
+}
+
+impl RouteSync {
+    /// A synchronizer that fills `routes`.
+    pub fn new(store: Store, config: Arc<Config>, registry: Registry, drivers: Drivers, routes: Arc<Routes>) -> Self {
+        RouteSync {
+            store,
+            config,
+            registry,
+            drivers,
+            routes,
+            built: Default::default(),
+            kv: Default::default(),
+            generation: AtomicI64::new(-1),
+            loaded: Default::default(),
+        }
+    }
+
+    /// Whether the routes have been loaded from the store at least once.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// The key-value store of an instance (created on first use).
+    pub fn kv(&self, instance_id: &str) -> Arc<KvStore> {
+        let mut kv = self.kv.lock().unwrap_or_else(|poison| poison.into_inner());
+        kv.entry(instance_id.to_string()).or_insert_with(|| Arc::new(KvStore::new(KvLimits::default()))).clone()
+    }
+
+    /// The chain an instance runs: its parameters' `plugins`, or its plan's default.
+    pub fn chain_elements(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Vec<ChainElement> {
+        if let Some(plugins) = parameters.and_then(|p| p.get("plugins"))
+            && let Ok(elements) = serde_json::from_value::<Vec<ChainElement>>(plugins.clone())
+        {
+            return elements;
+        }
+        self.config.services.iter().flat_map(|s| &s.plans).find(|p| p.id == plan_id).map_or(Vec::new(), |p| p.plugins.clone())
+    }
+
+    /// Rebuilds the snapshot from the store. Errors are logged and the current snapshot kept.
+    pub async fn sync(&self) {
+        let mut built = self.built.lock().await;
+        if let Err(err) = self.sync_locked(&mut built).await {
+            tracing::error!("cannot refresh the routes from the store: {err}");
+        }
+    }
+
+    async fn sync_locked(&self, built: &mut HashMap<String, Built>) -> Result<(), crate::store::StoreError> {
+        let generation = self.store.generation().await?;
+        let (instances, bindings) = self.store.serving().await?;
+        let mut next: HashMap<String, Built> = HashMap::with_capacity(instances.len());
+        for instance in instances {
+            let reusable = built
+                .remove(&instance.id)
+                .filter(|b| b.plan_id == instance.plan_id && b.parameters == instance.parameters);
+            let entry = match reusable {
+                Some(entry) => entry,
+                None => match self.build(&instance).await {
+                    Some(route) => Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), route },
+                    None => continue,
+                },
+            };
+            next.insert(instance.id, entry);
+        }
+        let mut table = RouteTable::default();
+        for binding in bindings {
+            let (Some(entry), Some(digest)) = (next.get(&binding.instance_id), decode_digest(&binding.key_sha256)) else {
+                continue;
+            };
+            table.insert(digest, Route { instance: entry.route.clone(), binding_id: binding.id.into() });
+        }
+        self.routes.replace(table);
+        {
+            let mut kv = self.kv.lock().unwrap_or_else(|poison| poison.into_inner());
+            kv.retain(|id, _| next.contains_key(id));
+        }
+        *built = next;
+        self.generation.store(generation, Ordering::Release);
+        self.loaded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn build(&self, instance: &InstanceRow) -> Option<Arc<InstanceRoute>> {
+        let parameters: Option<serde_json::Value> = instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let elements = self.chain_elements(&instance.plan_id, parameters.as_ref());
+        let Some(driver) = self.drivers.get(&instance.plan_id) else {
+            tracing::error!(instance = %instance.id, plan = %instance.plan_id, "instance of a plan no longer in the catalog is not served");
+            return None;
+        };
+        let kv = self.kv(&instance.id);
+        match self.registry.build_chain(&instance.id, &elements, &kv).await {
+            Ok(chain) => Some(Arc::new(InstanceRoute {
+                instance_id: instance.id.as_str().into(),
+                plan: instance.plan_id.as_str().into(),
+                chain,
+                upstream: driver.upstream(&instance.id),
+            })),
+            Err(err) => {
+                tracing::error!(instance = %instance.id, "instance is not served: its chain cannot be built: {err}");
+                None
+            }
+        }
+    }
+
+    /// Reloads whenever another replica changed something, until shutdown.
+    pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.operations.sync_interval_ms));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.store.generation().await {
+                Ok(generation) if generation != self.generation.load(Ordering::Acquire) => self.sync().await,
+                Ok(_) => {}
+                Err(err) => tracing::warn!("cannot read the store's change counter: {err}"),
+            }
+        }
+    }
+}
+
+fn decode_digest(hex_text: &str) -> Option<KeyDigest> {
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex_text, &mut digest).ok()?;
+    Some(digest)
+}

@@ -1,0 +1,247 @@
+//! Wires the whole process together: `ovsb serve`, and the in-process server tests drive.
+//!
+//! Owns: the start-up order (validate the configuration, take the data directory, open the
+//! store, load plugins, load routes, then bind the listeners) and every long-running task,
+//! tracked under one cancellation token so that shutdown is bounded and nothing is detached.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::credentials::{BasicAuth, SecretKey, read_or_create};
+use crate::broker::{BrokerState, Catalog};
+use crate::config::{Config, ConfigError};
+use crate::gateway::{GatewayConfig, Routes};
+use crate::plugins::{PluginRuntime, Registry, RuntimeConfig};
+use crate::provision::{Drivers, Operations};
+use crate::routing::RouteSync;
+use crate::store::{Backend, Store, random_id};
+
+/// Why ovsb could not start. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be prepared or is in use.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The secret key or password could not be set up.
+    #[error(transparent)]
+    Secret(#[from] crate::broker::credentials::SecretError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The replicas sharing this database do not share the secret key.
+    #[error(
+        "this database was set up with a different secret key; replicas sharing a database must share broker.secret_key (OVSB_SECRET_KEY)"
+    )]
+    SecretMismatch,
+    /// A plugin could not be loaded.
+    #[error("plugins: {0}")]
+    Plugins(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running ovsb.
+pub struct Server {
+    /// Where the broker listens.
+    pub broker_addr: SocketAddr,
+    /// Where the gateway listens.
+    pub gateway_addr: SocketAddr,
+    /// The store (tests inspect it).
+    pub store: Store,
+    /// The routing snapshot.
+    pub routes: Arc<Routes>,
+    /// This replica's id (its operation leases carry it).
+    pub replica: String,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    _lock: Option<std::fs::File>,
+}
+
+impl Server {
+    /// Starts ovsb with `config` (already merged with the environment). Stops when `shutdown`
+    /// is cancelled; then await [`Server::wait`].
+    pub async fn start(mut config: Config, shutdown: CancellationToken) -> Result<Server, StartError> {
+        config.validate()?;
+        let data_dir = config.data_dir.clone();
+        prepare_dir(&data_dir)?;
+        let url = config.database_url();
+        // SQLite is one process's store: a second ovsb on the same data directory would corrupt
+        // the operation leases, so it is refused.
+        let lock = if url.starts_with("sqlite:") { Some(lock_dir(&data_dir)?) } else { None };
+
+        let secret = SecretKey::load_or_create(&config.broker.secret_key, &data_dir.join("secret.key"))?;
+        if config.broker.password.is_empty() {
+            let file = data_dir.join("broker-password");
+            let existed = file.exists();
+            config.broker.password = read_or_create(&file, random_password)?;
+            if !existed {
+                // Printed once, on first start; kept in the file (mode 0600) afterwards.
+                eprintln!(
+                    "ovsb: generated broker credentials {}:{} (kept in {})",
+                    config.broker.username,
+                    config.broker.password,
+                    file.display()
+                );
+            }
+        }
+        let auth = BasicAuth::new(&config.broker.username, &config.broker.password);
+
+        let store = Store::open(&url).await?;
+        if store.setting_or_insert("secret_key_check", &secret.check_value()).await? != secret.check_value() {
+            return Err(StartError::SecretMismatch);
+        }
+
+        let runtime = PluginRuntime::new(RuntimeConfig {
+            cache_dir: Some(data_dir.join("plugin-cache")),
+            ..RuntimeConfig::default()
+        })
+        .map_err(|err| StartError::Plugins(err.to_string()))?;
+        let decls = config.plugins.clone();
+        let registry = tokio::task::spawn_blocking(move || Registry::load(runtime, &decls))
+            .await
+            .map_err(|err| StartError::Plugins(err.to_string()))?
+            .map_err(|err| StartError::Plugins(err.to_string()))?;
+
+        let broker_listener = bind(config.broker.listen).await?;
+        let gateway_listener = bind(config.gateway.listen).await?;
+        let broker_addr = broker_listener.local_addr().map_err(|source| StartError::Listen { addr: config.broker.listen, source })?;
+        let gateway_addr =
+            gateway_listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen, source })?;
+        if config.gateway.public_url.is_empty() {
+            config.gateway.public_url = format!("http://{gateway_addr}");
+        }
+        let config = Arc::new(config);
+
+        let tracker = TaskTracker::new();
+        let replica = random_id();
+        let routes = Arc::new(Routes::default());
+        let drivers = Drivers::from_config(&config);
+        let routing = Arc::new(RouteSync::new(store.clone(), config.clone(), registry.clone(), drivers.clone(), routes.clone()));
+        routing.sync().await;
+        let operations = Operations::new(
+            store.clone(),
+            config.clone(),
+            drivers,
+            routing.clone(),
+            replica.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        );
+        let state = Arc::new(BrokerState {
+            catalog: Catalog::new(&config, &registry.names()),
+            config: config.clone(),
+            store: store.clone(),
+            registry,
+            routing: routing.clone(),
+            operations: operations.clone(),
+            secret,
+            auth,
+        });
+
+        tracker.spawn(operations.supervise(store.backend() == Backend::Sqlite));
+        tracker.spawn(routing.clone().follow(shutdown.clone()));
+        let gateway_config = GatewayConfig {
+            max_request_bytes: config.gateway.max_request_bytes,
+            max_batch: config.gateway.max_batch,
+            max_connections: config.gateway.max_connections,
+            ..GatewayConfig::default()
+        };
+        {
+            let (routes, shutdown) = (routes.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                if let Err(err) = crate::gateway::serve(gateway_listener, gateway_config, routes, shutdown).await {
+                    tracing::error!("gateway stopped: {err}");
+                }
+            });
+        }
+        {
+            let app = crate::broker::router(state);
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                let served = axum::serve(broker_listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+                if let Err(err) = served {
+                    tracing::error!("broker stopped: {err}");
+                }
+            });
+        }
+        tracing::info!(broker = %broker_addr, gateway = %gateway_addr, store = ?store.backend(), %replica, "ovsb started");
+        Ok(Server { broker_addr, gateway_addr, store, routes, replica, shutdown, tracker, _lock: lock })
+    }
+
+    /// Asks every task to stop.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every task has stopped (at most `grace`), then closes the store.
+    pub async fn wait(self, grace: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("some tasks did not stop within {grace:?}");
+        }
+        self.store.close().await;
+    }
+}
+
+/// The `OVSB_*` variables of this process (the one place the environment is read).
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars().filter(|(name, _)| name.starts_with("OVSB_")).collect()
+}
+
+fn random_password() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 18];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), StartError> {
+    let fail = |reason: String| StartError::DataDir { path: dir.display().to_string(), reason };
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    let path = dir.join("ovsb.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StartError::DataDir { path: dir.display().to_string(), reason: e.to_string() })?;
+    file.try_lock().map_err(|_| StartError::DataDir {
+        path: dir.display().to_string(),
+        reason: "another ovsb is using it (SQLite serves one process; use PostgreSQL for several replicas)".into(),
+    })?;
+    Ok(file)
+}

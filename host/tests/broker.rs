@@ -1,0 +1,758 @@
+//! The OSB broker against a real anvil, every test run twice: over SQLite and over PostgreSQL.
+//!
+//! The tests follow the endpoint/status matrix and the idempotency table of the OSB v2.17 spec
+//! (see `../shared/osb-spec-notes.md` §1.2 and §1.4); each names the rows it covers.
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::broker::*;
+use support::{Anvil, free_port, rpc};
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Db::Postgres).await })*
+        }
+    };
+}
+
+on_both_stores!(
+    catalog_lists_services_plans_schemas_and_maintenance_info,
+    auth_version_and_identity_headers_are_checked_on_every_endpoint,
+    provision_is_asynchronous_and_idempotent,
+    provision_refuses_bad_requests_and_changes_nothing,
+    provision_conflicts_and_limits,
+    fetch_instance_follows_the_instance_state,
+    update_changes_the_chain_and_plan_and_is_idempotent,
+    update_refuses_what_it_cannot_do,
+    deprovision_is_asynchronous_idempotent_and_cascades_to_bindings,
+    last_operation_reports_failures_and_tombstones,
+    bind_returns_credentials_that_open_the_endpoint,
+    bind_and_unbind_refuse_bad_requests,
+    bad_input_gets_a_4xx_and_changes_nothing,
+    odd_ids_are_percent_decoded_or_refused,
+    plugin_configuration_is_checked_at_provision,
+    originating_identity_is_recorded_for_audit,
+    a_restart_keeps_instances_bindings_and_routes,
+);
+
+const INSTANCE: &str = "/v2/service_instances";
+
+fn inst(id: &str) -> String {
+    format!("{INSTANCE}/{id}")
+}
+
+async fn start(db: Db) -> (Anvil, TestBroker) {
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(db, &anvil.http_url(), |_| {}).await;
+    (anvil, broker)
+}
+
+/// Matrix: `GET /v2/catalog` 200.
+async fn catalog_lists_services_plans_schemas_and_maintenance_info(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let resp = broker.osb.call(Method::GET, "/v2/catalog", None).await;
+    assert_eq!(resp.status, 200);
+    let services = resp.body["services"].as_array().unwrap();
+    let rpc = services.iter().find(|s| s["id"] == SERVICE).unwrap();
+    assert_eq!(rpc["name"], "ethereum-rpc");
+    assert_eq!(rpc["bindable"], true);
+    assert_eq!(rpc["instances_retrievable"], true);
+    assert_eq!(rpc["bindings_retrievable"], true);
+    let shared = rpc["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_SHARED).unwrap();
+    assert_eq!(shared["name"], "shared");
+    assert_eq!(shared["maintenance_info"]["version"], "1.2.0");
+    assert_eq!(shared["plan_updateable"], true);
+    assert!(shared["maximum_polling_duration"].as_u64().unwrap() > 0);
+    let schema = &shared["schemas"]["service_instance"]["create"]["parameters"];
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-04/schema#");
+    assert_eq!(schema["properties"]["plugins"]["items"]["properties"]["name"]["enum"], json!(["pass", "test"]));
+    let fixed = rpc["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_FIXED).unwrap();
+    assert_eq!(fixed["plan_updateable"], false);
+    for service in services {
+        for name in std::iter::once(&service["name"]).chain(service["plans"].as_array().unwrap().iter().map(|p| &p["name"])) {
+            let name = name.as_str().unwrap();
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'), "{name}");
+        }
+    }
+}
+
+/// Every endpoint: 401 (with `WWW-Authenticate`) before 412; request identity echoed.
+async fn auth_version_and_identity_headers_are_checked_on_every_endpoint(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let client = reqwest::Client::new();
+    let base = &broker.osb.base;
+    let before = broker.fingerprint().await;
+    let endpoints = [
+        (Method::GET, "/v2/catalog".to_string()),
+        (Method::PUT, format!("{}?accepts_incomplete=true", inst("i1"))),
+        (Method::GET, inst("i1")),
+        (Method::PATCH, inst("i1")),
+        (Method::DELETE, format!("{}?service_id=a&plan_id=b", inst("i1"))),
+        (Method::GET, format!("{}/last_operation", inst("i1"))),
+        (Method::PUT, format!("{}/service_bindings/b1", inst("i1"))),
+        (Method::GET, format!("{}/service_bindings/b1", inst("i1"))),
+        (Method::DELETE, format!("{}/service_bindings/b1?service_id=a&plan_id=b", inst("i1"))),
+        (Method::GET, format!("{}/service_bindings/b1/last_operation", inst("i1"))),
+    ];
+    for (method, path) in &endpoints {
+        let url = format!("{base}{path}");
+        let body = provision_body(PLAN_SHARED);
+        // No credentials.
+        let resp = broker.osb.send(client.request(method.clone(), &url).header("X-Broker-API-Version", "2.17").json(&body)).await;
+        resp.assert_error(401, Some("Unauthorized"));
+        assert_eq!(resp.headers["www-authenticate"], "Basic realm=\"ovsb\"", "{method} {path}");
+        // Wrong password.
+        let resp = broker
+            .osb
+            .send(client.request(method.clone(), &url).basic_auth(USER, Some("wrong")).header("X-Broker-API-Version", "2.17"))
+            .await;
+        resp.assert_error(401, Some("Unauthorized"));
+        // Missing, empty, old, and foreign versions.
+        for version in [None, Some(""), Some("2.12"), Some("1.17"), Some("3.0"), Some("two")] {
+            let mut request = client.request(method.clone(), &url).basic_auth(USER, Some(PASSWORD)).json(&body);
+            if let Some(version) = version {
+                request = request.header("X-Broker-API-Version", version);
+            }
+            let resp = broker.osb.send(request.header("X-Broker-API-Request-Identity", "req-42")).await;
+            resp.assert_error(412, Some("PreconditionFailed"));
+            assert!(resp.body["description"].as_str().unwrap().contains("2.17"));
+            assert_eq!(resp.headers["x-broker-api-request-identity"], "req-42", "echoed on errors too");
+        }
+    }
+    assert_eq!(broker.fingerprint().await, before, "refused requests change nothing");
+    // 2.13 and 2.14 are accepted; the identity is echoed on success.
+    for version in ["2.13", "2.14", "2.17"] {
+        let request = client
+            .get(format!("{base}/v2/catalog"))
+            .basic_auth(USER, Some(PASSWORD))
+            .header("X-Broker-API-Version", version)
+            .header("X-Broker-API-Request-Identity", "e5d6a1f0");
+        let resp = broker.osb.send(request).await;
+        assert_eq!(resp.status, 200, "{version}");
+        assert_eq!(resp.headers["x-broker-api-request-identity"], "e5d6a1f0");
+    }
+}
+
+/// Matrix: PUT 202 (async), 422 AsyncRequired; idempotency: identical PUT while in progress →
+/// 202 with the same operation; identical PUT once provisioned → 200; last_operation 200 with
+/// `Retry-After` while in progress.
+async fn provision_is_asynchronous_and_idempotent(db: Db) {
+    let pending_port = free_port();
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::new(db, dir.path()).await;
+    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), pending_port, |_| {}).await;
+    let osb = &broker.osb;
+
+    let resp = osb.call(Method::PUT, &inst("p1"), Some(provision_body(PLAN_PENDING))).await;
+    resp.assert_error(422, Some("AsyncRequired"));
+    let resp =
+        osb.call(Method::PUT, &format!("{}?accepts_incomplete=false", inst("p1")), Some(provision_body(PLAN_PENDING))).await;
+    resp.assert_error(422, Some("AsyncRequired"));
+
+    let first = osb.provision("p1", PLAN_PENDING, None).await;
+    assert_eq!(first.status, 202, "{first:?}");
+    let operation = first.body["operation"].as_str().unwrap().to_string();
+    assert!(first.body.get("credentials").is_none());
+    // No node yet: still in progress, with a progress description and Retry-After.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let poll = osb.last_operation("p1").await;
+    assert_eq!(poll.status, 200);
+    assert_eq!(poll.body["state"], "in progress");
+    assert!(poll.body["description"].as_str().unwrap().contains("waiting for a node"), "{:?}", poll.body);
+    assert_eq!(poll.headers["retry-after"], "1");
+    // Identical PUT while in progress: 202, same operation.
+    let again = osb.provision("p1", PLAN_PENDING, None).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.body["operation"], operation.as_str());
+    // The operation hint is honoured, an unknown one falls back to the latest.
+    let hinted = osb.call(Method::GET, &format!("{}/last_operation?operation={operation}", inst("p1")), None).await;
+    assert_eq!(hinted.body["state"], "in progress");
+    let unknown = osb.call(Method::GET, &format!("{}/last_operation?operation=provision", inst("p1")), None).await;
+    assert_eq!(unknown.status, 200);
+    // GET instance while provisioning: 404.
+    osb.call(Method::GET, &inst("p1"), None).await.assert_error(404, None);
+
+    // The node appears: the operation succeeds.
+    let _node = Anvil::start_on(pending_port, &[]);
+    let done = osb.wait("p1").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    // Identical PUT once provisioned: 200 (even with accepts_incomplete=true).
+    let resp = osb.provision("p1", PLAN_PENDING, None).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert!(resp.body.is_object());
+    let (instances, operations, _, _) = broker.store().counts().await.unwrap();
+    assert_eq!((instances, operations), (1, 1), "replays create nothing");
+}
+
+/// Matrix: PUT 400 (malformed, missing mandatory fields, unknown ids), 422 MaintenanceInfoConflict.
+async fn provision_refuses_bad_requests_and_changes_nothing(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    let before = broker.fingerprint().await;
+    let url = format!("{}?accepts_incomplete=true", inst("bad"));
+    let put = |body: Value| {
+        let url = url.clone();
+        async move { osb.call(Method::PUT, &url, Some(body)).await }
+    };
+    for field in ["service_id", "plan_id", "organization_guid", "space_guid"] {
+        let mut body = provision_body(PLAN_SHARED);
+        body.as_object_mut().unwrap().remove(field);
+        let resp = put(body.clone()).await;
+        resp.assert_error(400, Some("BadRequest"));
+        assert!(resp.body["description"].as_str().unwrap().contains(field), "{resp:?}");
+        body[field] = json!("");
+        put(body).await.assert_error(400, Some("BadRequest"));
+    }
+    let mut body = provision_body(PLAN_SHARED);
+    body["service_id"] = json!("no-such-service");
+    put(body).await.assert_error(400, Some("BadRequest"));
+    let mut body = provision_body(PLAN_SHARED);
+    body["plan_id"] = json!("no-such-plan");
+    put(body).await.assert_error(400, Some("BadRequest"));
+    let mut body = provision_body(PLAN_SHARED);
+    body["plan_id"] = json!(PLAN_SOLO);
+    let resp = put(body).await;
+    resp.assert_error(400, Some("BadRequest"));
+    assert!(resp.body["description"].as_str().unwrap().contains("not a plan of service"));
+    // Parameters that do not follow the plan's schema: the 400 names the field and the reason.
+    let mut body = provision_body(PLAN_SHARED);
+    body["parameters"] = json!({"plugins": [{"name": "nope"}]});
+    let resp = put(body).await;
+    resp.assert_error(400, Some("BadRequest"));
+    let description = resp.body["description"].as_str().unwrap();
+    assert!(description.contains("parameters/plugins/0/name") && description.contains("nope"), "{description}");
+    let mut body = provision_body(PLAN_SHARED);
+    body["parameters"] = json!({"colour": "blue"});
+    let resp = put(body).await;
+    resp.assert_error(400, Some("BadRequest"));
+    assert!(resp.body["description"].as_str().unwrap().contains("colour"), "{resp:?}");
+    // maintenance_info: another version is a conflict; `{}` is "not given"; the current one is fine.
+    let mut body = provision_body(PLAN_SHARED);
+    body["maintenance_info"] = json!({"version": "9.9.9"});
+    put(body).await.assert_error(422, Some("MaintenanceInfoConflict"));
+    assert_eq!(broker.fingerprint().await, before);
+    let mut body = provision_body(PLAN_SHARED);
+    body["maintenance_info"] = json!({});
+    assert_eq!(put(body).await.status, 202);
+    let mut body = provision_body(PLAN_OTHER);
+    body["maintenance_info"] = json!({"version": "2.0.0"});
+    assert_eq!(osb.call(Method::PUT, &format!("{}?accepts_incomplete=true", inst("mi")), Some(body)).await.status, 202);
+}
+
+/// Idempotency: PUT with different attributes → 409, while in progress and once provisioned;
+/// unknown request fields are ignored; a plan's instance cap is enforced.
+async fn provision_conflicts_and_limits(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    let mut body = provision_body(PLAN_SHARED);
+    body["some_future_field"] = json!({"nested": [1, 2]});
+    body["context"]["extra"] = json!(true);
+    let url = format!("{}?accepts_incomplete=true", inst("c1"));
+    assert_eq!(osb.call(Method::PUT, &url, Some(body.clone())).await.status, 202);
+    for (field, value) in [
+        ("plan_id", json!(PLAN_OTHER)),
+        ("organization_guid", json!("org-2")),
+        ("space_guid", json!("space-2")),
+        ("parameters", json!({"plugins": []})),
+    ] {
+        let mut different = body.clone();
+        different[field] = value;
+        osb.call(Method::PUT, &url, Some(different)).await.assert_error(409, Some("Conflict"));
+    }
+    assert_eq!(osb.wait("c1").await["state"], "succeeded");
+    let mut different = body.clone();
+    different["plan_id"] = json!(PLAN_OTHER);
+    osb.call(Method::PUT, &url, Some(different)).await.assert_error(409, Some("Conflict"));
+    // A different context alone is not a different instance.
+    let mut same = body.clone();
+    same["context"]["extra"] = json!(false);
+    assert_eq!(osb.call(Method::PUT, &url, Some(same)).await.status, 200);
+
+    // Cap: one instance of the capped plan.
+    osb.ready_instance("cap1", PLAN_CAPPED, None).await;
+    osb.provision("cap2", PLAN_CAPPED, None).await.assert_error(422, Some("InstanceLimitReached"));
+    assert_eq!(osb.deprovision("cap1", PLAN_CAPPED).await.status, 202);
+    assert_eq!(osb.wait("cap1").await["state"], "succeeded");
+    assert_eq!(osb.provision("cap2", PLAN_CAPPED, None).await.status, 202, "a deleted instance frees its place");
+}
+
+/// Matrix: GET instance 200 / 404 unknown / 422 while updating.
+async fn fetch_instance_follows_the_instance_state(db: Db) {
+    let pending_port = free_port();
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::new(db, dir.path()).await;
+    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), pending_port, |_| {}).await;
+    let osb = &broker.osb;
+    osb.call(Method::GET, &inst("nope"), None).await.assert_error(404, Some("NotFound"));
+    let parameters = json!({"plugins": [{"name": "test", "config": {"mode": "tracer", "tag": "a"}}]});
+    osb.ready_instance("f1", PLAN_SHARED, Some(parameters.clone())).await;
+    let resp = osb.call(Method::GET, &inst("f1"), None).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body["service_id"], SERVICE);
+    assert_eq!(resp.body["plan_id"], PLAN_SHARED);
+    assert_eq!(resp.body["parameters"], parameters);
+    assert_eq!(resp.body["maintenance_info"]["version"], "1.2.0");
+    // An update that cannot finish (its target plan's node is not there): 422 while it runs.
+    osb.ready_instance("f2", PLAN_SHARED, None).await;
+    let mut update = json!({"service_id": SERVICE, "plan_id": PLAN_PENDING});
+    let resp = osb.call(Method::PATCH, &format!("{}?accepts_incomplete=true", inst("f2")), Some(update.clone())).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    osb.call(Method::GET, &inst("f2"), None).await.assert_error(422, Some("ConcurrencyError"));
+    // The same update again: 202, same operation; another one: ConcurrencyError.
+    let again = osb.call(Method::PATCH, &format!("{}?accepts_incomplete=true", inst("f2")), Some(update.clone())).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.body["operation"], resp.body["operation"]);
+    update["parameters"] = json!({"plugins": []});
+    osb.call(Method::PATCH, &format!("{}?accepts_incomplete=true", inst("f2")), Some(update)).await.assert_error(422, Some("ConcurrencyError"));
+    // Deprovision and bind while updating: ConcurrencyError.
+    osb.deprovision("f2", PLAN_SHARED).await.assert_error(422, Some("ConcurrencyError"));
+    // The instance keeps serving its old settings while the update runs.
+    let bound = osb.bind("f2", "b1", PLAN_SHARED).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    let answer = rpc(bound.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await;
+    assert_eq!(answer["result"], "0x7a69");
+    let _node = Anvil::start_on(pending_port, &[]);
+    assert_eq!(osb.wait("f2").await["state"], "succeeded");
+    let resp = osb.call(Method::GET, &inst("f2"), None).await;
+    assert_eq!(resp.body["plan_id"], PLAN_PENDING);
+}
+
+/// Matrix: PATCH 202 → succeeded, 200 for a no-op; the change reaches the endpoint without a
+/// new binding; idempotency: the same PATCH again → 200.
+async fn update_changes_the_chain_and_plan_and_is_idempotent(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    osb.ready_instance("u1", PLAN_SHARED, None).await;
+    let bound = osb.bind("u1", "b1", PLAN_SHARED).await;
+    let uri = bound.body["credentials"]["uri"].as_str().unwrap().to_string();
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x7a69");
+
+    let patch_url = format!("{}?accepts_incomplete=true", inst("u1"));
+    let parameters = json!({"plugins": [{"name": "test", "config": {"mode": "respond", "tag": "updated"}}]});
+    let update = json!({"service_id": SERVICE, "parameters": parameters, "context": {"platform": "cloudfoundry"}});
+    let resp = osb.call(Method::PATCH, &patch_url, Some(update.clone())).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    assert!(resp.body["operation"].as_str().unwrap().starts_with("update-"));
+    assert_eq!(osb.wait("u1").await["state"], "succeeded");
+    let answer = rpc(&uri, "eth_chainId", json!([])).await;
+    assert_eq!(answer["result"]["trail"], json!(["respond:updated"]), "the new chain serves the old key: {answer}");
+    // The same change again: 200, nothing new.
+    let (_, operations, _, _) = broker.store().counts().await.unwrap();
+    let resp = osb.call(Method::PATCH, &patch_url, Some(update)).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.body, json!({}));
+    let resp = osb.call(Method::PATCH, &patch_url, Some(json!({"service_id": SERVICE}))).await;
+    assert_eq!(resp.status, 200, "an update without changes is a no-op");
+    assert_eq!(broker.store().counts().await.unwrap().1, operations);
+
+    // A plan change: the other plan's default chain applies when the parameters name none…
+    let resp = osb
+        .call(Method::PATCH, &patch_url, Some(json!({"service_id": SERVICE, "plan_id": PLAN_OTHER, "parameters": {}})))
+        .await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    assert_eq!(osb.wait("u1").await["state"], "succeeded");
+    let fetched = osb.call(Method::GET, &inst("u1"), None).await;
+    assert_eq!(fetched.body["plan_id"], PLAN_OTHER);
+    assert_eq!(fetched.body["maintenance_info"]["version"], "2.0.0", "a plan change moves to the plan's version");
+    let answer = rpc(&uri, "eth_chainId", json!([])).await;
+    assert_eq!(answer["result"]["trail"], json!(["respond:plan-default"]), "{answer}");
+}
+
+/// Matrix: PATCH 400 (missing/unknown service_id, plan of another service, schema), 404 unknown
+/// instance, 422 AsyncRequired, plan not updateable, MaintenanceInfoConflict.
+async fn update_refuses_what_it_cannot_do(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    osb.ready_instance("r1", PLAN_SHARED, None).await;
+    osb.ready_instance("r2", PLAN_FIXED, None).await;
+    let before = broker.fingerprint().await;
+    let patch = |id: &str, body: Value| {
+        let url = format!("{}?accepts_incomplete=true", inst(id));
+        async move { osb.call(Method::PATCH, &url, Some(body)).await }
+    };
+    patch("r1", json!({})).await.assert_error(400, Some("BadRequest"));
+    patch("r1", json!({"service_id": ""})).await.assert_error(400, Some("BadRequest"));
+    patch("r1", json!({"service_id": "nope"})).await.assert_error(400, Some("BadRequest"));
+    patch("r1", json!({"service_id": SERVICE, "plan_id": PLAN_SOLO})).await.assert_error(400, Some("BadRequest"));
+    patch("r1", json!({"service_id": SERVICE, "parameters": {"plugins": "all"}})).await.assert_error(400, Some("BadRequest"));
+    patch("r1", json!({"service_id": SERVICE, "parameters": [1]})).await.assert_error(400, Some("BadRequest"));
+    patch("missing", json!({"service_id": SERVICE})).await.assert_error(404, Some("NotFound"));
+    osb.call(Method::PATCH, &inst("r1"), Some(json!({"service_id": SERVICE, "parameters": {}})))
+        .await
+        .assert_error(422, Some("AsyncRequired"));
+    patch("r2", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED})).await.assert_error(422, Some("PlanChangeNotSupported"));
+    patch("r1", json!({"service_id": SERVICE, "plan_id": PLAN_FIXED})).await.assert_error(422, Some("PlanChangeNotSupported"));
+    patch("r1", json!({"service_id": SERVICE, "maintenance_info": {"version": "1.1.0"}}))
+        .await
+        .assert_error(422, Some("MaintenanceInfoConflict"));
+    patch("r1", json!({"service_id": SERVICE, "parameters": {"plugins": [{"name": "test", "config": {"mode": "reject", "message": "no thanks"}}]}}))
+        .await
+        .assert_error(400, Some("BadRequest"));
+    assert_eq!(broker.fingerprint().await, before, "refused updates change nothing");
+    assert_eq!(osb.call(Method::GET, &inst("r1"), None).await.body.get("parameters"), None);
+}
+
+/// Matrix: DELETE 202 → last_operation succeeded; 400 without service_id/plan_id even for an
+/// unknown instance; 410 for an unknown or deleted instance; 422 AsyncRequired; idempotency:
+/// DELETE in progress → 202 same operation. Live bindings are revoked (cascade).
+async fn deprovision_is_asynchronous_idempotent_and_cascades_to_bindings(db: Db) {
+    let pending_port = free_port();
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::new(db, dir.path()).await;
+    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), pending_port, |_| {}).await;
+    let osb = &broker.osb;
+    for query in ["", "?service_id=x", "?plan_id=y", "?service_id=&plan_id=y", "?service_id=x&plan_id="] {
+        osb.call(Method::DELETE, &format!("{}{query}", inst("unknown")), None).await.assert_error(400, Some("BadRequest"));
+    }
+    osb.deprovision("unknown", PLAN_SHARED).await.assert_error(410, Some("Gone"));
+
+    osb.ready_instance("d1", PLAN_SHARED, None).await;
+    let bound = osb.bind("d1", "b1", PLAN_SHARED).await;
+    let uri = bound.body["credentials"]["uri"].as_str().unwrap().to_string();
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x7a69");
+    osb.call(Method::DELETE, &format!("{}?service_id={SERVICE}&plan_id={PLAN_SHARED}", inst("d1")), None)
+        .await
+        .assert_error(422, Some("AsyncRequired"));
+    let resp = osb.deprovision("d1", PLAN_SHARED).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    // Cascade: the binding's key is refused from now on.
+    let (status, body) = support::post(&uri, &json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(osb.wait("d1").await["state"], "succeeded");
+    osb.deprovision("d1", PLAN_SHARED).await.assert_error(410, Some("Gone"));
+    osb.call(Method::GET, &inst("d1"), None).await.assert_error(404, None);
+    osb.call(Method::GET, &format!("{}/service_bindings/b1", inst("d1")), None).await.assert_error(404, None);
+
+    // DELETE while provisioning: ConcurrencyError; a failed provision can be deprovisioned.
+    assert_eq!(osb.provision("d2", PLAN_PENDING, None).await.status, 202);
+    osb.deprovision("d2", PLAN_PENDING).await.assert_error(422, Some("ConcurrencyError"));
+    // DELETE in progress: 202, same operation (a node that never answers keeps it running).
+    let _node = Anvil::start_on(pending_port, &[]);
+    assert_eq!(osb.wait("d2").await["state"], "succeeded");
+    let first = osb.deprovision("d2", PLAN_PENDING).await;
+    let second = osb.deprovision("d2", PLAN_PENDING).await;
+    assert_eq!(first.status, 202);
+    assert!(second.status == 202 && second.body["operation"] == first.body["operation"] || second.status == 410, "{second:?}");
+    // A re-provision of a deleted id starts afresh.
+    assert_eq!(osb.wait("d2").await["state"], "succeeded");
+    assert_eq!(osb.provision("d2", PLAN_SHARED, None).await.status, 202);
+    assert_eq!(osb.wait("d2").await["state"], "succeeded");
+}
+
+/// last_operation: 404 for an unknown instance; `failed` with the reason when the plan's
+/// maximum_polling_duration passes; a finished deprovision reports `succeeded`, then 410 once
+/// the tombstone has aged.
+async fn last_operation_reports_failures_and_tombstones(db: Db) {
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(db, &anvil.http_url(), |config| {
+        config.operations.tombstone_hours = 0;
+        for plan in config.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            if plan.id == PLAN_PENDING {
+                plan.maximum_polling_duration = 2;
+            }
+        }
+    })
+    .await;
+    let osb = &broker.osb;
+    osb.last_operation("unknown").await.assert_error(404, Some("NotFound"));
+    assert_eq!(osb.provision("l1", PLAN_PENDING, None).await.status, 202);
+    let failed = osb.wait("l1").await;
+    assert_eq!(failed["state"], "failed");
+    let description = failed["description"].as_str().unwrap();
+    assert!(description.contains("maximum_polling_duration"), "{description}");
+    assert!(failed.get("instance_usable").is_none(), "not on a failed provision");
+    // A failed instance cannot be bound or updated, only deprovisioned.
+    osb.bind("l1", "b", PLAN_PENDING).await.assert_error(422, Some("InstanceFailed"));
+    assert_eq!(osb.deprovision("l1", PLAN_PENDING).await.status, 202);
+    // tombstone_hours = 0: once the deprovision is done, the tombstone has aged at once: 410.
+    let mut last = osb.last_operation("l1").await;
+    while last.status == 200 && last.body["state"] == "in progress" {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        last = osb.last_operation("l1").await;
+    }
+    last.assert_error(410, Some("Gone"));
+}
+
+/// Matrix: bind 201 with credentials (uri, ws_uri, token, endpoints); 200 for an identical
+/// replay with the same credentials; GET binding 200; binding last_operation 200; the key opens
+/// the endpoint by path and by Bearer; unbind 200 revokes it at once; unbind again 410.
+async fn bind_returns_credentials_that_open_the_endpoint(db: Db) {
+    let (anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    let chain = json!({"plugins": [
+        {"name": "test", "config": {"mode": "pass", "tag": "one"}},
+        {"name": "pass"},
+    ]});
+    osb.ready_instance("b1", PLAN_SHARED, Some(chain)).await;
+    let created = osb.bind("b1", "k1", PLAN_SHARED).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let credentials = &created.body["credentials"];
+    let token = credentials["token"].as_str().unwrap();
+    assert_eq!(token.len(), 43);
+    assert_eq!(credentials["uri"], format!("{}/v1/{token}", broker.gateway));
+    assert_eq!(credentials["ws_uri"], format!("{}/v1/{token}", broker.gateway.replace("http://", "ws://")));
+    let endpoint = &created.body["endpoints"][0];
+    assert_eq!(endpoint["host"], "127.0.0.1");
+    assert_eq!(endpoint["protocol"], "tcp");
+    // The key is not in the store.
+    let row = broker.store().binding("b1", "k1").await.unwrap().unwrap();
+    assert_ne!(row.key_sha256, token);
+    assert!(!format!("{row:?}").contains(token));
+
+    // The endpoint, by path and by Bearer, through the chain, equals anvil.
+    let uri = credentials["uri"].as_str().unwrap();
+    let direct = rpc(&anvil.http_url(), "eth_chainId", json!([])).await;
+    assert_eq!(rpc(uri, "eth_chainId", json!([])).await["result"], direct["result"]);
+    let (status, body) = support::post_raw(
+        &format!("{}/", broker.gateway),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}).to_string(),
+        Some(token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"], rpc(&anvil.http_url(), "eth_blockNumber", json!([])).await["result"]);
+
+    // Identical replay: 200 with the same credentials; different parameters: 409.
+    let replay = osb.bind("b1", "k1", PLAN_SHARED).await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.body["credentials"], created.body["credentials"]);
+    let different = osb
+        .call(
+            Method::PUT,
+            &format!("{}/service_bindings/k1", inst("b1")),
+            Some(json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "bind_resource": {"app_guid": "app-2"}})),
+        )
+        .await;
+    different.assert_error(409, Some("Conflict"));
+    // A different valid plan is a conflict too (checked before the plan-matches-instance rule).
+    osb.bind("b1", "k1", PLAN_OTHER).await.assert_error(409, Some("Conflict"));
+
+    let fetched = osb.call(Method::GET, &format!("{}/service_bindings/k1", inst("b1")), None).await;
+    assert_eq!(fetched.status, 200);
+    assert_eq!(fetched.body["credentials"], created.body["credentials"]);
+    let op = osb.call(Method::GET, &format!("{}/service_bindings/k1/last_operation", inst("b1")), None).await;
+    assert_eq!(op.status, 200);
+    assert_eq!(op.body["state"], "succeeded");
+
+    // A second binding has its own key; unbinding one leaves the other working.
+    let other = osb.bind("b1", "k2", PLAN_SHARED).await;
+    let other_uri = other.body["credentials"]["uri"].as_str().unwrap().to_string();
+    assert_ne!(other_uri, uri);
+    let resp = osb.unbind("b1", "k1", PLAN_SHARED).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, json!({}));
+    let (status, body) = support::post(uri, &json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})).await;
+    assert_eq!(status, 401, "revoked before the 200 was sent: {body}");
+    assert_eq!(rpc(&other_uri, "eth_chainId", json!([])).await["result"], direct["result"]);
+    osb.unbind("b1", "k1", PLAN_SHARED).await.assert_error(410, Some("Gone"));
+    osb.call(Method::GET, &format!("{}/service_bindings/k1", inst("b1")), None).await.assert_error(404, None);
+    osb.call(Method::GET, &format!("{}/service_bindings/k1/last_operation", inst("b1")), None).await.assert_error(404, None);
+    // Older platforms (2.13) get no `endpoints`.
+    let old = osb
+        .send(
+            reqwest::Client::new()
+                .put(format!("{}{}/service_bindings/k3", osb.base, inst("b1")))
+                .basic_auth(USER, Some(PASSWORD))
+                .header("X-Broker-API-Version", "2.13")
+                .json(&json!({"service_id": SERVICE, "plan_id": PLAN_SHARED})),
+        )
+        .await;
+    assert_eq!(old.status, 201);
+    assert!(old.body.get("endpoints").is_none());
+}
+
+/// Matrix: bind 400 (malformed, missing ids, unknown ids, plan not the instance's, parameters),
+/// 404 unknown instance, 422 ConcurrencyError while provisioning; unbind 400 without ids.
+async fn bind_and_unbind_refuse_bad_requests(db: Db) {
+    let pending_port = free_port();
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::new(db, dir.path()).await;
+    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), pending_port, |_| {}).await;
+    let osb = &broker.osb;
+    osb.ready_instance("x1", PLAN_SHARED, None).await;
+    assert_eq!(osb.provision("x2", PLAN_PENDING, None).await.status, 202);
+    let before = broker.fingerprint().await;
+    let bind = |instance: &str, body: Value| {
+        let path = format!("{}/service_bindings/kb", inst(instance));
+        async move { osb.call(Method::PUT, &path, Some(body)).await }
+    };
+    bind("x1", json!({"plan_id": PLAN_SHARED})).await.assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE})).await.assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE, "plan_id": "nope"})).await.assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE2, "plan_id": PLAN_SOLO})).await.assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_OTHER})).await.assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": {"x": 1}})).await.assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": "x"})).await.assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "predecessor_binding_id": "k0"})).await.assert_error(400, Some("BadRequest"));
+    bind("missing", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED})).await.assert_error(404, Some("NotFound"));
+    bind("x2", json!({"service_id": SERVICE, "plan_id": PLAN_PENDING})).await.assert_error(422, Some("ConcurrencyError"));
+    for query in ["", "?service_id=a", "?plan_id=b"] {
+        osb.call(Method::DELETE, &format!("{}/service_bindings/kb{query}", inst("x1")), None)
+            .await
+            .assert_error(400, Some("BadRequest"));
+    }
+    osb.unbind("x1", "never", PLAN_SHARED).await.assert_error(410, Some("Gone"));
+    osb.unbind("missing", "never", PLAN_SHARED).await.assert_error(410, Some("Gone"));
+    assert_eq!(broker.fingerprint().await, before, "refused binds change nothing");
+}
+
+/// Bad input: malformed JSON, wrong types, a 1 MB `parameters`, wrong content, unknown routes
+/// and methods: each a 4xx with an OSB error body, and the store unchanged.
+async fn bad_input_gets_a_4xx_and_changes_nothing(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    osb.ready_instance("keep", PLAN_SHARED, None).await;
+    let before = broker.fingerprint().await;
+    let put_url = format!("{}?accepts_incomplete=true", inst("bad"));
+    let raw = |method: Method, path: String, body: &'static str| {
+        let request = osb.request(method, &path).header("content-type", "application/json").body(body);
+        async move { osb.send(request).await }
+    };
+    for body in ["", "   ", "{", "[]", "42", "null", "{\"service_id\": }", "\u{0}"] {
+        raw(Method::PUT, put_url.clone(), body).await.assert_error(400, Some("BadRequest"));
+        raw(Method::PATCH, put_url.clone(), body).await.assert_error(400, Some("BadRequest"));
+        raw(Method::PUT, format!("{}/service_bindings/x", inst("keep")), body).await.assert_error(400, Some("BadRequest"));
+    }
+    for (field, value) in [
+        ("service_id", json!(5)),
+        ("plan_id", json!(["a"])),
+        ("organization_guid", json!({"a": 1})),
+        ("space_guid", json!(true)),
+        ("parameters", json!("text")),
+        ("parameters", json!([1, 2])),
+        ("context", json!(7)),
+        ("maintenance_info", json!("1.2.0")),
+        ("maintenance_info", json!({"version": 1})),
+    ] {
+        let mut body = provision_body(PLAN_SHARED);
+        body[field] = value;
+        let resp = osb.call(Method::PUT, &put_url, Some(body)).await;
+        resp.assert_error(400, Some("BadRequest"));
+        assert!(resp.body["description"].as_str().unwrap().contains(field), "{resp:?}");
+    }
+    // 1 MB of parameters.
+    let mut body = provision_body(PLAN_SHARED);
+    body["parameters"] = json!({"plugins": [{"name": "test", "config": {"blob": "x".repeat(1 << 20)}}]});
+    osb.call(Method::PUT, &put_url, Some(body)).await.assert_error(413, Some("PayloadTooLarge"));
+    // Bad query strings.
+    osb.call(Method::PUT, &format!("{}?accepts_incomplete=maybe", inst("bad")), Some(provision_body(PLAN_SHARED)))
+        .await
+        .assert_error(400, Some("BadRequest"));
+    // Unknown endpoints and methods.
+    osb.call(Method::GET, "/v2/nope", None).await.assert_error(404, None);
+    osb.call(Method::POST, &inst("keep"), Some(json!({}))).await.assert_error(405, None);
+    osb.call(Method::POST, "/v2/catalog", None).await.assert_error(405, None);
+    assert_eq!(broker.fingerprint().await, before);
+    // Still serving.
+    assert_eq!(osb.call(Method::GET, &inst("keep"), None).await.status, 200);
+}
+
+/// Ids are percent-decoded; empty, over-long and control-character ids are refused.
+async fn odd_ids_are_percent_decoded_or_refused(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    let before = broker.fingerprint().await;
+    for bad in ["%00", "a%0Ab", &"x".repeat(300)] {
+        osb.provision(bad, PLAN_SHARED, None).await.assert_error(400, Some("BadRequest"));
+        osb.call(Method::GET, &inst(bad), None).await.assert_error(400, Some("BadRequest"));
+    }
+    assert_eq!(broker.fingerprint().await, before);
+    // Reserved and non-ASCII characters, percent-encoded, are ids like any other.
+    osb.ready_instance("a%2Fb%20c%C3%A9", PLAN_SHARED, None).await;
+    let row = broker.store().instance("a/b cé").await.unwrap().expect("stored decoded");
+    assert_eq!(row.plan_id, PLAN_SHARED);
+    assert_eq!(osb.call(Method::GET, &inst("a%2Fb%20c%C3%A9"), None).await.status, 200);
+    let bound = osb.bind("a%2Fb%20c%C3%A9", "k%3F1", PLAN_SHARED).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    assert!(broker.store().binding("a/b cé", "k?1").await.unwrap().is_some());
+    assert_eq!(rpc(bound.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"], "0x7a69");
+}
+
+/// A plugin that refuses its configuration: 400 with the plugin's own message, nothing stored.
+async fn plugin_configuration_is_checked_at_provision(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    let before = broker.fingerprint().await;
+    let parameters = json!({"plugins": [
+        {"name": "pass"},
+        {"name": "test", "config": {"mode": "reject", "message": "allow must not be empty"}},
+    ]});
+    let resp = osb.provision("cfg", PLAN_SHARED, Some(parameters)).await;
+    resp.assert_error(400, Some("BadRequest"));
+    let description = resp.body["description"].as_str().unwrap();
+    assert!(description.contains("allow must not be empty") && description.contains("test"), "{description}");
+    assert_eq!(broker.fingerprint().await, before);
+    // Too long a chain.
+    let long: Vec<Value> = (0..17).map(|_| json!({"name": "pass"})).collect();
+    osb.provision("cfg", PLAN_SHARED, Some(json!({"plugins": long}))).await.assert_error(400, Some("BadRequest"));
+    assert_eq!(broker.fingerprint().await, before);
+}
+
+/// `X-Broker-API-Originating-Identity` is decoded and recorded with each change; a malformed
+/// one is a 400.
+async fn originating_identity_is_recorded_for_audit(db: Db) {
+    use base64::Engine as _;
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    let identity = json!({"user_id": "683ea748-3092-4ff4-b656-39cacc4d5360"});
+    let header = format!("cloudfoundry {}", base64::engine::general_purpose::STANDARD.encode(identity.to_string()));
+    let request = osb
+        .request(Method::PUT, &format!("{}?accepts_incomplete=true", inst("a1")))
+        .header("X-Broker-API-Originating-Identity", &header)
+        .header("X-Broker-API-Request-Identity", "req-1")
+        .json(&provision_body(PLAN_SHARED));
+    assert_eq!(osb.send(request).await.status, 202);
+    assert_eq!(osb.wait("a1").await["state"], "succeeded");
+    let request = osb
+        .request(Method::PUT, &format!("{}/service_bindings/k", inst("a1")))
+        .header("X-Broker-API-Originating-Identity", &header)
+        .json(&json!({"service_id": SERVICE, "plan_id": PLAN_SHARED}));
+    assert_eq!(osb.send(request).await.status, 201);
+    let audit = broker.store().audit("a1").await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0].action, "provision");
+    assert_eq!(audit[0].platform.as_deref(), Some("cloudfoundry"));
+    assert_eq!(serde_json::from_str::<Value>(audit[0].identity.as_deref().unwrap()).unwrap(), identity);
+    assert_eq!(audit[0].request_identity.as_deref(), Some("req-1"));
+    assert_eq!(audit[1].action, "bind");
+    assert_eq!(audit[1].binding_id.as_deref(), Some("k"));
+    let before = broker.fingerprint().await;
+    for bad in ["cloudfoundry", "cloudfoundry !!!notbase64", "kubernetes bm90IGpzb24="] {
+        let request = osb
+            .request(Method::PUT, &format!("{}?accepts_incomplete=true", inst("a2")))
+            .header("X-Broker-API-Originating-Identity", bad)
+            .json(&provision_body(PLAN_SHARED));
+        osb.send(request).await.assert_error(400, Some("BadRequest"));
+    }
+    assert_eq!(broker.fingerprint().await, before);
+}
+
+/// A clean restart: instances, bindings and the same credentials serve again.
+async fn a_restart_keeps_instances_bindings_and_routes(db: Db) {
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(db, &anvil.http_url(), |_| {}).await;
+    let chain = json!({"plugins": [{"name": "test", "config": {"mode": "pass"}}]});
+    broker.osb.ready_instance("s1", PLAN_SHARED, Some(chain)).await;
+    let bound = broker.osb.bind("s1", "k", PLAN_SHARED).await;
+    let uri = bound.body["credentials"]["token"].as_str().unwrap().to_string();
+    let (dir, test_db) = broker.stop().await;
+    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), free_port(), |_| {}).await;
+    let again = broker.osb.bind("s1", "k", PLAN_SHARED).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["credentials"]["token"], uri.as_str(), "the same credentials after a restart");
+    let answer = rpc(again.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await;
+    assert_eq!(answer["result"], "0x7a69", "{answer}");
+    assert_eq!(broker.osb.call(Method::GET, &inst("s1"), None).await.status, 200);
+}
