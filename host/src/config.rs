@@ -446,7 +446,10 @@ impl Config {
                 if let Some(info) = &plan.maintenance_info
                     && !is_semver(&info.version)
                 {
-                    return bad(format!("{what}: maintenance_info.version {:?} is not a semantic version", info.version));
+                    return bad(format!(
+                        "{what}: maintenance_info.version {:?} is not a semantic version",
+                        info.version
+                    ));
                 }
                 for element in &plan.plugins {
                     if !plugin_names.contains(element.name.as_str()) {
@@ -493,7 +496,9 @@ impl Config {
 
 /// Lowercase letters, digits and '-', not empty (what OSB checkers accept as names).
 fn is_slug(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// RFC 3986 unreserved characters only.
@@ -572,9 +577,10 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_that_name_the_line_and_key() {
-        let err = Config::from_toml("data_dir = \"x\"\n[broker]\nlisten = \"127.0.0.1:1\"\npasword = \"x\"\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+        let err =
+            Config::from_toml("data_dir = \"x\"\n[broker]\nlisten = \"127.0.0.1:1\"\npasword = \"x\"\n", "t.toml")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("line 4") && err.contains("pasword"), "{err}");
     }
 

@@ -73,7 +73,12 @@ impl RouteSync {
         {
             return elements;
         }
-        self.config.services.iter().flat_map(|s| &s.plans).find(|p| p.id == plan_id).map_or(Vec::new(), |p| p.plugins.clone())
+        self.config
+            .services
+            .iter()
+            .flat_map(|s| &s.plans)
+            .find(|p| p.id == plan_id)
+            .map_or(Vec::new(), |p| p.plugins.clone())
     }
 
     /// Rebuilds the snapshot from the store. Errors are logged and the current snapshot kept.
@@ -95,7 +100,9 @@ impl RouteSync {
             let entry = match reusable {
                 Some(entry) => entry,
                 None => match self.build(&instance).await {
-                    Some(route) => Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), route },
+                    Some(route) => {
+                        Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), route }
+                    }
                     None => continue,
                 },
             };
@@ -103,7 +110,8 @@ impl RouteSync {
         }
         let mut table = RouteTable::default();
         for binding in bindings {
-            let (Some(entry), Some(digest)) = (next.get(&binding.instance_id), decode_digest(&binding.key_sha256)) else {
+            let (Some(entry), Some(digest)) = (next.get(&binding.instance_id), decode_digest(&binding.key_sha256))
+            else {
                 continue;
             };
             table.insert(digest, Route { instance: entry.route.clone(), binding_id: binding.id.into() });
@@ -120,7 +128,8 @@ impl RouteSync {
     }
 
     async fn build(&self, instance: &InstanceRow) -> Option<Arc<InstanceRoute>> {
-        let parameters: Option<serde_json::Value> = instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let parameters: Option<serde_json::Value> =
+            instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
         let elements = self.chain_elements(&instance.plan_id, parameters.as_ref());
         let Some(driver) = self.drivers.get(&instance.plan_id) else {
             tracing::error!(instance = %instance.id, plan = %instance.plan_id, "instance of a plan no longer in the catalog is not served");

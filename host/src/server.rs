@@ -125,9 +125,11 @@ impl Server {
 
         let broker_listener = bind(config.broker.listen).await?;
         let gateway_listener = bind(config.gateway.listen).await?;
-        let broker_addr = broker_listener.local_addr().map_err(|source| StartError::Listen { addr: config.broker.listen, source })?;
-        let gateway_addr =
-            gateway_listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen, source })?;
+        let broker_addr =
+            broker_listener.local_addr().map_err(|source| StartError::Listen { addr: config.broker.listen, source })?;
+        let gateway_addr = gateway_listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: config.gateway.listen, source })?;
         if config.gateway.public_url.is_empty() {
             config.gateway.public_url = format!("http://{gateway_addr}");
         }
@@ -137,7 +139,8 @@ impl Server {
         let replica = random_id();
         let routes = Arc::new(Routes::default());
         let drivers = Drivers::from_config(&config);
-        let routing = Arc::new(RouteSync::new(store.clone(), config.clone(), registry.clone(), drivers.clone(), routes.clone()));
+        let routing =
+            Arc::new(RouteSync::new(store.clone(), config.clone(), registry.clone(), drivers.clone(), routes.clone()));
         routing.sync().await;
         let operations = Operations::new(
             store.clone(),

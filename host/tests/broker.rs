@@ -77,7 +77,9 @@ async fn catalog_lists_services_plans_schemas_and_maintenance_info(db: Db) {
     let fixed = rpc["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_FIXED).unwrap();
     assert_eq!(fixed["plan_updateable"], false);
     for service in services {
-        for name in std::iter::once(&service["name"]).chain(service["plans"].as_array().unwrap().iter().map(|p| &p["name"])) {
+        for name in
+            std::iter::once(&service["name"]).chain(service["plans"].as_array().unwrap().iter().map(|p| &p["name"]))
+        {
             let name = name.as_str().unwrap();
             assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'), "{name}");
         }
@@ -106,13 +108,21 @@ async fn auth_version_and_identity_headers_are_checked_on_every_endpoint(db: Db)
         let url = format!("{base}{path}");
         let body = provision_body(PLAN_SHARED);
         // No credentials.
-        let resp = broker.osb.send(client.request(method.clone(), &url).header("X-Broker-API-Version", "2.17").json(&body)).await;
+        let resp = broker
+            .osb
+            .send(client.request(method.clone(), &url).header("X-Broker-API-Version", "2.17").json(&body))
+            .await;
         resp.assert_error(401, Some("Unauthorized"));
         assert_eq!(resp.headers["www-authenticate"], "Basic realm=\"ovsb\"", "{method} {path}");
         // Wrong password.
         let resp = broker
             .osb
-            .send(client.request(method.clone(), &url).basic_auth(USER, Some("wrong")).header("X-Broker-API-Version", "2.17"))
+            .send(
+                client
+                    .request(method.clone(), &url)
+                    .basic_auth(USER, Some("wrong"))
+                    .header("X-Broker-API-Version", "2.17"),
+            )
             .await;
         resp.assert_error(401, Some("Unauthorized"));
         // Missing, empty, old, and foreign versions.
@@ -154,8 +164,9 @@ async fn provision_is_asynchronous_and_idempotent(db: Db) {
 
     let resp = osb.call(Method::PUT, &inst("p1"), Some(provision_body(PLAN_PENDING))).await;
     resp.assert_error(422, Some("AsyncRequired"));
-    let resp =
-        osb.call(Method::PUT, &format!("{}?accepts_incomplete=false", inst("p1")), Some(provision_body(PLAN_PENDING))).await;
+    let resp = osb
+        .call(Method::PUT, &format!("{}?accepts_incomplete=false", inst("p1")), Some(provision_body(PLAN_PENDING)))
+        .await;
     resp.assert_error(422, Some("AsyncRequired"));
 
     let first = osb.provision("p1", PLAN_PENDING, None).await;
@@ -313,7 +324,9 @@ async fn fetch_instance_follows_the_instance_state(db: Db) {
     assert_eq!(again.status, 202);
     assert_eq!(again.body["operation"], resp.body["operation"]);
     update["parameters"] = json!({"plugins": []});
-    osb.call(Method::PATCH, &format!("{}?accepts_incomplete=true", inst("f2")), Some(update)).await.assert_error(422, Some("ConcurrencyError"));
+    osb.call(Method::PATCH, &format!("{}?accepts_incomplete=true", inst("f2")), Some(update))
+        .await
+        .assert_error(422, Some("ConcurrencyError"));
     // Deprovision and bind while updating: ConcurrencyError.
     osb.deprovision("f2", PLAN_SHARED).await.assert_error(422, Some("ConcurrencyError"));
     // The instance keeps serving its old settings while the update runs.
@@ -384,14 +397,20 @@ async fn update_refuses_what_it_cannot_do(db: Db) {
     patch("r1", json!({"service_id": ""})).await.assert_error(400, Some("BadRequest"));
     patch("r1", json!({"service_id": "nope"})).await.assert_error(400, Some("BadRequest"));
     patch("r1", json!({"service_id": SERVICE, "plan_id": PLAN_SOLO})).await.assert_error(400, Some("BadRequest"));
-    patch("r1", json!({"service_id": SERVICE, "parameters": {"plugins": "all"}})).await.assert_error(400, Some("BadRequest"));
+    patch("r1", json!({"service_id": SERVICE, "parameters": {"plugins": "all"}}))
+        .await
+        .assert_error(400, Some("BadRequest"));
     patch("r1", json!({"service_id": SERVICE, "parameters": [1]})).await.assert_error(400, Some("BadRequest"));
     patch("missing", json!({"service_id": SERVICE})).await.assert_error(404, Some("NotFound"));
     osb.call(Method::PATCH, &inst("r1"), Some(json!({"service_id": SERVICE, "parameters": {}})))
         .await
         .assert_error(422, Some("AsyncRequired"));
-    patch("r2", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED})).await.assert_error(422, Some("PlanChangeNotSupported"));
-    patch("r1", json!({"service_id": SERVICE, "plan_id": PLAN_FIXED})).await.assert_error(422, Some("PlanChangeNotSupported"));
+    patch("r2", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED}))
+        .await
+        .assert_error(422, Some("PlanChangeNotSupported"));
+    patch("r1", json!({"service_id": SERVICE, "plan_id": PLAN_FIXED}))
+        .await
+        .assert_error(422, Some("PlanChangeNotSupported"));
     patch("r1", json!({"service_id": SERVICE, "maintenance_info": {"version": "1.1.0"}}))
         .await
         .assert_error(422, Some("MaintenanceInfoConflict"));
@@ -413,7 +432,9 @@ async fn deprovision_is_asynchronous_idempotent_and_cascades_to_bindings(db: Db)
     let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), pending_port, |_| {}).await;
     let osb = &broker.osb;
     for query in ["", "?service_id=x", "?plan_id=y", "?service_id=&plan_id=y", "?service_id=x&plan_id="] {
-        osb.call(Method::DELETE, &format!("{}{query}", inst("unknown")), None).await.assert_error(400, Some("BadRequest"));
+        osb.call(Method::DELETE, &format!("{}{query}", inst("unknown")), None)
+            .await
+            .assert_error(400, Some("BadRequest"));
     }
     osb.deprovision("unknown", PLAN_SHARED).await.assert_error(410, Some("Gone"));
 
@@ -443,7 +464,10 @@ async fn deprovision_is_asynchronous_idempotent_and_cascades_to_bindings(db: Db)
     let first = osb.deprovision("d2", PLAN_PENDING).await;
     let second = osb.deprovision("d2", PLAN_PENDING).await;
     assert_eq!(first.status, 202);
-    assert!(second.status == 202 && second.body["operation"] == first.body["operation"] || second.status == 410, "{second:?}");
+    assert!(
+        second.status == 202 && second.body["operation"] == first.body["operation"] || second.status == 410,
+        "{second:?}"
+    );
     // A re-provision of a deleted id starts afresh.
     assert_eq!(osb.wait("d2").await["state"], "succeeded");
     assert_eq!(osb.provision("d2", PLAN_SHARED, None).await.status, 202);
@@ -557,7 +581,9 @@ async fn bind_returns_credentials_that_open_the_endpoint(db: Db) {
     assert_eq!(rpc(&other_uri, "eth_chainId", json!([])).await["result"], direct["result"]);
     osb.unbind("b1", "k1", PLAN_SHARED).await.assert_error(410, Some("Gone"));
     osb.call(Method::GET, &format!("{}/service_bindings/k1", inst("b1")), None).await.assert_error(404, None);
-    osb.call(Method::GET, &format!("{}/service_bindings/k1/last_operation", inst("b1")), None).await.assert_error(404, None);
+    osb.call(Method::GET, &format!("{}/service_bindings/k1/last_operation", inst("b1")), None)
+        .await
+        .assert_error(404, None);
     // Older platforms (2.13) get no `endpoints`.
     let old = osb
         .send(
@@ -593,11 +619,19 @@ async fn bind_and_unbind_refuse_bad_requests(db: Db) {
     bind("x1", json!({"service_id": SERVICE, "plan_id": "nope"})).await.assert_error(400, Some("BadRequest"));
     bind("x1", json!({"service_id": SERVICE2, "plan_id": PLAN_SOLO})).await.assert_error(400, Some("BadRequest"));
     bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_OTHER})).await.assert_error(400, Some("BadRequest"));
-    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": {"x": 1}})).await.assert_error(400, Some("BadRequest"));
-    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": "x"})).await.assert_error(400, Some("BadRequest"));
-    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "predecessor_binding_id": "k0"})).await.assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": {"x": 1}}))
+        .await
+        .assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": "x"}))
+        .await
+        .assert_error(400, Some("BadRequest"));
+    bind("x1", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "predecessor_binding_id": "k0"}))
+        .await
+        .assert_error(400, Some("BadRequest"));
     bind("missing", json!({"service_id": SERVICE, "plan_id": PLAN_SHARED})).await.assert_error(404, Some("NotFound"));
-    bind("x2", json!({"service_id": SERVICE, "plan_id": PLAN_PENDING})).await.assert_error(422, Some("ConcurrencyError"));
+    bind("x2", json!({"service_id": SERVICE, "plan_id": PLAN_PENDING}))
+        .await
+        .assert_error(422, Some("ConcurrencyError"));
     for query in ["", "?service_id=a", "?plan_id=b"] {
         osb.call(Method::DELETE, &format!("{}/service_bindings/kb{query}", inst("x1")), None)
             .await
@@ -623,7 +657,9 @@ async fn bad_input_gets_a_4xx_and_changes_nothing(db: Db) {
     for body in ["", "   ", "{", "[]", "42", "null", "{\"service_id\": }", "\u{0}"] {
         raw(Method::PUT, put_url.clone(), body).await.assert_error(400, Some("BadRequest"));
         raw(Method::PATCH, put_url.clone(), body).await.assert_error(400, Some("BadRequest"));
-        raw(Method::PUT, format!("{}/service_bindings/x", inst("keep")), body).await.assert_error(400, Some("BadRequest"));
+        raw(Method::PUT, format!("{}/service_bindings/x", inst("keep")), body)
+            .await
+            .assert_error(400, Some("BadRequest"));
     }
     for (field, value) in [
         ("service_id", json!(5)),
@@ -677,7 +713,10 @@ async fn odd_ids_are_percent_decoded_or_refused(db: Db) {
     let bound = osb.bind("a%2Fb%20c%C3%A9", "k%3F1", PLAN_SHARED).await;
     assert_eq!(bound.status, 201, "{bound:?}");
     assert!(broker.store().binding("a/b cé", "k?1").await.unwrap().is_some());
-    assert_eq!(rpc(bound.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"], "0x7a69");
+    assert_eq!(
+        rpc(bound.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"],
+        "0x7a69"
+    );
 }
 
 /// A plugin that refuses its configuration: 400 with the plugin's own message, nothing stored.

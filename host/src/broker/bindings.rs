@@ -57,7 +57,9 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         body["endpoints"] = json!([{ "host": host, "ports": [port.to_string()], "protocol": "tcp" }]);
     }
-    if with_parameters && let Some(parameters) = binding.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()) {
+    if with_parameters
+        && let Some(parameters) = binding.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok())
+    {
         body["parameters"] = parameters;
     }
     body
@@ -83,9 +85,12 @@ pub async fn bind(
     let plan_id = required_string(&body, "plan_id")?;
     let context = optional_object(&body, "context")?;
     let parameters = optional_object(&body, "parameters")?;
-    let bind_resource = optional_object(&body, "bind_resource")?.filter(|r| r.as_object().is_some_and(|o| !o.is_empty()));
+    let bind_resource =
+        optional_object(&body, "bind_resource")?.filter(|r| r.as_object().is_some_and(|o| !o.is_empty()));
     if optional_string(&body, "predecessor_binding_id")?.is_some() {
-        return Err(ApiError::bad_request("binding rotation is not supported by this plan (binding_rotatable is false)"));
+        return Err(ApiError::bad_request(
+            "binding rotation is not supported by this plan (binding_rotatable is false)",
+        ));
     }
     let entry = state.catalog.plan(&service_id, &plan_id)?;
     entry.check_binding_parameters(parameters.as_ref().unwrap_or(&json!({})))?;
@@ -134,9 +139,9 @@ pub async fn bind(
                     changes: vec![Change::InsertBinding(row.clone()), Change::Audit(audit)],
                     answer: Outcome::Created(row),
                 },
-                InstanceState::Provisioning => Decision::answer(Outcome::Refused(ApiError::concurrency(
-                    "the instance is still being provisioned",
-                ))),
+                InstanceState::Provisioning => {
+                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is still being provisioned")))
+                }
                 InstanceState::Deprovisioning => {
                     Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is being deprovisioned")))
                 }
@@ -152,7 +157,9 @@ pub async fn bind(
             tracing::info!(instance = %instance_id, binding = %binding_id, "bound");
             Ok(reply(StatusCode::CREATED, binding_body(&state, &binding, meta.minor_version, false)))
         }
-        Outcome::Exists(binding) => Ok(reply(StatusCode::OK, binding_body(&state, &binding, meta.minor_version, false))),
+        Outcome::Exists(binding) => {
+            Ok(reply(StatusCode::OK, binding_body(&state, &binding, meta.minor_version, false)))
+        }
         Outcome::Deleted => Ok(reply(StatusCode::OK, json!({}))),
         Outcome::Refused(err) => Err(err),
     }
@@ -182,7 +189,9 @@ pub async fn unbind(
     let outcome = state
         .store
         .binding_transition(&instance_id, &binding_id, |_, existing| match existing {
-            Some(_) => Decision { changes: vec![Change::DeleteBinding, Change::Audit(audit)], answer: Outcome::Deleted },
+            Some(_) => {
+                Decision { changes: vec![Change::DeleteBinding, Change::Audit(audit)], answer: Outcome::Deleted }
+            }
             None => Decision::answer(Outcome::Refused(ApiError::gone("no such binding"))),
         })
         .await?;

@@ -121,7 +121,9 @@ impl Catalog {
         self.service(service_id)?;
         match self.plans.get(plan_id) {
             Some(entry) if entry.service.id == service_id => Ok(entry),
-            Some(_) => Err(ApiError::bad_request(format!("plan_id {plan_id:?} is not a plan of service {service_id:?}"))),
+            Some(_) => {
+                Err(ApiError::bad_request(format!("plan_id {plan_id:?} is not a plan of service {service_id:?}")))
+            }
             None => Err(ApiError::bad_request(format!("plan_id {plan_id:?} is not in the catalog"))),
         }
     }

@@ -44,7 +44,8 @@ impl SecretKey {
         } else {
             configured.to_string()
         };
-        let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| SecretError::Malformed)?;
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| SecretError::Malformed)?;
         Ok(SecretKey(bytes.try_into().map_err(|_| SecretError::Malformed)?))
     }
 
@@ -155,7 +156,10 @@ mod tests {
             let mode = std::fs::metadata(dir.path().join("secret.key")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert!(matches!(SecretKey::load_or_create("c2hvcnQ=", Path::new("/nonexistent")), Err(SecretError::Malformed)));
+        assert!(matches!(
+            SecretKey::load_or_create("c2hvcnQ=", Path::new("/nonexistent")),
+            Err(SecretError::Malformed)
+        ));
     }
 
     #[test]

@@ -30,7 +30,12 @@ fn id(path: IdPath) -> Result<String, ApiError> {
 
 /// Runs `configure` of every plugin of the chain the parameters give (or the plan's default),
 /// so that a bad configuration is a 400 now rather than a broken endpoint later.
-async fn check_chain(state: &BrokerState, instance_id: &str, plan_id: &str, parameters: Option<&Value>) -> Result<(), ApiError> {
+async fn check_chain(
+    state: &BrokerState,
+    instance_id: &str,
+    plan_id: &str,
+    parameters: Option<&Value>,
+) -> Result<(), ApiError> {
     let elements = state.routing.chain_elements(plan_id, parameters);
     if elements.is_empty() {
         return Ok(());
@@ -57,7 +62,13 @@ fn check_maintenance(entry: &PlanEntry, requested: Option<&str>) -> Result<(), A
     }
 }
 
-fn new_operation(state: &BrokerState, instance_id: &str, kind: OperationKind, request: String, polling_s: u64) -> OperationRow {
+fn new_operation(
+    state: &BrokerState,
+    instance_id: &str,
+    kind: OperationKind,
+    request: String,
+    polling_s: u64,
+) -> OperationRow {
     let now = now_ms();
     OperationRow {
         id: format!("{}-{}", kind.as_str(), random_id()),
@@ -112,7 +123,8 @@ pub async fn provision(
     check_chain(&state, &instance_id, &plan_id, parameters.as_ref()).await?;
 
     let now = now_ms();
-    let operation = new_operation(&state, &instance_id, OperationKind::Provision, "{}".into(), entry.plan.maximum_polling_duration);
+    let operation =
+        new_operation(&state, &instance_id, OperationKind::Provision, "{}".into(), entry.plan.maximum_polling_duration);
     let row = InstanceRow {
         id: instance_id.clone(),
         service_id: service_id.clone(),
@@ -266,7 +278,8 @@ pub async fn update(
     };
     let request = UpdateRequest { plan_id: target_plan, parameters: new_parameters, maintenance_version };
     let request_json = serde_json::to_string(&request).expect("an update request serializes");
-    let operation = new_operation(&state, &instance_id, OperationKind::Update, request_json, entry.plan.maximum_polling_duration);
+    let operation =
+        new_operation(&state, &instance_id, OperationKind::Update, request_json, entry.plan.maximum_polling_duration);
     let audit = meta.audit("update", None);
     let outcome = state
         .store

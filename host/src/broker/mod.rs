@@ -290,7 +290,8 @@ impl IntoResponse for ApiError {
         if let Some(usable) = self.instance_usable {
             body["instance_usable"] = json!(usable);
         }
-        let mut response = (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        let mut response =
+            (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ovsb\""));
         }

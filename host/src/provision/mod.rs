@@ -69,8 +69,11 @@ impl Progress {
 /// operation runs again from the start.
 pub trait Driver: Send + Sync {
     /// Makes the instance's node ready to serve.
-    fn provision<'a>(&'a self, instance: &'a InstanceSpec, progress: &'a Progress)
-    -> BoxFuture<'a, Result<(), DriverError>>;
+    fn provision<'a>(
+        &'a self,
+        instance: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Moves an instance from one spec to another (a plan or parameter change).
     fn update<'a>(
         &'a self,

@@ -41,7 +41,10 @@ impl UpstreamDriver {
                 Ok(_) => return Ok(()),
                 Err(err) => {
                     progress
-                        .report(&format!("waiting for a node of {} to answer (attempt {attempt}: {})", self.urls, err.message))
+                        .report(&format!(
+                            "waiting for a node of {} to answer (attempt {attempt}: {})",
+                            self.urls, err.message
+                        ))
                         .await;
                 }
             }

@@ -360,9 +360,11 @@ impl Store {
     /// Every instance that serves calls (ready or updating), and every binding.
     pub async fn serving(&self) -> Result<(Vec<InstanceRow>, Vec<BindingRow>)> {
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE state IN ('ready', 'updating')");
-        let instances = sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(instance_from).collect::<Result<_>>()?;
+        let instances =
+            sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(instance_from).collect::<Result<_>>()?;
         let sql = format!("SELECT {BINDING_COLUMNS} FROM bindings");
-        let bindings = sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(binding_from).collect::<Result<_>>()?;
+        let bindings =
+            sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(binding_from).collect::<Result<_>>()?;
         Ok((instances, bindings))
     }
 
@@ -390,7 +392,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE changes SET generation = generation + 1 WHERE id = 1").execute(&mut *tx).await?;
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
-        let instance = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await?.map(|r| instance_from(&r)).transpose()?;
+        let instance =
+            sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await?.map(|r| instance_from(&r)).transpose()?;
         let operation = match &instance {
             Some(instance) => {
                 let sql = format!("SELECT {OPERATION_COLUMNS} FROM operations WHERE id = $1");
@@ -436,8 +439,12 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE changes SET generation = generation + 1 WHERE id = 1").execute(&mut *tx).await?;
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
-        let instance =
-            sqlx::query(&sql).bind(instance_id).fetch_optional(&mut *tx).await?.map(|r| instance_from(&r)).transpose()?;
+        let instance = sqlx::query(&sql)
+            .bind(instance_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| instance_from(&r))
+            .transpose()?;
         let sql = format!("SELECT {BINDING_COLUMNS} FROM bindings WHERE instance_id = $1 AND id = $2");
         let binding = sqlx::query(&sql)
             .bind(instance_id)
