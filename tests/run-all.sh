@@ -15,6 +15,17 @@ if [ ! -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ]; the
 fi
 tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --version | head -1
 
+step "PostgreSQL (the broker tests run on SQLite and on PostgreSQL)"
+export OVSB_TEST_POSTGRES_URL="${OVSB_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+    fi
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+pg_isready -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not running on 127.0.0.1:5432 and could not be started" >&2; exit 1; }
+psql "$OVSB_TEST_POSTGRES_URL" -qAtc "select 'PostgreSQL ' || current_setting('server_version')"
+
 step "lint: rustfmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -257,16 +257,60 @@ pub struct ChainElement {
 
 /// The driver of a plan.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DriverDecl {
     /// Attach instances to existing nodes.
-    Upstream {
-        /// HTTP JSON-RPC URLs of the nodes.
-        http: Vec<String>,
-        /// WebSocket URLs of the same nodes.
-        #[serde(default)]
-        ws: Vec<String>,
-    },
+    Upstream(UpstreamDriverDecl),
+    /// A node process per instance.
+    Process(ProcessDriverDecl),
+}
+
+/// Settings of the `upstream` driver.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamDriverDecl {
+    /// HTTP JSON-RPC URLs of the nodes.
+    pub http: Vec<String>,
+    /// WebSocket URLs of the same nodes.
+    #[serde(default)]
+    pub ws: Vec<String>,
+    /// How often each node is checked (`eth_blockNumber`, `eth_syncing`), in milliseconds.
+    #[serde(default = "default_health_interval")]
+    pub health_interval_ms: u64,
+    /// A node more than this many blocks behind the best one is taken out of rotation.
+    #[serde(default = "default_max_lag")]
+    pub max_lag_blocks: u64,
+}
+
+/// Settings of the `process` driver.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessDriverDecl {
+    /// Program and arguments. Placeholders: `{port}`, `{data_dir}`, `{instance_id}`, and every
+    /// name under `parameters`.
+    pub command: Vec<String>,
+    /// The range node ports are allocated from (inclusive).
+    #[serde(default = "default_ports")]
+    pub ports: [u16; 2],
+    /// Whether the node serves WebSocket on the same port (anvil does).
+    #[serde(default = "yes")]
+    pub ws: bool,
+    /// Time between SIGTERM and SIGKILL, in milliseconds.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_ms: u64,
+    /// First and longest wait before a restart, in milliseconds (doubling in between).
+    #[serde(default = "default_backoff")]
+    pub restart_backoff_ms: [u64; 2],
+    /// Exit codes that mean "stopped on purpose": not restarted.
+    #[serde(default)]
+    pub deliberate_exit_codes: Vec<i32>,
+    /// Largest node log kept (plus one older file of the same size), in bytes.
+    #[serde(default = "default_log_max")]
+    pub log_max_bytes: u64,
+    /// Instance parameters the command uses, as JSON Schema properties (each with a `default`);
+    /// they join the plan's parameter schema.
+    #[serde(default)]
+    pub parameters: toml::Table,
 }
 
 /// A configuration that cannot be used, with the reason.
@@ -460,18 +504,52 @@ impl Config {
                     }
                 }
                 match &plan.driver {
-                    DriverDecl::Upstream { http, ws } => {
-                        if http.is_empty() {
+                    DriverDecl::Upstream(decl) => {
+                        if decl.http.is_empty() {
                             return bad(format!("{what}: the upstream driver needs at least one http URL"));
                         }
-                        for u in http {
+                        for u in &decl.http {
                             if !u.starts_with("http://") || u.parse::<http::Uri>().is_err() {
                                 return bad(format!("{what}: {u:?} is not an http:// URL"));
                             }
                         }
-                        for u in ws {
+                        for u in &decl.ws {
                             if !(u.starts_with("ws://") || u.starts_with("wss://")) {
                                 return bad(format!("{what}: {u:?} is not a ws:// URL"));
+                            }
+                        }
+                        if decl.health_interval_ms < 100 {
+                            return bad(format!("{what}: health_interval_ms must be at least 100"));
+                        }
+                    }
+                    DriverDecl::Process(decl) => {
+                        if decl.command.is_empty() || decl.command[0].is_empty() {
+                            return bad(format!("{what}: the process driver needs a command"));
+                        }
+                        let [low, high] = decl.ports;
+                        if low < 1024 || low > high {
+                            return bad(format!("{what}: ports must be a range [low, high] above 1023"));
+                        }
+                        if decl.restart_backoff_ms[0] == 0 || decl.restart_backoff_ms[0] > decl.restart_backoff_ms[1] {
+                            return bad(format!("{what}: restart_backoff_ms must be [first, longest], first > 0"));
+                        }
+                        if decl.log_max_bytes < 4096 {
+                            return bad(format!("{what}: log_max_bytes must be at least 4096"));
+                        }
+                        for (name, schema) in &decl.parameters {
+                            if name == "plugins" || !schema.as_table().is_some_and(|t| t.contains_key("default")) {
+                                return bad(format!(
+                                    "{what}: driver parameter {name:?} must be a JSON Schema table with a default (and not be called plugins)"
+                                ));
+                            }
+                        }
+                        for arg in &decl.command {
+                            for name in crate::provision::placeholders(arg) {
+                                let known = ["port", "data_dir", "instance_id"].contains(&name.as_str())
+                                    || decl.parameters.contains_key(&name);
+                                if !known {
+                                    return bad(format!("{what}: the command uses unknown placeholder {{{name}}}"));
+                                }
                             }
                         }
                     }
@@ -537,7 +615,7 @@ fn default_max_connections() -> u32 {
     1024
 }
 fn default_upstream_deadline() -> u64 {
-    10_000
+    30_000
 }
 fn default_lease() -> u64 {
     15
@@ -553,6 +631,24 @@ fn default_sync() -> u64 {
 }
 fn default_polling() -> u64 {
     600
+}
+fn default_health_interval() -> u64 {
+    2000
+}
+fn default_max_lag() -> u64 {
+    8
+}
+fn default_ports() -> [u16; 2] {
+    [20000, 29999]
+}
+fn default_stop_grace() -> u64 {
+    5000
+}
+fn default_backoff() -> [u64; 2] {
+    [500, 30_000]
+}
+fn default_log_max() -> u64 {
+    1 << 20
 }
 fn yes() -> bool {
     true

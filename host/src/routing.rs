@@ -89,6 +89,15 @@ impl RouteSync {
         }
     }
 
+    /// Syncs when the store changed since the last sync: a replica that reports an operation
+    /// as finished serves its outcome from then on.
+    pub async fn sync_if_stale(&self) {
+        match self.store.generation().await {
+            Ok(generation) if generation == self.generation.load(Ordering::Acquire) => {}
+            _ => self.sync().await,
+        }
+    }
+
     async fn sync_locked(&self, built: &mut HashMap<String, Built>) -> Result<(), crate::store::StoreError> {
         let generation = self.store.generation().await?;
         let (instances, bindings) = self.store.serving().await?;
@@ -136,12 +145,16 @@ impl RouteSync {
             return None;
         };
         let kv = self.kv(&instance.id);
+        let Some(upstream) = driver.upstream(&instance.id) else {
+            tracing::error!(instance = %instance.id, "instance is not served: its driver has no node for it");
+            return None;
+        };
         match self.registry.build_chain(&instance.id, &elements, &kv).await {
             Ok(chain) => Some(Arc::new(InstanceRoute {
                 instance_id: instance.id.as_str().into(),
                 plan: instance.plan_id.as_str().into(),
                 chain,
-                upstream: driver.upstream(&instance.id),
+                upstream,
             })),
             Err(err) => {
                 tracing::error!(instance = %instance.id, "instance is not served: its chain cannot be built: {err}");

@@ -123,6 +123,9 @@ impl Server {
             .map_err(|err| StartError::Plugins(err.to_string()))?
             .map_err(|err| StartError::Plugins(err.to_string()))?;
 
+        let catalog =
+            Catalog::new(&config, &registry.names()).map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
+
         let broker_listener = bind(config.broker.listen).await?;
         let gateway_listener = bind(config.gateway.listen).await?;
         let broker_addr =
@@ -138,7 +141,8 @@ impl Server {
         let tracker = TaskTracker::new();
         let replica = random_id();
         let routes = Arc::new(Routes::default());
-        let drivers = Drivers::from_config(&config);
+        let drivers = Drivers::new(&config, &tracker, &shutdown);
+        drivers.recover(&store).await?;
         let routing =
             Arc::new(RouteSync::new(store.clone(), config.clone(), registry.clone(), drivers.clone(), routes.clone()));
         routing.sync().await;
@@ -152,7 +156,7 @@ impl Server {
             shutdown.clone(),
         );
         let state = Arc::new(BrokerState {
-            catalog: Catalog::new(&config, &registry.names()),
+            catalog,
             config: config.clone(),
             store: store.clone(),
             registry,

@@ -39,8 +39,7 @@ pub struct Catalog {
 
 impl Catalog {
     /// Builds the catalog; `plugin_names` are the plugins instances may name.
-    pub fn new(config: &Config, plugin_names: &[String]) -> Catalog {
-        let instance_schema = instance_parameters_schema(plugin_names);
+    pub fn new(config: &Config, plugin_names: &[String]) -> Result<Catalog, String> {
         let binding_schema = binding_parameters_schema();
         let mut plans = HashMap::new();
         let mut services = HashMap::new();
@@ -48,6 +47,11 @@ impl Catalog {
         for service in &config.services {
             let mut plan_json = Vec::new();
             for plan in &service.plans {
+                let driver_parameters = match &plan.driver {
+                    crate::config::DriverDecl::Process(decl) => Some(&decl.parameters),
+                    crate::config::DriverDecl::Upstream(_) => None,
+                };
+                let instance_schema = instance_parameters_schema(plugin_names, driver_parameters);
                 let plan_updateable = plan.plan_updateable.unwrap_or(service.plan_updateable);
                 let mut entry = json!({
                     "id": plan.id,
@@ -78,8 +82,10 @@ impl Catalog {
                         service: service.clone(),
                         plan: plan.clone(),
                         plan_updateable,
-                        instance_schema: compile(&instance_schema),
-                        binding_schema: compile(&binding_schema),
+                        instance_schema: compile(&instance_schema)
+                            .map_err(|err| format!("plan {:?}: {err}", plan.name))?,
+                        binding_schema: compile(&binding_schema)
+                            .map_err(|err| format!("plan {:?}: {err}", plan.name))?,
                     },
                 );
             }
@@ -101,7 +107,7 @@ impl Catalog {
             listed.push(entry);
             services.insert(service.id.clone(), service.clone());
         }
-        Catalog { body: json!({ "services": listed }).to_string(), plans, services }
+        Ok(Catalog { body: json!({ "services": listed }).to_string(), plans, services })
     }
 
     /// The catalog response body.
@@ -158,12 +164,13 @@ fn check(validator: &jsonschema::Validator, parameters: &Value) -> Result<(), Ap
     if problems.is_empty() { Ok(()) } else { Err(ApiError::bad_request(problems.join("; "))) }
 }
 
-fn compile(schema: &Value) -> jsonschema::Validator {
-    jsonschema::draft4::new(schema).expect("the generated parameter schemas are valid draft-04")
+fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::draft4::new(schema).map_err(|err| format!("invalid parameter schema: {err}"))
 }
 
-/// Instance parameters: `{"plugins": [{"name", "config", "fail_open"}]}` and nothing else.
-fn instance_parameters_schema(plugin_names: &[String]) -> Value {
+/// Instance parameters: `{"plugins": [{"name", "config", "fail_open"}]}`, the driver's own
+/// parameters (e.g. a node's chain id), and nothing else.
+fn instance_parameters_schema(plugin_names: &[String], driver_parameters: Option<&toml::Table>) -> Value {
     let mut name = json!({"type": "string", "description": "A plugin the operator made available"});
     if !plugin_names.is_empty() {
         name["enum"] = json!(plugin_names);
@@ -186,11 +193,15 @@ fn instance_parameters_schema(plugin_names: &[String]) -> Value {
     if plugin_names.is_empty() {
         plugins["maxItems"] = json!(0);
     }
+    let mut properties = json!({ "plugins": plugins });
+    for (name, schema) in driver_parameters.into_iter().flatten() {
+        properties[name] = json!(schema);
+    }
     json!({
         "$schema": "http://json-schema.org/draft-04/schema#",
         "type": "object",
         "additionalProperties": false,
-        "properties": { "plugins": plugins },
+        "properties": properties,
     })
 }
 

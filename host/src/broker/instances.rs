@@ -451,6 +451,11 @@ pub async fn last_operation(
             return Err(ApiError::gone("the instance was deprovisioned"));
         }
     }
+    if operation.state != OperationState::InProgress {
+        // The runner swaps the routes right after it commits; make sure this replica serves
+        // the outcome before telling the platform it is there.
+        state.routing.sync_if_stale().await;
+    }
     let mut body = json!({ "state": operation.state.as_str(), "description": operation.description });
     if operation.state == OperationState::Failed {
         match operation.kind {

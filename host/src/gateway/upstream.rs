@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,6 +48,8 @@ pub struct UpstreamSettings {
 
 struct Endpoint {
     uri: http::Uri,
+    /// Set by health checks (true until a check says otherwise); unhealthy endpoints get no calls.
+    healthy: AtomicBool,
     /// Milliseconds since the pool's start until which this endpoint is skipped.
     down_until_ms: AtomicU64,
 }
@@ -86,7 +88,7 @@ impl UpstreamPool {
             endpoints: settings
                 .http
                 .into_iter()
-                .map(|uri| Endpoint { uri, down_until_ms: AtomicU64::new(0) })
+                .map(|uri| Endpoint { uri, healthy: AtomicBool::new(true), down_until_ms: AtomicU64::new(0) })
                 .collect(),
             ws: settings.ws,
             next: AtomicUsize::new(0),
@@ -119,6 +121,7 @@ impl UpstreamPool {
         let now = self.now_ms();
         let (mut up, mut down): (Vec<usize>, Vec<usize>) = (0..n)
             .map(|i| (start + i) % n)
+            .filter(|&i| self.endpoints[i].healthy.load(Ordering::Relaxed))
             .partition(|&i| self.endpoints[i].down_until_ms.load(Ordering::Relaxed) <= now);
         up.append(&mut down);
         up
@@ -127,6 +130,45 @@ impl UpstreamPool {
     fn mark_down(&self, index: usize) {
         let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
         self.endpoints[index].down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether the pool has no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// The HTTP URL of endpoint `index`.
+    pub fn url(&self, index: usize) -> String {
+        self.endpoints[index].uri.to_string()
+    }
+
+    /// Whether endpoint `index` is in rotation.
+    pub fn is_healthy(&self, index: usize) -> bool {
+        self.endpoints[index].healthy.load(Ordering::Relaxed)
+    }
+
+    /// Takes endpoint `index` out of rotation or puts it back (health checks); returns the
+    /// previous state.
+    pub fn set_healthy(&self, index: usize, healthy: bool) -> bool {
+        self.endpoints[index].healthy.swap(healthy, Ordering::Relaxed)
+    }
+
+    /// One call to endpoint `index` only, whatever its health, within the deadline (for health
+    /// checks and readiness probes).
+    pub async fn probe(&self, index: usize, call: &Call) -> Outcome {
+        let body = self.encode(call);
+        match tokio::time::timeout(self.deadline, self.attempt(index, body)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(AttemptError::NotSent(reason) | AttemptError::Failed(reason))) => {
+                Err(rpc_error(errors::UPSTREAM_UNAVAILABLE, reason))
+            }
+            Err(_) => Err(rpc_error(errors::DEADLINE_EXCEEDED, "the node did not answer in time")),
+        }
     }
 
     /// Sends one call, with failover, within the deadline.

@@ -16,6 +16,7 @@
 //! the driver, so nothing is left half-made. On SQLite, which one process holds exclusively,
 //! every `in progress` operation found at start is resumed at once.
 
+mod process;
 mod upstream;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use process::{NODE_MARKER, ProcessDriver, placeholders};
 pub use upstream::UpstreamDriver;
 
 use crate::config::{Config, DriverDecl, PlanDecl};
@@ -87,8 +89,15 @@ pub trait Driver: Send + Sync {
         instance: &'a InstanceSpec,
         progress: &'a Progress,
     ) -> BoxFuture<'a, Result<(), DriverError>>;
-    /// Where the instance's calls go.
-    fn upstream(&self, instance_id: &str) -> Arc<UpstreamPool>;
+    /// Where the instance's calls go; `None` while the driver has no node for it.
+    fn upstream(&self, instance_id: &str) -> Option<Arc<UpstreamPool>>;
+    /// After a restart, before routes are built: take the nodes of `live` instances (ready or
+    /// updating) back under supervision, and remove those of instances not in `live` and not
+    /// named in `busy` (instances whose operation the runner will resume).
+    fn recover<'a>(&'a self, live: &'a [InstanceSpec], busy: &'a [String]) -> BoxFuture<'a, ()> {
+        let _ = (live, busy);
+        Box::pin(async {})
+    }
 }
 
 /// The driver of every plan, by plan id.
@@ -98,14 +107,28 @@ pub struct Drivers {
 }
 
 impl Drivers {
-    /// Creates the driver of each plan in the catalog.
-    pub fn from_config(config: &Config) -> Drivers {
+    /// Creates the driver of each plan in the catalog, and their background tasks (health
+    /// checks, node supervision) under `tracker` until `shutdown`.
+    pub fn new(config: &Config, tracker: &TaskTracker, shutdown: &CancellationToken) -> Drivers {
         let deadline = Duration::from_millis(config.gateway.upstream_deadline_ms);
         let max_response = config.gateway.max_request_bytes.max(32 << 20) as usize;
         let mut by_plan: HashMap<String, Arc<dyn Driver>> = HashMap::new();
         for plan in config.services.iter().flat_map(|s| &s.plans) {
             let driver: Arc<dyn Driver> = match &plan.driver {
-                DriverDecl::Upstream { http, ws } => Arc::new(UpstreamDriver::new(http, ws, deadline, max_response)),
+                DriverDecl::Upstream(decl) => {
+                    let driver = Arc::new(UpstreamDriver::new(decl, deadline, max_response));
+                    tracker.spawn(driver.clone().check_health(shutdown.clone()));
+                    driver
+                }
+                DriverDecl::Process(decl) => Arc::new(ProcessDriver::new(
+                    decl.clone(),
+                    &plan.id,
+                    config.data_dir.join("nodes"),
+                    deadline,
+                    max_response,
+                    tracker.clone(),
+                    shutdown.clone(),
+                )),
             };
             by_plan.insert(plan.id.clone(), driver);
         }
@@ -115,6 +138,25 @@ impl Drivers {
     /// The driver of a plan.
     pub fn get(&self, plan_id: &str) -> Option<&Arc<dyn Driver>> {
         self.by_plan.get(plan_id)
+    }
+
+    /// Recovers every driver's nodes from the store's instances (see [`Driver::recover`]).
+    pub async fn recover(&self, store: &Store) -> Result<(), crate::store::StoreError> {
+        let instances = store.instances_not_deleted().await?;
+        let busy: Vec<String> = instances
+            .iter()
+            .filter(|i| matches!(i.state, InstanceState::Provisioning | InstanceState::Deprovisioning))
+            .map(|i| i.id.clone())
+            .collect();
+        for (plan_id, driver) in self.by_plan.iter() {
+            let live: Vec<InstanceSpec> = instances
+                .iter()
+                .filter(|i| &i.plan_id == plan_id && matches!(i.state, InstanceState::Ready | InstanceState::Updating))
+                .map(|i| spec_of(&i.id, &i.plan_id, i.parameters.as_deref()))
+                .collect();
+            driver.recover(&live, &busy).await;
+        }
+        Ok(())
     }
 }
 

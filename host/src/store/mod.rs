@@ -368,6 +368,12 @@ impl Store {
         Ok((instances, bindings))
     }
 
+    /// Every instance that is not a tombstone.
+    pub async fn instances_not_deleted(&self) -> Result<Vec<InstanceRow>> {
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE state <> 'deleted'");
+        sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(instance_from).collect()
+    }
+
     /// Counts of rows, for tests and metrics: (instances not deleted, operations, bindings, audit).
     pub async fn counts(&self) -> Result<(i64, i64, i64, i64)> {
         let row = sqlx::query(

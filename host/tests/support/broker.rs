@@ -76,6 +76,12 @@ impl Drop for TestDb {
 /// The test catalog, over the node at `node` (HTTP URL); plan `pending` points at
 /// `pending_port`, where nothing listens until a test starts a node there.
 pub fn test_config_toml(node: &str, pending_port: u16) -> String {
+    test_config_toml_with(node, pending_port, "")
+}
+
+/// [`test_config_toml`] with `extra_plans` (TOML `[[services.plans]]` tables) added to the first
+/// service.
+pub fn test_config_toml_with(node: &str, pending_port: u16, extra_plans: &str) -> String {
     let ws = node.replace("http://", "ws://");
     format!(
         r#"
@@ -143,6 +149,8 @@ name = "capped"
 description = "one instance at most"
 max_instances = 1
 driver = {{ kind = "upstream", http = ["{node}"] }}
+
+{extra_plans}
 
 [[services]]
 id = "{SERVICE2}"
@@ -349,5 +357,8 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if let Some(dir) = &self.dir {
+            crate::support::kill_nodes_under(dir.path());
+        }
     }
 }

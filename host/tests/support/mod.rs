@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 /// The anvil binary: `OVSB_ANVIL`, else the one `tests/run-all.sh` installs with npm.
-fn anvil_binary() -> PathBuf {
+pub fn anvil_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("OVSB_ANVIL") {
         return path.into();
     }
@@ -196,4 +196,32 @@ pub async fn rpc(url: &str, method: &str, params: Value) -> Value {
 /// A loopback port that was free a moment ago (for processes that must be told their port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Node processes (marked `OVSB_NODE`) whose working directory is under `dir`, by pid.
+pub fn nodes_under(dir: &std::path::Path) -> Vec<u32> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        if !environ.split(|b| *b == 0).any(|v| v.starts_with(b"OVSB_NODE=")) {
+            continue;
+        }
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+            .unwrap_or(true);
+        if !zombie && std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir)) {
+            found.push(pid);
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Kills (SIGKILL) every node process under `dir`: nodes outlive ovsb by design, tests clean up.
+pub fn kill_nodes_under(dir: &std::path::Path) {
+    for pid in nodes_under(dir) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
 }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Quick start, command 1: runs ovsb (broker + gateway) with the built-in quick-start
+# configuration (examples/quick-start.toml): SQLite under ./.ovsb, loopback listeners, and the
+# `ethereum-rpc` service whose `devnet` plan serves the anvil node this script starts on
+# 127.0.0.1:8545. Installs what it needs first (idempotently); Ctrl-C stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+anvil=tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+if [ ! -x "$anvil" ]; then
+    echo "==> installing anvil (pinned in tests/node/package-lock.json)"
+    (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
+fi
+
+anvil_pid=""
+cleanup() { if [ -n "$anvil_pid" ]; then kill "$anvil_pid" 2>/dev/null || true; wait "$anvil_pid" 2>/dev/null || true; fi; }
+trap cleanup EXIT INT TERM
+if (exec 3<>/dev/tcp/127.0.0.1/8545) 2>/dev/null; then
+    echo "==> a node already listens on 127.0.0.1:8545; using it"
+else
+    echo "==> starting anvil on 127.0.0.1:8545 (log: .ovsb/anvil.log)"
+    mkdir -p .ovsb
+    "$anvil" --host 127.0.0.1 --port 8545 >.ovsb/anvil.log 2>&1 &
+    anvil_pid=$!
+fi
+
+echo "==> building and starting ovsb (the first build takes several minutes)"
+cargo build --release -p ovsb --locked
+target/release/ovsb serve "$@"

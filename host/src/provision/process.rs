@@ -1,0 +1,635 @@
+//! The `process` driver: a dedicated node process per instance, from a command template.
+//!
+//! Owns: allocating each node a port and a data directory, starting it, probing it until it
+//! answers, supervising it (restart with backoff unless its exit code is marked deliberate),
+//! keeping its log bounded, stopping it (SIGTERM, then SIGKILL after a grace period) and
+//! removing its directory on deprovision.
+//!
+//! What it knows of a node lives in the node's own directory (`<data_dir>/nodes/<h>/node.json`,
+//! written before the process starts), and every node runs with `OVSB_NODE=<h>` in its
+//! environment. After an ovsb restart, [`ProcessDriver::recover`] adopts the node processes it
+//! finds by that marker (reading `/proc`), restarts the missing ones, stops duplicates and
+//! nodes of instances that no longer exist: never two nodes for one instance, never a leak.
+//! Nodes run in their own process group and outlive ovsb, so a restart of ovsb does not
+//! restart them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Driver, DriverError, InstanceSpec, Progress};
+use crate::config::ProcessDriverDecl;
+use crate::gateway::{UpstreamPool, UpstreamSettings};
+use crate::plugins::Call;
+
+/// The environment variable that marks a node process as ovsb's.
+pub const NODE_MARKER: &str = "OVSB_NODE";
+
+/// What is kept about a node, in its directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct NodeRecord {
+    instance_id: String,
+    port: u16,
+    argv: Vec<String>,
+}
+
+struct Node {
+    record: NodeRecord,
+    pool: Arc<UpstreamPool>,
+    /// Cancelled to stop supervising (before a deliberate stop).
+    stop: CancellationToken,
+    pid: Arc<Mutex<Option<u32>>>,
+}
+
+/// The driver of one plan.
+pub struct ProcessDriver {
+    decl: ProcessDriverDecl,
+    plan_id: String,
+    root: PathBuf,
+    deadline: Duration,
+    max_response_bytes: usize,
+    nodes: Mutex<HashMap<String, Node>>,
+    /// Serializes start, stop and port allocation.
+    lifecycle: tokio::sync::Mutex<()>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl ProcessDriver {
+    /// A driver whose nodes live under `root` (one directory per instance).
+    pub fn new(
+        decl: ProcessDriverDecl,
+        plan_id: &str,
+        root: PathBuf,
+        deadline: Duration,
+        max_response_bytes: usize,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let mut decl = decl;
+        // The node runs in its own directory: a relative program path is taken from ovsb's
+        // working directory now, not from the node's later.
+        if let Some(program) = decl.command.first_mut()
+            && program.contains('/')
+            && Path::new(program.as_str()).is_relative()
+            && let Ok(cwd) = std::env::current_dir()
+        {
+            *program = cwd.join(program.as_str()).display().to_string();
+        }
+        let _ = std::fs::create_dir_all(&root);
+        let root = root.canonicalize().unwrap_or(root);
+        ProcessDriver {
+            decl,
+            plan_id: plan_id.to_string(),
+            root,
+            deadline,
+            max_response_bytes,
+            nodes: Mutex::new(HashMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+            tracker,
+            shutdown,
+        }
+    }
+
+    fn dir_name(&self, instance_id: &str) -> String {
+        let digest = Sha256::digest(format!("{}\0{instance_id}", self.plan_id).as_bytes());
+        hex::encode(&digest[..12])
+    }
+
+    /// The `OVSB_NODE` value of an instance's node: unique per data directory too, so that two
+    /// ovsb on one machine never take each other's nodes.
+    fn marker(&self, instance_id: &str) -> String {
+        let digest = Sha256::digest(format!("{}\0{}", self.root.display(), self.dir_name(instance_id)).as_bytes());
+        hex::encode(&digest[..12])
+    }
+
+    fn dir(&self, instance_id: &str) -> PathBuf {
+        self.root.join(self.dir_name(instance_id))
+    }
+
+    fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Node>> {
+        self.nodes.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The command line of an instance's node, placeholders filled in.
+    fn argv(&self, spec: &InstanceSpec, port: u16) -> Result<Vec<String>, DriverError> {
+        let dir = self.dir(&spec.id).join("data");
+        let mut values: HashMap<String, String> = HashMap::new();
+        values.insert("port".into(), port.to_string());
+        values.insert("data_dir".into(), dir.display().to_string());
+        values.insert("instance_id".into(), spec.id.clone());
+        for (name, schema) in &self.decl.parameters {
+            let value = spec.parameters.get(name).cloned().or_else(|| {
+                schema.as_table().and_then(|t| t.get("default")).and_then(|d| serde_json::to_value(d).ok())
+            });
+            if let Some(value) = value {
+                let text = match value {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                values.insert(name.clone(), text);
+            }
+        }
+        self.decl
+            .command
+            .iter()
+            .map(|arg| {
+                fill(arg, &values).map_err(|name| DriverError(format!("the command needs a value for {{{name}}}")))
+            })
+            .collect()
+    }
+
+    fn read_record(&self, instance_id: &str) -> Option<NodeRecord> {
+        let text = std::fs::read_to_string(self.dir(instance_id).join("node.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn write_record(&self, record: &NodeRecord) -> Result<(), DriverError> {
+        let dir = self.dir(&record.instance_id);
+        std::fs::create_dir_all(dir.join("data"))
+            .map_err(|e| DriverError(format!("cannot create {}: {e}", dir.display())))?;
+        let tmp = dir.join("node.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(record).expect("a record serializes"))
+            .and_then(|()| std::fs::rename(&tmp, dir.join("node.json")))
+            .map_err(|e| DriverError(format!("cannot write the node record: {e}")))
+    }
+
+    /// A free port of the plan's range that no node of this driver holds.
+    fn allocate_port(&self) -> Result<u16, DriverError> {
+        let mut taken: HashSet<u16> = self.nodes().values().map(|n| n.record.port).collect();
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(entry.path().join("node.json"))
+                    && let Ok(record) = serde_json::from_str::<NodeRecord>(&text)
+                {
+                    taken.insert(record.port);
+                }
+            }
+        }
+        let [low, high] = self.decl.ports;
+        let span = u32::from(high - low) + 1;
+        let mut seed = [0u8; 4];
+        getrandom::fill(&mut seed).expect("the operating system's random source failed");
+        let start = u32::from_le_bytes(seed) % span;
+        for offset in 0..span {
+            let port = low + ((start + offset) % span) as u16;
+            if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+        Err(DriverError(format!("no free port left in {low}-{high}")))
+    }
+
+    fn pool_for(&self, port: u16) -> Arc<UpstreamPool> {
+        Arc::new(UpstreamPool::new(UpstreamSettings {
+            http: vec![format!("http://127.0.0.1:{port}").parse().expect("a loopback URL parses")],
+            ws: if self.decl.ws { vec![format!("ws://127.0.0.1:{port}")] } else { Vec::new() },
+            deadline: self.deadline,
+            max_response_bytes: self.max_response_bytes,
+        }))
+    }
+
+    /// Makes sure the instance's node runs (adopting one that already does) under supervision.
+    async fn ensure_running(
+        &self,
+        spec: &InstanceSpec,
+        progress: Option<&Progress>,
+    ) -> Result<Arc<UpstreamPool>, DriverError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        if let Some(node) = self.nodes().get(&spec.id) {
+            return Ok(node.pool.clone());
+        }
+        let record = match self.read_record(&spec.id) {
+            Some(record) => record,
+            None => {
+                let port = self.allocate_port()?;
+                let record = NodeRecord { instance_id: spec.id.clone(), port, argv: self.argv(spec, port)? };
+                self.write_record(&record)?;
+                record
+            }
+        };
+        let marker = self.marker(&spec.id);
+        let mut running = find_marked(&marker);
+        running.sort_unstable();
+        // Never two nodes for one instance: keep the oldest (lowest pid), stop the others.
+        for extra in running.iter().skip(1) {
+            tracing::warn!(instance = %spec.id, pid = extra, "stopping a duplicate node process");
+            stop_pid(*extra, Duration::from_millis(self.decl.stop_grace_ms)).await;
+        }
+        let adopted = running.first().copied();
+        if let Some(progress) = progress {
+            progress.report(&format!("starting the node on port {}", record.port)).await;
+        }
+        let pool = self.pool_for(record.port);
+        let node = Node {
+            record: record.clone(),
+            pool: pool.clone(),
+            stop: self.shutdown.child_token(),
+            pid: Arc::new(Mutex::new(adopted)),
+        };
+        let supervisor = Supervisor {
+            decl: self.decl.clone(),
+            record,
+            dir: self.dir(&spec.id),
+            marker,
+            stop: node.stop.clone(),
+            pid: node.pid.clone(),
+        };
+        let first_start =
+            supervisor.start_or_adopt(adopted).map_err(|e| DriverError(format!("cannot start the node: {e}")))?;
+        self.tracker.spawn(supervisor.run(first_start));
+        self.nodes().insert(spec.id.clone(), node);
+        Ok(pool)
+    }
+
+    async fn wait_ready(&self, pool: &UpstreamPool, port: u16, progress: &Progress) -> Result<(), DriverError> {
+        let probe = Call { method: "eth_chainId".into(), params: None };
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match pool.probe(0, &probe).await {
+                Ok(_) => return Ok(()),
+                Err(err) => {
+                    if attempt % 5 == 1 {
+                        progress
+                            .report(&format!(
+                                "waiting for the node on port {port} to answer (attempt {attempt}: {})",
+                                err.message
+                            ))
+                            .await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop_node(&self, instance_id: &str) {
+        let node = self.nodes().remove(instance_id);
+        let grace = Duration::from_millis(self.decl.stop_grace_ms);
+        if let Some(node) = node {
+            node.stop.cancel();
+            let pid = *node.pid.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(pid) = pid {
+                stop_pid(pid, grace).await;
+            }
+        }
+        // Whatever else carries the marker (a node started before a crash) goes too.
+        for pid in find_marked(&self.marker(instance_id)) {
+            stop_pid(pid, grace).await;
+        }
+    }
+
+    /// After a restart: adopt or restart the nodes of `live` instances, and stop and remove
+    /// the nodes of every other instance this driver has a directory for.
+    pub async fn recover_nodes(&self, live: &[InstanceSpec], busy: &[String]) {
+        let live_dirs: HashSet<String> = live
+            .iter()
+            .map(|s| s.id.as_str())
+            .chain(busy.iter().map(String::as_str))
+            .map(|id| self.dir_name(id))
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if live_dirs.contains(&name) {
+                    continue;
+                }
+                let Some(record) = self.read_record_in(&entry.path()) else { continue };
+                if self.dir_name(&record.instance_id) != name {
+                    continue;
+                }
+                tracing::warn!(instance = %record.instance_id, "removing the node of an instance that no longer exists");
+                self.stop_node(&record.instance_id).await;
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        for spec in live {
+            if let Err(err) = self.ensure_running(spec, None).await {
+                tracing::error!(instance = %spec.id, "cannot recover the node: {err}");
+            }
+        }
+    }
+
+    fn read_record_in(&self, dir: &Path) -> Option<NodeRecord> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("node.json")).ok()?).ok()
+    }
+}
+
+impl Driver for ProcessDriver {
+    fn provision<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move {
+            let pool = self.ensure_running(spec, Some(progress)).await?;
+            let port = self.nodes().get(&spec.id).map_or(0, |n| n.record.port);
+            self.wait_ready(&pool, port, progress).await
+        }
+        .boxed()
+    }
+
+    fn update<'a>(
+        &'a self,
+        _from: &'a InstanceSpec,
+        to: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move {
+            let current = self.read_record(&to.id);
+            let port = current.as_ref().map(|r| r.port);
+            let wanted = self.argv(to, port.unwrap_or(0))?;
+            if current.as_ref().is_some_and(|r| r.argv == wanted) {
+                // Only the chain changed: the node keeps running.
+                let pool = self.ensure_running(to, Some(progress)).await?;
+                return self.wait_ready(&pool, port.unwrap_or(0), progress).await;
+            }
+            progress.report("restarting the node with its new parameters").await;
+            self.stop_node(&to.id).await;
+            {
+                let _lifecycle = self.lifecycle.lock().await;
+                let port = match port {
+                    Some(port) => port,
+                    None => self.allocate_port()?,
+                };
+                let record = NodeRecord { instance_id: to.id.clone(), port, argv: self.argv(to, port)? };
+                self.write_record(&record)?;
+            }
+            let pool = self.ensure_running(to, Some(progress)).await?;
+            let port = self.nodes().get(&to.id).map_or(0, |n| n.record.port);
+            self.wait_ready(&pool, port, progress).await
+        }
+        .boxed()
+    }
+
+    fn deprovision<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move {
+            progress.report("stopping the node").await;
+            let _lifecycle = self.lifecycle.lock().await;
+            self.stop_node(&spec.id).await;
+            let dir = self.dir(&spec.id);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(DriverError(format!("cannot remove the node's directory: {e}"))),
+            }
+        }
+        .boxed()
+    }
+
+    fn upstream(&self, instance_id: &str) -> Option<Arc<UpstreamPool>> {
+        self.nodes().get(instance_id).map(|n| n.pool.clone())
+    }
+
+    fn recover<'a>(&'a self, live: &'a [InstanceSpec], busy: &'a [String]) -> BoxFuture<'a, ()> {
+        self.recover_nodes(live, busy).boxed()
+    }
+}
+
+/// Fills `{name}` placeholders; an unknown name is an error carrying it.
+fn fill(template: &str, values: &HashMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return Ok(out);
+        };
+        let name = &after[..close];
+        out.push_str(values.get(name).ok_or_else(|| name.to_string())?);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Placeholders a template uses.
+pub fn placeholders(template: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        names.push(after[..close].to_string());
+        rest = &after[close + 1..];
+    }
+    names
+}
+
+/// Process ids whose environment carries `OVSB_NODE=<marker>`.
+fn find_marked(marker: &str) -> Vec<u32> {
+    let needle = format!("{NODE_MARKER}={marker}");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) && is_alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn is_alive(pid: u32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return false };
+    if rustix::process::test_kill_process(pid).is_err() {
+        return false;
+    }
+    // A zombie has exited; only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
+        .map(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// SIGTERM, then SIGKILL once `grace` has passed.
+async fn stop_pid(pid: u32, grace: Duration) {
+    signal(pid, rustix::process::Signal::TERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if !is_alive(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(pid, rustix::process::Signal::KILL);
+    for _ in 0..100 {
+        if !is_alive(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Keeps one node alive.
+struct Supervisor {
+    decl: ProcessDriverDecl,
+    record: NodeRecord,
+    dir: PathBuf,
+    marker: String,
+    stop: CancellationToken,
+    pid: Arc<Mutex<Option<u32>>>,
+}
+
+enum Running {
+    Child(tokio::process::Child),
+    Adopted(u32),
+}
+
+impl Supervisor {
+    fn set_pid(&self, pid: Option<u32>) {
+        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = pid;
+    }
+
+    fn start_or_adopt(&self, adopted: Option<u32>) -> std::io::Result<Running> {
+        match adopted {
+            Some(pid) => {
+                tracing::info!(instance = %self.record.instance_id, pid, port = self.record.port, "adopted a running node");
+                Ok(Running::Adopted(pid))
+            }
+            None => self.spawn(),
+        }
+    }
+
+    fn spawn(&self) -> std::io::Result<Running> {
+        let log_path = self.dir.join("node.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let (program, args) = self.record.argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env(NODE_MARKER, &self.marker)
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C or SIGTERM meant for ovsb does not reach it.
+            .process_group(0)
+            .kill_on_drop(false);
+        let child = command.spawn()?;
+        let pid = child.id();
+        self.set_pid(pid);
+        tracing::info!(instance = %self.record.instance_id, pid, port = self.record.port, "node started");
+        Ok(Running::Child(child))
+    }
+
+    async fn run(self, first: Running) {
+        let mut running = first;
+        let mut backoff = Duration::from_millis(self.decl.restart_backoff_ms[0]);
+        let max_backoff = Duration::from_millis(self.decl.restart_backoff_ms[1]);
+        loop {
+            let started = tokio::time::Instant::now();
+            let exit = tokio::select! {
+                _ = self.stop.cancelled() => {
+                    // Our own child must be reaped; the driver sends the signals.
+                    if let Running::Child(mut child) = running {
+                        tokio::spawn(async move { let _ = child.wait().await; });
+                    }
+                    return;
+                }
+                exit = self.wait_exit(&mut running) => exit,
+            };
+            self.set_pid(None);
+            if self.stop.is_cancelled() {
+                return;
+            }
+            if let Some(code) = exit
+                && self.decl.deliberate_exit_codes.contains(&code)
+            {
+                tracing::info!(instance = %self.record.instance_id, code, "node exited deliberately; not restarting");
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(self.decl.restart_backoff_ms[0]);
+            }
+            tracing::warn!(instance = %self.record.instance_id, ?exit, ?backoff, "node exited; restarting");
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(max_backoff);
+            match self.spawn() {
+                Ok(next) => running = next,
+                Err(err) => {
+                    tracing::error!(instance = %self.record.instance_id, "cannot restart the node: {err}");
+                    running = Running::Adopted(0);
+                }
+            }
+        }
+    }
+
+    /// Waits for the node to exit, keeping its log within bounds meanwhile; the exit code if known.
+    async fn wait_exit(&self, running: &mut Running) -> Option<i32> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            match running {
+                Running::Child(child) => {
+                    tokio::select! {
+                        status = child.wait() => return status.ok().and_then(|s| s.code()),
+                        _ = tick.tick() => self.bound_log(),
+                    }
+                }
+                Running::Adopted(pid) => {
+                    tick.tick().await;
+                    self.bound_log();
+                    if *pid == 0 || !is_alive(*pid) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps `node.log` under `log_max_bytes`: the older half moves to `node.log.1`.
+    fn bound_log(&self) {
+        let path = self.dir.join("node.log");
+        let Ok(meta) = std::fs::metadata(&path) else { return };
+        if meta.len() <= self.decl.log_max_bytes {
+            return;
+        }
+        if let Ok(content) = std::fs::read(&path) {
+            let _ = std::fs::write(self.dir.join("node.log.1"), &content);
+            // The node appends (O_APPEND): after truncation its writes start at the new end.
+            if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) {
+                let _ = file.set_len(0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled_and_unknown_ones_named() {
+        let values: HashMap<String, String> =
+            [("port", "8545"), ("chain_id", "7")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(fill("--port={port}", &values).unwrap(), "--port=8545");
+        assert_eq!(fill("{chain_id}{port}", &values).unwrap(), "78545");
+        assert_eq!(fill("plain", &values).unwrap(), "plain");
+        assert_eq!(fill("{nope}", &values).unwrap_err(), "nope");
+        assert_eq!(placeholders("a {x} b {y}"), vec!["x", "y"]);
+    }
+}
