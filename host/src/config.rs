@@ -44,6 +44,9 @@ pub struct Config {
     /// The JSON-RPC listener.
     #[serde(default)]
     pub gateway: GatewaySettings,
+    /// The admin listener (health, readiness).
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// Asynchronous operations.
     #[serde(default)]
     pub operations: OperationSettings,
@@ -123,6 +126,21 @@ impl Default for GatewaySettings {
             max_connections: default_max_connections(),
             upstream_deadline_ms: default_upstream_deadline(),
         }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address of `/healthz` and `/readyz`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings { listen: default_admin_listen() }
     }
 }
 
@@ -376,6 +394,9 @@ impl Config {
         if let Some(v) = get("OVSB_GATEWAY_LISTEN") {
             self.gateway.listen = addr("OVSB_GATEWAY_LISTEN", v)?;
         }
+        if let Some(v) = get("OVSB_ADMIN_LISTEN") {
+            self.admin.listen = addr("OVSB_ADMIN_LISTEN", v)?;
+        }
         if let Some(v) = get("OVSB_DATABASE_URL") {
             self.database_url = v.clone();
         }
@@ -598,6 +619,9 @@ fn default_broker_listen() -> SocketAddr {
 }
 fn default_gateway_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8645))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
 }
 fn default_username() -> String {
     "ovsb".into()

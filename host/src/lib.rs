@@ -9,6 +9,7 @@
 //! - [`config`]: the one configuration tree (TOML, `OVSB_*` overrides, validation, catalog).
 //! - [`server`]: start-up order and every long-running task (`ovsb serve`).
 //! - [`broker`]: the OSB REST control plane (axum).
+//! - [`admin`]: the admin listener: `/healthz`, `/readyz`.
 //! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
 //! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
 //! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
@@ -21,6 +22,7 @@
 //! slow work → store → routes. Data plane: key → routing snapshot → plugin chain → node; it
 //! never touches the store.
 
+pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -67,6 +67,8 @@ pub struct Server {
     pub broker_addr: SocketAddr,
     /// Where the gateway listens.
     pub gateway_addr: SocketAddr,
+    /// Where the admin listener (health, readiness) listens.
+    pub admin_addr: SocketAddr,
     /// The store (tests inspect it).
     pub store: Store,
     /// The routing snapshot.
@@ -128,6 +130,9 @@ impl Server {
 
         let broker_listener = bind(config.broker.listen).await?;
         let gateway_listener = bind(config.gateway.listen).await?;
+        let admin_listener = bind(config.admin.listen).await?;
+        let admin_addr =
+            admin_listener.local_addr().map_err(|source| StartError::Listen { addr: config.admin.listen, source })?;
         let broker_addr =
             broker_listener.local_addr().map_err(|source| StartError::Listen { addr: config.broker.listen, source })?;
         let gateway_addr = gateway_listener
@@ -183,6 +188,19 @@ impl Server {
             });
         }
         {
+            let app = crate::admin::router(Arc::new(crate::admin::AdminState {
+                store: store.clone(),
+                routing: routing.clone(),
+            }));
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                let served = axum::serve(admin_listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+                if let Err(err) = served {
+                    tracing::error!("admin listener stopped: {err}");
+                }
+            });
+        }
+        {
             let app = crate::broker::router(state);
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
@@ -192,8 +210,8 @@ impl Server {
                 }
             });
         }
-        tracing::info!(broker = %broker_addr, gateway = %gateway_addr, store = ?store.backend(), %replica, "ovsb started");
-        Ok(Server { broker_addr, gateway_addr, store, routes, replica, shutdown, tracker, _lock: lock })
+        tracing::info!(broker = %broker_addr, gateway = %gateway_addr, admin = %admin_addr, store = ?store.backend(), %replica, "ovsb started");
+        Ok(Server { broker_addr, gateway_addr, admin_addr, store, routes, replica, shutdown, tracker, _lock: lock })
     }
 
     /// Asks every task to stop.

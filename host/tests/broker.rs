@@ -41,6 +41,7 @@ on_both_stores!(
     plugin_configuration_is_checked_at_provision,
     originating_identity_is_recorded_for_audit,
     a_restart_keeps_instances_bindings_and_routes,
+    the_admin_listener_reports_health_and_readiness,
 );
 
 const INSTANCE: &str = "/v2/service_instances";
@@ -794,4 +795,15 @@ async fn a_restart_keeps_instances_bindings_and_routes(db: Db) {
     let answer = rpc(again.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await;
     assert_eq!(answer["result"], "0x7a69", "{answer}");
     assert_eq!(broker.osb.call(Method::GET, &inst("s1"), None).await.status, 200);
+}
+
+/// The admin listener: `/healthz` and `/readyz` (the store answers, the routes are loaded).
+async fn the_admin_listener_reports_health_and_readiness(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let admin = broker.server.as_ref().unwrap().admin_addr;
+    for path in ["/healthz", "/readyz"] {
+        let resp = reqwest::get(format!("http://{admin}{path}")).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    assert_eq!(reqwest::get(format!("http://{admin}/v2/catalog")).await.unwrap().status(), 404, "no broker API here");
 }

@@ -258,7 +258,7 @@ impl ProcessDriver {
             match pool.probe(0, &probe).await {
                 Ok(_) => return Ok(()),
                 Err(err) => {
-                    if attempt % 5 == 1 {
+                    if attempt % 20 == 1 {
                         progress
                             .report(&format!(
                                 "waiting for the node on port {port} to answer (attempt {attempt}: {})",
@@ -268,7 +268,9 @@ impl ProcessDriver {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Poll fast while a node typically starts (anvil: ~0.1 s), then back off.
+            let pause = if attempt < 50 { 10 } else { 200 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 
@@ -621,6 +623,64 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decl(command: &[&str], deliberate: &[i32]) -> ProcessDriverDecl {
+        ProcessDriverDecl {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            ports: [40000, 40999],
+            ws: false,
+            stop_grace_ms: 500,
+            restart_backoff_ms: [10, 20],
+            deliberate_exit_codes: deliberate.to_vec(),
+            log_max_bytes: 4096,
+            parameters: toml::Table::new(),
+        }
+    }
+
+    fn supervisor(dir: &Path, decl: ProcessDriverDecl) -> Supervisor {
+        Supervisor {
+            record: NodeRecord { instance_id: "i".into(), port: 40000, argv: decl.command.clone() },
+            decl,
+            dir: dir.to_path_buf(),
+            marker: format!("unit-test-{}", crate::store::random_id()),
+            stop: CancellationToken::new(),
+            pid: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_that_exits_is_restarted_unless_its_exit_code_is_deliberate() {
+        let dir = tempfile::tempdir().unwrap();
+        // Exits 1 each time: restarted again and again (the count file grows).
+        let crashing = supervisor(dir.path(), decl(&["sh", "-c", "echo run >> count; exit 1"], &[3]));
+        let stop = crashing.stop.clone();
+        let first = crashing.spawn().unwrap();
+        let task = tokio::spawn(crashing.run(first));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stop.cancel();
+        task.await.unwrap();
+        let runs = std::fs::read_to_string(dir.path().join("count")).unwrap().lines().count();
+        assert!(runs >= 3, "restarted with backoff: {runs} runs");
+        // Exits 3, marked deliberate: run once, not restarted, the supervisor ends by itself.
+        let dir = tempfile::tempdir().unwrap();
+        let deliberate = supervisor(dir.path(), decl(&["sh", "-c", "echo run >> count; exit 3"], &[3]));
+        let first = deliberate.spawn().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), deliberate.run(first)).await.expect("the supervisor stops");
+        assert_eq!(std::fs::read_to_string(dir.path().join("count")).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn the_node_log_is_kept_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let supervisor = supervisor(dir.path(), decl(&["true"], &[]));
+        std::fs::write(dir.path().join("node.log"), vec![b'x'; 3000]).unwrap();
+        supervisor.bound_log();
+        assert_eq!(std::fs::metadata(dir.path().join("node.log")).unwrap().len(), 3000, "under the bound: kept");
+        std::fs::write(dir.path().join("node.log"), vec![b'y'; 5000]).unwrap();
+        supervisor.bound_log();
+        assert_eq!(std::fs::metadata(dir.path().join("node.log")).unwrap().len(), 0);
+        assert_eq!(std::fs::metadata(dir.path().join("node.log.1")).unwrap().len(), 5000, "the older part moved aside");
+    }
 
     #[test]
     fn placeholders_are_filled_and_unknown_ones_named() {

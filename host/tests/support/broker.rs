@@ -95,6 +95,9 @@ secret_key = "{SECRET_KEY}"
 listen = "127.0.0.1:0"
 upstream_deadline_ms = 2000
 
+[admin]
+listen = "127.0.0.1:0"
+
 [operations]
 lease_seconds = 3
 retry_after_seconds = 1
