@@ -34,6 +34,19 @@ enum Command {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file (syntax, keys, values, plugin files) without starting
+    /// anything; exits non-zero naming the line and key of the first problem.
+    Check {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +134,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
         Command::Serve { config } => serve(config).await,
+        Command::Config(ConfigCommand::Check { file }) => Ok(crate::config::Config::check_file(&file)?),
         Command::Plugin(PluginCommand::Serve { plugins, configs, upstreams, upstream_ws, listen, key }) => {
             serve_endpoint(plugins, configs, upstreams, upstream_ws, listen, key).await
         }

@@ -358,7 +358,43 @@ pub enum ConfigError {
 impl Config {
     /// Parses a TOML document (`origin` names it in errors).
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|err| ConfigError::Parse { path: origin.to_string(), message: err.to_string() })
+        toml::from_str(text).map_err(|err| {
+            let mut message = err.to_string();
+            if let Some(hint) = suggestion(&message) {
+                message.push_str(&hint);
+            }
+            ConfigError::Parse { path: origin.to_string(), message }
+        })
+    }
+
+    /// Checks a configuration file as `ovsb serve` would before binding any port: syntax, keys,
+    /// values, and that every plugin file is there with the configured SHA-256. Returns a summary.
+    pub fn check_file(path: &Path) -> Result<String, ConfigError> {
+        let config = Config::load(path)?;
+        config.validate()?;
+        for plugin in &config.plugins {
+            let bytes = std::fs::read(&plugin.path).map_err(|e| {
+                ConfigError::Invalid(format!("plugin {:?}: cannot read {}: {e}", plugin.name, plugin.path.display()))
+            })?;
+            if let Some(expected) = &plugin.sha256 {
+                use sha2::Digest as _;
+                let actual = hex::encode(sha2::Sha256::digest(&bytes));
+                if !expected.eq_ignore_ascii_case(&actual) {
+                    return Err(ConfigError::Invalid(format!(
+                        "plugin {:?}: sha256 of {} is {actual}, the configuration expects {expected}",
+                        plugin.name,
+                        plugin.path.display()
+                    )));
+                }
+            }
+        }
+        let plans: usize = config.services.iter().map(|s| s.plans.len()).sum();
+        Ok(format!(
+            "ok: {}: {} services, {plans} plans, {} plugins",
+            path.display(),
+            config.services.len(),
+            config.plugins.len()
+        ))
     }
 
     /// Reads and parses a file; plugin paths are made relative to its directory.
@@ -593,6 +629,19 @@ impl Config {
     }
 }
 
+/// For "unknown field `x`, expected one of `a`, `b`": the closest expected key, if close enough.
+fn suggestion(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|candidate| (strsim::jaro_winkler(unknown, candidate), candidate))
+        .max_by(|a, b| a.0.total_cmp(&b.0))?;
+    (best.0 > 0.8).then(|| format!("help: did you mean `{}`?", best.1))
+}
+
 /// Lowercase letters, digits and '-', not empty (what OSB checkers accept as names).
 fn is_slug(name: &str) -> bool {
     !name.is_empty()
@@ -702,6 +751,7 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("line 4") && err.contains("pasword"), "{err}");
+        assert!(err.contains("did you mean `password`?"), "{err}");
     }
 
     #[test]

@@ -119,3 +119,37 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn config_check_names_the_line_and_key_and_suggests_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    std::fs::write(&file, "data_dir = \"x\"\n\n[broker]\nlisten = \"127.0.0.1:1\"\npasword = \"x\"\n").unwrap();
+    let out = ovsb(&["config", "check", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 5") && stderr.contains("pasword"), "{stderr}");
+    assert!(stderr.contains("did you mean `password`?"), "{stderr}");
+    // A value that parses but cannot work.
+    std::fs::write(&file, "[gateway]\nmax_batch = 0\n").unwrap();
+    let out = ovsb(&["config", "check", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gateway limits"));
+    // A plugin whose file does not match its pinned digest.
+    let wasm = ovsb_test_artifacts::PASS_PLUGIN;
+    std::fs::write(&file, format!("[[plugins]]\nname = \"p\"\npath = \"{wasm}\"\nsha256 = \"{}\"\n", "0".repeat(64)))
+        .unwrap();
+    let out = ovsb(&["config", "check", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the configuration expects 000"), "{out:?}");
+}
+
+#[test]
+fn config_check_passes_the_example_configurations() {
+    for example in ["quick-start.toml"] {
+        let path = format!("{}/../examples/{example}", env!("CARGO_MANIFEST_DIR"));
+        let out = ovsb(&["config", "check", &path]);
+        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
+    }
+}
