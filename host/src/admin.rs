@@ -1,8 +1,9 @@
 //! The admin listener (`admin.listen`, `OVSB_ADMIN_LISTEN`): liveness and readiness for
 //! orchestrators and load balancers.
 //!
-//! Owns: `/healthz` (the process answers) and `/readyz` (the store answers and the routes have
-//! been loaded from it, so the gateway serves every instance). Must not: expose anything a
+//! Owns: `/metrics` (Prometheus / OpenMetrics text, see [`crate::telemetry`]), `/healthz` (the
+//! process answers) and `/readyz` (the store answers and the routes have been loaded from it, so
+//! the gateway serves every instance). Must not: expose anything a
 //! platform or dApp could use; it carries no credentials and listens on loopback by default.
 
 use std::sync::Arc;
@@ -25,7 +26,37 @@ pub struct AdminState {
 
 /// The admin router.
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready)).with_state(state)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl axum::response::IntoResponse {
+    use crate::telemetry::{InstanceLabels, StateLabels, metrics};
+    let m = metrics();
+    match state.store.instances_by_state().await {
+        Ok(counts) => {
+            for (state, n) in counts {
+                m.instances.get_or_create(&StateLabels { state }).set(n);
+            }
+        }
+        Err(err) => tracing::warn!("metrics: cannot count instances: {err}"),
+    }
+    let number = |kv: &crate::plugins::KvStore, key: &str| {
+        kv.get(key).and_then(|v| String::from_utf8(v).ok()).and_then(|s| s.parse::<i64>().ok())
+    };
+    for (instance, kv) in state.routing.kv_stores() {
+        let labels = InstanceLabels { instance: instance.as_str().into() };
+        if let Some(hits) = number(&kv, "cache:hits") {
+            m.cache_hits.get_or_create(&labels).set(hits);
+        }
+        if let Some(misses) = number(&kv, "cache:misses") {
+            m.cache_misses.get_or_create(&labels).set(misses);
+        }
+    }
+    ([(axum::http::header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)], m.encode())
 }
 
 async fn ready(State(state): State<Arc<AdminState>>) -> (StatusCode, &'static str) {

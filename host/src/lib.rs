@@ -9,7 +9,8 @@
 //! - [`config`]: the one configuration tree (TOML, `OVSB_*` overrides, validation, catalog).
 //! - [`server`]: start-up order and every long-running task (`ovsb serve`).
 //! - [`broker`]: the OSB REST control plane (axum).
-//! - [`admin`]: the admin listener: `/healthz`, `/readyz`.
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`telemetry`]: every metric, its name and labels.
 //! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
 //! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
 //! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
@@ -32,3 +33,4 @@ pub mod provision;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod telemetry;

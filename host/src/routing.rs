@@ -66,6 +66,12 @@ impl RouteSync {
         kv.entry(instance_id.to_string()).or_insert_with(|| Arc::new(KvStore::new(KvLimits::default()))).clone()
     }
 
+    /// Every live instance's key-value store.
+    pub fn kv_stores(&self) -> Vec<(String, Arc<KvStore>)> {
+        let kv = self.kv.lock().unwrap_or_else(|poison| poison.into_inner());
+        kv.iter().map(|(id, store)| (id.clone(), store.clone())).collect()
+    }
+
     /// The chain an instance runs: its parameters' `plugins`, or its plan's default.
     pub fn chain_elements(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Vec<ChainElement> {
         if let Some(plugins) = parameters.and_then(|p| p.get("plugins"))

@@ -806,4 +806,30 @@ async fn the_admin_listener_reports_health_and_readiness(db: Db) {
         assert_eq!(resp.status(), 200, "{path}");
     }
     assert_eq!(reqwest::get(format!("http://{admin}/v2/catalog")).await.unwrap().status(), 404, "no broker API here");
+
+    // /metrics: the counters move after calls.
+    let id = format!("metrics-{db:?}");
+    broker.osb.ready_instance(&id, PLAN_SHARED, None).await;
+    let bound = broker.osb.bind(&id, "k", PLAN_SHARED).await;
+    let uri = bound.body["credentials"]["uri"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        rpc(&uri, "eth_chainId", json!([])).await;
+    }
+    rpc(&uri, "eth_nope", json!([])).await;
+    let resp = reqwest::get(format!("http://{admin}/metrics")).await.unwrap();
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = resp.text().await.unwrap();
+    let line = format!(r#"ovsb_rpc_calls_total{{instance="{id}",method="eth_chainId",outcome="ok"}} 3"#);
+    assert!(text.contains(&line), "{line} in\n{text}");
+    let line = format!(r#"ovsb_rpc_calls_total{{instance="{id}",method="eth_nope",outcome="error"}} 1"#);
+    assert!(text.contains(&line), "{line}");
+    assert!(text.contains(&format!(r#"ovsb_rpc_call_duration_seconds_count{{instance="{id}"}} 4"#)), "{text}");
+    assert!(
+        text.contains(
+            r#"ovsb_broker_requests_total{endpoint="/v2/service_instances/{instance_id}",method="PUT",status="202"}"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"ovsb_instances{state="ready"}"#), "{text}");
+    assert!(text.ends_with("# EOF\n"));
 }

@@ -94,12 +94,26 @@ pub fn router(state: Arc<BrokerState>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, None, "method not allowed on this endpoint")
         })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::from_fn(count_request))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
 async fn catalog(State(state): State<Arc<BrokerState>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], state.catalog.body().to_string()).into_response()
+}
+
+/// Counts every request by route template, method and status.
+async fn count_request(request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    let labels = crate::telemetry::BrokerLabels { endpoint, method, status: response.status().as_u16() };
+    crate::telemetry::metrics().broker_requests.get_or_create(&labels).inc();
+    response
 }
 
 /// What the guard learned about a request, for handlers and the audit log.

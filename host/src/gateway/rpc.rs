@@ -119,14 +119,18 @@ where
                 Err(outcome) => response(req.id, outcome, self.state.max_response_bytes),
             };
         }
+        let started = std::time::Instant::now();
         let outcome = run(&self.state, &route, call).await;
+        record(&route, &req.method, &outcome, started);
         response(req.id, outcome, self.state.max_response_bytes)
     }
 
     async fn notify(self, n: Notification<'_>) {
         if let Some(route) = self.state.route(&n.extensions) {
             let call = Call { method: n.method.to_string(), params: n.params.as_ref().map(|p| p.get().to_string()) };
-            let _ = run(&self.state, &route, call).await;
+            let started = std::time::Instant::now();
+            let outcome = run(&self.state, &route, call).await;
+            record(&route, &n.method, &outcome, started);
         }
     }
 }
@@ -182,6 +186,29 @@ where
             MethodResponse::notification()
         }
     }
+}
+
+/// Counts a finished call in the metrics, classified by blame.
+fn record(route: &Route, method: &str, outcome: &Outcome, started: std::time::Instant) {
+    let class = match outcome {
+        Ok(_) => "ok",
+        Err(err)
+            if err.code == crate::plugins::PLUGIN_FAILURE_CODE
+                && err.data.as_deref().is_some_and(|d| d.contains("\"reason\"")) =>
+        {
+            "plugin_failure"
+        }
+        Err(err)
+            if matches!(
+                err.code,
+                errors::UPSTREAM_UNAVAILABLE | errors::DEADLINE_EXCEEDED | errors::SEND_OUTCOME_UNKNOWN
+            ) =>
+        {
+            "upstream_error"
+        }
+        Err(_) => "error",
+    };
+    crate::telemetry::metrics().record_call(&route.instance.instance_id, method, class, started.elapsed());
 }
 
 fn upstream_of(route: &Route) -> Arc<dyn Upstream> {

@@ -175,10 +175,13 @@ impl UpstreamPool {
     pub async fn send(&self, call: &Call) -> Outcome {
         match tokio::time::timeout(self.deadline, self.send_with_failover(call)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(rpc_error(
-                errors::DEADLINE_EXCEEDED,
-                format!("the node did not answer within {} ms", self.deadline.as_millis()),
-            )),
+            Err(_) => {
+                crate::telemetry::metrics().upstream_error("timeout");
+                Err(rpc_error(
+                    errors::DEADLINE_EXCEEDED,
+                    format!("the node did not answer within {} ms", self.deadline.as_millis()),
+                ))
+            }
         }
     }
 
@@ -193,10 +196,12 @@ impl UpstreamPool {
             match self.attempt(index, body.clone()).await {
                 Ok(outcome) => return outcome,
                 Err(AttemptError::NotSent(reason)) => {
+                    crate::telemetry::metrics().upstream_error("connect");
                     self.mark_down(index);
                     last = reason;
                 }
                 Err(AttemptError::Failed(reason)) => {
+                    crate::telemetry::metrics().upstream_error("failed");
                     self.mark_down(index);
                     if send {
                         tracing::warn!(method = %call.method, "upstream failed after a transaction was sent: {reason}");

@@ -51,7 +51,10 @@ impl Chain {
         };
         for (index, call) in inbound.forwarded.iter().rev() {
             let entry = &self.entries[*index];
-            match entry.pool.on_result(ctx, call, &outcome, upstream).await {
+            let started = std::time::Instant::now();
+            let result = entry.pool.on_result(ctx, call, &outcome, upstream).await;
+            crate::telemetry::metrics().record_plugin(entry.pool.plugin_label(), "on_result", started.elapsed());
+            match result {
                 Ok(next) => outcome = next,
                 Err(failure) if entry.fail_open => log_skipped(&failure, ctx),
                 Err(failure) => outcome = Err(failure.to_rpc_error()),
@@ -84,7 +87,10 @@ impl Chain {
                 }
                 continue;
             }
-            match entry.pool.on_call(ctx, current, upstream).await {
+            let started = std::time::Instant::now();
+            let result = entry.pool.on_call(ctx, current, upstream).await;
+            crate::telemetry::metrics().record_plugin(entry.pool.plugin_label(), "on_call", started.elapsed());
+            match result {
                 Ok(Decision::Forward(next)) if hooks.contains(Hooks::ON_RESULT) => {
                     inbound.rewritten = None;
                     inbound.forwarded.push((index, next));

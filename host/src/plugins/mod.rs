@@ -119,6 +119,11 @@ impl LoadedPlugin {
         &self.name
     }
 
+    /// The name, shared.
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// SHA-256 of the component's bytes, hex-encoded.
     pub fn sha256(&self) -> String {
         hex::encode(self.digest)

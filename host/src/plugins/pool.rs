@@ -148,6 +148,11 @@ impl InstancePool {
         self.plugin.name()
     }
 
+    /// The plugin's name, shared (a metrics label).
+    pub fn plugin_label(&self) -> &Arc<str> {
+        self.plugin.name_arc()
+    }
+
     /// The configuration (JSON text) every copy was configured with.
     pub fn config(&self) -> &str {
         &self.config

@@ -374,6 +374,13 @@ impl Store {
         sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(instance_from).collect()
     }
 
+    /// Number of instances in each state (tombstones included as `deleted`).
+    pub async fn instances_by_state(&self) -> Result<Vec<(String, i64)>> {
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM instances GROUP BY state").fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok((row.try_get("state")?, row.try_get("n")?))).collect()
+    }
+
     /// Counts of rows, for tests and metrics: (instances not deleted, operations, bindings, audit).
     pub async fn counts(&self) -> Result<(i64, i64, i64, i64)> {
         let row = sqlx::query(
