@@ -51,6 +51,18 @@ enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
+    /// Create a new plugin crate NAME (in --dir) that builds with `cargo build --release --target
+    /// wasm32-wasip2` and passes `cargo test` as it is.
+    New {
+        /// The crate name (lowercase letters, digits, '-', '_').
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The plugin-sdk directory of an ovsb clone (default: the one this ovsb was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Load a plugin, check that it implements ovsb:plugin@0.1.0, and run its `configure`.
     Check {
         /// The plugin's `.wasm` component.
@@ -135,6 +147,14 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Config(ConfigCommand::Check { file }) => Ok(crate::config::Config::check_file(&file)?),
+        Command::Plugin(PluginCommand::New { name, dir, sdk }) => {
+            let sdk = sdk.unwrap_or_else(crate::scaffold::default_sdk_path);
+            let root = crate::scaffold::new_plugin(&name, &dir, &sdk)?;
+            Ok(format!(
+                "created {0}\n  build: cd {0} && cargo build --release --target wasm32-wasip2\n  test:  cd {0} && cargo test",
+                root.display()
+            ))
+        }
         Command::Plugin(PluginCommand::Serve { plugins, configs, upstreams, upstream_ws, listen, key }) => {
             serve_endpoint(plugins, configs, upstreams, upstream_ws, listen, key).await
         }

@@ -6,6 +6,7 @@
 //!
 //! ## Layout
 //! - [`cli`]: the `ovsb` command line.
+//! - [`scaffold`]: the template of `ovsb plugin new`.
 //! - [`config`]: the one configuration tree (TOML, `OVSB_*` overrides, validation, catalog).
 //! - [`server`]: start-up order and every long-running task (`ovsb serve`).
 //! - [`broker`]: the OSB REST control plane (axum).
@@ -31,6 +32,7 @@ pub mod gateway;
 pub mod plugins;
 pub mod provision;
 pub mod routing;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod telemetry;

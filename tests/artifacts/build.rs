@@ -16,9 +16,17 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out_dir.join("wasm-target");
 
-    for path in
-        ["wit", "plugin-sdk/src", "plugin-sdk/Cargo.toml", "tests/test-plugin", "tests/pass-plugin", "Cargo.lock"]
-    {
+    for path in [
+        "wit",
+        "plugin-sdk/src",
+        "plugin-sdk/Cargo.toml",
+        "tests/test-plugin",
+        "tests/pass-plugin",
+        "Cargo.lock",
+        "examples/hello-plugin/src",
+        "examples/hello-plugin/Cargo.toml",
+        "examples/hello-plugin/Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 
@@ -39,6 +47,22 @@ fn main() {
     let status = cmd.status().expect("run cargo to build the test plugins");
     assert!(status.success(), "building the test plugins for wasm32-wasip2 failed (see the output above)");
 
+    // The example plugin is a workspace of its own (as `ovsb plugin new` makes them): built by
+    // its manifest, with its own lock file, so that the example cannot rot.
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut example = Command::new(cargo);
+    example
+        .current_dir(root.join("examples/hello-plugin"))
+        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(&target_dir);
+    for var in
+        ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"]
+    {
+        example.env_remove(var);
+    }
+    let status = example.status().expect("run cargo to build examples/hello-plugin");
+    assert!(status.success(), "building examples/hello-plugin for wasm32-wasip2 failed (see the output above)");
+
     let mut generated = String::new();
     for (constant, krate) in GUESTS {
         let wasm = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", krate.replace('-', "_")));
@@ -46,6 +70,10 @@ fn main() {
         writeln!(generated, "/// Path of the `{krate}` component.").unwrap();
         writeln!(generated, "pub const {constant}: &str = {:?};", wasm.display().to_string()).unwrap();
     }
+    let hello = target_dir.join("wasm32-wasip2/release/hello_plugin.wasm");
+    assert!(hello.exists(), "expected {} after the build", hello.display());
+    writeln!(generated, "/// Path of the `examples/hello-plugin` component.").unwrap();
+    writeln!(generated, "pub const HELLO_PLUGIN: &str = {:?};", hello.display().to_string()).unwrap();
     std::fs::write(out_dir.join("artifacts.rs"), generated).expect("write artifacts.rs");
 }
 

@@ -1,0 +1,191 @@
+//! `ovsb plugin new NAME`: a new plugin crate that builds with `cargo build --release --target
+//! wasm32-wasip2` and passes its own `cargo test` out of the box.
+//!
+//! Owns: the template. The plugin it makes answers a new method, `hello_world`, and passes every
+//! other call through; its test runs natively through the SDK's mock host.
+
+use std::path::{Path, PathBuf};
+
+/// Why a plugin crate could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaffoldError {
+    /// The name cannot be a crate name.
+    #[error("plugin name {0:?} must be lowercase letters, digits, '-' or '_', starting with a letter")]
+    Name(String),
+    /// The directory exists already.
+    #[error("{0} exists already; choose another name or directory")]
+    Exists(PathBuf),
+    /// The SDK was not found.
+    #[error("the plugin SDK is not at {0}; pass --sdk PATH (the plugin-sdk directory of an ovsb clone)")]
+    Sdk(PathBuf),
+    /// Writing failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The SDK this binary was built with (the `plugin-sdk` directory next to `host`).
+pub fn default_sdk_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk")
+}
+
+/// Creates the crate `dir/name`; returns its directory.
+pub fn new_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64;
+    if !valid {
+        return Err(ScaffoldError::Name(name.to_string()));
+    }
+    let sdk = sdk.canonicalize().map_err(|_| ScaffoldError::Sdk(sdk.to_path_buf()))?;
+    if !sdk.join("Cargo.toml").exists() {
+        return Err(ScaffoldError::Sdk(sdk));
+    }
+    let root = dir.join(name);
+    if root.exists() {
+        return Err(ScaffoldError::Exists(root));
+    }
+    let type_name: String = name
+        .split(['-', '_'])
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map(|c| c.to_ascii_uppercase()).into_iter().chain(chars).collect::<String>()
+        })
+        .collect();
+    let files = [
+        ("Cargo.toml", cargo_toml(name, &sdk)),
+        ("src/lib.rs", LIB_RS.replace("{name}", name).replace("{Type}", &type_name)),
+        (".gitignore", "/target\n".to_string()),
+    ];
+    for (file, content) in files {
+        let path = root.join(file);
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, &content)
+        };
+        write().map_err(|source| ScaffoldError::Write { path: path.clone(), source })?;
+    }
+    Ok(root)
+}
+
+fn cargo_toml(name: &str, sdk: &Path) -> String {
+    format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+# cdylib: the wasm component ovsb loads; rlib: for `cargo test`.
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+ovsb-plugin-sdk = {{ path = "{sdk}" }}
+serde = {{ version = "1", features = ["derive"] }}
+
+# A plugin is a workspace of its own, wherever it lives.
+[workspace]
+
+[profile.release]
+opt-level = "s"
+lto = true
+strip = true
+"#,
+        sdk = sdk.display()
+    )
+}
+
+const LIB_RS: &str = r##"//! `{name}`: an ovsb plugin.
+//!
+//! It answers a new method, `hello_world`, itself, and passes every other call on untouched.
+//! Configuration (optional): `{"greeting": "text"}` (default `"hello"`).
+//!
+//! Build: `cargo build --release --target wasm32-wasip2` → `target/wasm32-wasip2/release/*.wasm`.
+//! Test: `cargo test` (natively, with the SDK's mock host).
+//! Try: `ovsb plugin call target/wasm32-wasip2/release/<crate>.wasm --method hello_world`.
+
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default = "default_greeting")]
+    greeting: String,
+}
+
+fn default_greeting() -> String {
+    "hello".to_string()
+}
+
+/// The plugin: one copy per warm instance, configured once.
+pub struct {Type} {
+    greeting: String,
+}
+
+impl Plugin for {Type} {
+    fn configure(config: Config) -> Result<Self, String> {
+        let settings = if config.as_json() == "null" {
+            Settings { greeting: default_greeting() }
+        } else {
+            config.parse::<Settings>()?
+        };
+        if settings.greeting.is_empty() {
+            return Err("invalid configuration: greeting must not be empty".to_string());
+        }
+        Ok({Type} { greeting: settings.greeting })
+    }
+
+    /// Only `on_call`: ovsb then never calls `on_result` for this plugin.
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_CALL
+    }
+
+    fn on_call(&mut self, ctx: &Context, call: Call) -> Decision {
+        if call.method == "hello_world" {
+            return Decision::respond_ok(&format!("{} from {}", self.greeting, ctx.instance_id()));
+        }
+        Decision::Forward(call)
+    }
+}
+
+ovsb_plugin_sdk::export_plugin!({Type});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ovsb_plugin_sdk::testing::{Harness, MockHost};
+
+    #[test]
+    fn hello_world_is_answered_by_the_plugin() {
+        let host = MockHost::current();
+        let mut harness = Harness::<{Type}>::new(r#"{"greeting": "hi"}"#).unwrap();
+        assert_eq!(harness.call("hello_world", None), Ok(r#""hi from test-instance""#.to_string()));
+        assert!(host.upstream_calls().is_empty(), "answered without the node");
+    }
+
+    #[test]
+    fn other_calls_go_to_the_node() {
+        let host = MockHost::current();
+        host.set_upstream(|_| Ok("\"0x1\"".to_string()));
+        let mut harness = Harness::<{Type}>::new("null").unwrap();
+        assert_eq!(harness.call("eth_chainId", None), Ok("\"0x1\"".to_string()));
+        assert_eq!(host.upstream_calls()[0].method, "eth_chainId");
+    }
+
+    #[test]
+    fn a_bad_configuration_is_refused_with_a_message() {
+        let err = Harness::<{Type}>::new(r#"{"greeting": ""}"#).err().unwrap();
+        assert!(err.contains("greeting"), "{err}");
+        let err = Harness::<{Type}>::new(r#"{"greting": "x"}"#).err().unwrap();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}
+"##;
