@@ -41,8 +41,8 @@
 //! nobody changed it in between, else reads again (at most 16 attempts). So under concurrency no
 //! more calls get through than the bucket allows. An entry expires when its bucket is full again,
 //! so idle bindings cost no space. Time comes from the host's clock (`now-ms`); if the clock
-//! steps back, a bucket is treated as empty (not as full) until the clock catches up with one
-//! token's time.
+//! steps back, a bucket is stored as empty (its next token one token's time away) rather than
+//! blocked until the clock catches up.
 //!
 //! Only the `on-call` hook is declared.
 
