@@ -24,6 +24,11 @@ else
     anvil_pid=$!
 fi
 
+echo "==> building the first-party plugins (wasm32-wasip2)"
+rustup target add wasm32-wasip2
+cargo build --release --locked --target wasm32-wasip2 \
+    -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache -p ovsb-plugin-eth-extras
+
 echo "==> building and starting ovsb (the first build takes several minutes)"
 cargo build --release -p ovsb --locked
 target/release/ovsb serve "$@"

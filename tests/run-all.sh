@@ -26,6 +26,10 @@ fi
 pg_isready -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not running on 127.0.0.1:5432 and could not be started" >&2; exit 1; }
 psql "$OVSB_TEST_POSTGRES_URL" -qAtc "select 'PostgreSQL ' || current_setting('server_version')"
 
+step "first-party plugins (the example configurations load them from target/wasm32-wasip2/release)"
+cargo build --release --locked --target wasm32-wasip2 \
+    -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache -p ovsb-plugin-eth-extras
+
 step "lint: rustfmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -22,6 +22,8 @@ pub struct AdminState {
     pub store: Store,
     /// The route synchronizer.
     pub routing: Arc<RouteSync>,
+    /// Names of the configured plugins (a plugin's key-value namespace is `<name>/`).
+    pub plugin_names: Vec<String>,
 }
 
 /// The admin router.
@@ -49,10 +51,16 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl axum::response::I
     };
     for (instance, kv) in state.routing.kv_stores() {
         let labels = InstanceLabels { instance: instance.as_str().into() };
-        if let Some(hits) = number(&kv, "cache:hits") {
+        // Whatever name the operator gave the cache plugin: its counters live in its namespace.
+        let sum = |key: &str| -> Option<i64> {
+            let values: Vec<i64> =
+                state.plugin_names.iter().filter_map(|name| number(&kv, &format!("{name}/{key}"))).collect();
+            (!values.is_empty()).then(|| values.iter().sum())
+        };
+        if let Some(hits) = sum("cache:hits") {
             m.cache_hits.get_or_create(&labels).set(hits);
         }
-        if let Some(misses) = number(&kv, "cache:misses") {
+        if let Some(misses) = sum("cache:misses") {
             m.cache_misses.get_or_create(&labels).set(misses);
         }
     }

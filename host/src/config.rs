@@ -185,6 +185,10 @@ pub struct PluginDecl {
     /// Expected SHA-256 of the file, hex; a mismatch refuses to load.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// A JSON Schema file of the plugin's configuration, published in the catalog (relative
+    /// paths are relative to the config file). The plugin's own `configure` stays the judge.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
 }
 
 /// A service offering.
@@ -403,19 +407,37 @@ impl Config {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut config = Config::from_toml(&text, &path.display().to_string())?;
         if let Some(dir) = path.parent() {
-            for plugin in &mut config.plugins {
-                if plugin.path.is_relative() {
-                    plugin.path = dir.join(&plugin.path);
-                }
-            }
+            config.resolve_paths(dir);
         }
         Ok(config)
     }
 
-    /// The quick-start configuration: loopback listeners, SQLite under `./.ovsb`, and the
-    /// `ethereum-rpc` service whose `devnet` plan attaches to a node on 127.0.0.1:8545.
+    /// The quick-start configuration (`examples/quick-start.toml`, built in): loopback
+    /// listeners, SQLite under `./.ovsb`, the `ethereum-rpc` service with its `devnet` and
+    /// `shared` plans, and the first-party plugins. Plugin paths are resolved as if the file were
+    /// read from the `examples/` directory of the source tree this binary was built from.
     pub fn quick_start() -> Config {
-        Config::from_toml(QUICK_START, "built-in quick-start configuration").expect("the built-in configuration parses")
+        let mut config = Config::from_toml(QUICK_START, "built-in quick-start configuration")
+            .expect("the built-in configuration parses");
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        if examples.is_dir() {
+            config.resolve_paths(&examples);
+        }
+        config
+    }
+
+    /// Makes relative plugin and schema paths relative to `dir`.
+    fn resolve_paths(&mut self, dir: &Path) {
+        for plugin in &mut self.plugins {
+            if plugin.path.is_relative() {
+                plugin.path = dir.join(&plugin.path);
+            }
+            if let Some(schema) = &mut plugin.schema
+                && schema.is_relative()
+            {
+                *schema = dir.join(&*schema);
+            }
+        }
     }
 
     /// Applies the `OVSB_*` variables found in `env` (pass `std::env::vars()` collected, or a map in tests).

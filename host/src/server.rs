@@ -125,8 +125,9 @@ impl Server {
             .map_err(|err| StartError::Plugins(err.to_string()))?
             .map_err(|err| StartError::Plugins(err.to_string()))?;
 
-        let catalog =
-            Catalog::new(&config, &registry.names()).map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
+        let plugin_names = registry.names();
+        let catalog = Catalog::new(&config, &plugin_names, registry.schemas())
+            .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
 
         let broker_listener = bind(config.broker.listen).await?;
         let gateway_listener = bind(config.gateway.listen).await?;
@@ -191,6 +192,7 @@ impl Server {
             let app = crate::admin::router(Arc::new(crate::admin::AdminState {
                 store: store.clone(),
                 routing: routing.clone(),
+                plugin_names,
             }));
             let shutdown = shutdown.clone();
             tracker.spawn(async move {

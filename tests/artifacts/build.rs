@@ -8,7 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (constant name, crate name) of every guest this crate builds.
-const GUESTS: &[(&str, &str)] = &[("TEST_PLUGIN", "ovsb-test-plugin"), ("PASS_PLUGIN", "ovsb-pass-plugin")];
+const GUESTS: &[(&str, &str)] = &[
+    ("TEST_PLUGIN", "ovsb-test-plugin"),
+    ("PASS_PLUGIN", "ovsb-pass-plugin"),
+    ("METHOD_FILTER_PLUGIN", "ovsb-plugin-method-filter"),
+    ("RATE_LIMIT_PLUGIN", "ovsb-plugin-rate-limit"),
+    ("CACHE_PLUGIN", "ovsb-plugin-cache"),
+    ("ETH_EXTRAS_PLUGIN", "ovsb-plugin-eth-extras"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -22,6 +29,7 @@ fn main() {
         "plugin-sdk/Cargo.toml",
         "tests/test-plugin",
         "tests/pass-plugin",
+        "plugins",
         "Cargo.lock",
         "examples/hello-plugin/src",
         "examples/hello-plugin/Cargo.toml",

@@ -1,7 +1,7 @@
 //! The catalog: the JSON `GET /v2/catalog` returns, and the parameter schemas requests are
 //! validated against. Built once from the configuration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value, json};
 
@@ -39,7 +39,11 @@ pub struct Catalog {
 
 impl Catalog {
     /// Builds the catalog; `plugin_names` are the plugins instances may name.
-    pub fn new(config: &Config, plugin_names: &[String]) -> Result<Catalog, String> {
+    pub fn new(
+        config: &Config,
+        plugin_names: &[String],
+        plugin_schemas: &BTreeMap<String, Value>,
+    ) -> Result<Catalog, String> {
         let binding_schema = binding_parameters_schema();
         let mut plans = HashMap::new();
         let mut services = HashMap::new();
@@ -51,7 +55,10 @@ impl Catalog {
                     crate::config::DriverDecl::Process(decl) => Some(&decl.parameters),
                     crate::config::DriverDecl::Upstream(_) => None,
                 };
-                let instance_schema = instance_parameters_schema(plugin_names, driver_parameters);
+                // Validation uses the schema without the plugins' own config schemas: each
+                // plugin's `configure` then judges its config, with a message naming the field.
+                let instance_schema = instance_parameters_schema(plugin_names, driver_parameters, None);
+                let published = instance_parameters_schema(plugin_names, driver_parameters, Some(plugin_schemas));
                 let plan_updateable = plan.plan_updateable.unwrap_or(service.plan_updateable);
                 let mut entry = json!({
                     "id": plan.id,
@@ -63,8 +70,8 @@ impl Catalog {
                     "maximum_polling_duration": plan.maximum_polling_duration,
                     "schemas": {
                         "service_instance": {
-                            "create": {"parameters": instance_schema},
-                            "update": {"parameters": instance_schema},
+                            "create": {"parameters": published},
+                            "update": {"parameters": published},
                         },
                         "service_binding": {"create": {"parameters": binding_schema}},
                     },
@@ -170,7 +177,11 @@ fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
 
 /// Instance parameters: `{"plugins": [{"name", "config", "fail_open"}]}`, the driver's own
 /// parameters (e.g. a node's chain id), and nothing else.
-fn instance_parameters_schema(plugin_names: &[String], driver_parameters: Option<&toml::Table>) -> Value {
+fn instance_parameters_schema(
+    plugin_names: &[String],
+    driver_parameters: Option<&toml::Table>,
+    plugin_schemas: Option<&BTreeMap<String, Value>>,
+) -> Value {
     let mut name = json!({"type": "string", "description": "A plugin the operator made available"});
     if !plugin_names.is_empty() {
         name["enum"] = json!(plugin_names);
@@ -192,6 +203,24 @@ fn instance_parameters_schema(plugin_names: &[String], driver_parameters: Option
     });
     if plugin_names.is_empty() {
         plugins["maxItems"] = json!(0);
+    }
+    // Each plugin's config schema, for the platform's UI: the entry naming plugin P has P's config.
+    if let Some(schemas) = plugin_schemas.filter(|s| !s.is_empty()) {
+        let mut by_plugin: Vec<Value> = plugin_names
+            .iter()
+            .map(|name| match schemas.get(name) {
+                Some(schema) => {
+                    let mut schema = schema.clone();
+                    if let Some(object) = schema.as_object_mut() {
+                        object.remove("$schema");
+                    }
+                    json!({"properties": {"name": {"enum": [name]}, "config": schema}})
+                }
+                None => json!({"properties": {"name": {"enum": [name]}}}),
+            })
+            .collect();
+        by_plugin.sort_by_key(|v| v["properties"]["name"]["enum"][0].as_str().map(str::to_string));
+        plugins["items"]["anyOf"] = json!(by_plugin);
     }
     let mut properties = json!({ "plugins": plugins });
     for (name, schema) in driver_parameters.into_iter().flatten() {

@@ -31,6 +31,16 @@ pub enum LoadError {
         /// What the compiler said.
         reason: String,
     },
+    /// The plugin's configuration schema file is missing or not a JSON Schema object.
+    #[error("plugin `{name}`: schema {path}: {reason}")]
+    Schema {
+        /// The plugin's name.
+        name: String,
+        /// The schema file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The file is not the one the configuration pinned.
     #[error("plugin `{name}`: sha256 is {actual}, the configuration expects {expected}")]
     Digest {

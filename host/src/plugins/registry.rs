@@ -27,6 +27,7 @@ pub enum ChainError {
 pub struct Registry {
     runtime: PluginRuntime,
     plugins: Arc<HashMap<String, Arc<LoadedPlugin>>>,
+    schemas: Arc<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 impl Registry {
@@ -34,7 +35,17 @@ impl Registry {
     /// SHA-256 mismatch is an error naming the plugin.
     pub fn load(runtime: PluginRuntime, decls: &[PluginDecl]) -> Result<Registry, LoadError> {
         let mut plugins = HashMap::new();
+        let mut schemas = std::collections::BTreeMap::new();
         for decl in decls {
+            if let Some(path) = &decl.schema {
+                let fail = |reason: String| LoadError::Schema { name: decl.name.clone(), path: path.clone(), reason };
+                let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+                let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+                if !schema.is_object() {
+                    return Err(fail("not a JSON object".into()));
+                }
+                schemas.insert(decl.name.clone(), schema);
+            }
             let plugin = runtime.load_file(&decl.name, &decl.path)?;
             if let Some(expected) = &decl.sha256
                 && !expected.eq_ignore_ascii_case(&plugin.sha256())
@@ -47,7 +58,7 @@ impl Registry {
             }
             plugins.insert(decl.name.clone(), plugin);
         }
-        Ok(Registry { runtime, plugins: Arc::new(plugins) })
+        Ok(Registry { runtime, plugins: Arc::new(plugins), schemas: Arc::new(schemas) })
     }
 
     /// Names of the available plugins, sorted.
@@ -55,6 +66,11 @@ impl Registry {
         let mut names: Vec<String> = self.plugins.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The configuration schemas of the plugins that have one, by name.
+    pub fn schemas(&self) -> &std::collections::BTreeMap<String, serde_json::Value> {
+        &self.schemas
     }
 
     /// Builds the chain `elements` for `instance_id`, running each plugin's `configure`.

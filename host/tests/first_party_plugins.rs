@@ -1,0 +1,233 @@
+//! The first-party plugins and the example plugin, loaded from their real `.wasm` files, doing
+//! their job on a live endpoint in front of a real anvil.
+
+mod support;
+
+use std::path::PathBuf;
+
+use ovsb::config::{Config, PluginDecl};
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::broker::*;
+use support::{Anvil, post, rpc};
+
+fn plugin(name: &str, path: &str, schema: Option<&str>) -> PluginDecl {
+    PluginDecl {
+        name: name.into(),
+        path: PathBuf::from(path),
+        sha256: None,
+        schema: schema.map(|s| PathBuf::from(format!("{}/../plugins/{s}/schema.json", env!("CARGO_MANIFEST_DIR")))),
+    }
+}
+
+fn with_plugins(config: &mut Config) {
+    use ovsb_test_artifacts::*;
+    config.plugins.push(plugin("method-filter", METHOD_FILTER_PLUGIN, Some("method-filter")));
+    config.plugins.push(plugin("rate-limit", RATE_LIMIT_PLUGIN, Some("rate-limit")));
+    config.plugins.push(plugin("cache", CACHE_PLUGIN, Some("cache")));
+    config.plugins.push(plugin("eth-extras", ETH_EXTRAS_PLUGIN, Some("eth-extras")));
+    config.plugins.push(plugin("hello", HELLO_PLUGIN, None));
+}
+
+/// Provisions `id` with `chain` and returns the binding's endpoint.
+async fn endpoint(broker: &TestBroker, id: &str, chain: Value) -> String {
+    broker.osb.ready_instance(id, PLAN_SHARED, Some(json!({ "plugins": chain }))).await;
+    let bound = broker.osb.bind(id, "b", PLAN_SHARED).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    bound.body["credentials"]["uri"].as_str().unwrap().to_string()
+}
+
+async fn start() -> (Anvil, TestBroker) {
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), with_plugins).await;
+    (anvil, broker)
+}
+
+const DEV_ACCOUNT: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_filter_refuses_methods_before_they_reach_the_node() {
+    let (anvil, broker) = start().await;
+    let uri =
+        endpoint(&broker, "mf", json!([{"name": "method-filter", "config": {"deny": ["eth_send*", "debug_*"]}}])).await;
+    let tx = json!([{"from": DEV_ACCOUNT, "to": DEV_ACCOUNT, "value": "0x1"}]);
+    let refused = rpc(&uri, "eth_sendTransaction", tx.clone()).await;
+    assert_eq!(refused["error"]["code"], -32601, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("eth_sendTransaction"));
+    // The node never saw it: no transaction, no block.
+    assert_eq!(
+        rpc(&anvil.http_url(), "eth_getTransactionCount", json!([DEV_ACCOUNT, "latest"])).await["result"],
+        "0x0"
+    );
+    assert_eq!(rpc(&anvil.http_url(), "eth_blockNumber", json!([])).await["result"], "0x0");
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x7a69", "other methods pass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_holds_under_a_concurrent_burst() {
+    let (_anvil, broker) = start().await;
+    let uri =
+        endpoint(&broker, "rl", json!([{"name": "rate-limit", "config": {"requests_per_second": 1, "burst": 5}}]))
+            .await;
+    let started = std::time::Instant::now();
+    let calls = (0..40).map(|i| {
+        let uri = uri.clone();
+        async move { post(&uri, &json!({"jsonrpc": "2.0", "id": i, "method": "eth_chainId"})).await.1 }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let passed = answers.iter().filter(|a| a.get("result").is_some()).count();
+    let refused: Vec<&Value> = answers.iter().filter(|a| a["error"]["code"] == -32005).collect();
+    assert_eq!(passed + refused.len(), 40, "{answers:?}");
+    // The bucket holds 5, and refills at 1 per second while the burst runs.
+    assert!(passed >= 5 && passed as f64 <= 5.0 + elapsed.ceil(), "{passed} passed in {elapsed:.2} s");
+    assert!(refused[0]["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0, "{}", refused[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_do_not_reach_the_node_and_latest_is_never_stale() {
+    let (anvil, broker) = start().await;
+    let uri = endpoint(&broker, "cache", json!([{"name": "cache", "config": {"ttl_seconds": 60}}])).await;
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x7a69");
+    // The node's chain id changes; the cached answer is served without asking it.
+    rpc(&anvil.http_url(), "anvil_setChainId", json!([4242])).await;
+    assert_eq!(rpc(&anvil.http_url(), "eth_chainId", json!([])).await["result"], "0x1092");
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x7a69", "a hit, not the node");
+    // `latest` is never cached.
+    let before = rpc(&uri, "eth_getBlockByNumber", json!(["latest", false])).await;
+    rpc(&anvil.http_url(), "anvil_mine", json!(["0x1"])).await;
+    let after = rpc(&uri, "eth_getBlockByNumber", json!(["latest", false])).await;
+    assert_ne!(before["result"]["number"], after["result"]["number"], "latest moved");
+    assert_eq!(rpc(&uri, "eth_blockNumber", json!([])).await["result"], "0x1");
+    // Hits and misses are visible in the metrics.
+    let admin = broker.server.as_ref().unwrap().admin_addr;
+    let text = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"ovsb_cache_hits{instance="cache"} 1"#), "{text}");
+    assert!(text.contains(r#"ovsb_cache_misses{instance="cache"}"#), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eth_extras_methods_equal_the_standard_calls() {
+    let (anvil, broker) = start().await;
+    let node = anvil.http_url();
+    let uri = endpoint(&broker, "extras", json!([{"name": "eth-extras"}])).await;
+    let addresses =
+        [DEV_ACCOUNT, "0x70997970c51812dc3a010c7d01b50e0d17dc79c8", "0x000000000000000000000000000000000000dead"];
+    rpc(&node, "anvil_setBalance", json!([addresses[2], "0x1234"])).await;
+    let balances = rpc(&uri, "ovsb_getBalances", json!([addresses, "latest"])).await;
+    for (i, address) in addresses.iter().enumerate() {
+        let one = rpc(&node, "eth_getBalance", json!([address, "latest"])).await;
+        assert_eq!(balances["result"][i], one["result"], "{address}: {balances}");
+    }
+    // Two "tokens": one whose balanceOf returns the owner's address as the balance, one that reverts.
+    let (token, broken) = ("0x1000000000000000000000000000000000000001", "0x1000000000000000000000000000000000000002");
+    rpc(&node, "anvil_setCode", json!([token, "0x60043560005260206000f3"])).await;
+    rpc(&node, "anvil_setCode", json!([broken, "0x60006000fd"])).await;
+    let owner = addresses[1];
+    let got = rpc(&uri, "ovsb_getTokenBalances", json!([owner, [token, broken]])).await;
+    let data = format!("0x70a08231{:0>64}", owner.trim_start_matches("0x"));
+    let direct = rpc(&node, "eth_call", json!([{"to": token, "data": data}, "latest"])).await;
+    let word = direct["result"].as_str().unwrap().trim_start_matches("0x").trim_start_matches('0');
+    assert_eq!(got["result"][0], format!("0x{word}"), "{got}");
+    assert_eq!(got["result"][1], Value::Null, "a reverting token gives null: {got}");
+    let bad = rpc(&uri, "ovsb_getBalances", json!([["0x1234"], "latest"])).await;
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_all_four_serves_and_bad_configs_are_refused_with_the_plugins_message() {
+    let (_anvil, broker) = start().await;
+    let chain = json!([
+        {"name": "method-filter", "config": {"deny": ["debug_*"]}},
+        {"name": "rate-limit", "config": {"requests_per_second": 1000}},
+        {"name": "eth-extras"},
+        {"name": "cache"},
+    ]);
+    let uri = endpoint(&broker, "all", chain).await;
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x7a69");
+    assert_eq!(rpc(&uri, "ovsb_getBalances", json!([[DEV_ACCOUNT]])).await["result"].as_array().unwrap().len(), 1);
+    assert_eq!(rpc(&uri, "debug_traceCall", json!([])).await["error"]["code"], -32601);
+    let before = broker.fingerprint().await;
+    for (plugin, config, field) in [
+        ("rate-limit", json!({"requests_per_second": 0}), "requests_per_second"),
+        ("method-filter", json!({"alow": ["eth_*"]}), "alow"),
+        ("cache", json!({"ttl_seconds": -1}), "ttl_seconds"),
+        ("eth-extras", json!({"max_items": 1000}), "max_items"),
+    ] {
+        let resp = broker
+            .osb
+            .provision("bad", PLAN_SHARED, Some(json!({"plugins": [{"name": plugin, "config": config}]})))
+            .await;
+        resp.assert_error(400, Some("BadRequest"));
+        let description = resp.body["description"].as_str().unwrap();
+        assert!(description.contains(plugin) && description.contains(field), "{description}");
+    }
+    assert_eq!(broker.fingerprint().await, before);
+    // The catalog publishes each plugin's configuration schema.
+    let catalog = broker.osb.call(Method::GET, "/v2/catalog", None).await;
+    let items = &catalog.body["services"][0]["plans"][0]["schemas"]["service_instance"]["create"]["parameters"]["properties"]
+        ["plugins"]["items"];
+    let rate =
+        items["anyOf"].as_array().unwrap().iter().find(|s| s["properties"]["name"]["enum"][0] == "rate-limit").unwrap();
+    assert!(rate["properties"]["config"]["properties"]["requests_per_second"].is_object(), "{rate}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_plugin_registered_by_path_and_digest_changes_what_the_endpoint_answers() {
+    let anvil = Anvil::start(&[]);
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(std::fs::read(ovsb_test_artifacts::HELLO_PLUGIN).unwrap()))
+    };
+    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |config| {
+        with_plugins(config);
+        config.plugins.last_mut().unwrap().sha256 = Some(digest.clone());
+    })
+    .await;
+    let uri = endpoint(&broker, "hello-instance", json!([{"name": "hello", "config": {"greeting": "gm"}}])).await;
+    assert_eq!(rpc(&uri, "hello_world", json!([])).await["result"], "gm from hello-instance");
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x7a69");
+    drop(broker);
+    // A digest that does not match refuses to start, naming the plugin.
+    let mut config = Config::from_toml(&test_config_toml(&anvil.http_url(), support::free_port()), "t").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    with_plugins(&mut config);
+    config.plugins.last_mut().unwrap().sha256 = Some("0".repeat(64));
+    let err = ovsb::server::Server::start(config, tokio_util::sync::CancellationToken::new()).await.err().unwrap();
+    assert!(err.to_string().contains("plugin `hello`: sha256 is"), "{err}");
+}
+
+/// `ovsb plugin new` makes exactly the example plugin (which the test artifacts build and the
+/// test above runs), so the scaffold is what is tested end to end.
+#[test]
+fn the_scaffold_makes_the_example_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ovsb"))
+        .args(["plugin", "new", "hello-plugin", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-plugin");
+    let made = dir.path().join("hello-plugin");
+    assert_eq!(
+        std::fs::read_to_string(made.join("src/lib.rs")).unwrap(),
+        std::fs::read_to_string(example.join("src/lib.rs")).unwrap()
+    );
+    let manifest = std::fs::read_to_string(made.join("Cargo.toml")).unwrap();
+    let sdk = example.join("../../plugin-sdk").canonicalize().unwrap();
+    assert_eq!(
+        manifest.replace(&sdk.display().to_string(), "../../plugin-sdk"),
+        std::fs::read_to_string(example.join("Cargo.toml")).unwrap()
+    );
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_ovsb"))
+        .args(["plugin", "new", "hello-plugin", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let bad =
+        std::process::Command::new(env!("CARGO_BIN_EXE_ovsb")).args(["plugin", "new", "Bad Name"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("must be lowercase"));
+}
