@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The README's walkthrough, as a script: catalog → provision `devnet` with a plugin chain → poll →
+# bind → call the endpoint → see the plugins act → unbind → deprovision. Run it while
+# `examples/quick-start.sh` runs (the tests run it against `ovsb serve` too). Exits non-zero at the
+# first step that does not answer as described.
+set -euo pipefail
+
+BROKER="${OVSB_BROKER_URL:-http://127.0.0.1:8080}"
+PASSWORD="${OVSB_BROKER_PASSWORD:-$(cat "${OVSB_DATA_DIR:-.ovsb}/broker-password")}"
+H='X-Broker-API-Version: 2.17'
+S=6f1c2a3e-6d3b-4a7e-9c55-0e2f3b7c1a01   # service ethereum-rpc
+P=6f1c2a3e-6d3b-4a7e-9c55-0e2f3b7c1b01   # plan devnet: an anvil of its own
+ID="walkthrough-$$"
+osb() { curl -sS -u "ovsb:$PASSWORD" -H "$H" -H 'Content-Type: application/json' "$@"; }
+expect() { # expect TEXT PATTERN WHAT
+    if ! grep -q -- "$2" <<<"$1"; then echo "FAILED: $3: expected $2 in: $1" >&2; exit 1; fi
+    echo "ok: $3"
+}
+poll() { # poll until the instance's last operation has finished; prints its body
+    for _ in $(seq 1 300); do
+        body=$(osb "$BROKER/v2/service_instances/$ID/last_operation")
+        grep -q '"in progress"' <<<"$body" || { echo "$body"; return; }
+        sleep 0.2
+    done
+    echo "timed out: $body"
+}
+
+expect "$(osb "$BROKER/v2/catalog")" '"name":"devnet"' "the catalog lists the devnet plan"
+
+expect "$(osb -X PUT "$BROKER/v2/service_instances/$ID?accepts_incomplete=true" -d '{
+    "service_id": "'$S'", "plan_id": "'$P'", "organization_guid": "org", "space_guid": "space",
+    "parameters": {"chain_id": 1337, "plugins": [
+        {"name": "method-filter", "config": {"deny": ["eth_sendTransaction"]}},
+        {"name": "eth-extras"}
+    ]}}')" '"operation":"provision-' "provision is accepted (202)"
+expect "$(poll)" '"state":"succeeded"' "the instance is provisioned"
+
+binding=$(osb -X PUT "$BROKER/v2/service_instances/$ID/service_bindings/my-app" -d '{"service_id": "'$S'", "plan_id": "'$P'"}')
+expect "$binding" '"uri":"http' "bind returns credentials"
+URI=$(sed -E 's/.*"uri":"([^"]+)".*/\1/' <<<"$binding")
+
+rpc() { curl -sS -H 'Content-Type: application/json' "$URI" -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":$2}"; }
+expect "$(rpc eth_chainId '[]')" '"result":"0x539"' "the endpoint serves the instance's own chain (1337)"
+expect "$(rpc ovsb_getBalances '[["0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"]]')" '"result":\["0x' \
+    "eth-extras adds ovsb_getBalances"
+expect "$(rpc eth_sendTransaction '[{"from":"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266","to":"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"}]')" \
+    '"code":-32601' "method-filter refuses eth_sendTransaction"
+
+expect "$(osb -X DELETE "$BROKER/v2/service_instances/$ID/service_bindings/my-app?service_id=$S&plan_id=$P")" '{}' "unbind"
+expect "$(rpc eth_chainId '[]')" '"code":-32001' "the key no longer works"
+
+expect "$(osb -X DELETE "$BROKER/v2/service_instances/$ID?service_id=$S&plan_id=$P&accepts_incomplete=true")" \
+    '"operation":"deprovision-' "deprovision is accepted (202)"
+expect "$(poll)" '"state":"succeeded"' "the instance is deprovisioned"
+echo "walkthrough complete"
