@@ -15,6 +15,12 @@ if [ ! -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ]; the
 fi
 tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --version | head -1
 
+step "Chromium (the dashboard test renders the page headless), from Debian's packages"
+if ! command -v chromium >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+chromium --version
+
 step "PostgreSQL (the broker tests run on SQLite and on PostgreSQL)"
 export OVSB_TEST_POSTGRES_URL="${OVSB_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then

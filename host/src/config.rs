@@ -65,6 +65,9 @@ pub struct BrokerSettings {
     /// Address of the OSB REST listener.
     #[serde(default = "default_broker_listen")]
     pub listen: SocketAddr,
+    /// Base of the dashboard URLs handed to platforms; empty means `http://<listen>`.
+    #[serde(default)]
+    pub public_url: String,
     /// HTTP Basic user name.
     #[serde(default = "default_username")]
     pub username: String,
@@ -84,6 +87,7 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
             listen: default_broker_listen(),
+            public_url: String::new(),
             username: default_username(),
             password: String::new(),
             max_body_bytes: default_max_body(),
@@ -491,6 +495,15 @@ impl Config {
             format!("http://{}", self.gateway.listen)
         } else {
             self.gateway.public_url.trim_end_matches('/').to_string()
+        }
+    }
+
+    /// The base of dashboard URLs, without a trailing slash.
+    pub fn public_broker_url(&self) -> String {
+        if self.broker.public_url.is_empty() {
+            format!("http://{}", self.broker.listen)
+        } else {
+            self.broker.public_url.trim_end_matches('/').to_string()
         }
     }
 

@@ -136,6 +136,7 @@ impl RouteSync {
             let mut kv = self.kv.lock().unwrap_or_else(|poison| poison.into_inner());
             kv.retain(|id, _| next.contains_key(id));
         }
+        crate::telemetry::metrics().retain_instances(|id| next.contains_key(id));
         *built = next;
         self.generation.store(generation, Ordering::Release);
         self.loaded.store(true, Ordering::Release);

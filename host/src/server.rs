@@ -139,6 +139,9 @@ impl Server {
         let gateway_addr = gateway_listener
             .local_addr()
             .map_err(|source| StartError::Listen { addr: config.gateway.listen, source })?;
+        if config.broker.public_url.is_empty() {
+            config.broker.public_url = format!("http://{broker_addr}");
+        }
         if config.gateway.public_url.is_empty() {
             config.gateway.public_url = format!("http://{gateway_addr}");
         }

@@ -7,6 +7,7 @@
 //! for the first [`MAX_METHOD_LABELS`] distinct well-formed names, then as `other`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
@@ -94,6 +95,62 @@ pub struct Metrics {
     pub cache_misses: Family<InstanceLabels, Gauge>,
     methods: RwLock<HashMap<String, Arc<str>>>,
     other: Arc<str>,
+    traffic: RwLock<HashMap<Arc<str>, Arc<Traffic>>>,
+}
+
+/// Seconds of traffic history kept per instance (for its dashboard).
+pub const TRAFFIC_SECONDS: u64 = 300;
+
+/// Calls and errors per second of one instance over the last [`TRAFFIC_SECONDS`]: a ring of
+/// per-second slots, each stamped with its second (approximate at a slot's turnover, by design:
+/// it feeds a chart).
+pub struct Traffic {
+    second: [AtomicU64; TRAFFIC_SECONDS as usize],
+    calls: [AtomicU64; TRAFFIC_SECONDS as usize],
+    errors: [AtomicU64; TRAFFIC_SECONDS as usize],
+}
+
+impl Traffic {
+    fn new() -> Traffic {
+        Traffic {
+            second: std::array::from_fn(|_| AtomicU64::new(0)),
+            calls: std::array::from_fn(|_| AtomicU64::new(0)),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn record(&self, now: u64, error: bool) {
+        let slot = (now % TRAFFIC_SECONDS) as usize;
+        let stamped = self.second[slot].load(Ordering::Relaxed);
+        if stamped != now
+            && self.second[slot].compare_exchange(stamped, now, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            self.calls[slot].store(0, Ordering::Relaxed);
+            self.errors[slot].store(0, Ordering::Relaxed);
+        }
+        self.calls[slot].fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(unix second, calls, errors)` for each second with traffic in the window, oldest first.
+    pub fn points(&self, now: u64) -> Vec<(u64, u64, u64)> {
+        let mut points: Vec<(u64, u64, u64)> = (0..TRAFFIC_SECONDS as usize)
+            .filter_map(|slot| {
+                let second = self.second[slot].load(Ordering::Relaxed);
+                (second + TRAFFIC_SECONDS > now && second <= now).then(|| {
+                    (second, self.calls[slot].load(Ordering::Relaxed), self.errors[slot].load(Ordering::Relaxed))
+                })
+            })
+            .collect();
+        points.sort_unstable();
+        points
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn latency_histogram() -> Histogram {
@@ -147,6 +204,7 @@ impl Metrics {
             cache_misses,
             methods: RwLock::new(HashMap::new()),
             other: Arc::from("other"),
+            traffic: RwLock::new(HashMap::new()),
         }
     }
 
@@ -172,6 +230,26 @@ impl Metrics {
         let labels = CallLabels { instance: instance.clone(), method: self.method_label(method), outcome };
         self.rpc_calls.get_or_create(&labels).inc();
         self.rpc_duration.get_or_create(&InstanceLabels { instance: instance.clone() }).observe(elapsed.as_secs_f64());
+        let traffic = self.traffic.read().unwrap_or_else(|p| p.into_inner()).get(instance).cloned();
+        let traffic = match traffic {
+            Some(traffic) => traffic,
+            None => {
+                let mut all = self.traffic.write().unwrap_or_else(|p| p.into_inner());
+                all.entry(instance.clone()).or_insert_with(|| Arc::new(Traffic::new())).clone()
+            }
+        };
+        traffic.record(unix_seconds(), outcome != "ok");
+    }
+
+    /// The recent traffic of an instance (see [`Traffic::points`]).
+    pub fn traffic_of(&self, instance: &str) -> Vec<(u64, u64, u64)> {
+        let traffic = self.traffic.read().unwrap_or_else(|p| p.into_inner()).get(instance).cloned();
+        traffic.map_or_else(Vec::new, |t| t.points(unix_seconds()))
+    }
+
+    /// Drops what is kept about instances that are gone.
+    pub fn retain_instances(&self, live: impl Fn(&str) -> bool) {
+        self.traffic.write().unwrap_or_else(|p| p.into_inner()).retain(|id, _| live(id));
     }
 
     /// Records the time of one plugin hook.
@@ -223,5 +301,16 @@ mod tests {
         let text = m.encode();
         assert!(text.contains(r#"ovsb_rpc_calls_total{instance="i-1",method="eth_call",outcome="ok"} 1"#), "{text}");
         assert!(text.contains("ovsb_rpc_call_duration_seconds_bucket"), "{text}");
+    }
+
+    #[test]
+    fn traffic_keeps_five_minutes_of_calls_and_errors_per_second() {
+        let traffic = Traffic::new();
+        traffic.record(1000, false);
+        traffic.record(1000, true);
+        traffic.record(1001, false);
+        traffic.record(1000 + TRAFFIC_SECONDS, false); // same slot as 1000, a new second
+        assert_eq!(traffic.points(1000 + TRAFFIC_SECONDS), vec![(1001, 1, 0), (1300, 1, 0)]);
+        assert_eq!(traffic.points(1001), vec![(1001, 1, 0)], "nothing from the future");
     }
 }

@@ -63,6 +63,18 @@ impl SecretKey {
         hex::encode(self.mac(&[b"ovsb secret-key check v1"]))
     }
 
+    /// The token of an instance's dashboard URL.
+    pub fn dashboard_token(&self, instance_id: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.mac(&[b"ovsb dashboard v1", instance_id.as_bytes()]))
+    }
+
+    /// Whether `token` opens the dashboard of `instance_id` (constant time).
+    pub fn check_dashboard_token(&self, instance_id: &str, token: &str) -> bool {
+        let expected = self.dashboard_token(instance_id);
+        expected.len() == token.len() && bool::from(expected.as_bytes().ct_eq(token.as_bytes()))
+    }
+
     /// The key of a binding (43 URL-safe characters, 256 bits).
     pub fn binding_key(&self, instance_id: &str, binding_id: &str, salt: &str) -> String {
         let mac = self.mac(&[b"ovsb binding key v1", instance_id.as_bytes(), binding_id.as_bytes(), salt.as_bytes()]);

@@ -89,6 +89,15 @@ fn accepted(operation: &str) -> Response {
     reply(StatusCode::ACCEPTED, json!({ "operation": operation }))
 }
 
+/// The provision answer: the operation (while it runs) and the dashboard, from the first answer on.
+fn provision_body(state: &BrokerState, instance_id: &str, operation: Option<&str>) -> serde_json::Value {
+    let mut body = json!({ "dashboard_url": super::dashboard::url(state, instance_id) });
+    if let Some(operation) = operation {
+        body["operation"] = json!(operation);
+    }
+    body
+}
+
 enum Outcome {
     Started(OperationRow),
     InProgress(String),
@@ -189,10 +198,12 @@ pub async fn provision(
             let id = operation.id.clone();
             tracing::info!(instance = %instance_id, operation = %id, plan = %plan_id, "provision accepted");
             state.operations.start(operation);
-            Ok(accepted(&id))
+            Ok(reply(StatusCode::ACCEPTED, provision_body(&state, &instance_id, Some(&id))))
         }
-        Outcome::InProgress(operation) => Ok(accepted(&operation)),
-        Outcome::Done => Ok(reply(StatusCode::OK, json!({}))),
+        Outcome::InProgress(operation) => {
+            Ok(reply(StatusCode::ACCEPTED, provision_body(&state, &instance_id, Some(&operation))))
+        }
+        Outcome::Done => Ok(reply(StatusCode::OK, provision_body(&state, &instance_id, None))),
         Outcome::Refused(err) => Err(err),
     }
 }
@@ -210,7 +221,11 @@ pub async fn fetch(State(state): State<Arc<BrokerState>>, path: IdPath) -> Resul
         InstanceState::Failed => return Err(ApiError::not_found("the instance failed; deprovision it")),
         InstanceState::Deprovisioning | InstanceState::Deleted => return Err(ApiError::not_found("no such instance")),
     }
-    let mut body = json!({ "service_id": instance.service_id, "plan_id": instance.plan_id });
+    let mut body = json!({
+        "service_id": instance.service_id,
+        "plan_id": instance.plan_id,
+        "dashboard_url": super::dashboard::url(&state, &instance.id),
+    });
     if let Some(parameters) = instance.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()) {
         body["parameters"] = parameters;
     }

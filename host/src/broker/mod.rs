@@ -19,6 +19,7 @@
 mod bindings;
 mod catalog;
 pub mod credentials;
+pub mod dashboard;
 mod instances;
 
 use std::collections::HashMap;
@@ -96,7 +97,8 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn(count_request))
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(dashboard::router(state))
 }
 
 async fn catalog(State(state): State<Arc<BrokerState>>) -> Response {

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Load test of the first-party plugins: requests/s and latency of `eth_blockNumber` (which no
+# plugin answers itself, so every call goes through the whole chain and the node) against anvil
+# directly, through ovsb with an empty chain, and through ovsb with the chain of all four
+# first-party plugins (method-filter, rate-limit with a limit out of reach, eth-extras, cache).
+# Servers on core 0, wrk on core 1, interleaved rounds, medians (as DESIGN.md prescribes).
+#
+#   tests/load/plugins-load.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 10 s)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${1:-5}
+SECS=${2:-10}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+[ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
+rustup target add wasm32-wasip2 >/dev/null 2>&1
+cargo build --release -p ovsb -q
+cargo build --release --target wasm32-wasip2 -q \
+    -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache -p ovsb-plugin-eth-extras
+OVSB=target/release/ovsb
+W=target/wasm32-wasip2/release
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+ANVIL=$(free_port)
+taskset -c 0 tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
+wait_port "$ANVIL"
+
+start_ovsb() { # name plugin-args...
+    local name=$1; shift
+    local port; port=$(free_port)
+    taskset -c 0 "$OVSB" plugin serve --upstream "http://127.0.0.1:$ANVIL" --listen "127.0.0.1:$port" --key loadtest "$@" \
+        > "$WORK/$name.log" 2>&1 & PIDS+=($!)
+    wait_port "$port"
+    echo "http://127.0.0.1:$port/v1/loadtest"
+}
+declare -A URL
+URL[direct]="http://127.0.0.1:$ANVIL"
+URL[ovsb-empty]=$(start_ovsb ovsb-empty)
+URL[ovsb-4-plugins]=$(start_ovsb ovsb-4-plugins \
+    --plugin "$W/ovsb_plugin_method_filter.wasm" --config '{"deny":["debug_*","eth_send*"]}' \
+    --plugin "$W/ovsb_plugin_rate_limit.wasm" --config '{"requests_per_second":1000000,"burst":1000000}' \
+    --plugin "$W/ovsb_plugin_eth_extras.wasm" --config 'null' \
+    --plugin "$W/ovsb_plugin_cache.wasm" --config 'null')
+ORDER=(direct ovsb-empty ovsb-4-plugins)
+
+BODY='{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
+cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$BODY'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+for t in "${ORDER[@]}"; do
+    curl -sf -H 'content-type: application/json' -d "$BODY" "${URL[$t]}" | grep -q '"result"' || { echo "$t does not answer"; exit 1; }
+done
+for round in $(seq "$ROUNDS"); do
+    for t in "${ORDER[@]}"; do
+        taskset -c 1 wrk -t1 -c32 -d"${SECS}s" --latency -s "$WORK/post.lua" "${URL[$t]}" > "$WORK/$t.$round.txt"
+        echo "round $round $t: $(grep Requests/sec "$WORK/$t.$round.txt" | awk '{print $2}') req/s" >&2
+    done
+done
+
+python3 - "$WORK" "$ROUNDS" "${ORDER[@]}" <<'PY'
+import re, statistics, sys
+work, rounds, order = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def ms(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3, "m": 6e4}[m.group(2)] if m else float("nan")
+rows = {}
+for t in order:
+    rps, p50, p99 = [], [], []
+    for r in range(1, rounds + 1):
+        text = open(f"{work}/{t}.{r}.txt").read()
+        rps.append(float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)))
+        p50.append(ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1)))
+        p99.append(ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1)))
+    rows[t] = (statistics.median(rps), statistics.median(p50), statistics.median(p99))
+print(f"{'target':16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'added µs/call vs direct':>24}")
+for t in order:
+    rps, p50, p99 = rows[t]
+    added = "" if t == "direct" else f"{1e6 / rps - 1e6 / rows['direct'][0]:.1f}"
+    print(f"{t:16} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {added:>24}")
+e, f = rows["ovsb-empty"], rows["ovsb-4-plugins"]
+print(f"four plugins: {100 * f[0] / e[0]:.0f}% of the empty chain's req/s, +{1e6 / f[0] - 1e6 / e[0]:.1f} µs per call")
+PY
