@@ -56,6 +56,19 @@ impl Ovsb {
         }
     }
 
+    /// SIGTERM, then the exit status (within `limit`).
+    fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "ovsb did not exit within {limit:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn kill_9(&mut self) {
         // Child::kill sends SIGKILL.
         self.child.kill().unwrap();
@@ -238,4 +251,50 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the condition never held");
+}
+
+/// SIGTERM while calls are in flight: every call that was accepted completes with its answer,
+/// the process exits cleanly, and a restart serves the instance again with the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_calls_finish_and_a_restart_serves_again() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(&dir.path().join("data"), None, &anvil.http_url(), free_port(), 30);
+    let mut first = Ovsb::start(dir.path(), "first", &config);
+    first.osb.ready_instance("t1", PLAN_SHARED, None).await;
+    let bound = first.osb.bind("t1", "k", PLAN_SHARED).await;
+    let uri = bound.body["credentials"]["uri"].as_str().unwrap().to_string();
+    // A contract that loops a million times: each eth_call keeps the node busy for a while.
+    let looper = "0x2000000000000000000000000000000000000002";
+    rpc(&anvil.http_url(), "anvil_setCode", json!([looper, "0x620f42405b600190038060045700"])).await;
+    let slow = json!([{"to": looper, "gas": "0x1c9c380"}, "latest"]);
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let (uri, slow) = (uri.clone(), slow.clone());
+            tokio::spawn(async move {
+                let answer = rpc(&uri, "eth_call", slow).await;
+                (answer, Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let sigterm_at = Instant::now();
+    let status = tokio::task::block_in_place(|| first.terminate(Duration::from_secs(30)));
+    let mut finished_after_sigterm = 0;
+    for call in calls {
+        let (answer, at) = call.await.unwrap();
+        assert_eq!(answer["result"], "0x", "an in-flight call completed: {answer}");
+        finished_after_sigterm += usize::from(at > sigterm_at);
+    }
+    assert!(finished_after_sigterm > 0, "calls were in flight when SIGTERM came");
+    assert!(status.success(), "a clean exit: {status:?}");
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert!(log.contains("shutting down"), "{log}");
+
+    let second = Ovsb::start(dir.path(), "second", &config);
+    let again = second.osb.bind("t1", "k", PLAN_SHARED).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["credentials"]["token"], bound.body["credentials"]["token"]);
+    let answer = rpc(again.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await;
+    assert_eq!(answer["result"], "0x7a69", "{answer}");
 }
