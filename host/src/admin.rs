@@ -16,14 +16,24 @@ use axum::routing::get;
 use crate::routing::RouteSync;
 use crate::store::Store;
 
-/// What readiness depends on.
+/// What readiness depends on; filled in once start-up has got that far.
+#[derive(Default)]
 pub struct AdminState {
-    /// The store.
-    pub store: Store,
-    /// The route synchronizer.
-    pub routing: Arc<RouteSync>,
+    parts: std::sync::OnceLock<Parts>,
+}
+
+struct Parts {
+    store: Store,
+    routing: Arc<RouteSync>,
     /// Names of the configured plugins (a plugin's key-value namespace is `<name>/`).
-    pub plugin_names: Vec<String>,
+    plugin_names: Vec<String>,
+}
+
+impl AdminState {
+    /// Start-up has opened the store and loaded the routes.
+    pub fn ready(&self, store: Store, routing: Arc<RouteSync>, plugin_names: Vec<String>) {
+        let _ = self.parts.set(Parts { store, routing, plugin_names });
+    }
 }
 
 /// The admin router.
@@ -35,9 +45,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<Arc<AdminState>>) -> impl axum::response::IntoResponse {
-    use crate::telemetry::{InstanceLabels, StateLabels, metrics};
-    let m = metrics();
+async fn metrics(State(admin): State<Arc<AdminState>>) -> impl axum::response::IntoResponse {
+    let m = crate::telemetry::metrics();
+    if let Some(state) = admin.parts.get() {
+        gauges(state, m).await;
+    }
+    ([(axum::http::header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)], m.encode())
+}
+
+async fn gauges(state: &Parts, m: &crate::telemetry::Metrics) {
+    use crate::telemetry::{InstanceLabels, StateLabels};
     match state.store.instances_by_state().await {
         Ok(counts) => {
             for (state, n) in counts {
@@ -64,10 +81,12 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl axum::response::I
             m.cache_misses.get_or_create(&labels).set(misses);
         }
     }
-    ([(axum::http::header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)], m.encode())
 }
 
-async fn ready(State(state): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
+async fn ready(State(admin): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
+    let Some(state) = admin.parts.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting: waiting for the store\n");
+    };
     if !state.routing.loaded() {
         return (StatusCode::SERVICE_UNAVAILABLE, "routes not loaded yet\n");
     }

@@ -109,7 +109,46 @@ impl Server {
         }
         let auth = BasicAuth::new(&config.broker.username, &config.broker.password);
 
-        let store = Store::open(&url).await?;
+        // The admin listener comes up first: /healthz answers and /readyz says "not yet" while
+        // the store is unreachable (a database that starts after ovsb) and the routes load.
+        let admin_listener = bind(config.admin.listen).await?;
+        let admin_addr =
+            admin_listener.local_addr().map_err(|source| StartError::Listen { addr: config.admin.listen, source })?;
+        let tracker = TaskTracker::new();
+        let admin_state = Arc::new(crate::admin::AdminState::default());
+        let starting = shutdown.child_token();
+        {
+            let app = crate::admin::router(admin_state.clone());
+            let stop = starting.clone();
+            tracker.spawn(async move {
+                let served = axum::serve(admin_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+                if let Err(err) = served {
+                    tracing::error!("admin listener stopped: {err}");
+                }
+            });
+        }
+        let started =
+            Self::start_after_admin(config, shutdown, url, secret, auth, lock, tracker, admin_state, admin_addr).await;
+        if started.is_err() {
+            starting.cancel();
+        }
+        started
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_after_admin(
+        mut config: Config,
+        shutdown: CancellationToken,
+        url: String,
+        secret: SecretKey,
+        auth: BasicAuth,
+        lock: Option<std::fs::File>,
+        tracker: TaskTracker,
+        admin_state: Arc<crate::admin::AdminState>,
+        admin_addr: SocketAddr,
+    ) -> Result<Server, StartError> {
+        let data_dir = config.data_dir.clone();
+        let store = open_store(&url, &shutdown).await?;
         if store.setting_or_insert("secret_key_check", &secret.check_value()).await? != secret.check_value() {
             return Err(StartError::SecretMismatch);
         }
@@ -131,9 +170,6 @@ impl Server {
 
         let broker_listener = bind(config.broker.listen).await?;
         let gateway_listener = bind(config.gateway.listen).await?;
-        let admin_listener = bind(config.admin.listen).await?;
-        let admin_addr =
-            admin_listener.local_addr().map_err(|source| StartError::Listen { addr: config.admin.listen, source })?;
         let broker_addr =
             broker_listener.local_addr().map_err(|source| StartError::Listen { addr: config.broker.listen, source })?;
         let gateway_addr = gateway_listener
@@ -147,7 +183,6 @@ impl Server {
         }
         let config = Arc::new(config);
 
-        let tracker = TaskTracker::new();
         let replica = random_id();
         let routes = Arc::new(Routes::default());
         let drivers = Drivers::new(&config, &tracker, &shutdown);
@@ -191,20 +226,7 @@ impl Server {
                 }
             });
         }
-        {
-            let app = crate::admin::router(Arc::new(crate::admin::AdminState {
-                store: store.clone(),
-                routing: routing.clone(),
-                plugin_names,
-            }));
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
-                let served = axum::serve(admin_listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-                if let Err(err) = served {
-                    tracing::error!("admin listener stopped: {err}");
-                }
-            });
-        }
+        admin_state.ready(store.clone(), routing.clone(), plugin_names);
         {
             let app = crate::broker::router(state);
             let shutdown = shutdown.clone();
@@ -231,6 +253,26 @@ impl Server {
             tracing::warn!("some tasks did not stop within {grace:?}");
         }
         self.store.close().await;
+    }
+}
+
+/// Opens the store; a PostgreSQL server that does not answer (yet) is retried with backoff until
+/// it does or `shutdown` comes. SQLite errors are final.
+async fn open_store(url: &str, shutdown: &CancellationToken) -> Result<Store, StartError> {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match Store::open(url).await {
+            Ok(store) => return Ok(store),
+            Err(err @ crate::store::StoreError::Database(_)) if !url.starts_with("sqlite:") => {
+                tracing::warn!("the store is not reachable yet ({err}); retrying in {pause:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(err.into()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
 }
 
