@@ -402,3 +402,81 @@ async fn connections_over_the_cap_get_429_with_a_json_rpc_error() {
     let (status, answer) = post(&url, &json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})).await;
     assert_eq!((status, answer["result"].is_string()), (200, true), "served again once they closed: {answer}");
 }
+
+/// A stand-in for a node that records the request headers it gets (anvil does not show them)
+/// and answers every call with `"0x1"`.
+async fn header_recording_stand_in_node() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buffer).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buffer.len() < end + 4 + length {
+                        continue;
+                    }
+                    let _ = tx.send(text[..end].to_string());
+                    buffer.drain(..end + 4 + length);
+                    let body = r#"{"jsonrpc":"2.0","id":1,"result":"0x1"}"#;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_follows_each_call_through_the_chain_to_the_node() {
+    let (node, mut seen) = header_recording_stand_in_node().await;
+    let gateway = TestGateway::start(GatewayConfig::default()).await;
+    let request_id = |head: &str| {
+        head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("x-request-id:").map(|v| v.trim().to_string()))
+    };
+    let mut ids = Vec::new();
+    for chain in [vec![], vec![json!({"mode": "tracer", "tag": "t"})]] {
+        let instance = gateway.instance("rid", &[node.clone()], &[], &chain, Duration::from_secs(5)).await;
+        let key = gateway.bind(&instance, "b");
+        for _ in 0..2 {
+            let answer = rpc(&gateway.url(&key), "eth_blockNumber", json!([])).await;
+            assert!(answer.get("result").is_some(), "{answer}");
+            let head = seen.recv().await.unwrap();
+            ids.push(request_id(&head).unwrap_or_else(|| panic!("no X-Request-Id in {head}")));
+        }
+    }
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 4, "one id per call: {ids:?}");
+    // Calls a plugin makes to the node itself (host `upstream`) carry the id of the call too.
+    let instance = gateway
+        .instance("rid2", &[node.clone()], &[], &[json!({"mode": "fanout", "count": 1})], Duration::from_secs(5))
+        .await;
+    let key = gateway.bind(&instance, "b");
+    rpc(&gateway.url(&key), "eth_blockNumber", json!([])).await;
+    let head = seen.recv().await.unwrap();
+    assert!(request_id(&head).is_some(), "calls a plugin makes to the node carry the id too: {head}");
+}

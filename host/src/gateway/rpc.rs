@@ -25,6 +25,12 @@ use super::errors;
 use super::routes::{KeyDigest, Route, Routes};
 use crate::plugins::{Call, Context, Outcome, Upstream};
 
+tokio::task_local! {
+    /// The id of the call being served: plugins see it in their context, the node gets it as
+    /// `X-Request-Id`, and log lines under the call's `rpc` span carry it.
+    pub(crate) static REQUEST_ID: Arc<str>;
+}
+
 /// Put into request extensions by the front service: the caller's key, by digest.
 #[derive(Clone, Copy)]
 pub(crate) struct Caller(pub KeyDigest);
@@ -43,13 +49,18 @@ impl RpcState {
         self.routes.lookup_digest(&caller.0)
     }
 
-    fn context(&self, route: &Route) -> Arc<Context> {
+    /// A new request id: `<process id in hex>-<counter in hex>`.
+    fn request_id(&self) -> String {
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.id_prefix)
+    }
+
+    fn context(&self, route: &Route) -> Arc<Context> {
         Arc::new(Context {
             instance_id: route.instance.instance_id.to_string(),
             binding_id: Some(route.binding_id.to_string()),
             plan: route.instance.plan.to_string(),
-            request_id: format!("{}-{n:x}", self.id_prefix),
+            request_id: REQUEST_ID.try_with(|id| id.to_string()).unwrap_or_else(|_| self.request_id()),
         })
     }
 }
@@ -218,6 +229,14 @@ fn upstream_of(route: &Route) -> Arc<dyn Upstream> {
 /// Runs a call through the route's chain under the instance's deadline. An empty chain goes straight to the upstream (which applies the deadline itself), without
 /// building the plugins' context.
 async fn run(state: &RpcState, route: &Route, call: Call) -> Outcome {
+    use tracing::Instrument as _;
+    let id: Arc<str> = state.request_id().into();
+    let span =
+        tracing::debug_span!("rpc", request_id = %id, instance = %route.instance.instance_id, method = %call.method);
+    REQUEST_ID.scope(id, run_call(state, route, call).instrument(span)).await
+}
+
+async fn run_call(state: &RpcState, route: &Route, call: Call) -> Outcome {
     let chain = &route.instance.chain;
     if chain.entries().is_empty() {
         return route.instance.upstream.send(&call).await;

@@ -235,10 +235,12 @@ impl UpstreamPool {
     }
 
     async fn attempt(&self, index: usize, body: Bytes) -> Result<Outcome, AttemptError> {
-        let request = http::Request::post(self.endpoints[index].uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| AttemptError::NotSent(e.to_string()))?;
+        let mut request = http::Request::post(self.endpoints[index].uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Ok(Ok(id)) = super::rpc::REQUEST_ID.try_with(|id| http::HeaderValue::from_str(id)) {
+            request = request.header("x-request-id", id);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| AttemptError::NotSent(e.to_string()))?;
         let response = self.client.request(request).await.map_err(|e| {
             if e.is_connect() { AttemptError::NotSent(e.to_string()) } else { AttemptError::Failed(e.to_string()) }
         })?;
