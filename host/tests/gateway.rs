@@ -460,7 +460,7 @@ async fn a_request_id_follows_each_call_through_the_chain_to_the_node() {
     };
     let mut ids = Vec::new();
     for chain in [vec![], vec![json!({"mode": "tracer", "tag": "t"})]] {
-        let instance = gateway.instance("rid", &[node.clone()], &[], &chain, Duration::from_secs(5)).await;
+        let instance = gateway.instance("rid", std::slice::from_ref(&node), &[], &chain, Duration::from_secs(5)).await;
         let key = gateway.bind(&instance, "b");
         for _ in 0..2 {
             let answer = rpc(&gateway.url(&key), "eth_blockNumber", json!([])).await;
@@ -473,7 +473,13 @@ async fn a_request_id_follows_each_call_through_the_chain_to_the_node() {
     assert_eq!(distinct.len(), 4, "one id per call: {ids:?}");
     // Calls a plugin makes to the node itself (host `upstream`) carry the id of the call too.
     let instance = gateway
-        .instance("rid2", &[node.clone()], &[], &[json!({"mode": "fanout", "count": 1})], Duration::from_secs(5))
+        .instance(
+            "rid2",
+            std::slice::from_ref(&node),
+            &[],
+            &[json!({"mode": "fanout", "count": 1})],
+            Duration::from_secs(5),
+        )
         .await;
     let key = gateway.bind(&instance, "b");
     rpc(&gateway.url(&key), "eth_blockNumber", json!([])).await;
