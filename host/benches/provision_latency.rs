@@ -64,7 +64,7 @@ description = "an anvil per instance"
 [driver]
 kind = "process"
 command = ["{}", "--host", "127.0.0.1", "--port", "{{port}}", "--quiet"]
-ports = [33000, 33999]
+ports = [30000, 30999]
 "#,
                 anvil_path.display()
             );

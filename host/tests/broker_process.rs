@@ -4,84 +4,14 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::json;
 use support::broker::*;
+use support::process::Ovsb;
 use support::{Anvil, free_port, rpc};
-
-/// One `ovsb serve` process, killed (by PID) on drop.
-struct Ovsb {
-    child: Child,
-    osb: OsbClient,
-}
-
-impl Ovsb {
-    /// Starts `ovsb serve --config <dir>/<name>.toml` and waits until the broker answers.
-    fn start(dir: &Path, name: &str, config: &str) -> Ovsb {
-        let broker = free_port();
-        let gateway = free_port();
-        let config = config
-            .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{broker}\""), 1)
-            .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{gateway}\""), 1);
-        let file = dir.join(format!("{name}.toml"));
-        std::fs::write(&file, config).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ovsb"))
-            .args(["serve", "--config"])
-            .arg(&file)
-            .env("OVSB_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start ovsb");
-        let osb = OsbClient::new(format!("http://127.0.0.1:{broker}"));
-        let ovsb = Ovsb { child, osb };
-        ovsb.wait_until_up(dir, name);
-        ovsb
-    }
-
-    fn wait_until_up(&self, dir: &Path, name: &str) {
-        let started = Instant::now();
-        let addr = self.osb.base.trim_start_matches("http://").to_string();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "ovsb did not start: {}",
-                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGTERM, then the exit status (within `limit`).
-    fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(started.elapsed() < limit, "ovsb did not exit within {limit:?} of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill_9(&mut self) {
-        // Child::kill sends SIGKILL.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Ovsb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config_with(data_dir: &Path, database_url: Option<&str>, node: &str, pending_port: u16, polling: u64) -> String {
     let mut config = test_config_toml(node, pending_port)

@@ -252,7 +252,7 @@ async fn after_kill_9_of_ovsb_every_instance_serves_again_without_duplicates_or_
     let config = test_config_toml_with(&anvil.http_url(), support::free_port(), &format!("[[services.plans]]\n{plan}"));
     let config = format!("data_dir = \"{}\"\n{config}", dir.path().join("data").display());
     let ports = (support::free_port(), support::free_port());
-    let mut first = process::Ovsb::start(dir.path(), "first", &config, ports);
+    let mut first = support::process::Ovsb::start_on(dir.path(), "first", &config, ports);
     let mut uris = Vec::new();
     for i in 0..3 {
         first.osb.ready_instance(&format!("r{i}"), PLAN_DEVNET, None).await;
@@ -264,7 +264,7 @@ async fn after_kill_9_of_ovsb_every_instance_serves_again_without_duplicates_or_
     first.kill_9();
     // While ovsb is down: one node dies.
     std::process::Command::new("kill").args(["-9", &before[0].to_string()]).status().unwrap();
-    let second = process::Ovsb::start(dir.path(), "second", &config, ports);
+    let second = support::process::Ovsb::start_on(dir.path(), "second", &config, ports);
     for uri in &uris {
         eventually_serves(uri).await;
     }
@@ -292,60 +292,10 @@ maximum_polling_duration = 60
 [driver]
 kind = "process"
 command = ["{anvil}", "--host", "127.0.0.1", "--port", "{{port}}"]
-ports = [32000, 32999]
+ports = [30000, 30999]
 restart_backoff_ms = [100, 1000]
 "#,
         anvil = anvil.display()
     ))
     .unwrap()
-}
-
-mod process {
-    pub use super::support::broker::OsbClient;
-    use std::path::Path;
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    /// One `ovsb serve` process, killed (by PID) on drop.
-    pub struct Ovsb {
-        child: Child,
-        pub osb: OsbClient,
-    }
-
-    impl Ovsb {
-        /// Starts `ovsb serve` with the broker and gateway on these ports.
-        pub fn start(dir: &Path, name: &str, config: &str, (broker, gateway): (u16, u16)) -> Ovsb {
-            let config = config
-                .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{broker}\""), 1)
-                .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{gateway}\""), 1);
-            let file = dir.join(format!("{name}.toml"));
-            std::fs::write(&file, config).unwrap();
-            let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_ovsb"))
-                .args(["serve", "--config"])
-                .arg(&file)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            let started = Instant::now();
-            while std::net::TcpStream::connect(("127.0.0.1", broker)).is_err() {
-                assert!(started.elapsed() < Duration::from_secs(60), "ovsb did not start");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Ovsb { child, osb: OsbClient::new(format!("http://127.0.0.1:{broker}")) }
-        }
-
-        pub fn kill_9(&mut self) {
-            self.child.kill().unwrap();
-            self.child.wait().unwrap();
-        }
-    }
-
-    impl Drop for Ovsb {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }

@@ -85,8 +85,35 @@ fn new_operation(
     }
 }
 
-fn accepted(operation: &str) -> Response {
-    reply(StatusCode::ACCEPTED, json!({ "operation": operation }))
+/// `{"operation": …}` while an operation runs, `{}` once done.
+fn operation_body(operation: Option<&str>) -> Value {
+    operation.map_or_else(|| json!({}), |operation| json!({ "operation": operation }))
+}
+
+/// The OSB answer to a transition: a started operation runs in the background (a deprovision
+/// first swaps the routes, since accepting it revoked the bindings); 202 carries the operation,
+/// 200 the finished body.
+async fn answer(
+    state: &Arc<BrokerState>,
+    instance_id: &str,
+    kind: OperationKind,
+    outcome: Outcome,
+    body: impl Fn(Option<&str>) -> Value,
+) -> Result<Response, ApiError> {
+    match outcome {
+        Outcome::Started(operation) => {
+            let id = operation.id.clone();
+            tracing::info!(instance = %instance_id, operation = %id, "{} accepted", kind.as_str());
+            if kind == OperationKind::Deprovision {
+                state.routing.sync().await;
+            }
+            state.operations.start(operation);
+            Ok(reply(StatusCode::ACCEPTED, body(Some(&id))))
+        }
+        Outcome::InProgress(operation) => Ok(reply(StatusCode::ACCEPTED, body(Some(&operation)))),
+        Outcome::Done => Ok(reply(StatusCode::OK, body(None))),
+        Outcome::Refused(err) => Err(err),
+    }
 }
 
 /// The provision answer: the operation (while it runs) and the dashboard, from the first answer on.
@@ -193,19 +220,7 @@ pub async fn provision(
             })
         })
         .await?;
-    match outcome {
-        Outcome::Started(operation) => {
-            let id = operation.id.clone();
-            tracing::info!(instance = %instance_id, operation = %id, plan = %plan_id, "provision accepted");
-            state.operations.start(operation);
-            Ok(reply(StatusCode::ACCEPTED, provision_body(&state, &instance_id, Some(&id))))
-        }
-        Outcome::InProgress(operation) => {
-            Ok(reply(StatusCode::ACCEPTED, provision_body(&state, &instance_id, Some(&operation))))
-        }
-        Outcome::Done => Ok(reply(StatusCode::OK, provision_body(&state, &instance_id, None))),
-        Outcome::Refused(err) => Err(err),
-    }
+    answer(&state, &instance_id, OperationKind::Provision, outcome, |op| provision_body(&state, &instance_id, op)).await
 }
 
 /// `GET /v2/service_instances/:instance_id`
@@ -350,17 +365,7 @@ pub async fn update(
             }
         })
         .await?;
-    match outcome {
-        Outcome::Started(operation) => {
-            let id = operation.id.clone();
-            tracing::info!(instance = %instance_id, operation = %id, "update accepted");
-            state.operations.start(operation);
-            Ok(accepted(&id))
-        }
-        Outcome::InProgress(operation) => Ok(accepted(&operation)),
-        Outcome::Done => Ok(reply(StatusCode::OK, json!({}))),
-        Outcome::Refused(err) => Err(err),
-    }
+    answer(&state, &instance_id, OperationKind::Update, outcome, operation_body).await
 }
 
 /// `DELETE /v2/service_instances/:instance_id?service_id&plan_id&accepts_incomplete`
@@ -422,18 +427,7 @@ pub async fn deprovision(
             }
         })
         .await?;
-    match outcome {
-        Outcome::Started(operation) => {
-            let id = operation.id.clone();
-            tracing::info!(instance = %instance_id, operation = %id, "deprovision accepted");
-            state.routing.sync().await;
-            state.operations.start(operation);
-            Ok(accepted(&id))
-        }
-        Outcome::InProgress(operation) => Ok(accepted(&operation)),
-        Outcome::Done => Ok(reply(StatusCode::OK, json!({}))),
-        Outcome::Refused(err) => Err(err),
-    }
+    answer(&state, &instance_id, OperationKind::Deprovision, outcome, operation_body).await
 }
 
 /// `GET /v2/service_instances/:instance_id/last_operation`

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod process;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -194,8 +195,20 @@ pub async fn rpc(url: &str, method: &str, params: Value) -> Value {
 }
 
 /// A loopback port that was free a moment ago (for processes that must be told their port).
+/// Taken from 21000-29999: outside Linux's ephemeral range (32768-60999), where the OS picks the
+/// ports of outgoing connections and of `:0` listeners, which would otherwise race with a port a
+/// test holds for later; and never twice in one test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 21000 + (seed.wrapping_add(n) % 9000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Node processes (marked `OVSB_NODE`) whose working directory is under `dir`, by pid.
