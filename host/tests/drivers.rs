@@ -248,6 +248,7 @@ async fn a_shared_plan_over_two_nodes_survives_one_stopping_and_takes_it_back() 
 async fn after_kill_9_of_ovsb_every_instance_serves_again_without_duplicates_or_orphans() {
     let anvil = Anvil::start(&[]);
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = support::NodeReaper(dir.path().to_path_buf());
     let plan = toml::to_string(&devnet_plan_table()).unwrap().replace("[driver]", "[services.plans.driver]");
     let config = test_config_toml_with(&anvil.http_url(), support::free_port(), &format!("[[services.plans]]\n{plan}"));
     let config = format!("data_dir = \"{}\"\n{config}", dir.path().join("data").display());
@@ -277,8 +278,6 @@ async fn after_kill_9_of_ovsb_every_instance_serves_again_without_duplicates_or_
         assert_eq!(second.osb.wait(id).await["state"], "succeeded");
     }
     assert!(nodes_under(&dir.path().join("data")).is_empty());
-    drop(second);
-    support::kill_nodes_under(dir.path());
 }
 
 fn devnet_plan_table() -> toml::Table {

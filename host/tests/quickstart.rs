@@ -13,6 +13,7 @@ use support::free_port;
 fn the_walkthrough_works_against_the_built_in_configuration() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
     let data = tempfile::tempdir().unwrap();
+    let _reaper = support::NodeReaper(data.path().to_path_buf());
     let (broker, gateway, admin) = (free_port(), free_port(), free_port());
     let log = std::fs::File::create(data.path().join("ovsb.log")).unwrap();
     let mut ovsb = Command::new(env!("CARGO_BIN_EXE_ovsb"))
@@ -40,7 +41,6 @@ fn the_walkthrough_works_against_the_built_in_configuration() {
         .unwrap();
     let _ = ovsb.kill();
     let _ = ovsb.wait();
-    support::kill_nodes_under(data.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

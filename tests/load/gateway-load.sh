@@ -14,7 +14,12 @@ ROUNDS=${1:-5}
 SECS=${2:-10}
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+# Servers started inside $(...) run in a subshell: their PIDs go to a file, not to PIDS.
+cleanup() {
+    for pid in "${PIDS[@]}" $(cat "$WORK/pids" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null; }
@@ -55,7 +60,7 @@ start_ovsb() { # name upstream_port plugins...
     local args=(plugin serve --upstream "http://127.0.0.1:$2" --listen "127.0.0.1:$port" --key loadtest)
     local n=$3
     for _ in $(seq "$n"); do args+=(--plugin "$PLUGIN" --config '{"mode":"pass"}'); done
-    taskset -c 0 "$OVSB" "${args[@]}" > "$WORK/$1.log" 2>&1 & PIDS+=($!)
+    taskset -c 0 "$OVSB" "${args[@]}" > "$WORK/$1.log" 2>&1 & echo $! >> "$WORK/pids"
     wait_port "$port"
     echo "http://127.0.0.1:$port/v1/loadtest"
 }

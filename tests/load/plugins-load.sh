@@ -12,7 +12,12 @@ ROUNDS=${1:-5}
 SECS=${2:-10}
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+# Servers started inside $(...) run in a subshell: their PIDs go to a file, not to PIDS.
+cleanup() {
+    for pid in "${PIDS[@]}" $(cat "$WORK/pids" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
@@ -35,7 +40,7 @@ start_ovsb() { # name plugin-args...
     local name=$1; shift
     local port; port=$(free_port)
     taskset -c 0 "$OVSB" plugin serve --upstream "http://127.0.0.1:$ANVIL" --listen "127.0.0.1:$port" --key loadtest "$@" \
-        > "$WORK/$name.log" 2>&1 & PIDS+=($!)
+        > "$WORK/$name.log" 2>&1 & echo $! >> "$WORK/pids"
     wait_port "$port"
     echo "http://127.0.0.1:$port/v1/loadtest"
 }

@@ -238,3 +238,12 @@ pub fn kill_nodes_under(dir: &std::path::Path) {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
 }
+
+/// Kills the node processes under a directory when dropped, also when a test panics.
+pub struct NodeReaper(pub std::path::PathBuf);
+
+impl Drop for NodeReaper {
+    fn drop(&mut self) {
+        kill_nodes_under(&self.0);
+    }
+}
