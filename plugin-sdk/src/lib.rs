@@ -54,7 +54,7 @@ pub mod testing;
 mod types;
 
 pub use host::{kv, log, now_ms, upstream};
-pub use types::{Config, Context, codes, ok, ok_raw};
+pub use types::{Config, Context, codes, json_kind, ok, ok_raw};
 
 /// One JSON-RPC call: `method` and the JSON text of `params` (see [`Call::params_as`]).
 pub use bindings::ovsb::plugin::types::Call;

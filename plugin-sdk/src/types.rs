@@ -156,4 +156,62 @@ impl Config {
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
         serde_json::from_str(&self.json).map_err(|err| format!("invalid configuration: {err}"))
     }
+
+    /// The configuration as a JSON object whose keys are all in `fields` (`null` reads as `{}`),
+    /// for plugins that check each field by hand so that every message names it. `example` is
+    /// shown when the configuration is not an object, e.g. `{"max_items": 16}`.
+    pub fn object(&self, example: &str, fields: &[&str]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let object = match self.parse::<serde_json::Value>()? {
+            serde_json::Value::Null => serde_json::Map::new(),
+            serde_json::Value::Object(object) => object,
+            other => {
+                return Err(format!(
+                    "invalid configuration: expected an object like {example}, got {}",
+                    json_kind(&other)
+                ));
+            }
+        };
+        if let Some(unknown) = object.keys().find(|key| !fields.contains(&key.as_str())) {
+            let quoted: Vec<String> = fields.iter().map(|field| format!("`{field}`")).collect();
+            let expected = match quoted.split_last() {
+                Some((last, [])) => last.clone(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => "no fields".to_string(),
+            };
+            return Err(format!("invalid configuration: unknown field `{unknown}`, expected {expected}"));
+        }
+        Ok(object)
+    }
+}
+
+/// What kind of JSON value `value` is, for messages ("a number", "an array", …).
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    #[test]
+    fn object_reads_null_as_empty_and_names_unknown_fields_and_wrong_shapes() {
+        assert!(Config::new("null").object("{}", &["a"]).unwrap().is_empty());
+        assert_eq!(Config::new(r#"{"a": 1}"#).object("{}", &["a", "b"]).unwrap()["a"], 1);
+        let err = |json: &str, fields: &[&str]| Config::new(json).object(r#"{"a": 1}"#, fields).unwrap_err();
+        assert_eq!(err(r#"{"x": 1}"#, &["a"]), "invalid configuration: unknown field `x`, expected `a`");
+        assert_eq!(err(r#"{"x": 1}"#, &["a", "b"]), "invalid configuration: unknown field `x`, expected `a` or `b`");
+        assert_eq!(
+            err(r#"{"x": 1}"#, &["a", "b", "c"]),
+            "invalid configuration: unknown field `x`, expected `a`, `b` or `c`"
+        );
+        assert_eq!(err("[1]", &["a"]), r#"invalid configuration: expected an object like {"a": 1}, got an array"#);
+        assert!(err("{", &["a"]).starts_with("invalid configuration: "));
+    }
 }

@@ -72,7 +72,7 @@
 //! not the `eth_getBalance` calls it makes (a `method-filter` must allow or deny the `ovsb_*`
 //! names themselves).
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin, RpcError, codes, upstream};
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin, RpcError, codes, json_kind, upstream};
 use serde_json::{Map, Value, json};
 
 /// Default `max_items`.
@@ -147,7 +147,7 @@ impl EthExtras {
         let params = match call.params_as::<Value>()? {
             Value::Array(params) => params,
             other => {
-                return Err(invalid(&call.method, format!("expected an array {shape}, got {}", kind(&other))));
+                return Err(invalid(&call.method, format!("expected an array {shape}, got {}", json_kind(&other))));
             }
         };
         if params.len() < min || params.len() > max {
@@ -168,7 +168,10 @@ impl EthExtras {
         name: &str,
     ) -> Result<Vec<&'p str>, RpcError> {
         let Some(items) = params[index].as_array() else {
-            return Err(invalid(method, format!("{name} must be an array of addresses, got {}", kind(&params[index]))));
+            return Err(invalid(
+                method,
+                format!("{name} must be an array of addresses, got {}", json_kind(&params[index])),
+            ));
         };
         if items.len() > self.max_items {
             return Err(invalid(
@@ -296,32 +299,7 @@ impl Plugin for EthExtras {
 
 /// The configuration as an object (`null` reads as `{}`), refusing unknown fields.
 fn settings(config: &Config) -> Result<Map<String, Value>, String> {
-    let settings = match config.parse::<Value>()? {
-        Value::Null => Map::new(),
-        Value::Object(settings) => settings,
-        other => {
-            return Err(format!(
-                "invalid configuration: expected an object like {{\"max_items\": 16}}, got {}",
-                kind(&other)
-            ));
-        }
-    };
-    if let Some(unknown) = settings.keys().find(|key| !FIELDS.contains(&key.as_str())) {
-        return Err(format!("invalid configuration: unknown field `{unknown}`, expected `max_items`"));
-    }
-    Ok(settings)
-}
-
-/// What kind of JSON value `value` is, for messages.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+    config.object(r#"{"max_items": 16}"#, &FIELDS)
 }
 
 ovsb_plugin_sdk::export_plugin!(EthExtras);

@@ -44,7 +44,7 @@
 //! their own name, and their upstream calls are not filtered by a method-filter earlier in the
 //! chain.
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin, RpcError, codes};
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin, RpcError, codes, json_kind};
 use serde_json::{Map, Value};
 
 /// Most patterns accepted, `allow` and `deny` together.
@@ -158,20 +158,7 @@ impl MethodFilter {
 
 /// The configuration as an object (`null` reads as `{}`), refusing unknown fields.
 fn settings(config: &Config) -> Result<Map<String, Value>, String> {
-    let settings = match config.parse::<Value>()? {
-        Value::Null => Map::new(),
-        Value::Object(settings) => settings,
-        other => {
-            return Err(format!(
-                "invalid configuration: expected an object like {{\"deny\": [\"debug_*\"]}}, got {}",
-                kind(&other)
-            ));
-        }
-    };
-    if let Some(unknown) = settings.keys().find(|key| !FIELDS.contains(&key.as_str())) {
-        return Err(format!("invalid configuration: unknown field `{unknown}`, expected `allow` or `deny`"));
-    }
-    Ok(settings)
+    config.object(r#"{"deny": ["debug_*"]}"#, &FIELDS)
 }
 
 /// The patterns of `field`, compiled.
@@ -180,30 +167,18 @@ fn patterns(settings: &Map<String, Value>, field: &str) -> Result<Vec<Glob>, Str
         return Ok(Vec::new());
     };
     let Some(items) = value.as_array() else {
-        return Err(format!("invalid configuration: {field} must be an array of patterns, got {}", kind(value)));
+        return Err(format!("invalid configuration: {field} must be an array of patterns, got {}", json_kind(value)));
     };
     items
         .iter()
         .enumerate()
         .map(|(index, item)| {
             let pattern = item.as_str().ok_or_else(|| {
-                format!("invalid configuration: {field}[{index}] must be a string pattern, got {}", kind(item))
+                format!("invalid configuration: {field}[{index}] must be a string pattern, got {}", json_kind(item))
             })?;
             Glob::new(pattern).map_err(|err| format!("invalid configuration: {field}[{index}]: {err}"))
         })
         .collect()
-}
-
-/// What kind of JSON value `value` is, for messages.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 impl Plugin for MethodFilter {

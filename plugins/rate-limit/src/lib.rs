@@ -46,7 +46,7 @@
 //!
 //! Only the `on-call` hook is declared.
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin, RpcError, codes, kv, log, now_ms};
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin, RpcError, codes, json_kind, kv, log, now_ms};
 use serde_json::{Map, Value, json};
 
 /// Most compare-and-swap attempts per call before the call is refused.
@@ -205,7 +205,7 @@ impl Plugin for RateLimit {
                     .to_string());
             }
             Some(value) => value.as_f64().ok_or_else(|| {
-                format!("invalid configuration: requests_per_second must be a number, got {}", kind(value))
+                format!("invalid configuration: requests_per_second must be a number, got {}", json_kind(value))
             })?,
         };
         if rate.is_nan() || rate <= 0.0 {
@@ -263,34 +263,7 @@ impl Plugin for RateLimit {
 
 /// The configuration as an object (`null` reads as `{}`), refusing unknown fields.
 fn settings(config: &Config) -> Result<Map<String, Value>, String> {
-    let settings = match config.parse::<Value>()? {
-        Value::Null => Map::new(),
-        Value::Object(settings) => settings,
-        other => {
-            return Err(format!(
-                "invalid configuration: expected an object like {{\"requests_per_second\": 10, \"burst\": 20}}, got {}",
-                kind(&other)
-            ));
-        }
-    };
-    if let Some(unknown) = settings.keys().find(|key| !FIELDS.contains(&key.as_str())) {
-        return Err(format!(
-            "invalid configuration: unknown field `{unknown}`, expected `requests_per_second` or `burst`"
-        ));
-    }
-    Ok(settings)
-}
-
-/// What kind of JSON value `value` is, for messages.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+    config.object(r#"{"requests_per_second": 10, "burst": 20}"#, &FIELDS)
 }
 
 ovsb_plugin_sdk::export_plugin!(RateLimit);
