@@ -156,11 +156,8 @@ async fn auth_version_and_identity_headers_are_checked_on_every_endpoint(db: Db)
 /// 202 with the same operation; identical PUT once provisioned → 200; last_operation 200 with
 /// `Retry-After` while in progress.
 async fn provision_is_asynchronous_and_idempotent(db: Db) {
-    let pending_port = free_port();
-    let anvil = Anvil::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let test_db = TestDb::new(db, dir.path()).await;
-    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), pending_port, |_| {}).await;
+    let (_anvil, broker) = start(db).await;
+    let pending_port = broker.pending_port;
     let osb = &broker.osb;
 
     let resp = osb.call(Method::PUT, &inst("p1"), Some(provision_body(PLAN_PENDING))).await;
@@ -299,11 +296,8 @@ async fn provision_conflicts_and_limits(db: Db) {
 
 /// Matrix: GET instance 200 / 404 unknown / 422 while updating.
 async fn fetch_instance_follows_the_instance_state(db: Db) {
-    let pending_port = free_port();
-    let anvil = Anvil::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let test_db = TestDb::new(db, dir.path()).await;
-    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), pending_port, |_| {}).await;
+    let (_anvil, broker) = start(db).await;
+    let pending_port = broker.pending_port;
     let osb = &broker.osb;
     osb.call(Method::GET, &inst("nope"), None).await.assert_error(404, Some("NotFound"));
     let parameters = json!({"plugins": [{"name": "test", "config": {"mode": "tracer", "tag": "a"}}]});
@@ -426,11 +420,8 @@ async fn update_refuses_what_it_cannot_do(db: Db) {
 /// unknown instance; 410 for an unknown or deleted instance; 422 AsyncRequired; idempotency:
 /// DELETE in progress → 202 same operation. Live bindings are revoked (cascade).
 async fn deprovision_is_asynchronous_idempotent_and_cascades_to_bindings(db: Db) {
-    let pending_port = free_port();
-    let anvil = Anvil::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let test_db = TestDb::new(db, dir.path()).await;
-    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), pending_port, |_| {}).await;
+    let (_anvil, broker) = start(db).await;
+    let pending_port = broker.pending_port;
     let osb = &broker.osb;
     for query in ["", "?service_id=x", "?plan_id=y", "?service_id=&plan_id=y", "?service_id=x&plan_id="] {
         osb.call(Method::DELETE, &format!("{}{query}", inst("unknown")), None)
@@ -606,11 +597,7 @@ async fn bind_returns_credentials_that_open_the_endpoint(db: Db) {
 /// Matrix: bind 400 (malformed, missing ids, unknown ids, plan not the instance's, parameters),
 /// 404 unknown instance, 422 ConcurrencyError while provisioning; unbind 400 without ids.
 async fn bind_and_unbind_refuse_bad_requests(db: Db) {
-    let pending_port = free_port();
-    let anvil = Anvil::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let test_db = TestDb::new(db, dir.path()).await;
-    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), pending_port, |_| {}).await;
+    let (_anvil, broker) = start(db).await;
     let osb = &broker.osb;
     osb.ready_instance("x1", PLAN_SHARED, None).await;
     assert_eq!(osb.provision("x2", PLAN_PENDING, None).await.status, 202);

@@ -301,6 +301,8 @@ pub fn provision_body(plan: &str) -> Value {
 /// ovsb in this process.
 pub struct TestBroker {
     pub osb: OsbClient,
+    /// Where plan `pending` expects its node (nothing listens there until a test starts one).
+    pub pending_port: u16,
     pub gateway: String,
     pub server: Option<Server>,
     pub db: Option<TestDb>,
@@ -331,6 +333,7 @@ impl TestBroker {
         let server = Server::start(config, shutdown.clone()).await.expect("ovsb starts");
         TestBroker {
             osb: OsbClient::new(format!("http://{}", server.broker_addr)),
+            pending_port,
             gateway: format!("http://{}", server.gateway_addr),
             server: Some(server),
             db: Some(db),
