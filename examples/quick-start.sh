@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quick start, command 1: runs ovsb (broker + gateway) with the built-in quick-start
 # configuration (examples/quick-start.toml): SQLite under ./.ovsb, loopback listeners, and the
-# `ethereum-rpc` service whose `devnet` plan serves the anvil node this script starts on
-# 127.0.0.1:8545. Installs what it needs first (idempotently); Ctrl-C stops everything it started.
+# `ethereum-rpc` service whose `devnet` plan runs an anvil per instance (`shared`: the anvil
+# this script starts on 127.0.0.1:8545), and the `ethereum-validator` service whose `devnet`
+# plan runs a Lodestar dev chain per instance. Installs what it needs first (idempotently); Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,11 @@ anvil=tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 if [ ! -x "$anvil" ]; then
     echo "==> installing anvil (pinned in tests/node/package-lock.json)"
     (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
+fi
+
+if [ ! -x tests/lodestar/node_modules/.bin/lodestar ]; then
+    echo "==> installing Lodestar 1.5.1 (pinned in tests/lodestar/package-lock.json; about a minute)"
+    (cd tests/lodestar && npm ci --no-audit --no-fund)
 fi
 
 anvil_pid=""

@@ -15,6 +15,17 @@ if [ ! -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ]; the
 fi
 tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --version | head -1
 
+step "Lodestar 1.5.1 (the validator tests run real clients), pinned in tests/lodestar/package-lock.json"
+if [ ! -x tests/lodestar/node_modules/.bin/lodestar ]; then
+    (cd tests/lodestar && npm ci --no-audit --no-fund)
+fi
+tests/lodestar/node_modules/.bin/lodestar --version 2>/dev/null | head -1 || true
+
+step "@metamask/eth-sig-util (the sealed-secrets tests use the real wallet library), pinned in tests/ethsig/package-lock.json"
+if [ ! -d tests/ethsig/node_modules/@metamask/eth-sig-util ]; then
+    (cd tests/ethsig && npm ci --no-audit --no-fund --ignore-scripts)
+fi
+
 step "Chromium (the dashboard test renders the page headless), from Debian's packages"
 if ! command -v chromium >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

@@ -41,6 +41,18 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print ovsb's public identifier (the base64 X25519 encryption public key published in the
+    /// catalog, as `eth_getEncryptionPublicKey` returns a wallet's), creating the key pair in the
+    /// data directory if needed; `rotate` adds a new current key (older ones still open what was
+    /// sealed to them; a running ovsb publishes it after a restart).
+    Identity {
+        /// The TOML configuration file (for `data_dir` and `broker.identity_keys`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `show` (the default) or `rotate`.
+        #[arg(default_value = "show", value_parser = ["show", "rotate"])]
+        action: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Config(ConfigCommand::Check { file }) => Ok(crate::config::Config::check_file(&file)?),
+        Command::Identity { config, action } => identity(config, &action),
         Command::Plugin(PluginCommand::New { name, dir, sdk }) => {
             let sdk = sdk.unwrap_or_else(crate::scaffold::default_sdk_path);
             let root = crate::scaffold::new_plugin(&name, &dir, &sdk)?;
@@ -197,6 +210,27 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             Ok(response_json(outcome))
         }
     }
+}
+
+/// `ovsb identity [show|rotate]`.
+fn identity(file: Option<PathBuf>, action: &str) -> anyhow::Result<String> {
+    let mut config = match &file {
+        Some(file) => crate::config::Config::load(file)?,
+        None => crate::config::Config::quick_start(),
+    };
+    config.apply_env(&crate::server::process_env())?;
+    let keys = config.data_dir.join("identity.keys");
+    if action == "rotate" {
+        anyhow::ensure!(
+            config.broker.identity_keys.is_empty(),
+            "the identity keys come from broker.identity_keys / OVSB_IDENTITY_KEYS: put a new key first there"
+        );
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+        return Ok(crate::identity::Identity::rotate(&keys)?);
+    }
+    let identity = crate::identity::Identity::load_or_create(&config.broker.identity_keys, &keys)?;
+    Ok(identity.public_key())
 }
 
 /// `ovsb serve`: runs until Ctrl-C or SIGTERM, then drains and exits.
@@ -253,6 +287,7 @@ async fn serve_endpoint(
         plan: "local".into(),
         chain: Chain::new(entries),
         upstream: Arc::new(upstream),
+        validator: None,
     });
     let key = key.unwrap_or_else(gateway::new_key);
     let mut table = RouteTable::default();

@@ -81,6 +81,10 @@ pub struct BrokerSettings {
     /// kept in `<data_dir>/secret.key`. Replicas sharing one database must share this key.
     #[serde(default)]
     pub secret_key: String,
+    /// ovsb's X25519 identity keys (base64 secret keys, the current one first, older ones
+    /// after it). Empty: created and kept in `<data_dir>/identity.keys`.
+    #[serde(default)]
+    pub identity_keys: Vec<String>,
 }
 
 impl Default for BrokerSettings {
@@ -92,6 +96,7 @@ impl Default for BrokerSettings {
             password: String::new(),
             max_body_bytes: default_max_body(),
             secret_key: String::new(),
+            identity_keys: Vec::new(),
         }
     }
 }
@@ -289,6 +294,36 @@ pub enum DriverDecl {
     Upstream(UpstreamDriverDecl),
     /// A node process per instance.
     Process(ProcessDriverDecl),
+    /// A validator client process per instance, keys managed through its keymanager API.
+    Validator(ValidatorDriverDecl),
+}
+
+impl DriverDecl {
+    /// The driver's own instance parameters (JSON Schema properties), which join the plan's schema.
+    pub fn parameters(&self) -> Option<&toml::Table> {
+        match self {
+            DriverDecl::Upstream(_) => None,
+            DriverDecl::Process(decl) => Some(&decl.parameters),
+            DriverDecl::Validator(decl) => Some(&decl.client.parameters),
+        }
+    }
+}
+
+/// Settings of the `validator` driver: a validator client (with its beacon node) per instance,
+/// run as by the `process` driver, whose command must use `{port}` for the beacon REST API and
+/// `{keymanager_port}` for the keymanager API (both bound to 127.0.0.1).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorDriverDecl {
+    /// The client process; `extra_ports` must name `keymanager_port`.
+    pub client: ProcessDriverDecl,
+    /// Where the client writes its keymanager bearer token, relative to `{data_dir}`.
+    pub token_file: String,
+    /// HTTP JSON-RPC URLs of the execution node(s) the instance's JSON-RPC endpoint forwards to.
+    pub rpc_http: Vec<String>,
+    /// WebSocket URLs of the same nodes.
+    #[serde(default)]
+    pub rpc_ws: Vec<String>,
 }
 
 /// Settings of the `upstream` driver.
@@ -318,6 +353,10 @@ pub struct ProcessDriverDecl {
     /// The range node ports are allocated from (inclusive).
     #[serde(default = "default_ports")]
     pub ports: [u16; 2],
+    /// More ports each node gets (each a placeholder of the command, e.g. `p2p_port`),
+    /// allocated from the same range.
+    #[serde(default)]
+    pub extra_ports: Vec<String>,
     /// Whether the node serves WebSocket on the same port (anvil does).
     #[serde(default = "yes")]
     pub ws: bool,
@@ -477,6 +516,9 @@ impl Config {
         if let Some(v) = get("OVSB_SECRET_KEY") {
             self.broker.secret_key = v.clone();
         }
+        if let Some(v) = get("OVSB_IDENTITY_KEYS") {
+            self.broker.identity_keys = v.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        }
         Ok(())
     }
 
@@ -600,48 +642,38 @@ impl Config {
                         if decl.http.is_empty() {
                             return bad(format!("{what}: the upstream driver needs at least one http URL"));
                         }
-                        for u in &decl.http {
-                            if !u.starts_with("http://") || u.parse::<http::Uri>().is_err() {
-                                return bad(format!("{what}: {u:?} is not an http:// URL"));
-                            }
-                        }
-                        for u in &decl.ws {
-                            if !(u.starts_with("ws://") || u.starts_with("wss://")) {
-                                return bad(format!("{what}: {u:?} is not a ws:// URL"));
-                            }
-                        }
+                        check_urls(&what, &decl.http, &decl.ws)?;
                         if decl.health_interval_ms < 100 {
                             return bad(format!("{what}: health_interval_ms must be at least 100"));
                         }
                     }
-                    DriverDecl::Process(decl) => {
-                        if decl.command.is_empty() || decl.command[0].is_empty() {
-                            return bad(format!("{what}: the process driver needs a command"));
+                    DriverDecl::Process(decl) => check_process(&what, decl, &[])?,
+                    DriverDecl::Validator(decl) => {
+                        check_process(&what, &decl.client, crate::provision::VALIDATOR_TEMPLATE_NAMES)?;
+                        if !decl.client.extra_ports.iter().any(|p| p == "keymanager_port") {
+                            return bad(format!(
+                                "{what}: the validator client needs extra_ports = [\"keymanager_port\", …]"
+                            ));
                         }
-                        let [low, high] = decl.ports;
-                        if low < 1024 || low > high {
-                            return bad(format!("{what}: ports must be a range [low, high] above 1023"));
+                        if decl.token_file.is_empty()
+                            || decl.token_file.starts_with('/')
+                            || decl.token_file.contains("..")
+                        {
+                            return bad(format!(
+                                "{what}: token_file must be a path inside the client's data directory"
+                            ));
                         }
-                        if decl.restart_backoff_ms[0] == 0 || decl.restart_backoff_ms[0] > decl.restart_backoff_ms[1] {
-                            return bad(format!("{what}: restart_backoff_ms must be [first, longest], first > 0"));
+                        if decl.rpc_http.is_empty() {
+                            return bad(format!(
+                                "{what}: the validator driver needs rpc_http, the node its JSON-RPC endpoint forwards to"
+                            ));
                         }
-                        if decl.log_max_bytes < 4096 {
-                            return bad(format!("{what}: log_max_bytes must be at least 4096"));
-                        }
-                        for (name, schema) in &decl.parameters {
-                            if name == "plugins" || !schema.as_table().is_some_and(|t| t.contains_key("default")) {
+                        check_urls(&what, &decl.rpc_http, &decl.rpc_ws)?;
+                        for name in crate::provision::VALIDATOR_PARAMETERS {
+                            if decl.client.parameters.contains_key(*name) {
                                 return bad(format!(
-                                    "{what}: driver parameter {name:?} must be a JSON Schema table with a default (and not be called plugins)"
+                                    "{what}: {name:?} is a parameter of every validator plan; do not declare it"
                                 ));
-                            }
-                        }
-                        for arg in &decl.command {
-                            for name in crate::provision::placeholders(arg) {
-                                let known = ["port", "data_dir", "instance_id"].contains(&name.as_str())
-                                    || decl.parameters.contains_key(&name);
-                                if !known {
-                                    return bad(format!("{what}: the command uses unknown placeholder {{{name}}}"));
-                                }
                             }
                         }
                     }
@@ -649,6 +681,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Finds a plan by its id.
+    pub fn plan_by_id(&self, plan_id: &str) -> Option<&PlanDecl> {
+        self.services.iter().flat_map(|s| &s.plans).find(|p| p.id == plan_id)
     }
 
     /// Finds a plan by service and plan id.
@@ -665,6 +702,64 @@ impl Config {
 }
 
 /// For "unknown field `x`, expected one of `a`, `b`": the closest expected key, if close enough.
+fn check_urls(what: &str, http: &[String], ws: &[String]) -> Result<(), ConfigError> {
+    for u in http {
+        if !u.starts_with("http://") || u.parse::<http::Uri>().is_err() {
+            return Err(ConfigError::Invalid(format!("{what}: {u:?} is not an http:// URL")));
+        }
+    }
+    for u in ws {
+        if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+            return Err(ConfigError::Invalid(format!("{what}: {u:?} is not a ws:// URL")));
+        }
+    }
+    Ok(())
+}
+
+/// `template_names`: placeholders the driver fills besides the process driver's own.
+fn check_process(what: &str, decl: &ProcessDriverDecl, template_names: &[&str]) -> Result<(), ConfigError> {
+    let bad = |message: String| Err(ConfigError::Invalid(message));
+    if decl.command.is_empty() || decl.command[0].is_empty() {
+        return bad(format!("{what}: the process driver needs a command"));
+    }
+    let [low, high] = decl.ports;
+    if low < 1024 || low > high {
+        return bad(format!("{what}: ports must be a range [low, high] above 1023"));
+    }
+    if decl.restart_backoff_ms[0] == 0 || decl.restart_backoff_ms[0] > decl.restart_backoff_ms[1] {
+        return bad(format!("{what}: restart_backoff_ms must be [first, longest], first > 0"));
+    }
+    if decl.log_max_bytes < 4096 {
+        return bad(format!("{what}: log_max_bytes must be at least 4096"));
+    }
+    for (i, name) in decl.extra_ports.iter().enumerate() {
+        let reserved =
+            ["port", "data_dir", "instance_id"].contains(&name.as_str()) || template_names.contains(&name.as_str());
+        if name.is_empty() || reserved || decl.extra_ports[..i].contains(name) || decl.parameters.contains_key(name) {
+            return bad(format!("{what}: extra port {name:?} is empty, reserved or named twice"));
+        }
+    }
+    for (name, schema) in &decl.parameters {
+        if name == "plugins" || !schema.as_table().is_some_and(|t| t.contains_key("default")) {
+            return bad(format!(
+                "{what}: driver parameter {name:?} must be a JSON Schema table with a default (and not be called plugins)"
+            ));
+        }
+    }
+    for arg in &decl.command {
+        for name in crate::provision::placeholders(arg) {
+            let known = ["port", "data_dir", "instance_id"].contains(&name.as_str())
+                || template_names.contains(&name.as_str())
+                || decl.extra_ports.contains(&name)
+                || decl.parameters.contains_key(&name);
+            if !known {
+                return bad(format!("{what}: the command uses unknown placeholder {{{name}}}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn suggestion(message: &str) -> Option<String> {
     let rest = message.split("unknown field `").nth(1)?;
     let (unknown, expected) = rest.split_once('`')?;

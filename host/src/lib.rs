@@ -29,6 +29,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod identity;
 pub mod plugins;
 pub mod provision;
 pub mod routing;

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ChainElement, Config};
-use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes};
+use crate::broker::credentials::SecretKey;
+use crate::config::{ChainElement, Config, DriverDecl};
+use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest};
+use crate::identity::Identity;
 use crate::plugins::{KvLimits, KvStore, Registry};
 use crate::provision::Drivers;
 use crate::store::{InstanceRow, Store};
@@ -33,6 +35,8 @@ pub struct RouteSync {
     registry: Registry,
     drivers: Drivers,
     routes: Arc<Routes>,
+    secret: SecretKey,
+    identity: Identity,
     built: tokio::sync::Mutex<HashMap<String, Built>>,
     kv: std::sync::Mutex<HashMap<String, Arc<KvStore>>>,
     generation: AtomicI64,
@@ -41,13 +45,23 @@ pub struct RouteSync {
 
 impl RouteSync {
     /// A synchronizer that fills `routes`.
-    pub fn new(store: Store, config: Arc<Config>, registry: Registry, drivers: Drivers, routes: Arc<Routes>) -> Self {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        registry: Registry,
+        drivers: Drivers,
+        routes: Arc<Routes>,
+        secret: SecretKey,
+        identity: Identity,
+    ) -> Self {
         RouteSync {
             store,
             config,
             registry,
             drivers,
             routes,
+            secret,
+            identity,
             built: Default::default(),
             kv: Default::default(),
             generation: AtomicI64::new(-1),
@@ -85,6 +99,21 @@ impl RouteSync {
             .flat_map(|s| &s.plans)
             .find(|p| p.id == plan_id)
             .map_or(Vec::new(), |p| p.plugins.clone())
+    }
+
+    /// [`RouteSync::chain_elements`] with every sealed value of the plugins' configs opened
+    /// (a plugin's secret settings): what the plugins are configured with. The error names the
+    /// config field and the reason.
+    pub fn opened_chain(
+        &self,
+        plan_id: &str,
+        parameters: Option<&serde_json::Value>,
+    ) -> Result<Vec<ChainElement>, String> {
+        let mut elements = self.chain_elements(plan_id, parameters);
+        for (i, element) in elements.iter_mut().enumerate() {
+            self.identity.open_all(&mut element.config, &format!("parameters.plugins[{i}].config"))?;
+        }
+        Ok(elements)
     }
 
     /// Rebuilds the snapshot from the store. Errors are logged and the current snapshot kept.
@@ -129,7 +158,13 @@ impl RouteSync {
             else {
                 continue;
             };
-            table.insert(digest, Route { instance: entry.route.clone(), binding_id: binding.id.into() });
+            let validator = entry.route.validator.is_some();
+            let route =
+                table.insert(digest, Route { instance: entry.route.clone(), binding_id: binding.id.as_str().into() });
+            if validator {
+                let token = self.secret.keymanager_token(&binding.instance_id, &binding.id, &binding.key_salt);
+                table.insert_keymanager_token(key_digest(&token), route);
+            }
         }
         self.routes.replace(table);
         {
@@ -146,7 +181,13 @@ impl RouteSync {
     async fn build(&self, instance: &InstanceRow) -> Option<Arc<InstanceRoute>> {
         let parameters: Option<serde_json::Value> =
             instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
-        let elements = self.chain_elements(&instance.plan_id, parameters.as_ref());
+        let elements = match self.opened_chain(&instance.plan_id, parameters.as_ref()) {
+            Ok(elements) => elements,
+            Err(err) => {
+                tracing::error!(instance = %instance.id, "instance is not served: {err}");
+                return None;
+            }
+        };
         let Some(driver) = self.drivers.get(&instance.plan_id) else {
             tracing::error!(instance = %instance.id, plan = %instance.plan_id, "instance of a plan no longer in the catalog is not served");
             return None;
@@ -156,12 +197,27 @@ impl RouteSync {
             tracing::error!(instance = %instance.id, "instance is not served: its driver has no node for it");
             return None;
         };
+        let validator =
+            matches!(self.config.plan_by_id(&instance.plan_id).map(|p| &p.driver), Some(DriverDecl::Validator(_)))
+                .then(|| {
+                    let (driver, id) = (driver.clone(), instance.id.clone());
+                    ValidatorRoute {
+                        access: Arc::new(move || driver.validator(&id)),
+                        pubkeys: parameters
+                            .as_ref()
+                            .map(crate::provision::pubkeys_of)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .collect(),
+                    }
+                });
         match self.registry.build_chain(&instance.id, &elements, &kv).await {
             Ok(chain) => Some(Arc::new(InstanceRoute {
                 instance_id: instance.id.as_str().into(),
                 plan: instance.plan_id.as_str().into(),
                 chain,
                 upstream,
+                validator,
             })),
             Err(err) => {
                 tracing::error!(instance = %instance.id, "instance is not served: its chain cannot be built: {err}");

@@ -18,6 +18,7 @@ use crate::broker::credentials::{BasicAuth, SecretKey, read_or_create};
 use crate::broker::{BrokerState, Catalog};
 use crate::config::{Config, ConfigError};
 use crate::gateway::{GatewayConfig, Routes};
+use crate::identity::Identity;
 use crate::plugins::{PluginRuntime, Registry, RuntimeConfig};
 use crate::provision::{Drivers, Operations};
 use crate::routing::RouteSync;
@@ -165,7 +166,8 @@ impl Server {
             .map_err(|err| StartError::Plugins(err.to_string()))?;
 
         let plugin_names = registry.names();
-        let catalog = Catalog::new(&config, &plugin_names, registry.schemas())
+        let identity = Identity::load_or_create(&config.broker.identity_keys, &data_dir.join("identity.keys"))?;
+        let catalog = Catalog::new(&config, &plugin_names, registry.schemas(), &identity.public_key())
             .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
 
         let broker_listener = bind(config.broker.listen).await?;
@@ -185,13 +187,21 @@ impl Server {
 
         let replica = random_id();
         let routes = Arc::new(Routes::default());
-        let drivers = Drivers::new(&config, &tracker, &shutdown);
+        let drivers = Drivers::new(&config, &store, &tracker, &shutdown);
         drivers.recover(&store).await?;
-        let routing =
-            Arc::new(RouteSync::new(store.clone(), config.clone(), registry.clone(), drivers.clone(), routes.clone()));
+        let routing = Arc::new(RouteSync::new(
+            store.clone(),
+            config.clone(),
+            registry.clone(),
+            drivers.clone(),
+            routes.clone(),
+            secret.clone(),
+            identity.clone(),
+        ));
         routing.sync().await;
         let operations = Operations::new(
             store.clone(),
+            secret.clone(),
             config.clone(),
             drivers,
             routing.clone(),
@@ -208,6 +218,7 @@ impl Server {
             operations: operations.clone(),
             secret,
             auth,
+            identity,
         });
 
         tracker.spawn(operations.supervise(store.backend() == Backend::Sqlite));

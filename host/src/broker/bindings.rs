@@ -32,7 +32,8 @@ fn ids(path: IdsPath) -> Result<(String, String), ApiError> {
 }
 
 /// The credentials of a binding: the endpoint with the key in the path (works with no headers),
-/// its WebSocket twin, and the bare key for `Authorization: Bearer`.
+/// its WebSocket twin, and the bare key for `Authorization: Bearer`; for validator instances
+/// also `keymanager_uri` + `keymanager_token` (Bearer) and `beacon_uri` (key in the path).
 fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, with_parameters: bool) -> Value {
     let key = state.secret.binding_key(&binding.instance_id, &binding.id, &binding.key_salt);
     let base = state.config.public_gateway_url();
@@ -49,6 +50,17 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
             "token": key,
         },
     });
+    // Validator instances: their keymanager and beacon APIs, through the gateway.
+    let validator = state
+        .catalog
+        .plan_by_id(&binding.plan_id)
+        .is_some_and(|p| matches!(p.plan.driver, crate::config::DriverDecl::Validator(_)));
+    if validator {
+        let token = state.secret.keymanager_token(&binding.instance_id, &binding.id, &binding.key_salt);
+        body["credentials"]["keymanager_uri"] = json!(format!("{base}/keymanager"));
+        body["credentials"]["keymanager_token"] = json!(token);
+        body["credentials"]["beacon_uri"] = json!(format!("{base}/beacon/{key}"));
+    }
     // `endpoints` arrived in OSB 2.14; older platforms validate against schemas without it.
     if minor_version >= 14
         && let Ok(uri) = base.parse::<http::Uri>()
@@ -57,9 +69,17 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         body["endpoints"] = json!([{ "host": host, "ports": [port.to_string()], "protocol": "tcp" }]);
     }
-    if with_parameters
-        && let Some(parameters) = binding.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok())
-    {
+    let parameters = binding.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok());
+    // Sealed to the application's wallet key: the platform stores what it cannot read.
+    if let Some(key) = parameters.as_ref().and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
+        let plain = body["credentials"].to_string();
+        body["credentials"] = match crate::identity::seal_to(key, plain.as_bytes()) {
+            Ok(sealed) => json!(sealed),
+            // Checked at bind; a key that no longer parses gets no credentials rather than clear ones.
+            Err(_) => json!({}),
+        };
+    }
+    if with_parameters && let Some(parameters) = parameters {
         body["parameters"] = parameters;
     }
     body
@@ -94,6 +114,10 @@ pub async fn bind(
     }
     let entry = state.catalog.plan(&service_id, &plan_id)?;
     entry.check_binding_parameters(parameters.as_ref().unwrap_or(&json!({})))?;
+    if let Some(key) = parameters.as_ref().and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
+        crate::identity::parse_public_key(key)
+            .map_err(|reason| ApiError::bad_request(format!("parameters.encryption_public_key: {reason}")))?;
+    }
 
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).expect("the operating system's random source failed");

@@ -39,10 +39,12 @@ pub struct Catalog {
 
 impl Catalog {
     /// Builds the catalog; `plugin_names` are the plugins instances may name.
+    /// `encryption_public_key` is ovsb's identity, published in every service's metadata.
     pub fn new(
         config: &Config,
         plugin_names: &[String],
         plugin_schemas: &BTreeMap<String, Value>,
+        encryption_public_key: &str,
     ) -> Result<Catalog, String> {
         let binding_schema = binding_parameters_schema();
         let mut plans = HashMap::new();
@@ -51,14 +53,16 @@ impl Catalog {
         for service in &config.services {
             let mut plan_json = Vec::new();
             for plan in &service.plans {
-                let driver_parameters = match &plan.driver {
-                    crate::config::DriverDecl::Process(decl) => Some(&decl.parameters),
-                    crate::config::DriverDecl::Upstream(_) => None,
+                let driver_parameters = plan.driver.parameters();
+                let builtin = match &plan.driver {
+                    crate::config::DriverDecl::Validator(_) => crate::provision::validator_parameter_schema(),
+                    _ => json!({}),
                 };
                 // Validation uses the schema without the plugins' own config schemas: each
                 // plugin's `configure` then judges its config, with a message naming the field.
-                let instance_schema = instance_parameters_schema(plugin_names, driver_parameters, None);
-                let published = instance_parameters_schema(plugin_names, driver_parameters, Some(plugin_schemas));
+                let instance_schema = instance_parameters_schema(plugin_names, &builtin, driver_parameters, None);
+                let published =
+                    instance_parameters_schema(plugin_names, &builtin, driver_parameters, Some(plugin_schemas));
                 let plan_updateable = plan.plan_updateable.unwrap_or(service.plan_updateable);
                 let mut entry = json!({
                     "id": plan.id,
@@ -108,9 +112,11 @@ impl Catalog {
                 "plan_updateable": service.plan_updateable,
                 "plans": plan_json,
             });
-            if let Some(metadata) = &service.metadata {
-                entry["metadata"] = json!(metadata);
-            }
+            let mut metadata = service.metadata.as_ref().map_or_else(|| json!({}), |m| json!(m));
+            // Where platforms and users seal secrets to (eth_getEncryptionPublicKey's form).
+            metadata["encryptionPublicKey"] = json!(encryption_public_key);
+            metadata["encryptionPublicKeyFormat"] = json!(crate::identity::SEALED_VERSION);
+            entry["metadata"] = metadata;
             listed.push(entry);
             services.insert(service.id.clone(), service.clone());
         }
@@ -175,10 +181,12 @@ fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
     jsonschema::draft4::new(schema).map_err(|err| format!("invalid parameter schema: {err}"))
 }
 
-/// Instance parameters: `{"plugins": [{"name", "config", "fail_open"}]}`, the driver's own
+/// Instance parameters: `{"plugins": [{"name", "config", "fail_open"}]}`, the parameters every
+/// plan of the driver's kind takes (`builtin`: a validator's keys), the plan's own driver
 /// parameters (e.g. a node's chain id), and nothing else.
 fn instance_parameters_schema(
     plugin_names: &[String],
+    builtin: &Value,
     driver_parameters: Option<&toml::Table>,
     plugin_schemas: Option<&BTreeMap<String, Value>>,
 ) -> Value {
@@ -223,6 +231,9 @@ fn instance_parameters_schema(
         plugins["items"]["anyOf"] = json!(by_plugin);
     }
     let mut properties = json!({ "plugins": plugins });
+    for (name, schema) in builtin.as_object().into_iter().flatten() {
+        properties[name] = schema.clone();
+    }
     for (name, schema) in driver_parameters.into_iter().flatten() {
         properties[name] = json!(schema);
     }
@@ -234,12 +245,17 @@ fn instance_parameters_schema(
     })
 }
 
-/// Bindings take no parameters yet.
+/// Binding parameters: only `encryption_public_key`, to have the credentials sealed.
 fn binding_parameters_schema() -> Value {
     json!({
         "$schema": "http://json-schema.org/draft-04/schema#",
         "type": "object",
         "additionalProperties": false,
-        "properties": {},
+        "properties": {
+            "encryption_public_key": {
+                "type": "string",
+                "description": "A wallet encryption public key (base64 X25519, as eth_getEncryptionPublicKey returns): the credentials come back sealed to it (x25519-xsalsa20-poly1305)",
+            },
+        },
     })
 }

@@ -22,6 +22,11 @@ pub enum SecretError {
     /// The configured key is not base64 of 32 bytes.
     #[error("the secret key (broker.secret_key / OVSB_SECRET_KEY) must be base64 of 32 bytes")]
     Malformed,
+    /// An identity key is not base64 of 32 bytes.
+    #[error(
+        "ovsb's identity keys (broker.identity_keys / OVSB_IDENTITY_KEYS / <data_dir>/identity.keys) must be base64 X25519 secret keys of 32 bytes, one per line"
+    )]
+    MalformedIdentity,
     /// The key file could not be read or written.
     #[error("cannot use {path}: {source}")]
     File {
@@ -79,6 +84,45 @@ impl SecretKey {
     pub fn binding_key(&self, instance_id: &str, binding_id: &str, salt: &str) -> String {
         let mac = self.mac(&[b"ovsb binding key v1", instance_id.as_bytes(), binding_id.as_bytes(), salt.as_bytes()]);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac)
+    }
+}
+
+impl SecretKey {
+    /// The keymanager token of a binding of a validator instance (43 URL-safe characters):
+    /// derived like its key, but under another label, so one never reveals the other.
+    pub fn keymanager_token(&self, instance_id: &str, binding_id: &str, salt: &str) -> String {
+        let mac =
+            self.mac(&[b"ovsb keymanager token v1", instance_id.as_bytes(), binding_id.as_bytes(), salt.as_bytes()]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac)
+    }
+
+    fn sealing_key(&self) -> crypto_secretbox::XSalsa20Poly1305 {
+        use crypto_secretbox::KeyInit as _;
+        crypto_secretbox::XSalsa20Poly1305::new(&self.mac(&[b"ovsb sealed at rest v1"]).into())
+    }
+
+    /// Encrypts `plaintext` for keeping in the store (XSalsa20-Poly1305 under a key derived from
+    /// the secret key), base64. The nonce is derived from the plaintext, so sealing the same
+    /// text twice gives the same value (an identical request replayed stays identical); that
+    /// reveals only that two sealed values are equal.
+    pub fn seal(&self, plaintext: &[u8]) -> String {
+        use crypto_secretbox::aead::Aead as _;
+        let nonce_bytes = self.mac(&[b"ovsb sealed nonce v1", plaintext]);
+        let nonce = crypto_secretbox::Nonce::from_slice(&nonce_bytes[..24]);
+        let mut out = nonce.to_vec();
+        out.extend(self.sealing_key().encrypt(nonce, plaintext).expect("XSalsa20-Poly1305 seals any length"));
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    /// Decrypts what [`SecretKey::seal`] made; `None` if it was made under another key or altered.
+    pub fn open(&self, sealed: &str) -> Option<Vec<u8>> {
+        use crypto_secretbox::aead::Aead as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(sealed).ok()?;
+        if bytes.len() < 24 {
+            return None;
+        }
+        let (nonce, ciphertext) = bytes.split_at(24);
+        self.sealing_key().decrypt(crypto_secretbox::Nonce::from_slice(nonce), ciphertext).ok()
     }
 }
 
@@ -172,6 +216,24 @@ mod tests {
             SecretKey::load_or_create("c2hvcnQ=", Path::new("/nonexistent")),
             Err(SecretError::Malformed)
         ));
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_their_key_and_unaltered() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::load_or_create("", &dir.path().join("a.key")).unwrap();
+        let other = SecretKey::load_or_create("", &dir.path().join("b.key")).unwrap();
+        let sealed = key.seal(b"keystore password");
+        assert!(!sealed.contains("password"));
+        assert_eq!(key.open(&sealed).unwrap(), b"keystore password");
+        assert_eq!(sealed, key.seal(b"keystore password"), "deterministic: replays compare equal");
+        assert_ne!(sealed, key.seal(b"keystore passwore"));
+        assert_eq!(other.open(&sealed), None);
+        let mut altered = base64::engine::general_purpose::STANDARD.decode(&sealed).unwrap();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(key.open(&base64::engine::general_purpose::STANDARD.encode(altered)), None);
+        assert_eq!(key.open("not base64"), None);
+        assert_ne!(key.keymanager_token("i", "b", "s"), key.binding_key("i", "b", "s"));
     }
 
     #[test]

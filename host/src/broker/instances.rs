@@ -16,7 +16,7 @@ use super::{
     optional_string, query, reply, required_query, required_string, same_json,
 };
 use crate::plugins::{ChainError, KvLimits, KvStore};
-use crate::provision::UpdateRequest;
+use crate::provision::{SealedRequest, UpdateRequest};
 use crate::store::{
     Change, Decision, InstanceRow, InstanceState, OperationKind, OperationRow, OperationState, now_ms, random_id,
 };
@@ -36,7 +36,7 @@ async fn check_chain(
     plan_id: &str,
     parameters: Option<&Value>,
 ) -> Result<(), ApiError> {
-    let elements = state.routing.chain_elements(plan_id, parameters);
+    let elements = state.routing.opened_chain(plan_id, parameters).map_err(ApiError::bad_request)?;
     if elements.is_empty() {
         return Ok(());
     }
@@ -46,6 +46,26 @@ async fn check_chain(
         Err(err @ ChainError::UnknownPlugin(_)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
         Err(ChainError::Configure(err)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
     }
+}
+
+/// Opens the sealed keystores, passwords and history a validator request may bring (sealed to
+/// ovsb's identity); they are used at once and stored only sealed under the broker's key.
+fn open_key_secrets(state: &BrokerState, parameters: &mut Value) -> Result<(), ApiError> {
+    for field in ["keystores", "passwords", "slashing_protection"] {
+        if let Some(value) = parameters.get_mut(field) {
+            state.identity.open_all(value, &format!("parameters.{field}")).map_err(ApiError::bad_request)?;
+        }
+    }
+    Ok(())
+}
+
+fn is_validator(entry: &PlanEntry) -> bool {
+    matches!(entry.plan.driver, crate::config::DriverDecl::Validator(_))
+}
+
+/// The secrets of a request, sealed under the broker's secret key (see [`SealedRequest`]).
+fn seal(state: &BrokerState, secrets: Option<&crate::provision::KeySecrets>) -> Option<String> {
+    secrets.map(|secrets| state.secret.seal(&serde_json::to_vec(secrets).expect("secrets serialize")))
 }
 
 fn check_maintenance(entry: &PlanEntry, requested: Option<&str>) -> Result<(), ApiError> {
@@ -157,10 +177,20 @@ pub async fn provision(
     entry.check_instance_parameters(parameters.as_ref().unwrap_or(&json!({})))?;
     check_maintenance(entry, requested_version.as_deref())?;
     check_chain(&state, &instance_id, &plan_id, parameters.as_ref()).await?;
+    // A validator's keys are sealed into the operation; the instance keeps the rest.
+    let (parameters, request) = if is_validator(entry) {
+        let mut opened = parameters.clone().unwrap_or_else(|| json!({}));
+        open_key_secrets(&state, &mut opened)?;
+        let prepared = crate::provision::prepare_provision(&opened).map_err(ApiError::bad_request)?;
+        let request = SealedRequest { sealed: seal(&state, prepared.secrets.as_ref()) };
+        (Some(prepared.public), serde_json::to_string(&request).expect("a request serializes"))
+    } else {
+        (parameters, "{}".to_string())
+    };
 
     let now = now_ms();
     let operation =
-        new_operation(&state, &instance_id, OperationKind::Provision, "{}".into(), entry.plan.maximum_polling_duration);
+        new_operation(&state, &instance_id, OperationKind::Provision, request, entry.plan.maximum_polling_duration);
     let row = InstanceRow {
         id: instance_id.clone(),
         service_id: service_id.clone(),
@@ -293,7 +323,25 @@ pub async fn update(
         entry.check_instance_parameters(parameters)?;
     }
     check_maintenance(entry, requested_version.as_deref())?;
+    let from_validator = state.catalog.plan_by_id(&current.plan_id).is_some_and(is_validator);
+    if from_validator != is_validator(entry) {
+        return Err(ApiError::unprocessable(
+            "PlanChangeNotSupported",
+            "a plan change between validator and node plans is not supported",
+        ));
+    }
+    let mut sealed = None;
     let new_parameters = match &parameters {
+        Some(parameters) if is_validator(entry) => {
+            // What the update names changes; keys are added (sealed) or removed.
+            let current_public: Value =
+                current.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or_else(|| json!({}));
+            let mut opened = parameters.clone();
+            open_key_secrets(&state, &mut opened)?;
+            let prepared = crate::provision::prepare_update(&current_public, &opened).map_err(ApiError::bad_request)?;
+            sealed = seal(&state, prepared.secrets.as_ref());
+            Some(prepared.public.to_string())
+        }
         Some(parameters) => Some(parameters.to_string()),
         None => current.parameters.clone(),
     };
@@ -306,7 +354,7 @@ pub async fn update(
         (None, true) => entry.maintenance_info().map(|m| m.version.clone()),
         (None, false) => current.maintenance_version.clone(),
     };
-    let request = UpdateRequest { plan_id: target_plan, parameters: new_parameters, maintenance_version };
+    let request = UpdateRequest { plan_id: target_plan, parameters: new_parameters, maintenance_version, sealed };
     let request_json = serde_json::to_string(&request).expect("an update request serializes");
     let operation =
         new_operation(&state, &instance_id, OperationKind::Update, request_json, entry.plan.maximum_polling_duration);

@@ -20,6 +20,7 @@ mod bindings;
 mod catalog;
 pub mod credentials;
 pub mod dashboard;
+mod history;
 mod instances;
 
 use std::collections::HashMap;
@@ -70,6 +71,8 @@ pub struct BrokerState {
     pub secret: SecretKey,
     /// The platform's credentials.
     pub auth: BasicAuth,
+    /// ovsb's identity: opens sealed parameters, published in the catalog.
+    pub identity: crate::identity::Identity,
 }
 
 /// The broker's router.
@@ -98,7 +101,8 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .layer(middleware::from_fn(count_request))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state.clone())
-        .merge(dashboard::router(state))
+        .merge(dashboard::router(state.clone()))
+        .merge(history::router(state))
 }
 
 async fn catalog(State(state): State<Arc<BrokerState>>) -> Response {
@@ -310,6 +314,11 @@ impl IntoResponse for ApiError {
             (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ovsb\""));
+        }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not read, so the connection cannot carry another request:
+            // say so, or a client may reuse it and see it closed under its next request.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

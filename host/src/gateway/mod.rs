@@ -12,12 +12,16 @@
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
 //! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response.
 //!
+//! Validator instances also have their keymanager and beacon APIs here (`/keymanager/…`,
+//! `/beacon/<key>/…`), behind per-binding credentials: see [`validator_proxy`].
+//!
 //! It must not: query the store, hold a lock across an await, or log keys.
 
 pub mod errors;
 pub mod routes;
 mod rpc;
 pub mod upstream;
+mod validator_proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use routes::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, key_digest, new_key};
+pub use routes::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest, new_key};
 pub use upstream::{UpstreamPool, UpstreamSettings};
 
 use rpc::{Caller, ChainLayer, HexIdProvider, RpcState};
@@ -93,6 +97,7 @@ pub async fn serve(
         .set_config(server_config)
         .set_rpc_middleware(RpcServiceBuilder::new().layer(ChainLayer(state)))
         .to_service_builder();
+    let proxy = validator_proxy::Proxy::new(routes.clone(), config.max_response_bytes as usize);
     let (stop_handle, server_handle) = stop_channel();
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize));
     let tracker = TaskTracker::new();
@@ -115,6 +120,7 @@ pub async fn serve(
         let permit = connections.clone().try_acquire_owned().ok();
         let jsonrpc = builder.clone().build(methods.clone(), stop_handle.clone());
         let routes = routes.clone();
+        let proxy = proxy.clone();
         let stopped = stop_handle.clone().shutdown();
         tracker.spawn(async move {
             let over_limit = permit.is_none();
@@ -126,6 +132,10 @@ pub async fn serve(
                         errors::LIMIT_EXCEEDED,
                         "too many connections; retry later",
                     ))));
+                }
+                if validator_proxy::handles(request.uri().path()) {
+                    let proxy = proxy.clone();
+                    return Box::pin(async move { Ok(proxy.handle(request).await) });
                 }
                 match authenticate(&request, &routes) {
                     Ok(caller) => {

@@ -28,6 +28,16 @@ pub struct InstanceRoute {
     pub chain: Chain,
     /// The instance's node(s).
     pub upstream: Arc<UpstreamPool>,
+    /// The instance's validator client, for validator plans.
+    pub validator: Option<ValidatorRoute>,
+}
+
+/// How the gateway reaches a validator instance's client.
+pub struct ValidatorRoute {
+    /// Where the client is now (asks its driver; `None` while the client is not up).
+    pub access: Arc<dyn Fn() -> Option<crate::provision::ValidatorAccess> + Send + Sync>,
+    /// The instance's keys (`0x` + lowercase hex).
+    pub pubkeys: std::collections::HashSet<String>,
 }
 
 /// One binding's way in.
@@ -42,22 +52,36 @@ pub struct Route {
 #[derive(Clone, Default)]
 pub struct RouteTable {
     by_key: HashMap<KeyDigest, Arc<Route>>,
+    /// Validator bindings' keymanager tokens.
+    by_keymanager_token: HashMap<KeyDigest, Arc<Route>>,
 }
 
 impl RouteTable {
     /// Adds or replaces the route of a key (given by its digest).
-    pub fn insert(&mut self, key: KeyDigest, route: Route) {
-        self.by_key.insert(key, Arc::new(route));
+    pub fn insert(&mut self, key: KeyDigest, route: Route) -> Arc<Route> {
+        let route = Arc::new(route);
+        self.by_key.insert(key, route.clone());
+        route
+    }
+
+    /// Adds the route a validator binding's keymanager token opens.
+    pub fn insert_keymanager_token(&mut self, token: KeyDigest, route: Arc<Route>) {
+        self.by_keymanager_token.insert(token, route);
     }
 
     /// Removes a key; returns whether it was there.
     pub fn remove(&mut self, key: &KeyDigest) -> bool {
-        self.by_key.remove(key).is_some()
+        let removed = self.by_key.remove(key);
+        if let Some(route) = &removed {
+            self.by_keymanager_token.retain(|_, r| !Arc::ptr_eq(r, route));
+        }
+        removed.is_some()
     }
 
     /// Removes every key of an instance.
     pub fn remove_instance(&mut self, instance_id: &str) {
         self.by_key.retain(|_, route| &*route.instance.instance_id != instance_id);
+        self.by_keymanager_token.retain(|_, route| &*route.instance.instance_id != instance_id);
     }
 
     /// Number of keys.
@@ -86,6 +110,11 @@ impl Routes {
     /// The route of a key given by its digest, if it is still there.
     pub fn lookup_digest(&self, digest: &KeyDigest) -> Option<Arc<Route>> {
         self.current.load().by_key.get(digest).cloned()
+    }
+
+    /// The route a keymanager token (given by its digest) opens, if it is still there.
+    pub fn lookup_keymanager(&self, digest: &KeyDigest) -> Option<Arc<Route>> {
+        self.current.load().by_keymanager_token.get(digest).cloned()
     }
 
     /// Replaces the whole table.

@@ -18,6 +18,7 @@
 
 mod process;
 mod upstream;
+mod validator;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +30,12 @@ use tokio_util::task::TaskTracker;
 
 pub use process::{NODE_MARKER, ProcessDriver, placeholders};
 pub use upstream::UpstreamDriver;
+pub use validator::{
+    KeySecrets, Prepared, VALIDATOR_PARAMETERS, VALIDATOR_TEMPLATE_NAMES, ValidatorAccess, ValidatorDriver,
+    merge_interchanges, prepare_provision, prepare_update, pubkeys_of, validator_parameter_schema,
+};
 
+use crate::broker::credentials::SecretKey;
 use crate::config::{Config, DriverDecl, PlanDecl};
 use crate::gateway::UpstreamPool;
 use crate::routing::RouteSync;
@@ -44,6 +50,26 @@ pub struct InstanceSpec {
     pub plan_id: String,
     /// The instance's parameters (an empty object when none were given).
     pub parameters: serde_json::Value,
+    /// What the operation brings that is never stored in clear (a validator's keys).
+    pub secrets: Option<Secret>,
+}
+
+/// A value that must not be logged: `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct Secret(pub serde_json::Value);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// What an operation's `request` holds besides the update fields: the secrets, sealed.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SealedRequest {
+    /// [`crate::broker::credentials::SecretKey::seal`] of the secrets' JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
 }
 
 /// Why a driver could not do its work; the text is shown to users in `last_operation`.
@@ -56,9 +82,20 @@ pub struct Progress {
     store: Store,
     operation_id: String,
     owner: String,
+    summary: std::sync::Mutex<Option<String>>,
 }
 
 impl Progress {
+    /// Records what the operation's final description adds after "provisioned" / "updated".
+    pub async fn conclude(&self, summary: &str) {
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary.to_string());
+        self.report(summary).await;
+    }
+
+    fn summary(&self) -> Option<String> {
+        self.summary.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Replaces the operation's description.
     pub async fn report(&self, description: &str) {
         if let Err(err) = self.store.set_progress(&self.operation_id, &self.owner, description).await {
@@ -91,6 +128,11 @@ pub trait Driver: Send + Sync {
     ) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Where the instance's calls go; `None` while the driver has no node for it.
     fn upstream(&self, instance_id: &str) -> Option<Arc<UpstreamPool>>;
+    /// How the gateway reaches the instance's validator client, for validator plans.
+    fn validator(&self, instance_id: &str) -> Option<ValidatorAccess> {
+        let _ = instance_id;
+        None
+    }
     /// After a restart, before routes are built: take the nodes of `live` instances (ready or
     /// updating) back under supervision, and remove those of instances not in `live` and not
     /// named in `busy` (instances whose operation the runner will resume).
@@ -109,7 +151,7 @@ pub struct Drivers {
 impl Drivers {
     /// Creates the driver of each plan in the catalog, and their background tasks (health
     /// checks, node supervision) under `tracker` until `shutdown`.
-    pub fn new(config: &Config, tracker: &TaskTracker, shutdown: &CancellationToken) -> Drivers {
+    pub fn new(config: &Config, store: &Store, tracker: &TaskTracker, shutdown: &CancellationToken) -> Drivers {
         let deadline = Duration::from_millis(config.gateway.upstream_deadline_ms);
         let max_response = config.gateway.max_request_bytes.max(32 << 20) as usize;
         let mut by_plan: HashMap<String, Arc<dyn Driver>> = HashMap::new();
@@ -124,6 +166,16 @@ impl Drivers {
                     decl.clone(),
                     &plan.id,
                     config.data_dir.join("nodes"),
+                    deadline,
+                    max_response,
+                    tracker.clone(),
+                    shutdown.clone(),
+                )),
+                DriverDecl::Validator(decl) => Arc::new(ValidatorDriver::new(
+                    decl.clone(),
+                    &plan.id,
+                    config.data_dir.join("validators"),
+                    store.clone(),
                     deadline,
                     max_response,
                     tracker.clone(),
@@ -152,7 +204,7 @@ impl Drivers {
             let live: Vec<InstanceSpec> = instances
                 .iter()
                 .filter(|i| &i.plan_id == plan_id && matches!(i.state, InstanceState::Ready | InstanceState::Updating))
-                .map(|i| spec_of(&i.id, &i.plan_id, i.parameters.as_deref()))
+                .map(|i| spec_of(&i.id, &i.plan_id, i.parameters.as_deref(), None))
                 .collect();
             driver.recover(&live, &busy).await;
         }
@@ -169,11 +221,15 @@ pub struct UpdateRequest {
     pub parameters: Option<String>,
     /// The maintenance version after the update.
     pub maintenance_version: Option<String>,
+    /// Secrets the update brings (keys to add), sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
 }
 
 /// Runs operations: those this replica accepted, and those a dead replica left behind.
 pub struct Operations {
     store: Store,
+    secret: SecretKey,
     config: Arc<Config>,
     drivers: Drivers,
     routing: Arc<RouteSync>,
@@ -184,8 +240,10 @@ pub struct Operations {
 
 impl Operations {
     /// A runner whose leases are held under `owner` (this replica's id).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
+        secret: SecretKey,
         config: Arc<Config>,
         drivers: Drivers,
         routing: Arc<RouteSync>,
@@ -193,7 +251,7 @@ impl Operations {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Operations> {
-        Arc::new(Operations { store, config, drivers, routing, owner, tracker, shutdown })
+        Arc::new(Operations { store, secret, config, drivers, routing, owner, tracker, shutdown })
     }
 
     /// This replica's lease-owner id.
@@ -266,13 +324,30 @@ impl Operations {
             tracing::error!(operation = %operation.id, "operation of a missing instance");
             return Ok(());
         };
-        let progress =
-            Progress { store: self.store.clone(), operation_id: operation.id.clone(), owner: self.owner.clone() };
-        let spec = spec_of(&instance.id, &instance.plan_id, instance.parameters.as_deref());
+        let progress = Progress {
+            store: self.store.clone(),
+            operation_id: operation.id.clone(),
+            owner: self.owner.clone(),
+            summary: Default::default(),
+        };
         let update: Option<UpdateRequest> = match operation.kind {
             OperationKind::Update => serde_json::from_str(&operation.request).ok(),
             _ => None,
         };
+        let sealed = match &update {
+            Some(update) => update.sealed.clone(),
+            None => serde_json::from_str::<SealedRequest>(&operation.request).ok().and_then(|r| r.sealed),
+        };
+        let secrets = sealed
+            .and_then(|sealed| self.secret.open(&sealed))
+            .and_then(|plain| serde_json::from_slice(&plain).ok())
+            .map(Secret);
+        let spec = spec_of(
+            &instance.id,
+            &instance.plan_id,
+            instance.parameters.as_deref(),
+            if operation.kind == OperationKind::Provision { secrets.clone() } else { None },
+        );
         let target_plan = update.as_ref().map_or(instance.plan_id.as_str(), |u| u.plan_id.as_str());
         let driver = self.drivers.get(target_plan).cloned();
         let remaining = Duration::from_millis(operation.deadline_ms.saturating_sub(now_ms()).max(0) as u64);
@@ -283,7 +358,7 @@ impl Operations {
             match (operation.kind, &update) {
                 (OperationKind::Provision, _) => driver.provision(&spec, &progress).await,
                 (OperationKind::Update, Some(update)) => {
-                    let to = spec_of(&instance.id, &update.plan_id, update.parameters.as_deref());
+                    let to = spec_of(&instance.id, &update.plan_id, update.parameters.as_deref(), secrets.clone());
                     driver.update(&spec, &to, &progress).await
                 }
                 (OperationKind::Update, None) => Err(DriverError("the update request is unreadable".into())),
@@ -302,7 +377,7 @@ impl Operations {
         let (state, description) = match (operation.kind, outcome) {
             (OperationKind::Provision, Ok(())) => {
                 row.state = InstanceState::Ready;
-                (OperationState::Succeeded, "provisioned".to_string())
+                (OperationState::Succeeded, concluded("provisioned", &progress))
             }
             (OperationKind::Provision, Err(err)) => {
                 // Leave nothing half-made: undo what the driver may have done.
@@ -325,7 +400,7 @@ impl Operations {
                     row.maintenance_version = update.maintenance_version;
                 }
                 row.state = InstanceState::Ready;
-                (OperationState::Succeeded, "updated".to_string())
+                (OperationState::Succeeded, concluded("updated", &progress))
             }
             (OperationKind::Update, Err(err)) => {
                 row.state = InstanceState::Ready;
@@ -357,9 +432,16 @@ impl Operations {
     }
 }
 
-fn spec_of(id: &str, plan_id: &str, parameters: Option<&str>) -> InstanceSpec {
+fn concluded(done: &str, progress: &Progress) -> String {
+    match progress.summary() {
+        Some(summary) => format!("{done}: {summary}"),
+        None => done.to_string(),
+    }
+}
+
+fn spec_of(id: &str, plan_id: &str, parameters: Option<&str>, secrets: Option<Secret>) -> InstanceSpec {
     let parameters = parameters
         .and_then(|p| serde_json::from_str(p).ok())
         .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-    InstanceSpec { id: id.to_string(), plan_id: plan_id.to_string(), parameters }
+    InstanceSpec { id: id.to_string(), plan_id: plan_id.to_string(), parameters, secrets }
 }

@@ -13,7 +13,7 @@
 //! Nodes run in their own process group and outlive ovsb, so a restart of ovsb does not
 //! restart them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,10 +35,13 @@ pub const NODE_MARKER: &str = "OVSB_NODE";
 
 /// What is kept about a node, in its directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct NodeRecord {
-    instance_id: String,
-    port: u16,
-    argv: Vec<String>,
+pub(super) struct NodeRecord {
+    pub(super) instance_id: String,
+    pub(super) port: u16,
+    /// The ports of the plan's `extra_ports`, by name.
+    #[serde(default)]
+    pub(super) extra_ports: BTreeMap<String, u16>,
+    pub(super) argv: Vec<String>,
 }
 
 struct Node {
@@ -52,6 +55,9 @@ struct Node {
 /// The driver of one plan.
 pub struct ProcessDriver {
     decl: ProcessDriverDecl,
+    /// Names the command may use that come from the instance's parameters as they are
+    /// (the validator driver's start options), besides the declared driver parameters.
+    template_names: &'static [&'static str],
     plan_id: String,
     root: PathBuf,
     deadline: Duration,
@@ -88,6 +94,7 @@ impl ProcessDriver {
         let root = root.canonicalize().unwrap_or(root);
         ProcessDriver {
             decl,
+            template_names: &[],
             plan_id: plan_id.to_string(),
             root,
             deadline,
@@ -97,6 +104,12 @@ impl ProcessDriver {
             tracker,
             shutdown,
         }
+    }
+
+    /// Lets the command use these names of the instance's parameters as placeholders.
+    pub(super) fn with_template_names(mut self, names: &'static [&'static str]) -> Self {
+        self.template_names = names;
+        self
     }
 
     fn dir_name(&self, instance_id: &str) -> String {
@@ -111,7 +124,8 @@ impl ProcessDriver {
         hex::encode(&digest[..12])
     }
 
-    fn dir(&self, instance_id: &str) -> PathBuf {
+    /// The directory of an instance's node (its record, log and `data/`).
+    pub(super) fn dir(&self, instance_id: &str) -> PathBuf {
         self.root.join(self.dir_name(instance_id))
     }
 
@@ -120,10 +134,27 @@ impl ProcessDriver {
     }
 
     /// The command line of an instance's node, placeholders filled in.
-    fn argv(&self, spec: &InstanceSpec, port: u16) -> Result<Vec<String>, DriverError> {
+    fn argv(
+        &self,
+        spec: &InstanceSpec,
+        port: u16,
+        extra_ports: &BTreeMap<String, u16>,
+    ) -> Result<Vec<String>, DriverError> {
         let dir = self.dir(&spec.id).join("data");
         let mut values: HashMap<String, String> = HashMap::new();
         values.insert("port".into(), port.to_string());
+        for (name, port) in extra_ports {
+            values.insert(name.clone(), port.to_string());
+        }
+        for name in self.template_names {
+            if let Some(value) = spec.parameters.get(*name) {
+                let text = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                values.insert(name.to_string(), text);
+            }
+        }
         values.insert("data_dir".into(), dir.display().to_string());
         values.insert("instance_id".into(), spec.id.clone());
         for (name, schema) in &self.decl.parameters {
@@ -147,7 +178,8 @@ impl ProcessDriver {
             .collect()
     }
 
-    fn read_record(&self, instance_id: &str) -> Option<NodeRecord> {
+    /// What is recorded of an instance's node, if it has one.
+    pub(super) fn read_record(&self, instance_id: &str) -> Option<NodeRecord> {
         let text = std::fs::read_to_string(self.dir(instance_id).join("node.json")).ok()?;
         serde_json::from_str(&text).ok()
     }
@@ -162,18 +194,38 @@ impl ProcessDriver {
             .map_err(|e| DriverError(format!("cannot write the node record: {e}")))
     }
 
-    /// A free port of the plan's range that no node of this driver holds.
-    fn allocate_port(&self) -> Result<u16, DriverError> {
-        let mut taken: HashSet<u16> = self.nodes().values().map(|n| n.record.port).collect();
+    /// A new node record for an instance: free ports of the plan's range that no node of this
+    /// driver holds (one, plus one per `extra_ports`), and the command line.
+    fn new_record(&self, spec: &InstanceSpec) -> Result<NodeRecord, DriverError> {
+        let mut taken: HashSet<u16> = HashSet::new();
+        let mut take_record = |record: &NodeRecord| {
+            taken.insert(record.port);
+            taken.extend(record.extra_ports.values().copied());
+        };
+        for node in self.nodes().values() {
+            take_record(&node.record);
+        }
         if let Ok(entries) = std::fs::read_dir(&self.root) {
             for entry in entries.flatten() {
-                if let Ok(text) = std::fs::read_to_string(entry.path().join("node.json"))
-                    && let Ok(record) = serde_json::from_str::<NodeRecord>(&text)
-                {
-                    taken.insert(record.port);
+                if let Some(record) = self.read_record_in(&entry.path()) {
+                    take_record(&record);
                 }
             }
         }
+        let mut ports = Vec::with_capacity(1 + self.decl.extra_ports.len());
+        for _ in 0..=self.decl.extra_ports.len() {
+            let port = self.free_port(&taken)?;
+            taken.insert(port);
+            ports.push(port);
+        }
+        let extra_ports: BTreeMap<String, u16> =
+            self.decl.extra_ports.iter().cloned().zip(ports[1..].iter().copied()).collect();
+        let argv = self.argv(spec, ports[0], &extra_ports)?;
+        Ok(NodeRecord { instance_id: spec.id.clone(), port: ports[0], extra_ports, argv })
+    }
+
+    /// A port of the plan's range that is not in `taken` and that nothing listens on.
+    fn free_port(&self, taken: &HashSet<u16>) -> Result<u16, DriverError> {
         let [low, high] = self.decl.ports;
         let span = u32::from(high - low) + 1;
         let mut seed = [0u8; 4];
@@ -198,7 +250,7 @@ impl ProcessDriver {
     }
 
     /// Makes sure the instance's node runs (adopting one that already does) under supervision.
-    async fn ensure_running(
+    pub(super) async fn ensure_running(
         &self,
         spec: &InstanceSpec,
         progress: Option<&Progress>,
@@ -210,8 +262,7 @@ impl ProcessDriver {
         let record = match self.read_record(&spec.id) {
             Some(record) => record,
             None => {
-                let port = self.allocate_port()?;
-                let record = NodeRecord { instance_id: spec.id.clone(), port, argv: self.argv(spec, port)? };
+                let record = self.new_record(spec)?;
                 self.write_record(&record)?;
                 record
             }
@@ -274,7 +325,8 @@ impl ProcessDriver {
         }
     }
 
-    async fn stop_node(&self, instance_id: &str) {
+    /// Stops an instance's node (and anything else carrying its marker); keeps its directory.
+    pub(super) async fn stop_node(&self, instance_id: &str) {
         let node = self.nodes().remove(instance_id);
         let grace = Duration::from_millis(self.decl.stop_grace_ms);
         if let Some(node) = node {
@@ -288,6 +340,21 @@ impl ProcessDriver {
         for pid in find_marked(&self.marker(instance_id)) {
             stop_pid(pid, grace).await;
         }
+    }
+
+    /// Rewrites the node's command line for `to` and, when it changed, stops the node so that the
+    /// next [`ProcessDriver::ensure_running`] starts it again (same ports, same data); a node
+    /// whose command line did not change (only the chain changed) keeps running.
+    pub(super) async fn restart_if_changed(&self, to: &InstanceSpec, progress: &Progress) -> Result<(), DriverError> {
+        let Some(current) = self.read_record(&to.id) else { return Ok(()) };
+        let wanted = self.argv(to, current.port, &current.extra_ports)?;
+        if current.argv == wanted {
+            return Ok(());
+        }
+        progress.report("restarting the node with its new parameters").await;
+        self.stop_node(&to.id).await;
+        let _lifecycle = self.lifecycle.lock().await;
+        self.write_record(&NodeRecord { argv: wanted, ..current })
     }
 
     /// After a restart: adopt or restart the nodes of `live` instances, and stop and remove
@@ -347,25 +414,7 @@ impl Driver for ProcessDriver {
         progress: &'a Progress,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         async move {
-            let current = self.read_record(&to.id);
-            let port = current.as_ref().map(|r| r.port);
-            let wanted = self.argv(to, port.unwrap_or(0))?;
-            if current.as_ref().is_some_and(|r| r.argv == wanted) {
-                // Only the chain changed: the node keeps running.
-                let pool = self.ensure_running(to, Some(progress)).await?;
-                return self.wait_ready(&pool, port.unwrap_or(0), progress).await;
-            }
-            progress.report("restarting the node with its new parameters").await;
-            self.stop_node(&to.id).await;
-            {
-                let _lifecycle = self.lifecycle.lock().await;
-                let port = match port {
-                    Some(port) => port,
-                    None => self.allocate_port()?,
-                };
-                let record = NodeRecord { instance_id: to.id.clone(), port, argv: self.argv(to, port)? };
-                self.write_record(&record)?;
-            }
+            self.restart_if_changed(to, progress).await?;
             let pool = self.ensure_running(to, Some(progress)).await?;
             let port = self.nodes().get(&to.id).map_or(0, |n| n.record.port);
             self.wait_ready(&pool, port, progress).await
@@ -628,6 +677,7 @@ mod tests {
         ProcessDriverDecl {
             command: command.iter().map(|s| s.to_string()).collect(),
             ports: [40000, 40999],
+            extra_ports: Vec::new(),
             ws: false,
             stop_grace_ms: 500,
             restart_backoff_ms: [10, 20],
@@ -639,7 +689,12 @@ mod tests {
 
     fn supervisor(dir: &Path, decl: ProcessDriverDecl) -> Supervisor {
         Supervisor {
-            record: NodeRecord { instance_id: "i".into(), port: 40000, argv: decl.command.clone() },
+            record: NodeRecord {
+                instance_id: "i".into(),
+                port: 40000,
+                extra_ports: BTreeMap::new(),
+                argv: decl.command.clone(),
+            },
             decl,
             dir: dir.to_path_buf(),
             marker: format!("unit-test-{}", crate::store::random_id()),

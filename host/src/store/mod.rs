@@ -12,10 +12,14 @@
 //! up front (so a transaction never fails half-way for a lock upgrade). The generation it
 //! bumps tells other replicas to reload their routes.
 
+mod validators;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+
+pub use validators::HistoryRow;
 
 /// A store failure. The message is for logs: it may name the database, never a client.
 #[derive(Debug, thiserror::Error)]

@@ -325,7 +325,19 @@ impl TestBroker {
         pending_port: u16,
         tweak: impl FnOnce(&mut Config),
     ) -> TestBroker {
-        let mut config = Config::from_toml(&test_config_toml(node, pending_port), "test").unwrap();
+        TestBroker::start_with_plans(dir, db, node, pending_port, "", tweak).await
+    }
+
+    /// [`TestBroker::start_in`] with `extra_plans` in the test service (see [`test_config_toml_with`]).
+    pub async fn start_with_plans(
+        dir: tempfile::TempDir,
+        db: TestDb,
+        node: &str,
+        pending_port: u16,
+        extra_plans: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestBroker {
+        let mut config = Config::from_toml(&test_config_toml_with(node, pending_port, extra_plans), "test").unwrap();
         config.data_dir = dir.path().join("data");
         config.database_url = db.url.clone();
         tweak(&mut config);

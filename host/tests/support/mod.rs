@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod ethsig;
+pub mod lodestar;
 pub mod process;
 
 use std::io::{BufRead, BufReader};
@@ -135,6 +137,7 @@ impl TestGateway {
             plan: "devnet".into(),
             chain: Chain::new(entries),
             upstream: Arc::new(upstream),
+            validator: None,
         })
     }
 

@@ -21,7 +21,12 @@ impl Ovsb {
     }
 
     /// The same, with the broker and gateway on these ports (a restart keeps its URLs).
-    pub fn start_on(dir: &Path, name: &str, config: &str, (broker, gateway): (u16, u16)) -> Ovsb {
+    pub fn start_on(dir: &Path, name: &str, config: &str, ports: (u16, u16)) -> Ovsb {
+        Ovsb::start_logging(dir, name, config, ports, "info")
+    }
+
+    /// The same, logging at `level` (`OVSB_LOG`) into `<dir>/<name>.log`.
+    pub fn start_logging(dir: &Path, name: &str, config: &str, (broker, gateway): (u16, u16), level: &str) -> Ovsb {
         let config = config
             .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{broker}\""), 1)
             .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{gateway}\""), 1);
@@ -31,7 +36,7 @@ impl Ovsb {
         let child = Command::new(env!("CARGO_BIN_EXE_ovsb"))
             .args(["serve", "--config"])
             .arg(&file)
-            .env("OVSB_LOG", "info")
+            .env("OVSB_LOG", level)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,0 +1,829 @@
+//! The `validator` driver: a validator client (with its beacon node) per instance, the
+//! customer's keys loaded and unloaded through the client's keymanager API, and the keys'
+//! slashing-protection history kept by ovsb.
+//!
+//! Owns: the validator parameters (their schema, their checks, which of them are secret),
+//! claiming each key for one instance in the store, importing keys once the client is ready,
+//! setting fee recipient and gas limit per key, and exporting each key's EIP-3076 history into
+//! the store **before** the client stops. Runs the client through the [`ProcessDriver`]
+//! (ports, data directory, supervision, adoption after an ovsb restart).
+//!
+//! ## The guarantees
+//! - A key is claimed in the store (`validator_keys`) before it is imported, in one
+//!   transaction for all keys of a request; a key another instance holds is refused. So a key
+//!   is never loaded in two clients that ovsb runs, across replicas too.
+//! - A claim is released only in the transaction that stores the history exported when the
+//!   key was deleted from the client. If the client cannot be reached, the deprovision fails
+//!   and keeps the client's directory (its own slashing database) instead.
+//! - Keystores and passwords reach the store only sealed (see
+//!   [`crate::broker::credentials::SecretKey::seal`]) in the operation's request, never in the
+//!   instance's parameters, never in a log, never in an answer.
+//! - A history the store holds for a key is imported with it (merged with one given), so a key
+//!   moved from one instance to another keeps its protection even if the platform forgot it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Driver, DriverError, InstanceSpec, ProcessDriver, Progress};
+use crate::config::ValidatorDriverDecl;
+use crate::gateway::{UpstreamPool, UpstreamSettings};
+use crate::store::Store;
+
+/// Instance parameters every validator plan takes.
+pub const VALIDATOR_PARAMETERS: &[&str] = &[
+    "keystores",
+    "passwords",
+    "slashing_protection",
+    "fee_recipient",
+    "graffiti",
+    "gas_limit",
+    "doppelganger_protection",
+    "remove_keys",
+    "pubkeys",
+];
+
+/// Parameters that are start options of the client (placeholders of its command): changing
+/// one restarts the client.
+pub const VALIDATOR_TEMPLATE_NAMES: &[&str] = &["graffiti", "doppelganger_protection"];
+
+/// Most keys in one request.
+const MAX_KEYS: usize = 100;
+
+/// JSON Schema properties of the validator parameters (draft-04), for the catalog.
+pub fn validator_parameter_schema() -> Value {
+    let pubkey = json!({"type": "string", "pattern": "^0x[0-9a-fA-F]{96}$"});
+    json!({
+        "keystores": {
+            "type": "array", "minItems": 1, "maxItems": MAX_KEYS,
+            "items": {"type": ["object", "string"]},
+            "description": "EIP-2335 keystores (objects or JSON text, or sealed to ovsb's encryptionPublicKey) to load; never stored in clear, never returned",
+        },
+        "passwords": {
+            "type": "array", "maxItems": MAX_KEYS,
+            "items": {"anyOf": [{"type": "string", "maxLength": 1024}, crate::identity::sealed_schema()]},
+            "description": "The keystores' passwords, in the same order; each may be sealed to ovsb's encryptionPublicKey",
+        },
+        "slashing_protection": {
+            "type": ["object", "string"],
+            "description": "EIP-3076 interchange (format version 5) of the keys' history; merged with what ovsb kept",
+        },
+        "fee_recipient": {
+            "type": "string", "pattern": "^0x[0-9a-fA-F]{40}$",
+            "description": "Where execution rewards go (required at provision; not the zero address)",
+        },
+        "graffiti": {"type": "string", "minLength": 1, "maxLength": 32, "description": "Graffiti of proposed blocks (UTF-8, at most 32 bytes; set at provision)"},
+        "gas_limit": {"type": "integer", "minimum": 5000, "maximum": 1_000_000_000u64, "description": "Gas limit of proposed blocks"},
+        "doppelganger_protection": {"type": "boolean", "description": "Wait to see that a key is not active elsewhere before signing (set at provision)"},
+        "remove_keys": {
+            "type": "array", "maxItems": MAX_KEYS, "items": pubkey,
+            "description": "Update only: keys to unload (their history is kept by ovsb)",
+        },
+        "pubkeys": {"type": "array", "items": pubkey, "description": "The instance's keys; set by ovsb, ignored on input"},
+    })
+}
+
+/// The secret part of a request: what is imported. Never logged (no field in `Debug`).
+#[derive(Clone, Serialize, Deserialize, Default)]
+pub struct KeySecrets {
+    /// EIP-2335 keystores, JSON text.
+    pub keystores: Vec<String>,
+    /// Their passwords.
+    pub passwords: Vec<String>,
+    /// Their public keys, in the same order.
+    pub pubkeys: Vec<String>,
+    /// EIP-3076 interchange given with them, JSON text.
+    pub slashing_protection: Option<String>,
+}
+
+impl std::fmt::Debug for KeySecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySecrets").field("pubkeys", &self.pubkeys).finish_non_exhaustive()
+    }
+}
+
+/// Validator parameters split into what is stored and shown (`public`) and what is sealed.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The parameters as kept and returned: no keystore, password or history; `pubkeys` added.
+    pub public: Value,
+    /// Keys to import, if the request brings any.
+    pub secrets: Option<KeySecrets>,
+}
+
+/// Checks provision parameters; the error names the field and the reason.
+pub fn prepare_provision(parameters: &Value) -> Result<Prepared, String> {
+    if parameters.get("fee_recipient").is_none() {
+        return Err("parameters.fee_recipient: required".into());
+    }
+    if parameters.get("remove_keys").is_some() {
+        return Err("parameters.remove_keys: only an update removes keys".into());
+    }
+    let secrets = read_keys(parameters)?;
+    let mut public = common(parameters, &Value::Null)?;
+    if secrets.is_none() {
+        return Err("parameters.keystores: required (at least one EIP-2335 keystore)".into());
+    }
+    public["pubkeys"] = json!(secrets.as_ref().map_or(Vec::new(), |s| s.pubkeys.clone()));
+    Ok(Prepared { public, secrets })
+}
+
+/// Checks update parameters against the instance's current (public) ones; what the update
+/// names changes, the rest stays. The error names the field and the reason.
+pub fn prepare_update(current: &Value, parameters: &Value) -> Result<Prepared, String> {
+    for name in VALIDATOR_TEMPLATE_NAMES {
+        if let Some(value) = parameters.get(*name)
+            && current.get(*name) != Some(value)
+        {
+            // A start option: changing it restarts the client, and a restarted `lodestar dev`
+            // wipes its keys and databases. Refused rather than risk the keys' history.
+            return Err(format!(
+                "parameters.{name}: set at provision only (the client takes it as a start option and has no API to change it)"
+            ));
+        }
+    }
+    let secrets = read_keys(parameters)?;
+    let mut public = common(parameters, current)?;
+    let mut keys: Vec<String> = pubkeys_of(current);
+    if let Some(remove) = parameters.get("remove_keys").and_then(Value::as_array) {
+        for (i, key) in remove.iter().enumerate() {
+            let key = key.as_str().unwrap_or_default().to_ascii_lowercase();
+            let Some(at) = keys.iter().position(|k| *k == key) else {
+                return Err(format!("parameters.remove_keys[{i}]: {key} is not a key of this instance"));
+            };
+            keys.remove(at);
+        }
+    }
+    if let Some(secrets) = &secrets {
+        for (i, key) in secrets.pubkeys.iter().enumerate() {
+            if pubkeys_of(current).contains(key) {
+                return Err(format!("parameters.keystores[{i}]: {key} is already a key of this instance"));
+            }
+            keys.push(key.clone());
+        }
+    }
+    public["pubkeys"] = json!(keys);
+    Ok(Prepared { public, secrets })
+}
+
+/// The instance's keys, from its public parameters.
+pub fn pubkeys_of(parameters: &Value) -> Vec<String> {
+    parameters
+        .get("pubkeys")
+        .and_then(Value::as_array)
+        .map(|keys| keys.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The non-secret parameters: the request's over the current ones, defaults filled in.
+fn common(parameters: &Value, current: &Value) -> Result<Value, String> {
+    let mut public = match current {
+        Value::Object(map) => Value::Object(map.clone()),
+        _ => json!({"graffiti": "ovsb", "doppelganger_protection": false}),
+    };
+    for (name, value) in parameters.as_object().into_iter().flatten() {
+        if !["keystores", "passwords", "slashing_protection", "remove_keys", "pubkeys"].contains(&name.as_str()) {
+            public[name] = value.clone();
+        }
+    }
+    if let Some(fee) = parameters.get("fee_recipient").and_then(Value::as_str) {
+        let hex = fee.trim_start_matches("0x");
+        if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("parameters.fee_recipient: not an address (0x and 40 hex digits)".into());
+        }
+        if hex.bytes().all(|b| b == b'0') {
+            return Err("parameters.fee_recipient: the zero address would burn the rewards".into());
+        }
+        public["fee_recipient"] = json!(format!("0x{}", hex.to_ascii_lowercase()));
+    }
+    if let Some(graffiti) = parameters.get("graffiti").and_then(Value::as_str)
+        && graffiti.len() > 32
+    {
+        return Err(format!("parameters.graffiti: {} bytes, at most 32", graffiti.len()));
+    }
+    Ok(public)
+}
+
+/// The keys a request brings, checked: EIP-2335 keystores, one password each, no key twice,
+/// an EIP-3076 history if given.
+fn read_keys(parameters: &Value) -> Result<Option<KeySecrets>, String> {
+    let keystores = parameters.get("keystores").and_then(Value::as_array);
+    let passwords = parameters.get("passwords").and_then(Value::as_array);
+    let (keystores, passwords) = match (keystores, passwords) {
+        (None, None) => {
+            if parameters.get("slashing_protection").is_some() {
+                return Err("parameters.slashing_protection: given without keystores".into());
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => return Err("parameters.passwords: required with keystores (one per keystore)".into()),
+        (None, Some(_)) => return Err("parameters.keystores: required with passwords".into()),
+        (Some(k), Some(p)) => (k, p),
+    };
+    if keystores.len() != passwords.len() {
+        return Err(format!("parameters.passwords: {} passwords for {} keystores", passwords.len(), keystores.len()));
+    }
+    let mut secrets = KeySecrets::default();
+    for (i, keystore) in keystores.iter().enumerate() {
+        let keystore = match keystore {
+            Value::String(text) => {
+                serde_json::from_str::<Value>(text).map_err(|e| format!("parameters.keystores[{i}]: not JSON: {e}"))?
+            }
+            other => other.clone(),
+        };
+        let pubkey = check_keystore(&keystore).map_err(|reason| format!("parameters.keystores[{i}]: {reason}"))?;
+        if secrets.pubkeys.contains(&pubkey) {
+            return Err(format!("parameters.keystores[{i}]: key {pubkey} is given twice"));
+        }
+        secrets.pubkeys.push(pubkey);
+        secrets.keystores.push(keystore.to_string());
+    }
+    for (i, password) in passwords.iter().enumerate() {
+        let Some(password) = password.as_str() else {
+            return Err(format!("parameters.passwords[{i}]: not a string"));
+        };
+        secrets.passwords.push(password.to_string());
+    }
+    if let Some(history) = parameters.get("slashing_protection") {
+        let history = match history {
+            Value::String(text) => serde_json::from_str::<Value>(text)
+                .map_err(|e| format!("parameters.slashing_protection: not JSON: {e}"))?,
+            other => other.clone(),
+        };
+        check_interchange(&history).map_err(|reason| format!("parameters.slashing_protection: {reason}"))?;
+        secrets.slashing_protection = Some(history.to_string());
+    }
+    Ok(Some(secrets))
+}
+
+/// The public key of an EIP-2335 keystore (`0x` + lowercase hex), or why it is not one.
+fn check_keystore(keystore: &Value) -> Result<String, String> {
+    if !keystore.is_object() {
+        return Err("not an EIP-2335 keystore (a JSON object)".into());
+    }
+    if keystore.get("version").and_then(Value::as_u64) != Some(4) {
+        return Err("not an EIP-2335 keystore: version must be 4".into());
+    }
+    let crypto = keystore.get("crypto").ok_or("not an EIP-2335 keystore: no crypto")?;
+    for part in ["kdf", "checksum", "cipher"] {
+        if !crypto.get(part).is_some_and(Value::is_object) {
+            return Err(format!("not an EIP-2335 keystore: no crypto.{part}"));
+        }
+    }
+    let pubkey = keystore.get("pubkey").and_then(Value::as_str).ok_or("no pubkey (ovsb needs it to track the key)")?;
+    let hex = pubkey.trim_start_matches("0x");
+    if hex.len() != 96 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("pubkey is not a BLS public key (96 hex digits)".into());
+    }
+    Ok(format!("0x{}", hex.to_ascii_lowercase()))
+}
+
+/// Checks the shape of an EIP-3076 interchange document.
+fn check_interchange(doc: &Value) -> Result<(), String> {
+    let metadata = doc.get("metadata").ok_or("not an EIP-3076 interchange: no metadata")?;
+    if metadata.get("interchange_format_version").and_then(Value::as_str) != Some("5") {
+        return Err("metadata.interchange_format_version must be \"5\"".into());
+    }
+    let root = metadata.get("genesis_validators_root").and_then(Value::as_str).unwrap_or_default();
+    let hex = root.trim_start_matches("0x");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("metadata.genesis_validators_root must be 0x and 64 hex digits".into());
+    }
+    let data = doc.get("data").and_then(Value::as_array).ok_or("not an EIP-3076 interchange: no data array")?;
+    for (i, entry) in data.iter().enumerate() {
+        if !entry.get("pubkey").is_some_and(Value::is_string) {
+            return Err(format!("data[{i}]: no pubkey"));
+        }
+    }
+    Ok(())
+}
+
+/// One document holding the entries of every given interchange for `pubkeys` (the newest
+/// metadata wins; documents of another chain are left out).
+pub fn merge_interchanges(documents: &[Value], pubkeys: &[String]) -> Option<Value> {
+    let newest = documents.last()?;
+    let root = newest["metadata"]["genesis_validators_root"].as_str()?.to_ascii_lowercase();
+    let mut data = Vec::new();
+    for doc in documents {
+        if doc["metadata"]["genesis_validators_root"].as_str().map(str::to_ascii_lowercase).as_deref() != Some(&root) {
+            continue;
+        }
+        for entry in doc["data"].as_array().into_iter().flatten() {
+            let key = entry["pubkey"].as_str().unwrap_or_default().to_ascii_lowercase();
+            if pubkeys.contains(&key) {
+                data.push(entry.clone());
+            }
+        }
+    }
+    Some(json!({"metadata": newest["metadata"], "data": data}))
+}
+
+/// Splits an interchange into one document per key it has entries for.
+fn split_interchange(doc: &Value) -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = Vec::new();
+    for entry in doc["data"].as_array().into_iter().flatten() {
+        let key = entry["pubkey"].as_str().unwrap_or_default().to_ascii_lowercase();
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, one)) => one["data"].as_array_mut().expect("built as an array").push(entry.clone()),
+            None => out.push((key, json!({"metadata": doc["metadata"], "data": [entry]}))),
+        }
+    }
+    out
+}
+
+/// How the gateway reaches an instance's client.
+#[derive(Clone)]
+pub struct ValidatorAccess {
+    /// The beacon node's REST API, `http://127.0.0.1:<port>`.
+    pub beacon: String,
+    /// The keymanager API, `http://127.0.0.1:<port>`.
+    pub keymanager: String,
+    /// The client's own keymanager token (never leaves ovsb).
+    pub token: String,
+}
+
+/// The driver of one validator plan.
+pub struct ValidatorDriver {
+    process: ProcessDriver,
+    decl: ValidatorDriverDecl,
+    store: Store,
+    http: reqwest::Client,
+    rpc: Arc<UpstreamPool>,
+    /// What [`ValidatorDriver::access`] read last, per instance, with the token file's mtime.
+    known: std::sync::Mutex<HashMap<String, (std::time::SystemTime, ValidatorAccess)>>,
+}
+
+impl ValidatorDriver {
+    /// A driver whose clients live under `root`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        decl: ValidatorDriverDecl,
+        plan_id: &str,
+        root: PathBuf,
+        store: Store,
+        deadline: Duration,
+        max_response_bytes: usize,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let process =
+            ProcessDriver::new(decl.client.clone(), plan_id, root, deadline, max_response_bytes, tracker, shutdown)
+                .with_template_names(VALIDATOR_TEMPLATE_NAMES);
+        let rpc = Arc::new(UpstreamPool::new(UpstreamSettings {
+            http: decl.rpc_http.iter().filter_map(|u| u.parse().ok()).collect(),
+            ws: decl.rpc_ws.clone(),
+            deadline,
+            max_response_bytes,
+        }));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a plain HTTP client builds");
+        ValidatorDriver { process, decl, store, http, rpc, known: Default::default() }
+    }
+
+    /// How to reach the instance's client, once it has written its token. Read from the
+    /// client's directory, again only when the token file changed (a restarted client may
+    /// write a new one): the gateway asks on every keymanager request.
+    pub fn access(&self, instance_id: &str) -> Option<ValidatorAccess> {
+        let token_path = self.process.dir(instance_id).join("data").join(&self.decl.token_file);
+        let modified = std::fs::metadata(&token_path).and_then(|m| m.modified()).ok()?;
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, access)) = known.get(instance_id)
+            && *at == modified
+        {
+            return Some(access.clone());
+        }
+        let record = self.process.read_record(instance_id)?;
+        let keymanager = *record.extra_ports.get("keymanager_port")?;
+        let token = std::fs::read_to_string(token_path).ok()?.trim().to_string();
+        if token.is_empty() {
+            return None;
+        }
+        let access = ValidatorAccess {
+            beacon: format!("http://127.0.0.1:{}", record.port),
+            keymanager: format!("http://127.0.0.1:{keymanager}"),
+            token,
+        };
+        known.insert(instance_id.to_string(), (modified, access.clone()));
+        Some(access)
+    }
+
+    fn forget(&self, instance_id: &str) {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).remove(instance_id);
+    }
+
+    /// Waits until the beacon API answers and the keymanager takes the client's token.
+    async fn wait_ready(&self, instance_id: &str, progress: &Progress) -> Result<ValidatorAccess, DriverError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let state = match self.access(instance_id) {
+                None => "the client has not written its keymanager token yet".to_string(),
+                Some(access) => match self.get(&access, "/eth/v1/keystores").await {
+                    Ok(_) => match self.http.get(format!("{}/eth/v1/node/version", access.beacon)).send().await {
+                        Ok(response) if response.status().is_success() => return Ok(access),
+                        Ok(response) => format!("the beacon API answers {}", response.status()),
+                        Err(err) => format!("the beacon API does not answer: {err}"),
+                    },
+                    Err(err) => err.0,
+                },
+            };
+            if attempt % 10 == 1 {
+                progress.report(&format!("waiting for the validator client (attempt {attempt}): {state}")).await;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn get(&self, access: &ValidatorAccess, path: &str) -> Result<Value, DriverError> {
+        let request = self.http.get(format!("{}{path}", access.keymanager)).bearer_auth(&access.token);
+        self.send(request, path).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Value, DriverError> {
+        let response =
+            request.send().await.map_err(|e| DriverError(format!("the keymanager API does not answer {what}: {e}")))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            return Err(DriverError(format!("the keymanager API answered {what} with {status}: {message}")));
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| DriverError(format!("the keymanager API answered {what} with bad JSON: {e}")))
+    }
+
+    /// Claims the keys, then imports them with their history. On any key's failure, the keys
+    /// this call imported are deleted again (history kept) and the claims released.
+    async fn import(
+        &self,
+        instance_id: &str,
+        access: &ValidatorAccess,
+        secrets: &KeySecrets,
+        progress: &Progress,
+    ) -> Result<String, DriverError> {
+        let taken = self.store.claim_validator_keys(instance_id, &secrets.pubkeys).await.map_err(store_error)?;
+        if let Some((key, holder)) = taken.first() {
+            return Err(DriverError(format!(
+                "validator key {key} is loaded in instance {holder}; deprovision it (or remove the key) there first: a key must never be in two clients"
+            )));
+        }
+        let mut documents = Vec::new();
+        for key in &secrets.pubkeys {
+            for row in self.store.history(key).await.map_err(store_error)? {
+                if let Ok(doc) = serde_json::from_str::<Value>(&row.interchange) {
+                    documents.push(doc);
+                }
+            }
+        }
+        if let Some(given) = secrets.slashing_protection.as_deref().and_then(|t| serde_json::from_str(t).ok()) {
+            documents.push(given);
+        }
+        let mut body = json!({"keystores": secrets.keystores, "passwords": secrets.passwords});
+        if let Some(history) = merge_interchanges(&documents, &secrets.pubkeys) {
+            body["slashing_protection"] = json!(history.to_string());
+        }
+        progress.report(&format!("importing {} key(s) through the keymanager API", secrets.pubkeys.len())).await;
+        let request = self.http.post(format!("{}/eth/v1/keystores", access.keymanager)).bearer_auth(&access.token);
+        let answer = match self.send(request.json(&body), "POST /eth/v1/keystores").await {
+            Ok(answer) => answer,
+            Err(err) => {
+                self.store.release_validator_keys(instance_id, &secrets.pubkeys).await.map_err(store_error)?;
+                return Err(err);
+            }
+        };
+        let statuses: Vec<(String, String, String)> = secrets
+            .pubkeys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let entry = &answer["data"][i];
+                let status = entry["status"].as_str().unwrap_or("missing").to_string();
+                (key.clone(), status, entry["message"].as_str().unwrap_or_default().to_string())
+            })
+            .collect();
+        let report = statuses
+            .iter()
+            .map(|(key, status, message)| {
+                if message.is_empty() {
+                    format!("{}: {status}", short(key))
+                } else {
+                    format!("{}: {status} ({message})", short(key))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let loaded = |status: &str| status == "imported" || status == "duplicate";
+        if statuses.iter().all(|(_, status, _)| loaded(status)) {
+            return Ok(report);
+        }
+        // Leave no key half-imported: the ones this call loaded go out again.
+        let imported: Vec<String> =
+            statuses.iter().filter(|(_, status, _)| status == "imported").map(|(key, _, _)| key.clone()).collect();
+        if !imported.is_empty() {
+            self.delete(instance_id, access, &imported).await?;
+        }
+        self.store.release_validator_keys(instance_id, &secrets.pubkeys).await.map_err(store_error)?;
+        Err(DriverError(format!("not every key was imported, none is kept: {report}")))
+    }
+
+    /// Deletes keys from the client and stores the history it exports, releasing the claims.
+    async fn delete(&self, instance_id: &str, access: &ValidatorAccess, pubkeys: &[String]) -> Result<(), DriverError> {
+        let request = self
+            .http
+            .delete(format!("{}/eth/v1/keystores", access.keymanager))
+            .bearer_auth(&access.token)
+            .json(&json!({"pubkeys": pubkeys}));
+        let answer = self.send(request, "DELETE /eth/v1/keystores").await?;
+        for (i, key) in pubkeys.iter().enumerate() {
+            let status = answer["data"][i]["status"].as_str().unwrap_or("missing");
+            if status == "error" || status == "missing" {
+                let message = answer["data"][i]["message"].as_str().unwrap_or_default();
+                return Err(DriverError(format!("the client could not delete key {key}: {status} {message}")));
+            }
+        }
+        let history: Value = match &answer["slashing_protection"] {
+            Value::String(text) => serde_json::from_str(text)
+                .map_err(|e| DriverError(format!("the client's slashing-protection export is not JSON: {e}")))?,
+            Value::Object(_) => answer["slashing_protection"].clone(),
+            _ => return Err(DriverError("the client exported no slashing-protection history".into())),
+        };
+        // A key the client never had (status `not_active`) comes back with an empty entry:
+        // nothing to keep.
+        let signed = |doc: &Value| {
+            doc["data"].as_array().into_iter().flatten().any(|entry| {
+                ["signed_blocks", "signed_attestations"]
+                    .iter()
+                    .any(|list| entry[*list].as_array().is_some_and(|l| !l.is_empty()))
+            })
+        };
+        let histories: Vec<(String, String)> = split_interchange(&history)
+            .into_iter()
+            .filter(|(key, doc)| {
+                let i = pubkeys.iter().position(|k| k == key);
+                i.is_some_and(|i| answer["data"][i]["status"] == "deleted" || signed(doc))
+            })
+            .map(|(key, doc)| (key, doc.to_string()))
+            .collect();
+        self.store.store_history_and_release(instance_id, &histories).await.map_err(store_error)?;
+        // Keys the client had no history for (never loaded, or never signed) are free too.
+        self.store.release_validator_keys(instance_id, pubkeys).await.map_err(store_error)?;
+        tracing::info!(instance = %instance_id, keys = pubkeys.len(), exported = histories.len(),
+            "validator keys deleted; their slashing-protection history is stored");
+        Ok(())
+    }
+
+    /// Sets fee recipient and gas limit of every key of the instance.
+    async fn apply_settings(&self, access: &ValidatorAccess, parameters: &Value) -> Result<(), DriverError> {
+        for key in pubkeys_of(parameters) {
+            if let Some(fee) = parameters.get("fee_recipient").and_then(Value::as_str) {
+                let request = self
+                    .http
+                    .post(format!("{}/eth/v1/validator/{key}/feerecipient", access.keymanager))
+                    .bearer_auth(&access.token)
+                    .json(&json!({"ethaddress": fee}));
+                self.send(request, "POST feerecipient").await?;
+            }
+            if let Some(gas) = parameters.get("gas_limit").and_then(Value::as_u64) {
+                let request = self
+                    .http
+                    .post(format!("{}/eth/v1/validator/{key}/gas_limit", access.keymanager))
+                    .bearer_auth(&access.token)
+                    .json(&json!({"gas_limit": gas.to_string()}));
+                self.send(request, "POST gas_limit").await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn secrets(spec: &InstanceSpec) -> Result<Option<KeySecrets>, DriverError> {
+        match &spec.secrets {
+            None => Ok(None),
+            Some(secret) => serde_json::from_value(secret.0.clone())
+                .map(Some)
+                .map_err(|_| DriverError("the request's keys cannot be read".into())),
+        }
+    }
+}
+
+fn store_error(err: crate::store::StoreError) -> DriverError {
+    DriverError(format!("the store failed: {err}"))
+}
+
+/// `0x1234…abcd`: enough of a key to tell it in a description.
+fn short(key: &str) -> String {
+    if key.len() > 14 { format!("{}…{}", &key[..8], &key[key.len() - 4..]) } else { key.to_string() }
+}
+
+impl Driver for ValidatorDriver {
+    fn provision<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move {
+            let secrets = Self::secrets(spec)?.ok_or_else(|| {
+                DriverError("the keys to import cannot be opened (was the broker's secret key changed?)".into())
+            })?;
+            self.process.ensure_running(spec, Some(progress)).await?;
+            let access = self.wait_ready(&spec.id, progress).await?;
+            let report = self.import(&spec.id, &access, &secrets, progress).await?;
+            self.apply_settings(&access, &spec.parameters).await?;
+            progress.conclude(&format!("keys {report}")).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn update<'a>(
+        &'a self,
+        from: &'a InstanceSpec,
+        to: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move {
+            self.process.restart_if_changed(to, progress).await?;
+            self.process.ensure_running(to, Some(progress)).await?;
+            let access = self.wait_ready(&to.id, progress).await?;
+            let before: BTreeSet<String> = pubkeys_of(&from.parameters).into_iter().collect();
+            let after: BTreeSet<String> = pubkeys_of(&to.parameters).into_iter().collect();
+            let mut report = Vec::new();
+            // Add first: if an import fails, nothing was removed and the instance is as it was.
+            if let Some(secrets) = Self::secrets(to)? {
+                let adding: Vec<String> = secrets.pubkeys.iter().filter(|k| !before.contains(*k)).cloned().collect();
+                if !adding.is_empty() {
+                    report.push(format!("added {}", self.import(&to.id, &access, &secrets, progress).await?));
+                }
+            }
+            let removing: Vec<String> = before.difference(&after).cloned().collect();
+            if !removing.is_empty() {
+                progress.report(&format!("removing {} key(s); storing their history", removing.len())).await;
+                self.delete(&to.id, &access, &removing).await?;
+                report.push(format!("removed {}", removing.iter().map(|k| short(k)).collect::<Vec<_>>().join(", ")));
+            }
+            self.apply_settings(&access, &to.parameters).await?;
+            if !report.is_empty() {
+                progress.conclude(&report.join("; ")).await;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn deprovision<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move {
+            // The keys this instance holds: those it may have loaded (not those of its
+            // parameters that another instance holds, when claiming them failed).
+            let keys = self.store.validator_keys_of(&spec.id).await.map_err(store_error)?;
+            if self.process.read_record(&spec.id).is_some() && !keys.is_empty() {
+                // The history must be out of the client and in the store before it stops.
+                self.process.ensure_running(spec, Some(progress)).await?;
+                let access = self.wait_ready(&spec.id, progress).await?;
+                progress
+                    .report(&format!("deleting {} key(s); storing their slashing-protection history", keys.len()))
+                    .await;
+                self.delete(&spec.id, &access, &keys).await?;
+            } else {
+                self.store.release_validator_keys(&spec.id, &keys).await.map_err(store_error)?;
+            }
+            self.forget(&spec.id);
+            self.process.deprovision(spec, progress).await
+        }
+        .boxed()
+    }
+
+    fn upstream(&self, instance_id: &str) -> Option<Arc<UpstreamPool>> {
+        self.process.read_record(instance_id).map(|_| self.rpc.clone())
+    }
+
+    fn validator(&self, instance_id: &str) -> Option<ValidatorAccess> {
+        self.access(instance_id)
+    }
+
+    fn recover<'a>(&'a self, live: &'a [InstanceSpec], busy: &'a [String]) -> BoxFuture<'a, ()> {
+        self.process.recover_nodes(live, busy).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keystore(pubkey: &str) -> Value {
+        json!({"version": 4, "pubkey": pubkey, "path": "m/12381/3600/3/0/0", "uuid": "u",
+            "crypto": {"kdf": {}, "checksum": {}, "cipher": {}}})
+    }
+
+    const KEY: &str =
+        "a3a32b0f8b4ddb83f1a0a853d81dd725dfe577d4f4c3db8ece52ce2b026eca84815c1a7e8e92a4de3d755733bf7e4a9b";
+    const FEE: &str = "0x00000000000000000000000000000000000000Bb";
+
+    #[test]
+    fn provision_parameters_keep_secrets_apart_and_name_what_is_wrong() {
+        let params = json!({"keystores": [keystore(KEY)], "passwords": ["pw"], "fee_recipient": FEE});
+        let prepared = prepare_provision(&params).unwrap();
+        assert_eq!(prepared.public["pubkeys"], json!([format!("0x{KEY}")]));
+        assert_eq!(prepared.public["fee_recipient"], json!(FEE.to_ascii_lowercase()));
+        assert!(prepared.public.get("keystores").is_none() && prepared.public.get("passwords").is_none());
+        let secrets = prepared.secrets.unwrap();
+        assert_eq!(secrets.passwords, vec!["pw"]);
+        assert!(!format!("{secrets:?}").contains("pw\""), "Debug hides the passwords");
+
+        let bad = |params: Value, expected: &str| {
+            let err = prepare_provision(&params).unwrap_err();
+            assert!(err.contains(expected), "{err} should contain {expected}");
+        };
+        bad(json!({"keystores": [keystore(KEY)], "passwords": ["pw"]}), "fee_recipient: required");
+        bad(
+            json!({"keystores": [keystore(KEY)], "passwords": ["pw"], "fee_recipient": format!("0x{}", "0".repeat(40))}),
+            "zero address",
+        );
+        bad(json!({"keystores": [keystore(KEY)], "fee_recipient": FEE}), "passwords: required");
+        bad(
+            json!({"keystores": [keystore(KEY)], "passwords": [], "fee_recipient": FEE}),
+            "0 passwords for 1 keystores",
+        );
+        bad(
+            json!({"keystores": [keystore(KEY), keystore(KEY)], "passwords": ["a", "b"], "fee_recipient": FEE}),
+            "given twice",
+        );
+        bad(json!({"keystores": ["{nope"], "passwords": ["a"], "fee_recipient": FEE}), "keystores[0]: not JSON");
+        bad(json!({"keystores": [{"version": 3}], "passwords": ["a"], "fee_recipient": FEE}), "version must be 4");
+        bad(json!({"keystores": [keystore("12")], "passwords": ["a"], "fee_recipient": FEE}), "not a BLS public key");
+        bad(json!({"fee_recipient": FEE}), "keystores: required");
+        bad(
+            json!({"keystores": [keystore(KEY)], "passwords": ["a"], "fee_recipient": FEE,
+                "slashing_protection": {"metadata": {"interchange_format_version": "4"}, "data": []}}),
+            "interchange_format_version",
+        );
+        bad(
+            json!({"keystores": [keystore(KEY)], "passwords": ["a"], "fee_recipient": FEE, "graffiti": "x".repeat(33)}),
+            "33 bytes",
+        );
+    }
+
+    #[test]
+    fn updates_change_what_they_name_and_add_or_remove_keys() {
+        let current = json!({"fee_recipient": "0xbb", "graffiti": "g", "doppelganger_protection": false, "pubkeys": [format!("0x{KEY}")]});
+        let fee_only = prepare_update(&current, &json!({"gas_limit": 30000000, "graffiti": "g"})).unwrap();
+        assert_eq!(fee_only.public["graffiti"], "g");
+        assert_eq!(fee_only.public["gas_limit"], 30000000);
+        assert_eq!(fee_only.public["pubkeys"], current["pubkeys"]);
+        assert!(fee_only.secrets.is_none());
+        assert!(prepare_update(&current, &json!({"graffiti": "h"})).unwrap_err().contains("set at provision only"));
+        let removed =
+            prepare_update(&current, &json!({"remove_keys": [format!("0x{}", KEY.to_ascii_uppercase())]})).unwrap();
+        assert_eq!(removed.public["pubkeys"], json!([]));
+        let other = "b".repeat(96);
+        assert!(
+            prepare_update(&current, &json!({"remove_keys": [format!("0x{other}")]}))
+                .unwrap_err()
+                .contains("not a key of this instance")
+        );
+        let added = prepare_update(&current, &json!({"keystores": [keystore(&other)], "passwords": ["p"]})).unwrap();
+        assert_eq!(added.public["pubkeys"], json!([format!("0x{KEY}"), format!("0x{other}")]));
+        assert!(
+            prepare_update(&current, &json!({"keystores": [keystore(KEY)], "passwords": ["p"]}))
+                .unwrap_err()
+                .contains("already")
+        );
+    }
+
+    #[test]
+    fn interchanges_merge_per_key_and_split_per_key() {
+        let meta =
+            json!({"interchange_format_version": "5", "genesis_validators_root": format!("0x{}", "1".repeat(64))});
+        let a = json!({"metadata": meta, "data": [{"pubkey": "0xaa", "signed_blocks": [{"slot": "1"}]}, {"pubkey": "0xbb", "signed_blocks": []}]});
+        let b = json!({"metadata": meta, "data": [{"pubkey": "0xAA", "signed_attestations": [{"source_epoch": "1", "target_epoch": "2"}]}]});
+        let other_chain = json!({"metadata": {"interchange_format_version": "5", "genesis_validators_root": format!("0x{}", "2".repeat(64))},
+            "data": [{"pubkey": "0xaa"}]});
+        let merged = merge_interchanges(&[other_chain, a.clone(), b], &["0xaa".to_string()]).unwrap();
+        assert_eq!(merged["data"].as_array().unwrap().len(), 2, "both entries of 0xaa on the newest chain: {merged}");
+        let split = split_interchange(&a);
+        assert_eq!(split.len(), 2);
+        assert_eq!(split[0].0, "0xaa");
+        assert_eq!(split[0].1["data"].as_array().unwrap().len(), 1);
+        assert_eq!(split[1].1["metadata"], meta);
+        assert!(merge_interchanges(&[], &["0xaa".to_string()]).is_none());
+    }
+}

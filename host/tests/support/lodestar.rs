@@ -1,0 +1,112 @@
+//! Lodestar 1.5.1 (installed by tests/run-all.sh into tests/lodestar from the pinned files): the
+//! validator plan of the tests, and EIP-2335 keystores of its interop keys.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+pub const PLAN_VALIDATOR: &str = "plan-validator";
+/// The password `mkkeystore.mjs` encrypts with.
+pub const KEYSTORE_PASSWORD: &str = "testpassword1234";
+
+/// tests/lodestar, where `npm ci` installed Lodestar.
+pub fn lodestar_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/lodestar").canonicalize().unwrap();
+    assert!(
+        dir.join("node_modules/.bin/lodestar").exists(),
+        "Lodestar is not installed in {}: run tests/run-all.sh (it runs npm ci there)",
+        dir.display()
+    );
+    dir
+}
+
+/// A validator plan (TOML, a `[[services.plans]]` table of the test service) whose instances
+/// run `lodestar dev` with interop validators 0..2 and forward JSON-RPC to `node`.
+pub fn validator_plan(node: &str) -> String {
+    let lodestar = lodestar_dir().join("node_modules/.bin/lodestar");
+    format!(
+        r#"
+[[services.plans]]
+id = "{PLAN_VALIDATOR}"
+name = "validator"
+description = "a Lodestar dev chain per instance"
+maximum_polling_duration = 180
+
+[services.plans.driver]
+kind = "validator"
+token_file = "validator-db/api-token.txt"
+rpc_http = ["{node}"]
+
+[services.plans.driver.client]
+command = [{command}]
+extra_ports = ["keymanager_port", "p2p_port"]
+ports = [31000, 31999]
+stop_grace_ms = 10000
+"#,
+        command = lodestar_command(&lodestar.display().to_string())
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The client command of the validator plans (as in examples/quick-start.toml).
+pub fn lodestar_command(program: &str) -> Vec<String> {
+    [
+        program,
+        "dev",
+        "--genesisValidators",
+        "4",
+        "--startValidators",
+        "0..2",
+        "--dataDir",
+        "{data_dir}",
+        "--rest.address",
+        "127.0.0.1",
+        "--rest.port",
+        "{port}",
+        "--beaconNodes",
+        "http://127.0.0.1:{port}",
+        "--keymanager",
+        "--keymanager.address",
+        "127.0.0.1",
+        "--keymanager.port",
+        "{keymanager_port}",
+        "--discv5",
+        "false",
+        "--listenAddress",
+        "127.0.0.1",
+        "--port",
+        "{p2p_port}",
+        "--enr.ip",
+        "127.0.0.1",
+        "--eth1",
+        "false",
+        "--suggestedFeeRecipient",
+        "0x00000000000000000000000000000000000000aa",
+        "--graffiti",
+        "{graffiti}",
+        "--doppelgangerProtectionEnabled",
+        "{doppelganger_protection}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The EIP-2335 keystore of interop key `index` (password [`KEYSTORE_PASSWORD`]), made by
+/// the pinned `mkkeystore.mjs` in `dir`.
+pub fn keystore(index: u32, dir: &Path) -> Value {
+    let script = lodestar_dir().join("mkkeystore.mjs");
+    let status = Command::new("node").arg(script).arg(index.to_string()).current_dir(dir).status().expect("node runs");
+    assert!(status.success(), "mkkeystore.mjs {index} failed");
+    let text = std::fs::read_to_string(dir.join(format!("keystore-{index}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `0x` + the keystore's public key.
+pub fn pubkey(keystore: &Value) -> String {
+    format!("0x{}", keystore["pubkey"].as_str().unwrap().trim_start_matches("0x").to_ascii_lowercase())
+}

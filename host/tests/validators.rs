@@ -1,0 +1,303 @@
+//! Validator instances against real Lodestar 1.5.1 clients (`lodestar dev`, interop validators
+//! 0..2 running; the tests import interop key 3, the chain's fourth validator): keys in through
+//! the keymanager API, the keymanager behind per-binding tokens, the slashing-protection history
+//! exported into the store before a client stops, and a restart of ovsb in the middle of a
+//! provision.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::broker::{Db, OsbClient, SERVICE, TestBroker, TestDb, test_config_toml_with};
+use support::lodestar::{KEYSTORE_PASSWORD, PLAN_VALIDATOR, keystore, pubkey, validator_plan};
+use support::process::Ovsb;
+use support::{Anvil, NodeReaper, free_port, nodes_under, rpc};
+
+const FEE_1: &str = "0x00000000000000000000000000000000000000bb";
+const FEE_2: &str = "0x00000000000000000000000000000000000000cc";
+
+/// Polls `last_operation` until the operation ends (validator clients take seconds to start).
+async fn finished(osb: &OsbClient, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let resp = osb.last_operation(id).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        if resp.body["state"] != "in progress" {
+            return resp.body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(150), "operation of {id} did not finish: {}", resp.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn keys_params(keystores: &[&Value], passwords: &[&str], fee: &str) -> Value {
+    json!({"keystores": keystores, "passwords": passwords, "fee_recipient": fee, "graffiti": "ovsb-test"})
+}
+
+async fn keymanager(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("HTTP request to the gateway");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn history(osb: &OsbClient, key: &str) -> (u16, Value) {
+    let resp = osb.call(Method::GET, &format!("/ovsb/v1/slashing-protection/{key}"), None).await;
+    (resp.status, resp.body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validator_keys_move_in_and_out_with_their_history() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = NodeReaper(dir.path().to_path_buf());
+    let keys = tempfile::tempdir().unwrap();
+    let key3 = keystore(3, keys.path());
+    let pk3 = pubkey(&key3);
+    let db = TestDb::new(Db::Sqlite, dir.path()).await;
+    let broker = TestBroker::start_with_plans(
+        dir,
+        db,
+        &anvil.http_url(),
+        free_port(),
+        &validator_plan(&anvil.http_url()),
+        |_| {},
+    )
+    .await;
+    let osb = &broker.osb;
+
+    // The catalog publishes the validator parameters.
+    let catalog = osb.call(Method::GET, "/v2/catalog", None).await.body;
+    let plan = catalog["services"][0]["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_VALIDATOR).unwrap();
+    let props = &plan["schemas"]["service_instance"]["create"]["parameters"]["properties"];
+    for name in ["keystores", "passwords", "slashing_protection", "fee_recipient", "graffiti", "gas_limit"] {
+        assert!(props.get(name).is_some(), "{name} in {props}");
+    }
+
+    // Bad input: 400 naming the field, nothing stored.
+    let before = broker.fingerprint().await;
+    for (params, field) in [
+        (json!({"keystores": [key3], "passwords": [KEYSTORE_PASSWORD]}), "fee_recipient"),
+        (keys_params(&[&key3], &[KEYSTORE_PASSWORD], "0x0000000000000000000000000000000000000000"), "zero address"),
+        (keys_params(&[&key3], &[], FEE_1), "passwords"),
+        (keys_params(&[&json!({"version": 4})], &["x"], FEE_1), "keystores[0]"),
+        (
+            json!({"keystores": [key3], "passwords": [KEYSTORE_PASSWORD], "fee_recipient": FEE_1, "slashing_protection": "{}"}),
+            "slashing_protection",
+        ),
+    ] {
+        let resp = osb.provision("v-bad", PLAN_VALIDATOR, Some(params)).await;
+        resp.assert_error(400, None);
+        assert!(resp.body["description"].as_str().unwrap().contains(field), "{field}: {resp:?}");
+    }
+    assert_eq!(broker.fingerprint().await, before, "refused requests change nothing");
+
+    // Provision with key 3: imported through the keymanager API once the client is ready.
+    let resp = osb.provision("v1", PLAN_VALIDATOR, Some(keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1))).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    let done = finished(osb, "v1").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["description"].as_str().unwrap().contains("imported"), "each key's status is reported: {done}");
+
+    // Neither fetch nor the store shows keystores or passwords.
+    let fetched = osb.call(Method::GET, "/v2/service_instances/v1", None).await;
+    assert_eq!(fetched.status, 200);
+    assert_eq!(fetched.body["parameters"]["pubkeys"], json!([pk3]));
+    assert_eq!(fetched.body["parameters"]["fee_recipient"], FEE_1);
+    let stored = broker.store().instance("v1").await.unwrap().unwrap();
+    let operation = broker.store().operation(&stored.operation_id).await.unwrap().unwrap();
+    let ciphertext = key3["crypto"]["cipher"]["message"].as_str().unwrap();
+    for text in [fetched.body.to_string(), stored.parameters.clone().unwrap(), operation.request.clone()] {
+        assert!(!text.contains(KEYSTORE_PASSWORD) && !text.contains(ciphertext), "a secret in {text}");
+    }
+
+    // The binding's credentials: RPC as for other instances, plus keymanager and beacon.
+    let bound = osb.bind("v1", "b1", PLAN_VALIDATOR).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    let credentials = &bound.body["credentials"];
+    let km = credentials["keymanager_uri"].as_str().unwrap().to_string();
+    let token = credentials["keymanager_token"].as_str().unwrap().to_string();
+    let beacon = credentials["beacon_uri"].as_str().unwrap().to_string();
+    let uri = credentials["uri"].as_str().unwrap().to_string();
+    assert_ne!(token, credentials["token"].as_str().unwrap());
+
+    let (status, list) = keymanager(Method::GET, &format!("{km}/eth/v1/keystores"), Some(&token), None).await;
+    assert_eq!(status, 200, "{list}");
+    let listed: Vec<&str> =
+        list["data"].as_array().unwrap().iter().map(|k| k["validating_pubkey"].as_str().unwrap()).collect();
+    assert_eq!(listed, vec![pk3.as_str()], "the instance's key, and only it");
+    let fee_url = format!("{km}/eth/v1/validator/{pk3}/feerecipient");
+    let (status, fee) = keymanager(Method::GET, &fee_url, Some(&token), None).await;
+    assert_eq!((status, fee["data"]["ethaddress"].as_str()), (200, Some(FEE_1)), "{fee}");
+
+    let (status, version) = keymanager(Method::GET, &format!("{beacon}/eth/v1/node/version"), None, None).await;
+    assert_eq!(status, 200, "{version}");
+    assert!(version["data"]["version"].as_str().unwrap().contains("Lodestar"), "{version}");
+    let chain_id = rpc(&uri, "eth_chainId", json!([])).await;
+    assert_eq!(chain_id["result"], rpc(&anvil.http_url(), "eth_chainId", json!([])).await["result"]);
+
+    // A fee-recipient update goes through the keymanager API and shows there.
+    let resp = osb
+        .call(
+            Method::PATCH,
+            "/v2/service_instances/v1?accepts_incomplete=true",
+            Some(json!({"service_id": SERVICE, "parameters": {"fee_recipient": FEE_2, "gas_limit": 31000000}})),
+        )
+        .await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    assert_eq!(finished(osb, "v1").await["state"], "succeeded");
+    let (_, fee) = keymanager(Method::GET, &fee_url, Some(&token), None).await;
+    assert_eq!(fee["data"]["ethaddress"], FEE_2);
+    let (_, gas) = keymanager(Method::GET, &format!("{km}/eth/v1/validator/{pk3}/gas_limit"), Some(&token), None).await;
+    assert_eq!(gas["data"]["gas_limit"], "31000000", "{gas}");
+
+    // Keymanager auth: missing 401, wrong 403, the RPC key is not a keymanager token; keys come
+    // and go only through the broker; other keys are out of reach.
+    let list_url = format!("{km}/eth/v1/keystores");
+    assert_eq!(keymanager(Method::GET, &list_url, None, None).await.0, 401);
+    assert_eq!(keymanager(Method::GET, &list_url, Some("not-a-token"), None).await.0, 403);
+    assert_eq!(keymanager(Method::GET, &list_url, Some(credentials["token"].as_str().unwrap()), None).await.0, 403);
+    let (status, refused) = keymanager(Method::DELETE, &list_url, Some(&token), Some(json!({"pubkeys": [pk3]}))).await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("broker"), "{refused}");
+    let other = keystore(0, keys.path());
+    let other_fee = format!("{km}/eth/v1/validator/{}/feerecipient", pubkey(&other));
+    assert_eq!(keymanager(Method::GET, &other_fee, Some(&token), None).await.0, 403);
+
+    // A key is never in two clients: another instance cannot take key 3.
+    let resp = osb.provision("v2", PLAN_VALIDATOR, Some(keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1))).await;
+    assert_eq!(resp.status, 202);
+    let taken = finished(osb, "v2").await;
+    assert_eq!(taken["state"], "failed", "{taken}");
+    assert!(taken["description"].as_str().unwrap().contains("loaded in instance v1"), "{taken}");
+    assert_eq!(broker.store().validator_key_holder(&pk3).await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(osb.deprovision("v2", PLAN_VALIDATOR).await.status, 202);
+    assert_eq!(finished(osb, "v2").await["state"], "succeeded");
+
+    // Unbind revokes the keymanager token and the beacon URL at once.
+    assert_eq!(osb.unbind("v1", "b1", PLAN_VALIDATOR).await.status, 200);
+    assert_eq!(keymanager(Method::GET, &list_url, Some(&token), None).await.0, 403);
+    assert_eq!(keymanager(Method::GET, &format!("{beacon}/eth/v1/node/version"), None, None).await.0, 401);
+
+    // Deprovision: the keys leave the client, their history is stored before it stops.
+    assert_eq!(history(osb, &pk3).await.0, 404, "nothing exported yet");
+    assert_eq!(osb.deprovision("v1", PLAN_VALIDATOR).await.status, 202);
+    let gone = finished(osb, "v1").await;
+    assert_eq!(gone["state"], "succeeded", "{gone}");
+    let (status, exported) = history(osb, &pk3).await;
+    assert_eq!(status, 200, "{exported}");
+    assert_eq!(exported["metadata"]["interchange_format_version"], "5");
+    assert!(exported["data"].as_array().unwrap().iter().any(|e| e["pubkey"].as_str() == Some(&pk3)), "{exported}");
+    assert_eq!(broker.store().validator_key_holder(&pk3).await.unwrap(), None, "the key is free again");
+
+    // The same key, provisioned again with that history, is imported.
+    let mut params = keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1);
+    params["slashing_protection"] = exported.clone();
+    assert_eq!(osb.provision("v3", PLAN_VALIDATOR, Some(params)).await.status, 202);
+    let again = finished(osb, "v3").await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    let bound = osb.bind("v3", "b3", PLAN_VALIDATOR).await;
+    let token3 = bound.body["credentials"]["keymanager_token"].as_str().unwrap().to_string();
+    let (_, list) = keymanager(Method::GET, &list_url, Some(&token3), None).await;
+    assert_eq!(list["data"][0]["validating_pubkey"], pk3.as_str(), "{list}");
+    assert_eq!(osb.deprovision("v3", PLAN_VALIDATOR).await.status, 202);
+    assert_eq!(finished(osb, "v3").await["state"], "succeeded");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_keystore_password_fails_cleanly_and_loads_no_key() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = NodeReaper(dir.path().to_path_buf());
+    let root = dir.path().to_path_buf();
+    let keys = tempfile::tempdir().unwrap();
+    let (key3, key5) = (keystore(3, keys.path()), keystore(5, keys.path()));
+    let db = TestDb::new(Db::Postgres, dir.path()).await;
+    let broker = TestBroker::start_with_plans(
+        dir,
+        db,
+        &anvil.http_url(),
+        free_port(),
+        &validator_plan(&anvil.http_url()),
+        |_| {},
+    )
+    .await;
+    let osb = &broker.osb;
+
+    // Key 5 has the right password, key 3 a wrong one: neither stays loaded.
+    let params = keys_params(&[&key5, &key3], &[KEYSTORE_PASSWORD, "not-the-password"], FEE_1);
+    assert_eq!(osb.provision("w1", PLAN_VALIDATOR, Some(params)).await.status, 202);
+    let failed = finished(osb, "w1").await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let description = failed["description"].as_str().unwrap();
+    assert!(description.contains("none is kept") && description.contains("error"), "{description}");
+    for key in [pubkey(&key3), pubkey(&key5)] {
+        assert_eq!(broker.store().validator_key_holder(&key).await.unwrap(), None, "{key} released");
+    }
+    assert!(nodes_under(&root).is_empty(), "the failed instance's client was stopped");
+    assert!(!description.contains(KEYSTORE_PASSWORD) && !description.contains("not-the-password"));
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ovsb_killed_during_a_validator_provision_resumes_with_one_client_and_the_keys() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = NodeReaper(dir.path().to_path_buf());
+    let keys = tempfile::tempdir().unwrap();
+    let key3 = keystore(3, keys.path());
+    let node = anvil.http_url();
+    let mut config = test_config_toml_with(&node, free_port(), &validator_plan(&node));
+    config = config.replacen(
+        "[broker]",
+        &format!(
+            "data_dir = \"{}\"\ndatabase_url = \"sqlite://{}\"\n\n[broker]",
+            dir.path().join("data").display(),
+            dir.path().join("ovsb.db").display()
+        ),
+        1,
+    );
+    let ports = (free_port(), free_port());
+    let mut first = Ovsb::start_on(dir.path(), "first", &config, ports);
+    let resp =
+        first.osb.provision("r1", PLAN_VALIDATOR, Some(keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1))).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    // Kill ovsb once the client process runs, before the keys are in.
+    let started = Instant::now();
+    while nodes_under(dir.path()).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the client did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = nodes_under(dir.path());
+    first.kill_9();
+
+    let second = Ovsb::start_on(dir.path(), "second", &config, ports);
+    let done = finished(&second.osb, "r1").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(nodes_under(dir.path()), client, "the running client was adopted, no second one started");
+    let bound = second.osb.bind("r1", "b1", PLAN_VALIDATOR).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    let credentials = &bound.body["credentials"];
+    let (status, list) = keymanager(
+        Method::GET,
+        &format!("{}/eth/v1/keystores", credentials["keymanager_uri"].as_str().unwrap()),
+        credentials["keymanager_token"].as_str(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["data"][0]["validating_pubkey"], pubkey(&key3).as_str(), "{list}");
+    assert_eq!(second.osb.deprovision("r1", PLAN_VALIDATOR).await.status, 202);
+    assert_eq!(finished(&second.osb, "r1").await["state"], "succeeded");
+    assert!(nodes_under(dir.path()).is_empty(), "deprovision stopped the client");
+    assert_eq!(history(&second.osb, &pubkey(&key3)).await.0, 200, "its history is kept");
+}
