@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's walkthrough, as a script: catalog → provision `devnet` with a plugin chain → poll →
-# bind → call the endpoint → see the plugins act → unbind → deprovision. Run it while
+# bind → call the endpoint → see the plugins act → unbind → deprovision; then a validator: key in,
+# keymanager through the binding, deprovision, history kept. Run it while
 # `examples/quick-start.sh` runs (the tests run it against `ovsb serve` too). Exits non-zero at the
 # first step that does not answer as described.
 set -euo pipefail
@@ -16,9 +17,9 @@ expect() { # expect TEXT PATTERN WHAT
     if ! grep -q -- "$2" <<<"$1"; then echo "FAILED: $3: expected $2 in: $1" >&2; exit 1; fi
     echo "ok: $3"
 }
-poll() { # poll until the instance's last operation has finished; prints its body
-    for _ in $(seq 1 300); do
-        body=$(osb "$BROKER/v2/service_instances/$ID/last_operation")
+poll() { # poll until the last operation of instance $1 (default $ID) has finished; prints its body
+    for _ in $(seq 1 600); do
+        body=$(osb "$BROKER/v2/service_instances/${1:-$ID}/last_operation")
         grep -q '"in progress"' <<<"$body" || { echo "$body"; return; }
         sleep 0.2
     done
@@ -52,4 +53,32 @@ expect "$(rpc eth_chainId '[]')" '"code":-32001' "the key no longer works"
 expect "$(osb -X DELETE "$BROKER/v2/service_instances/$ID?service_id=$S&plan_id=$P&accepts_incomplete=true")" \
     '"operation":"deprovision-' "deprovision is accepted (202)"
 expect "$(poll)" '"state":"succeeded"' "the instance is deprovisioned"
+
+# A validator: interop key 3 into a Lodestar dev chain of its own, keymanager through the binding.
+VS=6f1c2a3e-6d3b-4a7e-9c55-0e2f3b7c1a02   # service ethereum-validator
+VP=6f1c2a3e-6d3b-4a7e-9c55-0e2f3b7c1b11   # plan devnet: a Lodestar dev chain of its own
+VID="validator-$$"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+KEYS=$(mktemp -d)
+(cd "$KEYS" && node "$ROOT/tests/lodestar/mkkeystore.mjs" 3 >/dev/null)
+expect "$(osb -X PUT "$BROKER/v2/service_instances/$VID?accepts_incomplete=true" -d '{
+    "service_id": "'$VS'", "plan_id": "'$VP'", "organization_guid": "org", "space_guid": "space",
+    "parameters": {"keystores": ['"$(cat "$KEYS/keystore-3.json")"'], "passwords": ["testpassword1234"],
+                   "fee_recipient": "0x00000000000000000000000000000000000000bb"}}')" \
+    '"operation":"provision-' "validator provision is accepted (202)"
+rm -rf "$KEYS"
+vdone=$(poll "$VID")
+expect "$vdone" '"state":"succeeded"' "the validator is provisioned"
+expect "$vdone" ': imported' "its description reports the key as imported"
+vbinding=$(osb -X PUT "$BROKER/v2/service_instances/$VID/service_bindings/ops" -d '{"service_id": "'$VS'", "plan_id": "'$VP'"}')
+KM=$(sed -E 's/.*"keymanager_uri":"([^"]+)".*/\1/' <<<"$vbinding")
+KT=$(sed -E 's/.*"keymanager_token":"([^"]+)".*/\1/' <<<"$vbinding")
+expect "$(curl -sS -H "Authorization: Bearer $KT" "$KM/eth/v1/keystores")" '"validating_pubkey":"0x88c141df' \
+    "the binding's keymanager lists the key"
+expect "$(osb -X DELETE "$BROKER/v2/service_instances/$VID?service_id=$VS&plan_id=$VP&accepts_incomplete=true")" \
+    '"operation":"deprovision-' "validator deprovision is accepted (202)"
+expect "$(poll "$VID")" '"state":"succeeded"' "the validator is deprovisioned"
+PK3=0x88c141df77cd9d8d7a71a75c826c41a9c9f03c6ee1b180f3e7852f6a280099ded351b58d66e653af8e42816a4d8f532e
+expect "$(curl -sS -u "ovsb:$PASSWORD" "$BROKER/ovsb/v1/slashing-protection/$PK3")" '"interchange_format_version":"5"' \
+    "the key's slashing-protection history is kept"
 echo "walkthrough complete"
