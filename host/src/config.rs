@@ -872,6 +872,9 @@ mod tests {
         let config = Config::quick_start();
         config.validate().unwrap();
         assert!(config.services.iter().any(|s| s.name == "ethereum-rpc" && s.plans.iter().any(|p| p.name == "devnet")));
+        let validator = config.services.iter().find(|s| s.name == "ethereum-validator").expect("the validator service");
+        let devnet = validator.plans.iter().find(|p| p.name == "devnet").expect("its devnet plan");
+        assert!(matches!(devnet.driver, DriverDecl::Validator(_)));
     }
 
     #[test]
@@ -915,5 +918,15 @@ mod tests {
         let mut config = Config::quick_start();
         config.services[0].name = "Ethereum RPC".into();
         assert!(config.validate().unwrap_err().to_string().contains("lowercase"));
+        let mut config = Config::quick_start();
+        if let DriverDecl::Validator(decl) = &mut config.services[1].plans[0].driver {
+            decl.client.extra_ports.clear();
+        }
+        assert!(config.validate().unwrap_err().to_string().contains("keymanager_port"));
+        let mut config = Config::quick_start();
+        if let DriverDecl::Validator(decl) = &mut config.services[1].plans[0].driver {
+            decl.rpc_http.clear();
+        }
+        assert!(config.validate().unwrap_err().to_string().contains("rpc_http"));
     }
 }
