@@ -49,6 +49,14 @@ pub enum StartError {
         "this database was set up with a different secret key; replicas sharing a database must share broker.secret_key (OVSB_SECRET_KEY)"
     )]
     SecretMismatch,
+    /// Validator clients of this database run on another host.
+    #[error(
+        "validator plans run their clients on one host, and this database's run on host {registered} (another data directory): offer validator plans only on that replica; if that host is gone for good, its clients and their slashing databases are gone with it: delete the setting validator_host from the store only after accounting for its keys"
+    )]
+    ValidatorHost {
+        /// The host id the store names.
+        registered: String,
+    },
     /// A plugin could not be loaded.
     #[error("plugins: {0}")]
     Plugins(String),
@@ -152,6 +160,20 @@ impl Server {
         let store = open_store(&url, &shutdown).await?;
         if store.setting_or_insert("secret_key_check", &secret.check_value()).await? != secret.check_value() {
             return Err(StartError::SecretMismatch);
+        }
+        // Validator clients are processes of one host: a second host would start clients of its
+        // own for the same instances, and free keys its own empty clients do not hold.
+        let validators = config
+            .services
+            .iter()
+            .flat_map(|s| &s.plans)
+            .any(|p| matches!(p.driver, crate::config::DriverDecl::Validator(_)));
+        if validators {
+            let host = read_or_create(&data_dir.join("host-id"), random_id)?;
+            let registered = store.setting_or_insert("validator_host", &host).await?;
+            if registered != host {
+                return Err(StartError::ValidatorHost { registered });
+            }
         }
 
         let runtime = PluginRuntime::new(RuntimeConfig {

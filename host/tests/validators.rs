@@ -159,6 +159,38 @@ async fn validator_keys_move_in_and_out_with_their_history() {
     let (_, gas) = keymanager(Method::GET, &format!("{km}/eth/v1/validator/{pk3}/gas_limit"), Some(&token), None).await;
     assert_eq!(gas["data"]["gas_limit"], "31000000", "{gas}");
 
+    // An update adds a key (and its identical replay is a no-op), another removes one.
+    let key5 = keystore(5, keys.path());
+    let pk5 = pubkey(&key5);
+    let add = json!({"service_id": SERVICE, "parameters": {"keystores": [key5], "passwords": [KEYSTORE_PASSWORD]}});
+    let update_url = "/v2/service_instances/v1?accepts_incomplete=true";
+    assert_eq!(osb.call(Method::PATCH, update_url, Some(add.clone())).await.status, 202);
+    let added = finished(osb, "v1").await;
+    assert_eq!(added["state"], "succeeded", "{added}");
+    assert!(added["description"].as_str().unwrap().contains("added"), "{added}");
+    let listed = |list: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["validating_pubkey"].as_str().unwrap().to_string())
+            .collect();
+        keys.sort();
+        keys
+    };
+    let (_, list) = keymanager(Method::GET, &format!("{km}/eth/v1/keystores"), Some(&token), None).await;
+    let mut both = vec![pk3.clone(), pk5.clone()];
+    both.sort();
+    assert_eq!(listed(&list), both);
+    assert_eq!(osb.call(Method::PATCH, update_url, Some(add)).await.status, 200, "a replayed update is a no-op");
+    let remove = json!({"service_id": SERVICE, "parameters": {"remove_keys": [pk5]}});
+    assert_eq!(osb.call(Method::PATCH, update_url, Some(remove)).await.status, 202);
+    assert_eq!(finished(osb, "v1").await["state"], "succeeded");
+    let (_, list) = keymanager(Method::GET, &format!("{km}/eth/v1/keystores"), Some(&token), None).await;
+    assert_eq!(listed(&list), vec![pk3.clone()]);
+    assert_eq!(history(osb, &pk5).await.0, 200, "the removed key's history is kept");
+    assert_eq!(broker.store().validator_key_holder(&pk5).await.unwrap(), None);
+
     // Keymanager auth: missing 401, wrong 403, the RPC key is not a keymanager token; keys come
     // and go only through the broker; other keys are out of reach.
     let list_url = format!("{km}/eth/v1/keystores");
@@ -171,6 +203,7 @@ async fn validator_keys_move_in_and_out_with_their_history() {
     let other = keystore(0, keys.path());
     let other_fee = format!("{km}/eth/v1/validator/{}/feerecipient", pubkey(&other));
     assert_eq!(keymanager(Method::GET, &other_fee, Some(&token), None).await.0, 403);
+    assert_eq!(keymanager(Method::DELETE, &fee_url, Some(&token), None).await.0, 405, "read and set only");
 
     // A key is never in two clients: another instance cannot take key 3.
     let resp = osb.provision("v2", PLAN_VALIDATOR, Some(keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1))).await;
@@ -198,9 +231,13 @@ async fn validator_keys_move_in_and_out_with_their_history() {
     assert!(exported["data"].as_array().unwrap().iter().any(|e| e["pubkey"].as_str() == Some(&pk3)), "{exported}");
     assert_eq!(broker.store().validator_key_holder(&pk3).await.unwrap(), None, "the key is free again");
 
-    // The same key, provisioned again with that history, is imported.
+    // The same key, provisioned again with that history (plus a signed block and attestation far
+    // ahead, as if it had signed elsewhere), is imported; the client's next export has them.
+    let mut seeded = exported.clone();
+    seeded["data"][0]["signed_blocks"] = json!([{"slot": "99999"}]);
+    seeded["data"][0]["signed_attestations"] = json!([{"source_epoch": "9000", "target_epoch": "9001"}]);
     let mut params = keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1);
-    params["slashing_protection"] = exported.clone();
+    params["slashing_protection"] = seeded;
     assert_eq!(osb.provision("v3", PLAN_VALIDATOR, Some(params)).await.status, 202);
     let again = finished(osb, "v3").await;
     assert_eq!(again["state"], "succeeded", "{again}");
@@ -210,6 +247,29 @@ async fn validator_keys_move_in_and_out_with_their_history() {
     assert_eq!(list["data"][0]["validating_pubkey"], pk3.as_str(), "{list}");
     assert_eq!(osb.deprovision("v3", PLAN_VALIDATOR).await.status, 202);
     assert_eq!(finished(osb, "v3").await["state"], "succeeded");
+    let latest = broker.store().history(&pk3).await.unwrap().pop().unwrap();
+    assert!(latest.instance_id == "v3" && latest.interchange.contains("99999"), "{latest:?}");
+
+    // Provisioned once more WITHOUT a history: ovsb imports the one it kept, so the client's
+    // export at the end still holds the block signed "elsewhere".
+    let params = keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1);
+    assert_eq!(osb.provision("v4", PLAN_VALIDATOR, Some(params)).await.status, 202);
+    assert_eq!(finished(osb, "v4").await["state"], "succeeded");
+    assert_eq!(osb.deprovision("v4", PLAN_VALIDATOR).await.status, 202);
+    assert_eq!(finished(osb, "v4").await["state"], "succeeded");
+    let latest = broker.store().history(&pk3).await.unwrap().pop().unwrap();
+    assert!(latest.instance_id == "v4" && latest.interchange.contains("99999"), "{latest:?}");
+
+    // A keystore whose pubkey field names another key than its secret key: caught, nothing kept.
+    let mut liar = keystore(6, keys.path());
+    let claimed = pubkey(&keystore(7, keys.path()));
+    liar["pubkey"] = json!(claimed.trim_start_matches("0x"));
+    let params = keys_params(&[&liar], &[KEYSTORE_PASSWORD], FEE_1);
+    assert_eq!(osb.provision("v5", PLAN_VALIDATOR, Some(params)).await.status, 202);
+    let caught = finished(osb, "v5").await;
+    assert_eq!(caught["state"], "failed", "{caught}");
+    assert!(caught["description"].as_str().unwrap().contains("does not match"), "{caught}");
+    assert_eq!(broker.store().validator_key_holder(&claimed).await.unwrap(), None);
     broker.stop().await;
 }
 

@@ -171,7 +171,13 @@ fn check(validator: &jsonschema::Validator, parameters: &Value) -> Result<(), Ap
         .take(5)
         .map(|err| {
             let path = err.instance_path.to_string();
-            format!("parameters{path}: {err}")
+            // Never echo a secret back (a platform may log the answer).
+            if ["/keystores", "/passwords", "/slashing_protection"].iter().any(|s| path.starts_with(s)) {
+                let expected = err.schema_path.to_string();
+                format!("parameters{path}: does not match the schema (at {expected}); the value is not shown")
+            } else {
+                format!("parameters{path}: {err}")
+            }
         })
         .collect();
     if problems.is_empty() { Ok(()) } else { Err(ApiError::bad_request(problems.join("; "))) }

@@ -324,10 +324,11 @@ pub async fn update(
     }
     check_maintenance(entry, requested_version.as_deref())?;
     let from_validator = state.catalog.plan_by_id(&current.plan_id).is_some_and(is_validator);
-    if from_validator != is_validator(entry) {
+    if plan_changes && (from_validator || is_validator(entry)) {
+        // Another plan is another client: the keys would have to move with their history.
         return Err(ApiError::unprocessable(
             "PlanChangeNotSupported",
-            "a plan change between validator and node plans is not supported",
+            "validator instances cannot change plan; deprovision (the keys' history is kept) and provision on the other plan",
         ));
     }
     let mut sealed = None;

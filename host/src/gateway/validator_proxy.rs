@@ -108,11 +108,20 @@ impl Proxy {
                         .into(),
                 ));
             }
-            (_, ["eth", "v1", "validator", pubkey, "feerecipient" | "gas_limit" | "graffiti"]) => {
+            (
+                &Method::GET | &Method::POST,
+                ["eth", "v1", "validator", pubkey, "feerecipient" | "gas_limit" | "graffiti"],
+            ) => {
                 if !validator.pubkeys.contains(&pubkey.to_ascii_lowercase()) {
                     return Err((StatusCode::FORBIDDEN, format!("{pubkey} is not a key of this instance")));
                 }
                 false
+            }
+            (_, ["eth", "v1", "validator", _, "feerecipient" | "gas_limit" | "graffiti"]) => {
+                return Err((
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "per-key settings can be read (GET) and set (POST) here; the instance's defaults come from the broker".into(),
+                ));
             }
             _ => return Err((StatusCode::NOT_FOUND, format!("no keymanager route {method} {api_path}"))),
         };

@@ -339,9 +339,18 @@ impl Operations {
             None => serde_json::from_str::<SealedRequest>(&operation.request).ok().and_then(|r| r.sealed),
         };
         let secrets = sealed
-            .and_then(|sealed| self.secret.open(&sealed))
+            .as_ref()
+            .and_then(|sealed| self.secret.open(sealed))
             .and_then(|plain| serde_json::from_slice(&plain).ok())
             .map(Secret);
+        // Once the operation ends, the secrets are not kept, not even sealed.
+        let finished_request = match &update {
+            Some(update) => serde_json::to_string(&UpdateRequest { sealed: None, ..update.clone() })
+                .expect("an update request serializes"),
+            None if sealed.is_some() => "{}".to_string(),
+            None => operation.request.clone(),
+        };
+        let unopened = sealed.is_some() && secrets.is_none();
         let spec = spec_of(
             &instance.id,
             &instance.plan_id,
@@ -355,6 +364,11 @@ impl Operations {
             let Some(driver) = &driver else {
                 return Err(DriverError(format!("plan {target_plan} is no longer in the catalog")));
             };
+            if unopened {
+                return Err(DriverError(
+                    "the request's sealed secrets cannot be opened (was the broker's secret key changed?)".into(),
+                ));
+            }
             match (operation.kind, &update) {
                 (OperationKind::Provision, _) => driver.provision(&spec, &progress).await,
                 (OperationKind::Update, Some(update)) => {
@@ -417,7 +431,10 @@ impl Operations {
                 (OperationState::Failed, format!("deprovisioning failed: {err}"))
             }
         };
-        let finished = self.store.finish_operation(&operation.id, &self.owner, state, &description, row).await?;
+        let finished = self
+            .store
+            .finish_operation(&operation.id, &self.owner, state, &description, &finished_request, row)
+            .await?;
         if finished {
             tracing::info!(operation = %operation.id, instance = %instance.id, kind = operation.kind.as_str(),
                 state = state.as_str(), "{description}");

@@ -169,11 +169,22 @@ impl ProcessDriver {
                 values.insert(name.clone(), text);
             }
         }
+        let from_parameters =
+            |name: &str| self.decl.parameters.contains_key(name) || self.template_names.contains(&name);
         self.decl
             .command
             .iter()
             .map(|arg| {
-                fill(arg, &values).map_err(|name| DriverError(format!("the command needs a value for {{{name}}}")))
+                let filled = fill(arg, &values)
+                    .map_err(|name| DriverError(format!("the command needs a value for {{{name}}}")))?;
+                // An instance's parameter that is a whole argument must not become an option.
+                if let Some(name) = arg.strip_prefix('{').and_then(|a| a.strip_suffix('}'))
+                    && from_parameters(name)
+                    && filled.starts_with('-')
+                {
+                    return Err(DriverError(format!("parameter {name} must not start with '-'")));
+                }
+                Ok(filled)
             })
             .collect()
     }

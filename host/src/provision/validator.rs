@@ -58,6 +58,9 @@ pub const VALIDATOR_TEMPLATE_NAMES: &[&str] = &["graffiti", "doppelganger_protec
 /// Most keys in one request.
 const MAX_KEYS: usize = 100;
 
+/// Largest keymanager answer read (a key's history grows with its age: generous).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// JSON Schema properties of the validator parameters (draft-04), for the catalog.
 pub fn validator_parameter_schema() -> Value {
     let pubkey = json!({"type": "string", "pattern": "^0x[0-9a-fA-F]{96}$"});
@@ -153,22 +156,30 @@ pub fn prepare_update(current: &Value, parameters: &Value) -> Result<Prepared, S
     let secrets = read_keys(parameters)?;
     let mut public = common(parameters, current)?;
     let mut keys: Vec<String> = pubkeys_of(current);
+    // Idempotent, as a replayed update must be: removing a key the instance does not have and
+    // adding one it has are no-ops.
+    let mut secrets = secrets;
     if let Some(remove) = parameters.get("remove_keys").and_then(Value::as_array) {
-        for (i, key) in remove.iter().enumerate() {
+        for key in remove {
             let key = key.as_str().unwrap_or_default().to_ascii_lowercase();
-            let Some(at) = keys.iter().position(|k| *k == key) else {
-                return Err(format!("parameters.remove_keys[{i}]: {key} is not a key of this instance"));
-            };
-            keys.remove(at);
+            keys.retain(|k| *k != key);
+            if secrets.as_ref().is_some_and(|s| s.pubkeys.contains(&key)) {
+                return Err(format!("parameters.remove_keys: {key} is also in keystores"));
+            }
         }
     }
-    if let Some(secrets) = &secrets {
-        for (i, key) in secrets.pubkeys.iter().enumerate() {
-            if pubkeys_of(current).contains(key) {
-                return Err(format!("parameters.keystores[{i}]: {key} is already a key of this instance"));
+    if let Some(given) = secrets.take() {
+        let current_keys = pubkeys_of(current);
+        let mut adding = KeySecrets { slashing_protection: given.slashing_protection.clone(), ..KeySecrets::default() };
+        for (i, key) in given.pubkeys.iter().enumerate() {
+            if !current_keys.contains(key) {
+                adding.pubkeys.push(key.clone());
+                adding.keystores.push(given.keystores[i].clone());
+                adding.passwords.push(given.passwords[i].clone());
+                keys.push(key.clone());
             }
-            keys.push(key.clone());
         }
+        secrets = (!adding.pubkeys.is_empty()).then_some(adding);
     }
     public["pubkeys"] = json!(keys);
     Ok(Prepared { public, secrets })
@@ -204,10 +215,14 @@ fn common(parameters: &Value, current: &Value) -> Result<Value, String> {
         }
         public["fee_recipient"] = json!(format!("0x{}", hex.to_ascii_lowercase()));
     }
-    if let Some(graffiti) = parameters.get("graffiti").and_then(Value::as_str)
-        && graffiti.len() > 32
-    {
-        return Err(format!("parameters.graffiti: {} bytes, at most 32", graffiti.len()));
+    if let Some(graffiti) = parameters.get("graffiti").and_then(Value::as_str) {
+        if graffiti.len() > 32 {
+            return Err(format!("parameters.graffiti: {} bytes, at most 32", graffiti.len()));
+        }
+        // It becomes a command-line argument of the client: never an option of its own.
+        if graffiti.starts_with('-') || graffiti.chars().any(char::is_control) {
+            return Err("parameters.graffiti: must not start with '-' or contain control characters".into());
+        }
     }
     Ok(public)
 }
@@ -454,7 +469,21 @@ impl ValidatorDriver {
         let response =
             request.send().await.map_err(|e| DriverError(format!("the keymanager API does not answer {what}: {e}")))?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| DriverError(format!("the keymanager API's answer to {what} broke off: {e}")))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(DriverError(format!(
+                    "the keymanager API's answer to {what} is over {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8_lossy(&body);
         if !status.is_success() {
             let message = serde_json::from_str::<Value>(&text)
                 .ok()
@@ -499,12 +528,29 @@ impl ValidatorDriver {
         if let Some(history) = merge_interchanges(&documents, &secrets.pubkeys) {
             body["slashing_protection"] = json!(history.to_string());
         }
-        progress.report(&format!("importing {} key(s) through the keymanager API", secrets.pubkeys.len())).await;
-        let request = self.http.post(format!("{}/eth/v1/keystores", access.keymanager)).bearer_auth(&access.token);
-        let answer = match self.send(request.json(&body), "POST /eth/v1/keystores").await {
-            Ok(answer) => answer,
+        // What the client holds before: a key it loads that no keystore named (a keystore whose
+        // `pubkey` field lies about its secret key) is found by comparing with after.
+        let before = match self.loaded_keys(access).await {
+            Ok(before) => before,
             Err(err) => {
                 self.store.release_validator_keys(instance_id, &secrets.pubkeys).await.map_err(store_error)?;
+                return Err(err);
+            }
+        };
+        progress.report(&format!("importing {} key(s) through the keymanager API", secrets.pubkeys.len())).await;
+        // Decrypting keystores is slow by design (scrypt): allow for each key.
+        let timeout = Duration::from_secs(30 + 5 * secrets.pubkeys.len() as u64);
+        let request = self
+            .http
+            .post(format!("{}/eth/v1/keystores", access.keymanager))
+            .bearer_auth(&access.token)
+            .timeout(timeout)
+            .json(&body);
+        let answer = match self.send(request, "POST /eth/v1/keystores").await {
+            Ok(answer) => answer,
+            Err(err) => {
+                // The outcome is unknown: release only what the client is seen not to hold.
+                self.release_absent(instance_id, access, &secrets.pubkeys).await?;
                 return Err(err);
             }
         };
@@ -529,18 +575,56 @@ impl ValidatorDriver {
             })
             .collect::<Vec<_>>()
             .join("; ");
+        let after = self.loaded_keys(access).await?;
+        let new: Vec<String> = after.difference(&before).cloned().collect();
+        let unexpected: Vec<&String> = new.iter().filter(|k| !secrets.pubkeys.contains(*k)).collect();
         let loaded = |status: &str| status == "imported" || status == "duplicate";
-        if statuses.iter().all(|(_, status, _)| loaded(status)) {
+        let all_in = statuses.iter().all(|(key, status, _)| loaded(status) && after.contains(key));
+        if all_in && unexpected.is_empty() {
             return Ok(report);
         }
-        // Leave no key half-imported: the ones this call loaded go out again.
-        let imported: Vec<String> =
-            statuses.iter().filter(|(_, status, _)| status == "imported").map(|(key, _, _)| key.clone()).collect();
-        if !imported.is_empty() {
-            self.delete(instance_id, access, &imported).await?;
+        let reason = if unexpected.is_empty() {
+            format!("not every key was imported, none is kept: {report}")
+        } else {
+            let shown: Vec<String> = unexpected.iter().map(|k| short(k)).collect();
+            format!(
+                "a keystore's pubkey does not match its secret key (the client loaded {} instead), none is kept",
+                shown.join(", ")
+            )
+        };
+        // Leave no key half-imported: what this call loaded goes out again, history kept.
+        if !new.is_empty() {
+            self.delete(instance_id, access, &new).await?;
         }
-        self.store.release_validator_keys(instance_id, &secrets.pubkeys).await.map_err(store_error)?;
-        Err(DriverError(format!("not every key was imported, none is kept: {report}")))
+        self.release_absent(instance_id, access, &secrets.pubkeys).await?;
+        Err(DriverError(reason))
+    }
+
+    /// The keys the client holds (`0x` + lowercase hex).
+    async fn loaded_keys(&self, access: &ValidatorAccess) -> Result<BTreeSet<String>, DriverError> {
+        let list = self.get(access, "/eth/v1/keystores").await?;
+        Ok(list["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k["validating_pubkey"].as_str())
+            .map(str::to_ascii_lowercase)
+            .collect())
+    }
+
+    /// Releases the claims on those of `keys` the client is seen not to hold; when it cannot be
+    /// asked, every claim stays (a key that may be loaded is never freed).
+    async fn release_absent(
+        &self,
+        instance_id: &str,
+        access: &ValidatorAccess,
+        keys: &[String],
+    ) -> Result<(), DriverError> {
+        let loaded = self.loaded_keys(access).await.map_err(|err| {
+            DriverError(format!("{err}; the keys stay claimed by this instance until it is deprovisioned"))
+        })?;
+        let absent: Vec<String> = keys.iter().filter(|k| !loaded.contains(*k)).cloned().collect();
+        self.store.release_validator_keys(instance_id, &absent).await.map_err(store_error)
     }
 
     /// Deletes keys from the client and stores the history it exports, releasing the claims.
@@ -581,6 +665,12 @@ impl ValidatorDriver {
             })
             .map(|(key, doc)| (key, doc.to_string()))
             .collect();
+        for (i, key) in pubkeys.iter().enumerate() {
+            if answer["data"][i]["status"] == "deleted" && !histories.iter().any(|(k, _)| k == key) {
+                // Never free a key whose history did not come out: it stays claimed.
+                return Err(DriverError(format!("the client deleted key {key} but exported no history for it")));
+            }
+        }
         self.store.store_history_and_release(instance_id, &histories).await.map_err(store_error)?;
         // Keys the client had no history for (never loaded, or never signed) are free too.
         self.store.release_validator_keys(instance_id, pubkeys).await.map_err(store_error)?;
@@ -658,26 +748,37 @@ impl Driver for ValidatorDriver {
         progress: &'a Progress,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         async move {
-            self.process.restart_if_changed(to, progress).await?;
+            // No restart here, ever: a restarted `lodestar dev` drops its keys and history. The
+            // client keeps the command line it was started with (start options are refused in
+            // updates; a changed plan command applies to new instances).
             self.process.ensure_running(to, Some(progress)).await?;
             let access = self.wait_ready(&to.id, progress).await?;
             let before: BTreeSet<String> = pubkeys_of(&from.parameters).into_iter().collect();
             let after: BTreeSet<String> = pubkeys_of(&to.parameters).into_iter().collect();
             let mut report = Vec::new();
             // Add first: if an import fails, nothing was removed and the instance is as it was.
-            if let Some(secrets) = Self::secrets(to)? {
-                let adding: Vec<String> = secrets.pubkeys.iter().filter(|k| !before.contains(*k)).cloned().collect();
-                if !adding.is_empty() {
-                    report.push(format!("added {}", self.import(&to.id, &access, &secrets, progress).await?));
+            let mut added: Vec<String> = Vec::new();
+            if let Some(secrets) = Self::secrets(to)?.filter(|s| !s.pubkeys.is_empty()) {
+                report.push(format!("added {}", self.import(&to.id, &access, &secrets, progress).await?));
+                added = secrets.pubkeys.clone();
+            }
+            let rest = async {
+                let removing: Vec<String> = before.difference(&after).cloned().collect();
+                if !removing.is_empty() {
+                    progress.report(&format!("removing {} key(s); storing their history", removing.len())).await;
+                    self.delete(&to.id, &access, &removing).await?;
+                    report
+                        .push(format!("removed {}", removing.iter().map(|k| short(k)).collect::<Vec<_>>().join(", ")));
                 }
+                self.apply_settings(&access, &to.parameters).await
+            };
+            if let Err(err) = rest.await {
+                // The instance keeps its previous parameters: the keys added above go out again.
+                if !added.is_empty() {
+                    self.delete(&to.id, &access, &added).await?;
+                }
+                return Err(err);
             }
-            let removing: Vec<String> = before.difference(&after).cloned().collect();
-            if !removing.is_empty() {
-                progress.report(&format!("removing {} key(s); storing their history", removing.len())).await;
-                self.delete(&to.id, &access, &removing).await?;
-                report.push(format!("removed {}", removing.iter().map(|k| short(k)).collect::<Vec<_>>().join(", ")));
-            }
-            self.apply_settings(&access, &to.parameters).await?;
             if !report.is_empty() {
                 progress.conclude(&report.join("; ")).await;
             }
@@ -721,7 +822,21 @@ impl Driver for ValidatorDriver {
     }
 
     fn recover<'a>(&'a self, live: &'a [InstanceSpec], busy: &'a [String]) -> BoxFuture<'a, ()> {
-        self.process.recover_nodes(live, busy).boxed()
+        async move {
+            // A client whose instance still holds keys (a failed deprovision, a cleanup that did
+            // not finish) keeps its directory, its slashing database with it, until the keys'
+            // history is stored: it is left as it is, like the clients of running operations.
+            let mut keep: Vec<String> = busy.to_vec();
+            match self.store.validator_key_holders().await {
+                Ok(holders) => keep.extend(holders),
+                Err(err) => {
+                    tracing::error!("cannot read which instances hold validator keys ({err}); keeping every client");
+                    return;
+                }
+            }
+            self.process.recover_nodes(live, &keep).await
+        }
+        .boxed()
     }
 }
 
@@ -780,6 +895,10 @@ mod tests {
             json!({"keystores": [keystore(KEY)], "passwords": ["a"], "fee_recipient": FEE, "graffiti": "x".repeat(33)}),
             "33 bytes",
         );
+        bad(
+            json!({"keystores": [keystore(KEY)], "passwords": ["a"], "fee_recipient": FEE, "graffiti": "--keymanager.authEnabled=false"}),
+            "must not start with '-'",
+        );
     }
 
     #[test]
@@ -795,17 +914,25 @@ mod tests {
             prepare_update(&current, &json!({"remove_keys": [format!("0x{}", KEY.to_ascii_uppercase())]})).unwrap();
         assert_eq!(removed.public["pubkeys"], json!([]));
         let other = "b".repeat(96);
-        assert!(
-            prepare_update(&current, &json!({"remove_keys": [format!("0x{other}")]}))
-                .unwrap_err()
-                .contains("not a key of this instance")
-        );
-        let added = prepare_update(&current, &json!({"keystores": [keystore(&other)], "passwords": ["p"]})).unwrap();
+        // Replays are no-ops: removing an absent key, adding a present one.
+        let absent = prepare_update(&current, &json!({"remove_keys": [format!("0x{other}")]})).unwrap();
+        assert_eq!(absent.public, current);
+        let present = prepare_update(&current, &json!({"keystores": [keystore(KEY)], "passwords": ["p"]})).unwrap();
+        assert_eq!(present.public, current);
+        assert!(present.secrets.is_none(), "nothing to import");
+        let added =
+            prepare_update(&current, &json!({"keystores": [keystore(KEY), keystore(&other)], "passwords": ["p", "q"]}))
+                .unwrap();
         assert_eq!(added.public["pubkeys"], json!([format!("0x{KEY}"), format!("0x{other}")]));
+        let secrets = added.secrets.unwrap();
+        assert_eq!((secrets.pubkeys, secrets.passwords), (vec![format!("0x{other}")], vec!["q".to_string()]));
         assert!(
-            prepare_update(&current, &json!({"keystores": [keystore(KEY)], "passwords": ["p"]}))
-                .unwrap_err()
-                .contains("already")
+            prepare_update(
+                &current,
+                &json!({"keystores": [keystore(&other)], "passwords": ["p"], "remove_keys": [format!("0x{other}")]})
+            )
+            .unwrap_err()
+            .contains("also in keystores")
         );
     }
 

@@ -499,22 +499,26 @@ impl Store {
 
     /// Ends an operation that `owner` holds, and writes the instance's resulting row, in one
     /// transaction. Returns false (and changes nothing) when `owner` no longer holds it.
+    /// `request` replaces the operation's request (the runner drops the sealed secrets it no
+    /// longer needs).
     pub async fn finish_operation(
         &self,
         operation_id: &str,
         owner: &str,
         state: OperationState,
         description: &str,
+        request: &str,
         instance: InstanceRow,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE changes SET generation = generation + 1 WHERE id = 1").execute(&mut *tx).await?;
         let done = sqlx::query(
-            "UPDATE operations SET state = $1, description = $2, updated_ms = $3 \
-             WHERE id = $4 AND lease_owner = $5 AND state = 'in progress'",
+            "UPDATE operations SET state = $1, description = $2, request = $3, updated_ms = $4 \
+             WHERE id = $5 AND lease_owner = $6 AND state = 'in progress'",
         )
         .bind(state.as_str())
         .bind(description)
+        .bind(request)
         .bind(now_ms())
         .bind(operation_id)
         .bind(owner)

@@ -102,6 +102,12 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get("pubkey")?)).collect()
     }
 
+    /// Every instance that holds at least one key.
+    pub async fn validator_key_holders(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT instance_id FROM validator_keys").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get("instance_id")?)).collect()
+    }
+
     /// The instance holding a key, if any.
     pub async fn validator_key_holder(&self, pubkey: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT instance_id FROM validator_keys WHERE pubkey = $1")

@@ -86,10 +86,8 @@ pub fn lodestar_command(program: &str) -> Vec<String> {
         "false",
         "--suggestedFeeRecipient",
         "0x00000000000000000000000000000000000000aa",
-        "--graffiti",
-        "{graffiti}",
-        "--doppelgangerProtectionEnabled",
-        "{doppelganger_protection}",
+        "--graffiti={graffiti}",
+        "--doppelgangerProtectionEnabled={doppelganger_protection}",
     ]
     .iter()
     .map(|s| s.to_string())
