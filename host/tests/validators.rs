@@ -55,14 +55,23 @@ async fn history(osb: &OsbClient, key: &str) -> (u16, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validator_keys_move_in_and_out_with_their_history() {
+async fn validator_keys_move_in_and_out_with_their_history_on_sqlite() {
+    keys_move_in_and_out(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validator_keys_move_in_and_out_with_their_history_on_postgres() {
+    keys_move_in_and_out(Db::Postgres).await;
+}
+
+async fn keys_move_in_and_out(db: Db) {
     let anvil = Anvil::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let _reaper = NodeReaper(dir.path().to_path_buf());
     let keys = tempfile::tempdir().unwrap();
     let key3 = keystore(3, keys.path());
     let pk3 = pubkey(&key3);
-    let db = TestDb::new(Db::Sqlite, dir.path()).await;
+    let db = TestDb::new(db, dir.path()).await;
     let broker = TestBroker::start_with_plans(
         dir,
         db,

@@ -3,8 +3,8 @@
 //! credentials (no OSB headers: this is ovsb's own operator API, not part of OSB).
 //!
 //! The answer is one EIP-3076 interchange document (format version 5) holding every entry ovsb
-//! stored for the key, from every client it left, ready to import into any client; 404 when ovsb
-//! never exported the key. The `X-Ovsb-Key-Holder` header names the instance that holds the key
+//! stored for the key on the chain of its newest export (every client it left there), ready to
+//! import into any client; 404 when ovsb never exported the key. The `X-Ovsb-Key-Holder` header names the instance that holds the key
 //! now, if one does.
 
 use std::sync::Arc;
