@@ -6,27 +6,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::broker::{OsbClient, PLAN_SHARED, SERVICE, test_config_toml_with};
-use support::lodestar::{KEYSTORE_PASSWORD, PLAN_VALIDATOR, keystore, validator_plan};
+use support::broker::{PLAN_SHARED, SERVICE};
+use support::lodestar::{KEYSTORE_PASSWORD, PLAN_VALIDATOR, keystore, process_config};
 use support::process::Ovsb;
 use support::{Anvil, NodeReaper, ethsig, free_port, rpc};
-
-async fn finished(osb: &OsbClient, id: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let resp = osb.last_operation(id).await;
-        assert_eq!(resp.status, 200, "{resp:?}");
-        if resp.body["state"] != "in progress" {
-            return resp.body;
-        }
-        assert!(started.elapsed() < Duration::from_secs(150), "operation of {id} did not finish: {}", resp.body);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Every file under `dir` (the store's files, logs) as bytes, by path.
 fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
@@ -51,15 +36,7 @@ async fn secrets_sealed_by_a_wallet_open_only_inside_ovsb() {
     let key3 = keystore(3, keys.path());
     let node = anvil.http_url();
     let data = dir.path().join("data");
-    let config = test_config_toml_with(&node, free_port(), &validator_plan(&node)).replacen(
-        "[broker]",
-        &format!(
-            "data_dir = \"{}\"\ndatabase_url = \"sqlite://{}\"\n\n[broker]",
-            data.display(),
-            dir.path().join("ovsb.db").display()
-        ),
-        1,
-    );
+    let config = process_config(dir.path(), &node);
     let ovsb = Ovsb::start_logging(dir.path(), "ovsb", &config, (free_port(), free_port()), "debug");
     let osb = &ovsb.osb;
 
@@ -101,7 +78,7 @@ async fn secrets_sealed_by_a_wallet_open_only_inside_ovsb() {
     // A password sealed by eth-sig-util to ovsb's key imports the keystore.
     params["passwords"] = json!([ethsig::seal(&published, KEYSTORE_PASSWORD)]);
     assert_eq!(osb.provision("sealed-v", PLAN_VALIDATOR, Some(params)).await.status, 202);
-    let done = finished(osb, "sealed-v").await;
+    let done = osb.finished("sealed-v").await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(done["description"].as_str().unwrap().contains("imported"), "{done}");
 
@@ -170,5 +147,5 @@ async fn secrets_sealed_by_a_wallet_open_only_inside_ovsb() {
     assert!(searched >= 3, "the database, its WAL and the log were searched");
     assert!(dir.path().join("ovsb.log").exists());
     assert_eq!(osb.deprovision("sealed-v", PLAN_VALIDATOR).await.status, 202);
-    assert_eq!(finished(osb, "sealed-v").await["state"], "succeeded");
+    assert_eq!(osb.finished("sealed-v").await["state"], "succeeded");
 }

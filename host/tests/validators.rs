@@ -10,26 +10,18 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::broker::{Db, OsbClient, SERVICE, TestBroker, TestDb, test_config_toml_with};
-use support::lodestar::{KEYSTORE_PASSWORD, PLAN_VALIDATOR, keystore, pubkey, validator_plan};
+use support::broker::{Db, OsbClient, SERVICE, TestBroker, TestDb};
+use support::lodestar::{KEYSTORE_PASSWORD, PLAN_VALIDATOR, keystore, process_config, pubkey, validator_plan};
 use support::process::Ovsb;
 use support::{Anvil, NodeReaper, free_port, nodes_under, rpc};
 
 const FEE_1: &str = "0x00000000000000000000000000000000000000bb";
 const FEE_2: &str = "0x00000000000000000000000000000000000000cc";
 
-/// Polls `last_operation` until the operation ends (validator clients take seconds to start).
-async fn finished(osb: &OsbClient, id: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let resp = osb.last_operation(id).await;
-        assert_eq!(resp.status, 200, "{resp:?}");
-        if resp.body["state"] != "in progress" {
-            return resp.body;
-        }
-        assert!(started.elapsed() < Duration::from_secs(150), "operation of {id} did not finish: {}", resp.body);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// ovsb in this process with the test catalog plus the validator plan, over `anvil`.
+async fn with_validators(dir: tempfile::TempDir, db: TestDb, anvil: &Anvil) -> TestBroker {
+    TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &validator_plan(&anvil.http_url()), |_| {})
+        .await
 }
 
 fn keys_params(keystores: &[&Value], passwords: &[&str], fee: &str) -> Value {
@@ -72,15 +64,7 @@ async fn keys_move_in_and_out(db: Db) {
     let key3 = keystore(3, keys.path());
     let pk3 = pubkey(&key3);
     let db = TestDb::new(db, dir.path()).await;
-    let broker = TestBroker::start_with_plans(
-        dir,
-        db,
-        &anvil.http_url(),
-        free_port(),
-        &validator_plan(&anvil.http_url()),
-        |_| {},
-    )
-    .await;
+    let broker = with_validators(dir, db, &anvil).await;
     let osb = &broker.osb;
 
     // The catalog publishes the validator parameters.
@@ -112,7 +96,7 @@ async fn keys_move_in_and_out(db: Db) {
     // Provision with key 3: imported through the keymanager API once the client is ready.
     let resp = osb.provision("v1", PLAN_VALIDATOR, Some(keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1))).await;
     assert_eq!(resp.status, 202, "{resp:?}");
-    let done = finished(osb, "v1").await;
+    let done = osb.finished("v1").await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(done["description"].as_str().unwrap().contains("imported"), "each key's status is reported: {done}");
 
@@ -162,7 +146,7 @@ async fn keys_move_in_and_out(db: Db) {
         )
         .await;
     assert_eq!(resp.status, 202, "{resp:?}");
-    assert_eq!(finished(osb, "v1").await["state"], "succeeded");
+    assert_eq!(osb.finished("v1").await["state"], "succeeded");
     let (_, fee) = keymanager(Method::GET, &fee_url, Some(&token), None).await;
     assert_eq!(fee["data"]["ethaddress"], FEE_2);
     let (_, gas) = keymanager(Method::GET, &format!("{km}/eth/v1/validator/{pk3}/gas_limit"), Some(&token), None).await;
@@ -174,7 +158,7 @@ async fn keys_move_in_and_out(db: Db) {
     let add = json!({"service_id": SERVICE, "parameters": {"keystores": [key5], "passwords": [KEYSTORE_PASSWORD]}});
     let update_url = "/v2/service_instances/v1?accepts_incomplete=true";
     assert_eq!(osb.call(Method::PATCH, update_url, Some(add.clone())).await.status, 202);
-    let added = finished(osb, "v1").await;
+    let added = osb.finished("v1").await;
     assert_eq!(added["state"], "succeeded", "{added}");
     assert!(added["description"].as_str().unwrap().contains("added"), "{added}");
     let listed = |list: &Value| -> Vec<String> {
@@ -194,7 +178,7 @@ async fn keys_move_in_and_out(db: Db) {
     assert_eq!(osb.call(Method::PATCH, update_url, Some(add)).await.status, 200, "a replayed update is a no-op");
     let remove = json!({"service_id": SERVICE, "parameters": {"remove_keys": [pk5]}});
     assert_eq!(osb.call(Method::PATCH, update_url, Some(remove)).await.status, 202);
-    assert_eq!(finished(osb, "v1").await["state"], "succeeded");
+    assert_eq!(osb.finished("v1").await["state"], "succeeded");
     let (_, list) = keymanager(Method::GET, &format!("{km}/eth/v1/keystores"), Some(&token), None).await;
     assert_eq!(listed(&list), vec![pk3.clone()]);
     assert_eq!(history(osb, &pk5).await.0, 200, "the removed key's history is kept");
@@ -217,12 +201,12 @@ async fn keys_move_in_and_out(db: Db) {
     // A key is never in two clients: another instance cannot take key 3.
     let resp = osb.provision("v2", PLAN_VALIDATOR, Some(keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1))).await;
     assert_eq!(resp.status, 202);
-    let taken = finished(osb, "v2").await;
+    let taken = osb.finished("v2").await;
     assert_eq!(taken["state"], "failed", "{taken}");
     assert!(taken["description"].as_str().unwrap().contains("loaded in instance v1"), "{taken}");
     assert_eq!(broker.store().validator_key_holder(&pk3).await.unwrap().as_deref(), Some("v1"));
     assert_eq!(osb.deprovision("v2", PLAN_VALIDATOR).await.status, 202);
-    assert_eq!(finished(osb, "v2").await["state"], "succeeded");
+    assert_eq!(osb.finished("v2").await["state"], "succeeded");
 
     // Unbind revokes the keymanager token and the beacon URL at once.
     assert_eq!(osb.unbind("v1", "b1", PLAN_VALIDATOR).await.status, 200);
@@ -232,7 +216,7 @@ async fn keys_move_in_and_out(db: Db) {
     // Deprovision: the keys leave the client, their history is stored before it stops.
     assert_eq!(history(osb, &pk3).await.0, 404, "nothing exported yet");
     assert_eq!(osb.deprovision("v1", PLAN_VALIDATOR).await.status, 202);
-    let gone = finished(osb, "v1").await;
+    let gone = osb.finished("v1").await;
     assert_eq!(gone["state"], "succeeded", "{gone}");
     let (status, exported) = history(osb, &pk3).await;
     assert_eq!(status, 200, "{exported}");
@@ -248,14 +232,14 @@ async fn keys_move_in_and_out(db: Db) {
     let mut params = keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1);
     params["slashing_protection"] = seeded;
     assert_eq!(osb.provision("v3", PLAN_VALIDATOR, Some(params)).await.status, 202);
-    let again = finished(osb, "v3").await;
+    let again = osb.finished("v3").await;
     assert_eq!(again["state"], "succeeded", "{again}");
     let bound = osb.bind("v3", "b3", PLAN_VALIDATOR).await;
     let token3 = bound.body["credentials"]["keymanager_token"].as_str().unwrap().to_string();
     let (_, list) = keymanager(Method::GET, &list_url, Some(&token3), None).await;
     assert_eq!(list["data"][0]["validating_pubkey"], pk3.as_str(), "{list}");
     assert_eq!(osb.deprovision("v3", PLAN_VALIDATOR).await.status, 202);
-    assert_eq!(finished(osb, "v3").await["state"], "succeeded");
+    assert_eq!(osb.finished("v3").await["state"], "succeeded");
     let latest = broker.store().history(&pk3).await.unwrap().pop().unwrap();
     assert!(latest.instance_id == "v3" && latest.interchange.contains("99999"), "{latest:?}");
 
@@ -263,9 +247,9 @@ async fn keys_move_in_and_out(db: Db) {
     // export at the end still holds the block signed "elsewhere".
     let params = keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1);
     assert_eq!(osb.provision("v4", PLAN_VALIDATOR, Some(params)).await.status, 202);
-    assert_eq!(finished(osb, "v4").await["state"], "succeeded");
+    assert_eq!(osb.finished("v4").await["state"], "succeeded");
     assert_eq!(osb.deprovision("v4", PLAN_VALIDATOR).await.status, 202);
-    assert_eq!(finished(osb, "v4").await["state"], "succeeded");
+    assert_eq!(osb.finished("v4").await["state"], "succeeded");
     let latest = broker.store().history(&pk3).await.unwrap().pop().unwrap();
     assert!(latest.instance_id == "v4" && latest.interchange.contains("99999"), "{latest:?}");
 
@@ -275,7 +259,7 @@ async fn keys_move_in_and_out(db: Db) {
     liar["pubkey"] = json!(claimed.trim_start_matches("0x"));
     let params = keys_params(&[&liar], &[KEYSTORE_PASSWORD], FEE_1);
     assert_eq!(osb.provision("v5", PLAN_VALIDATOR, Some(params)).await.status, 202);
-    let caught = finished(osb, "v5").await;
+    let caught = osb.finished("v5").await;
     assert_eq!(caught["state"], "failed", "{caught}");
     assert!(caught["description"].as_str().unwrap().contains("does not match"), "{caught}");
     assert_eq!(broker.store().validator_key_holder(&claimed).await.unwrap(), None);
@@ -291,21 +275,13 @@ async fn a_wrong_keystore_password_fails_cleanly_and_loads_no_key() {
     let keys = tempfile::tempdir().unwrap();
     let (key3, key5) = (keystore(3, keys.path()), keystore(5, keys.path()));
     let db = TestDb::new(Db::Postgres, dir.path()).await;
-    let broker = TestBroker::start_with_plans(
-        dir,
-        db,
-        &anvil.http_url(),
-        free_port(),
-        &validator_plan(&anvil.http_url()),
-        |_| {},
-    )
-    .await;
+    let broker = with_validators(dir, db, &anvil).await;
     let osb = &broker.osb;
 
     // Key 5 has the right password, key 3 a wrong one: neither stays loaded.
     let params = keys_params(&[&key5, &key3], &[KEYSTORE_PASSWORD, "not-the-password"], FEE_1);
     assert_eq!(osb.provision("w1", PLAN_VALIDATOR, Some(params)).await.status, 202);
-    let failed = finished(osb, "w1").await;
+    let failed = osb.finished("w1").await;
     assert_eq!(failed["state"], "failed", "{failed}");
     let description = failed["description"].as_str().unwrap();
     assert!(description.contains("none is kept") && description.contains("error"), "{description}");
@@ -325,16 +301,7 @@ async fn ovsb_killed_during_a_validator_provision_resumes_with_one_client_and_th
     let keys = tempfile::tempdir().unwrap();
     let key3 = keystore(3, keys.path());
     let node = anvil.http_url();
-    let mut config = test_config_toml_with(&node, free_port(), &validator_plan(&node));
-    config = config.replacen(
-        "[broker]",
-        &format!(
-            "data_dir = \"{}\"\ndatabase_url = \"sqlite://{}\"\n\n[broker]",
-            dir.path().join("data").display(),
-            dir.path().join("ovsb.db").display()
-        ),
-        1,
-    );
+    let config = process_config(dir.path(), &node);
     let ports = (free_port(), free_port());
     let mut first = Ovsb::start_on(dir.path(), "first", &config, ports);
     let resp =
@@ -350,7 +317,7 @@ async fn ovsb_killed_during_a_validator_provision_resumes_with_one_client_and_th
     first.kill_9();
 
     let second = Ovsb::start_on(dir.path(), "second", &config, ports);
-    let done = finished(&second.osb, "r1").await;
+    let done = second.osb.finished("r1").await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(nodes_under(dir.path()), client, "the running client was adopted, no second one started");
     let bound = second.osb.bind("r1", "b1", PLAN_VALIDATOR).await;
@@ -366,7 +333,7 @@ async fn ovsb_killed_during_a_validator_provision_resumes_with_one_client_and_th
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["data"][0]["validating_pubkey"], pubkey(&key3).as_str(), "{list}");
     assert_eq!(second.osb.deprovision("r1", PLAN_VALIDATOR).await.status, 202);
-    assert_eq!(finished(&second.osb, "r1").await["state"], "succeeded");
+    assert_eq!(second.osb.finished("r1").await["state"], "succeeded");
     assert!(nodes_under(dir.path()).is_empty(), "deprovision stopped the client");
     assert_eq!(history(&second.osb, &pubkey(&key3)).await.0, 200, "its history is kept");
 }

@@ -69,25 +69,17 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM validator_keys WHERE pubkey = $1 AND instance_id = $2")
-                .bind(pubkey)
-                .bind(instance_id)
-                .execute(&mut *tx)
-                .await?;
+            release(&mut tx, instance_id, pubkey).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Releases claims of `instance_id` on keys that were never loaded (a failed import).
+    /// Releases claims of `instance_id` on keys its client is seen not to hold.
     pub async fn release_validator_keys(&self, instance_id: &str, pubkeys: &[String]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for pubkey in pubkeys {
-            sqlx::query("DELETE FROM validator_keys WHERE pubkey = $1 AND instance_id = $2")
-                .bind(pubkey)
-                .bind(instance_id)
-                .execute(&mut *tx)
-                .await?;
+            release(&mut tx, instance_id, pubkey).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -137,4 +129,14 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Drops the claim of `instance_id` on `pubkey` (another instance's claim is left alone).
+async fn release(tx: &mut sqlx::Transaction<'_, sqlx::Any>, instance_id: &str, pubkey: &str) -> Result<()> {
+    sqlx::query("DELETE FROM validator_keys WHERE pubkey = $1 AND instance_id = $2")
+        .bind(pubkey)
+        .bind(instance_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

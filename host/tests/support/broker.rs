@@ -252,6 +252,21 @@ impl OsbClient {
         panic!("operation of {id} did not finish");
     }
 
+    /// Polls `last_operation` until the operation ends, for operations that take seconds
+    /// (validator clients start in about six); the final body.
+    pub async fn finished(&self, id: &str) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let resp = self.last_operation(id).await;
+            assert_eq!(resp.status, 200, "{resp:?}");
+            if resp.body["state"] != "in progress" {
+                return resp.body;
+            }
+            assert!(started.elapsed() < Duration::from_secs(150), "operation of {id} did not finish: {}", resp.body);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Provisions and waits for success.
     pub async fn ready_instance(&self, id: &str, plan: &str, parameters: Option<Value>) {
         let resp = self.provision(id, plan, parameters).await;

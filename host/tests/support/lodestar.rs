@@ -52,6 +52,20 @@ stop_grace_ms = 10000
     )
 }
 
+/// The configuration of an `ovsb serve` process (see `support::process`): the test catalog plus
+/// the validator plan over `node`, its store a SQLite file in `dir`, its data in `dir/data`.
+pub fn process_config(dir: &Path, node: &str) -> String {
+    crate::support::broker::test_config_toml_with(node, crate::support::free_port(), &validator_plan(node)).replacen(
+        "[broker]",
+        &format!(
+            "data_dir = \"{}\"\ndatabase_url = \"sqlite://{}\"\n\n[broker]",
+            dir.join("data").display(),
+            dir.join("ovsb.db").display()
+        ),
+        1,
+    )
+}
+
 /// The client command of the validator plans (as in examples/quick-start.toml).
 pub fn lodestar_command(program: &str) -> Vec<String> {
     [
