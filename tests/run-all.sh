@@ -16,10 +16,14 @@ fi
 tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --version | head -1
 
 step "Lodestar 1.5.1 (the validator tests run real clients), pinned in tests/lodestar/package-lock.json"
+# About a minute of npm and native addons: installed in the background while Rust builds.
+lodestar_pid=""
+lodestar_log=$(mktemp)
 if [ ! -x tests/lodestar/node_modules/.bin/lodestar ]; then
-    (cd tests/lodestar && npm ci --no-audit --no-fund)
+    (cd tests/lodestar && npm ci --no-audit --no-fund) >"$lodestar_log" 2>&1 &
+    lodestar_pid=$!
+    echo "installing in the background (pid $lodestar_pid)"
 fi
-tests/lodestar/node_modules/.bin/lodestar --version 2>/dev/null | head -1 || true
 
 step "@metamask/eth-sig-util (the sealed-secrets tests use the real wallet library), pinned in tests/ethsig/package-lock.json"
 if [ ! -d tests/ethsig/node_modules/@metamask/eth-sig-util ]; then
@@ -50,6 +54,12 @@ cargo build --release --locked --target wasm32-wasip2 \
 step "lint: rustfmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Lodestar installed"
+if [ -n "$lodestar_pid" ]; then
+    wait "$lodestar_pid" || { cat "$lodestar_log"; echo "installing Lodestar failed" >&2; exit 1; }
+fi
+tests/lodestar/node_modules/.bin/lodestar --version 2>/dev/null | head -1 || true
 
 step "tests"
 cargo test --workspace --locked

@@ -1,6 +1,6 @@
 //! Builds the test plugins to `wasm32-wasip2` once per build of this crate, in the manner of
-//! wasmtime's test-programs: a nested `cargo build` into a target directory of its own under
-//! OUT_DIR, then a generated `artifacts.rs` with the path of every `.wasm` file.
+//! wasmtime's test-programs: a nested `cargo build` into a target directory of its own
+//! (`target/test-plugins`), then a generated `artifacts.rs` with the path of every `.wasm` file.
 
 use std::env;
 use std::fmt::Write as _;
@@ -21,7 +21,11 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let target_dir = out_dir.join("wasm-target");
+    // One directory for every build of this crate (clippy's check build, the test build, benches):
+    // `<target>/test-plugins`, next to the profile directories (OUT_DIR is
+    // `<target>[/<triple>]/<profile>/build/<crate>-<hash>/out`). Its own lock, so the nested cargo
+    // never waits for the outer one; after the first build the others find it fresh.
+    let target_dir = out_dir.ancestors().nth(4).map_or_else(|| out_dir.join("wasm-target"), |t| t.join("test-plugins"));
 
     for path in [
         "wit",
