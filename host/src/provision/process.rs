@@ -148,11 +148,7 @@ impl ProcessDriver {
         }
         for name in self.template_names {
             if let Some(value) = spec.parameters.get(*name) {
-                let text = match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                values.insert(name.to_string(), text);
+                values.insert(name.to_string(), placeholder_text(value.clone()));
             }
         }
         values.insert("data_dir".into(), dir.display().to_string());
@@ -162,11 +158,7 @@ impl ProcessDriver {
                 schema.as_table().and_then(|t| t.get("default")).and_then(|d| serde_json::to_value(d).ok())
             });
             if let Some(value) = value {
-                let text = match value {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                values.insert(name.clone(), text);
+                values.insert(name.clone(), placeholder_text(value));
             }
         }
         let from_parameters =
@@ -337,7 +329,7 @@ impl ProcessDriver {
     }
 
     /// Stops an instance's node (and anything else carrying its marker); keeps its directory.
-    pub(super) async fn stop_node(&self, instance_id: &str) {
+    async fn stop_node(&self, instance_id: &str) {
         let node = self.nodes().remove(instance_id);
         let grace = Duration::from_millis(self.decl.stop_grace_ms);
         if let Some(node) = node {
@@ -356,7 +348,7 @@ impl ProcessDriver {
     /// Rewrites the node's command line for `to` and, when it changed, stops the node so that the
     /// next [`ProcessDriver::ensure_running`] starts it again (same ports, same data); a node
     /// whose command line did not change (only the chain changed) keeps running.
-    pub(super) async fn restart_if_changed(&self, to: &InstanceSpec, progress: &Progress) -> Result<(), DriverError> {
+    async fn restart_if_changed(&self, to: &InstanceSpec, progress: &Progress) -> Result<(), DriverError> {
         let Some(current) = self.read_record(&to.id) else { return Ok(()) };
         let wanted = self.argv(to, current.port, &current.extra_ports)?;
         if current.argv == wanted {
@@ -458,6 +450,14 @@ impl Driver for ProcessDriver {
 
     fn recover<'a>(&'a self, live: &'a [InstanceSpec], busy: &'a [String]) -> BoxFuture<'a, ()> {
         self.recover_nodes(live, busy).boxed()
+    }
+}
+
+/// A parameter's value as a command-line argument: a string as it is, anything else as JSON.
+fn placeholder_text(value: serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
     }
 }
 

@@ -460,9 +460,13 @@ impl ValidatorDriver {
         }
     }
 
+    /// A request to the client's keymanager API, with the client's token.
+    fn keymanager(&self, method: reqwest::Method, access: &ValidatorAccess, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", access.keymanager)).bearer_auth(&access.token)
+    }
+
     async fn get(&self, access: &ValidatorAccess, path: &str) -> Result<Value, DriverError> {
-        let request = self.http.get(format!("{}{path}", access.keymanager)).bearer_auth(&access.token);
-        self.send(request, path).await
+        self.send(self.keymanager(reqwest::Method::GET, access, path), path).await
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Value, DriverError> {
@@ -540,12 +544,7 @@ impl ValidatorDriver {
         progress.report(&format!("importing {} key(s) through the keymanager API", secrets.pubkeys.len())).await;
         // Decrypting keystores is slow by design (scrypt): allow for each key.
         let timeout = Duration::from_secs(30 + 5 * secrets.pubkeys.len() as u64);
-        let request = self
-            .http
-            .post(format!("{}/eth/v1/keystores", access.keymanager))
-            .bearer_auth(&access.token)
-            .timeout(timeout)
-            .json(&body);
+        let request = self.keymanager(reqwest::Method::POST, access, "/eth/v1/keystores").timeout(timeout).json(&body);
         let answer = match self.send(request, "POST /eth/v1/keystores").await {
             Ok(answer) => answer,
             Err(err) => {
@@ -629,11 +628,8 @@ impl ValidatorDriver {
 
     /// Deletes keys from the client and stores the history it exports, releasing the claims.
     async fn delete(&self, instance_id: &str, access: &ValidatorAccess, pubkeys: &[String]) -> Result<(), DriverError> {
-        let request = self
-            .http
-            .delete(format!("{}/eth/v1/keystores", access.keymanager))
-            .bearer_auth(&access.token)
-            .json(&json!({"pubkeys": pubkeys}));
+        let request =
+            self.keymanager(reqwest::Method::DELETE, access, "/eth/v1/keystores").json(&json!({"pubkeys": pubkeys}));
         let answer = self.send(request, "DELETE /eth/v1/keystores").await?;
         for (i, key) in pubkeys.iter().enumerate() {
             let status = answer["data"][i]["status"].as_str().unwrap_or("missing");
@@ -683,19 +679,14 @@ impl ValidatorDriver {
     async fn apply_settings(&self, access: &ValidatorAccess, parameters: &Value) -> Result<(), DriverError> {
         for key in pubkeys_of(parameters) {
             if let Some(fee) = parameters.get("fee_recipient").and_then(Value::as_str) {
-                let request = self
-                    .http
-                    .post(format!("{}/eth/v1/validator/{key}/feerecipient", access.keymanager))
-                    .bearer_auth(&access.token)
-                    .json(&json!({"ethaddress": fee}));
+                let path = format!("/eth/v1/validator/{key}/feerecipient");
+                let request = self.keymanager(reqwest::Method::POST, access, &path).json(&json!({"ethaddress": fee}));
                 self.send(request, "POST feerecipient").await?;
             }
             if let Some(gas) = parameters.get("gas_limit").and_then(Value::as_u64) {
-                let request = self
-                    .http
-                    .post(format!("{}/eth/v1/validator/{key}/gas_limit", access.keymanager))
-                    .bearer_auth(&access.token)
-                    .json(&json!({"gas_limit": gas.to_string()}));
+                let path = format!("/eth/v1/validator/{key}/gas_limit");
+                let request =
+                    self.keymanager(reqwest::Method::POST, access, &path).json(&json!({"gas_limit": gas.to_string()}));
                 self.send(request, "POST gas_limit").await?;
             }
         }
