@@ -296,6 +296,12 @@ pub enum DriverDecl {
     Process(ProcessDriverDecl),
     /// A validator client process per instance, keys managed through its keymanager API.
     Validator(ValidatorDriverDecl),
+    /// A Kubernetes workload (StatefulSet, Service, volume) per instance.
+    Kubernetes(KubernetesDriverDecl),
+    /// A validator client per instance as a Kubernetes workload, keys managed through its
+    /// keymanager API as by the `validator` driver.
+    #[serde(rename = "kubernetes-validator")]
+    KubernetesValidator(KubernetesValidatorDecl),
 }
 
 impl DriverDecl {
@@ -305,8 +311,113 @@ impl DriverDecl {
             DriverDecl::Upstream(_) => None,
             DriverDecl::Process(decl) => Some(&decl.parameters),
             DriverDecl::Validator(decl) => Some(&decl.client.parameters),
+            DriverDecl::Kubernetes(decl) => Some(&decl.parameters),
+            DriverDecl::KubernetesValidator(decl) => Some(&decl.client.parameters),
         }
     }
+
+    /// Whether the plan's instances are validator clients (keys in, history kept).
+    pub fn is_validator(&self) -> bool {
+        matches!(self, DriverDecl::Validator(_) | DriverDecl::KubernetesValidator(_))
+    }
+}
+
+/// Settings of the `kubernetes` driver. Per instance it applies (server-side, field manager
+/// `ovsb`) a StatefulSet of one pod, a Service, and for validator plans a Secret; their names
+/// are `ovsb-<instance>` and their labels name the instance and the plan, so that everything of
+/// one instance is found and removed together.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesDriverDecl {
+    /// The API server, e.g. `https://10.0.0.1:6443`. Absent: the pod's service account when ovsb
+    /// runs in the cluster, else `KUBECONFIG` / `~/.kube/config`.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// The namespace the instances' objects live in.
+    pub namespace: String,
+    /// The container image.
+    pub image: String,
+    /// The container's command (the image's entrypoint when empty).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The container's arguments. Placeholders: `{port}`, `{instance_id}`, `{name}` (the objects'
+    /// name), `{namespace}`, `{data_dir}` (the volume's mount path), every name of `extra_ports`
+    /// and every name under `parameters`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The container port of the JSON-RPC API (for validator plans: the beacon REST API).
+    pub port: u16,
+    /// More named container ports (each also a placeholder), e.g. `p2p_port = 9000`.
+    #[serde(default)]
+    pub extra_ports: BTreeMap<String, u16>,
+    /// Whether the node serves WebSocket on `port` too.
+    #[serde(default = "yes")]
+    pub ws: bool,
+    /// Environment variables of the container.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Resource requests and limits of the container (`cpu`, `memory`, …).
+    #[serde(default)]
+    pub resources: KubernetesResources,
+    /// The instance's persistent volume, if any.
+    #[serde(default)]
+    pub storage: Option<KubernetesStorage>,
+    /// How ovsb reaches an instance's Service. Placeholders: `{name}`, `{namespace}`, `{port}`.
+    #[serde(default = "default_kubernetes_endpoint")]
+    pub endpoint: String,
+    /// Instance parameters the args use, as JSON Schema properties (each with a `default`).
+    #[serde(default)]
+    pub parameters: toml::Table,
+}
+
+/// Resource requests and limits of a container, as Kubernetes quantities.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesResources {
+    /// e.g. `{ cpu = "500m", memory = "1Gi" }`.
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    /// e.g. `{ memory = "2Gi" }`.
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
+/// The persistent volume of each instance (a StatefulSet volume claim template).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesStorage {
+    /// The requested size, e.g. `"100Gi"`.
+    pub size: String,
+    /// The storage class; absent: the cluster's default.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Where the volume is mounted in the container (`{data_dir}` in args).
+    pub mount_path: String,
+}
+
+/// Settings of the `kubernetes-validator` driver: the validator client as a Kubernetes
+/// workload. Its `port` is the beacon REST API; `extra_ports` must name `keymanager_port`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesValidatorDecl {
+    /// The client's workload.
+    pub client: KubernetesDriverDecl,
+    /// Where in the container the client reads its keymanager bearer token; ovsb puts the token
+    /// there from the instance's Secret (Lodestar: `<dataDir>/validator-db/api-token.txt`).
+    pub token_path: String,
+    /// The beacon node's REST API the client uses, when it is not the workload itself (a
+    /// validator client beside a shared beacon node); absent: the workload's `port`.
+    #[serde(default)]
+    pub beacon_url: Option<String>,
+    /// HTTP JSON-RPC URLs of the execution node(s) the instance's JSON-RPC endpoint forwards to.
+    pub rpc_http: Vec<String>,
+    /// WebSocket URLs of the same nodes.
+    #[serde(default)]
+    pub rpc_ws: Vec<String>,
+}
+
+fn default_kubernetes_endpoint() -> String {
+    "http://{name}.{namespace}.svc:{port}".to_string()
 }
 
 /// Settings of the `validator` driver: a validator client (with its beacon node) per instance,
@@ -663,19 +774,21 @@ impl Config {
                                 "{what}: token_file must be a path inside the client's data directory"
                             ));
                         }
-                        if decl.rpc_http.is_empty() {
+                        check_validator(&what, &decl.rpc_http, &decl.rpc_ws, &decl.client.parameters)?;
+                    }
+                    DriverDecl::Kubernetes(decl) => check_kubernetes(&what, &plan.id, decl, &[])?,
+                    DriverDecl::KubernetesValidator(decl) => {
+                        check_kubernetes(&what, &plan.id, &decl.client, crate::provision::VALIDATOR_TEMPLATE_NAMES)?;
+                        if !decl.client.extra_ports.contains_key("keymanager_port") {
                             return bad(format!(
-                                "{what}: the validator driver needs rpc_http, the node its JSON-RPC endpoint forwards to"
+                                "{what}: the validator client needs extra_ports = {{ keymanager_port = …, … }}"
                             ));
                         }
-                        check_urls(&what, &decl.rpc_http, &decl.rpc_ws)?;
-                        for name in crate::provision::VALIDATOR_PARAMETERS {
-                            if decl.client.parameters.contains_key(*name) {
-                                return bad(format!(
-                                    "{what}: {name:?} is a parameter of every validator plan; do not declare it"
-                                ));
-                            }
+                        if !decl.token_path.starts_with('/') || decl.token_path.contains("..") {
+                            return bad(format!("{what}: token_path must be an absolute path in the container"));
                         }
+                        check_urls(&what, decl.beacon_url.as_slice(), &[])?;
+                        check_validator(&what, &decl.rpc_http, &decl.rpc_ws, &decl.client.parameters)?;
                     }
                 }
             }
@@ -714,6 +827,113 @@ fn check_urls(what: &str, http: &[String], ws: &[String]) -> Result<(), ConfigEr
         }
     }
     Ok(())
+}
+
+/// What every validator plan needs: the node its endpoint forwards to, and its own parameter names.
+fn check_validator(
+    what: &str,
+    rpc_http: &[String],
+    rpc_ws: &[String],
+    parameters: &toml::Table,
+) -> Result<(), ConfigError> {
+    if rpc_http.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{what}: the validator driver needs rpc_http, the node its JSON-RPC endpoint forwards to"
+        )));
+    }
+    check_urls(what, rpc_http, rpc_ws)?;
+    for name in crate::provision::VALIDATOR_PARAMETERS {
+        if parameters.contains_key(*name) {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: {name:?} is a parameter of every validator plan; do not declare it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Placeholders every Kubernetes workload's args may use.
+const KUBERNETES_NAMES: &[&str] = &["port", "instance_id", "name", "namespace", "data_dir"];
+
+/// `template_names`: placeholders the driver fills besides the Kubernetes driver's own.
+fn check_kubernetes(
+    what: &str,
+    plan_id: &str,
+    decl: &KubernetesDriverDecl,
+    template_names: &[&str],
+) -> Result<(), ConfigError> {
+    let bad = |message: String| Err(ConfigError::Invalid(message));
+    if !is_dns_label(&decl.namespace) {
+        return bad(format!("{what}: namespace {:?} is not a Kubernetes namespace name", decl.namespace));
+    }
+    if plan_id.len() > 63 || !plan_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return bad(format!(
+            "{what}: the plan id must be a Kubernetes label value (63 letters, digits, '-', '_', '.')"
+        ));
+    }
+    if decl.image.trim().is_empty() {
+        return bad(format!("{what}: the kubernetes driver needs an image"));
+    }
+    if decl.port == 0 || decl.extra_ports.values().any(|p| *p == 0 || *p == decl.port) {
+        return bad(format!("{what}: container ports must be non-zero and distinct"));
+    }
+    if let Some(url) = &decl.api_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return bad(format!("{what}: api_url {url:?} is not an http(s):// URL"));
+    }
+    if let Some(storage) = &decl.storage
+        && (storage.size.trim().is_empty() || !storage.mount_path.starts_with('/'))
+    {
+        return bad(format!("{what}: storage needs a size and an absolute mount_path"));
+    }
+    for name in decl.extra_ports.keys() {
+        let reserved = KUBERNETES_NAMES.contains(&name.as_str()) || template_names.contains(&name.as_str());
+        // A container port's name: at most 15 characters, and the `_` of the placeholder becomes `-`.
+        let lowercase = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if name.is_empty() || name.len() > 15 || !lowercase || reserved || decl.parameters.contains_key(name) {
+            return bad(format!(
+                "{what}: extra port {name:?} must be 1 to 15 lowercase letters, digits or '_', and not a reserved name"
+            ));
+        }
+    }
+    for (name, schema) in &decl.parameters {
+        if name == "plugins" || !schema.as_table().is_some_and(|t| t.contains_key("default")) {
+            return bad(format!(
+                "{what}: driver parameter {name:?} must be a JSON Schema table with a default (and not be called plugins)"
+            ));
+        }
+    }
+    for arg in decl.args.iter().chain(&decl.command) {
+        for name in crate::provision::placeholders(arg) {
+            let known = KUBERNETES_NAMES.contains(&name.as_str())
+                || template_names.contains(&name.as_str())
+                || decl.extra_ports.contains_key(&name)
+                || decl.parameters.contains_key(&name);
+            if !known {
+                return bad(format!("{what}: the args use unknown placeholder {{{name}}}"));
+            }
+        }
+    }
+    if !decl.endpoint.starts_with("http://")
+        || crate::provision::placeholders(&decl.endpoint)
+            .iter()
+            .any(|n| !["name", "namespace", "port"].contains(&n.as_str()))
+    {
+        return bad(format!(
+            "{what}: endpoint must be an http:// URL template using only {{name}}, {{namespace}}, {{port}}"
+        ));
+    }
+    Ok(())
+}
+
+/// An RFC 1123 label: what Kubernetes accepts as a namespace name.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// `template_names`: placeholders the driver fills besides the process driver's own.
@@ -928,5 +1148,50 @@ mod tests {
             decl.rpc_http.clear();
         }
         assert!(config.validate().unwrap_err().to_string().contains("rpc_http"));
+    }
+
+    /// A kubernetes plan as the quick-start's first service's first plan.
+    fn with_kubernetes_plan(driver: &str) -> Result<(), ConfigError> {
+        let mut config = Config::quick_start();
+        let decl: toml::Table = toml::from_str(driver).unwrap();
+        config.services[0].plans[0].driver = toml::Value::Table(decl).try_into().unwrap();
+        config.validate()
+    }
+
+    #[test]
+    fn kubernetes_plans_are_checked_before_anything_starts() {
+        let good = r#"kind = "kubernetes"
+            namespace = "ovsb-instances"
+            image = "ghcr.io/foundry-rs/foundry:v1.3.0"
+            args = ["--port", "{port}", "--chain-id", "{chain_id}"]
+            port = 8545
+            parameters = { chain_id = { type = "integer", default = 1 } }"#;
+        with_kubernetes_plan(good).unwrap();
+        for (change, expected) in [
+            (good.replace("ovsb-instances", "Ovsb_Instances"), "namespace"),
+            (good.replace(r#"{chain_id}"]"#, r#"{chain}"]"#), "unknown placeholder {chain}"),
+            (good.replace("8545", "0"), "container ports"),
+            (good.replace("ghcr.io/foundry-rs/foundry:v1.3.0", " "), "image"),
+            (format!("{good}\nendpoint = \"http://{{name}}:{{rpc}}\""), "endpoint"),
+            (format!("{good}\nstorage = {{ size = \"1Gi\", mount_path = \"data\" }}"), "mount_path"),
+            (format!("{good}\napi_url = \"10.0.0.1:6443\""), "api_url"),
+        ] {
+            let err = with_kubernetes_plan(&change).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let validator = r#"kind = "kubernetes-validator"
+            token_path = "/data/validator-db/api-token.txt"
+            rpc_http = ["http://127.0.0.1:8545"]
+            [client]
+            namespace = "v"
+            image = "chainsafe/lodestar:v1.5.1"
+            port = 5064
+            extra_ports = { keymanager_port = 5062 }
+            args = ["--graffiti={graffiti}"]"#;
+        with_kubernetes_plan(validator).unwrap();
+        let err = with_kubernetes_plan(&validator.replace("keymanager_port", "km_port")).unwrap_err();
+        assert!(err.to_string().contains("keymanager_port"), "{err}");
+        let err = with_kubernetes_plan(&validator.replace("\"/data/", "\"data/")).unwrap_err();
+        assert!(err.to_string().contains("token_path"), "{err}");
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::credentials::SecretKey;
-use crate::config::{ChainElement, Config, DriverDecl};
+use crate::config::{ChainElement, Config};
 use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest};
 use crate::identity::Identity;
 use crate::plugins::{KvLimits, KvStore, Registry};
@@ -197,20 +197,18 @@ impl RouteSync {
             tracing::error!(instance = %instance.id, "instance is not served: its driver has no node for it");
             return None;
         };
-        let validator =
-            matches!(self.config.plan_by_id(&instance.plan_id).map(|p| &p.driver), Some(DriverDecl::Validator(_)))
-                .then(|| {
-                    let (driver, id) = (driver.clone(), instance.id.clone());
-                    ValidatorRoute {
-                        access: Arc::new(move || driver.validator(&id)),
-                        pubkeys: parameters
-                            .as_ref()
-                            .map(crate::provision::pubkeys_of)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .collect(),
-                    }
-                });
+        let validator = self.config.plan_by_id(&instance.plan_id).is_some_and(|p| p.driver.is_validator()).then(|| {
+            let (driver, id) = (driver.clone(), instance.id.clone());
+            ValidatorRoute {
+                access: Arc::new(move || driver.validator(&id)),
+                pubkeys: parameters
+                    .as_ref()
+                    .map(crate::provision::pubkeys_of)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            }
+        });
         match self.registry.build_chain(&instance.id, &elements, &kv).await {
             Ok(chain) => Some(Arc::new(InstanceRoute {
                 instance_id: instance.id.as_str().into(),

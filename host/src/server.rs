@@ -161,8 +161,9 @@ impl Server {
         if store.setting_or_insert("secret_key_check", &secret.check_value()).await? != secret.check_value() {
             return Err(StartError::SecretMismatch);
         }
-        // Validator clients are processes of one host: a second host would start clients of its
-        // own for the same instances, and free keys its own empty clients do not hold.
+        // Validator clients run as processes are of one host: a second host would start clients
+        // of its own for the same instances, and free keys its own empty clients do not hold.
+        // (Clients on Kubernetes live in the cluster, which every replica sees.)
         let validators = config
             .services
             .iter()
@@ -209,7 +210,7 @@ impl Server {
 
         let replica = random_id();
         let routes = Arc::new(Routes::default());
-        let drivers = Drivers::new(&config, &store, &tracker, &shutdown);
+        let drivers = Drivers::new(&config, &store, &secret, &tracker, &shutdown);
         drivers.recover(&store).await?;
         let routing = Arc::new(RouteSync::new(
             store.clone(),

@@ -51,10 +51,7 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
         },
     });
     // Validator instances: their keymanager and beacon APIs, through the gateway.
-    let validator = state
-        .catalog
-        .plan_by_id(&binding.plan_id)
-        .is_some_and(|p| matches!(p.plan.driver, crate::config::DriverDecl::Validator(_)));
+    let validator = state.catalog.plan_by_id(&binding.plan_id).is_some_and(|p| p.plan.driver.is_validator());
     if validator {
         let token = state.secret.keymanager_token(&binding.instance_id, &binding.id, &binding.key_salt);
         body["credentials"]["keymanager_uri"] = json!(format!("{base}/keymanager"));

@@ -54,10 +54,8 @@ impl Catalog {
             let mut plan_json = Vec::new();
             for plan in &service.plans {
                 let driver_parameters = plan.driver.parameters();
-                let builtin = match &plan.driver {
-                    crate::config::DriverDecl::Validator(_) => crate::provision::validator_parameter_schema(),
-                    _ => json!({}),
-                };
+                let builtin =
+                    if plan.driver.is_validator() { crate::provision::validator_parameter_schema() } else { json!({}) };
                 // Validation uses the schema without the plugins' own config schemas: each
                 // plugin's `configure` then judges its config, with a message naming the field.
                 let instance_schema = instance_parameters_schema(plugin_names, &builtin, driver_parameters, None);

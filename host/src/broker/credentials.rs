@@ -96,6 +96,12 @@ impl SecretKey {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac)
     }
 
+    /// The keymanager token of a validator client ovsb runs on Kubernetes (64 hex digits): every
+    /// replica derives it, and it reveals nothing of binding tokens.
+    pub fn client_token(&self, instance_id: &str) -> String {
+        hex::encode(self.mac(&[b"ovsb client keymanager token v1", instance_id.as_bytes()]))
+    }
+
     fn sealing_key(&self) -> crypto_secretbox::XSalsa20Poly1305 {
         use crypto_secretbox::KeyInit as _;
         crypto_secretbox::XSalsa20Poly1305::new(&self.mac(&[b"ovsb sealed at rest v1"]).into())

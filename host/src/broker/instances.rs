@@ -60,7 +60,7 @@ fn open_key_secrets(state: &BrokerState, parameters: &mut Value) -> Result<(), A
 }
 
 fn is_validator(entry: &PlanEntry) -> bool {
-    matches!(entry.plan.driver, crate::config::DriverDecl::Validator(_))
+    entry.plan.driver.is_validator()
 }
 
 /// The secrets of a request, sealed under the broker's secret key (see [`SealedRequest`]).

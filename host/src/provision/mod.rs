@@ -16,6 +16,7 @@
 //! the driver, so nothing is left half-made. On SQLite, which one process holds exclusively,
 //! every `in progress` operation found at start is resumed at once.
 
+pub mod kubernetes;
 mod process;
 mod upstream;
 mod validator;
@@ -28,10 +29,11 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use kubernetes::KubernetesDriver;
 pub use process::{NODE_MARKER, ProcessDriver, placeholders};
 pub use upstream::UpstreamDriver;
 pub use validator::{
-    KeySecrets, Prepared, VALIDATOR_PARAMETERS, VALIDATOR_TEMPLATE_NAMES, ValidatorAccess, ValidatorDriver,
+    ClientHost, KeySecrets, Prepared, VALIDATOR_PARAMETERS, VALIDATOR_TEMPLATE_NAMES, ValidatorAccess, ValidatorDriver,
     merge_interchanges, prepare_provision, prepare_update, pubkeys_of, validator_parameter_schema,
 };
 
@@ -151,7 +153,13 @@ pub struct Drivers {
 impl Drivers {
     /// Creates the driver of each plan in the catalog, and their background tasks (health
     /// checks, node supervision) under `tracker` until `shutdown`.
-    pub fn new(config: &Config, store: &Store, tracker: &TaskTracker, shutdown: &CancellationToken) -> Drivers {
+    pub fn new(
+        config: &Config,
+        store: &Store,
+        secret: &SecretKey,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Drivers {
         let deadline = Duration::from_millis(config.gateway.upstream_deadline_ms);
         let max_response = config.gateway.max_request_bytes.max(32 << 20) as usize;
         let mut by_plan: HashMap<String, Arc<dyn Driver>> = HashMap::new();
@@ -181,6 +189,28 @@ impl Drivers {
                     tracker.clone(),
                     shutdown.clone(),
                 )),
+                DriverDecl::Kubernetes(decl) => {
+                    Arc::new(KubernetesDriver::new(decl.clone(), &plan.id, secret.clone(), deadline, max_response))
+                }
+                DriverDecl::KubernetesValidator(decl) => {
+                    let host = KubernetesDriver::for_clients(
+                        decl.client.clone(),
+                        &plan.id,
+                        Some(decl.token_path.clone()),
+                        decl.beacon_url.clone(),
+                        secret.clone(),
+                        deadline,
+                        max_response,
+                    );
+                    Arc::new(ValidatorDriver::with_host(
+                        Box::new(host),
+                        &decl.rpc_http,
+                        &decl.rpc_ws,
+                        store.clone(),
+                        deadline,
+                        max_response,
+                    ))
+                }
             };
             by_plan.insert(plan.id.clone(), driver);
         }

@@ -141,44 +141,16 @@ impl ProcessDriver {
         extra_ports: &BTreeMap<String, u16>,
     ) -> Result<Vec<String>, DriverError> {
         let dir = self.dir(&spec.id).join("data");
-        let mut values: HashMap<String, String> = HashMap::new();
+        let mut values = parameter_values(spec, self.template_names, &self.decl.parameters);
         values.insert("port".into(), port.to_string());
         for (name, port) in extra_ports {
             values.insert(name.clone(), port.to_string());
         }
-        for name in self.template_names {
-            if let Some(value) = spec.parameters.get(*name) {
-                values.insert(name.to_string(), placeholder_text(value.clone()));
-            }
-        }
         values.insert("data_dir".into(), dir.display().to_string());
         values.insert("instance_id".into(), spec.id.clone());
-        for (name, schema) in &self.decl.parameters {
-            let value = spec.parameters.get(name).cloned().or_else(|| {
-                schema.as_table().and_then(|t| t.get("default")).and_then(|d| serde_json::to_value(d).ok())
-            });
-            if let Some(value) = value {
-                values.insert(name.clone(), placeholder_text(value));
-            }
-        }
-        let from_parameters =
-            |name: &str| self.decl.parameters.contains_key(name) || self.template_names.contains(&name);
-        self.decl
-            .command
-            .iter()
-            .map(|arg| {
-                let filled = fill(arg, &values)
-                    .map_err(|name| DriverError(format!("the command needs a value for {{{name}}}")))?;
-                // An instance's parameter that is a whole argument must not become an option.
-                if let Some(name) = arg.strip_prefix('{').and_then(|a| a.strip_suffix('}'))
-                    && from_parameters(name)
-                    && filled.starts_with('-')
-                {
-                    return Err(DriverError(format!("parameter {name} must not start with '-'")));
-                }
-                Ok(filled)
-            })
-            .collect()
+        fill_arguments(&self.decl.command, &values, |name| {
+            self.decl.parameters.contains_key(name) || self.template_names.contains(&name)
+        })
     }
 
     /// What is recorded of an instance's node, if it has one.
@@ -453,6 +425,54 @@ impl Driver for ProcessDriver {
     }
 }
 
+/// The placeholder values an instance's parameters give: the `template_names` it sets, and
+/// each of the driver's `parameters` (its default when the instance does not set it).
+pub(super) fn parameter_values(
+    spec: &InstanceSpec,
+    template_names: &[&str],
+    parameters: &toml::Table,
+) -> HashMap<String, String> {
+    let mut values = HashMap::new();
+    for name in template_names {
+        if let Some(value) = spec.parameters.get(*name) {
+            values.insert(name.to_string(), placeholder_text(value.clone()));
+        }
+    }
+    for (name, schema) in parameters {
+        let value =
+            spec.parameters.get(name).cloned().or_else(|| {
+                schema.as_table().and_then(|t| t.get("default")).and_then(|d| serde_json::to_value(d).ok())
+            });
+        if let Some(value) = value {
+            values.insert(name.clone(), placeholder_text(value));
+        }
+    }
+    values
+}
+
+/// Fills each argument template; `from_parameters` tells which names an instance sets. An
+/// instance's parameter that is a whole argument must not become an option (start with '-').
+pub(super) fn fill_arguments(
+    templates: &[String],
+    values: &HashMap<String, String>,
+    from_parameters: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, DriverError> {
+    templates
+        .iter()
+        .map(|arg| {
+            let filled =
+                fill(arg, values).map_err(|name| DriverError(format!("the command needs a value for {{{name}}}")))?;
+            if let Some(name) = arg.strip_prefix('{').and_then(|a| a.strip_suffix('}'))
+                && from_parameters(name)
+                && filled.starts_with('-')
+            {
+                return Err(DriverError(format!("parameter {name} must not start with '-'")));
+            }
+            Ok(filled)
+        })
+        .collect()
+}
+
 /// A parameter's value as a command-line argument: a string as it is, anything else as JSON.
 fn placeholder_text(value: serde_json::Value) -> String {
     match value {
@@ -462,7 +482,7 @@ fn placeholder_text(value: serde_json::Value) -> String {
 }
 
 /// Fills `{name}` placeholders; an unknown name is an error carrying it.
-fn fill(template: &str, values: &HashMap<String, String>) -> Result<String, String> {
+pub(super) fn fill(template: &str, values: &HashMap<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {

@@ -5,8 +5,9 @@
 //! Owns: the validator parameters (their schema, their checks, which of them are secret),
 //! claiming each key for one instance in the store, importing keys once the client is ready,
 //! setting fee recipient and gas limit per key, and exporting each key's EIP-3076 history into
-//! the store **before** the client stops. Runs the client through the [`ProcessDriver`]
-//! (ports, data directory, supervision, adoption after an ovsb restart).
+//! the store **before** the client stops. Where the client runs is a [`ClientHost`]'s business:
+//! the [`ProcessDriver`] (ports, data directory, supervision, adoption after an ovsb restart)
+//! or the Kubernetes driver (a StatefulSet of one pod).
 //!
 //! ## The guarantees
 //! - A key is claimed in the store (`validator_keys`) before it is imported, in one
@@ -365,52 +366,53 @@ pub struct ValidatorAccess {
     pub token: String,
 }
 
-/// The driver of one validator plan.
-pub struct ValidatorDriver {
+/// Where a validator plan's clients run: starts, finds, removes and recovers them. The
+/// [`ValidatorDriver`] does everything about keys through the [`ValidatorAccess`] it gives.
+pub trait ClientHost: Send + Sync {
+    /// Makes the instance's client run (idempotent).
+    fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Whether a client of the instance exists (it may hold keys).
+    fn exists<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<bool, DriverError>>;
+    /// Whether the instance has a client as far as this replica knows, without asking anyone:
+    /// asked for every route.
+    fn known(&self, instance_id: &str) -> bool;
+    /// How to reach the instance's client, once it can be reached; asked on every keymanager
+    /// request, so it must be cheap.
+    fn access(&self, instance_id: &str) -> Option<ValidatorAccess>;
+    /// Stops and removes the client and everything of it. Succeeds when there is nothing.
+    fn remove<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// After an ovsb restart: keeps the clients of `live` instances running, and removes the
+    /// others except those named in `keep`.
+    fn recover<'a>(&'a self, live: &'a [InstanceSpec], keep: &'a [String]) -> BoxFuture<'a, ()>;
+}
+
+/// Validator clients as processes of this host, under the [`ProcessDriver`]; the client writes
+/// its keymanager token into its data directory.
+pub struct ProcessClients {
     process: ProcessDriver,
-    decl: ValidatorDriverDecl,
-    store: Store,
-    http: reqwest::Client,
-    rpc: Arc<UpstreamPool>,
-    /// What [`ValidatorDriver::access`] read last, per instance, with the token file's mtime.
+    token_file: String,
+    /// What [`ClientHost::access`] read last, per instance, with the token file's mtime.
     known: std::sync::Mutex<HashMap<String, (std::time::SystemTime, ValidatorAccess)>>,
 }
 
-impl ValidatorDriver {
-    /// A driver whose clients live under `root`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        decl: ValidatorDriverDecl,
-        plan_id: &str,
-        root: PathBuf,
-        store: Store,
-        deadline: Duration,
-        max_response_bytes: usize,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let process =
-            ProcessDriver::new(decl.client.clone(), plan_id, root, deadline, max_response_bytes, tracker, shutdown)
-                .with_template_names(VALIDATOR_TEMPLATE_NAMES);
-        let rpc = Arc::new(UpstreamPool::new(UpstreamSettings {
-            http: decl.rpc_http.iter().filter_map(|u| u.parse().ok()).collect(),
-            ws: decl.rpc_ws.clone(),
-            deadline,
-            max_response_bytes,
-        }));
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a plain HTTP client builds");
-        ValidatorDriver { process, decl, store, http, rpc, known: Default::default() }
+impl ClientHost for ProcessClients {
+    fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move { self.process.ensure_running(spec, Some(progress)).await.map(|_| ()) }.boxed()
     }
 
-    /// How to reach the instance's client, once it has written its token. Read from the
-    /// client's directory, again only when the token file changed (a restarted client may
-    /// write a new one): the gateway asks on every keymanager request.
-    pub fn access(&self, instance_id: &str) -> Option<ValidatorAccess> {
-        let token_path = self.process.dir(instance_id).join("data").join(&self.decl.token_file);
+    fn exists<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<bool, DriverError>> {
+        let exists = self.process.read_record(instance_id).is_some();
+        async move { Ok(exists) }.boxed()
+    }
+
+    fn known(&self, instance_id: &str) -> bool {
+        self.process.read_record(instance_id).is_some()
+    }
+
+    /// Read from the client's directory, again only when the token file changed (a restarted
+    /// client may write a new one).
+    fn access(&self, instance_id: &str) -> Option<ValidatorAccess> {
+        let token_path = self.process.dir(instance_id).join("data").join(&self.token_file);
         let modified = std::fs::metadata(&token_path).and_then(|m| m.modified()).ok()?;
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, access)) = known.get(instance_id)
@@ -433,8 +435,70 @@ impl ValidatorDriver {
         Some(access)
     }
 
-    fn forget(&self, instance_id: &str) {
-        self.known.lock().unwrap_or_else(|p| p.into_inner()).remove(instance_id);
+    fn remove<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).remove(&spec.id);
+        self.process.deprovision(spec, progress)
+    }
+
+    fn recover<'a>(&'a self, live: &'a [InstanceSpec], keep: &'a [String]) -> BoxFuture<'a, ()> {
+        self.process.recover_nodes(live, keep).boxed()
+    }
+}
+
+/// The driver of one validator plan.
+pub struct ValidatorDriver {
+    host: Box<dyn ClientHost>,
+    store: Store,
+    http: reqwest::Client,
+    rpc: Arc<UpstreamPool>,
+}
+
+impl ValidatorDriver {
+    /// A driver whose clients are processes living under `root`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        decl: ValidatorDriverDecl,
+        plan_id: &str,
+        root: PathBuf,
+        store: Store,
+        deadline: Duration,
+        max_response_bytes: usize,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let process =
+            ProcessDriver::new(decl.client.clone(), plan_id, root, deadline, max_response_bytes, tracker, shutdown)
+                .with_template_names(VALIDATOR_TEMPLATE_NAMES);
+        let host = ProcessClients { process, token_file: decl.token_file.clone(), known: Default::default() };
+        Self::with_host(Box::new(host), &decl.rpc_http, &decl.rpc_ws, store, deadline, max_response_bytes)
+    }
+
+    /// A driver whose clients run on `host`; the instances' JSON-RPC endpoints forward to `rpc_http`.
+    pub fn with_host(
+        host: Box<dyn ClientHost>,
+        rpc_http: &[String],
+        rpc_ws: &[String],
+        store: Store,
+        deadline: Duration,
+        max_response_bytes: usize,
+    ) -> Self {
+        let rpc = Arc::new(UpstreamPool::new(UpstreamSettings {
+            http: rpc_http.iter().filter_map(|u| u.parse().ok()).collect(),
+            ws: rpc_ws.to_vec(),
+            deadline,
+            max_response_bytes,
+        }));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a plain HTTP client builds");
+        ValidatorDriver { host, store, http, rpc }
+    }
+
+    /// How to reach the instance's client (the gateway asks on every keymanager request).
+    pub fn access(&self, instance_id: &str) -> Option<ValidatorAccess> {
+        self.host.access(instance_id)
     }
 
     /// Waits until the beacon API answers and the keymanager takes the client's token.
@@ -722,7 +786,7 @@ impl Driver for ValidatorDriver {
             let secrets = Self::secrets(spec)?.ok_or_else(|| {
                 DriverError("the keys to import cannot be opened (was the broker's secret key changed?)".into())
             })?;
-            self.process.ensure_running(spec, Some(progress)).await?;
+            self.host.start(spec, progress).await?;
             let access = self.wait_ready(&spec.id, progress).await?;
             let report = self.import(&spec.id, &access, &secrets, progress).await?;
             self.apply_settings(&access, &spec.parameters).await?;
@@ -742,7 +806,7 @@ impl Driver for ValidatorDriver {
             // No restart here, ever: a restarted `lodestar dev` drops its keys and history. The
             // client keeps the command line it was started with (start options are refused in
             // updates; a changed plan command applies to new instances).
-            self.process.ensure_running(to, Some(progress)).await?;
+            self.host.start(to, progress).await?;
             let access = self.wait_ready(&to.id, progress).await?;
             let before: BTreeSet<String> = pubkeys_of(&from.parameters).into_iter().collect();
             let after: BTreeSet<String> = pubkeys_of(&to.parameters).into_iter().collect();
@@ -787,9 +851,9 @@ impl Driver for ValidatorDriver {
             // The keys this instance holds: those it may have loaded (not those of its
             // parameters that another instance holds, when claiming them failed).
             let keys = self.store.validator_keys_of(&spec.id).await.map_err(store_error)?;
-            if self.process.read_record(&spec.id).is_some() && !keys.is_empty() {
+            if !keys.is_empty() && self.host.exists(&spec.id).await? {
                 // The history must be out of the client and in the store before it stops.
-                self.process.ensure_running(spec, Some(progress)).await?;
+                self.host.start(spec, progress).await?;
                 let access = self.wait_ready(&spec.id, progress).await?;
                 progress
                     .report(&format!("deleting {} key(s); storing their slashing-protection history", keys.len()))
@@ -798,14 +862,13 @@ impl Driver for ValidatorDriver {
             } else {
                 self.store.release_validator_keys(&spec.id, &keys).await.map_err(store_error)?;
             }
-            self.forget(&spec.id);
-            self.process.deprovision(spec, progress).await
+            self.host.remove(spec, progress).await
         }
         .boxed()
     }
 
     fn upstream(&self, instance_id: &str) -> Option<Arc<UpstreamPool>> {
-        self.process.read_record(instance_id).map(|_| self.rpc.clone())
+        self.host.known(instance_id).then(|| self.rpc.clone())
     }
 
     fn validator(&self, instance_id: &str) -> Option<ValidatorAccess> {
@@ -825,7 +888,7 @@ impl Driver for ValidatorDriver {
                     return;
                 }
             }
-            self.process.recover_nodes(live, &keep).await
+            self.host.recover(live, &keep).await
         }
         .boxed()
     }

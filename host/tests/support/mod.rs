@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod ethsig;
+pub mod fake_kube;
 pub mod lodestar;
 pub mod process;
 

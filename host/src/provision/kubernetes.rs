@@ -1,0 +1,605 @@
+//! The `kubernetes` driver: an instance's node (or validator client) as Kubernetes workload.
+//!
+//! Owns: rendering an instance's objects from its plan ([`render`]), applying them with
+//! server-side apply (field manager `ovsb`), taking readiness from the pod's `Ready` condition,
+//! removing everything of an instance, and reconciling the cluster with the store after an
+//! ovsb restart. Must not: touch keys or slashing-protection history; for validator plans the
+//! [`super::ValidatorDriver`] does that through the [`ClientHost`] this driver implements, and
+//! exports every key's history **before** [`ClientHost::remove`] scales the client to zero.
+//!
+//! ## The objects of one instance
+//! All are named `ovsb-<instance>` (see [`object_name`]) in the plan's namespace and carry the
+//! labels `app.kubernetes.io/managed-by: ovsb`, `app.kubernetes.io/instance: <name>` and
+//! `ovsb.dev/plan: <plan>`, with the instance id in the annotation `ovsb.dev/instance-id`:
+//! - a StatefulSet of one replica (never more: a validator's keys must sign in one place), its
+//!   volume claim template from the plan's `storage` (claims deleted with the StatefulSet);
+//! - a Service in front of its ports, owned by the StatefulSet;
+//! - for validator plans, a Secret with the client's keymanager token (derived from the
+//!   broker's secret key, so every replica knows it without asking the cluster), mounted where
+//!   the client reads it, owned by the StatefulSet. The keys themselves go through the
+//!   keymanager API, as with the process driver, and the client keeps them on its volume.
+//!
+//! Names are deterministic and applying is idempotent, so an operation that runs again after a
+//! crash, or a reconcile after a restart, never makes a second workload.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use super::process::{fill, fill_arguments, parameter_values};
+use super::validator::{ClientHost, ValidatorAccess};
+use super::{Driver, DriverError, InstanceSpec, Progress};
+use crate::broker::credentials::SecretKey;
+use crate::config::KubernetesDriverDecl;
+use crate::gateway::{UpstreamPool, UpstreamSettings};
+
+/// The field manager of every apply.
+pub const FIELD_MANAGER: &str = "ovsb";
+/// The label every object ovsb makes carries (`app.kubernetes.io/managed-by=ovsb`).
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The label naming an instance's objects.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// The label naming the plan.
+pub const PLAN_LABEL: &str = "ovsb.dev/plan";
+/// The annotation holding the instance id (which need not fit a label).
+pub const INSTANCE_ID_ANNOTATION: &str = "ovsb.dev/instance-id";
+/// The Secret key (and file name) of a validator client's keymanager token.
+const TOKEN_KEY: &str = "keymanager-token";
+
+/// The objects of one instance, as applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Objects {
+    /// The workload.
+    pub stateful_set: StatefulSet,
+    /// Its Service.
+    pub service: Service,
+    /// The client's keymanager token, for validator plans.
+    pub secret: Option<Secret>,
+}
+
+/// For validator plans: where the client reads its keymanager token, and the token.
+#[derive(Clone, Copy)]
+pub struct ClientToken<'a> {
+    /// The file's path in the container.
+    pub path: &'a str,
+    /// The token.
+    pub token: &'a str,
+}
+
+/// The name of an instance's objects: `ovsb-<id>` when the id is a short DNS label already
+/// (OSB platforms send lowercase UUIDs), else `ovsb-` and 20 hex digits of its SHA-256. At most
+/// 45 characters, so the pod's name and its controller-revision label fit in 63.
+pub fn object_name(instance_id: &str) -> String {
+    let fits = !instance_id.is_empty()
+        && instance_id.len() <= 40
+        && instance_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !instance_id.ends_with('-');
+    if fits {
+        format!("ovsb-{instance_id}")
+    } else {
+        format!("ovsb-{}", &hex::encode(sha2::Sha256::digest(instance_id.as_bytes()))[..20])
+    }
+}
+
+/// The labels of an instance's objects.
+fn labels(name: &str, plan_id: &str, component: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": "ovsb-instance",
+        INSTANCE_LABEL: name,
+        "app.kubernetes.io/component": component,
+        MANAGED_BY: "ovsb",
+        PLAN_LABEL: plan_id,
+    })
+}
+
+/// The port name of an `extra_ports` entry (`keymanager_port` → `keymanager-port`).
+fn port_name(placeholder: &str) -> String {
+    placeholder.replace('_', "-")
+}
+
+/// Renders the objects of an instance of `plan_id`. `template_names` are the instance
+/// parameters the args may use besides the plan's own (the validator start options).
+pub fn render(
+    decl: &KubernetesDriverDecl,
+    plan_id: &str,
+    template_names: &[&str],
+    spec: &InstanceSpec,
+    token: Option<ClientToken<'_>>,
+) -> Result<Objects, DriverError> {
+    let name = object_name(&spec.id);
+    let component = if token.is_some() { "validator" } else { "node" };
+    let labels = labels(&name, plan_id, component);
+    let selector = json!({ INSTANCE_LABEL: name, MANAGED_BY: "ovsb" });
+    let annotations = json!({ INSTANCE_ID_ANNOTATION: spec.id });
+    let mut values = parameter_values(spec, template_names, &decl.parameters);
+    values.insert("port".into(), decl.port.to_string());
+    for (port_name, port) in &decl.extra_ports {
+        values.insert(port_name.clone(), port.to_string());
+    }
+    values.insert("instance_id".into(), spec.id.clone());
+    values.insert("name".into(), name.clone());
+    values.insert("namespace".into(), decl.namespace.clone());
+    values.insert("data_dir".into(), decl.storage.as_ref().map_or("/data".into(), |s| s.mount_path.clone()));
+    let from_parameters = |n: &str| decl.parameters.contains_key(n) || template_names.contains(&n);
+    let args = fill_arguments(&decl.args, &values, from_parameters)?;
+    let command = fill_arguments(&decl.command, &values, from_parameters)?;
+
+    let mut ports = vec![json!({ "name": "rpc", "containerPort": decl.port, "protocol": "TCP" })];
+    let mut service_ports = vec![json!({ "name": "rpc", "port": decl.port, "targetPort": "rpc", "protocol": "TCP" })];
+    for (placeholder, port) in &decl.extra_ports {
+        let port_name = port_name(placeholder);
+        ports.push(json!({ "name": port_name, "containerPort": port, "protocol": "TCP" }));
+        service_ports.push(json!({ "name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP" }));
+    }
+    let mut mounts = Vec::new();
+    let mut volumes = Vec::new();
+    let mut claims = Vec::new();
+    if let Some(storage) = &decl.storage {
+        mounts.push(json!({ "name": "data", "mountPath": storage.mount_path }));
+        let mut claim_spec = json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": { "requests": { "storage": storage.size } },
+        });
+        if let Some(class) = &storage.class {
+            claim_spec["storageClassName"] = json!(class);
+        }
+        claims.push(json!({ "metadata": { "name": "data", "labels": labels }, "spec": claim_spec }));
+    }
+    if let Some(token) = token {
+        mounts.push(json!({ "name": TOKEN_KEY, "mountPath": token.path, "subPath": TOKEN_KEY, "readOnly": true }));
+        volumes.push(json!({ "name": TOKEN_KEY, "secret": { "secretName": name, "defaultMode": 0o400 } }));
+    }
+    let env: Vec<Value> = decl.env.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect();
+    let mut container = json!({
+        "name": component,
+        "image": decl.image,
+        "ports": ports,
+        "readinessProbe": { "tcpSocket": { "port": "rpc" }, "periodSeconds": 5, "failureThreshold": 3 },
+    });
+    let fields = [
+        ("command", json!(command), !command.is_empty()),
+        ("args", json!(args), !args.is_empty()),
+        ("env", json!(env), !env.is_empty()),
+        ("volumeMounts", json!(mounts), !mounts.is_empty()),
+    ];
+    for (field, value, present) in fields {
+        if present {
+            container[field] = value;
+        }
+    }
+    let mut resources = serde_json::Map::new();
+    if !decl.resources.requests.is_empty() {
+        resources.insert("requests".into(), json!(decl.resources.requests));
+    }
+    if !decl.resources.limits.is_empty() {
+        resources.insert("limits".into(), json!(decl.resources.limits));
+    }
+    if !resources.is_empty() {
+        container["resources"] = Value::Object(resources);
+    }
+    let mut pod_spec = json!({
+        "containers": [container],
+        // The client needs no API access; no cluster token in its filesystem.
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+    });
+    if !volumes.is_empty() {
+        pod_spec["volumes"] = json!(volumes);
+    }
+    let mut set_spec = json!({
+        "replicas": 1,
+        "serviceName": name,
+        "selector": { "matchLabels": selector },
+        "template": { "metadata": { "labels": labels, "annotations": annotations }, "spec": pod_spec },
+        "persistentVolumeClaimRetentionPolicy": { "whenDeleted": "Delete", "whenScaled": "Retain" },
+    });
+    if !claims.is_empty() {
+        set_spec["volumeClaimTemplates"] = json!(claims);
+    }
+    let metadata = json!({
+        "name": name, "namespace": decl.namespace, "labels": labels, "annotations": annotations,
+    });
+    let stateful_set = typed(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata, "spec": set_spec,
+    }))?;
+    let service = typed(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": metadata,
+        "spec": { "selector": selector, "ports": service_ports },
+    }))?;
+    let secret = match token {
+        Some(token) => Some(typed(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque",
+            "stringData": { TOKEN_KEY: token.token },
+        }))?),
+        None => None,
+    };
+    Ok(Objects { stateful_set, service, secret })
+}
+
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, DriverError> {
+    serde_json::from_value(value).map_err(|err| DriverError(format!("cannot render a Kubernetes object: {err}")))
+}
+
+/// The driver of one plan whose instances run on Kubernetes.
+pub struct KubernetesDriver {
+    decl: KubernetesDriverDecl,
+    plan_id: String,
+    /// For validator plans: where the client reads its keymanager token.
+    token_path: Option<String>,
+    /// For validator plans: the beacon REST API, when not the workload's `port`.
+    beacon_url: Option<String>,
+    template_names: &'static [&'static str],
+    secret: SecretKey,
+    client: tokio::sync::OnceCell<kube::Client>,
+    pools: Mutex<HashMap<String, Arc<UpstreamPool>>>,
+    deadline: Duration,
+    max_response_bytes: usize,
+}
+
+impl KubernetesDriver {
+    /// A driver for `plan_id`.
+    pub fn new(
+        decl: KubernetesDriverDecl,
+        plan_id: &str,
+        secret: SecretKey,
+        deadline: Duration,
+        max_response_bytes: usize,
+    ) -> Self {
+        Self::for_clients(decl, plan_id, None, None, secret, deadline, max_response_bytes)
+    }
+
+    /// A driver of validator clients: `token_path` is where the client reads the keymanager
+    /// token ovsb gives it, `beacon_url` its beacon API when not the workload's `port`.
+    pub fn for_clients(
+        decl: KubernetesDriverDecl,
+        plan_id: &str,
+        token_path: Option<String>,
+        beacon_url: Option<String>,
+        secret: SecretKey,
+        deadline: Duration,
+        max_response_bytes: usize,
+    ) -> Self {
+        let template_names: &'static [&'static str] =
+            if token_path.is_some() { super::VALIDATOR_TEMPLATE_NAMES } else { &[] };
+        KubernetesDriver {
+            decl,
+            plan_id: plan_id.to_string(),
+            token_path,
+            beacon_url,
+            template_names,
+            secret,
+            client: Default::default(),
+            pools: Default::default(),
+            deadline,
+            max_response_bytes,
+        }
+    }
+
+    /// The API client, made on first use (the cluster need not answer for ovsb to start).
+    async fn client(&self) -> Result<&kube::Client, DriverError> {
+        self.client
+            .get_or_try_init(|| async {
+                let config = match &self.decl.api_url {
+                    Some(url) => {
+                        let uri = url.parse().map_err(|err| format!("api_url {url:?}: {err}"))?;
+                        let mut config = kube::Config::new(uri);
+                        config.default_namespace = self.decl.namespace.clone();
+                        config
+                    }
+                    None => kube::Config::infer().await.map_err(|err| format!("no Kubernetes configuration: {err}"))?,
+                };
+                kube::Client::try_from(config).map_err(|err| format!("cannot make a Kubernetes client: {err}"))
+            })
+            .await
+            .map_err(|err: String| DriverError(err))
+    }
+
+    async fn api<K>(&self) -> Result<Api<K>, DriverError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Ok(Api::namespaced(self.client().await?.clone(), &self.decl.namespace))
+    }
+
+    fn token(&self, instance_id: &str) -> String {
+        self.secret.client_token(instance_id)
+    }
+
+    fn render(&self, spec: &InstanceSpec) -> Result<Objects, DriverError> {
+        let token = self.token(&spec.id);
+        let client_token = self.token_path.as_deref().map(|path| ClientToken { path, token: &token });
+        render(&self.decl, &self.plan_id, self.template_names, spec, client_token)
+    }
+
+    fn endpoint(&self, instance_id: &str, port: u16) -> String {
+        let values = HashMap::from([
+            ("name".to_string(), object_name(instance_id)),
+            ("namespace".to_string(), self.decl.namespace.clone()),
+            ("port".to_string(), port.to_string()),
+        ]);
+        fill(&self.decl.endpoint, &values).unwrap_or_default()
+    }
+
+    fn pool(&self, instance_id: &str) -> Arc<UpstreamPool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(instance_id.to_string())
+            .or_insert_with(|| {
+                let url = self.endpoint(instance_id, self.decl.port);
+                let ws = if self.decl.ws { vec![url.replacen("http://", "ws://", 1)] } else { vec![] };
+                Arc::new(UpstreamPool::new(UpstreamSettings {
+                    http: url.parse().into_iter().collect(),
+                    ws,
+                    deadline: self.deadline,
+                    max_response_bytes: self.max_response_bytes,
+                }))
+            })
+            .clone()
+    }
+
+    /// Applies the instance's objects with `replicas`; the Service and Secret are owned by the
+    /// StatefulSet, so the cluster's garbage collector removes them with it too.
+    async fn apply(&self, spec: &InstanceSpec, replicas: i32) -> Result<(), DriverError> {
+        let mut objects = self.render(spec)?;
+        let name = object_name(&spec.id);
+        objects.stateful_set.spec.replicas = Some(replicas);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = self
+            .api::<StatefulSet>()
+            .await?
+            .patch(&name, &params, &Patch::Apply(&objects.stateful_set))
+            .await
+            .map_err(|err| api_error("apply the StatefulSet", err))?;
+        let owner = kube::Resource::controller_owner_ref(&applied, &())
+            .map(|mut owner| {
+                owner.controller = Some(false);
+                owner
+            })
+            .ok_or_else(|| DriverError("the applied StatefulSet has no uid".into()))?;
+        objects.service.metadata.owner_references = Some(vec![owner.clone()]);
+        self.api::<Service>()
+            .await?
+            .patch(&name, &params, &Patch::Apply(&objects.service))
+            .await
+            .map_err(|err| api_error("apply the Service", err))?;
+        if let Some(mut secret) = objects.secret {
+            secret.metadata.owner_references = Some(vec![owner]);
+            self.api::<Secret>()
+                .await?
+                .patch(&name, &params, &Patch::Apply(&secret))
+                .await
+                .map_err(|err| api_error("apply the Secret", err))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the instance's pod is Ready, reporting what it waits for.
+    async fn wait_ready(&self, instance_id: &str, progress: &Progress) -> Result<(), DriverError> {
+        let pod_name = format!("{}-0", object_name(instance_id));
+        let pods = self.api::<Pod>().await?;
+        let mut last = String::new();
+        loop {
+            let state = match pods.get_opt(&pod_name).await {
+                Ok(Some(pod)) if pod_ready(&pod) => return Ok(()),
+                Ok(Some(pod)) => pod_state(&pod),
+                Ok(None) => format!("pod {pod_name} not created yet"),
+                Err(err) => api_error("read the pod", err).0,
+            };
+            if state != last {
+                progress.report(&format!("waiting for the workload: {state}")).await;
+                last = state;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Scales the instance to zero, waits for its pod to end, then deletes its objects.
+    async fn remove_objects(&self, spec: &InstanceSpec, progress: &Progress) -> Result<(), DriverError> {
+        let name = object_name(&spec.id);
+        let sets = self.api::<StatefulSet>().await?;
+        let exists = sets.get_opt(&name).await.map_err(|err| api_error("read the StatefulSet", err))?.is_some();
+        if exists {
+            progress.report("scaling the workload to zero").await;
+            self.apply(spec, 0).await?;
+            let pods = self.api::<Pod>().await?;
+            let pod_name = format!("{name}-0");
+            while pods.get_opt(&pod_name).await.map_err(|err| api_error("read the pod", err))?.is_some() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        self.delete_all(&name).await?;
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).remove(&spec.id);
+        Ok(())
+    }
+
+    /// Deletes every object named or labelled for `name` (idempotent).
+    async fn delete_all(&self, name: &str) -> Result<(), DriverError> {
+        delete(&self.api::<StatefulSet>().await?, name).await?;
+        delete(&self.api::<Service>().await?, name).await?;
+        delete(&self.api::<Secret>().await?, name).await?;
+        // The claims the StatefulSet made (the cluster deletes them too, by the retention policy).
+        let claims = self.api::<PersistentVolumeClaim>().await?;
+        let selector = ListParams::default().labels(&format!("{INSTANCE_LABEL}={name},{MANAGED_BY}=ovsb"));
+        for claim in claims.list(&selector).await.map_err(|err| api_error("list the volume claims", err))?.items {
+            if let Some(claim_name) = &claim.metadata.name {
+                delete(&claims, claim_name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart: applies the objects of `live` instances (recreating what is missing,
+    /// duplicating nothing), and removes workloads of this plan no instance in `live` or `keep` owns.
+    async fn reconcile(&self, live: &[InstanceSpec], keep: &[String]) -> Result<(), DriverError> {
+        for spec in live {
+            self.apply(spec, 1).await?;
+        }
+        let wanted: HashSet<&str> = live.iter().map(|s| s.id.as_str()).chain(keep.iter().map(String::as_str)).collect();
+        let sets = self.api::<StatefulSet>().await?;
+        let selector = ListParams::default().labels(&format!("{MANAGED_BY}=ovsb,{PLAN_LABEL}={}", self.plan_id));
+        for set in sets.list(&selector).await.map_err(|err| api_error("list the StatefulSets", err))?.items {
+            let Some(name) = set.metadata.name.as_deref() else { continue };
+            let id = set.metadata.annotations.as_ref().and_then(|a| a.get(INSTANCE_ID_ANNOTATION));
+            if id.is_some_and(|id| wanted.contains(id.as_str())) {
+                continue;
+            }
+            tracing::info!(workload = name, plan = %self.plan_id, "removing a workload no instance owns");
+            self.delete_all(name).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes one object; one already gone is fine.
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), DriverError>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(api_error(&format!("delete {name}"), err)),
+    }
+}
+
+fn api_error(what: &str, err: kube::Error) -> DriverError {
+    match err {
+        kube::Error::Api(status) => {
+            DriverError(format!("Kubernetes refused to {what}: {} ({})", status.message, status.code))
+        }
+        other => DriverError(format!("cannot {what}: {other}")),
+    }
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// "Pending: ImagePullBackOff (…)": what an operator needs to see in `last_operation`.
+fn pod_state(pod: &Pod) -> String {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into());
+    let waiting: Vec<String> = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .map(|w| match &w.message {
+            Some(message) => format!("{} ({message})", w.reason.clone().unwrap_or_default()),
+            None => w.reason.clone().unwrap_or_default(),
+        })
+        .collect();
+    if waiting.is_empty() { format!("pod {phase}, not ready") } else { format!("pod {phase}: {}", waiting.join(", ")) }
+}
+
+impl Driver for KubernetesDriver {
+    fn provision<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        ClientHost::start(self, spec, progress)
+    }
+
+    fn update<'a>(
+        &'a self,
+        _from: &'a InstanceSpec,
+        to: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        // A changed template rolls the pod (the StatefulSet controller does it); wait for it.
+        ClientHost::start(self, to, progress)
+    }
+
+    fn deprovision<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        progress: &'a Progress,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.remove_objects(spec, progress).boxed()
+    }
+
+    fn upstream(&self, instance_id: &str) -> Option<Arc<UpstreamPool>> {
+        Some(self.pool(instance_id))
+    }
+
+    fn recover<'a>(&'a self, live: &'a [InstanceSpec], busy: &'a [String]) -> BoxFuture<'a, ()> {
+        ClientHost::recover(self, live, busy)
+    }
+}
+
+impl ClientHost for KubernetesDriver {
+    fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move {
+            progress.report("applying the workload").await;
+            self.apply(spec, 1).await?;
+            self.wait_ready(&spec.id, progress).await
+        }
+        .boxed()
+    }
+
+    fn exists<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<bool, DriverError>> {
+        async move {
+            let sets = self.api::<StatefulSet>().await?;
+            let found =
+                sets.get_opt(&object_name(instance_id)).await.map_err(|e| api_error("read the StatefulSet", e))?;
+            Ok(found.is_some())
+        }
+        .boxed()
+    }
+
+    fn known(&self, _instance_id: &str) -> bool {
+        // Every replica reaches every instance the store holds: the cluster is shared.
+        true
+    }
+
+    fn access(&self, instance_id: &str) -> Option<ValidatorAccess> {
+        let keymanager_port = *self.decl.extra_ports.get("keymanager_port")?;
+        Some(ValidatorAccess {
+            beacon: self.beacon_url.clone().unwrap_or_else(|| self.endpoint(instance_id, self.decl.port)),
+            keymanager: self.endpoint(instance_id, keymanager_port),
+            token: self.token(instance_id),
+        })
+    }
+
+    fn remove<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.remove_objects(spec, progress).boxed()
+    }
+
+    fn recover<'a>(&'a self, live: &'a [InstanceSpec], keep: &'a [String]) -> BoxFuture<'a, ()> {
+        async move {
+            if let Err(err) = self.reconcile(live, keep).await {
+                tracing::error!(plan = %self.plan_id, "cannot reconcile the plan's workloads: {err}");
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_dns_labels_for_any_instance_id() {
+        assert_eq!(object_name("5f0c1d2e-0000-4000-8000-000000000001"), "ovsb-5f0c1d2e-0000-4000-8000-000000000001");
+        for id in ["Upper-Case", "with.dot", "a".repeat(200).as_str(), "trailing-", ""] {
+            let name = object_name(id);
+            assert_eq!(name.len(), 25, "{name}");
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'), "{name}");
+        }
+        assert_ne!(object_name("A"), object_name("B"));
+    }
+}
