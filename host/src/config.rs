@@ -329,8 +329,9 @@ impl DriverDecl {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesDriverDecl {
-    /// The API server, e.g. `https://10.0.0.1:6443`. Absent: the pod's service account when ovsb
-    /// runs in the cluster, else `KUBECONFIG` / `~/.kube/config`.
+    /// An API server reached without credentials: `kubectl proxy`'s address, or a test's.
+    /// Absent (the production setting): the pod's service account when ovsb runs in the
+    /// cluster, else `KUBECONFIG` / `~/.kube/config` (with their credentials and CA).
     #[serde(default)]
     pub api_url: Option<String>,
     /// The namespace the instances' objects live in.
@@ -362,6 +363,10 @@ pub struct KubernetesDriverDecl {
     /// The instance's persistent volume, if any.
     #[serde(default)]
     pub storage: Option<KubernetesStorage>,
+    /// The pod's `securityContext` (a Kubernetes PodSecurityContext, e.g. `{ runAsUser = 1000,
+    /// runAsNonRoot = true, fsGroup = 1000 }`); the keymanager token file is readable by the group.
+    #[serde(default)]
+    pub pod_security_context: Option<serde_json::Value>,
     /// How ovsb reaches an instance's Service. Placeholders: `{name}`, `{namespace}`, `{port}`.
     #[serde(default = "default_kubernetes_endpoint")]
     pub endpoint: String,
@@ -866,16 +871,30 @@ fn check_kubernetes(
     if !is_dns_label(&decl.namespace) {
         return bad(format!("{what}: namespace {:?} is not a Kubernetes namespace name", decl.namespace));
     }
-    if plan_id.len() > 63 || !plan_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+    let edges_alphanumeric = plan_id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && plan_id.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if plan_id.len() > 63
+        || !edges_alphanumeric
+        || !plan_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
         return bad(format!(
-            "{what}: the plan id must be a Kubernetes label value (63 letters, digits, '-', '_', '.')"
+            "{what}: the plan id must be a Kubernetes label value (up to 63 letters, digits, '-', '_', '.', \
+             starting and ending with a letter or digit)"
         ));
     }
     if decl.image.trim().is_empty() {
         return bad(format!("{what}: the kubernetes driver needs an image"));
     }
-    if decl.port == 0 || decl.extra_ports.values().any(|p| *p == 0 || *p == decl.port) {
+    let mut ports: Vec<u16> = decl.extra_ports.values().copied().chain([decl.port]).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.contains(&0) || ports.len() != decl.extra_ports.len() + 1 {
         return bad(format!("{what}: container ports must be non-zero and distinct"));
+    }
+    if let Some(context) = &decl.pod_security_context
+        && let Err(err) = serde_json::from_value::<k8s_openapi::api::core::v1::PodSecurityContext>(context.clone())
+    {
+        return bad(format!("{what}: pod_security_context is not a PodSecurityContext: {err}"));
     }
     if let Some(url) = &decl.api_url
         && !(url.starts_with("https://") || url.starts_with("http://"))
@@ -890,10 +909,20 @@ fn check_kubernetes(
     for name in decl.extra_ports.keys() {
         let reserved = KUBERNETES_NAMES.contains(&name.as_str()) || template_names.contains(&name.as_str());
         // A container port's name: at most 15 characters, and the `_` of the placeholder becomes `-`.
+        // The container port's name is the placeholder with '-' for '_': an IANA service name.
         let lowercase = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if name.is_empty() || name.len() > 15 || !lowercase || reserved || decl.parameters.contains_key(name) {
+        let well_formed =
+            name.starts_with(|c: char| c.is_ascii_lowercase()) && !name.ends_with('_') && !name.contains("__");
+        if name.len() > 15
+            || !lowercase
+            || !well_formed
+            || name == "rpc"
+            || reserved
+            || decl.parameters.contains_key(name)
+        {
             return bad(format!(
-                "{what}: extra port {name:?} must be 1 to 15 lowercase letters, digits or '_', and not a reserved name"
+                "{what}: extra port {name:?} must be 1 to 15 lowercase letters, digits or single '_', start with a \
+                 letter, and not be a reserved name"
             ));
         }
     }

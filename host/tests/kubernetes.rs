@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use ovsb::config::{Config, DriverDecl};
 use ovsb::provision::InstanceSpec;
@@ -40,6 +41,13 @@ fn manifest_documents() -> Vec<Value> {
         .collect()
 }
 
+/// The document parsed as a `T` and written back.
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> Value {
+    let parsed: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|err| panic!("{} {}: {err}", doc["kind"], doc["metadata"]["name"]));
+    serde_json::to_value(parsed).unwrap()
+}
+
 /// The ovsb.toml the manifest's ConfigMap carries, loaded and validated.
 fn manifest_config() -> Config {
     let map = manifest_documents().into_iter().find(|d| d["kind"] == "ConfigMap").expect("a ConfigMap");
@@ -56,20 +64,22 @@ fn every_object_of_the_ovsb_manifest_parses_as_a_kubernetes_object_and_its_confi
     let mut kinds = Vec::new();
     for doc in &documents {
         let kind = doc["kind"].as_str().expect("every document has a kind").to_string();
-        let parsed = match kind.as_str() {
-            "Namespace" => serde_json::from_value::<Namespace>(doc.clone()).map(|_| ()),
-            "ServiceAccount" => serde_json::from_value::<ServiceAccount>(doc.clone()).map(|_| ()),
-            "Role" => serde_json::from_value::<Role>(doc.clone()).map(|_| ()),
-            "RoleBinding" => serde_json::from_value::<RoleBinding>(doc.clone()).map(|_| ()),
-            "ConfigMap" => serde_json::from_value::<ConfigMap>(doc.clone()).map(|_| ()),
-            "Deployment" => serde_json::from_value::<Deployment>(doc.clone()).map(|_| ()),
-            "Service" => serde_json::from_value::<Service>(doc.clone()).map(|_| ()),
+        let round_trip = match kind.as_str() {
+            "Namespace" => round_trip::<Namespace>(doc),
+            "ServiceAccount" => round_trip::<ServiceAccount>(doc),
+            "Role" => round_trip::<Role>(doc),
+            "RoleBinding" => round_trip::<RoleBinding>(doc),
+            "NetworkPolicy" => round_trip::<NetworkPolicy>(doc),
+            "ConfigMap" => round_trip::<ConfigMap>(doc),
+            "Deployment" => round_trip::<Deployment>(doc),
+            "Service" => round_trip::<Service>(doc),
             other => panic!("the manifest has a {other}, which this test does not know"),
         };
-        parsed.unwrap_or_else(|err| panic!("{kind} {}: {err}", doc["metadata"]["name"]));
+        // k8s-openapi ignores unknown fields: a misspelt one shows as a difference here.
+        assert_eq!(&round_trip, doc, "{kind} {} loses fields when parsed", doc["metadata"]["name"]);
         kinds.push(kind);
     }
-    for kind in ["Deployment", "Service", "ConfigMap", "Role", "RoleBinding", "ServiceAccount"] {
+    for kind in ["Deployment", "Service", "ConfigMap", "Role", "RoleBinding", "ServiceAccount", "NetworkPolicy"] {
         assert!(kinds.iter().any(|k| k == kind), "the manifest has a {kind}");
     }
     assert!(!kinds.iter().any(|k| k.starts_with("Cluster")), "RBAC is namespaced, not cluster-wide");
@@ -205,6 +215,18 @@ async fn last_description(broker: &TestBroker, id: &str) -> (String, String) {
     (body["state"].as_str().unwrap_or("").to_string(), body["description"].as_str().unwrap_or("").to_string())
 }
 
+/// Whether the StatefulSet was scaled to zero (through its scale subresource) before it was deleted.
+fn scaled_to_zero_then_deleted(fake: &FakeKubeApiServer, name: &str) -> bool {
+    let log = fake.log();
+    let scaled = log.iter().position(|r| {
+        r.method == "PATCH"
+            && r.path.ends_with(&format!("statefulsets/{name}/scale"))
+            && r.body.contains("\"replicas\":0")
+    });
+    let deleted = log.iter().position(|r| r.method == "DELETE" && r.path.ends_with(&format!("statefulsets/{name}")));
+    matches!((scaled, deleted), (Some(s), Some(d)) if s < d)
+}
+
 /// The objects of instance `id` the fake holds, as (resource, name).
 fn objects_of(fake: &FakeKubeApiServer, id: &str) -> Vec<(String, String)> {
     let name = object_name(id);
@@ -283,32 +305,48 @@ async fn a_node_instance_runs_as_a_workload_from_provision_through_restart_to_de
     assert_eq!(bound.status, 201, "{bound:?}");
     let uri = bound.body["credentials"]["uri"].as_str().unwrap().to_string();
     assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x1092", "anvil runs with chain id 4242");
+    let first = fake.running();
+    assert_eq!(first.len(), 1);
+
+    // An update of a parameter rolls the pod; the operation ends once the new pod is Ready.
+    let patch = "/v2/service_instances/k1?accepts_incomplete=true";
+    let body = json!({"service_id": support::broker::SERVICE, "parameters": {"chain_id": 4343}});
+    let resp = broker.osb.call(Method::PATCH, patch, Some(body)).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    let done = broker.osb.finished("k1").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x10f7", "the new pod runs chain id 4343");
     let pids = fake.running();
     assert_eq!(pids.len(), 1);
+    assert_ne!(pids, first, "the pod was replaced");
 
-    // A restart of ovsb: the workload is reconciled, not duplicated or restarted; a workload of
-    // this plan that no instance owns is removed.
+    // A restart of ovsb, with the plan's settings changed meanwhile: the workload is neither
+    // duplicated nor re-applied (its pod keeps running); a workload of this plan that no
+    // instance owns is removed.
     let (dir, db) = broker.stop().await;
     let mut orphan = fake.get("statefulsets", NAMESPACE, &name).unwrap();
-    orphan["metadata"]["name"] = json!("ovsb-orphan");
+    orphan["metadata"]["name"] = json!(object_name("gone"));
     orphan["metadata"]["annotations"]["ovsb.dev/instance-id"] = json!("gone");
-    orphan["metadata"]["labels"]["app.kubernetes.io/instance"] = json!("ovsb-orphan");
+    orphan["metadata"]["labels"]["app.kubernetes.io/instance"] = json!(object_name("gone"));
     orphan["spec"]["replicas"] = json!(0);
     fake.insert("statefulsets", NAMESPACE, orphan);
-    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &plans, |_| {}).await;
+    let changed = plans.replace(r#"RUST_LOG = "warn""#, r#"RUST_LOG = "info""#);
+    assert_ne!(changed, plans);
+    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &changed, |_| {}).await;
     let sets = fake.objects("statefulsets");
     let names: Vec<&str> = sets.iter().map(|s| s["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec![name.as_str()], "one workload for the instance, the orphan gone");
     assert_eq!(fake.running(), pids, "the pod kept running");
     let key = uri.rsplit('/').next().unwrap();
     let uri = format!("{}/v1/{key}", broker.gateway);
-    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x1092", "served after the restart");
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x10f7", "served after the restart");
 
     // Deprovision removes everything of the instance.
     let resp = broker.osb.deprovision("k1", PLAN_K8S).await;
     assert_eq!(resp.status, 202, "{resp:?}");
     let done = broker.osb.finished("k1").await;
     assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(scaled_to_zero_then_deleted(&fake, &name));
     assert_eq!(objects_of(&fake, "k1"), vec![], "nothing of the instance is left");
     assert!(fake.running().is_empty(), "the pod's process stopped");
     broker.stop().await;
@@ -327,7 +365,7 @@ async fn an_unreachable_api_server_fails_the_provision_with_the_reason() {
     let done = broker.osb.finished("k1").await;
     assert_eq!(done["state"], "failed", "{done}");
     let description = done["description"].as_str().unwrap();
-    assert!(description.contains("cannot apply the StatefulSet"), "{description}");
+    assert!(description.contains("cannot read the StatefulSet"), "{description}");
     broker.stop().await;
 }
 
@@ -398,6 +436,10 @@ storage = {{ size = "1Gi", mount_path = "{data}" }}
     let set = fake.get("statefulsets", NAMESPACE, &name).unwrap();
     assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], set["metadata"]["uid"]);
     assert_eq!(set["metadata"]["labels"]["app.kubernetes.io/component"], "validator");
+    assert_eq!(
+        set["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"], "Retain",
+        "the slashing database outlives an accidental StatefulSet deletion"
+    );
     assert!(
         set["spec"]["template"]["spec"]["containers"][0]["args"]
             .as_array()
@@ -433,9 +475,7 @@ storage = {{ size = "1Gi", mount_path = "{data}" }}
     let history = osb.call(Method::GET, &format!("/ovsb/v1/slashing-protection/{pk3}"), None).await;
     assert_eq!(history.status, 200, "{history:?}");
     assert_eq!(history.body["data"][0]["pubkey"], pk3.as_str(), "{}", history.body);
-    let scaled_down =
-        fake.log().iter().any(|r| r.method == "PATCH" && r.path.ends_with(&format!("statefulsets/{name}")));
-    assert!(scaled_down);
+    assert!(scaled_to_zero_then_deleted(&fake, &name));
     assert_eq!(objects_of(&fake, "v1"), vec![], "nothing of the instance is left");
     assert!(fake.running().is_empty(), "the client stopped");
     broker.stop().await;

@@ -26,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -42,6 +43,7 @@ use super::{Driver, DriverError, InstanceSpec, Progress};
 use crate::broker::credentials::SecretKey;
 use crate::config::KubernetesDriverDecl;
 use crate::gateway::{UpstreamPool, UpstreamSettings};
+use crate::store::{InstanceState, Store};
 
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "ovsb";
@@ -141,6 +143,7 @@ pub fn render(
         ports.push(json!({ "name": port_name, "containerPort": port, "protocol": "TCP" }));
         service_ports.push(json!({ "name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP" }));
     }
+    let claim_labels = json!({ INSTANCE_LABEL: name, MANAGED_BY: "ovsb" });
     let mut mounts = Vec::new();
     let mut volumes = Vec::new();
     let mut claims = Vec::new();
@@ -153,11 +156,15 @@ pub fn render(
         if let Some(class) = &storage.class {
             claim_spec["storageClassName"] = json!(class);
         }
-        claims.push(json!({ "metadata": { "name": "data", "labels": labels }, "spec": claim_spec }));
+        // Claim templates cannot change once applied: only the instance's labels, never the plan's.
+        claims.push(json!({
+            "metadata": { "name": "data", "labels": claim_labels, "annotations": annotations },
+            "spec": claim_spec,
+        }));
     }
     if let Some(token) = token {
         mounts.push(json!({ "name": TOKEN_KEY, "mountPath": token.path, "subPath": TOKEN_KEY, "readOnly": true }));
-        volumes.push(json!({ "name": TOKEN_KEY, "secret": { "secretName": name, "defaultMode": 0o400 } }));
+        volumes.push(json!({ "name": TOKEN_KEY, "secret": { "secretName": name, "defaultMode": 0o440 } }));
     }
     let env: Vec<Value> = decl.env.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect();
     let mut container = json!({
@@ -196,12 +203,18 @@ pub fn render(
     if !volumes.is_empty() {
         pod_spec["volumes"] = json!(volumes);
     }
+    if let Some(context) = &decl.pod_security_context {
+        pod_spec["securityContext"] = context.clone();
+    }
+    // A validator's volume holds its slashing-protection database: never deleted with the
+    // StatefulSet, only by ovsb once the history is in the store.
+    let when_deleted = if token.is_some() { "Retain" } else { "Delete" };
     let mut set_spec = json!({
         "replicas": 1,
         "serviceName": name,
         "selector": { "matchLabels": selector },
         "template": { "metadata": { "labels": labels, "annotations": annotations }, "spec": pod_spec },
-        "persistentVolumeClaimRetentionPolicy": { "whenDeleted": "Delete", "whenScaled": "Retain" },
+        "persistentVolumeClaimRetentionPolicy": { "whenDeleted": when_deleted, "whenScaled": "Retain" },
     });
     if !claims.is_empty() {
         set_spec["volumeClaimTemplates"] = json!(claims);
@@ -214,12 +227,13 @@ pub fn render(
     }))?;
     let service = typed(json!({
         "apiVersion": "v1", "kind": "Service", "metadata": metadata,
-        "spec": { "selector": selector, "ports": service_ports },
+        // Headless: the StatefulSet's governing Service; its name resolves to the pod.
+        "spec": { "clusterIP": "None", "selector": selector, "ports": service_ports },
     }))?;
     let secret = match token {
         Some(token) => Some(typed(json!({
             "apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque",
-            "stringData": { TOKEN_KEY: token.token },
+            "data": { TOKEN_KEY: base64::engine::general_purpose::STANDARD.encode(token.token) },
         }))?),
         None => None,
     };
@@ -240,22 +254,29 @@ pub struct KubernetesDriver {
     beacon_url: Option<String>,
     template_names: &'static [&'static str],
     secret: SecretKey,
+    store: Store,
     client: tokio::sync::OnceCell<kube::Client>,
     pools: Mutex<HashMap<String, Arc<UpstreamPool>>>,
     deadline: Duration,
     max_response_bytes: usize,
 }
 
+/// What a driver needs besides its plan: shared by both constructors.
+pub struct KubernetesContext {
+    /// Derives validator clients' keymanager tokens.
+    pub secret: SecretKey,
+    /// Re-read before reconciling (another replica may have changed an instance meanwhile).
+    pub store: Store,
+    /// The per-call deadline of the instances' upstreams.
+    pub deadline: Duration,
+    /// The largest upstream answer.
+    pub max_response_bytes: usize,
+}
+
 impl KubernetesDriver {
     /// A driver for `plan_id`.
-    pub fn new(
-        decl: KubernetesDriverDecl,
-        plan_id: &str,
-        secret: SecretKey,
-        deadline: Duration,
-        max_response_bytes: usize,
-    ) -> Self {
-        Self::for_clients(decl, plan_id, None, None, secret, deadline, max_response_bytes)
+    pub fn new(decl: KubernetesDriverDecl, plan_id: &str, context: KubernetesContext) -> Self {
+        Self::for_clients(decl, plan_id, None, None, context)
     }
 
     /// A driver of validator clients: `token_path` is where the client reads the keymanager
@@ -265,9 +286,7 @@ impl KubernetesDriver {
         plan_id: &str,
         token_path: Option<String>,
         beacon_url: Option<String>,
-        secret: SecretKey,
-        deadline: Duration,
-        max_response_bytes: usize,
+        context: KubernetesContext,
     ) -> Self {
         let template_names: &'static [&'static str] =
             if token_path.is_some() { super::VALIDATOR_TEMPLATE_NAMES } else { &[] };
@@ -277,11 +296,12 @@ impl KubernetesDriver {
             token_path,
             beacon_url,
             template_names,
-            secret,
+            secret: context.secret,
+            store: context.store,
             client: Default::default(),
             pools: Default::default(),
-            deadline,
-            max_response_bytes,
+            deadline: context.deadline,
+            max_response_bytes: context.max_response_bytes,
         }
     }
 
@@ -348,12 +368,24 @@ impl KubernetesDriver {
             .clone()
     }
 
-    /// Applies the instance's objects with `replicas`; the Service and Secret are owned by the
-    /// StatefulSet, so the cluster's garbage collector removes them with it too.
-    async fn apply(&self, spec: &InstanceSpec, replicas: i32) -> Result<(), DriverError> {
+    /// The instance's StatefulSet, if there is one. A StatefulSet of that name made for another
+    /// instance is an error: ovsb never touches it.
+    async fn workload(&self, instance_id: &str) -> Result<Option<StatefulSet>, DriverError> {
+        let name = object_name(instance_id);
+        let set =
+            self.api::<StatefulSet>().await?.get_opt(&name).await.map_err(|e| api_error("read the StatefulSet", e))?;
+        if let Some(set) = &set {
+            owned_by(set, instance_id)?;
+        }
+        Ok(set)
+    }
+
+    /// Applies the instance's objects as rendered (one replica). The Service and Secret are
+    /// owned by the StatefulSet, so the cluster's garbage collector removes them with it too.
+    async fn apply(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
         let mut objects = self.render(spec)?;
         let name = object_name(&spec.id);
-        objects.stateful_set.spec.replicas = Some(replicas);
+        self.workload(&spec.id).await?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let applied = self
             .api::<StatefulSet>()
@@ -384,17 +416,45 @@ impl KubernetesDriver {
         Ok(())
     }
 
-    /// Waits until the instance's pod is Ready, reporting what it waits for.
+    /// Sets the replicas through the scale subresource: nothing else of the workload changes.
+    async fn scale(&self, name: &str, replicas: i32) -> Result<(), DriverError> {
+        let patch = Patch::Merge(json!({ "spec": { "replicas": replicas } }));
+        self.api::<StatefulSet>()
+            .await?
+            .patch_scale(name, &PatchParams::default(), &patch)
+            .await
+            .map_err(|err| api_error(&format!("scale the StatefulSet to {replicas}"), err))?;
+        Ok(())
+    }
+
+    /// Makes the instance's workload exist with one replica, without re-applying one that
+    /// exists (which could restart its pod).
+    async fn ensure_exists(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        match self.workload(&spec.id).await? {
+            None => self.apply(spec).await,
+            Some(set) if set.spec.replicas != Some(1) => self.scale(&object_name(&spec.id), 1).await,
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Waits until the StatefulSet has rolled out its current template and its pod is Ready,
+    /// reporting what it waits for.
     async fn wait_ready(&self, instance_id: &str, progress: &Progress) -> Result<(), DriverError> {
-        let pod_name = format!("{}-0", object_name(instance_id));
-        let pods = self.api::<Pod>().await?;
+        let name = object_name(instance_id);
+        let pod_name = format!("{name}-0");
+        let (sets, pods) = (self.api::<StatefulSet>().await?, self.api::<Pod>().await?);
         let mut last = String::new();
         loop {
-            let state = match pods.get_opt(&pod_name).await {
-                Ok(Some(pod)) if pod_ready(&pod) => return Ok(()),
-                Ok(Some(pod)) => pod_state(&pod),
-                Ok(None) => format!("pod {pod_name} not created yet"),
-                Err(err) => api_error("read the pod", err).0,
+            let state = match sets.get_opt(&name).await {
+                Ok(Some(set)) if !rolled_out(&set) => "the StatefulSet is rolling out its template".to_string(),
+                Ok(Some(_)) => match pods.get_opt(&pod_name).await {
+                    Ok(Some(pod)) if pod_ready(&pod) => return Ok(()),
+                    Ok(Some(pod)) => pod_state(&pod),
+                    Ok(None) => format!("pod {pod_name} not created yet"),
+                    Err(err) => api_error("read the pod", err).0,
+                },
+                Ok(None) => format!("StatefulSet {name} is gone"),
+                Err(err) => api_error("read the StatefulSet", err).0,
             };
             if state != last {
                 progress.report(&format!("waiting for the workload: {state}")).await;
@@ -407,65 +467,129 @@ impl KubernetesDriver {
     /// Scales the instance to zero, waits for its pod to end, then deletes its objects.
     async fn remove_objects(&self, spec: &InstanceSpec, progress: &Progress) -> Result<(), DriverError> {
         let name = object_name(&spec.id);
-        let sets = self.api::<StatefulSet>().await?;
-        let exists = sets.get_opt(&name).await.map_err(|err| api_error("read the StatefulSet", err))?.is_some();
-        if exists {
-            progress.report("scaling the workload to zero").await;
-            self.apply(spec, 0).await?;
+        if let Some(set) = self.workload(&spec.id).await? {
+            if set.spec.replicas != Some(0) {
+                progress.report("scaling the workload to zero").await;
+                self.scale(&name, 0).await?;
+            }
             let pods = self.api::<Pod>().await?;
             let pod_name = format!("{name}-0");
             while pods.get_opt(&pod_name).await.map_err(|err| api_error("read the pod", err))?.is_some() {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        self.delete_all(&name).await?;
+        self.delete_all(&spec.id).await?;
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).remove(&spec.id);
         Ok(())
     }
 
-    /// Deletes every object named or labelled for `name` (idempotent).
-    async fn delete_all(&self, name: &str) -> Result<(), DriverError> {
-        delete(&self.api::<StatefulSet>().await?, name).await?;
-        delete(&self.api::<Service>().await?, name).await?;
-        delete(&self.api::<Secret>().await?, name).await?;
-        // The claims the StatefulSet made (the cluster deletes them too, by the retention policy).
-        let claims = self.api::<PersistentVolumeClaim>().await?;
+    /// The instance's volume claims.
+    async fn claims(&self, name: &str) -> Result<Vec<PersistentVolumeClaim>, DriverError> {
         let selector = ListParams::default().labels(&format!("{INSTANCE_LABEL}={name},{MANAGED_BY}=ovsb"));
-        for claim in claims.list(&selector).await.map_err(|err| api_error("list the volume claims", err))?.items {
+        let claims = self.api::<PersistentVolumeClaim>().await?;
+        Ok(claims.list(&selector).await.map_err(|err| api_error("list the volume claims", err))?.items)
+    }
+
+    /// Deletes every object of the instance (idempotent); objects of that name made for
+    /// another instance are left alone.
+    async fn delete_all(&self, instance_id: &str) -> Result<(), DriverError> {
+        let name = object_name(instance_id);
+        delete(&self.api::<StatefulSet>().await?, &name, instance_id).await?;
+        delete(&self.api::<Service>().await?, &name, instance_id).await?;
+        delete(&self.api::<Secret>().await?, &name, instance_id).await?;
+        let claims = self.api::<PersistentVolumeClaim>().await?;
+        for claim in self.claims(&name).await? {
             if let Some(claim_name) = &claim.metadata.name {
-                delete(&claims, claim_name).await?;
+                delete(&claims, claim_name, instance_id).await?;
             }
         }
         Ok(())
     }
 
-    /// After a restart: applies the objects of `live` instances (recreating what is missing,
-    /// duplicating nothing), and removes workloads of this plan no instance in `live` or `keep` owns.
-    async fn reconcile(&self, live: &[InstanceSpec], keep: &[String]) -> Result<(), DriverError> {
+    /// After a restart: creates the workloads of ready instances that lack one (an existing one
+    /// is left as it is: re-applying could restart its pod), and removes workloads of this
+    /// plan that no instance owns. The store is read again before each step, since other
+    /// replicas work meanwhile; a failure is logged and the next instance is taken.
+    async fn reconcile(&self, live: &[InstanceSpec], keep: &[String]) {
         for spec in live {
-            self.apply(spec, 1).await?;
+            let ready =
+                matches!(self.store.instance(&spec.id).await, Ok(Some(row)) if row.state == InstanceState::Ready);
+            if ready && let Err(err) = self.ensure_exists(spec).await {
+                tracing::error!(instance = %spec.id, "cannot reconcile the instance's workload: {err}");
+            }
         }
         let wanted: HashSet<&str> = live.iter().map(|s| s.id.as_str()).chain(keep.iter().map(String::as_str)).collect();
-        let sets = self.api::<StatefulSet>().await?;
+        let sets = match self.api::<StatefulSet>().await {
+            Ok(sets) => sets,
+            Err(err) => return tracing::error!(plan = %self.plan_id, "cannot reconcile the plan's workloads: {err}"),
+        };
         let selector = ListParams::default().labels(&format!("{MANAGED_BY}=ovsb,{PLAN_LABEL}={}", self.plan_id));
-        for set in sets.list(&selector).await.map_err(|err| api_error("list the StatefulSets", err))?.items {
-            let Some(name) = set.metadata.name.as_deref() else { continue };
-            let id = set.metadata.annotations.as_ref().and_then(|a| a.get(INSTANCE_ID_ANNOTATION));
-            if id.is_some_and(|id| wanted.contains(id.as_str())) {
+        let listed = match sets.list(&selector).await {
+            Ok(listed) => listed.items,
+            Err(err) => {
+                return tracing::error!(plan = %self.plan_id, "cannot list the plan's workloads: {}", api_error("list", err));
+            }
+        };
+        for set in listed {
+            let Some(id) = set.metadata.annotations.as_ref().and_then(|a| a.get(INSTANCE_ID_ANNOTATION)) else {
+                continue;
+            };
+            if wanted.contains(id.as_str()) || !self.orphaned(id).await {
                 continue;
             }
-            tracing::info!(workload = name, plan = %self.plan_id, "removing a workload no instance owns");
-            self.delete_all(name).await?;
+            tracing::info!(instance = %id, plan = %self.plan_id, "removing a workload no instance owns");
+            if let Err(err) = self.delete_all(id).await {
+                tracing::error!(instance = %id, "cannot remove the workload: {err}");
+            }
         }
-        Ok(())
+    }
+
+    /// Whether the store, read now, has no live instance `id` and no keys held by it.
+    async fn orphaned(&self, id: &str) -> bool {
+        let gone = matches!(self.store.instance(id).await, Ok(None))
+            || matches!(self.store.instance(id).await, Ok(Some(row)) if row.state == InstanceState::Deleted);
+        let holds_keys = match self.store.validator_key_holders().await {
+            Ok(holders) => holders.iter().any(|h| h == id),
+            Err(_) => true,
+        };
+        gone && !holds_keys
     }
 }
 
-/// Deletes one object; one already gone is fine.
-async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), DriverError>
+/// Whether `object` was made for `instance_id` (its annotation says so).
+fn owned_by<K>(object: &K, instance_id: &str) -> Result<(), DriverError>
 where
-    K: Clone + DeserializeOwned + std::fmt::Debug,
+    K: kube::ResourceExt,
+    <K as kube::Resource>::DynamicType: Default,
 {
+    match object.annotations().get(INSTANCE_ID_ANNOTATION) {
+        Some(id) if id == instance_id => Ok(()),
+        other => Err(DriverError(format!(
+            "{} {} belongs to instance {:?}, not to {instance_id}: ovsb leaves it alone",
+            K::kind(&Default::default()),
+            object.name_any(),
+            other.map(String::as_str).unwrap_or("(none)")
+        ))),
+    }
+}
+
+/// Whether the StatefulSet's pods run its current template.
+fn rolled_out(set: &StatefulSet) -> bool {
+    let Some(status) = &set.status else { return false };
+    status.observed_generation.unwrap_or(0) >= set.metadata.generation.unwrap_or(0)
+        && status.updated_replicas.unwrap_or(0) >= 1
+        && (status.update_revision.is_none() || status.current_revision == status.update_revision)
+}
+/// Deletes one object made for `instance_id`; one already gone is fine.
+async fn delete<K>(api: &Api<K>, name: &str, instance_id: &str) -> Result<(), DriverError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match api.get_opt(name).await.map_err(|err| api_error(&format!("read {name}"), err))? {
+        None => return Ok(()),
+        Some(object) => owned_by(&object, instance_id)?,
+    }
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
@@ -510,7 +634,12 @@ impl Driver for KubernetesDriver {
         spec: &'a InstanceSpec,
         progress: &'a Progress,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
-        ClientHost::start(self, spec, progress)
+        async move {
+            progress.report("applying the workload").await;
+            self.apply(spec).await?;
+            self.wait_ready(&spec.id, progress).await
+        }
+        .boxed()
     }
 
     fn update<'a>(
@@ -519,8 +648,9 @@ impl Driver for KubernetesDriver {
         to: &'a InstanceSpec,
         progress: &'a Progress,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
-        // A changed template rolls the pod (the StatefulSet controller does it); wait for it.
-        ClientHost::start(self, to, progress)
+        // A changed template rolls the pod (the StatefulSet controller does it); wait until the
+        // new one is Ready.
+        self.provision(to, progress)
     }
 
     fn deprovision<'a>(
@@ -536,26 +666,28 @@ impl Driver for KubernetesDriver {
     }
 
     fn recover<'a>(&'a self, live: &'a [InstanceSpec], busy: &'a [String]) -> BoxFuture<'a, ()> {
-        ClientHost::recover(self, live, busy)
+        self.reconcile(live, busy).boxed()
     }
 }
 
 impl ClientHost for KubernetesDriver {
+    /// Creates the client's workload if it has none, or scales it back to one; never re-applies
+    /// an existing one, so a client is not restarted under its keys.
     fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
         async move {
-            progress.report("applying the workload").await;
-            self.apply(spec, 1).await?;
+            self.ensure_exists(spec).await?;
             self.wait_ready(&spec.id, progress).await
         }
         .boxed()
     }
 
+    /// A StatefulSet, or a volume claim left without one (it holds the slashing database).
     fn exists<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<bool, DriverError>> {
         async move {
-            let sets = self.api::<StatefulSet>().await?;
-            let found =
-                sets.get_opt(&object_name(instance_id)).await.map_err(|e| api_error("read the StatefulSet", e))?;
-            Ok(found.is_some())
+            if self.workload(instance_id).await?.is_some() {
+                return Ok(true);
+            }
+            Ok(!self.claims(&object_name(instance_id)).await?.is_empty())
         }
         .boxed()
     }
@@ -579,12 +711,7 @@ impl ClientHost for KubernetesDriver {
     }
 
     fn recover<'a>(&'a self, live: &'a [InstanceSpec], keep: &'a [String]) -> BoxFuture<'a, ()> {
-        async move {
-            if let Err(err) = self.reconcile(live, keep).await {
-                tracing::error!(plan = %self.plan_id, "cannot reconcile the plan's workloads: {err}");
-            }
-        }
-        .boxed()
+        self.reconcile(live, keep).boxed()
     }
 }
 

@@ -29,7 +29,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use kubernetes::KubernetesDriver;
+pub use kubernetes::{KubernetesContext, KubernetesDriver};
 pub use process::{NODE_MARKER, ProcessDriver, placeholders};
 pub use upstream::UpstreamDriver;
 pub use validator::{
@@ -162,6 +162,12 @@ impl Drivers {
     ) -> Drivers {
         let deadline = Duration::from_millis(config.gateway.upstream_deadline_ms);
         let max_response = config.gateway.max_request_bytes.max(32 << 20) as usize;
+        let context = || KubernetesContext {
+            secret: secret.clone(),
+            store: store.clone(),
+            deadline,
+            max_response_bytes: max_response,
+        };
         let mut by_plan: HashMap<String, Arc<dyn Driver>> = HashMap::new();
         for plan in config.services.iter().flat_map(|s| &s.plans) {
             let driver: Arc<dyn Driver> = match &plan.driver {
@@ -189,18 +195,14 @@ impl Drivers {
                     tracker.clone(),
                     shutdown.clone(),
                 )),
-                DriverDecl::Kubernetes(decl) => {
-                    Arc::new(KubernetesDriver::new(decl.clone(), &plan.id, secret.clone(), deadline, max_response))
-                }
+                DriverDecl::Kubernetes(decl) => Arc::new(KubernetesDriver::new(decl.clone(), &plan.id, context())),
                 DriverDecl::KubernetesValidator(decl) => {
                     let host = KubernetesDriver::for_clients(
                         decl.client.clone(),
                         &plan.id,
                         Some(decl.token_path.clone()),
                         decl.beacon_url.clone(),
-                        secret.clone(),
-                        deadline,
-                        max_response,
+                        context(),
                     );
                     Arc::new(ValidatorDriver::with_host(
                         Box::new(host),

@@ -1,9 +1,10 @@
 //! `FakeKubeApiServer`: a **fake** Kubernetes API server, in process, for the `kubernetes`
 //! driver's tests (no real API server can run on these machines). It implements what the driver
-//! calls — server-side apply, get, list by label selector, delete — for StatefulSets, Services,
-//! Secrets, PersistentVolumeClaims and Pods, keeps a log of the requests, and plays a tiny
-//! StatefulSet controller and kubelet: a StatefulSet with one replica gets pod `<name>-0` and
-//! its volume claims; the pod's container runs **as a local process** (its `command`/`args`,
+//! calls — server-side apply, get, list by label selector, delete, and the StatefulSet scale
+//! subresource — for StatefulSets, Services, Secrets, PersistentVolumeClaims and Pods, keeps a
+//! log of the requests, and plays a tiny StatefulSet controller and kubelet: a StatefulSet with
+//! one replica gets pod `<name>-0` and its volume claims, a changed pod template replaces the
+//! pod (the rollout), and the StatefulSet's status reports generation and revisions; the pod's container runs **as a local process** (its `command`/`args`,
 //! the program chosen by image), with Secret `subPath` mounts written as files; the pod turns
 //! Ready when its `rpc` port accepts a connection (the tcpSocket readiness probe), unless the
 //! test holds readiness back. Scaling to zero or deleting stops the process (SIGTERM, by PID).
@@ -29,6 +30,7 @@ pub struct Logged {
     pub path: String,
     pub query: String,
     pub content_type: String,
+    pub body: String,
 }
 
 type Key = (String, String, String); // (plural, namespace, name)
@@ -153,6 +155,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) ->
         path: path.clone(),
         query: query.clone(),
         content_type: content_type.clone(),
+        body: String::from_utf8_lossy(&body).into_owned(),
     });
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let rest = match segments.as_slice() {
@@ -163,6 +166,9 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) ->
     let (namespace, plural, name) = match rest {
         [ns, plural] => (ns.to_string(), plural.to_string(), None),
         [ns, plural, name] => (ns.to_string(), plural.to_string(), Some(name.to_string())),
+        [ns, "statefulsets", name, "scale"] => {
+            return scale(&mut state, &parts.method, ns, name, &content_type, &body);
+        }
         _ => return status(StatusCode::NOT_FOUND, "NotFound", format!("the fake serves no {path}")),
     };
     let Some((api_version, kind)) = kind_of(&plural) else {
@@ -218,6 +224,10 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) ->
             applied["metadata"]["uid"] =
                 previous.as_ref().map_or(json!(format!("uid-{next}")), |p| p["metadata"]["uid"].clone());
             applied["metadata"]["resourceVersion"] = json!(next.to_string());
+            let generation = previous.as_ref().map_or(0, |p| p["metadata"]["generation"].as_i64().unwrap_or(0));
+            let changed = previous.as_ref().is_none_or(|p| p["spec"] != applied["spec"]);
+            applied["metadata"]["generation"] = json!(generation + i64::from(changed));
+            let rolled = previous.as_ref().is_some_and(|p| p["spec"]["template"] != applied["spec"]["template"]);
             applied["metadata"]["managedFields"] = json!([{"manager": manager, "operation": "Apply"}]);
             if let Some(previous) = previous
                 && previous.get("status").is_some()
@@ -237,6 +247,12 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) ->
             }
             state.objects.insert(key, applied.clone());
             if plural == "statefulsets" {
+                if rolled {
+                    let pod = format!("{name}-0");
+                    if state.objects.contains_key(&("pods".into(), namespace.clone(), pod.clone())) {
+                        remove(&mut state, "pods", &namespace, &pod);
+                    }
+                }
                 controller(&mut state, &namespace, &name);
             }
             axum::Json(applied).into_response()
@@ -251,6 +267,39 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) ->
             format!("the fake does not serve {method} {path}"),
         ),
     }
+}
+
+/// `PATCH …/statefulsets/<name>/scale` with a merge patch of `spec.replicas`.
+fn scale(
+    state: &mut FakeState,
+    method: &Method,
+    namespace: &str,
+    name: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Response {
+    if *method != Method::PATCH || content_type != "application/merge-patch+json" {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the fake scales by merge patch only".into(),
+        );
+    }
+    let Some(replicas) = serde_json::from_slice::<Value>(body).ok().and_then(|b| b["spec"]["replicas"].as_i64()) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "no spec.replicas".into());
+    };
+    let key = ("statefulsets".to_string(), namespace.to_string(), name.to_string());
+    let Some(set) = state.objects.get_mut(&key) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", format!("statefulsets \"{name}\" not found"));
+    };
+    if set["spec"]["replicas"] != json!(replicas) {
+        set["spec"]["replicas"] = json!(replicas);
+        set["metadata"]["generation"] = json!(set["metadata"]["generation"].as_i64().unwrap_or(0) + 1);
+    }
+    controller(state, namespace, name);
+    axum::Json(json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {"name": name, "namespace": namespace}, "spec": {"replicas": replicas}, "status": {"replicas": replicas}}))
+    .into_response()
 }
 
 fn url_params(query: &str) -> HashMap<String, String> {
@@ -329,7 +378,7 @@ fn controller(state: &mut FakeState, namespace: &str, name: &str) {
             state.next += 1;
             let mut claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": claim_name, "namespace": namespace, "uid": format!("uid-{}", state.next),
-                    "labels": template["metadata"]["labels"]},
+                    "labels": template["metadata"]["labels"], "annotations": template["metadata"]["annotations"]},
                 "spec": template["spec"], "status": {"phase": "Bound"}});
             claim["metadata"]["labels"]["app.kubernetes.io/instance"] = json!(name);
             state.objects.insert(key, claim);
@@ -433,5 +482,28 @@ fn refresh_readiness(state: &mut FakeState) {
             pod["status"]["containerStatuses"][0]["ready"] = json!(true);
             pod["status"]["containerStatuses"][0]["state"] = json!({"running": {}});
         }
+    }
+    // The StatefulSets' status: the fake rolls pods at once, so the current revision is the
+    // update revision and the pod (if any) is updated.
+    let pods: HashMap<(String, String), bool> = state
+        .objects
+        .iter()
+        .filter(|((p, _, _), _)| p == "pods")
+        .map(|((_, ns, n), pod)| ((ns.clone(), n.clone()), pod["status"]["conditions"][0]["status"] == "True"))
+        .collect();
+    for ((plural, ns, name), set) in state.objects.iter_mut() {
+        if plural != "statefulsets" {
+            continue;
+        }
+        let pod = pods.get(&(ns.clone(), format!("{name}-0")));
+        let revision = format!("{name}-{}", set["metadata"]["generation"]);
+        set["status"] = json!({
+            "observedGeneration": set["metadata"]["generation"],
+            "replicas": i32::from(pod.is_some()),
+            "readyReplicas": i32::from(pod == Some(&true)),
+            "updatedReplicas": i32::from(pod.is_some()),
+            "currentRevision": revision,
+            "updateRevision": revision,
+        });
     }
 }
