@@ -68,13 +68,33 @@ fn plugin_check_names_a_file_that_is_not_a_component() {
 
 #[test]
 fn plugin_serve_fronts_a_real_node_with_a_plugin_chain_and_stops_on_sigterm() {
+    plugin_serve(Command::new(env!("CARGO_BIN_EXE_ovsb")), |_| {});
+}
+
+#[test]
+fn on_one_cpu_ovsb_serves_from_a_current_thread_runtime() {
+    let mut on_core_0 = Command::new("taskset");
+    on_core_0.args(["-c", "0", env!("CARGO_BIN_EXE_ovsb")]);
+    plugin_serve(on_core_0, |pid| {
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .collect();
+        assert!(!threads.iter().any(|t| t == "tokio-rt-worker"), "no work-stealing workers: {threads:?}");
+    });
+}
+
+/// Runs `ovsb plugin serve` (`program` is the binary, perhaps behind a wrapper that execs it)
+/// with the test plugin over a real anvil, checks a call, runs `inspect` on its pid, and stops it.
+fn plugin_serve(mut program: Command, inspect: impl FnOnce(u32)) {
     use std::io::{BufRead, BufReader};
     // Stopped by PID when dropped, even if an assertion below fails.
     let anvil = support::Anvil::start(&[]);
     let anvil_url = anvil.http_url();
 
     let mut ovsb = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_ovsb"))
+        program
             .args(["plugin", "serve", "--plugin", TEST_PLUGIN, "--config", r#"{"mode":"pass"}"#])
             .args(["--upstream", &anvil_url, "--listen", "127.0.0.1:0"])
             .stdout(std::process::Stdio::piped())
@@ -104,6 +124,7 @@ fn plugin_serve_fronts_a_real_node_with_a_plugin_chain_and_stops_on_sigterm() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     assert_eq!(call(&endpoint)["result"], call(&anvil_url)["result"]);
+    inspect(ovsb.0.id());
 
     Command::new("kill").args(["-TERM", &ovsb.0.id().to_string()]).status().unwrap();
     let status = ovsb.0.wait().unwrap();

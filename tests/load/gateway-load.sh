@@ -25,16 +25,32 @@ trap cleanup EXIT
 command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null; }
 [ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
 rustup target add wasm32-wasip2 >/dev/null 2>&1
-cargo build --release -p ovsb -q
+cargo build --profile production -p ovsb -q   # thin LTO: see [profile.production] in Cargo.toml
 cargo build --release --target wasm32-wasip2 -p ovsb-test-plugin -q
 PLUGIN=target/wasm32-wasip2/release/ovsb_test_plugin.wasm
-OVSB=target/release/ovsb
+OVSB=target/production/ovsb
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 ANVIL=$(free_port); STATIC=$(free_port); NGX_ANVIL=$(free_port); NGX_STATIC=$(free_port)
 taskset -c 0 tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
+
+# The static upstream is an nginx process of its own: were it served by the proxying nginx's own
+# worker, nginx's upstream hop would never leave its event loop (no wakeup, no context switch),
+# while every other proxy's hop crosses to another process.
+cat > "$WORK/static.conf" <<NGINX
+worker_processes 1;
+pid $WORK/static.pid;
+error_log $WORK/static-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server { listen 127.0.0.1:$STATIC;
+             location / { default_type application/json; return 200 '{"jsonrpc":"2.0","id":1,"result":"0x7a69"}'; } }
+}
+NGINX
+taskset -c 0 nginx -c "$WORK/static.conf" -g 'daemon off;' & PIDS+=($!)
 
 cat > "$WORK/nginx.conf" <<NGINX
 worker_processes 1;
@@ -44,8 +60,6 @@ events { worker_connections 4096; }
 http {
     access_log off;
     upstream anvil { server 127.0.0.1:$ANVIL; keepalive 64; }
-    server { listen 127.0.0.1:$STATIC;
-             location / { default_type application/json; return 200 '{"jsonrpc":"2.0","id":1,"result":"0x7a69"}'; } }
     upstream static { server 127.0.0.1:$STATIC; keepalive 64; }
     server { listen 127.0.0.1:$NGX_ANVIL;
              location / { proxy_pass http://anvil; proxy_http_version 1.1; proxy_set_header Connection ""; } }
