@@ -316,6 +316,18 @@ impl DriverDecl {
         }
     }
 
+    /// Where a Kubernetes plan's instances live: its API server (or "in-cluster or KUBECONFIG")
+    /// and namespace; `None` for other drivers.
+    pub fn kubernetes_location(&self) -> Option<String> {
+        let decl = match self {
+            DriverDecl::Kubernetes(decl) => decl,
+            DriverDecl::KubernetesValidator(decl) => &decl.client,
+            _ => return None,
+        };
+        let cluster = decl.api_url.as_deref().unwrap_or("in-cluster or KUBECONFIG");
+        Some(format!("{cluster}, namespace {}", decl.namespace))
+    }
+
     /// Whether the plan's instances are validator clients (keys in, history kept).
     pub fn is_validator(&self) -> bool {
         matches!(self, DriverDecl::Validator(_) | DriverDecl::KubernetesValidator(_))

@@ -57,6 +57,21 @@ pub enum StartError {
         /// The host id the store names.
         registered: String,
     },
+    /// A Kubernetes plan with instances points at another namespace or cluster than when they
+    /// were made.
+    #[error(
+        "plan {plan} has instances in {registered}, but the configuration now says {configured}: ovsb would lose \
+         sight of them (and a validator's keys could sign in two places). Put the plan's location back, or \
+         deprovision its instances before moving it"
+    )]
+    KubernetesMoved {
+        /// The plan.
+        plan: String,
+        /// Where its instances are.
+        registered: String,
+        /// Where the configuration says.
+        configured: String,
+    },
     /// A plugin could not be loaded.
     #[error("plugins: {0}")]
     Plugins(String),
@@ -174,6 +189,24 @@ impl Server {
             let registered = store.setting_or_insert("validator_host", &host).await?;
             if registered != host {
                 return Err(StartError::ValidatorHost { registered });
+            }
+        }
+        // A Kubernetes plan's instances live where the plan said when they were made: a plan
+        // moved to another namespace or cluster would make new, empty workloads for them.
+        let instances = store.instances_not_deleted().await?;
+        for plan in config.services.iter().flat_map(|s| &s.plans) {
+            let Some(location) = plan.driver.kubernetes_location() else { continue };
+            let setting = format!("kubernetes_location:{}", plan.id);
+            let registered = store.setting_or_insert(&setting, &location).await?;
+            if registered != location {
+                if instances.iter().any(|i| i.plan_id == plan.id) {
+                    return Err(StartError::KubernetesMoved {
+                        plan: plan.id.clone(),
+                        registered,
+                        configured: location,
+                    });
+                }
+                store.set_setting(&setting, &location).await?;
             }
         }
 

@@ -353,6 +353,43 @@ async fn a_node_instance_runs_as_a_workload_from_provision_through_restart_to_de
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_with_instances_cannot_move_to_another_namespace() {
+    let fake = FakeKubeApiServer::start(&[(ANVIL_IMAGE, anvil_binary().to_str().unwrap())]).await;
+    let anvil = Anvil::start(&[]);
+    let plans = node_plan(&fake.url, free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Db::Sqlite, dir.path()).await;
+    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &plans, |_| {}).await;
+    broker.osb.ready_instance("k1", PLAN_K8S, None).await;
+    let (dir, db) = broker.stop().await;
+
+    // Moved while it has an instance: refused at start, naming both places.
+    let moved = plans.replace(&format!(r#"namespace = "{NAMESPACE}""#), r#"namespace = "elsewhere""#);
+    assert_ne!(moved, plans);
+    let config_of = |plans: &str| {
+        let toml = support::broker::test_config_toml_with(&anvil.http_url(), free_port(), plans);
+        let mut config = Config::from_toml(&toml, "test").unwrap();
+        config.data_dir = dir.path().join("data");
+        config.database_url = db.url.clone();
+        config
+    };
+    let err = ovsb::server::Server::start(config_of(&moved), tokio_util::sync::CancellationToken::new())
+        .await
+        .err()
+        .expect("a moved plan is refused");
+    let message = err.to_string();
+    assert!(message.contains(PLAN_K8S) && message.contains(NAMESPACE) && message.contains("elsewhere"), "{message}");
+
+    // Back where it was: it starts, deprovisions, and then it may move.
+    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &plans, |_| {}).await;
+    broker.osb.deprovision("k1", PLAN_K8S).await;
+    assert_eq!(broker.osb.finished("k1").await["state"], "succeeded");
+    let (dir, db) = broker.stop().await;
+    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &moved, |_| {}).await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_api_server_fails_the_provision_with_the_reason() {
     let anvil = Anvil::start(&[]);
     let nowhere = format!("http://127.0.0.1:{}", free_port());

@@ -334,6 +334,18 @@ impl Store {
         Ok(row.try_get("value")?)
     }
 
+    /// Sets a setting, replacing its value.
+    pub async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The change counter (see the module docs).
     pub async fn generation(&self) -> Result<i64> {
         let row = sqlx::query("SELECT generation FROM changes WHERE id = 1").fetch_one(&self.pool).await?;
