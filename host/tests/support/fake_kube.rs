@@ -9,6 +9,8 @@
 //! Ready when its `rpc` port accepts a connection (the tcpSocket readiness probe), unless the
 //! test holds readiness back. Scaling to zero or deleting stops the process (SIGTERM, by PID).
 //! Deleting an object deletes the objects whose owner references name it (the garbage collector).
+//! Like the real API server it refuses (422) an apply that changes an immutable field of a
+//! StatefulSet's spec. It does not track field ownership or conflicts between managers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -218,6 +220,35 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, request: Request) ->
                 return status(StatusCode::BAD_REQUEST, "BadRequest", "name or kind does not match the URL".into());
             }
             let key = (plural.clone(), namespace.clone(), name.clone());
+            // As the real API server: a StatefulSet's spec is immutable but for these fields.
+            if plural == "statefulsets"
+                && let Some(previous) = state.objects.get(&key)
+            {
+                let mutable = [
+                    "replicas",
+                    "ordinals",
+                    "template",
+                    "updateStrategy",
+                    "persistentVolumeClaimRetentionPolicy",
+                    "minReadySeconds",
+                ];
+                let frozen = |spec: &Value| -> Value {
+                    let mut spec = spec.clone();
+                    if let Some(fields) = spec.as_object_mut() {
+                        fields.retain(|field, _| !mutable.contains(&field.as_str()));
+                    }
+                    spec
+                };
+                if frozen(&previous["spec"]) != frozen(&applied["spec"]) {
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        format!(
+                            "StatefulSet.apps \"{name}\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"
+                        ),
+                    );
+                }
+            }
             state.next += 1;
             let next = state.next;
             let previous = state.objects.get(&key).cloned();
