@@ -36,38 +36,34 @@ wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/nu
 ANVIL=$(free_port); STATIC=$(free_port); NGX_ANVIL=$(free_port); NGX_STATIC=$(free_port)
 taskset -c 0 tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
 
+# One nginx process (one worker, on core 0) with the given `http { … }` contents.
+start_nginx() { # name http-block
+    cat > "$WORK/$1.conf" <<NGINX
+worker_processes 1;
+pid $WORK/$1.pid;
+error_log $WORK/$1-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+$2
+}
+NGINX
+    taskset -c 0 nginx -c "$WORK/$1.conf" -g 'daemon off;' & PIDS+=($!)
+}
+
 # The static upstream is an nginx process of its own: were it served by the proxying nginx's own
 # worker, nginx's upstream hop would never leave its event loop (no wakeup, no context switch),
 # while every other proxy's hop crosses to another process.
-cat > "$WORK/static.conf" <<NGINX
-worker_processes 1;
-pid $WORK/static.pid;
-error_log $WORK/static-error.log;
-events { worker_connections 4096; }
-http {
-    access_log off;
+start_nginx static "
     server { listen 127.0.0.1:$STATIC;
-             location / { default_type application/json; return 200 '{"jsonrpc":"2.0","id":1,"result":"0x7a69"}'; } }
-}
-NGINX
-taskset -c 0 nginx -c "$WORK/static.conf" -g 'daemon off;' & PIDS+=($!)
-
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 4096; }
-http {
-    access_log off;
+             location / { default_type application/json; return 200 '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"0x7a69\"}'; } }"
+start_nginx proxy "
     upstream anvil { server 127.0.0.1:$ANVIL; keepalive 64; }
     upstream static { server 127.0.0.1:$STATIC; keepalive 64; }
     server { listen 127.0.0.1:$NGX_ANVIL;
-             location / { proxy_pass http://anvil; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+             location / { proxy_pass http://anvil; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }
     server { listen 127.0.0.1:$NGX_STATIC;
-             location / { proxy_pass http://static; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-}
-NGINX
-taskset -c 0 nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+             location / { proxy_pass http://static; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
 start_ovsb() { # name upstream_port plugins...
     local port; port=$(free_port)
