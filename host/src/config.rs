@@ -346,6 +346,9 @@ pub struct KubernetesDriverDecl {
     /// cluster, else `KUBECONFIG` / `~/.kube/config` (with their credentials and CA).
     #[serde(default)]
     pub api_url: Option<String>,
+    /// Longest wait for one answer of the API server, in milliseconds.
+    #[serde(default = "default_api_timeout")]
+    pub api_timeout_ms: u64,
     /// The namespace the instances' objects live in.
     pub namespace: String,
     /// The container image.
@@ -431,6 +434,10 @@ pub struct KubernetesValidatorDecl {
     /// WebSocket URLs of the same nodes.
     #[serde(default)]
     pub rpc_ws: Vec<String>,
+}
+
+fn default_api_timeout() -> u64 {
+    30_000
 }
 
 fn default_kubernetes_endpoint() -> String {
@@ -896,6 +903,9 @@ fn check_kubernetes(
     }
     if decl.image.trim().is_empty() {
         return bad(format!("{what}: the kubernetes driver needs an image"));
+    }
+    if !(100..=600_000).contains(&decl.api_timeout_ms) {
+        return bad(format!("{what}: api_timeout_ms must be between 100 and 600000"));
     }
     let mut ports: Vec<u16> = decl.extra_ports.values().copied().chain([decl.port]).collect();
     ports.sort_unstable();

@@ -407,6 +407,32 @@ async fn an_unreachable_api_server_fails_the_provision_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_never_answers_fails_the_provision_within_the_api_timeout() {
+    // Accepts connections (the kernel's backlog does) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", silent.local_addr().unwrap());
+    let anvil = Anvil::start(&[]);
+    let plans = node_plan(&api, free_port())
+        .replace("[services.plans.driver]\n", "[services.plans.driver]\napi_timeout_ms = 300\n");
+    assert!(plans.contains("api_timeout_ms = 300"));
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Db::Sqlite, dir.path()).await;
+    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &plans, |_| {}).await;
+    let resp = broker.osb.provision("k1", PLAN_K8S, None).await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    let done = broker.osb.finished("k1").await;
+    assert_eq!(done["state"], "failed", "{done}");
+    let description = done["description"].as_str().unwrap();
+    assert!(description.contains("cannot read the StatefulSet"), "{description}");
+    assert!(
+        !description.contains("maximum_polling_duration"),
+        "failed by the API timeout, not the deadline: {description}"
+    );
+    broker.stop().await;
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_validator_on_kubernetes_keeps_the_history_of_its_keys_when_deprovisioned() {
     let lodestar = lodestar_dir().join("node_modules/.bin/lodestar");
     let fake = FakeKubeApiServer::start(&[(LODESTAR_IMAGE, lodestar.to_str().unwrap())]).await;

@@ -55,6 +55,9 @@ pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 pub const PLAN_LABEL: &str = "ovsb.dev/plan";
 /// The annotation holding the instance id (which need not fit a label).
 pub const INSTANCE_ID_ANNOTATION: &str = "ovsb.dev/instance-id";
+/// Longest reconcile at start (the start waits for it).
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The Secret key (and file name) of a validator client's keymanager token.
 const TOKEN_KEY: &str = "keymanager-token";
 
@@ -318,6 +321,12 @@ impl KubernetesDriver {
                     }
                     None => kube::Config::infer().await.map_err(|err| format!("no Kubernetes configuration: {err}"))?,
                 };
+                // An API server that accepts and never answers must not hold an operation (or the
+                // start's reconcile) until its deadline: kube waits forever by default.
+                let mut config = config;
+                let timeout = Duration::from_millis(self.decl.api_timeout_ms);
+                config.read_timeout = Some(timeout);
+                config.write_timeout = Some(timeout);
                 kube::Client::try_from(config).map_err(|err| format!("cannot make a Kubernetes client: {err}"))
             })
             .await
@@ -544,6 +553,15 @@ impl KubernetesDriver {
         }
     }
 
+    /// [`Self::reconcile`], cut short (and said so) after [`RECONCILE_TIMEOUT`]: ovsb's start
+    /// waits for it.
+    async fn bounded_reconcile(&self, live: &[InstanceSpec], keep: &[String]) {
+        if tokio::time::timeout(RECONCILE_TIMEOUT, self.reconcile(live, keep)).await.is_err() {
+            tracing::error!(plan = %self.plan_id, "reconciling the plan's workloads took over {} s; the rest waits for the next start",
+                RECONCILE_TIMEOUT.as_secs());
+        }
+    }
+
     /// Whether the store, read now, has no live instance `id` and no keys held by it.
     async fn orphaned(&self, id: &str) -> bool {
         let gone = matches!(self.store.instance(id).await, Ok(None))
@@ -666,7 +684,7 @@ impl Driver for KubernetesDriver {
     }
 
     fn recover<'a>(&'a self, live: &'a [InstanceSpec], busy: &'a [String]) -> BoxFuture<'a, ()> {
-        self.reconcile(live, busy).boxed()
+        self.bounded_reconcile(live, busy).boxed()
     }
 }
 
@@ -711,7 +729,7 @@ impl ClientHost for KubernetesDriver {
     }
 
     fn recover<'a>(&'a self, live: &'a [InstanceSpec], keep: &'a [String]) -> BoxFuture<'a, ()> {
-        self.reconcile(live, keep).boxed()
+        self.bounded_reconcile(live, keep).boxed()
     }
 }
 
