@@ -930,7 +930,6 @@ fn check_kubernetes(
     }
     for name in decl.extra_ports.keys() {
         let reserved = KUBERNETES_NAMES.contains(&name.as_str()) || template_names.contains(&name.as_str());
-        // A container port's name: at most 15 characters, and the `_` of the placeholder becomes `-`.
         // The container port's name is the placeholder with '-' for '_': an IANA service name.
         let lowercase = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         let well_formed =
@@ -948,13 +947,7 @@ fn check_kubernetes(
             ));
         }
     }
-    for (name, schema) in &decl.parameters {
-        if name == "plugins" || !schema.as_table().is_some_and(|t| t.contains_key("default")) {
-            return bad(format!(
-                "{what}: driver parameter {name:?} must be a JSON Schema table with a default (and not be called plugins)"
-            ));
-        }
-    }
+    check_driver_parameters(what, &decl.parameters)?;
     for arg in decl.args.iter().chain(&decl.command) {
         for name in crate::provision::placeholders(arg) {
             let known = KUBERNETES_NAMES.contains(&name.as_str())
@@ -974,6 +967,18 @@ fn check_kubernetes(
         return bad(format!(
             "{what}: endpoint must be an http:// URL template using only {{name}}, {{namespace}}, {{port}}"
         ));
+    }
+    Ok(())
+}
+
+/// A driver's own instance parameters: JSON Schema tables, each with a default.
+fn check_driver_parameters(what: &str, parameters: &toml::Table) -> Result<(), ConfigError> {
+    for (name, schema) in parameters {
+        if name == "plugins" || !schema.as_table().is_some_and(|t| t.contains_key("default")) {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: driver parameter {name:?} must be a JSON Schema table with a default (and not be called plugins)"
+            )));
+        }
     }
     Ok(())
 }
@@ -1010,13 +1015,7 @@ fn check_process(what: &str, decl: &ProcessDriverDecl, template_names: &[&str]) 
             return bad(format!("{what}: extra port {name:?} is empty, reserved or named twice"));
         }
     }
-    for (name, schema) in &decl.parameters {
-        if name == "plugins" || !schema.as_table().is_some_and(|t| t.contains_key("default")) {
-            return bad(format!(
-                "{what}: driver parameter {name:?} must be a JSON Schema table with a default (and not be called plugins)"
-            ));
-        }
-    }
+    check_driver_parameters(what, &decl.parameters)?;
     for arg in &decl.command {
         for name in crate::provision::placeholders(arg) {
             let known = ["port", "data_dir", "instance_id"].contains(&name.as_str())

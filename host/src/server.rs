@@ -176,8 +176,8 @@ impl Server {
         if store.setting_or_insert("secret_key_check", &secret.check_value()).await? != secret.check_value() {
             return Err(StartError::SecretMismatch);
         }
-        // Validator clients run as processes are of one host: a second host would start clients
-        // of its own for the same instances, and free keys its own empty clients do not hold.
+        // Validator clients run as processes belong to one host: a second host would start
+        // clients of its own for the same instances, and free keys its own empty clients do not hold.
         // (Clients on Kubernetes live in the cluster, which every replica sees.)
         let validators = config
             .services
@@ -193,13 +193,12 @@ impl Server {
         }
         // A Kubernetes plan's instances live where the plan said when they were made: a plan
         // moved to another namespace or cluster would make new, empty workloads for them.
-        let instances = store.instances_not_deleted().await?;
         for plan in config.services.iter().flat_map(|s| &s.plans) {
             let Some(location) = plan.driver.kubernetes_location() else { continue };
             let setting = format!("kubernetes_location:{}", plan.id);
             let registered = store.setting_or_insert(&setting, &location).await?;
             if registered != location {
-                if instances.iter().any(|i| i.plan_id == plan.id) {
+                if store.instances_not_deleted().await?.iter().any(|i| i.plan_id == plan.id) {
                     return Err(StartError::KubernetesMoved {
                         plan: plan.id.clone(),
                         registered,

@@ -146,7 +146,6 @@ pub fn render(
         ports.push(json!({ "name": port_name, "containerPort": port, "protocol": "TCP" }));
         service_ports.push(json!({ "name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP" }));
     }
-    let claim_labels = json!({ INSTANCE_LABEL: name, MANAGED_BY: "ovsb" });
     let mut mounts = Vec::new();
     let mut volumes = Vec::new();
     let mut claims = Vec::new();
@@ -161,7 +160,7 @@ pub fn render(
         }
         // Claim templates cannot change once applied: only the instance's labels, never the plan's.
         claims.push(json!({
-            "metadata": { "name": "data", "labels": claim_labels, "annotations": annotations },
+            "metadata": { "name": "data", "labels": selector, "annotations": annotations },
             "spec": claim_spec,
         }));
     }
@@ -312,7 +311,7 @@ impl KubernetesDriver {
     async fn client(&self) -> Result<&kube::Client, DriverError> {
         self.client
             .get_or_try_init(|| async {
-                let config = match &self.decl.api_url {
+                let mut config = match &self.decl.api_url {
                     Some(url) => {
                         let uri = url.parse().map_err(|err| format!("api_url {url:?}: {err}"))?;
                         let mut config = kube::Config::new(uri);
@@ -323,7 +322,6 @@ impl KubernetesDriver {
                 };
                 // An API server that accepts and never answers must not hold an operation (or the
                 // start's reconcile) until its deadline: kube waits forever by default.
-                let mut config = config;
                 let timeout = Duration::from_millis(self.decl.api_timeout_ms);
                 config.read_timeout = Some(timeout);
                 config.write_timeout = Some(timeout);
@@ -389,12 +387,13 @@ impl KubernetesDriver {
         Ok(set)
     }
 
-    /// Applies the instance's objects as rendered (one replica). The Service and Secret are
-    /// owned by the StatefulSet, so the cluster's garbage collector removes them with it too.
+    /// Applies the instance's objects as rendered (one replica); the caller has checked with
+    /// [`Self::workload`] that a StatefulSet of that name is the instance's. The Service and
+    /// Secret are owned by the StatefulSet, so the cluster's garbage collector removes them
+    /// with it too.
     async fn apply(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
         let mut objects = self.render(spec)?;
         let name = object_name(&spec.id);
-        self.workload(&spec.id).await?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let applied = self
             .api::<StatefulSet>()
@@ -564,8 +563,11 @@ impl KubernetesDriver {
 
     /// Whether the store, read now, has no live instance `id` and no keys held by it.
     async fn orphaned(&self, id: &str) -> bool {
-        let gone = matches!(self.store.instance(id).await, Ok(None))
-            || matches!(self.store.instance(id).await, Ok(Some(row)) if row.state == InstanceState::Deleted);
+        let gone = match self.store.instance(id).await {
+            Ok(None) => true,
+            Ok(Some(row)) => row.state == InstanceState::Deleted,
+            Err(_) => false,
+        };
         let holds_keys = match self.store.validator_key_holders().await {
             Ok(holders) => holders.iter().any(|h| h == id),
             Err(_) => true,
@@ -654,6 +656,7 @@ impl Driver for KubernetesDriver {
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         async move {
             progress.report("applying the workload").await;
+            self.workload(&spec.id).await?;
             self.apply(spec).await?;
             self.wait_ready(&spec.id, progress).await
         }

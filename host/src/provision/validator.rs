@@ -388,7 +388,7 @@ pub trait ClientHost: Send + Sync {
 
 /// Validator clients as processes of this host, under the [`ProcessDriver`]; the client writes
 /// its keymanager token into its data directory.
-pub struct ProcessClients {
+struct ProcessClients {
     process: ProcessDriver,
     token_file: String,
     /// What [`ClientHost::access`] read last, per instance, with the token file's mtime.
