@@ -133,11 +133,13 @@ enum PluginCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("OVSB_LOG").unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
     if cli.log_format == "json" {
-        logs.json().init();
+        logs.with_writer(std::io::stderr).json().init();
     } else {
-        logs.init();
+        // One line per event, whatever a client or plugin put in a field (see OneLineStderr);
+        // no colours, so that every escape byte in the log is one that was escaped.
+        logs.with_writer(crate::telemetry::OneLineStderr).with_ansi(false).init();
     }
     // On one CPU (taskset, a cgroup quota of one core) the work-stealing scheduler brings no
     // parallelism and costs 10–17% of the gateway's calls/s (tests/load/gateway-load.sh): a

@@ -117,12 +117,51 @@ pub struct GatewaySettings {
     /// Most calls in one batch.
     #[serde(default = "default_max_batch")]
     pub max_batch: u32,
-    /// Most connections open at once.
+    /// Most connections open at once (HTTP and WebSocket, for their whole life). At start it is
+    /// lowered, with a warning, to what the process's descriptor limit leaves after `fd_reserve`.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Most connections from one source address.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: u32,
+    /// Most connections that carry one binding key.
+    #[serde(default = "default_max_connections_per_key")]
+    pub max_connections_per_key: u32,
+    /// A connection that has not sent a request with a valid key within this time is closed, in
+    /// milliseconds. When the gateway is full, the oldest such connection is closed to make room.
+    #[serde(default = "default_anonymous_timeout")]
+    pub anonymous_timeout_ms: u64,
+    /// Longest time a client may take to send a request's headers, and longest idle time of a
+    /// keep-alive connection between requests, in milliseconds.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Longest time a client may take to send a request's body, in milliseconds.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Descriptors kept for the broker, the admin listener, the store and node processes: the
+    /// gateway's connections and their upstream sockets never use them.
+    #[serde(default = "default_fd_reserve")]
+    pub fd_reserve: u32,
+    /// Plugin calls of one instance running at once (its share of the plugin runtime).
+    #[serde(default = "default_plugin_calls_per_instance")]
+    pub plugin_calls_per_instance: u32,
+    /// Longest a call waits for a turn within its instance's share, in milliseconds; then it
+    /// gets -32005 with `data.reason = "instance_plugin_calls"`.
+    #[serde(default = "default_plugin_queue_ms")]
+    pub plugin_queue_ms: u64,
     /// Longest time one call may wait for the node, in milliseconds.
     #[serde(default = "default_upstream_deadline")]
     pub upstream_deadline_ms: u64,
+}
+
+impl GatewaySettings {
+    /// Each instance's share of the plugin runtime.
+    pub fn plugin_share(&self) -> crate::plugins::Share {
+        crate::plugins::Share {
+            calls: self.plugin_calls_per_instance,
+            wait: std::time::Duration::from_millis(self.plugin_queue_ms),
+        }
+    }
 }
 
 impl Default for GatewaySettings {
@@ -133,6 +172,14 @@ impl Default for GatewaySettings {
             max_request_bytes: default_gateway_max_request(),
             max_batch: default_max_batch(),
             max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            max_connections_per_key: default_max_connections_per_key(),
+            anonymous_timeout_ms: default_anonymous_timeout(),
+            header_timeout_ms: default_header_timeout(),
+            body_timeout_ms: default_body_timeout(),
+            fd_reserve: default_fd_reserve(),
+            plugin_calls_per_instance: default_plugin_calls_per_instance(),
+            plugin_queue_ms: default_plugin_queue_ms(),
             upstream_deadline_ms: default_upstream_deadline(),
         }
     }
@@ -507,6 +554,10 @@ pub struct ProcessDriverDecl {
     /// Largest node log kept (plus one older file of the same size), in bytes.
     #[serde(default = "default_log_max")]
     pub log_max_bytes: u64,
+    /// The node's environment. Nothing else of ovsb's environment reaches it (never its
+    /// secrets), but `PATH` when this does not set it, so that programs are found as from ovsb.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     /// Instance parameters the command uses, as JSON Schema properties (each with a `default`);
     /// they join the plan's parameter schema.
     #[serde(default)]
@@ -707,6 +758,22 @@ impl Config {
         }
         if self.gateway.upstream_deadline_ms == 0 || self.gateway.upstream_deadline_ms > 600_000 {
             return bad("gateway.upstream_deadline_ms must be between 1 and 600000".into());
+        }
+        let g = &self.gateway;
+        let ranges: [(&str, u64, u64, u64); 8] = [
+            ("max_connections_per_source", g.max_connections_per_source.into(), 1, g.max_connections.into()),
+            ("max_connections_per_key", g.max_connections_per_key.into(), 1, g.max_connections.into()),
+            ("anonymous_timeout_ms", g.anonymous_timeout_ms, 100, 300_000),
+            ("header_timeout_ms", g.header_timeout_ms, 100, 3_600_000),
+            ("body_timeout_ms", g.body_timeout_ms, 100, 3_600_000),
+            ("fd_reserve", g.fd_reserve.into(), 32, 1 << 20),
+            ("plugin_calls_per_instance", g.plugin_calls_per_instance.into(), 1, 4096),
+            ("plugin_queue_ms", g.plugin_queue_ms, 0, 60_000),
+        ];
+        for (name, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return bad(format!("gateway.{name} is {value}; it must be between {low} and {high}"));
+            }
         }
         if self.operations.lease_seconds < 2 || self.operations.sync_interval_ms == 0 {
             return bad("operations.lease_seconds must be at least 2, sync_interval_ms positive".into());
@@ -998,6 +1065,12 @@ fn check_process(what: &str, decl: &ProcessDriverDecl, template_names: &[&str]) 
     if decl.command.is_empty() || decl.command[0].is_empty() {
         return bad(format!("{what}: the process driver needs a command"));
     }
+    if let Some(name) = decl.env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+        return bad(format!("{what}: env name {name:?} is not a variable name"));
+    }
+    if let Some(name) = decl.env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
+        return bad(format!("{what}: env {name} holds a NUL byte"));
+    }
     let [low, high] = decl.ports;
     if low < 1024 || low > high {
         return bad(format!("{what}: ports must be a range [low, high] above 1023"));
@@ -1085,7 +1158,31 @@ fn default_max_batch() -> u32 {
     100
 }
 fn default_max_connections() -> u32 {
-    1024
+    8192
+}
+fn default_max_connections_per_source() -> u32 {
+    512
+}
+fn default_max_connections_per_key() -> u32 {
+    512
+}
+fn default_anonymous_timeout() -> u64 {
+    5_000
+}
+fn default_header_timeout() -> u64 {
+    30_000
+}
+fn default_body_timeout() -> u64 {
+    10_000
+}
+fn default_fd_reserve() -> u32 {
+    256
+}
+fn default_plugin_calls_per_instance() -> u32 {
+    8
+}
+fn default_plugin_queue_ms() -> u64 {
+    1_000
 }
 fn default_upstream_deadline() -> u64 {
     30_000

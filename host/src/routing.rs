@@ -209,7 +209,7 @@ impl RouteSync {
                     .collect(),
             }
         });
-        match self.registry.build_chain(&instance.id, &elements, &kv).await {
+        match self.registry.build_chain(&instance.id, &elements, &kv, self.config.gateway.plugin_share()).await {
             Ok(chain) => Some(Arc::new(InstanceRoute {
                 instance_id: instance.id.as_str().into(),
                 plan: instance.plan_id.as_str().into(),

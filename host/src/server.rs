@@ -278,10 +278,17 @@ impl Server {
 
         tracker.spawn(operations.supervise(store.backend() == Backend::Sqlite));
         tracker.spawn(routing.clone().follow(shutdown.clone()));
+        let g = &config.gateway;
         let gateway_config = GatewayConfig {
-            max_request_bytes: config.gateway.max_request_bytes,
-            max_batch: config.gateway.max_batch,
-            max_connections: config.gateway.max_connections,
+            max_request_bytes: g.max_request_bytes,
+            max_batch: g.max_batch,
+            max_connections: g.max_connections,
+            max_connections_per_source: g.max_connections_per_source,
+            max_connections_per_key: g.max_connections_per_key,
+            anonymous_timeout: Duration::from_millis(g.anonymous_timeout_ms),
+            header_timeout: Duration::from_millis(g.header_timeout_ms),
+            body_timeout: Duration::from_millis(g.body_timeout_ms),
+            fd_reserve: g.fd_reserve,
             ..GatewayConfig::default()
         };
         {
@@ -329,7 +336,9 @@ async fn open_store(url: &str, shutdown: &CancellationToken) -> Result<Store, St
     loop {
         match Store::open(url).await {
             Ok(store) => return Ok(store),
-            Err(err @ crate::store::StoreError::Database(_)) if !url.starts_with("sqlite:") => {
+            Err(err @ (crate::store::StoreError::Database(_) | crate::store::StoreError::Unreachable { .. }))
+                if !url.starts_with("sqlite:") =>
+            {
                 tracing::warn!("the store is not reachable yet ({err}); retrying in {pause:?}");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(err.into()),

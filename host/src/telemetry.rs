@@ -3,8 +3,9 @@
 //!
 //! Owns: the process-wide registry. Recording is cheap enough for the data path (an atomic add
 //! after a read-locked map lookup; label values are shared `Arc<str>`s, no allocation per call).
-//! Must not: let a client choose unbounded label values: method names are counted as given only
-//! for the first [`MAX_METHOD_LABELS`] distinct well-formed names, then as `other`.
+//! Must not: let a client choose unbounded label values, or let one tenant's choices change
+//! another's: each instance counts method names as given only for its own first
+//! [`MAX_METHOD_LABELS`] distinct well-formed names, then as `other`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,8 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Distinct method names given their own label value.
-pub const MAX_METHOD_LABELS: usize = 512;
+/// Distinct method names given their own label value, per instance.
+pub const MAX_METHOD_LABELS: usize = 128;
 
 /// Labels of a JSON-RPC call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,7 +29,8 @@ pub struct CallLabels {
     pub instance: Arc<str>,
     /// The method (or `other`).
     pub method: Arc<str>,
-    /// `ok`, `error` (an answer with a JSON-RPC error), `plugin_failure`, `upstream_error`.
+    /// `ok`, `error` (an answer with a JSON-RPC error), `plugin_failure`, `upstream_error`,
+    /// `limit` (refused by a limit, such as the instance's share of plugin calls).
     pub outcome: &'static str,
 }
 
@@ -46,6 +48,13 @@ pub struct PluginLabels {
     pub plugin: Arc<str>,
     /// `on_call` or `on_result`.
     pub hook: &'static str,
+}
+
+/// Labels of a refused gateway connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The limit: `connections`, `connections_per_source`, `connections_per_key`.
+    pub reason: &'static str,
 }
 
 /// Labels of an upstream failure.
@@ -93,9 +102,16 @@ pub struct Metrics {
     pub cache_hits: Family<InstanceLabels, Gauge>,
     /// See `cache_hits`.
     pub cache_misses: Family<InstanceLabels, Gauge>,
-    methods: RwLock<HashMap<String, Arc<str>>>,
+    /// `ovsb_gateway_connections_refused_total{reason}`.
+    pub connections_refused: Family<RefusalLabels, Counter>,
     other: Arc<str>,
-    traffic: RwLock<HashMap<Arc<str>, Arc<Traffic>>>,
+    per_instance: RwLock<HashMap<Arc<str>, Arc<InstanceMetrics>>>,
+}
+
+/// What is kept per instance: its traffic history and its own method labels.
+struct InstanceMetrics {
+    traffic: Traffic,
+    methods: RwLock<HashMap<Box<str>, Arc<str>>>,
 }
 
 /// Seconds of traffic history kept per instance (for its dashboard).
@@ -192,6 +208,12 @@ impl Metrics {
         registry.register("instances", "Service instances by state", instances.clone());
         registry.register("cache_hits", "Answers the cache plugin served, by instance", cache_hits.clone());
         registry.register("cache_misses", "Calls the cache plugin passed on, by instance", cache_misses.clone());
+        let connections_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "gateway_connections_refused",
+            "Gateway connections or first keyed requests refused, by the limit that refused them",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             rpc_calls,
@@ -202,54 +224,66 @@ impl Metrics {
             instances,
             cache_hits,
             cache_misses,
-            methods: RwLock::new(HashMap::new()),
+            connections_refused,
             other: Arc::from("other"),
-            traffic: RwLock::new(HashMap::new()),
+            per_instance: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The label value for a method name (shared; bounded, see the module docs).
-    pub fn method_label(&self, method: &str) -> Arc<str> {
+    fn instance(&self, instance: &Arc<str>) -> Arc<InstanceMetrics> {
+        if let Some(found) = self.per_instance.read().unwrap_or_else(|p| p.into_inner()).get(instance) {
+            return found.clone();
+        }
+        let mut all = self.per_instance.write().unwrap_or_else(|p| p.into_inner());
+        all.entry(instance.clone())
+            .or_insert_with(|| Arc::new(InstanceMetrics { traffic: Traffic::new(), methods: RwLock::default() }))
+            .clone()
+    }
+
+    /// Counts a refused gateway connection.
+    pub fn record_connection_refused(&self, reason: &'static str) {
+        self.connections_refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// The label value for a method name on `instance` (shared; bounded, see the module docs).
+    pub fn method_label(&self, instance: &Arc<str>, method: &str) -> Arc<str> {
+        self.label_in(&self.instance(instance), method)
+    }
+
+    fn label_in(&self, metrics: &InstanceMetrics, method: &str) -> Arc<str> {
         let well_formed =
             !method.is_empty() && method.len() <= 64 && method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !well_formed {
             return self.other.clone();
         }
-        if let Some(label) = self.methods.read().unwrap_or_else(|p| p.into_inner()).get(method) {
+        if let Some(label) = metrics.methods.read().unwrap_or_else(|p| p.into_inner()).get(method) {
             return label.clone();
         }
-        let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
+        let mut methods = metrics.methods.write().unwrap_or_else(|p| p.into_inner());
         if methods.len() >= MAX_METHOD_LABELS {
             return self.other.clone();
         }
-        methods.entry(method.to_string()).or_insert_with(|| Arc::from(method)).clone()
+        methods.entry(method.into()).or_insert_with(|| Arc::from(method)).clone()
     }
 
     /// Records one answered call.
     pub fn record_call(&self, instance: &Arc<str>, method: &str, outcome: &'static str, elapsed: Duration) {
-        let labels = CallLabels { instance: instance.clone(), method: self.method_label(method), outcome };
+        let metrics = self.instance(instance);
+        let labels = CallLabels { instance: instance.clone(), method: self.label_in(&metrics, method), outcome };
         self.rpc_calls.get_or_create(&labels).inc();
         self.rpc_duration.get_or_create(&InstanceLabels { instance: instance.clone() }).observe(elapsed.as_secs_f64());
-        let traffic = self.traffic.read().unwrap_or_else(|p| p.into_inner()).get(instance).cloned();
-        let traffic = match traffic {
-            Some(traffic) => traffic,
-            None => {
-                let mut all = self.traffic.write().unwrap_or_else(|p| p.into_inner());
-                all.entry(instance.clone()).or_insert_with(|| Arc::new(Traffic::new())).clone()
-            }
-        };
-        traffic.record(unix_seconds(), outcome != "ok");
+        metrics.traffic.record(unix_seconds(), outcome != "ok");
     }
 
     /// The recent traffic of an instance (see [`Traffic::points`]).
     pub fn traffic_of(&self, instance: &str) -> Vec<(u64, u64, u64)> {
-        let traffic = self.traffic.read().unwrap_or_else(|p| p.into_inner()).get(instance).cloned();
-        traffic.map_or_else(Vec::new, |t| t.points(unix_seconds()))
+        let metrics = self.per_instance.read().unwrap_or_else(|p| p.into_inner()).get(instance).cloned();
+        metrics.map_or_else(Vec::new, |m| m.traffic.points(unix_seconds()))
     }
 
     /// Drops what is kept about instances that are gone.
     pub fn retain_instances(&self, live: impl Fn(&str) -> bool) {
-        self.traffic.write().unwrap_or_else(|p| p.into_inner()).retain(|id, _| live(id));
+        self.per_instance.write().unwrap_or_else(|p| p.into_inner()).retain(|id, _| live(id));
     }
 
     /// Records the time of one plugin hook.
@@ -281,26 +315,91 @@ pub fn metrics() -> &'static Metrics {
 /// The content type of [`Metrics::encode`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The writer of the text log: each event is one line, whatever its fields hold. Control
+/// characters from clients or plugins (a method name with `\n` and a forged line, ANSI escapes,
+/// C1 controls) are written escaped (`\n`, `\x1b`, `\u{9b}`); only the newline that ends
+/// the event is written as is. (The JSON log needs none of this: JSON escapes them.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OneLineStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for OneLineStderr {
+    type Writer = OneLine<std::io::Stderr>;
+    fn make_writer(&'a self) -> Self::Writer {
+        OneLine(std::io::stderr())
+    }
+}
+
+/// See [`OneLineStderr`]: escapes what it is given, but a final newline, into `W`.
+pub struct OneLine<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(&escape_line(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `line` with its control characters escaped, a final `\n` kept.
+pub fn escape_line(line: &[u8]) -> Vec<u8> {
+    let (body, end) = match line.split_last() {
+        Some((b'\n', body)) => (body, &b"\n"[..]),
+        _ => (line, &b""[..]),
+    };
+    let mut out = Vec::with_capacity(line.len() + 8);
+    let mut bytes = body.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.push(b),
+            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            // C1 controls (U+0080..U+009F) are 0xC2 0x80..0x9F in UTF-8.
+            0xc2 if bytes.peek().is_some_and(|next| (0x80..=0x9f).contains(next)) => {
+                let next = bytes.next().unwrap_or_default();
+                out.extend_from_slice(format!("\\u{{{next:x}}}").as_bytes());
+            }
+            _ => out.push(b),
+        }
+    }
+    out.extend_from_slice(end);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn method_labels_are_bounded_and_shared() {
+    fn method_labels_are_bounded_per_instance_and_shared() {
         let m = Metrics::new();
-        assert_eq!(&*m.method_label("eth_call"), "eth_call");
-        assert!(Arc::ptr_eq(&m.method_label("eth_call"), &m.method_label("eth_call")));
-        assert_eq!(&*m.method_label("eth call; drop"), "other");
-        assert_eq!(&*m.method_label(&"x".repeat(65)), "other");
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        assert_eq!(&*m.method_label(&a, "eth_call"), "eth_call");
+        assert!(Arc::ptr_eq(&m.method_label(&a, "eth_call"), &m.method_label(&a, "eth_call")));
+        assert_eq!(&*m.method_label(&a, "eth call; drop"), "other");
+        assert_eq!(&*m.method_label(&a, &"x".repeat(65)), "other");
         for i in 0..MAX_METHOD_LABELS {
-            m.method_label(&format!("m_{i}"));
+            m.method_label(&a, &format!("m_{i}"));
         }
-        assert_eq!(&*m.method_label("one_more"), "other");
+        assert_eq!(&*m.method_label(&a, "one_more"), "other");
+        assert_eq!(&*m.method_label(&b, "eth_gasPrice"), "eth_gasPrice", "a's junk does not relabel b's calls");
         let instance: Arc<str> = Arc::from("i-1");
         m.record_call(&instance, "eth_call", "ok", Duration::from_millis(2));
         let text = m.encode();
         assert!(text.contains(r#"ovsb_rpc_calls_total{instance="i-1",method="eth_call",outcome="ok"} 1"#), "{text}");
         assert!(text.contains("ovsb_rpc_call_duration_seconds_bucket"), "{text}");
+    }
+
+    #[test]
+    fn a_log_line_stays_one_line_whatever_its_fields_hold() {
+        let forged = "INFO method=eth_call\n2026-12-01T00:00:00Z  INFO ovsb: forged\x1b[31m\u{9b}\r\tend\n";
+        let escaped = String::from_utf8(escape_line(forged.as_bytes())).unwrap();
+        assert_eq!(escaped, "INFO method=eth_call\\n2026-12-01T00:00:00Z  INFO ovsb: forged\\x1b[31m\\u{9b}\\r\tend\n");
+        assert_eq!(escaped.matches('\n').count(), 1);
+        assert_eq!(escape_line("plain é ü\n".as_bytes()), "plain é ü\n".as_bytes(), "text is kept");
     }
 
     #[test]

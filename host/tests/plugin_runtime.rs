@@ -541,3 +541,27 @@ async fn pass_through_defaults_are_declined_after_their_first_call_and_then_skip
     assert_eq!(second["trail"], json!(["result:t"]));
     assert_eq!(chain.entries()[1].pool.hooks(), ovsb::plugins::Hooks::all(), "overridden hooks are kept");
 }
+
+/// When no copy can start (here the runtime's one slot is busy), the call's error says why, in
+/// `data.cause`, beside the stable `data.reason`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_cannot_get_a_copy_says_why() {
+    let runtime = PluginRuntime::new(RuntimeConfig { max_instances: 1, ..RuntimeConfig::default() }).unwrap();
+    let plugin = runtime.load_file("test", TEST_PLUGIN.as_ref()).unwrap();
+    let kv = Arc::new(KvStore::new(KvLimits::default()));
+    let pool = runtime.pool(&plugin, &json!({"mode": "hostile"}).to_string(), PluginLimits::default(), "i", kv).await;
+    let chain = Arc::new(Chain::new(vec![ChainEntry { pool: pool.unwrap(), fail_open: false }]));
+    let upstream: Arc<dyn Upstream> = Arc::new(EchoUpstream::default());
+    let call = |method: &str| Call { method: method.into(), params: Some("[]".into()) };
+    let busy = {
+        let (chain, upstream, call) = (chain.clone(), upstream.clone(), call("test_loop"));
+        tokio::spawn(async move { chain.run(&Arc::new(context()), call, &upstream).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let refused = chain.run(&Arc::new(context()), call("eth_chainId"), &upstream).await.unwrap_err();
+    let data: Value = serde_json::from_str(refused.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data["reason"], "unavailable", "{data}");
+    let cause = data["cause"].as_str().expect("the cause is given");
+    assert!(cause.contains("concurrent limit"), "{cause}");
+    assert_eq!(busy.await.unwrap().unwrap_err().code, PLUGIN_FAILURE_CODE);
+}

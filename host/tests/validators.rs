@@ -46,6 +46,29 @@ async fn history(osb: &OsbClient, key: &str) -> (u16, Value) {
     (resp.status, resp.body)
 }
 
+/// Lodestar's server-sent event stream of heads, through the beacon proxy: the first event
+/// arrives while the stream stays open (a proxy that waits for the end of the body shows nothing).
+async fn first_head_event(beacon: &str) {
+    let mut events = reqwest::Client::new()
+        .get(format!("{beacon}/eth/v1/events?topics=head"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("the event stream opens");
+    assert_eq!(events.status(), 200);
+    let content_type = events.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !seen.contains("event: head") {
+        match tokio::time::timeout_at(deadline, events.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("no head event through the proxy ({other:?}); seen: {seen:?}"),
+        }
+    }
+    assert!(seen.contains("\"slot\""), "a head event carries its slot: {seen}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validator_keys_move_in_and_out_with_their_history_on_sqlite() {
     keys_move_in_and_out(Db::Sqlite).await;
@@ -136,6 +159,7 @@ async fn keys_move_in_and_out(db: Db) {
     assert!(version["data"]["version"].as_str().unwrap().contains("Lodestar"), "{version}");
     let chain_id = rpc(&uri, "eth_chainId", json!([])).await;
     assert_eq!(chain_id["result"], rpc(&anvil.http_url(), "eth_chainId", json!([])).await["result"]);
+    first_head_event(&beacon).await;
 
     // A fee-recipient update goes through the keymanager API and shows there.
     let resp = osb

@@ -41,7 +41,7 @@ async fn check_chain(
         return Ok(());
     }
     let scratch = Arc::new(KvStore::new(KvLimits::default()));
-    match state.registry.build_chain(instance_id, &elements, &scratch).await {
+    match state.registry.build_chain(instance_id, &elements, &scratch, state.config.gateway.plugin_share()).await {
         Ok(_) => Ok(()),
         Err(err @ ChainError::UnknownPlugin(_)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
         Err(ChainError::Configure(err)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),

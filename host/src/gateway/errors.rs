@@ -1,8 +1,11 @@
 //! The gateway's JSON-RPC error codes, one place for all of them.
 //!
 //! Codes from -32700 to -32600 are JSON-RPC's own; the ones below are ovsb's, in the range
-//! JSON-RPC leaves to servers. Clients get a stable code and a short message; the details go to
-//! the logs.
+//! JSON-RPC leaves to servers, following EIP-1474's meanings where it has one. None of ovsb's
+//! codes is one that jsonrpsee answers with for another reason (jsonrpsee's are -32006 too many
+//! subscriptions, -32007/-32008 oversized request/response, -32009 busy, -32010/-32011 batch too
+//! big; -32007 is used here for the same meaning). The README's table lists them all. Clients
+//! get a stable code and a short message; the details go to the logs.
 
 /// The request carried no key, or a key that is unknown or revoked (HTTP 401).
 pub const UNAUTHORIZED: i32 = -32001;
@@ -10,11 +13,14 @@ pub const UNAUTHORIZED: i32 = -32001;
 pub const UPSTREAM_UNAVAILABLE: i32 = -32002;
 /// The call did not finish within the per-call deadline.
 pub const DEADLINE_EXCEEDED: i32 = -32003;
-/// A limit was exceeded (connections, subscriptions); retry later.
+/// A limit was exceeded (connections, an instance's share of plugin calls, upstream calls of a
+/// plugin); retry later. `data.reason` names the limit.
 pub const LIMIT_EXCEEDED: i32 = -32005;
+/// The request body is over the limit (jsonrpsee's own code for the same thing).
+pub const OVERSIZE: i32 = jsonrpsee::types::error::OVERSIZED_REQUEST_CODE;
 /// A transaction was sent but the node's answer was lost: it may or may not have been accepted,
 /// so it is not retried. Check with `eth_getTransactionByHash`.
-pub const SEND_OUTCOME_UNKNOWN: i32 = -32006;
+pub const SEND_OUTCOME_UNKNOWN: i32 = -32020;
 /// Internal error (a bug): JSON-RPC's own code.
 pub const INTERNAL_ERROR: i32 = -32603;
 

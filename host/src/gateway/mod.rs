@@ -7,7 +7,12 @@
 //! call then runs through the instance's plugin chain to its [`UpstreamPool`].
 //!
 //! The stack, outermost first:
-//! 1. accept loop: connection cap (HTTP 429 with a JSON-RPC error past it);
+//! 1. accept loop: [`connections::Admission`] takes a ticket per connection for its whole life
+//!    (WebSocket included), per source address, per key and in all; past a limit the client
+//!    gets HTTP 429 with a JSON-RPC error. A connection without a valid key is closed after
+//!    `anonymous_timeout`, or earlier when a newcomer needs its slot. Headers must arrive
+//!    within `header_timeout` (also the keep-alive idle time), bodies within `body_timeout`,
+//!    and a declared `Content-Length` over the limit is refused (413) before the body is read;
 //! 2. front service: key from path or header, 401 with a JSON-RPC error if unknown;
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
 //! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response.
@@ -17,6 +22,8 @@
 //!
 //! It must not: query the store, hold a lock across an await, or log keys.
 
+pub mod body;
+pub mod connections;
 pub mod errors;
 pub mod routes;
 mod rpc;
@@ -26,15 +33,18 @@ mod validator_proxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
-use jsonrpsee::server::{
-    BatchRequestConfig, HttpBody, HttpRequest, HttpResponse, Server, ServerConfig, serve_with_graceful_shutdown,
-    stop_channel,
-};
-use tokio::net::TcpListener;
+use jsonrpsee::server::{BatchRequestConfig, HttpBody, HttpRequest, HttpResponse, Server, ServerConfig, stop_channel};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use body::{Clock, Timed};
+use connections::{Admission, AdmissionLimits, Counted, Refused, Ticket};
 
 pub use routes::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest, new_key};
 pub use upstream::{UpstreamPool, UpstreamSettings};
@@ -50,8 +60,21 @@ pub struct GatewayConfig {
     pub max_response_bytes: u32,
     /// Most calls in one batch.
     pub max_batch: u32,
-    /// Most connections open at once (HTTP keep-alive and WebSocket alike).
+    /// Most connections open at once (HTTP keep-alive and WebSocket alike), lowered at start
+    /// to fit the descriptor limit (see [`connections::connection_budget`]).
     pub max_connections: u32,
+    /// Most connections from one source address.
+    pub max_connections_per_source: u32,
+    /// Most connections carrying one key.
+    pub max_connections_per_key: u32,
+    /// Time a connection has to send a request with a valid key.
+    pub anonymous_timeout: Duration,
+    /// Time a client has to send a request's headers; also the keep-alive idle time.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    pub body_timeout: Duration,
+    /// Descriptors the gateway leaves to the rest of the process.
+    pub fd_reserve: u32,
     /// Most subscriptions on one WebSocket connection.
     pub max_subscriptions_per_connection: u32,
 }
@@ -62,7 +85,13 @@ impl Default for GatewayConfig {
             max_request_bytes: 1 << 20,
             max_response_bytes: 32 << 20,
             max_batch: 100,
-            max_connections: 1024,
+            max_connections: 8192,
+            max_connections_per_source: 512,
+            max_connections_per_key: 512,
+            anonymous_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
+            fd_reserve: 256,
             max_subscriptions_per_connection: 64,
         }
     }
@@ -77,8 +106,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let local: SocketAddr = listener.local_addr()?;
+    let budget = connections::connection_budget(config.max_connections, config.fd_reserve);
     let state = Arc::new(RpcState {
         routes: routes.clone(),
+        // Each proxied subscription holds a socket to the node: bounded like the connections.
+        upstream_subscriptions: Arc::new(tokio::sync::Semaphore::new(budget as usize)),
         max_response_bytes: config.max_response_bytes as usize,
         request_ids: AtomicU64::new(1),
         id_prefix: format!("{:x}", std::process::id()),
@@ -97,61 +129,83 @@ pub async fn serve(
         .set_config(server_config)
         .set_rpc_middleware(RpcServiceBuilder::new().layer(ChainLayer(state)))
         .to_service_builder();
-    let proxy = validator_proxy::Proxy::new(routes.clone(), config.max_response_bytes as usize);
+    let proxy = validator_proxy::Proxy::new(routes.clone(), config.max_response_bytes as usize, config.body_timeout);
     let (stop_handle, server_handle) = stop_channel();
-    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize));
+    let admission = Admission::new(AdmissionLimits {
+        total: budget,
+        per_source: config.max_connections_per_source.min(budget),
+        per_key: config.max_connections_per_key.min(budget),
+    });
+    // Refused connections get their 429 while few are being refused; past that they are closed
+    // at once, so a flood of refusals cannot hold descriptors either.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1().timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
+    http.http2().timer(TokioTimer::new());
     let tracker = TaskTracker::new();
-    tracing::info!(%local, "gateway listening");
+    tracing::info!(%local, max_connections = budget, "gateway listening");
 
     loop {
-        let socket = tokio::select! {
+        let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!("gateway accept failed: {err}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let _ = socket.set_nodelay(true);
-        let permit = connections.clone().try_acquire_owned().ok();
-        let jsonrpc = builder.clone().build(methods.clone(), stop_handle.clone());
-        let routes = routes.clone();
-        let proxy = proxy.clone();
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                crate::telemetry::metrics().record_connection_refused(refused.reason());
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    tracker.spawn(async move {
+                        refuse(socket, refused).await;
+                        drop(permit);
+                    });
+                }
+                continue;
+            }
+        };
+        let front = Front {
+            jsonrpc: builder.clone().build(methods.clone(), stop_handle.clone()),
+            routes: routes.clone(),
+            proxy: proxy.clone(),
+            ticket: ticket.clone(),
+            max_request_bytes: config.max_request_bytes,
+            body_timeout: config.body_timeout,
+        };
         let stopped = stop_handle.clone().shutdown();
+        let (http, anonymous_timeout) = (http.clone(), config.anonymous_timeout);
         tracker.spawn(async move {
-            let over_limit = permit.is_none();
-            let service = tower::service_fn(move |mut request: HttpRequest<hyper::body::Incoming>| -> BoxedResponse {
-                if over_limit {
-                    let status = http::StatusCode::TOO_MANY_REQUESTS;
-                    return Box::pin(std::future::ready(Ok(json_error(
-                        status,
-                        errors::LIMIT_EXCEEDED,
-                        "too many connections; retry later",
-                    ))));
+            let io = TokioIo::new(Counted::new(socket, ticket.clone()));
+            let service = tower::service_fn(move |request| front.clone().serve(request));
+            let connection = http.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+            tokio::pin!(connection, stopped);
+            let anonymous = async {
+                tokio::time::sleep(anonymous_timeout).await;
+                if ticket.keyed() {
+                    std::future::pending::<()>().await;
                 }
-                if validator_proxy::handles(request.uri().path()) {
-                    let proxy = proxy.clone();
-                    return Box::pin(async move { Ok(proxy.handle(request).await) });
+            };
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = &mut stopped => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
                 }
-                match authenticate(&request, &routes) {
-                    Ok(caller) => {
-                        request.extensions_mut().insert(caller);
-                        let mut jsonrpc = jsonrpc.clone();
-                        Box::pin(async move {
-                            tower::Service::call(&mut jsonrpc, request).await.map_err(|e| anyhow::anyhow!("{e}"))
-                        })
-                    }
-                    Err(message) => Box::pin(std::future::ready(Ok(unauthorized(message)))),
-                }
-            });
-            if let Err(err) = serve_with_graceful_shutdown(socket, service, stopped).await {
+                // Closing: the connection is dropped, and its socket with it.
+                _ = ticket.evicted().cancelled() => Ok(()),
+                _ = anonymous => Ok(()),
+            };
+            if let Err(err) = served {
                 tracing::debug!("gateway connection ended with an error: {err}");
             }
-            drop(permit);
         });
     }
 
@@ -159,6 +213,84 @@ pub async fn serve(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// Answers a refused connection's first request with 429 and closes it, within a second or two.
+async fn refuse(socket: TcpStream, refused: Refused) {
+    let service = tower::service_fn(move |_request: HttpRequest<hyper::body::Incoming>| {
+        let mut response = limit_error(refused);
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        std::future::ready(Ok::<_, std::convert::Infallible>(response))
+    });
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(1)).keep_alive(false);
+    let connection = http.serve_connection(TokioIo::new(socket), TowerToHyperService::new(service));
+    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+}
+
+/// HTTP 429 with a JSON-RPC error naming the limit.
+fn limit_error(refused: Refused) -> HttpResponse {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": null,
+        "error": {"code": errors::LIMIT_EXCEEDED, "message": refused.message(), "data": {"reason": refused.reason()}},
+    });
+    let mut response = HttpResponse::new(HttpBody::from(body.to_string()));
+    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    response
+}
+
+/// The front service of one connection: limits on the request itself, then key → jsonrpsee, or
+/// the validator proxy.
+#[derive(Clone)]
+struct Front<J> {
+    jsonrpc: J,
+    routes: Arc<Routes>,
+    proxy: validator_proxy::Proxy,
+    ticket: Arc<Ticket>,
+    max_request_bytes: u32,
+    body_timeout: Duration,
+}
+
+impl<J> Front<J>
+where
+    J: tower::Service<HttpRequest<Timed<hyper::body::Incoming>>, Response = HttpResponse> + Clone + Send + 'static,
+    J::Future: Send,
+    J::Error: std::fmt::Display,
+{
+    fn serve(mut self, mut request: HttpRequest<hyper::body::Incoming>) -> BoxedResponse {
+        if let Some(declared) = declared_length(&request)
+            && declared > u64::from(self.max_request_bytes)
+        {
+            let message = format!("the request body is over the limit of {} bytes", self.max_request_bytes);
+            let mut response = json_error(http::StatusCode::PAYLOAD_TOO_LARGE, errors::OVERSIZE, &message);
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        if validator_proxy::handles(request.uri().path()) {
+            return Box::pin(async move { Ok(self.proxy.handle(request, &self.ticket).await) });
+        }
+        let caller = match authenticate(&request, &self.routes) {
+            Ok(caller) => caller,
+            Err(message) => return Box::pin(std::future::ready(Ok(unauthorized(message)))),
+        };
+        if let Err(refused) = self.ticket.present_key(&caller.0) {
+            return Box::pin(std::future::ready(Ok(limit_error(refused))));
+        }
+        request.extensions_mut().insert(caller);
+        let timeout = self.body_timeout;
+        let request =
+            request.map(|body| Timed::new(body, Clock::Total(timeout), "the request body did not arrive in time"));
+        Box::pin(
+            async move { tower::Service::call(&mut self.jsonrpc, request).await.map_err(|e| anyhow::anyhow!("{e}")) },
+        )
+    }
+}
+
+/// The request's declared `Content-Length`, if any.
+fn declared_length<B>(request: &HttpRequest<B>) -> Option<u64> {
+    request.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 type BoxedResponse = std::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, anyhow::Error>> + Send + 'static>>;

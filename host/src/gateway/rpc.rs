@@ -38,6 +38,8 @@ pub(crate) struct Caller(pub KeyDigest);
 /// What the middleware needs besides the request.
 pub(crate) struct RpcState {
     pub routes: Arc<Routes>,
+    /// Subscriptions proxied to nodes at once, across the gateway.
+    pub upstream_subscriptions: Arc<tokio::sync::Semaphore>,
     pub max_response_bytes: usize,
     pub request_ids: AtomicU64,
     pub id_prefix: String,
@@ -217,6 +219,7 @@ fn record(route: &Route, method: &str, outcome: &Outcome, started: std::time::In
         {
             "upstream_error"
         }
+        Err(err) if err.code == errors::LIMIT_EXCEEDED => "limit",
         Err(_) => "error",
     };
     crate::telemetry::metrics().record_call(&route.instance.instance_id, method, class, started.elapsed());
@@ -299,7 +302,13 @@ pub(crate) fn subscription_module(state: Arc<RpcState>) -> RpcModule<()> {
                         pending.reject(error(errors::UNAUTHORIZED, "the key was revoked")).await;
                         return;
                     };
+                    let Ok(slot) = state.upstream_subscriptions.clone().try_acquire_owned() else {
+                        let message = "the gateway holds as many subscriptions as it may; retry later";
+                        pending.reject(error(errors::LIMIT_EXCEEDED, message)).await;
+                        return;
+                    };
                     proxy_subscription(route, params, pending).await;
+                    drop(slot);
                 }
             },
         )

@@ -8,7 +8,10 @@
 //!   instance's keys only; adding and deleting keys is refused (403): keys come and go
 //!   through the broker, which claims each key for one instance and keeps the
 //!   slashing-protection history a deletion exports.
-//! - `/beacon/<binding key>/eth/…`: the beacon node's REST API, read-only (GET).
+//! - `/beacon/<binding key>/eth/…`: the beacon node's REST API, read-only (GET). Answers are
+//!   streamed as they come (server-sent events such as `/eth/v1/events` included), each
+//!   stream ended if the client goes quiet for [`BEACON_IDLE`]; answers that are not event
+//!   streams are bounded by the response limit.
 //!
 //! Like the JSON-RPC path, it reads only the routing snapshot: no store query.
 
@@ -23,10 +26,15 @@ use hyper_util::rt::TokioExecutor;
 use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use serde_json::{Value, json};
 
-use super::routes::{Routes, key_digest};
+use super::body::{Clock, Timed, TimedOut};
+use super::connections::Ticket;
+use super::routes::{KeyDigest, Routes, key_digest};
 
 /// Largest request body forwarded to a keymanager (per-key settings are tiny).
 const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// A beacon answer (an event stream above all) that sends nothing for this long is ended.
+/// Lodestar sends a head event every slot; clients reconnect an ended stream.
+pub const BEACON_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Whether the path is one of this module's.
 pub fn handles(path: &str) -> bool {
@@ -39,46 +47,81 @@ pub struct Proxy {
     client: Client<HttpConnector, Full<Bytes>>,
     routes: Arc<Routes>,
     max_response_bytes: usize,
+    body_timeout: std::time::Duration,
 }
 
 impl Proxy {
     /// A proxy that finds instances in `routes`.
-    pub fn new(routes: Arc<Routes>, max_response_bytes: usize) -> Self {
+    pub fn new(routes: Arc<Routes>, max_response_bytes: usize, body_timeout: std::time::Duration) -> Self {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Proxy { client, routes, max_response_bytes }
+        Proxy { client, routes, max_response_bytes, body_timeout }
     }
 
-    /// Answers one request.
-    pub async fn handle(&self, request: HttpRequest<hyper::body::Incoming>) -> HttpResponse {
+    /// Answers one request on the connection of `ticket` (which a valid credential keys).
+    pub async fn handle(&self, request: HttpRequest<hyper::body::Incoming>, ticket: &Ticket) -> HttpResponse {
         let path = request.uri().path().to_string();
         let result = if let Some(rest) = path.strip_prefix("/beacon/") {
-            self.beacon(rest, request).await
+            self.beacon(rest, request, ticket).await
         } else {
-            self.keymanager(path.trim_start_matches("/keymanager").to_string(), request).await
+            self.keymanager(path.trim_start_matches("/keymanager").to_string(), request, ticket).await
         };
         result.unwrap_or_else(|(status, message)| error(status, &message))
     }
 
-    async fn beacon(&self, rest: &str, request: HttpRequest<hyper::body::Incoming>) -> Result<HttpResponse, Failure> {
+    async fn beacon(
+        &self,
+        rest: &str,
+        request: HttpRequest<hyper::body::Incoming>,
+        ticket: &Ticket,
+    ) -> Result<HttpResponse, Failure> {
         let (key, api_path) = rest.split_once('/').map_or((rest, ""), |(k, p)| (k, p));
+        let digest = key_digest(key);
         let route = self
             .routes
-            .lookup_digest(&key_digest(key))
+            .lookup_digest(&digest)
             .ok_or((StatusCode::UNAUTHORIZED, "unknown or revoked key".to_string()))?;
+        present(ticket, &digest)?;
         let validator = route.instance.validator.as_ref().ok_or((StatusCode::NOT_FOUND, not_validator()))?;
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return Err((StatusCode::METHOD_NOT_ALLOWED, "the beacon API is read-only here (GET)".into()));
         }
         let access = (validator.access)().ok_or((StatusCode::SERVICE_UNAVAILABLE, client_down()))?;
         let target = format!("{}/{}{}", access.beacon, api_path, query(&request));
-        let (status, content_type, body) = self.forward(request.method().clone(), &target, None, Bytes::new()).await?;
-        Ok(respond(status, content_type, body))
+        let mut upstream = http::Request::builder().method(request.method().clone()).uri(&target);
+        if let Some(accept) = request.headers().get(header::ACCEPT) {
+            upstream = upstream.header(header::ACCEPT, accept);
+        }
+        let upstream = upstream
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| (StatusCode::BAD_REQUEST, "the request path cannot be forwarded".to_string()))?;
+        let response = tokio::time::timeout(std::time::Duration::from_secs(30), self.client.request(upstream))
+            .await
+            .map_err(|_| (StatusCode::GATEWAY_TIMEOUT, "the beacon node did not answer in 30 s".to_string()))?
+            .map_err(|_| (StatusCode::BAD_GATEWAY, client_down()))?;
+        let (parts, body) = response.into_parts();
+        let streaming = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let body = Timed::new(body, Clock::Idle(BEACON_IDLE), "the beacon node went quiet");
+        let body =
+            if streaming { HttpBody::new(body) } else { HttpBody::new(Limited::new(body, self.max_response_bytes)) };
+        let mut answer = HttpResponse::new(body);
+        *answer.status_mut() = parts.status;
+        for name in [header::CONTENT_TYPE, header::CACHE_CONTROL, header::CONTENT_LENGTH] {
+            if let Some(value) = parts.headers.get(&name) {
+                answer.headers_mut().insert(name, value.clone());
+            }
+        }
+        Ok(answer)
     }
 
     async fn keymanager(
         &self,
         api_path: String,
         request: HttpRequest<hyper::body::Incoming>,
+        ticket: &Ticket,
     ) -> Result<HttpResponse, Failure> {
         let token = request
             .headers()
@@ -91,10 +134,12 @@ impl Proxy {
                 StatusCode::UNAUTHORIZED,
                 "missing keymanager token: `Authorization: Bearer <keymanager_token>`".into(),
             ))?;
+        let digest = key_digest(&token);
         let route = self
             .routes
-            .lookup_keymanager(&key_digest(&token))
+            .lookup_keymanager(&digest)
             .ok_or((StatusCode::FORBIDDEN, "unknown or revoked keymanager token".to_string()))?;
+        present(ticket, &digest)?;
         let validator = route.instance.validator.as_ref().ok_or((StatusCode::NOT_FOUND, not_validator()))?;
         let method = request.method().clone();
         let segments: Vec<&str> = api_path.trim_matches('/').split('/').collect();
@@ -125,11 +170,17 @@ impl Proxy {
             }
             _ => return Err((StatusCode::NOT_FOUND, format!("no keymanager route {method} {api_path}"))),
         };
-        let body = Limited::new(request.into_body(), MAX_REQUEST_BYTES)
-            .collect()
-            .await
-            .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_REQUEST_BYTES} bytes")))?
-            .to_bytes();
+        let body = Limited::new(
+            Timed::new(request.into_body(), Clock::Total(self.body_timeout), "the request body did not arrive in time"),
+            MAX_REQUEST_BYTES,
+        )
+        .collect()
+        .await
+        .map_err(|err| match err.downcast_ref::<TimedOut>() {
+            Some(late) => (StatusCode::REQUEST_TIMEOUT, late.to_string()),
+            None => (StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_REQUEST_BYTES} bytes")),
+        })?
+        .to_bytes();
         let access = (validator.access)().ok_or((StatusCode::SERVICE_UNAVAILABLE, client_down()))?;
         let target = format!("{}{}", access.keymanager, api_path);
         let (status, content_type, body) = self.forward(method, &target, Some(&access.token), body).await?;
@@ -181,6 +232,11 @@ impl Proxy {
 }
 
 type Failure = (StatusCode, String);
+
+/// Keys the connection with a valid credential, or refuses it (429) past the key's share.
+fn present(ticket: &Ticket, digest: &KeyDigest) -> Result<(), Failure> {
+    ticket.present_key(digest).map_err(|refused| (StatusCode::TOO_MANY_REQUESTS, refused.message().to_string()))
+}
 
 fn query<B>(request: &HttpRequest<B>) -> String {
     request.uri().query().map_or(String::new(), |q| format!("?{q}"))

@@ -8,13 +8,42 @@
 //! When a plugin fails (trap, limit): fail-closed (the default) turns the call's outcome into
 //! the failure's JSON-RPC error, which the plugins before it still see in `on-result`;
 //! fail-open skips that plugin for this call, as if it were not in the chain.
+//!
+//! Each instance has a [`Share`] of the runtime: at most `calls` of its plugin calls (exports)
+//! run at once, across all its plugins and connections. A call that finds the share taken waits
+//! up to `wait` for a turn, then gets [`SHARE_EXHAUSTED_CODE`] with `data.reason =
+//! "instance_plugin_calls"`. So a tenant whose plugins are slow, or loop until their budget, can
+//! keep at most `calls` slices runnable: with the one-tick slices of the epoch callback, another
+//! tenant's call waits at most `calls` ticks (1 ms each by default) per busy tenant on its thread.
+//! A share refusal is not a plugin failure: fail-open does not skip it.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::errors::PluginFailure;
 use super::pool::InstancePool;
 use super::state::Upstream;
-use super::{Call, Context, Decision, Hooks, Outcome};
+use super::{Call, Context, Decision, Hooks, Outcome, RpcError};
+
+/// JSON-RPC code of a call refused because its instance's share of plugin calls is taken.
+pub const SHARE_EXHAUSTED_CODE: i32 = -32005;
+
+/// An instance's share of the plugin runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Plugin calls (exports) of the instance running at once.
+    pub calls: u32,
+    /// Longest a call waits for a turn before it is refused.
+    pub wait: Duration,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share { calls: 8, wait: Duration::from_millis(1000) }
+    }
+}
 
 /// One plugin of a chain.
 #[derive(Clone)]
@@ -26,15 +55,57 @@ pub struct ChainEntry {
 }
 
 /// The ordered plugins of one instance. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Chain {
     entries: Arc<[ChainEntry]>,
+    share: Share,
+    turns: Arc<Semaphore>,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain::new(Vec::new())
+    }
 }
 
 impl Chain {
-    /// A chain of these plugins, in this order.
+    /// A chain of these plugins, in this order, with the default [`Share`].
     pub fn new(entries: Vec<ChainEntry>) -> Self {
-        Chain { entries: entries.into() }
+        Chain::with_share(entries, Share::default())
+    }
+
+    /// A chain of these plugins, in this order, with this share of the runtime.
+    pub fn with_share(entries: Vec<ChainEntry>, share: Share) -> Self {
+        let turns = Arc::new(Semaphore::new(share.calls.max(1) as usize));
+        Chain { entries: entries.into(), share, turns }
+    }
+
+    /// The instance's share of the runtime.
+    pub fn share(&self) -> Share {
+        self.share
+    }
+
+    /// A turn to run one plugin call, or the error that refuses the call.
+    async fn turn(&self, ctx: &Context) -> Result<SemaphorePermit<'_>, RpcError> {
+        if let Ok(permit) = self.turns.try_acquire() {
+            return Ok(permit);
+        }
+        match tokio::time::timeout(self.share.wait, self.turns.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                tracing::debug!(instance = %ctx.instance_id, limit = self.share.calls, "plugin call refused: the instance's share is taken");
+                Err(RpcError {
+                    code: SHARE_EXHAUSTED_CODE,
+                    message: format!(
+                        "this instance already runs {} plugin calls at once (its share); retry later",
+                        self.share.calls
+                    ),
+                    data: Some(
+                        serde_json::json!({"reason": "instance_plugin_calls", "limit": self.share.calls}).to_string(),
+                    ),
+                })
+            }
+        }
     }
 
     /// The plugins, in order.
@@ -51,8 +122,13 @@ impl Chain {
         };
         for (index, call) in inbound.forwarded.iter().rev() {
             let entry = &self.entries[*index];
+            let turn = match self.turn(ctx).await {
+                Ok(turn) => turn,
+                Err(refused) => return Err(refused),
+            };
             let started = std::time::Instant::now();
             let result = entry.pool.on_result(ctx, call, &outcome, upstream).await;
+            drop(turn);
             crate::telemetry::metrics().record_plugin(entry.pool.plugin_label(), "on_result", started.elapsed());
             match result {
                 Ok(next) => outcome = next,
@@ -87,8 +163,16 @@ impl Chain {
                 }
                 continue;
             }
+            let turn = match self.turn(ctx).await {
+                Ok(turn) => turn,
+                Err(refused) => {
+                    inbound.answer = Some(Err(refused));
+                    break;
+                }
+            };
             let started = std::time::Instant::now();
             let result = entry.pool.on_call(ctx, current, upstream).await;
+            drop(turn);
             crate::telemetry::metrics().record_plugin(entry.pool.plugin_label(), "on_call", started.elapsed());
             match result {
                 Ok(Decision::Forward(next)) if hooks.contains(Hooks::ON_RESULT) => {

@@ -144,7 +144,12 @@ impl PluginFailure {
     /// The JSON-RPC error for the client: a stable code, the class in `data.reason`, and no
     /// internals beyond the plugin's name.
     pub fn to_rpc_error(&self) -> RpcError {
-        let data = serde_json::json!({ "plugin": &*self.plugin, "reason": self.kind.reason() });
+        let mut data = serde_json::json!({ "plugin": &*self.plugin, "reason": self.kind.reason() });
+        if let FailureKind::Unavailable(cause) = &self.kind {
+            // Why no copy could start: the plugin's own configure error, or the runtime's limit.
+            let first = cause.lines().next().unwrap_or_default();
+            data["cause"] = first.chars().take(300).collect::<String>().into();
+        }
         let message = match &self.kind {
             // The trap text may contain guest backtraces; clients get the class, logs the detail.
             FailureKind::Trap(_) => format!("plugin `{}` failed: trapped", self.plugin),

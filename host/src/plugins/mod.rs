@@ -32,7 +32,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use bindings::ovsb::plugin::types::{Call, Context, Decision, Hooks, Level, Outcome, RpcError};
-pub use chain::{Chain, ChainEntry};
+pub use chain::{Chain, ChainEntry, SHARE_EXHAUSTED_CODE, Share};
 pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
 pub use kv::{KvLimits, KvStore};
 pub use pool::{InstancePool, Isolation, PluginLimits};
@@ -83,7 +83,6 @@ pub struct RuntimeStats {
 pub(crate) struct RuntimeInner {
     engine: Engine,
     linker: Linker<StoreState>,
-    epoch_tick: Duration,
     max_memory_bytes: u64,
     cache: cache::CompileCache,
     stats: RuntimeStats,
@@ -176,7 +175,6 @@ impl PluginRuntime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
-                epoch_tick: config.epoch_tick,
                 max_memory_bytes: config.max_memory_bytes,
                 cache,
                 stats: RuntimeStats::default(),

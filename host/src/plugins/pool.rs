@@ -18,7 +18,7 @@ use super::bindings::{
 };
 use super::errors::{ConfigureError, FailureKind, PluginFailure};
 use super::kv::KvStore;
-use super::state::{BudgetExceeded, CopySettings, MemoryCapExceeded, StoreState, Upstream, ticks_for};
+use super::state::{BudgetExceeded, CopySettings, MemoryCapExceeded, StoreState, Upstream};
 use super::{LoadedPlugin, RuntimeInner};
 
 /// Whether copies are reused between calls.
@@ -208,7 +208,8 @@ impl InstancePool {
     async fn checkout(&self, ctx: &Arc<Context>, upstream: &Arc<dyn Upstream>) -> Result<PluginCopy, PluginFailure> {
         let mut copy = self.take().await?;
         copy.store.data_mut().begin_call(Some(ctx.clone()), Some(upstream.clone()));
-        copy.store.set_epoch_deadline(ticks_for(self.settings.budget, self.runtime.epoch_tick));
+        // One tick: a long call runs in one-tick slices (see `StoreState::on_epoch_deadline`).
+        copy.store.set_epoch_deadline(1);
         Ok(copy)
     }
 
@@ -234,6 +235,11 @@ impl InstancePool {
                 ConfigureError::Rejected { message, .. } => format!("configure failed: {message}"),
                 ConfigureError::Failed { reason, .. } => reason,
             };
+            tracing::warn!(
+                plugin = %self.plugin.name,
+                instance = %self.settings.instance_id,
+                "no copy of the plugin could start for a call: {detail}"
+            );
             self.failure(FailureKind::Unavailable(detail))
         })
     }
@@ -243,10 +249,9 @@ impl InstancePool {
         let runtime = &self.runtime;
         let mut store = Store::new(&runtime.engine, StoreState::new(&self.settings));
         store.limiter(|state| &mut state.memory);
-        let tick = runtime.epoch_tick;
-        store.epoch_deadline_callback(move |ctx| StoreState::on_epoch_deadline(ctx, tick));
+        store.epoch_deadline_callback(StoreState::on_epoch_deadline);
         store.data_mut().begin_call(None, None);
-        store.set_epoch_deadline(ticks_for(self.settings.budget, tick));
+        store.set_epoch_deadline(1);
         let failed = |e: wasmtime::Error| ConfigureError::Failed {
             plugin: self.plugin.name.to_string(),
             reason: PluginFailure { plugin: self.plugin.name.clone(), kind: describe_error(&e, &self.settings) }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Chain, ChainEntry, ConfigureError, KvStore, LoadError, LoadedPlugin, PluginLimits, PluginRuntime};
+use super::{Chain, ChainEntry, ConfigureError, KvStore, LoadError, LoadedPlugin, PluginLimits, PluginRuntime, Share};
 use crate::config::{ChainElement, PluginDecl};
 
 /// Why a chain could not be built. Every variant is the operator's or user's to fix.
@@ -73,12 +73,14 @@ impl Registry {
         &self.schemas
     }
 
-    /// Builds the chain `elements` for `instance_id`, running each plugin's `configure`.
+    /// Builds the chain `elements` for `instance_id`, running each plugin's `configure`, with
+    /// `share` of the runtime for the instance.
     pub async fn build_chain(
         &self,
         instance_id: &str,
         elements: &[ChainElement],
         kv: &Arc<KvStore>,
+        share: Share,
     ) -> Result<Chain, ChainError> {
         let mut entries = Vec::with_capacity(elements.len());
         for element in elements {
@@ -88,6 +90,6 @@ impl Registry {
             let pool = self.runtime.pool(plugin, &config, PluginLimits::default(), instance_id, kv.clone()).await?;
             entries.push(ChainEntry { pool, fail_open: element.fail_open });
         }
-        Ok(Chain::new(entries))
+        Ok(Chain::with_share(entries, share))
     }
 }

@@ -95,12 +95,40 @@ impl LogLimiter {
 }
 
 /// Bookkeeping of the call in progress.
+///
+/// The budget counts the plugin's own running time only: the call runs in slices between
+/// epoch deadlines, and after each slice it yields to the executor (so other tenants' tasks
+/// run on this thread). A slice's running time is from its start (the call's start, or the
+/// moment the executor resumed it) to the deadline, less time spent waiting in host calls.
 pub(crate) struct CallState {
     context: Option<Arc<Context>>,
     upstream: Option<Arc<dyn Upstream>>,
     upstream_left: u32,
-    started: Instant,
+    /// Running time of the finished slices.
+    spent: Duration,
+    /// When the current slice started.
+    slice_start: Instant,
+    /// `host_wait` when the current slice started.
+    slice_host_wait: Duration,
+    /// Time spent waiting in host calls during this call.
     host_wait: Duration,
+    /// Set by the yield future when the executor resumes the call: the next slice's start.
+    resumed: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl CallState {
+    fn new(context: Option<Arc<Context>>, upstream: Option<Arc<dyn Upstream>>, upstream_left: u32) -> Self {
+        CallState {
+            context,
+            upstream,
+            upstream_left,
+            spent: Duration::ZERO,
+            slice_start: Instant::now(),
+            slice_host_wait: Duration::ZERO,
+            host_wait: Duration::ZERO,
+            resumed: Arc::default(),
+        }
+    }
 }
 
 /// The fixed identity and limits of a plugin copy.
@@ -146,25 +174,13 @@ impl StoreState {
             budget: settings.budget,
             max_upstream_calls: settings.max_upstream_calls,
             declined: Hooks::empty(),
-            call: CallState {
-                context: None,
-                upstream: None,
-                upstream_left: 0,
-                started: Instant::now(),
-                host_wait: Duration::ZERO,
-            },
+            call: CallState::new(None, None, 0),
         }
     }
 
     /// Starts the bookkeeping of a call (or of `configure`, with no upstream).
     pub fn begin_call(&mut self, context: Option<Arc<Context>>, upstream: Option<Arc<dyn Upstream>>) {
-        self.call = CallState {
-            context,
-            upstream,
-            upstream_left: self.max_upstream_calls,
-            started: Instant::now(),
-            host_wait: Duration::ZERO,
-        };
+        self.call = CallState::new(context, upstream, self.max_upstream_calls);
     }
 
     /// Ends the call: the copy keeps no reference to the caller's upstream.
@@ -173,15 +189,33 @@ impl StoreState {
         self.call.upstream = None;
     }
 
-    /// The epoch-deadline callback: traps once the plugin's own running time (wall time of the call
-    /// minus time spent waiting in host calls) passes the budget, else extends the deadline.
-    pub fn on_epoch_deadline(mut ctx: StoreContextMut<'_, Self>, tick: Duration) -> wasmtime::Result<UpdateDeadline> {
+    /// The epoch-deadline callback: traps once the plugin's own running time (see [`CallState`])
+    /// passes the budget; else yields to the executor for one turn and sets the next deadline
+    /// one tick ahead. So a plugin that computes for long holds its thread for at most one tick
+    /// at a time, and tenants that share the thread wait at most that long for each such slice.
+    pub fn on_epoch_deadline(mut ctx: StoreContextMut<'_, Self>) -> wasmtime::Result<UpdateDeadline> {
         let state = ctx.data_mut();
-        let spent = state.call.started.elapsed().saturating_sub(state.call.host_wait);
-        if spent >= state.budget {
+        let call = &mut state.call;
+        let now = Instant::now();
+        if let Some(resumed) = call.resumed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            call.slice_start = resumed;
+        }
+        let slice =
+            now.saturating_duration_since(call.slice_start).saturating_sub(call.host_wait - call.slice_host_wait);
+        call.spent += slice;
+        call.slice_start = now;
+        call.slice_host_wait = call.host_wait;
+        if call.spent >= state.budget {
             return Err(wasmtime::Error::new(BudgetExceeded { budget: state.budget }));
         }
-        Ok(UpdateDeadline::Continue(ticks_for(state.budget - spent, tick)))
+        let resumed = call.resumed.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                *resumed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            }),
+        ))
     }
 
     fn key(&self, key: &str) -> String {
@@ -190,11 +224,6 @@ impl StoreState {
         full.push_str(key);
         full
     }
-}
-
-/// Epoch ticks that cover `duration` (at least one).
-pub(crate) fn ticks_for(duration: Duration, tick: Duration) -> u64 {
-    (duration.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64).max(1)
 }
 
 /// WASI with nothing in it: no preopened directories, no environment, no arguments, no

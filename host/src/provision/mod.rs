@@ -467,7 +467,10 @@ impl Operations {
             .store
             .finish_operation(&operation.id, &self.owner, state, &description, &finished_request, row)
             .await?;
-        if finished {
+        if finished && state == OperationState::Failed {
+            tracing::warn!(operation = %operation.id, instance = %instance.id, kind = operation.kind.as_str(),
+                state = state.as_str(), "{description}");
+        } else if finished {
             tracing::info!(operation = %operation.id, instance = %instance.id, kind = operation.kind.as_str(),
                 state = state.as_str(), "{description}");
         } else {

@@ -601,6 +601,10 @@ impl Supervisor {
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
+            // A clean environment: the plan's declared `env` only (and PATH), never ovsb's
+            // secrets (OVSB_SECRET_KEY, the broker password, identity keys, the database URL).
+            .env_clear()
+            .envs(child_env(&self.decl.env))
             .env(NODE_MARKER, &self.marker)
             .current_dir(&self.dir)
             .stdin(std::process::Stdio::null())
@@ -700,6 +704,17 @@ impl Supervisor {
     }
 }
 
+/// A node's whole environment: the plan's `env`, and ovsb's `PATH` unless the plan sets one.
+fn child_env(declared: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = declared.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if !declared.contains_key("PATH")
+        && let Some(path) = std::env::var_os("PATH")
+    {
+        env.push(("PATH".into(), path.to_string_lossy().into_owned()));
+    }
+    env
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,6 +729,7 @@ mod tests {
             restart_backoff_ms: [10, 20],
             deliberate_exit_codes: deliberate.to_vec(),
             log_max_bytes: 4096,
+            env: Default::default(),
             parameters: toml::Table::new(),
         }
     }

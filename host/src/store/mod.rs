@@ -21,12 +21,37 @@ use sqlx::{AnyPool, Row};
 
 pub use validators::HistoryRow;
 
+/// Why a PostgreSQL server is not reachable: its `host:port` and the error of one direct
+/// connection attempt (the pool itself only says that it timed out).
+async fn unreachable(url: &str, pooled: sqlx::Error) -> StoreError {
+    use sqlx::Connection as _;
+    let address = reqwest::Url::parse(url)
+        .ok()
+        .map(|u| format!("{}:{}", u.host_str().unwrap_or("localhost"), u.port().unwrap_or(5432)))
+        .unwrap_or_else(|| "(an address that is not a URL)".into());
+    let cause = match tokio::time::timeout(std::time::Duration::from_secs(5), sqlx::AnyConnection::connect(url)).await {
+        Ok(Err(sqlx::Error::Io(io))) => io.to_string(),
+        Ok(Err(err)) => err.to_string(),
+        Ok(Ok(_)) => pooled.to_string(),
+        Err(_) => "no answer within 5 s".into(),
+    };
+    StoreError::Unreachable { address, cause }
+}
+
 /// A store failure. The message is for logs: it may name the database, never a client.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database answered with an error or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database server could not be reached when opening the store.
+    #[error("cannot reach the database at {address}: {cause}")]
+    Unreachable {
+        /// `host:port` (never the credentials).
+        address: String,
+        /// The first connection attempt's own error (e.g. connection refused).
+        cause: String,
+    },
     /// The migrations could not be applied.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -298,11 +323,20 @@ impl Store {
             }
             Backend::Postgres => (url.to_string(), 8),
         };
-        let pool = AnyPoolOptions::new()
+        let pool = match AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&url)
-            .await?;
+            .await
+        {
+            Ok(pool) => pool,
+            Err(err @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_)))
+                if backend == Backend::Postgres =>
+            {
+                return Err(unreachable(&url, err).await);
+            }
+            Err(err) => return Err(err.into()),
+        };
         if backend == Backend::Sqlite {
             // WAL is a property of the file: set once, every later connection uses it. Full
             // synchronous mode: a committed change survives a power cut.
@@ -786,4 +820,21 @@ fn binding_from(row: &AnyRow) -> Result<BindingRow> {
         key_sha256: row.try_get("key_sha256")?,
         created_ms: row.try_get("created_ms")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_named_by_address_and_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // The listener is gone: nothing listens on the port.
+        let url = format!("postgres://ovsb:hunter2@127.0.0.1:{port}/ovsb");
+        let err = Store::open(&url).await.err().expect("nothing listens there");
+        let message = err.to_string();
+        assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+        assert!(message.to_lowercase().contains("refused"), "{message}");
+        assert!(!message.contains("hunter2"), "no credentials in the message: {message}");
+    }
 }

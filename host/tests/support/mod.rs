@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ovsb::gateway::{self, GatewayConfig, InstanceRoute, Route, Routes, UpstreamPool, UpstreamSettings};
-use ovsb::plugins::{Chain, ChainEntry, KvLimits, KvStore, PluginLimits, PluginRuntime, RuntimeConfig};
+use ovsb::plugins::{Chain, ChainEntry, KvLimits, KvStore, PluginLimits, PluginRuntime, RuntimeConfig, Share};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -119,6 +119,19 @@ impl TestGateway {
         chain: &[Value],
         deadline: Duration,
     ) -> Arc<InstanceRoute> {
+        self.instance_with_share(id, http, ws, chain, deadline, Share::default()).await
+    }
+
+    /// [`instance`](Self::instance) with this share of the plugin runtime.
+    pub async fn instance_with_share(
+        &self,
+        id: &str,
+        http: &[String],
+        ws: &[String],
+        chain: &[Value],
+        deadline: Duration,
+        share: Share,
+    ) -> Arc<InstanceRoute> {
         let plugin = self.runtime.load_file("test", ovsb_test_artifacts::TEST_PLUGIN.as_ref()).unwrap();
         let kv = Arc::new(KvStore::new(KvLimits::default()));
         let mut entries = Vec::new();
@@ -136,7 +149,7 @@ impl TestGateway {
         Arc::new(InstanceRoute {
             instance_id: id.into(),
             plan: "devnet".into(),
-            chain: Chain::new(entries),
+            chain: Chain::with_share(entries, share),
             upstream: Arc::new(upstream),
             validator: None,
         })

@@ -7,6 +7,22 @@ use std::time::{Duration, Instant};
 use super::broker::OsbClient;
 use super::free_port;
 
+/// How to start `ovsb serve`.
+pub struct Launch<'a> {
+    /// `OVSB_LOG`.
+    pub level: &'a str,
+    /// A command that runs ovsb (e.g. `["prlimit", "--nofile=300:300", "--"]`).
+    pub wrap: &'a [&'a str],
+    /// More environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch { level: "info", wrap: &[], env: &[] }
+    }
+}
+
 /// One `ovsb serve` process, killed (by PID) on drop.
 pub struct Ovsb {
     child: Child,
@@ -26,17 +42,31 @@ impl Ovsb {
     }
 
     /// The same, logging at `level` (`OVSB_LOG`) into `<dir>/<name>.log`.
-    pub fn start_logging(dir: &Path, name: &str, config: &str, (broker, gateway): (u16, u16), level: &str) -> Ovsb {
+    pub fn start_logging(dir: &Path, name: &str, config: &str, ports: (u16, u16), level: &str) -> Ovsb {
+        Ovsb::start_with(dir, name, config, ports, Launch { level, ..Launch::default() })
+    }
+
+    /// The same, as `launch` says: under a wrapper command (`prlimit …`), with more environment.
+    pub fn start_with(dir: &Path, name: &str, config: &str, (broker, gateway): (u16, u16), launch: Launch<'_>) -> Ovsb {
         let config = config
             .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{broker}\""), 1)
             .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{gateway}\""), 1);
         let file = dir.join(format!("{name}.toml"));
         std::fs::write(&file, config).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ovsb"))
+        let mut command = match launch.wrap.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_ovsb"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ovsb")),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(&file)
-            .env("OVSB_LOG", level)
+            .env("OVSB_LOG", launch.level)
+            .envs(launch.env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -71,6 +101,11 @@ impl Ovsb {
             assert!(started.elapsed() < limit, "ovsb did not exit within {limit:?} of SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process id (of the wrapper, when there is one: `prlimit` execs ovsb, so the same).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill_9(&mut self) {

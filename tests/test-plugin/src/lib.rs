@@ -11,6 +11,7 @@
 //! | `fanout` | calls the upstream `count` times and answers with the results as an array |
 //! | `counter` | increments kv key `hits` and answers with the new value |
 //! | `log-spam` | writes `lines` log lines and answers `null` |
+//! | `log-method` | writes the log line `saw <method>` (the client's method name, as it came) and passes the call on |
 //! | `wasi-probe` | tries WASI environment, filesystem and clock and answers what it saw |
 //! | `whoami` | answers the call's context |
 //!
@@ -108,6 +109,10 @@ impl Plugin for TestPlugin {
                 Ok(n) => Decision::respond_ok(&n),
                 Err(message) => Decision::respond_err(RpcError::new(codes::INTERNAL_ERROR, message)),
             },
+            "log-method" => {
+                log::warn(&format!("saw {}", call.method));
+                Decision::Forward(call)
+            }
             "log-spam" => {
                 for i in 0..self.number("lines", 1000) {
                     log::info(&format!("line {i}"));

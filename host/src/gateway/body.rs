@@ -1,0 +1,84 @@
+//! Bodies with a clock: a request body that must arrive whole within a deadline, and a streamed
+//! answer that must not go quiet for longer than an idle time.
+//!
+//! Owns only the timing; sizes are bounded where the body is read (jsonrpsee's body limit, the
+//! proxies' `Limited`).
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// The error a timed body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TimedOut(pub &'static str);
+
+/// How the clock of a [`Timed`] body runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// The whole body within this time of the first poll.
+    Total(Duration),
+    /// No gap between frames longer than this.
+    Idle(Duration),
+}
+
+/// `inner`, failing with [`TimedOut`] when its [`Clock`] runs out.
+pub struct Timed<B> {
+    inner: B,
+    clock: Clock,
+    sleep: Option<Pin<Box<Sleep>>>,
+    what: &'static str,
+}
+
+impl<B> Timed<B> {
+    /// Wraps `inner`; `what` is the error's message.
+    pub fn new(inner: B, clock: Clock, what: &'static str) -> Self {
+        Timed { inner, clock, sleep: None, what }
+    }
+
+    fn period(&self) -> Duration {
+        match self.clock {
+            Clock::Total(d) | Clock::Idle(d) => d,
+        }
+    }
+}
+
+impl<B> Body for Timed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let period = this.period();
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(period)));
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let (Clock::Idle(idle), Some(Ok(_))) = (this.clock, &frame) {
+                    sleep.as_mut().reset(Instant::now() + idle);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimedOut(this.what))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

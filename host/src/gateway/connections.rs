@@ -1,0 +1,342 @@
+//! # Connection admission: who may hold a gateway connection, and for how long
+//!
+//! Owns the accounting of every gateway connection for its whole life, HTTP keep-alive and
+//! WebSocket alike: a [`Ticket`] is taken at accept and travels inside the socket
+//! ([`Counted`]), so an upgraded WebSocket keeps its ticket until the socket closes.
+//!
+//! The rules, in the order they are checked:
+//! - **per source address**: at most `per_source` connections from one IP;
+//! - **in all**: at most `total`. When the gateway is full, the oldest connection that has not
+//!   yet sent a request with a valid key (an *anonymous* one) is closed to make room, so idle
+//!   strangers can never lock out a keyed client; only when every connection is keyed is a
+//!   newcomer refused;
+//! - **per key**: a connection is counted under the first valid key it presents; at most
+//!   `per_key` connections carry one key.
+//!
+//! Anonymous connections also have a short life: the connection task closes one that presents no
+//! valid key within `anonymous_timeout` (see `gateway::serve`).
+//!
+//! Must not: hold its lock across an await, or grow without bound (every map entry goes when its
+//! count reaches zero).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use super::routes::KeyDigest;
+
+/// The limits admission enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    /// Connections in all.
+    pub total: u32,
+    /// Connections from one source address.
+    pub per_source: u32,
+    /// Connections carrying one key.
+    pub per_key: u32,
+}
+
+/// Why a connection (or its first keyed request) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every connection slot holds a keyed connection.
+    Full,
+    /// This source address holds its share.
+    Source,
+    /// This key's connections hold its share.
+    Key,
+}
+
+impl Refused {
+    /// The message of the 429 answer.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refused::Full => "too many connections; retry later",
+            Refused::Source => "too many connections from this address; retry later",
+            Refused::Key => "too many connections with this key; retry later",
+        }
+    }
+
+    /// A stable name for `data.reason` and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Full => "connections",
+            Refused::Source => "connections_per_source",
+            Refused::Key => "connections_per_key",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    total: u32,
+    by_source: HashMap<IpAddr, u32>,
+    by_key: HashMap<KeyDigest, u32>,
+    /// Anonymous connections, oldest first, with the token that closes each.
+    anonymous: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    next_id: u64,
+}
+
+impl Counts {
+    fn release_source(&mut self, source: IpAddr) {
+        self.total -= 1;
+        if let Some(n) = self.by_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// The gateway's connection accounting. One per gateway.
+pub struct Admission {
+    limits: AdmissionLimits,
+    counts: Mutex<Counts>,
+}
+
+/// Figures for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AdmissionStats {
+    /// Connections open.
+    pub total: u32,
+    /// Of which anonymous.
+    pub anonymous: u32,
+}
+
+impl Admission {
+    /// Accounting under these limits.
+    pub fn new(limits: AdmissionLimits) -> Arc<Self> {
+        Arc::new(Admission { limits, counts: Mutex::new(Counts::default()) })
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> AdmissionLimits {
+        self.limits
+    }
+
+    /// Connections open now.
+    pub fn stats(&self) -> AdmissionStats {
+        let counts = self.lock();
+        AdmissionStats { total: counts.total, anonymous: counts.anonymous.len() as u32 }
+    }
+
+    /// Admits a new connection from `source`, closing the oldest anonymous one if the gateway is
+    /// full. The ticket must live as long as the connection's socket.
+    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Arc<Ticket>, Refused> {
+        let mut counts = self.lock();
+        if counts.by_source.get(&source).copied().unwrap_or(0) >= self.limits.per_source {
+            return Err(Refused::Source);
+        }
+        if counts.total >= self.limits.total {
+            let Some((_, (evicted_source, close))) = counts.anonymous.pop_first() else {
+                return Err(Refused::Full);
+            };
+            close.cancel();
+            counts.release_source(evicted_source);
+        }
+        counts.total += 1;
+        *counts.by_source.entry(source).or_insert(0) += 1;
+        let id = counts.next_id;
+        counts.next_id += 1;
+        let close = CancellationToken::new();
+        counts.anonymous.insert(id, (source, close.clone()));
+        Ok(Arc::new(Ticket { admission: self.clone(), id, source, key: OnceLock::new(), close }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One admitted connection. Dropping the last clone gives its slot back.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    id: u64,
+    source: IpAddr,
+    key: OnceLock<KeyDigest>,
+    close: CancellationToken,
+}
+
+impl Ticket {
+    /// Counts the connection under `key` on its first valid key (later keys on the same
+    /// keep-alive connection are served, but the connection stays counted under the first).
+    /// Refused when the key holds its share of connections.
+    pub fn present_key(&self, key: &KeyDigest) -> Result<(), Refused> {
+        if self.key.get().is_some() {
+            return Ok(());
+        }
+        let mut counts = self.admission.lock();
+        if self.key.get().is_some() {
+            return Ok(());
+        }
+        if counts.anonymous.remove(&self.id).is_none() {
+            // Evicted a moment ago: the connection is closing.
+            return Err(Refused::Full);
+        }
+        let held = counts.by_key.get(key).copied().unwrap_or(0);
+        if held >= self.admission.limits.per_key {
+            counts.anonymous.insert(self.id, (self.source, self.close.clone()));
+            return Err(Refused::Key);
+        }
+        *counts.by_key.entry(*key).or_insert(0) += 1;
+        let _ = self.key.set(*key);
+        Ok(())
+    }
+
+    /// Whether the connection has presented a valid key.
+    pub fn keyed(&self) -> bool {
+        self.key.get().is_some()
+    }
+
+    /// Cancelled when admission closes this connection to make room.
+    pub fn evicted(&self) -> &CancellationToken {
+        &self.close
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut counts = self.admission.lock();
+        if let Some(key) = self.key.get() {
+            if let Some(n) = counts.by_key.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.by_key.remove(key);
+                }
+            }
+            counts.release_source(self.source);
+        } else if counts.anonymous.remove(&self.id).is_some() {
+            counts.release_source(self.source);
+        }
+        // Else it was evicted, and its slot was given back then.
+    }
+}
+
+/// A socket that carries its connection's ticket, so the slot is held exactly as long as the
+/// socket is open, through an upgrade to WebSocket too.
+pub struct Counted<S> {
+    io: S,
+    _ticket: Arc<Ticket>,
+}
+
+impl<S> Counted<S> {
+    /// Wraps `io`.
+    pub fn new(io: S, ticket: Arc<Ticket>) -> Self {
+        Counted { io, _ticket: ticket }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// The descriptors the gateway may use for client connections: `configured`, lowered so that
+/// the connections, the upstream socket each may open, and as many proxied subscriptions (each a
+/// socket to the node) fit in the process's descriptor limit after `reserve` (read from
+/// `RLIMIT_NOFILE`, soft limit, after raising it to the hard limit).
+pub fn connection_budget(configured: u32, reserve: u32) -> u32 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        limit.current = Some(hard);
+        if setrlimit(Resource::Nofile, limit).is_err() {
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    let Some(soft) = limit.current else { return configured };
+    let usable = soft.saturating_sub(u64::from(reserve)) / 3;
+    let budget = configured.min(u32::try_from(usable).unwrap_or(u32::MAX)).max(1);
+    if budget < configured {
+        tracing::warn!(
+            configured,
+            budget,
+            descriptor_limit = soft,
+            reserve,
+            "gateway.max_connections lowered to fit the descriptor limit (each connection may also open one upstream socket)"
+        );
+    }
+    budget
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: u32, per_source: u32, per_key: u32) -> Arc<Admission> {
+        Admission::new(AdmissionLimits { total, per_source, per_key })
+    }
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+
+    #[test]
+    fn a_full_gateway_closes_the_oldest_anonymous_connection_for_a_newcomer() {
+        let admission = limits(2, 10, 10);
+        let first = admission.admit(A).unwrap();
+        let second = admission.admit(A).unwrap();
+        second.present_key(&[1; 32]).unwrap();
+        let third = admission.admit(B).unwrap();
+        assert!(first.evicted().is_cancelled(), "the oldest anonymous connection makes room");
+        assert!(!second.evicted().is_cancelled() && !third.evicted().is_cancelled());
+        assert_eq!(admission.stats(), AdmissionStats { total: 2, anonymous: 1 });
+        drop(first);
+        assert_eq!(admission.stats().total, 2, "an evicted ticket gave its slot back once, at eviction");
+        third.present_key(&[2; 32]).unwrap();
+        assert_eq!(admission.admit(B).err(), Some(Refused::Full), "only keyed connections left");
+        drop((second, third));
+        assert_eq!(admission.stats(), AdmissionStats::default());
+        assert!(admission.lock().by_source.is_empty() && admission.lock().by_key.is_empty());
+    }
+
+    #[test]
+    fn sources_and_keys_have_their_own_shares() {
+        let admission = limits(100, 2, 1);
+        let a1 = admission.admit(A).unwrap();
+        let a2 = admission.admit(A).unwrap();
+        assert_eq!(admission.admit(A).err(), Some(Refused::Source));
+        let b1 = admission.admit(B).unwrap();
+        a1.present_key(&[7; 32]).unwrap();
+        assert_eq!(b1.present_key(&[7; 32]), Err(Refused::Key));
+        assert!(!b1.keyed());
+        a2.present_key(&[8; 32]).unwrap();
+        drop(a1);
+        b1.present_key(&[7; 32]).unwrap();
+        assert_eq!(admission.admit(A).map(|_| ()), Ok(()), "a closed connection frees its source's slot");
+    }
+}

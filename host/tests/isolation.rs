@@ -1,0 +1,451 @@
+//! One gateway, many tenants, and strangers with no key: what a hostile client can do to the
+//! others. Connection floods (WebSocket, idle, per address), slow and oversize bodies, and a
+//! tenant whose plugin loops, each against a quiet tenant that must keep being served.
+//! Real anvil behind a real gateway; the attackers are raw sockets on other loopback addresses.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ovsb::gateway::GatewayConfig;
+use ovsb::plugins::Share;
+use serde_json::{Value, json};
+use support::{Anvil, TestGateway, rpc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.0/8 is all loopback).
+async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Reads what the server sends until it closes (or `limit` passes): the text, and whether it closed.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn ws_status(url: &str) -> Result<Ws, u16> {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(other) => panic!("websocket handshake failed without an HTTP answer: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_connections_hold_their_slot_for_their_whole_life_and_the_flood_gets_429() {
+    let anvil = Anvil::start(&[]);
+    let config = GatewayConfig { max_connections: 4, ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(ws_status(&gw.ws_url(&key)).await.expect("within the cap"));
+    }
+    assert_eq!(ws_status(&gw.ws_url(&key)).await.err(), Some(429), "a fifth WebSocket is past the cap");
+    let (status, answer) =
+        support::post(&gw.url(&key), &json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})).await;
+    assert_eq!(status, 429, "HTTP shares the cap: {answer}");
+    assert_eq!(answer["error"]["code"], -32005, "{answer}");
+    assert!(answer["error"]["data"]["reason"].as_str().unwrap().starts_with("connections"), "{answer}");
+
+    // Closing one WebSocket gives its slot back.
+    drop(open.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(ws) = ws_status(&gw.ws_url(&key)).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the slot of a closed WebSocket is free again");
+}
+
+#[tokio::test]
+async fn idle_anonymous_connections_do_not_lock_out_a_keyed_client() {
+    let anvil = Anvil::start(&[]);
+    let config = GatewayConfig { max_connections: 8, ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+
+    // Twice the cap of connections that never send a byte, from as many other addresses.
+    let mut idle = Vec::new();
+    for i in 0..16 {
+        idle.push(connect_from([127, 0, 1, 2 + i], gw.addr).await);
+    }
+    for _ in 0..5 {
+        let answer = rpc(&url, "eth_chainId", json!([])).await;
+        assert_eq!(answer["result"], "0x7a69", "{answer}");
+    }
+    // The keyed client's connection took an anonymous one's slot: some idle ones were closed.
+    let mut closed = 0;
+    for stream in &mut idle {
+        if read_until_closed(stream, Duration::from_millis(200)).await.1 {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 8, "at most the cap of idle connections stay open ({closed} of 16 closed)");
+}
+
+#[tokio::test]
+async fn a_connection_without_a_valid_key_is_closed_after_the_anonymous_timeout() {
+    let config = GatewayConfig { anonymous_timeout: Duration::from_millis(300), ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let mut silent = connect_from([127, 0, 0, 3], gw.addr).await;
+    let (_, closed) = read_until_closed(&mut silent, 10 * SECOND).await;
+    assert!(closed, "an idle connection with no key is closed");
+
+    // One that only ever sends requests with a bad key is closed too, after its 401s.
+    let mut unkeyed = connect_from([127, 0, 0, 3], gw.addr).await;
+    unkeyed
+        .write_all(
+            b"POST /v1/not-a-key HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+    let (seen, closed) = read_until_closed(&mut unkeyed, 10 * SECOND).await;
+    assert!(seen.starts_with("HTTP/1.1 401"), "{seen}");
+    assert!(closed, "a keep-alive connection that never shows a valid key does not stay");
+}
+
+#[tokio::test]
+async fn one_source_address_cannot_take_every_connection() {
+    let anvil = Anvil::start(&[]);
+    let config = GatewayConfig { max_connections: 64, max_connections_per_source: 3, ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from([127, 0, 0, 4], gw.addr).await);
+    }
+    let mut fourth = connect_from([127, 0, 0, 4], gw.addr).await;
+    let request = format!(
+        "POST /v1/{key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    fourth.write_all(request.as_bytes()).await.unwrap();
+    let (seen, _) = read_until_closed(&mut fourth, 5 * SECOND).await;
+    assert!(seen.starts_with("HTTP/1.1 429"), "{seen}");
+    assert!(seen.contains("connections_per_source"), "{seen}");
+    assert_eq!(rpc(&gw.url(&key), "eth_chainId", json!([])).await["result"], "0x7a69", "other addresses are served");
+}
+
+#[tokio::test]
+async fn one_key_cannot_take_every_connection() {
+    let anvil = Anvil::start(&[]);
+    let config = GatewayConfig { max_connections: 64, max_connections_per_key: 2, ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let (hog, quiet) = (gw.bind(&instance, "hog"), gw.bind(&instance, "quiet"));
+    let _a = ws_status(&gw.ws_url(&hog)).await.unwrap();
+    let _b = ws_status(&gw.ws_url(&hog)).await.unwrap();
+    assert_eq!(ws_status(&gw.ws_url(&hog)).await.err(), Some(429), "the key's share is taken");
+    assert!(ws_status(&gw.ws_url(&quiet)).await.is_ok(), "another key is not affected");
+}
+
+#[tokio::test]
+async fn a_declared_oversize_body_is_refused_from_the_headers() {
+    let anvil = Anvil::start(&[]);
+    let config = GatewayConfig { max_request_bytes: 4096, ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/{key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Not one byte of the body is sent: the answer must come from the headers alone.
+    let (seen, closed) = read_until_closed(&mut stream, 5 * SECOND).await;
+    assert!(seen.starts_with("HTTP/1.1 413"), "{seen:?}");
+    assert!(seen.contains("-32007"), "{seen}");
+    assert!(closed, "the connection is closed rather than reading 100 MB");
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_cut_off() {
+    let anvil = Anvil::start(&[]);
+    let config = GatewayConfig { body_timeout: Duration::from_millis(500), ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}).to_string();
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/{key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // One byte every 200 ms: the whole body would take about 10 s.
+    let mut sent = 0;
+    for byte in body.as_bytes() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        let mut buf = [0u8; 1024];
+        // EOF, a reset, or an error answer: the gateway gave up on the body.
+        if tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await.is_ok() {
+            break;
+        }
+    }
+    assert!(sent < body.len(), "the gateway waited for a whole body sent at 5 bytes a second");
+}
+
+fn looping_batch(n: usize) -> Value {
+    Value::Array((0..n).map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "test_loop", "params": []})).collect())
+}
+
+/// The hostile tenant's plugin spins until its 50 ms budget ends, in batches that keep many
+/// such calls in flight. The quiet tenant's calls (through a plugin of its own) are all
+/// answered while the hostile batches are still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_plugin_loops_does_not_stall_a_quiet_tenant() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    // A long queue: the hostile calls wait for their turn rather than being refused, so the
+    // batches stay busy for 4 × 50 × 50 ms / 8 = 1.25 s of plugin time.
+    let share = Share { calls: 8, wait: 60 * SECOND };
+    let hostile = gw
+        .instance_with_share("hostile", &[anvil.http_url()], &[], &[json!({"mode": "hostile"})], 60 * SECOND, share)
+        .await;
+    let quiet = gw.instance("quiet", &[anvil.http_url()], &[], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let hostile_url = gw.url(&gw.bind(&hostile, "h"));
+    let quiet_url = gw.url(&gw.bind(&quiet, "q"));
+
+    let mut batches = Vec::new();
+    for _ in 0..4 {
+        let url = hostile_url.clone();
+        batches.push(tokio::spawn(async move { support::post(&url, &looping_batch(50)).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..10 {
+        let answer = rpc(&quiet_url, "eth_chainId", json!([])).await;
+        assert_eq!(answer["result"], "0x7a69", "{answer}");
+    }
+    let finished = batches.iter().filter(|b| b.is_finished()).count();
+    assert_eq!(finished, 0, "the quiet tenant was answered only after hostile batches ended");
+    for batch in batches {
+        let (status, answers) = batch.await.unwrap();
+        assert_eq!(status, 200);
+        for answer in answers.as_array().unwrap() {
+            assert_eq!(answer["error"]["data"]["reason"], "timeout", "each looping call ends at its budget: {answer}");
+        }
+    }
+}
+
+/// A tenant at its share of plugin calls gets -32005 naming the limit after the queue time; a
+/// quiet tenant's calls all succeed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_share_of_plugin_calls_gets_32005_and_nobody_else_notices() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let share = Share { calls: 2, wait: Duration::from_millis(100) };
+    let hog = gw
+        .instance_with_share("hog", &[anvil.http_url()], &[], &[json!({"mode": "hostile"})], 60 * SECOND, share)
+        .await;
+    let quiet = gw.instance("quiet", &[anvil.http_url()], &[], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let hog_url = gw.url(&gw.bind(&hog, "h"));
+    let quiet_url = gw.url(&gw.bind(&quiet, "q"));
+
+    let batch = tokio::spawn(async move { support::post(&hog_url, &looping_batch(10)).await });
+    for _ in 0..10 {
+        assert_eq!(rpc(&quiet_url, "eth_chainId", json!([])).await["result"], "0x7a69");
+    }
+    let (_, answers) = batch.await.unwrap();
+    let answers = answers.as_array().unwrap().clone();
+    let refused: Vec<&Value> = answers.iter().filter(|a| a["error"]["code"] == -32005).collect();
+    assert!(!refused.is_empty(), "10 calls of 50 ms on a share of 2 with a 100 ms queue: {answers:?}");
+    for answer in &refused {
+        assert_eq!(answer["error"]["data"]["reason"], "instance_plugin_calls", "{answer}");
+        assert_eq!(answer["error"]["data"]["limit"], 2, "{answer}");
+    }
+    assert!(
+        answers.iter().all(|a| a["error"]["code"] == -32005 || a["error"]["data"]["reason"] == "timeout"),
+        "the others ran to their budget: {answers:?}"
+    );
+}
+
+// ---- The whole `ovsb serve` process: descriptors, children's environment, logs. ----
+
+use support::broker::{PASSWORD, PLAN_SHARED, SECRET_KEY, test_config_toml_with};
+use support::process::{Launch, Ovsb};
+
+const PLAN_NODE: &str = "plan-node-env";
+const PLAN_BROKEN: &str = "plan-broken";
+
+/// The test configuration with a data directory, the admin listener on `admin`, and two more
+/// plans: an anvil per instance with a declared environment, and one whose program is missing.
+fn process_config(dir: &std::path::Path, node: &str, admin: u16) -> String {
+    let anvil = support::anvil_binary();
+    let extra = format!(
+        r#"
+[[services.plans]]
+id = "{PLAN_NODE}"
+name = "node-env"
+description = "an anvil per instance, with an environment of its own"
+maximum_polling_duration = 60
+[services.plans.driver]
+kind = "process"
+command = ["{anvil}", "--host", "127.0.0.1", "--port", "{{port}}"]
+ports = [32000, 32700]
+restart_backoff_ms = [100, 1000]
+env = {{ NODE_GREETING = "hello from the plan" }}
+
+[[services.plans]]
+id = "{PLAN_BROKEN}"
+name = "broken"
+description = "a program that does not exist"
+maximum_polling_duration = 5
+[services.plans.driver]
+kind = "process"
+command = ["/nonexistent/ovsb-test-node", "{{port}}"]
+ports = [32701, 32799]
+"#,
+        anvil = anvil.display()
+    );
+    let mut config = test_config_toml_with(node, support::free_port(), &extra);
+    // The third `127.0.0.1:0` is the admin listener (the first two: broker, gateway).
+    let at = config.match_indices("listen = \"127.0.0.1:0\"").nth(2).map(|(i, _)| i).unwrap();
+    config.replace_range(at..at + "listen = \"127.0.0.1:0\"".len(), &format!("listen = \"127.0.0.1:{admin}\""));
+    format!("data_dir = \"{}\"\n{config}", dir.join("data").display())
+}
+
+async fn bind_shared(ovsb: &Ovsb, id: &str, parameters: Option<Value>) -> Value {
+    ovsb.osb.ready_instance(id, PLAN_SHARED, parameters).await;
+    let bound = ovsb.osb.bind(id, "b", PLAN_SHARED).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    bound.body["credentials"].clone()
+}
+
+/// Under a descriptor limit of 330, a WebSocket flood on one key gets 429 past the gateway's
+/// budget, and the broker and admin listeners answer throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_flood_under_a_low_descriptor_limit_gets_429_and_the_broker_and_admin_stay_up() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = support::free_port();
+    let config = process_config(dir.path(), &anvil.http_url(), admin);
+    let ports = (support::free_port(), support::free_port());
+    let launch = Launch { wrap: &["prlimit", "--nofile=330:330", "--"], ..Launch::default() };
+    let ovsb = Ovsb::start_with(dir.path(), "low-fd", &config, ports, launch);
+    let credentials = bind_shared(&ovsb, "ws-flood", None).await;
+    let ws_uri = credentials["ws_uri"].as_str().unwrap().to_string();
+
+    let (mut open, mut refused) = (Vec::new(), 0);
+    for _ in 0..300 {
+        match ws_status(&ws_uri).await {
+            Ok(ws) => open.push(ws),
+            Err(429) => refused += 1,
+            Err(status) => panic!("a WebSocket handshake got HTTP {status}"),
+        }
+    }
+    // (330 - 256 reserved) / 3 = 24 connections: the budget the gateway keeps to.
+    assert!(open.len() <= 24, "{} WebSockets were accepted under a descriptor limit of 330", open.len());
+    assert!(refused >= 276, "the rest get 429 ({refused})");
+    let catalog = ovsb.osb.call(reqwest::Method::GET, "/v2/catalog", None).await;
+    assert_eq!(catalog.status, 200, "the broker answers during the flood");
+    let health = reqwest::get(format!("http://127.0.0.1:{admin}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "the admin listener answers during the flood");
+    let (status, _) = support::post(
+        credentials["uri"].as_str().unwrap(),
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}),
+    )
+    .await;
+    assert_eq!(status, 429, "the gateway itself is full, and says so");
+    drop(open);
+}
+
+fn environ(pid: u32) -> Vec<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    bytes.split(|b| *b == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+}
+
+/// ovsb runs with its secrets in its environment; the node it starts sees only the plan's
+/// declared `env` (and PATH, and the marker by which ovsb knows its own nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_processes_get_only_the_environment_their_plan_declares() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = support::NodeReaper(dir.path().to_path_buf());
+    let config = process_config(dir.path(), &anvil.http_url(), support::free_port());
+    let database_url = format!("sqlite://{}/data/ovsb.db", dir.path().display());
+    let secrets = [
+        ("OVSB_SECRET_KEY", SECRET_KEY),
+        ("OVSB_BROKER_PASSWORD", PASSWORD),
+        ("OVSB_DATABASE_URL", database_url.as_str()),
+    ];
+    let ports = (support::free_port(), support::free_port());
+    let ovsb = Ovsb::start_with(dir.path(), "env", &config, ports, Launch { env: &secrets, ..Launch::default() });
+    assert!(environ(ovsb.pid()).iter().any(|v| v.starts_with("OVSB_SECRET_KEY=")), "the test gives ovsb its secrets");
+
+    ovsb.osb.ready_instance("node-1", PLAN_NODE, None).await;
+    let nodes = support::nodes_under(dir.path());
+    assert_eq!(nodes.len(), 1, "one node for the instance");
+    let env = environ(nodes[0]);
+    assert!(env.contains(&"NODE_GREETING=hello from the plan".to_string()), "{env:?}");
+    let ours: Vec<&String> = env.iter().filter(|v| v.starts_with("OVSB_")).collect();
+    assert!(ours.iter().all(|v| v.starts_with("OVSB_NODE=")), "only the node marker: {ours:?}");
+    for (name, secret) in secrets {
+        assert!(!env.iter().any(|v| v.contains(secret)), "{name}'s value reached the node");
+    }
+    let names: Vec<&str> = env.iter().filter_map(|v| v.split('=').next()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["NODE_GREETING", "OVSB_NODE", "PATH"], "nothing else: {env:?}");
+}
+
+/// A method name with a newline and a forged log line, and ANSI escapes, reaches a plugin that
+/// logs it: the log keeps one line per event, escaped. A failed provision is a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_escape_what_clients_and_plugins_put_in_them() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = support::NodeReaper(dir.path().to_path_buf());
+    let config = process_config(dir.path(), &anvil.http_url(), support::free_port());
+    let ports = (support::free_port(), support::free_port());
+    let launch = Launch { level: "info,ovsb=debug", ..Launch::default() };
+    let ovsb = Ovsb::start_with(dir.path(), "logs", &config, ports, launch);
+    let chain = json!({"plugins": [{"name": "test", "config": {"mode": "log-method"}}]});
+    let credentials = bind_shared(&ovsb, "logged", Some(chain)).await;
+    let forged = "eth_chainId\n2026-12-01T00:00:00.000000Z  INFO ovsb: FORGED admin login\u{1b}[2J\u{9b}";
+    let answer = rpc(credentials["uri"].as_str().unwrap(), forged, json!([])).await;
+    assert!(answer["error"].is_object(), "anvil does not know the method: {answer}");
+
+    assert_eq!(ovsb.osb.provision("broken-1", PLAN_BROKEN, None).await.status, 202);
+    let failed = ovsb.osb.wait("broken-1").await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+
+    let log = std::fs::read(dir.path().join("logs.log")).unwrap();
+    assert!(!log.contains(&0x1b), "no raw escape byte in the log");
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.lines().all(|line| !line.starts_with("2026-12-01T00:00:00")), "a forged line stands alone:\n{log}");
+    let logged = log.lines().find(|l| l.contains("saw eth_chainId")).expect("the plugin's line is in the log");
+    assert!(
+        logged.contains(r"saw eth_chainId\n2026-12-01T00:00:00.000000Z  INFO ovsb: FORGED admin login\x1b[2J\u{9b}"),
+        "{logged}"
+    );
+    assert!(logged.contains(r"method=eth_chainId\n2026"), "the call's span names the method, escaped: {logged}");
+    let failure = log.lines().find(|l| l.contains("provisioning failed")).expect("the failure is logged");
+    assert!(failure.contains(" WARN "), "a failed provision is a warning: {failure}");
+}

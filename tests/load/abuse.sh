@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# What one hostile tenant, or a stranger with no key, does to a quiet tenant of the same gateway.
+# One `ovsb serve` (production build, the provider's defaults but max_connections = 1024 as in
+# the issue's probe) over one anvil, with two instances of a shared plan: the quiet tenant's (the
+# test plugin passing calls on) and the hostile tenant's (the test plugin in `hostile` mode).
+# tests/load/abuse.py then measures the quiet tenant's latency with no attack, and during each
+# attack: a WebSocket flood, looping-plugin batches, an idle-connection flood, slow bodies.
+#
+#   tests/load/abuse.sh [SECONDS]      (default: 20 s per scenario)
+#
+# Everything listens on 127.0.0.1 (attackers connect from other 127.0.0.x addresses), every loop
+# is bounded, and every process is stopped by PID at the end.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS=${1:-20}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+[ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
+rustup target add wasm32-wasip2 >/dev/null 2>&1
+cargo build --profile production -p ovsb -q
+cargo build --release --target wasm32-wasip2 -p ovsb-test-plugin -q
+PLUGIN=$PWD/target/wasm32-wasip2/release/ovsb_test_plugin.wasm
+OVSB=target/production/ovsb
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+ANVIL=$(free_port); BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
+tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
+wait_port "$ANVIL"
+
+cat > "$WORK/ovsb.toml" <<TOML
+data_dir = "$WORK/data"
+
+[broker]
+listen = "127.0.0.1:$BROKER"
+username = "ovsb"
+password = "abuse-test"
+
+[gateway]
+listen = "127.0.0.1:$GATEWAY"
+max_connections = 1024
+
+[admin]
+listen = "127.0.0.1:$ADMIN"
+
+[[plugins]]
+name = "test"
+path = "$PLUGIN"
+
+[[services]]
+id = "svc"
+name = "ethereum-rpc"
+description = "shared anvil"
+
+[[services.plans]]
+id = "shared"
+name = "shared"
+description = "the shared anvil"
+driver = { kind = "upstream", http = ["http://127.0.0.1:$ANVIL"] }
+TOML
+"$OVSB" serve --config "$WORK/ovsb.toml" > "$WORK/ovsb.log" 2>&1 & PIDS+=($!)
+wait_port "$BROKER"; wait_port "$GATEWAY"
+
+osb() { # method path [body]
+    curl -sf -u ovsb:abuse-test -H 'X-Broker-API-Version: 2.17' -H 'content-type: application/json' \
+        -X "$1" "http://127.0.0.1:$BROKER$2" ${3:+-d "$3"}
+}
+provision() { # id mode
+    osb PUT "/v2/service_instances/$1?accepts_incomplete=true" \
+        "{\"service_id\":\"svc\",\"plan_id\":\"shared\",\"organization_guid\":\"o\",\"space_guid\":\"s\",\"parameters\":{\"plugins\":[{\"name\":\"test\",\"config\":{\"mode\":\"$2\"}}]}}" >/dev/null
+    for _ in $(seq 100); do
+        osb GET "/v2/service_instances/$1/last_operation" | grep -q '"succeeded"' && break
+        sleep 0.1
+    done
+    osb PUT "/v2/service_instances/$1/service_bindings/b?accepts_incomplete=true" \
+        '{"service_id":"svc","plan_id":"shared"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["credentials"]["uri"])'
+}
+QUIET_URL=$(provision quiet pass)
+HOSTILE_URL=$(provision hostile hostile)
+HOSTILE_KEY=${HOSTILE_URL##*/}
+curl -sf -H 'content-type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "$QUIET_URL" | grep -q 0x7a69
+
+ulimit -n 65536 2>/dev/null || true
+python3 tests/load/abuse.py "127.0.0.1:$GATEWAY" "$QUIET_URL" "$HOSTILE_KEY" "$SECS"
