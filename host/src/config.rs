@@ -50,12 +50,122 @@ pub struct Config {
     /// Asynchronous operations.
     #[serde(default)]
     pub operations: OperationSettings,
+    /// The plugin runtime's capacity.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
     /// Plugins operators make available to instances, by name.
     #[serde(default)]
     pub plugins: Vec<PluginDecl>,
     /// The catalog.
     #[serde(default)]
     pub services: Vec<ServiceDecl>,
+}
+
+/// The plugin runtime's capacity: how many plugin copies may be alive at once, how large each
+/// may grow, and how long idle ones are kept. Copies are made on demand, so these size the
+/// traffic a process serves at once, not the number of instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Plugin copies alive at once, across all instances (the pooling allocator's slots).
+    #[serde(default = "default_max_copies")]
+    pub max_copies: u32,
+    /// Largest memory any plugin copy may have (each slot reserves this much address space,
+    /// at least 4 GiB).
+    #[serde(default = "default_copy_memory")]
+    pub max_memory_bytes: u64,
+    /// Warm idle copies kept across all instances; past it the least recently used is dropped.
+    #[serde(default = "default_idle_copies")]
+    pub idle_copies: u32,
+    /// An idle copy unused for this long is dropped, in milliseconds.
+    #[serde(default = "default_idle_ms")]
+    pub idle_ms: u64,
+    /// Longest a call waits for a free slot when every slot is busy, in milliseconds; then it
+    /// gets -32005 with `data.reason = "runtime_copies"`.
+    #[serde(default = "default_copy_wait_ms")]
+    pub copy_wait_ms: u64,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            max_copies: default_max_copies(),
+            max_memory_bytes: default_copy_memory(),
+            idle_copies: default_idle_copies(),
+            idle_ms: default_idle_ms(),
+            copy_wait_ms: default_copy_wait_ms(),
+        }
+    }
+}
+
+/// Address space the pooling allocator reserves per copy slot: the memory cap, at least
+/// wasmtime's 4 GiB reservation, plus its 32 MiB guard.
+pub const fn slot_address_space(max_memory_bytes: u64) -> u64 {
+    let reserved = if max_memory_bytes > 4 << 30 { max_memory_bytes } else { 4 << 30 };
+    reserved + (32 << 20)
+}
+
+/// The address space ovsb lets the plugin slots take: half of x86-64's 128 TiB user space.
+pub const MAX_PLUGIN_ADDRESS_SPACE: u64 = 64 << 40;
+
+impl RuntimeSettings {
+    /// The runtime configuration these settings give (`cache_dir` set by the caller).
+    pub fn runtime_config(&self) -> crate::plugins::RuntimeConfig {
+        crate::plugins::RuntimeConfig {
+            max_memory_bytes: self.max_memory_bytes,
+            max_instances: self.max_copies,
+            idle_budget: self.idle_copies,
+            idle_time: std::time::Duration::from_millis(self.idle_ms),
+            copy_wait: std::time::Duration::from_millis(self.copy_wait_ms),
+            ..crate::plugins::RuntimeConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Invalid(message));
+        if !(1..=100_000).contains(&self.max_copies) {
+            return bad(format!("runtime.max_copies is {}; it must be between 1 and 100000", self.max_copies));
+        }
+        if !(1 << 20..=16 << 30).contains(&self.max_memory_bytes) {
+            return bad("runtime.max_memory_bytes must be between 1 MiB and 16 GiB".into());
+        }
+        let space = u64::from(self.max_copies).saturating_mul(slot_address_space(self.max_memory_bytes));
+        if space > MAX_PLUGIN_ADDRESS_SPACE {
+            return bad(format!(
+                "runtime.max_copies = {} copies of up to {} MiB reserve {} TiB of address space (each slot at least                  4 GiB plus a guard); the machine's user address space is 128 TiB and ovsb uses at most 64 TiB for                  plugins: lower max_copies (at most {} at this max_memory_bytes)",
+                self.max_copies,
+                self.max_memory_bytes >> 20,
+                space >> 40,
+                MAX_PLUGIN_ADDRESS_SPACE / slot_address_space(self.max_memory_bytes)
+            ));
+        }
+        if self.idle_copies > self.max_copies {
+            return bad(format!(
+                "runtime.idle_copies ({}) cannot be above runtime.max_copies ({}): idle copies hold slots",
+                self.idle_copies, self.max_copies
+            ));
+        }
+        if !(100..=86_400_000).contains(&self.idle_ms) || self.copy_wait_ms > 60_000 {
+            return bad("runtime.idle_ms must be between 100 and 86400000, copy_wait_ms at most 60000".into());
+        }
+        Ok(())
+    }
+}
+
+fn default_max_copies() -> u32 {
+    1000
+}
+fn default_copy_memory() -> u64 {
+    256 << 20
+}
+fn default_idle_copies() -> u32 {
+    256
+}
+fn default_idle_ms() -> u64 {
+    30_000
+}
+fn default_copy_wait_ms() -> u64 {
+    500
 }
 
 /// The broker listener and its credentials.
@@ -738,6 +848,7 @@ impl Config {
     /// Checks everything that parsing cannot: unique ids and names, name syntax, plugin
     /// references, URLs, bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.runtime.validate()?;
         let bad = |message: String| Err(ConfigError::Invalid(message));
         let url = self.database_url();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -1303,6 +1414,27 @@ mod tests {
         let decl: toml::Table = toml::from_str(driver).unwrap();
         config.services[0].plans[0].driver = toml::Value::Table(decl).try_into().unwrap();
         config.validate()
+    }
+
+    #[test]
+    fn runtime_and_gateway_capacity_that_cannot_work_is_refused_with_the_reason() {
+        let check = |tweak: &dyn Fn(&mut Config)| {
+            let mut config = Config::quick_start();
+            tweak(&mut config);
+            config.validate().err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert_eq!(check(&|_| {}), "", "the defaults work");
+        let err = check(&|c| c.runtime.max_copies = 100_000);
+        assert!(err.contains("address space") && err.contains("at most 16256"), "{err}");
+        let err = check(&|c| c.runtime.idle_copies = c.runtime.max_copies + 1);
+        assert!(err.contains("idle_copies"), "{err}");
+        let err = check(&|c| c.gateway.plugin_calls_per_instance = 0);
+        assert!(err.contains("gateway.plugin_calls_per_instance is 0"), "{err}");
+        let err = check(&|c| c.gateway.max_connections_per_source = c.gateway.max_connections + 1);
+        assert!(err.contains("max_connections_per_source"), "{err}");
+        let config =
+            Config::from_toml("[runtime]\nmax_copies = 20000\nmax_memory_bytes = 1048576\n", "t.toml").unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("at most 16256"));
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl Server {
 
         let runtime = PluginRuntime::new(RuntimeConfig {
             cache_dir: Some(data_dir.join("plugin-cache")),
-            ..RuntimeConfig::default()
+            ..config.runtime.runtime_config()
         })
         .map_err(|err| StartError::Plugins(err.to_string()))?;
         let decls = config.plugins.clone();

@@ -53,7 +53,8 @@ pub struct PluginLabels {
 /// Labels of a refused gateway connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
-    /// The limit: `connections`, `connections_per_source`, `connections_per_key`.
+    /// The limit: `connections`, `connections_per_source`, `connections_per_key`;
+    /// `instance_plugin_calls`, `runtime_copies`.
     pub reason: &'static str,
 }
 
@@ -104,6 +105,13 @@ pub struct Metrics {
     pub cache_misses: Family<InstanceLabels, Gauge>,
     /// `ovsb_gateway_connections_refused_total{reason}`.
     pub connections_refused: Family<RefusalLabels, Counter>,
+    /// `ovsb_plugin_copies`: plugin copies alive (busy or idle).
+    pub plugin_copies: Gauge,
+    /// `ovsb_plugin_copy_evictions_total`: idle copies dropped (idle budget or idle time).
+    pub plugin_copy_evictions: Counter,
+    /// `ovsb_plugin_refusals_total{reason}`: calls refused for capacity (`instance_plugin_calls`,
+    /// `runtime_copies`).
+    pub plugin_refusals: Family<RefusalLabels, Counter>,
     other: Arc<str>,
     per_instance: RwLock<HashMap<Arc<str>, Arc<InstanceMetrics>>>,
 }
@@ -214,8 +222,21 @@ impl Metrics {
             "Gateway connections or first keyed requests refused, by the limit that refused them",
             connections_refused.clone(),
         );
+        let plugin_copies = Gauge::default();
+        let plugin_copy_evictions = Counter::default();
+        let plugin_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register("plugin_copies", "Plugin copies alive, busy or idle", plugin_copies.clone());
+        registry.register(
+            "plugin_copy_evictions",
+            "Idle plugin copies dropped for the idle budget or the idle time",
+            plugin_copy_evictions.clone(),
+        );
+        registry.register("plugin_refusals", "Calls refused for plugin capacity, by limit", plugin_refusals.clone());
         Metrics {
             registry,
+            plugin_copies,
+            plugin_copy_evictions,
+            plugin_refusals,
             rpc_calls,
             rpc_duration,
             plugin_duration,
@@ -238,6 +259,11 @@ impl Metrics {
         all.entry(instance.clone())
             .or_insert_with(|| Arc::new(InstanceMetrics { traffic: Traffic::new(), methods: RwLock::default() }))
             .clone()
+    }
+
+    /// Counts a call refused for plugin capacity.
+    pub fn record_plugin_refusal(&self, reason: &'static str) {
+        self.plugin_refusals.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Counts a refused gateway connection.

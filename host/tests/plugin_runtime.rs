@@ -345,7 +345,11 @@ async fn copies_are_reused_when_pooled_and_fresh_for_every_call_in_per_call_mode
     for _ in 0..5 {
         fx.run(&pooled, "eth_chainId", None).await.unwrap();
     }
-    assert_eq!(fx.runtime.stats().instantiations.load(Ordering::SeqCst), before, "warm copies were reused");
+    assert_eq!(
+        fx.runtime.stats().instantiations.load(Ordering::SeqCst),
+        before + 1,
+        "the first call made a copy (configure's was released), the others reused it"
+    );
 
     let limits = PluginLimits { isolation: Isolation::PerCall, ..PluginLimits::default() };
     let per_call = Chain::new(vec![ChainEntry { pool: fx.pool_with(tracer("a"), limits).await, fail_open: false }]);
@@ -471,7 +475,11 @@ async fn hooks_a_plugin_does_not_declare_are_skipped() {
 
     assert_eq!(result["params"], json!(["call:a", "call:b"]), "c's on-call was skipped");
     assert_eq!(result["trail"], json!(["result:c", "result:a"]), "b's on-result was skipped");
-    assert_eq!(fx.runtime.stats().instantiations.load(Ordering::SeqCst), 3, "one copy per pool served everything");
+    assert_eq!(
+        fx.runtime.stats().instantiations.load(Ordering::SeqCst),
+        6,
+        "three configured and released, then one copy per pool served everything"
+    );
 }
 
 /// Captures what `tracing` writes on this thread.
@@ -542,15 +550,17 @@ async fn pass_through_defaults_are_declined_after_their_first_call_and_then_skip
     assert_eq!(chain.entries()[1].pool.hooks(), ovsb::plugins::Hooks::all(), "overridden hooks are kept");
 }
 
-/// When no copy can start (here the runtime's one slot is busy), the call's error says why, in
-/// `data.cause`, beside the stable `data.reason`.
+/// When every slot of the runtime holds a busy copy (here its one slot), a call waits up to
+/// `copy_wait` and then gets -32005 naming the limit: the server's capacity, not a plugin failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_that_cannot_get_a_copy_says_why() {
-    let runtime = PluginRuntime::new(RuntimeConfig { max_instances: 1, ..RuntimeConfig::default() }).unwrap();
+async fn a_call_that_finds_every_slot_busy_gets_32005_naming_the_limit() {
+    let config = RuntimeConfig { max_instances: 1, copy_wait: Duration::from_millis(10), ..RuntimeConfig::default() };
+    let runtime = PluginRuntime::new(config).unwrap();
     let plugin = runtime.load_file("test", TEST_PLUGIN.as_ref()).unwrap();
     let kv = Arc::new(KvStore::new(KvLimits::default()));
     let pool = runtime.pool(&plugin, &json!({"mode": "hostile"}).to_string(), PluginLimits::default(), "i", kv).await;
     let chain = Arc::new(Chain::new(vec![ChainEntry { pool: pool.unwrap(), fail_open: false }]));
+    assert_eq!(runtime.stats().alive.load(Ordering::SeqCst), 0, "configure's copy is released");
     let upstream: Arc<dyn Upstream> = Arc::new(EchoUpstream::default());
     let call = |method: &str| Call { method: method.into(), params: Some("[]".into()) };
     let busy = {
@@ -559,9 +569,56 @@ async fn a_plugin_that_cannot_get_a_copy_says_why() {
     };
     tokio::time::sleep(Duration::from_millis(10)).await;
     let refused = chain.run(&Arc::new(context()), call("eth_chainId"), &upstream).await.unwrap_err();
+    assert_eq!(refused.code, -32005, "{refused:?}");
     let data: Value = serde_json::from_str(refused.data.as_deref().unwrap()).unwrap();
-    assert_eq!(data["reason"], "unavailable", "{data}");
-    let cause = data["cause"].as_str().expect("the cause is given");
-    assert!(cause.contains("concurrent limit"), "{cause}");
-    assert_eq!(busy.await.unwrap().unwrap_err().code, PLUGIN_FAILURE_CODE);
+    assert_eq!(data["reason"], "runtime_copies", "{data}");
+    assert_eq!(data["limit"], 1, "{data}");
+    assert_eq!(busy.await.unwrap().unwrap_err().code, PLUGIN_FAILURE_CODE, "the looping call ran to its budget");
+    // The slot is free again: the next call gets a copy.
+    assert!(chain.run(&Arc::new(context()), call("eth_chainId"), &upstream).await.is_ok());
+}
+
+/// An instance that serves no calls holds no copy; a call makes one, which stays warm until the
+/// idle time passes; the first call after eviction works as the first one did.
+#[tokio::test]
+async fn copies_are_made_on_demand_kept_warm_and_evicted_when_idle() {
+    let fx = Fixture::new();
+    let chain = fx.chain(&[tracer("a"), tracer("b")]).await;
+    let stats = fx.runtime.stats();
+    assert_eq!(stats.alive.load(Ordering::SeqCst), 0, "a configured chain holds no copy");
+    let first = json_of(fx.run(&chain, "eth_chainId", Some("[]")).await);
+    assert_eq!(stats.alive.load(Ordering::SeqCst), 2, "one warm copy per plugin after a call");
+    assert_eq!(fx.runtime.idle_copies(), 2);
+    let made = stats.instantiations.load(Ordering::SeqCst);
+    assert_eq!(json_of(fx.run(&chain, "eth_chainId", Some("[]")).await), first);
+    assert_eq!(stats.instantiations.load(Ordering::SeqCst), made, "the warm copies served the second call");
+
+    fx.runtime.evict_idle_older_than(Duration::ZERO);
+    assert_eq!(stats.alive.load(Ordering::SeqCst), 0, "evicted");
+    assert_eq!(stats.evicted.load(Ordering::SeqCst), 2);
+    assert_eq!(json_of(fx.run(&chain, "eth_chainId", Some("[]")).await), first, "a cold call answers the same");
+    assert_eq!(stats.instantiations.load(Ordering::SeqCst), made + 2);
+}
+
+/// Warm copies are kept up to the runtime's idle budget across instances, least recently used
+/// dropped first.
+#[tokio::test]
+async fn the_idle_budget_drops_the_least_recently_used_copy_across_instances() {
+    let runtime = PluginRuntime::new(RuntimeConfig { idle_budget: 2, ..RuntimeConfig::default() }).unwrap();
+    let plugin = runtime.load_file("test", TEST_PLUGIN.as_ref()).unwrap();
+    let upstream: Arc<dyn Upstream> = Arc::new(EchoUpstream::default());
+    let mut chains = Vec::new();
+    for instance in ["a", "b", "c"] {
+        let kv = Arc::new(KvStore::new(KvLimits::default()));
+        let pool = runtime.pool(&plugin, &tracer(instance).to_string(), PluginLimits::default(), instance, kv).await;
+        chains.push(Chain::new(vec![ChainEntry { pool: pool.unwrap(), fail_open: false }]));
+    }
+    for chain in &chains {
+        let call = Call { method: "eth_chainId".into(), params: Some("[]".into()) };
+        chain.run(&Arc::new(context()), call, &upstream).await.unwrap();
+    }
+    assert_eq!(runtime.idle_copies(), 2, "the budget");
+    assert_eq!(runtime.stats().evicted.load(Ordering::SeqCst), 1);
+    assert_eq!(chains[0].entries()[0].pool.idle_copies(), 0, "the least recently used instance's copy went");
+    assert_eq!(chains[2].entries()[0].pool.idle_copies(), 1);
 }

@@ -15,7 +15,7 @@ use super::{
     ApiError, BrokerState, Meta, accepts_incomplete, checked_id, json_object, maintenance_version, optional_object,
     optional_string, query, reply, required_query, required_string, same_json,
 };
-use crate::plugins::{ChainError, KvLimits, KvStore};
+use crate::plugins::{ChainError, ConfigureError, KvLimits, KvStore};
 use crate::provision::{SealedRequest, UpdateRequest};
 use crate::store::{
     Change, Decision, InstanceRow, InstanceState, OperationKind, OperationRow, OperationState, now_ms, random_id,
@@ -44,6 +44,14 @@ async fn check_chain(
     match state.registry.build_chain(instance_id, &elements, &scratch, state.config.gateway.plugin_share()).await {
         Ok(_) => Ok(()),
         Err(err @ ChainError::UnknownPlugin(_)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
+        // The server is full, not the customer's parameters wrong: answered as a full plan is.
+        Err(ChainError::Configure(err @ ConfigureError::Capacity { .. })) => {
+            tracing::warn!(instance = %instance_id, "provision refused for plugin capacity: {err}");
+            Err(ApiError::unprocessable(
+                "InstanceLimitReached",
+                format!("ovsb cannot take another instance now: {err}"),
+            ))
+        }
         Err(ChainError::Configure(err)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
     }
 }

@@ -93,6 +93,7 @@ impl Chain {
         match tokio::time::timeout(self.share.wait, self.turns.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => {
+                crate::telemetry::metrics().record_plugin_refusal("instance_plugin_calls");
                 tracing::debug!(instance = %ctx.instance_id, limit = self.share.calls, "plugin call refused: the instance's share is taken");
                 Err(RpcError {
                     code: SHARE_EXHAUSTED_CODE,

@@ -82,6 +82,15 @@ pub enum ConfigureError {
         /// What happened.
         reason: String,
     },
+    /// Every slot of the runtime holds a busy copy: a capacity problem of the server, not of the
+    /// configuration (the broker answers 422, naming the setting).
+    #[error("the plugin runtime has no free slot for a copy of `{plugin}`: all {limit} (runtime.max_copies) are busy")]
+    Capacity {
+        /// The plugin's name.
+        plugin: String,
+        /// `runtime.max_copies`.
+        limit: u32,
+    },
 }
 
 /// The class of a plugin failure during a call.
@@ -99,6 +108,9 @@ pub enum FailureKind {
     Overloaded,
     /// A new copy could not be instantiated or configured.
     Unavailable(String),
+    /// Every slot of the runtime (`runtime.max_copies`, the number) held a busy copy for longer
+    /// than the runtime's `copy_wait`.
+    Capacity(u32),
 }
 
 impl FailureKind {
@@ -111,6 +123,7 @@ impl FailureKind {
             FailureKind::Oversize(_) => "oversize",
             FailureKind::Overloaded => "overloaded",
             FailureKind::Unavailable(_) => "unavailable",
+            FailureKind::Capacity(_) => "runtime_copies",
         }
     }
 }
@@ -137,6 +150,7 @@ fn describe(kind: &FailureKind) -> String {
         }
         FailureKind::Overloaded => "all copies busy; try again".to_string(),
         FailureKind::Unavailable(detail) => format!("could not start a copy ({detail})"),
+        FailureKind::Capacity(limit) => format!("no free slot among the runtime's {limit} copies; retry later"),
     }
 }
 
@@ -156,6 +170,11 @@ impl PluginFailure {
             FailureKind::Unavailable(_) => format!("plugin `{}` failed: unavailable", self.plugin),
             _ => self.to_string(),
         };
+        if let FailureKind::Capacity(limit) = self.kind {
+            // Not the plugin's fault: the server's capacity, a limit like the others (-32005).
+            data["limit"] = limit.into();
+            return RpcError { code: super::chain::SHARE_EXHAUSTED_CODE, message, data: Some(data.to_string()) };
+        }
         RpcError { code: PLUGIN_FAILURE_CODE, message, data: Some(data.to_string()) }
     }
 }

@@ -8,7 +8,10 @@
 //!
 //! - [`PluginRuntime`]: engine, linker, compile cache, epoch ticker. One per process.
 //! - [`LoadedPlugin`]: a compiled plugin checked against the world, ready to instantiate.
-//! - [`InstancePool`]: warm copies of one plugin with one configuration, for one instance.
+//! - [`InstancePool`]: copies of one plugin with one configuration, for one instance, made on
+//!   demand: an instance that serves no calls holds none.
+//! - The runtime's idle copies: warm copies kept after a call, at most `idle_budget` across all
+//!   instances (least recently used dropped first), each for at most `idle_time`.
 //! - [`Chain`]: runs a call through an instance's pools in order and back.
 //! - [`KvStore`]: the per-instance key-value store behind the `kv-*` host functions.
 //! - [`Registry`]: the plugins the configuration makes available, by name; builds chains.
@@ -22,11 +25,12 @@ mod pool;
 mod registry;
 mod state;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -52,6 +56,12 @@ pub struct RuntimeConfig {
     pub max_memory_bytes: u64,
     /// Plugin copies alive at once across all pools (pooling allocator slots).
     pub max_instances: u32,
+    /// Warm idle copies kept across all instances; past it the least recently used is dropped.
+    pub idle_budget: u32,
+    /// An idle copy unused for this long is dropped.
+    pub idle_time: Duration,
+    /// Longest a call waits for a free slot when every slot holds a busy copy.
+    pub copy_wait: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -61,6 +71,9 @@ impl Default for RuntimeConfig {
             epoch_tick: Duration::from_millis(1),
             max_memory_bytes: 256 << 20,
             max_instances: 1000,
+            idle_budget: 256,
+            idle_time: Duration::from_secs(30),
+            copy_wait: Duration::from_millis(500),
         }
     }
 }
@@ -78,6 +91,16 @@ pub struct RuntimeStats {
     pub instantiations: AtomicU64,
     /// Plugin copies thrown away after a failure or a memory high-water mark.
     pub recycled: AtomicU64,
+    /// Idle copies dropped for the idle budget or the idle time.
+    pub evicted: AtomicU64,
+    /// Copies alive now (busy or idle).
+    pub alive: AtomicU64,
+}
+
+/// Every idle copy of the runtime, oldest use first: which pool holds it, and since when.
+#[derive(Default)]
+pub(crate) struct IdleCopies {
+    by_seq: BTreeMap<u64, (Instant, Weak<InstancePool>)>,
 }
 
 pub(crate) struct RuntimeInner {
@@ -86,16 +109,98 @@ pub(crate) struct RuntimeInner {
     max_memory_bytes: u64,
     cache: cache::CompileCache,
     stats: RuntimeStats,
+    max_instances: u32,
+    idle: Mutex<IdleCopies>,
+    idle_seq: AtomicU64,
+    idle_budget: usize,
+    idle_time: Duration,
+    copy_wait: Duration,
     stop_ticker: Arc<AtomicBool>,
-    ticker: Option<JoinHandle<()>>,
+    ticker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for RuntimeInner {
     fn drop(&mut self) {
         self.stop_ticker.store(true, Ordering::Relaxed);
-        if let Some(ticker) = self.ticker.take() {
+        let ticker = self.ticker.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        // The ticker may itself drop the last reference (after a sweep): it must not join itself.
+        if let Some(ticker) = ticker
+            && ticker.thread().id() != std::thread::current().id()
+        {
             let _ = ticker.join();
         }
+    }
+}
+
+impl RuntimeInner {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, IdleCopies> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a copy that `pool` just put back as idle; drops the least recently used idle
+    /// copies past the budget. Returns the copy's sequence number.
+    pub(crate) fn remember_idle(&self, pool: Weak<InstancePool>, seq: u64) {
+        let victims = {
+            let mut idle = self.lock_idle();
+            idle.by_seq.insert(seq, (Instant::now(), pool));
+            let mut victims = Vec::new();
+            while idle.by_seq.len() > self.idle_budget {
+                match idle.by_seq.pop_first() {
+                    Some((seq, (_, pool))) => victims.push((seq, pool)),
+                    None => break,
+                }
+            }
+            victims
+        };
+        self.drop_idle(victims);
+    }
+
+    /// A new sequence number for an idle copy.
+    pub(crate) fn next_idle_seq(&self) -> u64 {
+        self.idle_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Forgets an idle copy that its pool took back for a call.
+    pub(crate) fn forget_idle(&self, seq: u64) {
+        self.lock_idle().by_seq.remove(&seq);
+    }
+
+    /// Drops the least recently used idle copy of any pool, to free a slot. Whether one was.
+    pub(crate) fn evict_one(&self) -> bool {
+        loop {
+            let Some((seq, (_, pool))) = self.lock_idle().by_seq.pop_first() else { return false };
+            if self.drop_idle(vec![(seq, pool)]) > 0 {
+                return true;
+            }
+        }
+    }
+
+    /// Drops idle copies unused for longer than `age`.
+    fn evict_older_than(&self, age: Duration) {
+        let Some(cutoff) = Instant::now().checked_sub(age) else { return };
+        let victims: Vec<(u64, Weak<InstancePool>)> = {
+            let mut idle = self.lock_idle();
+            let (old, young): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                std::mem::take(&mut idle.by_seq).into_iter().partition(|(_, (at, _))| *at <= cutoff);
+            idle.by_seq = young;
+            old.into_iter().map(|(seq, (_, pool))| (seq, pool)).collect()
+        };
+        self.drop_idle(victims);
+    }
+
+    /// Takes these copies out of their pools and drops them (outside the runtime's lock).
+    fn drop_idle(&self, victims: Vec<(u64, Weak<InstancePool>)>) -> usize {
+        let mut dropped = 0;
+        for (seq, pool) in victims {
+            if let Some(pool) = pool.upgrade()
+                && pool.drop_idle(seq)
+            {
+                dropped += 1;
+            }
+        }
+        self.stats.evicted.fetch_add(dropped as u64, Ordering::Relaxed);
+        crate::telemetry::metrics().plugin_copy_evictions.inc_by(dropped as u64);
+        dropped
     }
 }
 
@@ -159,34 +264,61 @@ impl PluginRuntime {
 
         let cache = cache::CompileCache::new(&engine, config.cache_dir.as_deref())?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
+        let inner = Arc::new(RuntimeInner {
+            engine: engine.clone(),
+            linker,
+            max_memory_bytes: config.max_memory_bytes,
+            cache,
+            stats: RuntimeStats::default(),
+            max_instances: config.max_instances,
+            idle: Mutex::default(),
+            idle_seq: AtomicU64::new(0),
+            idle_budget: config.idle_budget as usize,
+            idle_time: config.idle_time,
+            copy_wait: config.copy_wait,
+            stop_ticker: stop_ticker.clone(),
+            ticker: Mutex::new(None),
+        });
+        // One thread advances the epoch every tick and, about once a second, drops idle copies
+        // past their idle time.
         let ticker = {
-            let (engine, stop, tick) = (engine.clone(), stop_ticker.clone(), config.epoch_tick);
+            let (weak, stop, tick) = (Arc::downgrade(&inner), stop_ticker, config.epoch_tick);
+            let sweep_every = (Duration::from_secs(1).as_nanos() / tick.as_nanos().max(1)).max(1) as u64;
             std::thread::Builder::new()
                 .name("ovsb-epoch".into())
                 .spawn(move || {
+                    let mut ticks = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(tick);
                         engine.increment_epoch();
+                        ticks += 1;
+                        if ticks.is_multiple_of(sweep_every)
+                            && let Some(inner) = weak.upgrade()
+                        {
+                            inner.evict_older_than(inner.idle_time);
+                        }
                     }
                 })
                 .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?
         };
-        Ok(PluginRuntime {
-            inner: Arc::new(RuntimeInner {
-                engine,
-                linker,
-                max_memory_bytes: config.max_memory_bytes,
-                cache,
-                stats: RuntimeStats::default(),
-                stop_ticker,
-                ticker: Some(ticker),
-            }),
-        })
+        *inner.ticker.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticker);
+        Ok(PluginRuntime { inner })
     }
 
     /// The runtime's counters.
     pub fn stats(&self) -> &RuntimeStats {
         &self.inner.stats
+    }
+
+    /// Idle copies kept now, across all instances.
+    pub fn idle_copies(&self) -> usize {
+        self.inner.lock_idle().by_seq.len()
+    }
+
+    /// Drops every idle copy unused for longer than `age` now (the ticker does this with the
+    /// configured idle time about once a second).
+    pub fn evict_idle_older_than(&self, age: Duration) {
+        self.inner.evict_older_than(age);
     }
 
     /// Compiles (or fetches from the cache) a component and checks that it implements the

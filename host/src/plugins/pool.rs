@@ -1,14 +1,18 @@
-//! Warm copies of one plugin with one configuration, for one service instance.
+//! Copies of one plugin with one configuration, for one service instance, made on demand.
 //!
-//! A call takes a copy out of the pool (instantiating one from the `InstancePre` when none is
-//! idle, up to a cap), runs one export under the copy's memory cap and time budget, and puts the
-//! copy back. A copy that failed, or whose memory grew past three quarters of its cap, is
-//! dropped instead, and a fresh one takes its place on demand.
+//! A call takes an idle copy out of the pool, or instantiates one from the `InstancePre`
+//! (pooling allocator, copy-on-write memory image) and runs `configure` on it; it runs one
+//! export under the copy's memory cap and time budget, and puts the copy back as idle. Idle
+//! copies are the runtime's to drop (least recently used past the runtime's idle budget, or
+//! unused for its idle time), so an instance that serves no calls holds none. A copy that
+//! failed, or whose memory grew past three quarters of its cap, is dropped instead. When every
+//! slot of the runtime holds a busy copy, a call waits up to the runtime's `copy_wait` for one
+//! and then fails with [`FailureKind::Capacity`].
 
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
@@ -95,6 +99,25 @@ impl PluginLimits {
 struct PluginCopy {
     store: Store<StoreState>,
     exports: bindings::Plugin,
+    _alive: Alive,
+}
+
+/// Counts a copy as alive until it is dropped.
+struct Alive(Arc<RuntimeInner>);
+
+impl Alive {
+    fn new(runtime: &Arc<RuntimeInner>) -> Self {
+        runtime.stats.alive.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics().plugin_copies.inc();
+        Alive(runtime.clone())
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.stats.alive.fetch_sub(1, Ordering::Relaxed);
+        crate::telemetry::metrics().plugin_copies.dec();
+    }
 }
 
 /// Warm copies of one plugin with one configuration, for one service instance.
@@ -104,7 +127,9 @@ pub struct InstancePool {
     config: String,
     limits: PluginLimits,
     settings: CopySettings,
-    idle: Mutex<Vec<PluginCopy>>,
+    /// Idle copies with their sequence numbers in the runtime's idle set, newest last.
+    idle: Mutex<Vec<(u64, PluginCopy)>>,
+    me: Weak<InstancePool>,
     permits: tokio::sync::Semaphore,
     /// The hooks to call: what `configure` declared, less those a copy declined since.
     hooks: AtomicU8,
@@ -128,18 +153,20 @@ impl InstancePool {
             max_upstream_calls: limits.max_upstream_calls,
             log_lines_per_second: limits.log_lines_per_second,
         };
-        let pool = Arc::new(InstancePool {
+        let pool = Arc::new_cyclic(|me| InstancePool {
             runtime,
             plugin,
             config: config.to_string(),
             limits,
             settings,
             idle: Mutex::new(Vec::new()),
+            me: me.clone(),
             permits: tokio::sync::Semaphore::new(limits.max_concurrency),
             hooks: AtomicU8::new(hook_bits(Hooks::all())),
         });
-        let first = pool.instantiate().await?;
-        pool.give_back(first);
+        // `configure` runs now, so that a bad configuration is refused at provision time; the
+        // copy is then released: calls make their own.
+        drop(pool.instantiate().await?);
         Ok(pool)
     }
 
@@ -225,15 +252,21 @@ impl InstancePool {
 
     /// An idle copy, or a new one.
     async fn take(&self) -> Result<PluginCopy, PluginFailure> {
-        if self.limits.isolation == Isolation::Pooled
-            && let Some(copy) = self.lock_idle().pop()
-        {
-            return Ok(copy);
+        if self.limits.isolation == Isolation::Pooled {
+            let idle = self.lock_idle().pop();
+            if let Some((seq, copy)) = idle {
+                self.runtime.forget_idle(seq);
+                return Ok(copy);
+            }
         }
         self.instantiate().await.map_err(|err| {
             let detail = match err {
                 ConfigureError::Rejected { message, .. } => format!("configure failed: {message}"),
                 ConfigureError::Failed { reason, .. } => reason,
+                ConfigureError::Capacity { limit, .. } => {
+                    crate::telemetry::metrics().record_plugin_refusal("runtime_copies");
+                    return self.failure(FailureKind::Capacity(limit));
+                }
             };
             tracing::warn!(
                 plugin = %self.plugin.name,
@@ -244,26 +277,48 @@ impl InstancePool {
         })
     }
 
-    /// Instantiates a copy and runs `configure` on it.
+    /// Instantiates a copy and runs `configure` on it. When every slot of the runtime is taken,
+    /// drops the least recently used idle copy of any instance and tries again; when none is
+    /// idle, waits up to `copy_wait` for a busy one to finish.
     async fn instantiate(&self) -> Result<PluginCopy, ConfigureError> {
+        let deadline = Instant::now() + self.runtime.copy_wait;
+        loop {
+            match self.instantiate_once().await {
+                Err(ConfigureError::Capacity { .. }) if self.runtime.evict_one() => {}
+                Err(full @ ConfigureError::Capacity { .. }) if Instant::now() >= deadline => return Err(full),
+                Err(ConfigureError::Capacity { .. }) => tokio::time::sleep(Duration::from_millis(5)).await,
+                done => return done,
+            }
+        }
+    }
+
+    async fn instantiate_once(&self) -> Result<PluginCopy, ConfigureError> {
         let runtime = &self.runtime;
         let mut store = Store::new(&runtime.engine, StoreState::new(&self.settings));
         store.limiter(|state| &mut state.memory);
         store.epoch_deadline_callback(StoreState::on_epoch_deadline);
         store.data_mut().begin_call(None, None);
         store.set_epoch_deadline(1);
-        let failed = |e: wasmtime::Error| ConfigureError::Failed {
-            plugin: self.plugin.name.to_string(),
-            reason: PluginFailure { plugin: self.plugin.name.clone(), kind: describe_error(&e, &self.settings) }
-                .to_string(),
+        let failed = |e: wasmtime::Error| {
+            if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some()
+                || format!("{e:#}").contains("maximum concurrent limit of")
+            {
+                return ConfigureError::Capacity { plugin: self.plugin.name.to_string(), limit: runtime.max_instances };
+            }
+            ConfigureError::Failed {
+                plugin: self.plugin.name.to_string(),
+                reason: PluginFailure { plugin: self.plugin.name.clone(), kind: describe_error(&e, &self.settings) }
+                    .to_string(),
+            }
         };
+        let alive = Alive::new(runtime);
         let exports = self.plugin.pre.instantiate_async(&mut store).await.map_err(failed)?;
         runtime.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         match exports.call_configure(&mut store, &self.config).await.map_err(failed)? {
             Ok(hooks) => {
                 store.data_mut().end_call();
                 self.hooks.fetch_and(hook_bits(hooks), Ordering::Relaxed);
-                Ok(PluginCopy { store, exports })
+                Ok(PluginCopy { store, exports, _alive: alive })
             }
             Err(message) => Err(ConfigureError::Rejected { plugin: self.plugin.name.to_string(), message }),
         }
@@ -304,10 +359,24 @@ impl InstancePool {
             }
             return;
         }
-        let mut idle = self.lock_idle();
-        if idle.len() < self.limits.max_idle {
-            idle.push(copy);
+        let seq = self.runtime.next_idle_seq();
+        {
+            let mut idle = self.lock_idle();
+            if idle.len() >= self.limits.max_idle {
+                return;
+            }
+            idle.push((seq, copy));
         }
+        self.runtime.remember_idle(self.me.clone(), seq);
+    }
+
+    /// Drops the idle copy `seq`, if the pool still holds it (the runtime's eviction).
+    pub(crate) fn drop_idle(&self, seq: u64) -> bool {
+        let copy = {
+            let mut idle = self.lock_idle();
+            idle.iter().position(|(s, _)| *s == seq).map(|at| idle.remove(at))
+        };
+        copy.is_some()
     }
 
     fn check_size(&self, size: usize) -> Result<(), PluginFailure> {
@@ -321,7 +390,7 @@ impl InstancePool {
         PluginFailure { plugin: self.plugin.name.clone(), kind }
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<PluginCopy>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<(u64, PluginCopy)>> {
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
