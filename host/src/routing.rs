@@ -3,13 +3,20 @@
 //! Owns: turning the serving instances and their bindings (store rows) into the gateway's
 //! [`RouteTable`], building each instance's plugin chain once and reusing it until its plan or
 //! parameters change, and each instance's key-value store for as long as the instance lives.
-//! Must not: run on the data path. The broker calls [`RouteSync::sync`] after each change it
-//! commits (so an unbind takes effect before the 200 is sent); a poll of the store's change
-//! counter picks up what other replicas changed.
+//! Must not: run on the data path, or do work in proportion to all instances for a change to one.
+//!
+//! - [`RouteSync::sync`]: the whole table, from every serving instance. At start, and when this
+//!   replica has fallen behind the store's change log (recovery).
+//! - [`RouteSync::sync_instance`]: one instance's routes, from its row and its bindings. The
+//!   broker calls it after each change it commits (so an unbind takes effect before the 200),
+//!   the operation runner after each operation it ends. Its cost does not grow with the number
+//!   of instances (two indexed queries, O(log n) on the persistent route maps).
+//! - [`RouteSync::catch_up`]: what other replicas changed: the instances the store's change log
+//!   names since this replica's generation, each applied as by `sync_instance`. Polled.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -21,6 +28,10 @@ use crate::identity::Identity;
 use crate::plugins::{KvLimits, KvStore, Registry};
 use crate::provision::Drivers;
 use crate::store::{InstanceRow, Store};
+
+/// Generations of the change log kept for replicas to catch up from; one that falls further
+/// behind reloads every route.
+const CHANGE_LOG_WINDOW: i64 = 100_000;
 
 struct Built {
     plan_id: String,
@@ -41,6 +52,8 @@ pub struct RouteSync {
     kv: std::sync::Mutex<HashMap<String, Arc<KvStore>>>,
     generation: AtomicI64,
     loaded: std::sync::atomic::AtomicBool,
+    full_syncs: AtomicU64,
+    instance_syncs: AtomicU64,
 }
 
 impl RouteSync {
@@ -66,7 +79,15 @@ impl RouteSync {
             kv: Default::default(),
             generation: AtomicI64::new(-1),
             loaded: Default::default(),
+            full_syncs: AtomicU64::new(0),
+            instance_syncs: AtomicU64::new(0),
         }
+    }
+
+    /// How many times the whole table was rebuilt, and how many single-instance rebuilds
+    /// there were (tests and benchmarks read them).
+    pub fn sync_counts(&self) -> (u64, u64) {
+        (self.full_syncs.load(Ordering::Relaxed), self.instance_syncs.load(Ordering::Relaxed))
     }
 
     /// Whether the routes have been loaded from the store at least once.
@@ -129,11 +150,113 @@ impl RouteSync {
     pub async fn sync_if_stale(&self) {
         match self.store.generation().await {
             Ok(generation) if generation == self.generation.load(Ordering::Acquire) => {}
-            _ => self.sync().await,
+            _ => self.catch_up().await,
         }
     }
 
+    /// Rebuilds the routes of instance `id` alone, from its row and bindings in the store.
+    pub async fn sync_instance(&self, id: &str) {
+        let mut built = self.built.lock().await;
+        if let Err(err) = self.apply_instance(&mut built, id).await {
+            tracing::error!(instance = %id, "cannot refresh the instance's routes from the store: {err}");
+        }
+    }
+
+    /// Applies every change of the store's change log since this replica's generation, one
+    /// instance at a time; reloads everything when the log no longer reaches back that far.
+    pub async fn catch_up(&self) {
+        let mut built = self.built.lock().await;
+        loop {
+            let since = self.generation.load(Ordering::Acquire);
+            let changes = match self.store.changes_since(since).await {
+                Ok(changes) => changes,
+                Err(err) => {
+                    tracing::warn!("cannot read the store's change log: {err}");
+                    return;
+                }
+            };
+            let Some((to, mut ids)) = changes else {
+                tracing::info!(
+                    since,
+                    "the change log no longer reaches back to this replica's routes: reloading them all"
+                );
+                if let Err(err) = self.sync_locked(&mut built).await {
+                    tracing::error!("cannot refresh the routes from the store: {err}");
+                }
+                return;
+            };
+            if to == since {
+                return;
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            for id in &ids {
+                if let Err(err) = self.apply_instance(&mut built, id).await {
+                    tracing::warn!(instance = %id, "cannot refresh the instance's routes: {err}");
+                    return;
+                }
+            }
+            self.generation.store(to, Ordering::Release);
+        }
+    }
+
+    async fn apply_instance(
+        &self,
+        built: &mut HashMap<String, Built>,
+        id: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        self.instance_syncs.fetch_add(1, Ordering::Relaxed);
+        let Some((instance, bindings)) = self.store.serving_instance(id).await? else {
+            built.remove(id);
+            self.routes.update(|table| table.remove_instance(id));
+            self.kv.lock().unwrap_or_else(|poison| poison.into_inner()).remove(id);
+            crate::telemetry::metrics().forget_instance(id);
+            return Ok(());
+        };
+        let reusable =
+            built.remove(id).filter(|b| b.plan_id == instance.plan_id && b.parameters == instance.parameters);
+        let entry = match reusable {
+            Some(entry) => entry,
+            None => match self.build(&instance).await {
+                Some(route) => {
+                    Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), route }
+                }
+                None => {
+                    self.routes.update(|table| table.remove_instance(id));
+                    return Ok(());
+                }
+            },
+        };
+        let keys: Vec<(KeyDigest, Arc<str>, Option<KeyDigest>)> =
+            bindings.iter().filter_map(|binding| self.binding_keys(binding, entry.route.validator.is_some())).collect();
+        let route = entry.route.clone();
+        self.routes.update(|table| {
+            table.remove_instance(id);
+            for (digest, binding_id, token) in &keys {
+                let added = table.insert(*digest, Route { instance: route.clone(), binding_id: binding_id.clone() });
+                if let Some(token) = token {
+                    table.insert_keymanager_token(*token, added);
+                }
+            }
+        });
+        built.insert(id.to_string(), entry);
+        Ok(())
+    }
+
+    /// A binding's key digest, id and (for validators) keymanager token digest.
+    fn binding_keys(
+        &self,
+        binding: &crate::store::BindingRow,
+        validator: bool,
+    ) -> Option<(KeyDigest, Arc<str>, Option<KeyDigest>)> {
+        let digest = decode_digest(&binding.key_sha256)?;
+        let token = validator
+            .then(|| key_digest(&self.secret.keymanager_token(&binding.instance_id, &binding.id, &binding.key_salt)));
+        Some((digest, binding.id.as_str().into(), token))
+    }
+
     async fn sync_locked(&self, built: &mut HashMap<String, Built>) -> Result<(), crate::store::StoreError> {
+        self.full_syncs.fetch_add(1, Ordering::Relaxed);
         let generation = self.store.generation().await?;
         let (instances, bindings) = self.store.serving().await?;
         let mut next: HashMap<String, Built> = HashMap::with_capacity(instances.len());
@@ -154,16 +277,13 @@ impl RouteSync {
         }
         let mut table = RouteTable::default();
         for binding in bindings {
-            let (Some(entry), Some(digest)) = (next.get(&binding.instance_id), decode_digest(&binding.key_sha256))
-            else {
+            let Some(entry) = next.get(&binding.instance_id) else { continue };
+            let Some((digest, binding_id, token)) = self.binding_keys(&binding, entry.route.validator.is_some()) else {
                 continue;
             };
-            let validator = entry.route.validator.is_some();
-            let route =
-                table.insert(digest, Route { instance: entry.route.clone(), binding_id: binding.id.as_str().into() });
-            if validator {
-                let token = self.secret.keymanager_token(&binding.instance_id, &binding.id, &binding.key_salt);
-                table.insert_keymanager_token(key_digest(&token), route);
+            let route = table.insert(digest, Route { instance: entry.route.clone(), binding_id });
+            if let Some(token) = token {
+                table.insert_keymanager_token(token, route);
             }
         }
         self.routes.replace(table);
@@ -227,15 +347,23 @@ impl RouteSync {
     /// Reloads whenever another replica changed something, until shutdown.
     pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.operations.sync_interval_ms));
+        let mut pruned = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
             match self.store.generation().await {
-                Ok(generation) if generation != self.generation.load(Ordering::Acquire) => self.sync().await,
+                Ok(generation) if generation != self.generation.load(Ordering::Acquire) => self.catch_up().await,
                 Ok(_) => {}
                 Err(err) => tracing::warn!("cannot read the store's change counter: {err}"),
+            }
+            // Keep a window of the change log that replicas can catch up from.
+            if pruned.elapsed() >= Duration::from_secs(60) {
+                pruned = std::time::Instant::now();
+                if let Err(err) = self.store.prune_changes(CHANGE_LOG_WINDOW).await {
+                    tracing::warn!("cannot prune the store's change log: {err}");
+                }
             }
         }
     }

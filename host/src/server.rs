@@ -97,6 +97,8 @@ pub struct Server {
     pub store: Store,
     /// The routing snapshot.
     pub routes: Arc<Routes>,
+    /// What keeps the snapshot in step with the store.
+    pub routing: Arc<RouteSync>,
     /// This replica's id (its operation leases carry it).
     pub replica: String,
     shutdown: CancellationToken,
@@ -311,7 +313,18 @@ impl Server {
             });
         }
         tracing::info!(broker = %broker_addr, gateway = %gateway_addr, admin = %admin_addr, store = ?store.backend(), %replica, "ovsb started");
-        Ok(Server { broker_addr, gateway_addr, admin_addr, store, routes, replica, shutdown, tracker, _lock: lock })
+        Ok(Server {
+            broker_addr,
+            gateway_addr,
+            admin_addr,
+            store,
+            routes,
+            routing,
+            replica,
+            shutdown,
+            tracker,
+            _lock: lock,
+        })
     }
 
     /// Asks every task to stop.

@@ -307,6 +307,11 @@ impl Metrics {
         metrics.map_or_else(Vec::new, |m| m.traffic.points(unix_seconds()))
     }
 
+    /// Drops what is kept about one instance that is gone.
+    pub fn forget_instance(&self, instance: &str) {
+        self.per_instance.write().unwrap_or_else(|p| p.into_inner()).remove(instance);
+    }
+
     /// Drops what is kept about instances that are gone.
     pub fn retain_instances(&self, live: impl Fn(&str) -> bool) {
         self.per_instance.write().unwrap_or_else(|p| p.into_inner()).retain(|id, _| live(id));

@@ -26,8 +26,9 @@ trap cleanup EXIT
 rustup target add wasm32-wasip2 >/dev/null 2>&1
 cargo build --profile production -p ovsb -q
 cargo build --release --target wasm32-wasip2 -p ovsb-test-plugin -q
-PLUGIN=$PWD/target/wasm32-wasip2/release/ovsb_test_plugin.wasm
-OVSB=target/production/ovsb
+TARGET=$(realpath "${CARGO_TARGET_DIR:-target}")
+PLUGIN=$TARGET/wasm32-wasip2/release/ovsb_test_plugin.wasm
+OVSB=$TARGET/production/ovsb
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }

@@ -174,7 +174,7 @@ pub async fn bind(
         .await?;
     match outcome {
         Outcome::Created(binding) => {
-            state.routing.sync().await;
+            state.routing.sync_instance(&instance_id).await;
             tracing::info!(instance = %instance_id, binding = %binding_id, "bound");
             Ok(reply(StatusCode::CREATED, binding_body(&state, &binding, meta.minor_version, false)))
         }
@@ -219,7 +219,7 @@ pub async fn unbind(
     match outcome {
         Outcome::Deleted => {
             // The key is refused from the next request on: the snapshot is swapped before the 200.
-            state.routing.sync().await;
+            state.routing.sync_instance(&instance_id).await;
             tracing::info!(instance = %instance_id, binding = %binding_id, "unbound");
             Ok(reply(StatusCode::OK, json!({})))
         }

@@ -133,7 +133,7 @@ async fn answer(
             let id = operation.id.clone();
             tracing::info!(instance = %instance_id, operation = %id, "{} accepted", kind.as_str());
             if kind == OperationKind::Deprovision {
-                state.routing.sync().await;
+                state.routing.sync_instance(instance_id).await;
             }
             state.operations.start(operation);
             Ok(reply(StatusCode::ACCEPTED, body(Some(&id))))

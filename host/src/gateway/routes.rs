@@ -1,11 +1,11 @@
 //! The routing snapshot: which binding key opens which instance's endpoint.
 //!
-//! The control plane builds a new [`RouteTable`] whenever an instance or binding changes and
-//! swaps it in atomically ([`Routes::replace`] / [`Routes::update`]); the data plane only reads
-//! the current snapshot, without locks and without touching the store. A key is known here only
+//! The control plane builds the whole [`RouteTable`] at start ([`Routes::replace`]) and then
+//! changes one instance's routes at a time ([`Routes::update`], O(log n) on persistent maps),
+//! swapping each new snapshot in atomically; the data plane only reads the current snapshot,
+//! without locks and without touching the store. A key is known here only
 //! by its SHA-256, as in the store, so a memory dump does not reveal working keys.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -48,48 +48,85 @@ pub struct Route {
     pub binding_id: Arc<str>,
 }
 
-/// An immutable snapshot of every route.
+/// An immutable snapshot of every route. Persistent maps (HAMTs): a clone is O(1) and shares
+/// everything, an insert or removal copies O(log n) nodes, so a change to one instance costs the
+/// same with ten routes or a hundred thousand.
 #[derive(Clone, Default)]
 pub struct RouteTable {
-    by_key: HashMap<KeyDigest, Arc<Route>>,
-    /// Validator bindings' keymanager tokens.
-    by_keymanager_token: HashMap<KeyDigest, Arc<Route>>,
+    by_key: imbl::HashMap<KeyDigest, Arc<Route>>,
+    by_keymanager_token: imbl::HashMap<KeyDigest, Arc<Route>>,
+    /// Each instance's keys and keymanager tokens, so that its routes can go without a scan.
+    by_instance: imbl::HashMap<Arc<str>, imbl::Vector<Entry>>,
+}
+
+/// One key (or keymanager token) of an instance.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Key(KeyDigest),
+    KeymanagerToken(KeyDigest),
 }
 
 impl RouteTable {
-    /// Adds or replaces the route of a key (given by its digest).
+    /// Adds the route of binding key `key` (by digest).
     pub fn insert(&mut self, key: KeyDigest, route: Route) -> Arc<Route> {
         let route = Arc::new(route);
         self.by_key.insert(key, route.clone());
+        self.index(&route, Entry::Key(key));
         route
     }
 
-    /// Adds the route a validator binding's keymanager token opens.
+    /// Adds a validator binding's keymanager token (by digest) for `route`.
     pub fn insert_keymanager_token(&mut self, token: KeyDigest, route: Arc<Route>) {
+        self.index(&route, Entry::KeymanagerToken(token));
         self.by_keymanager_token.insert(token, route);
     }
 
-    /// Removes a key; returns whether it was there.
+    fn index(&mut self, route: &Route, entry: Entry) {
+        self.by_instance.entry(route.instance.instance_id.clone()).or_default().push_back(entry);
+    }
+
+    /// Removes a key's route (and the keymanager tokens of the same binding). Whether it was there.
     pub fn remove(&mut self, key: &KeyDigest) -> bool {
-        let removed = self.by_key.remove(key);
-        if let Some(route) = &removed {
-            self.by_keymanager_token.retain(|_, r| !Arc::ptr_eq(r, route));
+        let Some(route) = self.by_key.remove(key) else { return false };
+        let id = route.instance.instance_id.clone();
+        let Some(entries) = self.by_instance.get(&id).cloned() else { return true };
+        let mut kept = imbl::Vector::new();
+        for entry in entries {
+            match entry {
+                Entry::Key(k) if k == *key => {}
+                Entry::KeymanagerToken(t)
+                    if self.by_keymanager_token.get(&t).is_some_and(|r| Arc::ptr_eq(r, &route)) =>
+                {
+                    self.by_keymanager_token.remove(&t);
+                }
+                other => kept.push_back(other),
+            }
         }
-        removed.is_some()
+        if kept.is_empty() {
+            self.by_instance.remove(&id);
+        } else {
+            self.by_instance.insert(id, kept);
+        }
+        true
     }
 
-    /// Removes every key of an instance.
+    /// Removes every route of an instance.
     pub fn remove_instance(&mut self, instance_id: &str) {
-        self.by_key.retain(|_, route| &*route.instance.instance_id != instance_id);
-        self.by_keymanager_token.retain(|_, route| &*route.instance.instance_id != instance_id);
+        let Some(entries) = self.by_instance.remove(instance_id) else { return };
+        for entry in entries {
+            match entry {
+                Entry::Key(key) => self.by_key.remove(&key),
+                Entry::KeymanagerToken(token) => self.by_keymanager_token.remove(&token),
+            };
+        }
     }
 
-    /// Number of keys.
+    /// Number of binding keys.
     pub fn len(&self) -> usize {
         self.by_key.len()
     }
 
-    /// Whether there are no keys.
+    /// Whether there is no route at all.
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }

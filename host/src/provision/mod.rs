@@ -348,7 +348,7 @@ impl Operations {
             tracing::error!(operation = %operation.id, "operation interrupted: {err}");
             return;
         }
-        self.routing.sync().await;
+        self.routing.sync_instance(&operation.instance_id).await;
     }
 
     async fn execute(&self, operation: &OperationRow) -> Result<(), crate::store::StoreError> {

@@ -10,7 +10,8 @@
 //! single `changes` row: on PostgreSQL that row lock serializes the writers of all replicas
 //! (so two replicas cannot both create the same instance), on SQLite it takes the write lock
 //! up front (so a transaction never fails half-way for a lock upgrade). The generation it
-//! bumps tells other replicas to reload their routes.
+//! bumps, and the instance it names in `route_changes`, tell other replicas which instance's
+//! routes to rebuild.
 
 mod validators;
 
@@ -20,6 +21,15 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use validators::HistoryRow;
+
+/// Records, in the transaction that bumped the generation, which instance the change touched.
+async fn log_change(tx: &mut sqlx::Transaction<'_, sqlx::Any>, instance_id: &str) -> Result<()> {
+    sqlx::query("INSERT INTO route_changes (generation, instance_id) SELECT generation, $1 FROM changes WHERE id = 1")
+        .bind(instance_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 /// Why a PostgreSQL server is not reachable: its `host:port` and the error of one direct
 /// connection attempt (the pool itself only says that it timed out).
@@ -418,6 +428,51 @@ impl Store {
         Ok((instances, bindings))
     }
 
+    /// Instance `id` if it is serving (ready or updating), with its bindings.
+    pub async fn serving_instance(&self, id: &str) -> Result<Option<(InstanceRow, Vec<BindingRow>)>> {
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND state IN ('ready', 'updating')");
+        let Some(instance) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else { return Ok(None) };
+        let sql = format!("SELECT {BINDING_COLUMNS} FROM bindings WHERE instance_id = $1");
+        let bindings =
+            sqlx::query(&sql).bind(id).fetch_all(&self.pool).await?.iter().map(binding_from).collect::<Result<_>>()?;
+        Ok(Some((instance_from(&instance)?, bindings)))
+    }
+
+    /// The instances changed after generation `since`, and the generation they bring the
+    /// reader to; `None` when the change log no longer reaches back to `since` (pruned).
+    pub async fn changes_since(&self, since: i64) -> Result<Option<(i64, Vec<String>)>> {
+        let rows = sqlx::query(
+            "SELECT generation, instance_id FROM route_changes WHERE generation > $1 ORDER BY generation LIMIT 10000",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(first) = rows.first() else {
+            let current = self.generation().await?;
+            // Nothing logged after `since`: up to date, unless changes happened and were pruned.
+            return Ok((current == since).then(|| (since, Vec::new())));
+        };
+        if first.try_get::<i64, _>("generation")? != since + 1 {
+            return Ok(None);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut last = since;
+        for row in &rows {
+            last = row.try_get("generation")?;
+            ids.push(row.try_get("instance_id")?);
+        }
+        Ok(Some((last, ids)))
+    }
+
+    /// Drops the change log's rows more than `keep` generations old.
+    pub async fn prune_changes(&self, keep: i64) -> Result<()> {
+        sqlx::query("DELETE FROM route_changes WHERE generation < (SELECT generation FROM changes WHERE id = 1) - $1")
+            .bind(keep)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Every instance that is not a tombstone.
     pub async fn instances_not_deleted(&self) -> Result<Vec<InstanceRow>> {
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE state <> 'deleted'");
@@ -454,6 +509,7 @@ impl Store {
     ) -> Result<T> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE changes SET generation = generation + 1 WHERE id = 1").execute(&mut *tx).await?;
+        log_change(&mut tx, id).await?;
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
         let instance =
             sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await?.map(|r| instance_from(&r)).transpose()?;
@@ -501,6 +557,7 @@ impl Store {
     ) -> Result<T> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE changes SET generation = generation + 1 WHERE id = 1").execute(&mut *tx).await?;
+        log_change(&mut tx, instance_id).await?;
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
         let instance = sqlx::query(&sql)
             .bind(instance_id)
@@ -558,6 +615,7 @@ impl Store {
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE changes SET generation = generation + 1 WHERE id = 1").execute(&mut *tx).await?;
+        log_change(&mut tx, &instance.id).await?;
         let done = sqlx::query(
             "UPDATE operations SET state = $1, description = $2, request = $3, updated_ms = $4 \
              WHERE id = $5 AND lease_owner = $6 AND state = 'in progress'",

@@ -1,0 +1,85 @@
+//! Routing at provider scale: a committed change rebuilds only the routes of the instance it
+//! touched, and another replica follows through the store's change log, one instance at a time,
+//! reloading everything only when it has fallen behind the log. Real PostgreSQL and SQLite.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::broker::{Db, PLAN_SHARED, TestBroker, TestDb};
+use support::{Anvil, post, rpc};
+
+async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never: {what}");
+}
+
+fn uri(bound: &support::broker::Resp) -> String {
+    bound.body["credentials"]["uri"].as_str().unwrap().to_string()
+}
+
+/// Two replicas on one PostgreSQL database: a bind on A is served by B, an unbind on A is
+/// refused by B, and neither rebuilds its whole table for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_follows_another_one_instance_at_a_time() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Db::Postgres, dir.path()).await;
+    let url = db.url.clone();
+    let a = TestBroker::start_in(dir, db, &anvil.http_url(), support::free_port(), |_| {}).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    // B's own (unused) SQLite is replaced by A's PostgreSQL.
+    let db_b = TestDb::new(Db::Sqlite, dir_b.path()).await;
+    let b = TestBroker::start_in(dir_b, db_b, &anvil.http_url(), support::free_port(), |c| c.database_url = url).await;
+    let (a_routing, b_routing) = (&a.server.as_ref().unwrap().routing, &b.server.as_ref().unwrap().routing);
+    let b_full_at_start = b_routing.sync_counts().0;
+
+    for i in 0..5 {
+        a.osb.ready_instance(&format!("r-{i}"), PLAN_SHARED, None).await;
+    }
+    let bound = a.osb.bind("r-3", "k", PLAN_SHARED).await;
+    assert_eq!(bound.status, 201);
+    let on_a = uri(&bound);
+    let on_b = on_a.replace(&a.gateway, &b.gateway);
+    assert_eq!(rpc(&on_a, "eth_chainId", json!([])).await["result"], "0x7a69", "A serves its own bind at once");
+    eventually("B serves A's binding", async || rpc(&on_b, "eth_chainId", json!([])).await["result"] == "0x7a69").await;
+
+    assert_eq!(a.osb.unbind("r-3", "k", PLAN_SHARED).await.status, 200);
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"});
+    assert_eq!(post(&on_a, &call).await.0, 401, "A refuses the key before it answers the unbind");
+    eventually("B refuses the unbound key", async || post(&on_b, &call).await.0 == 401).await;
+
+    assert_eq!(a_routing.sync_counts().0, 1, "A rebuilt its whole table only at start");
+    assert_eq!(b_routing.sync_counts().0, b_full_at_start, "B followed without reloading everything");
+    assert!(b_routing.sync_counts().1 >= 7, "B applied each change to its instance: {:?}", b_routing.sync_counts());
+}
+
+/// The change log names each changed instance in order; once pruned past a reader's generation,
+/// the reader is told to reload.
+#[tokio::test]
+async fn the_change_log_names_changed_instances_and_says_when_it_no_longer_reaches_back() {
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |_| {}).await;
+    let store = broker.store();
+    let start = store.generation().await.unwrap();
+    broker.osb.ready_instance("log-1", PLAN_SHARED, None).await;
+    assert_eq!(broker.osb.bind("log-1", "k", PLAN_SHARED).await.status, 201);
+    broker.osb.ready_instance("log-2", PLAN_SHARED, None).await;
+    let now = store.generation().await.unwrap();
+    let (to, ids) = store.changes_since(start).await.unwrap().expect("the log reaches back");
+    assert_eq!(to, now);
+    assert_eq!(ids.len() as i64, now - start, "one entry per change");
+    let first_two: Vec<&str> = ids.iter().map(String::as_str).filter(|id| id.starts_with("log-")).collect();
+    assert!(first_two.starts_with(&["log-1"]) && first_two.ends_with(&["log-2"]), "{ids:?}");
+    assert_eq!(store.changes_since(now).await.unwrap(), Some((now, Vec::new())), "up to date");
+
+    store.prune_changes(0).await.unwrap();
+    assert_eq!(store.changes_since(start).await.unwrap(), None, "pruned past the reader: reload");
+    assert_eq!(store.changes_since(now).await.unwrap(), Some((now, Vec::new())));
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Provider scale: N instances (default 10,000) of a shared plan whose chain is the three
+# first-party plugins (method-filter, rate-limit with a limit out of reach, cache), two bindings
+# each, in one `ovsb serve` (production build, SQLite, the default runtime capacity; idle copies
+# dropped after 10 s so that the script need not wait the default 30 s), then one call on every
+# instance. tests/load/tenants.py reports latencies, RSS and copies alive.
+#
+#   tests/load/tenants.sh [N]
+#
+# Everything listens on 127.0.0.1 and is stopped by PID at the end.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-10000}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+[ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
+rustup target add wasm32-wasip2 >/dev/null 2>&1
+cargo build --profile production -p ovsb -q
+cargo build --release --target wasm32-wasip2 -q -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache
+TARGET=$(realpath "${CARGO_TARGET_DIR:-target}")
+W=$TARGET/wasm32-wasip2/release
+OVSB=$TARGET/production/ovsb
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+ANVIL=$(free_port); BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
+tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
+wait_port "$ANVIL"
+
+cat > "$WORK/ovsb.toml" <<TOML
+data_dir = "$WORK/data"
+
+[broker]
+listen = "127.0.0.1:$BROKER"
+username = "ovsb"
+password = "tenants-test"
+
+[gateway]
+listen = "127.0.0.1:$GATEWAY"
+
+[admin]
+listen = "127.0.0.1:$ADMIN"
+
+[runtime]
+idle_ms = 10000
+
+[[plugins]]
+name = "method-filter"
+path = "$W/ovsb_plugin_method_filter.wasm"
+
+[[plugins]]
+name = "rate-limit"
+path = "$W/ovsb_plugin_rate_limit.wasm"
+
+[[plugins]]
+name = "cache"
+path = "$W/ovsb_plugin_cache.wasm"
+
+[[services]]
+id = "svc"
+name = "ethereum-rpc"
+description = "shared anvil"
+
+[[services.plans]]
+id = "chain3"
+name = "chain3"
+description = "the shared anvil behind three first-party plugins"
+plugins = [
+  { name = "method-filter", config = { deny = ["debug_*", "eth_send*"] } },
+  { name = "rate-limit", config = { requests_per_second = 1000000, burst = 1000000 } },
+  { name = "cache" },
+]
+driver = { kind = "upstream", http = ["http://127.0.0.1:$ANVIL"] }
+TOML
+"$OVSB" serve --config "$WORK/ovsb.toml" > "$WORK/ovsb.log" 2>&1 & OVSB_PID=$!; PIDS+=($OVSB_PID)
+wait_port "$BROKER"; wait_port "$GATEWAY"; wait_port "$ADMIN"
+sleep 1
+python3 tests/load/tenants.py "http://127.0.0.1:$BROKER" tenants-test "http://127.0.0.1:$ADMIN" "$OVSB_PID" "$N" 10 \
+    || { tail -20 "$WORK/ovsb.log"; exit 1; }
