@@ -1290,7 +1290,7 @@ fn default_fd_reserve() -> u32 {
     256
 }
 fn default_plugin_calls_per_instance() -> u32 {
-    8
+    4
 }
 fn default_plugin_queue_ms() -> u64 {
     1_000

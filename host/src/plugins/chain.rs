@@ -41,7 +41,7 @@ pub struct Share {
 
 impl Default for Share {
     fn default() -> Self {
-        Share { calls: 8, wait: Duration::from_millis(1000) }
+        Share { calls: 4, wait: Duration::from_millis(1000) }
     }
 }
 
