@@ -1,7 +1,8 @@
 //! Cost of one plugin hop (`on-call` + `on-result` of one plugin) on an `eth_call`-sized
 //! request, on a warm pool and with a fresh copy per call, against an upstream that answers at
 //! once. Run: `cargo bench -p ovsb --bench plugin_hop`; the hop cost is the difference between
-//! a one-plugin chain and the empty chain.
+//! a one-plugin chain and the empty chain. `plugin_hop/cold_and_warm` compares a call served by
+//! a warm idle copy with one whose copy was evicted (the instance had been idle).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::future::Future;
@@ -72,6 +73,22 @@ fn bench(c: &mut Criterion) {
     let outcome: Outcome = Ok(RESULT.to_string());
     group.bench_function("on_result alone, pass-through", |b| {
         b.iter(|| rt.block_on(pass.on_result(&ctx, &call, &outcome, &upstream)).unwrap());
+    });
+    group.finish();
+
+    // Cold and warm: the same one-plugin chain when its instance holds a warm idle copy, and
+    // when the copy was evicted (the instance was idle), so that the call instantiates one
+    // (pooling allocator, InstancePre, copy-on-write memory image) and runs `configure` first.
+    let mut group = c.benchmark_group("plugin_hop/cold_and_warm");
+    let pooled = &cases[1].1;
+    group.bench_function("warm call (an idle copy is there)", |b| {
+        b.iter(|| rt.block_on(pooled.run(&ctx, call.clone(), &upstream)).unwrap());
+    });
+    group.bench_function("cold call (the copy was evicted)", |b| {
+        b.iter(|| {
+            runtime.evict_idle_older_than(std::time::Duration::ZERO);
+            rt.block_on(pooled.run(&ctx, call.clone(), &upstream)).unwrap()
+        });
     });
     group.finish();
 }

@@ -61,6 +61,36 @@ pub struct Config {
     pub services: Vec<ServiceDecl>,
 }
 
+/// Instance parameters every validator plan takes.
+pub const VALIDATOR_PARAMETERS: &[&str] = &[
+    "keystores",
+    "passwords",
+    "slashing_protection",
+    "fee_recipient",
+    "graffiti",
+    "gas_limit",
+    "doppelganger_protection",
+    "remove_keys",
+    "pubkeys",
+];
+
+/// Parameters that are start options of the client (placeholders of its command): changing
+/// one restarts the client.
+pub const VALIDATOR_TEMPLATE_NAMES: &[&str] = &["graffiti", "doppelganger_protection"];
+
+/// Placeholders a template uses.
+pub fn placeholders(template: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        names.push(after[..close].to_string());
+        rest = &after[close + 1..];
+    }
+    names
+}
+
 /// The plugin runtime's capacity: how many plugin copies may be alive at once, how large each
 /// may grow, and how long idle ones are kept. Copies are made on demand, so these size the
 /// traffic a process serves at once, not the number of instances.
@@ -109,18 +139,6 @@ pub const fn slot_address_space(max_memory_bytes: u64) -> u64 {
 pub const MAX_PLUGIN_ADDRESS_SPACE: u64 = 64 << 40;
 
 impl RuntimeSettings {
-    /// The runtime configuration these settings give (`cache_dir` set by the caller).
-    pub fn runtime_config(&self) -> crate::plugins::RuntimeConfig {
-        crate::plugins::RuntimeConfig {
-            max_memory_bytes: self.max_memory_bytes,
-            max_instances: self.max_copies,
-            idle_budget: self.idle_copies,
-            idle_time: std::time::Duration::from_millis(self.idle_ms),
-            copy_wait: std::time::Duration::from_millis(self.copy_wait_ms),
-            ..crate::plugins::RuntimeConfig::default()
-        }
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |message: String| Err(ConfigError::Invalid(message));
         if !(1..=100_000).contains(&self.max_copies) {
@@ -262,16 +280,6 @@ pub struct GatewaySettings {
     /// Longest time one call may wait for the node, in milliseconds.
     #[serde(default = "default_upstream_deadline")]
     pub upstream_deadline_ms: u64,
-}
-
-impl GatewaySettings {
-    /// Each instance's share of the plugin runtime.
-    pub fn plugin_share(&self) -> crate::plugins::Share {
-        crate::plugins::Share {
-            calls: self.plugin_calls_per_instance,
-            wait: std::time::Duration::from_millis(self.plugin_queue_ms),
-        }
-    }
 }
 
 impl Default for GatewaySettings {
@@ -962,7 +970,7 @@ impl Config {
                     }
                     DriverDecl::Process(decl) => check_process(&what, decl, &[])?,
                     DriverDecl::Validator(decl) => {
-                        check_process(&what, &decl.client, crate::provision::VALIDATOR_TEMPLATE_NAMES)?;
+                        check_process(&what, &decl.client, VALIDATOR_TEMPLATE_NAMES)?;
                         if !decl.client.extra_ports.iter().any(|p| p == "keymanager_port") {
                             return bad(format!(
                                 "{what}: the validator client needs extra_ports = [\"keymanager_port\", …]"
@@ -980,7 +988,7 @@ impl Config {
                     }
                     DriverDecl::Kubernetes(decl) => check_kubernetes(&what, &plan.id, decl, &[])?,
                     DriverDecl::KubernetesValidator(decl) => {
-                        check_kubernetes(&what, &plan.id, &decl.client, crate::provision::VALIDATOR_TEMPLATE_NAMES)?;
+                        check_kubernetes(&what, &plan.id, &decl.client, VALIDATOR_TEMPLATE_NAMES)?;
                         if !decl.client.extra_ports.contains_key("keymanager_port") {
                             return bad(format!(
                                 "{what}: the validator client needs extra_ports = {{ keymanager_port = …, … }}"
@@ -1044,7 +1052,7 @@ fn check_validator(
         )));
     }
     check_urls(what, rpc_http, rpc_ws)?;
-    for name in crate::provision::VALIDATOR_PARAMETERS {
+    for name in VALIDATOR_PARAMETERS {
         if parameters.contains_key(*name) {
             return Err(ConfigError::Invalid(format!(
                 "{what}: {name:?} is a parameter of every validator plan; do not declare it"
@@ -1127,7 +1135,7 @@ fn check_kubernetes(
     }
     check_driver_parameters(what, &decl.parameters)?;
     for arg in decl.args.iter().chain(&decl.command) {
-        for name in crate::provision::placeholders(arg) {
+        for name in placeholders(arg) {
             let known = KUBERNETES_NAMES.contains(&name.as_str())
                 || template_names.contains(&name.as_str())
                 || decl.extra_ports.contains_key(&name)
@@ -1138,9 +1146,7 @@ fn check_kubernetes(
         }
     }
     if !decl.endpoint.starts_with("http://")
-        || crate::provision::placeholders(&decl.endpoint)
-            .iter()
-            .any(|n| !["name", "namespace", "port"].contains(&n.as_str()))
+        || placeholders(&decl.endpoint).iter().any(|n| !["name", "namespace", "port"].contains(&n.as_str()))
     {
         return bad(format!(
             "{what}: endpoint must be an http:// URL template using only {{name}}, {{namespace}}, {{port}}"
@@ -1201,7 +1207,7 @@ fn check_process(what: &str, decl: &ProcessDriverDecl, template_names: &[&str]) 
     }
     check_driver_parameters(what, &decl.parameters)?;
     for arg in &decl.command {
-        for name in crate::provision::placeholders(arg) {
+        for name in placeholders(arg) {
             let known = ["port", "data_dir", "instance_id"].contains(&name.as_str())
                 || template_names.contains(&name.as_str())
                 || decl.extra_ports.contains(&name)

@@ -22,7 +22,7 @@ use crypto_box::{PublicKey, SalsaBox, SecretKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::broker::credentials::{SecretError, read_or_create};
+use crate::credentials::{SecretError, read_or_create};
 
 /// The only `version` of sealed objects.
 pub const SEALED_VERSION: &str = "x25519-xsalsa20-poly1305";

@@ -8,6 +8,8 @@
 //! - [`cli`]: the `ovsb` command line.
 //! - [`scaffold`]: the template of `ovsb plugin new`.
 //! - [`config`]: the one configuration tree (TOML, `OVSB_*` overrides, validation, catalog).
+//! - [`credentials`]: the broker's secret key and what derives from it (binding keys, tokens,
+//!   sealing), used by the broker, routing and the drivers.
 //! - [`server`]: start-up order and every long-running task (`ovsb serve`).
 //! - [`broker`]: the OSB REST control plane (axum).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
@@ -15,6 +17,8 @@
 //! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
 //! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
 //! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
+//! - [`upstream`]: pools of an instance's node URLs (health, failover, rotation), built by the
+//!   drivers and called by the gateway.
 //! - [`gateway`]: the JSON-RPC data plane (jsonrpsee): auth, routing snapshot, middleware,
 //!   upstream forwarding and failover, subscriptions, limits.
 //! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm
@@ -23,11 +27,20 @@
 //! Control plane: OSB request → checks → one store transaction → the operation runner does the
 //! slow work → store → routes. Data plane: key → routing snapshot → plugin chain → node; it
 //! never touches the store.
+//!
+//! ## Who may depend on whom
+//! No cycle among these (each uses only those after it): `server` → `broker` → `routing` →
+//! `gateway` → `provision` → `upstream` → `plugins` → `config`; and `store`, `credentials`,
+//! `identity`, `telemetry` below them all (they depend on none of the above). In particular
+//! `config` is data and validation only, `provision` reaches routing only through
+//! [`provision::RouteRefresh`], and neither the drivers nor the gateway import each other's
+//! internals: both use [`upstream`].
 
 pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod gateway;
 pub mod identity;
 pub mod plugins;
@@ -37,3 +50,4 @@ pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::credentials::SecretKey;
 use crate::config::{ChainElement, Config};
+use crate::credentials::SecretKey;
 use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest};
 use crate::identity::Identity;
 use crate::plugins::{KvLimits, KvStore, Registry};
@@ -329,7 +329,11 @@ impl RouteSync {
                     .collect(),
             }
         });
-        match self.registry.build_chain(&instance.id, &elements, &kv, self.config.gateway.plugin_share()).await {
+        match self
+            .registry
+            .build_chain(&instance.id, &elements, &kv, crate::plugins::Share::from_settings(&self.config.gateway))
+            .await
+        {
             Ok(chain) => Some(Arc::new(InstanceRoute {
                 instance_id: instance.id.as_str().into(),
                 plan: instance.plan_id.as_str().into(),
@@ -366,6 +370,12 @@ impl RouteSync {
                 }
             }
         }
+    }
+}
+
+impl crate::provision::RouteRefresh for RouteSync {
+    fn refresh<'a>(&'a self, instance_id: &'a str) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.sync_instance(instance_id))
     }
 }
 

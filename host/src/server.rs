@@ -14,9 +14,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::credentials::{BasicAuth, SecretKey, read_or_create};
 use crate::broker::{BrokerState, Catalog};
 use crate::config::{Config, ConfigError};
+use crate::credentials::{BasicAuth, SecretKey, read_or_create};
 use crate::gateway::{GatewayConfig, Routes};
 use crate::identity::Identity;
 use crate::plugins::{PluginRuntime, Registry, RuntimeConfig};
@@ -40,7 +40,7 @@ pub enum StartError {
     },
     /// The secret key or password could not be set up.
     #[error(transparent)]
-    Secret(#[from] crate::broker::credentials::SecretError),
+    Secret(#[from] crate::credentials::SecretError),
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -213,7 +213,7 @@ impl Server {
 
         let runtime = PluginRuntime::new(RuntimeConfig {
             cache_dir: Some(data_dir.join("plugin-cache")),
-            ..config.runtime.runtime_config()
+            ..RuntimeConfig::from_settings(&config.runtime)
         })
         .map_err(|err| StartError::Plugins(err.to_string()))?;
         let decls = config.plugins.clone();

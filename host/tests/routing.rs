@@ -57,7 +57,9 @@ async fn a_replica_follows_another_one_instance_at_a_time() {
 
     assert_eq!(a_routing.sync_counts().0, 1, "A rebuilt its whole table only at start");
     assert_eq!(b_routing.sync_counts().0, b_full_at_start, "B followed without reloading everything");
-    assert!(b_routing.sync_counts().1 >= 7, "B applied each change to its instance: {:?}", b_routing.sync_counts());
+    // Five instances, then the unbind after B had served the bind: at least six single-instance
+    // rebuilds (changes to one instance that arrive together are applied once).
+    assert!(b_routing.sync_counts().1 >= 6, "B applied each change to its instance: {:?}", b_routing.sync_counts());
 }
 
 /// The change log names each changed instance in order; once pruned past a reader's generation,

@@ -13,11 +13,11 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::credentials::key_sha256;
 use super::{
     ApiError, BrokerState, Meta, checked_id, json_object, optional_object, optional_string, query, reply,
     required_query, required_string, same_json,
 };
+use crate::credentials::key_sha256;
 use crate::store::{BindingRow, Change, Decision, InstanceState, now_ms};
 
 type IdsPath = Result<Path<(String, String)>, PathRejection>;

@@ -41,7 +41,11 @@ async fn check_chain(
         return Ok(());
     }
     let scratch = Arc::new(KvStore::new(KvLimits::default()));
-    match state.registry.build_chain(instance_id, &elements, &scratch, state.config.gateway.plugin_share()).await {
+    match state
+        .registry
+        .build_chain(instance_id, &elements, &scratch, crate::plugins::Share::from_settings(&state.config.gateway))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(err @ ChainError::UnknownPlugin(_)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
         // The server is full, not the customer's parameters wrong: answered as a full plan is.

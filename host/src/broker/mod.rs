@@ -18,7 +18,6 @@
 
 mod bindings;
 mod catalog;
-pub mod credentials;
 pub mod dashboard;
 mod history;
 mod instances;
@@ -40,11 +39,11 @@ use serde_json::{Map, Value, json};
 pub use catalog::{Catalog, MAX_CHAIN_LENGTH};
 
 use crate::config::Config;
+use crate::credentials::{BasicAuth, SecretKey};
 use crate::plugins::Registry;
 use crate::provision::Operations;
 use crate::routing::RouteSync;
 use crate::store::{AuditEntry, Store, StoreError};
-use credentials::{BasicAuth, SecretKey};
 
 /// The version this broker implements.
 pub const API_VERSION: &str = "2.17";

@@ -7,20 +7,16 @@
 //! big; -32007 is used here for the same meaning). The README's table lists them all. Clients
 //! get a stable code and a short message; the details go to the logs.
 
+/// The upstream's codes: -32002 no node reachable, -32003 deadline, -32020 send outcome unknown.
+pub use crate::upstream::{DEADLINE_EXCEEDED, SEND_OUTCOME_UNKNOWN, UPSTREAM_UNAVAILABLE};
+
 /// The request carried no key, or a key that is unknown or revoked (HTTP 401).
 pub const UNAUTHORIZED: i32 = -32001;
-/// No upstream node could be reached (connection refused, all down, bad answer).
-pub const UPSTREAM_UNAVAILABLE: i32 = -32002;
-/// The call did not finish within the per-call deadline.
-pub const DEADLINE_EXCEEDED: i32 = -32003;
 /// A limit was exceeded (connections, an instance's share of plugin calls, upstream calls of a
 /// plugin); retry later. `data.reason` names the limit.
 pub const LIMIT_EXCEEDED: i32 = -32005;
 /// The request body is over the limit (jsonrpsee's own code for the same thing).
 pub const OVERSIZE: i32 = jsonrpsee::types::error::OVERSIZED_REQUEST_CODE;
-/// A transaction was sent but the node's answer was lost: it may or may not have been accepted,
-/// so it is not retried. Check with `eth_getTransactionByHash`.
-pub const SEND_OUTCOME_UNKNOWN: i32 = -32020;
 /// Internal error (a bug): JSON-RPC's own code.
 pub const INTERNAL_ERROR: i32 = -32603;
 

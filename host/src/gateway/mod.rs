@@ -27,7 +27,6 @@ pub mod connections;
 pub mod errors;
 pub mod routes;
 mod rpc;
-pub mod upstream;
 mod validator_proxy;
 
 use std::net::SocketAddr;
@@ -46,8 +45,8 @@ use tokio_util::task::TaskTracker;
 use body::{Clock, Timed};
 use connections::{Admission, AdmissionLimits, Counted, Refused, Ticket};
 
+pub use crate::upstream::{UpstreamPool, UpstreamSettings};
 pub use routes::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest, new_key};
-pub use upstream::{UpstreamPool, UpstreamSettings};
 
 use rpc::{Caller, ChainLayer, HexIdProvider, RpcState};
 

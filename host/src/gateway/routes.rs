@@ -12,8 +12,8 @@ use arc_swap::ArcSwap;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use super::upstream::UpstreamPool;
 use crate::plugins::Chain;
+use crate::upstream::UpstreamPool;
 
 /// SHA-256 of a binding key.
 pub type KeyDigest = [u8; 32];

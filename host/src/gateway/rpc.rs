@@ -25,11 +25,7 @@ use super::errors;
 use super::routes::{KeyDigest, Route, Routes};
 use crate::plugins::{Call, Context, Outcome, Upstream};
 
-tokio::task_local! {
-    /// The id of the call being served: plugins see it in their context, the node gets it as
-    /// `X-Request-Id`, and log lines under the call's `rpc` span carry it.
-    pub(crate) static REQUEST_ID: Arc<str>;
-}
+use crate::upstream::REQUEST_ID;
 
 /// Put into request extensions by the front service: the caller's key, by digest.
 #[derive(Clone, Copy)]

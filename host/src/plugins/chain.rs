@@ -39,6 +39,13 @@ pub struct Share {
     pub wait: Duration,
 }
 
+impl Share {
+    /// The share the gateway's settings give each instance.
+    pub fn from_settings(gateway: &crate::config::GatewaySettings) -> Self {
+        Share { calls: gateway.plugin_calls_per_instance, wait: Duration::from_millis(gateway.plugin_queue_ms) }
+    }
+}
+
 impl Default for Share {
     fn default() -> Self {
         Share { calls: 4, wait: Duration::from_millis(1000) }

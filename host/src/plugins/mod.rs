@@ -64,6 +64,20 @@ pub struct RuntimeConfig {
     pub copy_wait: Duration,
 }
 
+impl RuntimeConfig {
+    /// The runtime the `[runtime]` settings describe (`cache_dir` left unset).
+    pub fn from_settings(settings: &crate::config::RuntimeSettings) -> Self {
+        RuntimeConfig {
+            max_memory_bytes: settings.max_memory_bytes,
+            max_instances: settings.max_copies,
+            idle_budget: settings.idle_copies,
+            idle_time: Duration::from_millis(settings.idle_ms),
+            copy_wait: Duration::from_millis(settings.copy_wait_ms),
+            ..RuntimeConfig::default()
+        }
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {

@@ -40,10 +40,10 @@ use sha2::Digest as _;
 use super::process::{fill, fill_arguments, parameter_values};
 use super::validator::{ClientHost, ValidatorAccess};
 use super::{Driver, DriverError, InstanceSpec, Progress};
-use crate::broker::credentials::SecretKey;
 use crate::config::KubernetesDriverDecl;
-use crate::gateway::{UpstreamPool, UpstreamSettings};
+use crate::credentials::SecretKey;
 use crate::store::{InstanceState, Store};
+use crate::upstream::{UpstreamPool, UpstreamSettings};
 
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "ovsb";

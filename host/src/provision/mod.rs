@@ -29,6 +29,13 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// What the operation runner calls after it ended an operation on an instance, so that the
+/// instance's routes follow (the routing layer implements it; provision does not depend on it).
+pub trait RouteRefresh: Send + Sync + 'static {
+    /// Rebuilds the routes of `instance_id` from the store.
+    fn refresh<'a>(&'a self, instance_id: &'a str) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
 pub use kubernetes::{KubernetesContext, KubernetesDriver};
 pub use process::{NODE_MARKER, ProcessDriver, placeholders};
 pub use upstream::UpstreamDriver;
@@ -37,11 +44,10 @@ pub use validator::{
     merge_interchanges, prepare_provision, prepare_update, pubkeys_of, validator_parameter_schema,
 };
 
-use crate::broker::credentials::SecretKey;
 use crate::config::{Config, DriverDecl, PlanDecl};
-use crate::gateway::UpstreamPool;
-use crate::routing::RouteSync;
+use crate::credentials::SecretKey;
 use crate::store::{InstanceRow, InstanceState, OperationKind, OperationRow, OperationState, Store, now_ms};
+use crate::upstream::UpstreamPool;
 
 /// What a driver is told about an instance.
 #[derive(Debug, Clone)]
@@ -69,7 +75,7 @@ impl std::fmt::Debug for Secret {
 /// What an operation's `request` holds besides the update fields: the secrets, sealed.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SealedRequest {
-    /// [`crate::broker::credentials::SecretKey::seal`] of the secrets' JSON.
+    /// [`crate::credentials::SecretKey::seal`] of the secrets' JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<String>,
 }
@@ -264,7 +270,7 @@ pub struct Operations {
     secret: SecretKey,
     config: Arc<Config>,
     drivers: Drivers,
-    routing: Arc<RouteSync>,
+    routing: Arc<dyn RouteRefresh>,
     owner: String,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -278,7 +284,7 @@ impl Operations {
         secret: SecretKey,
         config: Arc<Config>,
         drivers: Drivers,
-        routing: Arc<RouteSync>,
+        routing: Arc<dyn RouteRefresh>,
         owner: String,
         tracker: TaskTracker,
         shutdown: CancellationToken,
@@ -348,7 +354,7 @@ impl Operations {
             tracing::error!(operation = %operation.id, "operation interrupted: {err}");
             return;
         }
-        self.routing.sync_instance(&operation.instance_id).await;
+        self.routing.refresh(&operation.instance_id).await;
     }
 
     async fn execute(&self, operation: &OperationRow) -> Result<(), crate::store::StoreError> {

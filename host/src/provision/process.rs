@@ -27,8 +27,8 @@ use tokio_util::task::TaskTracker;
 
 use super::{Driver, DriverError, InstanceSpec, Progress};
 use crate::config::ProcessDriverDecl;
-use crate::gateway::{UpstreamPool, UpstreamSettings};
 use crate::plugins::Call;
+use crate::upstream::{UpstreamPool, UpstreamSettings};
 
 /// The environment variable that marks a node process as ovsb's.
 pub const NODE_MARKER: &str = "OVSB_NODE";
@@ -500,18 +500,7 @@ pub(super) fn fill(template: &str, values: &HashMap<String, String>) -> Result<S
     Ok(out)
 }
 
-/// Placeholders a template uses.
-pub fn placeholders(template: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else { break };
-        names.push(after[..close].to_string());
-        rest = &after[close + 1..];
-    }
-    names
-}
+pub use crate::config::placeholders;
 
 /// Process ids whose environment carries `OVSB_NODE=<marker>`.
 fn find_marked(marker: &str) -> Vec<u32> {

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Driver, DriverError, InstanceSpec, Progress};
 use crate::config::UpstreamDriverDecl;
-use crate::gateway::{UpstreamPool, UpstreamSettings};
 use crate::plugins::Call;
+use crate::upstream::{UpstreamPool, UpstreamSettings};
 
 /// A shared pool of nodes.
 pub struct UpstreamDriver {

@@ -17,7 +17,7 @@
 //!   key was deleted from the client. If the client cannot be reached, the deprovision fails
 //!   and keeps the client's directory (its own slashing database) instead.
 //! - Keystores and passwords reach the store only sealed (see
-//!   [`crate::broker::credentials::SecretKey::seal`]) in the operation's request, never in the
+//!   [`crate::credentials::SecretKey::seal`]) in the operation's request, never in the
 //!   instance's parameters, never in a log, never in an answer.
 //! - A history the store holds for a key is imported with it (merged with one given), so a key
 //!   moved from one instance to another keeps its protection even if the platform forgot it.
@@ -36,25 +36,10 @@ use tokio_util::task::TaskTracker;
 
 use super::{Driver, DriverError, InstanceSpec, ProcessDriver, Progress};
 use crate::config::ValidatorDriverDecl;
-use crate::gateway::{UpstreamPool, UpstreamSettings};
 use crate::store::Store;
+use crate::upstream::{UpstreamPool, UpstreamSettings};
 
-/// Instance parameters every validator plan takes.
-pub const VALIDATOR_PARAMETERS: &[&str] = &[
-    "keystores",
-    "passwords",
-    "slashing_protection",
-    "fee_recipient",
-    "graffiti",
-    "gas_limit",
-    "doppelganger_protection",
-    "remove_keys",
-    "pubkeys",
-];
-
-/// Parameters that are start options of the client (placeholders of its command): changing
-/// one restarts the client.
-pub const VALIDATOR_TEMPLATE_NAMES: &[&str] = &["graffiti", "doppelganger_protection"];
+pub use crate::config::{VALIDATOR_PARAMETERS, VALIDATOR_TEMPLATE_NAMES};
 
 /// Most keys in one request.
 const MAX_KEYS: usize = 100;

@@ -7,10 +7,15 @@
 //! `eth_sendTransaction`) are only retried when the request provably never left (connection
 //! refused); otherwise their outcome is reported as unknown. The node's own JSON-RPC errors are
 //! answers, passed through unchanged.
+//!
+//! Used by the drivers (which build and health-check pools) and by the gateway (which sends
+//! calls through them); it depends on neither. It owns the JSON-RPC codes of the failures it
+//! reports, which `gateway::errors` lists with the others.
 
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -22,8 +27,21 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::errors;
 use crate::plugins::{Call, Outcome, RpcError, Upstream};
+
+tokio::task_local! {
+    /// The id of the call being served (set by the gateway): plugins see it in their context,
+    /// the node gets it as `X-Request-Id`, and log lines under the call's `rpc` span carry it.
+    pub static REQUEST_ID: Arc<str>;
+}
+
+/// No upstream node could be reached (connection refused, all down, bad answer).
+pub const UPSTREAM_UNAVAILABLE: i32 = -32002;
+/// The call did not finish within the per-call deadline.
+pub const DEADLINE_EXCEEDED: i32 = -32003;
+/// A transaction was sent but the node's answer was lost: it may or may not have been accepted,
+/// so it is not retried. Check with `eth_getTransactionByHash`.
+pub const SEND_OUTCOME_UNKNOWN: i32 = -32020;
 
 /// How long an upstream that failed is skipped (unless all are down).
 const DOWN_FOR: Duration = Duration::from_secs(2);
@@ -165,9 +183,9 @@ impl UpstreamPool {
         match tokio::time::timeout(self.deadline, self.attempt(index, body)).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(AttemptError::NotSent(reason) | AttemptError::Failed(reason))) => {
-                Err(rpc_error(errors::UPSTREAM_UNAVAILABLE, reason))
+                Err(rpc_error(UPSTREAM_UNAVAILABLE, reason))
             }
-            Err(_) => Err(rpc_error(errors::DEADLINE_EXCEEDED, "the node did not answer in time")),
+            Err(_) => Err(rpc_error(DEADLINE_EXCEEDED, "the node did not answer in time")),
         }
     }
 
@@ -178,7 +196,7 @@ impl UpstreamPool {
             Err(_) => {
                 crate::telemetry::metrics().upstream_error("timeout");
                 Err(rpc_error(
-                    errors::DEADLINE_EXCEEDED,
+                    DEADLINE_EXCEEDED,
                     format!("the node did not answer within {} ms", self.deadline.as_millis()),
                 ))
             }
@@ -187,7 +205,7 @@ impl UpstreamPool {
 
     async fn send_with_failover(&self, call: &Call) -> Outcome {
         if self.endpoints.is_empty() {
-            return Err(rpc_error(errors::UPSTREAM_UNAVAILABLE, "this instance has no upstream node"));
+            return Err(rpc_error(UPSTREAM_UNAVAILABLE, "this instance has no upstream node"));
         }
         let body = self.encode(call);
         let send = is_send(&call.method);
@@ -206,7 +224,7 @@ impl UpstreamPool {
                     if send {
                         tracing::warn!(method = %call.method, "upstream failed after a transaction was sent: {reason}");
                         return Err(rpc_error(
-                            errors::SEND_OUTCOME_UNKNOWN,
+                            SEND_OUTCOME_UNKNOWN,
                             "the node failed while handling the transaction; it may or may not have been accepted",
                         ));
                     }
@@ -215,7 +233,7 @@ impl UpstreamPool {
             }
         }
         tracing::warn!(method = %call.method, "no upstream answered: {last}");
-        Err(rpc_error(errors::UPSTREAM_UNAVAILABLE, "no upstream node is reachable"))
+        Err(rpc_error(UPSTREAM_UNAVAILABLE, "no upstream node is reachable"))
     }
 
     /// The JSON-RPC request body, built around the raw params without re-encoding them.
@@ -237,7 +255,7 @@ impl UpstreamPool {
     async fn attempt(&self, index: usize, body: Bytes) -> Result<Outcome, AttemptError> {
         let mut request = http::Request::post(self.endpoints[index].uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json");
-        if let Ok(Ok(id)) = super::rpc::REQUEST_ID.try_with(|id| http::HeaderValue::from_str(id)) {
+        if let Ok(Ok(id)) = REQUEST_ID.try_with(|id| http::HeaderValue::from_str(id)) {
             request = request.header("x-request-id", id);
         }
         let request = request.body(Full::new(body)).map_err(|e| AttemptError::NotSent(e.to_string()))?;
