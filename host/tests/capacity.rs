@@ -10,57 +10,22 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::broker::{Db, PLAN_SHARED, TestBroker};
 use support::{Anvil, rpc};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const PLAN_SLOW: &str = "plan-slow";
 
 /// A stand-in for a slow node (no real node answers slowly on demand): health checks
 /// (`eth_blockNumber`, `eth_syncing`) are answered at once, every other call after 3 s.
 async fn slow_stand_in_node() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = socket.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buffer).to_string();
-                    let Some(end) = text.find("\r\n\r\n") else { continue };
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
-                        })
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if buffer.len() < end + 4 + length {
-                        continue;
-                    }
-                    let body = &text[end + 4..end + 4 + length];
-                    let result = if body.contains("eth_syncing") { "false" } else { "\"0x1\"" };
-                    if !body.contains("eth_blockNumber") && !body.contains("eth_syncing") {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
-                    }
-                    buffer.drain(..end + 4 + length);
-                    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if socket.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    support::stand_in_node(|request| async move {
+        if request.body.contains("eth_syncing") {
+            return "false".to_string();
         }
-    });
-    url
+        if !request.body.contains("eth_blockNumber") {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        "\"0x1\"".to_string()
+    })
+    .await
 }
 
 fn fanout_chain() -> Value {

@@ -406,48 +406,12 @@ async fn connections_over_the_cap_get_429_with_a_json_rpc_error() {
 /// A stand-in for a node that records the request headers it gets (anvil does not show them)
 /// and answers every call with `"0x1"`.
 async fn header_recording_stand_in_node() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = socket.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buffer).to_string();
-                    let Some(end) = text.find("\r\n\r\n") else { continue };
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
-                        })
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if buffer.len() < end + 4 + length {
-                        continue;
-                    }
-                    let _ = tx.send(text[..end].to_string());
-                    buffer.drain(..end + 4 + length);
-                    let body = r#"{"jsonrpc":"2.0","id":1,"result":"0x1"}"#;
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if socket.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let url = support::stand_in_node(move |request| {
+        let _ = tx.send(request.head);
+        std::future::ready("\"0x1\"".to_string())
+    })
+    .await;
     (url, rx)
 }
 

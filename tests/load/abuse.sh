@@ -13,28 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-20}
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-[ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
-rustup target add wasm32-wasip2 >/dev/null 2>&1
-cargo build --profile production -p ovsb -q
+source tests/load/common.sh
 cargo build --release --target wasm32-wasip2 -p ovsb-test-plugin -q
-TARGET=$(realpath "${CARGO_TARGET_DIR:-target}")
 PLUGIN=$TARGET/wasm32-wasip2/release/ovsb_test_plugin.wasm
-OVSB=$TARGET/production/ovsb
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 ANVIL=$(free_port); BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
-tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
+"$ANVIL_BIN" --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
 wait_port "$ANVIL"
 
 cat > "$WORK/ovsb.toml" <<TOML

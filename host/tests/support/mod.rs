@@ -264,3 +264,65 @@ impl Drop for NodeReaper {
         kill_nodes_under(&self.0);
     }
 }
+
+/// A request the stand-in node got: the head (request line and headers) and the body.
+pub struct StandInRequest {
+    pub head: String,
+    pub body: String,
+}
+
+/// A stand-in for a node, for what no real node shows or does on demand (the headers it got, a
+/// slow answer): an HTTP/1.1 keep-alive server on a loopback port that hands each request to
+/// `answer` and sends back the JSON-RPC `result` it returns (JSON text). Returns its URL.
+pub async fn stand_in_node<F, Fut>(answer: F) -> String
+where
+    F: Fn(StandInRequest) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = String> + Send,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buffer).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buffer.len() < end + 4 + length {
+                        continue;
+                    }
+                    let request = StandInRequest {
+                        head: text[..end].to_string(),
+                        body: text[end + 4..end + 4 + length].to_string(),
+                    };
+                    buffer.drain(..end + 4 + length);
+                    let result = answer(request).await;
+                    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
