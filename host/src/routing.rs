@@ -54,6 +54,9 @@ pub struct RouteSync {
     loaded: std::sync::atomic::AtomicBool,
     full_syncs: AtomicU64,
     instance_syncs: AtomicU64,
+    /// Serving instances whose routes could not be built (no node yet, no plugin slot): retried
+    /// on every poll until they are built or stop serving.
+    unbuilt: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl RouteSync {
@@ -81,6 +84,7 @@ impl RouteSync {
             loaded: Default::default(),
             full_syncs: AtomicU64::new(0),
             instance_syncs: AtomicU64::new(0),
+            unbuilt: Default::default(),
         }
     }
 
@@ -207,6 +211,7 @@ impl RouteSync {
     ) -> Result<(), crate::store::StoreError> {
         self.instance_syncs.fetch_add(1, Ordering::Relaxed);
         let Some((instance, bindings)) = self.store.serving_instance(id).await? else {
+            self.lock_unbuilt().remove(id);
             built.remove(id);
             self.routes.update(|table| table.remove_instance(id));
             self.kv.lock().unwrap_or_else(|poison| poison.into_inner()).remove(id);
@@ -223,10 +228,12 @@ impl RouteSync {
                 }
                 None => {
                     self.routes.update(|table| table.remove_instance(id));
+                    self.lock_unbuilt().insert(id.to_string());
                     return Ok(());
                 }
             },
         };
+        self.lock_unbuilt().remove(id);
         let keys: Vec<(KeyDigest, Arc<str>, Option<KeyDigest>)> =
             bindings.iter().filter_map(|binding| self.binding_keys(binding, entry.route.validator.is_some())).collect();
         let route = entry.route.clone();
@@ -243,6 +250,24 @@ impl RouteSync {
         Ok(())
     }
 
+    fn lock_unbuilt(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.unbuilt.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Tries again the instances whose routes could not be built.
+    async fn retry_unbuilt(&self) {
+        let ids: Vec<String> = self.lock_unbuilt().iter().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut built = self.built.lock().await;
+        for id in ids {
+            if let Err(err) = self.apply_instance(&mut built, &id).await {
+                tracing::warn!(instance = %id, "cannot refresh the instance's routes: {err}");
+            }
+        }
+    }
+
     /// A binding's key digest, id and (for validators) keymanager token digest.
     fn binding_keys(
         &self,
@@ -257,6 +282,8 @@ impl RouteSync {
 
     async fn sync_locked(&self, built: &mut HashMap<String, Built>) -> Result<(), crate::store::StoreError> {
         self.full_syncs.fetch_add(1, Ordering::Relaxed);
+        // Every serving instance is tried again here; those that still fail go back in.
+        self.lock_unbuilt().clear();
         let generation = self.store.generation().await?;
         let (instances, bindings) = self.store.serving().await?;
         let mut next: HashMap<String, Built> = HashMap::with_capacity(instances.len());
@@ -270,7 +297,10 @@ impl RouteSync {
                     Some(route) => {
                         Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), route }
                     }
-                    None => continue,
+                    None => {
+                        self.lock_unbuilt().insert(instance.id.clone());
+                        continue;
+                    }
                 },
             };
             next.insert(instance.id, entry);
@@ -362,6 +392,7 @@ impl RouteSync {
                 Ok(_) => {}
                 Err(err) => tracing::warn!("cannot read the store's change counter: {err}"),
             }
+            self.retry_unbuilt().await;
             // Keep a window of the change log that replicas can catch up from.
             if pruned.elapsed() >= Duration::from_secs(60) {
                 pruned = std::time::Instant::now();

@@ -622,3 +622,25 @@ async fn the_idle_budget_drops_the_least_recently_used_copy_across_instances() {
     assert_eq!(chains[0].entries()[0].pool.idle_copies(), 0, "the least recently used instance's copy went");
     assert_eq!(chains[2].entries()[0].pool.idle_copies(), 1);
 }
+
+/// Once the node has answered, the outcome is not thrown away for a "retry later": a call whose
+/// on-result finds the instance's share taken waits for its turn (a transaction may be in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_result_waits_for_its_turn_instead_of_dropping_the_nodes_answer() {
+    let fx =
+        Arc::new(Fixture::with_upstream(EchoUpstream { delay: Some(Duration::from_millis(30)), ..Default::default() }));
+    let pool = fx.pool(json!({"mode": "hostile"})).await;
+    let share = ovsb::plugins::Share { calls: 1, wait: Duration::from_millis(10) };
+    let chain = Arc::new(Chain::with_share(vec![ChainEntry { pool, fail_open: false }], share));
+    let sent = {
+        let (fx, chain) = (fx.clone(), chain.clone());
+        tokio::spawn(async move { fx.run(&chain, "eth_sendRawTransaction", Some("[\"0x02\"]")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // While the transaction is at the node, a looping call takes the one turn for 50 ms.
+    let looping = fx.run(&chain, "test_loop", None).await.unwrap_err();
+    assert_eq!(looping.code, PLUGIN_FAILURE_CODE);
+    let answer = json_of(sent.await.unwrap());
+    assert_eq!(answer["method"], "eth_sendRawTransaction", "the node's answer came back: {answer}");
+    assert_eq!(fx.upstream.calls.load(Ordering::SeqCst), 1, "sent once");
+}

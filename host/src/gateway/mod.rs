@@ -138,9 +138,10 @@ pub async fn serve(
     // Refused connections get their 429 while few are being refused; past that they are closed
     // at once, so a flood of refusals cannot hold descriptors either.
     let refusals = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only (what JSON-RPC clients speak): an HTTP/2 connection would carry many calls
+    // at once, each with its own upstream socket, past the descriptor budget.
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     http.http1().timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
-    http.http2().timer(TokioTimer::new());
     let tracker = TaskTracker::new();
     tracing::info!(%local, max_connections = budget, "gateway listening");
 

@@ -113,11 +113,17 @@ impl RouteTable {
     /// Removes every route of an instance.
     pub fn remove_instance(&mut self, instance_id: &str) {
         let Some(entries) = self.by_instance.remove(instance_id) else { return };
+        let ours = |route: Option<&Arc<Route>>| route.is_some_and(|r| &*r.instance.instance_id == instance_id);
         for entry in entries {
             match entry {
-                Entry::Key(key) => self.by_key.remove(&key),
-                Entry::KeymanagerToken(token) => self.by_keymanager_token.remove(&token),
-            };
+                Entry::Key(key) if ours(self.by_key.get(&key)) => {
+                    self.by_key.remove(&key);
+                }
+                Entry::KeymanagerToken(token) if ours(self.by_keymanager_token.get(&token)) => {
+                    self.by_keymanager_token.remove(&token);
+                }
+                _ => {}
+            }
         }
     }
 

@@ -10,8 +10,8 @@
 //!   slashing-protection history a deletion exports.
 //! - `/beacon/<binding key>/eth/…`: the beacon node's REST API, read-only (GET). Answers are
 //!   streamed as they come (server-sent events such as `/eth/v1/events` included), each
-//!   stream ended if the client goes quiet for [`BEACON_IDLE`]; answers that are not event
-//!   streams are bounded by the response limit.
+//!   stream ended if the beacon node goes quiet for [`BEACON_IDLE`]; answers that are not
+//!   event streams are bounded by the response limit.
 //!
 //! Like the JSON-RPC path, it reads only the routing snapshot: no store query.
 
@@ -99,6 +99,10 @@ impl Proxy {
             .map_err(|_| (StatusCode::GATEWAY_TIMEOUT, "the beacon node did not answer in 30 s".to_string()))?
             .map_err(|_| (StatusCode::BAD_GATEWAY, client_down()))?;
         let (parts, body) = response.into_parts();
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.max_response_bytes) {
+            return Err((StatusCode::BAD_GATEWAY, "the beacon node's answer is too large".to_string()));
+        }
         let streaming = parts
             .headers
             .get(header::CONTENT_TYPE)

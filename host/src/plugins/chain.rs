@@ -130,10 +130,9 @@ impl Chain {
         };
         for (index, call) in inbound.forwarded.iter().rev() {
             let entry = &self.entries[*index];
-            let turn = match self.turn(ctx).await {
-                Ok(turn) => turn,
-                Err(refused) => return Err(refused),
-            };
+            // The node has answered (a transaction may be in): the outcome must not be replaced
+            // by a "retry later", so on-result waits for its turn, within the call's deadline.
+            let Ok(turn) = self.turns.acquire().await else { return outcome };
             let started = std::time::Instant::now();
             let result = entry.pool.on_result(ctx, call, &outcome, upstream).await;
             drop(turn);

@@ -151,22 +151,20 @@ impl RuntimeInner {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a copy that `pool` just put back as idle; drops the least recently used idle
-    /// copies past the budget. Returns the copy's sequence number.
-    pub(crate) fn remember_idle(&self, pool: Weak<InstancePool>, seq: u64) {
-        let victims = {
-            let mut idle = self.lock_idle();
-            idle.by_seq.insert(seq, (Instant::now(), pool));
-            let mut victims = Vec::new();
-            while idle.by_seq.len() > self.idle_budget {
-                match idle.by_seq.pop_first() {
-                    Some((seq, (_, pool))) => victims.push((seq, pool)),
-                    None => break,
-                }
+    /// Records a copy that `pool` just put back as idle (called under the pool's lock), and
+    /// returns the least recently used idle copies past the budget, for the caller to drop
+    /// with [`drop_idle`](Self::drop_idle) once it released that lock.
+    pub(crate) fn remember_idle(&self, pool: Weak<InstancePool>, seq: u64) -> Vec<(u64, Weak<InstancePool>)> {
+        let mut idle = self.lock_idle();
+        idle.by_seq.insert(seq, (Instant::now(), pool));
+        let mut victims = Vec::new();
+        while idle.by_seq.len() > self.idle_budget {
+            match idle.by_seq.pop_first() {
+                Some((seq, (_, pool))) => victims.push((seq, pool)),
+                None => break,
             }
-            victims
-        };
-        self.drop_idle(victims);
+        }
+        victims
     }
 
     /// A new sequence number for an idle copy.
@@ -202,8 +200,9 @@ impl RuntimeInner {
         self.drop_idle(victims);
     }
 
-    /// Takes these copies out of their pools and drops them (outside the runtime's lock).
-    fn drop_idle(&self, victims: Vec<(u64, Weak<InstancePool>)>) -> usize {
+    /// Takes these copies out of their pools and drops them (outside the runtime's lock; never
+    /// with a pool's lock held).
+    pub(crate) fn drop_idle(&self, victims: Vec<(u64, Weak<InstancePool>)>) -> usize {
         let mut dropped = 0;
         for (seq, pool) in victims {
             if let Some(pool) = pool.upgrade()

@@ -253,8 +253,8 @@ impl InstancePool {
     /// An idle copy, or a new one.
     async fn take(&self) -> Result<PluginCopy, PluginFailure> {
         if self.limits.isolation == Isolation::Pooled {
-            let idle = self.lock_idle().pop();
-            if let Some((seq, copy)) = idle {
+            let mut idle = self.lock_idle();
+            if let Some((seq, copy)) = idle.pop() {
                 self.runtime.forget_idle(seq);
                 return Ok(copy);
             }
@@ -360,14 +360,17 @@ impl InstancePool {
             return;
         }
         let seq = self.runtime.next_idle_seq();
-        {
+        let victims = {
             let mut idle = self.lock_idle();
             if idle.len() >= self.limits.max_idle {
                 return;
             }
             idle.push((seq, copy));
-        }
-        self.runtime.remember_idle(self.me.clone(), seq);
+            // Recorded under the pool's lock, so that a `take` cannot pop the copy before it
+            // is recorded (which would leave a stale entry in the runtime's idle set).
+            self.runtime.remember_idle(self.me.clone(), seq)
+        };
+        self.runtime.drop_idle(victims);
     }
 
     /// Drops the idle copy `seq`, if the pool still holds it (the runtime's eviction).

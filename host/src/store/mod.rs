@@ -458,7 +458,12 @@ impl Store {
         let mut ids = Vec::with_capacity(rows.len());
         let mut last = since;
         for row in &rows {
-            last = row.try_get("generation")?;
+            let generation: i64 = row.try_get("generation")?;
+            if generation != last + 1 {
+                // A change that was not logged (a replica of an older version): reload.
+                return Ok(None);
+            }
+            last = generation;
             ids.push(row.try_get("instance_id")?);
         }
         Ok(Some((last, ids)))
