@@ -416,6 +416,11 @@ pub struct PlanDecl {
     /// Most instances of this plan at once (0: no cap).
     #[serde(default)]
     pub max_instances: u64,
+    /// Plugin calls one instance of this plan may run at once (its share of the plugin runtime);
+    /// an instance may ask for less with its `plugin_calls` parameter. Default:
+    /// `gateway.plugin_calls_per_instance`.
+    #[serde(default)]
+    pub plugin_calls_per_instance: Option<u32>,
     /// The chain an instance gets when its parameters name none.
     #[serde(default)]
     pub plugins: Vec<ChainElement>,
@@ -857,6 +862,16 @@ impl Config {
     /// references, URLs, bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.runtime.validate()?;
+        for plan in self.services.iter().flat_map(|s| &s.plans) {
+            if let Some(calls) = plan.plugin_calls_per_instance
+                && !(1..=4096).contains(&calls)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "plan {}: plugin_calls_per_instance is {calls}; it must be between 1 and 4096",
+                    plan.id
+                )));
+            }
+        }
         let bad = |message: String| Err(ConfigError::Invalid(message));
         let url = self.database_url();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {

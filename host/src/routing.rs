@@ -361,7 +361,16 @@ impl RouteSync {
         });
         match self
             .registry
-            .build_chain(&instance.id, &elements, &kv, crate::plugins::Share::from_settings(&self.config.gateway))
+            .build_chain(
+                &instance.id,
+                &elements,
+                &kv,
+                crate::plugins::Share::for_instance(
+                    &self.config.gateway,
+                    self.config.plan_by_id(&instance.plan_id),
+                    parameters.as_ref(),
+                ),
+            )
             .await
         {
             Ok(chain) => Some(Arc::new(InstanceRoute {

@@ -95,3 +95,48 @@ driver = {{ kind = "upstream", http = ["{slow}"] }}
     assert_eq!(rpc(&quiet, "eth_chainId", json!([])).await["result"][0], "0x7a69");
     assert_eq!(osb.provision("third", PLAN_SHARED, Some(fanout_chain())).await.status, 202);
 }
+
+const PLAN_CAPPED_SHARE: &str = "plan-capped-share";
+
+/// A plan bounds its instances' share of plugin calls; an instance may ask for less (its
+/// `plugin_calls` parameter, published with the plan's bound as maximum), never for more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_bounds_its_instances_share_and_an_instance_may_ask_for_less() {
+    let anvil = Anvil::start(&[]);
+    let plans = format!(
+        r#"
+[[services.plans]]
+id = "{PLAN_CAPPED_SHARE}"
+name = "capped-share"
+description = "two plugin calls per instance at once"
+plugin_calls_per_instance = 2
+driver = {{ kind = "upstream", http = ["{node}"] }}
+"#,
+        node = anvil.http_url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::broker::TestDb::new(Db::Sqlite, dir.path()).await;
+    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), support::free_port(), &plans, |_| {}).await;
+    let osb = &broker.osb;
+    let catalog = osb.call(reqwest::Method::GET, "/v2/catalog", None).await.body;
+    let plan =
+        catalog["services"][0]["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_CAPPED_SHARE).unwrap();
+    let published = &plan["schemas"]["service_instance"]["create"]["parameters"]["properties"]["plugin_calls"];
+    assert_eq!(published["maximum"], 2, "{published}");
+
+    let over = osb.provision("greedy", PLAN_CAPPED_SHARE, Some(json!({"plugin_calls": 3}))).await;
+    over.assert_error(400, None);
+    assert!(over.body["description"].as_str().unwrap().contains("plugin_calls"), "{over:?}");
+
+    let share_of = |id: &'static str, parameters: Option<Value>| {
+        let broker = &broker;
+        async move {
+            broker.osb.ready_instance(id, PLAN_CAPPED_SHARE, parameters).await;
+            let bound = broker.osb.bind(id, "b", PLAN_CAPPED_SHARE).await;
+            let key = bound.body["credentials"]["uri"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+            broker.server.as_ref().unwrap().routes.lookup(&key).unwrap().instance.chain.share().calls
+        }
+    };
+    assert_eq!(share_of("default", None).await, 2, "the plan's bound");
+    assert_eq!(share_of("modest", Some(json!({"plugin_calls": 1}))).await, 1, "less, when asked");
+}

@@ -58,6 +58,14 @@ impl Catalog {
                     if plan.driver.is_validator() { crate::provision::validator_parameter_schema() } else { json!({}) };
                 // Validation uses the schema without the plugins' own config schemas: each
                 // plugin's `configure` then judges its config, with a message naming the field.
+                let mut builtin = builtin;
+                let bound = plan.plugin_calls_per_instance.unwrap_or(config.gateway.plugin_calls_per_instance);
+                builtin[crate::plugins::PLUGIN_CALLS_PARAMETER] = json!({
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": bound,
+                    "description": "Plugin calls this instance runs at once (its share); at most the plan's bound",
+                });
                 let instance_schema = instance_parameters_schema(plugin_names, &builtin, driver_parameters, None);
                 let published =
                     instance_parameters_schema(plugin_names, &builtin, driver_parameters, Some(plugin_schemas));

@@ -44,7 +44,27 @@ impl Share {
     pub fn from_settings(gateway: &crate::config::GatewaySettings) -> Self {
         Share { calls: gateway.plugin_calls_per_instance, wait: Duration::from_millis(gateway.plugin_queue_ms) }
     }
+
+    /// The share of one instance: its plan's bound (else the gateway's), or less when the
+    /// instance's `plugin_calls` parameter asks for less.
+    pub fn for_instance(
+        gateway: &crate::config::GatewaySettings,
+        plan: Option<&crate::config::PlanDecl>,
+        parameters: Option<&serde_json::Value>,
+    ) -> Self {
+        let mut share = Share::from_settings(gateway);
+        if let Some(bound) = plan.and_then(|p| p.plugin_calls_per_instance) {
+            share.calls = bound;
+        }
+        if let Some(asked) = parameters.and_then(|p| p.get(PLUGIN_CALLS_PARAMETER)).and_then(|v| v.as_u64()) {
+            share.calls = share.calls.min(u32::try_from(asked).unwrap_or(u32::MAX)).max(1);
+        }
+        share
+    }
 }
+
+/// The instance parameter that lowers an instance's share below its plan's bound.
+pub const PLUGIN_CALLS_PARAMETER: &str = "plugin_calls";
 
 impl Default for Share {
     fn default() -> Self {

@@ -36,7 +36,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use bindings::ovsb::plugin::types::{Call, Context, Decision, Hooks, Level, Outcome, RpcError};
-pub use chain::{Chain, ChainEntry, SHARE_EXHAUSTED_CODE, Share};
+pub use chain::{Chain, ChainEntry, PLUGIN_CALLS_PARAMETER, SHARE_EXHAUSTED_CODE, Share};
 pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
 pub use kv::{KvLimits, KvStore};
 pub use pool::{InstancePool, Isolation, PluginLimits};
