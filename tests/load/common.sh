@@ -1,9 +1,10 @@
-# Sourced by the load scripts: a work directory and the PIDs of what the script starts, both
-# cleaned up on exit; a free loopback port; waiting until a port answers.
+# Sourced by the load scripts: a work directory and the PIDs of what the script starts (in PIDS,
+# or in $WORK/pids for processes started in a subshell), both cleaned up on exit; a free loopback
+# port; waiting until a port answers.
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}" $(cat "$WORK/pids" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
