@@ -21,7 +21,7 @@ pub struct TimedOut(pub &'static str);
 /// How the clock of a [`Timed`] body runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Clock {
-    /// The whole body within this time of the first poll.
+    /// The whole body within this time of the first wait for it.
     Total(Duration),
     /// No gap between frames longer than this.
     Idle(Duration),
@@ -58,19 +58,23 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let period = this.period();
-        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(period)));
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if let (Clock::Idle(idle), Some(Ok(_))) = (this.clock, &frame) {
+                if let (Clock::Idle(idle), Some(Ok(_)), Some(sleep)) = (this.clock, &frame, this.sleep.as_mut()) {
                     sleep.as_mut().reset(Instant::now() + idle);
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimedOut(this.what))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                // The clock starts the first time the body makes us wait: a body that came with
+                // its headers (the usual JSON-RPC request) never arms a timer.
+                let period = this.period();
+                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(period)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimedOut(this.what))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
