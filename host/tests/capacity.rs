@@ -32,8 +32,13 @@ fn fanout_chain() -> Value {
     json!({"plugins": [{"name": "test", "config": {"mode": "fanout", "count": 1}}]})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provision_beyond_the_runtime_capacity_gets_422_naming_the_setting_and_metrics_show_it() {
+/// A broker whose plan `slow` (with `plan_lines` added) has the slow stand-in node, and two
+/// bound instances with the fanout plugin: `hog` on the slow plan, `quiet` on the shared anvil.
+/// Returns the broker (and the anvil and the stand-in that it needs), and both endpoints.
+async fn hog_and_quiet(
+    plan_lines: &str,
+    tweak: impl FnOnce(&mut ovsb::config::Config),
+) -> (Anvil, TestBroker, String, String) {
     let anvil = Anvil::start(&[]);
     let slow = slow_stand_in_node().await;
     let plans = format!(
@@ -42,12 +47,25 @@ async fn a_provision_beyond_the_runtime_capacity_gets_422_naming_the_setting_and
 id = "{PLAN_SLOW}"
 name = "slow"
 description = "a node that takes 3 s per call"
+{plan_lines}
 driver = {{ kind = "upstream", http = ["{slow}"] }}
 "#
     );
     let dir = tempfile::tempdir().unwrap();
     let db = support::broker::TestDb::new(Db::Sqlite, dir.path()).await;
-    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), support::free_port(), &plans, |c| {
+    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), support::free_port(), &plans, tweak).await;
+    let osb = &broker.osb;
+    osb.ready_instance("hog", PLAN_SLOW, Some(fanout_chain())).await;
+    osb.ready_instance("quiet", PLAN_SHARED, Some(fanout_chain())).await;
+    let hog = osb.bind("hog", "b", PLAN_SLOW).await.body["credentials"]["uri"].as_str().unwrap().to_string();
+    let quiet = osb.bind("quiet", "b", PLAN_SHARED).await.body["credentials"]["uri"].as_str().unwrap().to_string();
+    (anvil, broker, hog, quiet)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provision_beyond_the_runtime_capacity_gets_422_naming_the_setting_and_metrics_show_it() {
+    // Two instances with a plugin: configuring them needs a copy only for a moment.
+    let (_anvil, broker, hog, quiet) = hog_and_quiet("", |c| {
         c.runtime.max_copies = 1;
         c.runtime.idle_copies = 1;
         c.runtime.copy_wait_ms = 50;
@@ -55,12 +73,6 @@ driver = {{ kind = "upstream", http = ["{slow}"] }}
     })
     .await;
     let osb = &broker.osb;
-
-    // Two instances with a plugin: configuring them needs a copy only for a moment.
-    osb.ready_instance("hog", PLAN_SLOW, Some(fanout_chain())).await;
-    osb.ready_instance("quiet", PLAN_SHARED, Some(fanout_chain())).await;
-    let hog = osb.bind("hog", "b", PLAN_SLOW).await.body["credentials"]["uri"].as_str().unwrap().to_string();
-    let quiet = osb.bind("quiet", "b", PLAN_SHARED).await.body["credentials"]["uri"].as_str().unwrap().to_string();
     assert_eq!(rpc(&quiet, "eth_chainId", json!([])).await["result"][0], "0x7a69");
 
     // The hog's call holds the one slot for 3 s (its plugin waits on the slow node).
@@ -152,30 +164,11 @@ driver = {{ kind = "upstream", http = ["{node}"] }}
 /// all succeed meanwhile. Nothing else fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hog_at_its_share_of_slow_calls_gets_32005_while_a_quiet_tenant_is_served() {
-    let anvil = Anvil::start(&[]);
-    let slow = slow_stand_in_node().await;
-    let plans = format!(
-        r#"
-[[services.plans]]
-id = "{PLAN_SLOW}"
-name = "slow"
-description = "a node that takes 3 s per call"
-plugin_calls_per_instance = 2
-driver = {{ kind = "upstream", http = ["{slow}"] }}
-"#
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::broker::TestDb::new(Db::Sqlite, dir.path()).await;
-    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), support::free_port(), &plans, |c| {
+    let (_anvil, _broker, hog, quiet) = hog_and_quiet("plugin_calls_per_instance = 2", |c| {
         c.gateway.plugin_queue_ms = 200;
         c.gateway.upstream_deadline_ms = 10_000;
     })
     .await;
-    let osb = &broker.osb;
-    osb.ready_instance("hog", PLAN_SLOW, Some(fanout_chain())).await;
-    osb.ready_instance("quiet", PLAN_SHARED, Some(fanout_chain())).await;
-    let hog = osb.bind("hog", "b", PLAN_SLOW).await.body["credentials"]["uri"].as_str().unwrap().to_string();
-    let quiet = osb.bind("quiet", "b", PLAN_SHARED).await.body["credentials"]["uri"].as_str().unwrap().to_string();
 
     // Five slow calls at once on a share of 2: two wait on the node, three are refused.
     let calls: Vec<_> = (0..5)
