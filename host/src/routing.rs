@@ -218,20 +218,9 @@ impl RouteSync {
             crate::telemetry::metrics().forget_instance(id);
             return Ok(());
         };
-        let reusable =
-            built.remove(id).filter(|b| b.plan_id == instance.plan_id && b.parameters == instance.parameters);
-        let entry = match reusable {
-            Some(entry) => entry,
-            None => match self.build(&instance).await {
-                Some(route) => {
-                    Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), route }
-                }
-                None => {
-                    self.routes.update(|table| table.remove_instance(id));
-                    self.lock_unbuilt().insert(id.to_string());
-                    return Ok(());
-                }
-            },
+        let Some(entry) = self.reuse_or_build(built, &instance).await else {
+            self.routes.update(|table| table.remove_instance(id));
+            return Ok(());
         };
         self.lock_unbuilt().remove(id);
         let keys: Vec<(KeyDigest, Arc<str>, Option<KeyDigest>)> =
@@ -248,6 +237,21 @@ impl RouteSync {
         });
         built.insert(id.to_string(), entry);
         Ok(())
+    }
+
+    /// The instance's built route, kept from `built` while its plan and parameters are the
+    /// same, else built anew; `None` (and the instance remembered for a retry) when it cannot be.
+    async fn reuse_or_build(&self, built: &mut HashMap<String, Built>, instance: &InstanceRow) -> Option<Built> {
+        let reusable =
+            built.remove(&instance.id).filter(|b| b.plan_id == instance.plan_id && b.parameters == instance.parameters);
+        if let Some(entry) = reusable {
+            return Some(entry);
+        }
+        let Some(route) = self.build(instance).await else {
+            self.lock_unbuilt().insert(instance.id.clone());
+            return None;
+        };
+        Some(Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), route })
     }
 
     fn lock_unbuilt(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
@@ -288,21 +292,7 @@ impl RouteSync {
         let (instances, bindings) = self.store.serving().await?;
         let mut next: HashMap<String, Built> = HashMap::with_capacity(instances.len());
         for instance in instances {
-            let reusable = built
-                .remove(&instance.id)
-                .filter(|b| b.plan_id == instance.plan_id && b.parameters == instance.parameters);
-            let entry = match reusable {
-                Some(entry) => entry,
-                None => match self.build(&instance).await {
-                    Some(route) => {
-                        Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), route }
-                    }
-                    None => {
-                        self.lock_unbuilt().insert(instance.id.clone());
-                        continue;
-                    }
-                },
-            };
+            let Some(entry) = self.reuse_or_build(built, &instance).await else { continue };
             next.insert(instance.id, entry);
         }
         let mut table = RouteTable::default();

@@ -174,11 +174,13 @@ pub async fn serve(
         };
         let front = Front {
             jsonrpc: builder.clone().build(methods.clone(), stop_handle.clone()),
-            routes: routes.clone(),
-            proxy: proxy.clone(),
-            ticket: ticket.clone(),
-            max_request_bytes: config.max_request_bytes,
-            body_timeout: config.body_timeout,
+            connection: Arc::new(FrontConnection {
+                routes: routes.clone(),
+                proxy: proxy.clone(),
+                ticket: ticket.clone(),
+                max_request_bytes: config.max_request_bytes,
+                body_timeout: config.body_timeout,
+            }),
         };
         let stopped = stop_handle.clone().shutdown();
         let (http, anonymous_timeout) = (http.clone(), config.anonymous_timeout);
@@ -246,6 +248,11 @@ fn limit_error(refused: Refused) -> HttpResponse {
 #[derive(Clone)]
 struct Front<J> {
     jsonrpc: J,
+    /// What the connection's requests share (one clone per request, not one per field).
+    connection: Arc<FrontConnection>,
+}
+
+struct FrontConnection {
     routes: Arc<Routes>,
     proxy: validator_proxy::Proxy,
     ticket: Arc<Ticket>,
@@ -259,32 +266,31 @@ where
     J::Future: Send,
     J::Error: std::fmt::Display,
 {
-    fn serve(mut self, mut request: HttpRequest<hyper::body::Incoming>) -> BoxedResponse {
+    fn serve(self, mut request: HttpRequest<hyper::body::Incoming>) -> BoxedResponse {
+        let Front { mut jsonrpc, connection } = self;
         if let Some(declared) = declared_length(&request)
-            && declared > u64::from(self.max_request_bytes)
+            && declared > u64::from(connection.max_request_bytes)
         {
-            let message = format!("the request body is over the limit of {} bytes", self.max_request_bytes);
+            let message = format!("the request body is over the limit of {} bytes", connection.max_request_bytes);
             let mut response = json_error(http::StatusCode::PAYLOAD_TOO_LARGE, errors::OVERSIZE, &message);
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             return Box::pin(std::future::ready(Ok(response)));
         }
         if validator_proxy::handles(request.uri().path()) {
-            return Box::pin(async move { Ok(self.proxy.handle(request, &self.ticket).await) });
+            return Box::pin(async move { Ok(connection.proxy.handle(request, &connection.ticket).await) });
         }
-        let caller = match authenticate(&request, &self.routes) {
+        let caller = match authenticate(&request, &connection.routes) {
             Ok(caller) => caller,
             Err(message) => return Box::pin(std::future::ready(Ok(unauthorized(message)))),
         };
-        if let Err(refused) = self.ticket.present_key(&caller.0) {
+        if let Err(refused) = connection.ticket.present_key(&caller.0) {
             return Box::pin(std::future::ready(Ok(limit_error(refused))));
         }
         request.extensions_mut().insert(caller);
-        let timeout = self.body_timeout;
+        let timeout = connection.body_timeout;
         let request =
             request.map(|body| Timed::new(body, Clock::Total(timeout), "the request body did not arrive in time"));
-        Box::pin(
-            async move { tower::Service::call(&mut self.jsonrpc, request).await.map_err(|e| anyhow::anyhow!("{e}")) },
-        )
+        Box::pin(async move { tower::Service::call(&mut jsonrpc, request).await.map_err(|e| anyhow::anyhow!("{e}")) })
     }
 }
 
