@@ -482,6 +482,51 @@ async fn hooks_a_plugin_does_not_declare_are_skipped() {
     );
 }
 
+#[tokio::test]
+async fn a_plugin_that_did_not_select_a_method_is_passed_by_without_a_wasm_call() {
+    let fx = Fixture::new();
+    // b sees only eth_* calls as they reach it, c every call but net_*; a renames one method.
+    let chain = fx
+        .chain(&[
+            json!({"mode": "tracer", "tag": "a", "rename": "eth_renamed", "methods": ["web3_*"]}),
+            json!({"mode": "tracer", "tag": "b", "methods": ["eth_*"]}),
+            json!({"mode": "tracer", "tag": "c", "except_methods": ["net_*"]}),
+        ])
+        .await;
+    let made = fx.runtime.stats().instantiations.load(Ordering::SeqCst);
+
+    let result = json_of(fx.run(&chain, "net_version", None).await);
+    assert_eq!(result["method"], "net_version");
+    assert_eq!(result["params"], json!(null), "no plugin saw the call");
+    assert_eq!(result["trail"], json!([]), "no on-result ran either (the upstream answers an empty trail)");
+    assert_eq!(fx.runtime.stats().instantiations.load(Ordering::SeqCst), made, "no copy was even made");
+
+    let result = json_of(fx.run(&chain, "web3_clientVersion", None).await);
+    assert_eq!(result["method"], "eth_renamed");
+    assert_eq!(result["params"], json!(["call:a", "call:b", "call:c"]), "b sees the method as a renamed it");
+    assert_eq!(result["trail"], json!(["result:c", "result:b", "result:a"]));
+
+    let result = json_of(fx.run(&chain, "debug_x", None).await);
+    assert_eq!(result["params"], json!(["call:c"]));
+    assert_eq!(result["trail"], json!(["result:c"]));
+}
+
+#[tokio::test]
+async fn a_method_selection_out_of_bounds_fails_configure_with_the_reason() {
+    let fx = Fixture::new();
+    for (selection, reason) in [
+        (json!([""]), "must be 1 to 128 bytes long"),
+        (json!(["x".repeat(129)]), "must be 1 to 128 bytes long"),
+        (json!((0..257).map(|i| format!("m{i}")).collect::<Vec<_>>()), "over the limit of 256"),
+    ] {
+        let config = json!({"mode": "pass", "methods": selection}).to_string();
+        let err =
+            fx.runtime.pool(&fx.plugin, &config, PluginLimits::default(), "inst-1", fx.kv.clone()).await.err().unwrap();
+        let ConfigureError::Rejected { message, .. } = &err else { panic!("expected a rejection, got {err:?}") };
+        assert!(message.starts_with("select-methods: ") && message.contains(reason), "{message}");
+    }
+}
+
 /// Captures what `tracing` writes on this thread.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -47,6 +47,19 @@ pub(crate) fn decline_hook(hook: crate::Hooks) {
     }
 }
 
+/// Tells the host which calls the plugin sees (see [`Methods`](crate::Methods)); counts only
+/// during `configure`.
+pub(crate) fn select_methods(patterns: &[String], except: bool) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        imports::select_methods(patterns, except)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        crate::testing::with_mock_host(|host| host.select_methods(patterns, except))
+    }
+}
+
 /// Milliseconds since the Unix epoch, from the host's wall clock (the mock host's clock in
 /// native tests, which tests may move forward).
 pub fn now_ms() -> u64 {

@@ -37,7 +37,8 @@
 //! [`testing::MockHost`] of the current thread.
 //!
 //! ## Layout
-//! - the crate root: the [`Plugin`] trait, the contract's types with helpers, [`export_plugin!`];
+//! - the crate root: the [`Plugin`] trait, the contract's types with helpers, [`Methods`] and
+//!   [`glob_matches`] (which calls a plugin sees), [`export_plugin!`];
 //! - [`kv`], [`log`], [`upstream`], [`now_ms`]: the host functions, the only capabilities a
 //!   plugin has;
 //! - [`testing`]: the mock host and a harness that runs a plugin the way ovsb does;
@@ -48,11 +49,13 @@ extern crate self as ovsb_plugin_sdk;
 
 #[doc(hidden)]
 pub mod bindings;
+mod glob;
 mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 mod types;
 
+pub use glob::glob_matches;
 pub use host::{kv, log, now_ms, upstream};
 pub use types::{Config, Context, codes, json_kind, ok, ok_raw};
 
@@ -91,6 +94,24 @@ pub trait Plugin: Sized + 'static {
         Hooks::ON_CALL | Hooks::ON_RESULT
     }
 
+    /// The calls this plugin sees, by method; ovsb passes every other call by as if the plugin
+    /// were not in the chain, without calling into wasm at all. The default is every call.
+    /// Asked once, after [`configure`](Plugin::configure), so it may depend on the
+    /// configuration; it must take every call the plugin would act on.
+    ///
+    /// ```
+    /// # use ovsb_plugin_sdk::Methods;
+    /// // A cache of answers to these methods only:
+    /// let methods = Methods::matching(["eth_chainId", "eth_getBlockBy*"]);
+    /// assert!(methods.sees("eth_getBlockByHash") && !methods.sees("eth_blockNumber"));
+    /// // A filter that refuses everything outside an allowlist, and `debug_*` within it:
+    /// let methods = Methods::not_matching(["eth_*"]).or(Methods::matching(["debug_*"]));
+    /// assert!(methods.sees("debug_traceCall") && methods.sees("net_version") && !methods.sees("eth_call"));
+    /// ```
+    fn methods(&self) -> Methods {
+        Methods::all()
+    }
+
     /// Sees a call on its way to the node, in chain order. Return [`Decision::Forward`] with the
     /// call (rewritten or not) to pass it on, or [`Decision::Respond`] to answer it yourself: the
     /// rest of the chain and the node are then skipped, and so is this plugin's `on_result`.
@@ -106,6 +127,57 @@ pub trait Plugin: Sized + 'static {
         let _ = (ctx, call);
         host::decline_hook(Hooks::ON_RESULT);
         outcome
+    }
+}
+
+/// The calls a plugin sees (see [`Plugin::methods`]): every call, or those whose method a set
+/// of globs ([`glob_matches`]) takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Methods {
+    /// `None`: every call. Else a call is seen if any rule takes it: a rule `(patterns, false)`
+    /// takes the methods that match one of its patterns, `(patterns, true)` those that match none.
+    rules: Option<Vec<(Vec<String>, bool)>>,
+}
+
+impl Methods {
+    /// Every call (the default).
+    pub fn all() -> Self {
+        Methods { rules: None }
+    }
+
+    /// The calls whose method matches one of `patterns` (none, if `patterns` is empty).
+    pub fn matching<S: Into<String>>(patterns: impl IntoIterator<Item = S>) -> Self {
+        Methods { rules: Some(vec![(patterns.into_iter().map(Into::into).collect(), false)]) }
+    }
+
+    /// The calls whose method matches none of `patterns`.
+    pub fn not_matching<S: Into<String>>(patterns: impl IntoIterator<Item = S>) -> Self {
+        Methods { rules: Some(vec![(patterns.into_iter().map(Into::into).collect(), true)]) }
+    }
+
+    /// The calls that either takes.
+    pub fn or(self, other: Methods) -> Self {
+        match (self.rules, other.rules) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.extend(theirs);
+                Methods { rules: Some(mine) }
+            }
+            _ => Methods::all(),
+        }
+    }
+
+    /// Whether a call of `method` is seen.
+    pub fn sees(&self, method: &str) -> bool {
+        self.rules.as_ref().is_none_or(|rules| {
+            rules.iter().any(|(patterns, except)| patterns.iter().any(|p| glob_matches(p, method)) != *except)
+        })
+    }
+
+    /// Tells the host (`select-methods`); nothing for every call.
+    pub(crate) fn declare(&self) {
+        for (patterns, except) in self.rules.iter().flatten() {
+            host::select_methods(patterns, *except);
+        }
     }
 }
 
@@ -152,6 +224,7 @@ pub mod __private {
         install_panic_hook();
         let plugin = P::configure(Config::new(config))?;
         let hooks = plugin.hooks();
+        plugin.methods().declare();
         PLUGIN.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
         Ok(hooks)
     }

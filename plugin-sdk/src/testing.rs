@@ -37,6 +37,7 @@ struct Entry {
 struct State {
     context: CallContext,
     declined: Hooks,
+    selected: Vec<(Vec<String>, bool)>,
     now_ms: u64,
     upstream: Option<UpstreamFn>,
     upstream_calls: Vec<Call>,
@@ -68,6 +69,7 @@ impl MockHost {
             state: Rc::new(RefCell::new(State {
                 context: context(),
                 declined: Hooks::empty(),
+                selected: Vec::new(),
                 now_ms: 1_700_000_000_000,
                 upstream: None,
                 upstream_calls: Vec::new(),
@@ -94,6 +96,15 @@ impl MockHost {
 
     pub(crate) fn decline_hook(&self, hook: Hooks) {
         self.state.borrow_mut().declined |= hook;
+    }
+
+    /// What the plugin told the host with `select-methods`, in order: `(patterns, except)`.
+    pub fn selected_methods(&self) -> Vec<(Vec<String>, bool)> {
+        self.state.borrow().selected.clone()
+    }
+
+    pub(crate) fn select_methods(&self, patterns: &[String], except: bool) {
+        self.state.borrow_mut().selected.push((patterns.to_vec(), except));
     }
 
     pub(crate) fn call_context(&self) -> CallContext {
@@ -246,7 +257,9 @@ pub struct Harness<P: Plugin> {
 impl<P: Plugin> Harness<P> {
     /// Configures the plugin with the JSON text `config`; the error is the plugin's message.
     pub fn new(config: &str) -> Result<Self, String> {
-        Ok(Harness { plugin: P::configure(Config::new(config))? })
+        let plugin = P::configure(Config::new(config))?;
+        plugin.methods().declare();
+        Ok(Harness { plugin })
     }
 
     /// The plugin, to inspect its state.
@@ -260,9 +273,14 @@ impl<P: Plugin> Harness<P> {
     }
 
     /// Runs a call through `on_call`, the mock upstream and `on_result`, skipping the hooks the
-    /// plugin does not declare in [`Plugin::hooks`], as ovsb does. The context is the mock
+    /// plugin does not declare in [`Plugin::hooks`], and the whole plugin for calls that
+    /// [`Plugin::methods`] does not take, as ovsb does. The context is the mock
     /// host's ([`MockHost::set_context`]).
     pub fn run(&mut self, call: Call) -> Outcome {
+        if !self.plugin.methods().sees(&call.method) {
+            // Not selected (`Plugin::methods`): ovsb passes the plugin by.
+            return MockHost::current().upstream(&call);
+        }
         let hooks = self.plugin.hooks();
         let call = if hooks.contains(Hooks::ON_CALL) {
             match self.plugin.on_call(&Context::from_host(), call) {

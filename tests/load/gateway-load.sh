@@ -27,7 +27,7 @@ trap cleanup EXIT
 command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null; }
 [ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
 rustup target add wasm32-wasip2 >/dev/null 2>&1
-cargo build --profile production -p ovsb -q   # thin LTO: see [profile.production] in Cargo.toml
+[ -n "${OVSB_SKIP_BUILD:-}" ] || cargo build --profile production -p ovsb -q   # thin LTO: see [profile.production] in Cargo.toml
 cargo build --release --target wasm32-wasip2 -q -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache
 W=target/wasm32-wasip2/release
 OVSB=target/production/ovsb

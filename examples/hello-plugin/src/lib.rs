@@ -7,7 +7,7 @@
 //! Test: `cargo test` (natively, with the SDK's mock host).
 //! Try: `ovsb plugin call target/wasm32-wasip2/release/<crate>.wasm --method hello_world`.
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin};
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Methods, Plugin};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +41,11 @@ impl Plugin for HelloPlugin {
     /// Only `on_call`: ovsb then never calls `on_result` for this plugin.
     fn hooks(&self) -> Hooks {
         Hooks::ON_CALL
+    }
+
+    /// Only `hello_world`: every other call passes the plugin by, without a wasm call.
+    fn methods(&self) -> Methods {
+        Methods::matching(["hello_world"])
     }
 
     fn on_call(&mut self, ctx: &Context, call: Call) -> Decision {

@@ -1,5 +1,8 @@
 //! An instance's chain of plugins, and the semantics of running a call through it.
 //!
+//! A plugin that did not select a call's method (`select-methods`) is passed by for that call,
+//! as if it were not in the chain: no wasm call, no turn of the share.
+//!
 //! `on-call` runs in order (for the plugins that declared the hook); `forward` hands the (possibly rewritten) call to the next plugin and,
 //! after the last, to the upstream; `respond` ends the way in. `on-result` then runs in reverse
 //! for exactly the plugins that forwarded the call and declared the hook, each seeing the call
@@ -182,6 +185,10 @@ impl Chain {
         for (index, entry) in self.entries.iter().enumerate() {
             let hooks = entry.pool.hooks();
             let current = inbound.last().unwrap_or(call);
+            if !entry.pool.sees(&current.method) {
+                // Not selected: the plugin is passed by as if it were not in the chain.
+                continue;
+            }
             if !hooks.contains(Hooks::ON_CALL) {
                 if hooks.contains(Hooks::ON_RESULT) {
                     let same = current.clone();

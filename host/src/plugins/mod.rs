@@ -12,7 +12,8 @@
 //!   demand: an instance that serves no calls holds none.
 //! - The runtime's idle copies: warm copies kept after a call, at most `idle_budget` across all
 //!   instances (least recently used dropped first), each for at most `idle_time`.
-//! - [`Chain`]: runs a call through an instance's pools in order and back.
+//! - [`Chain`]: runs a call through an instance's pools in order and back, skipping the
+//!   plugins whose [`MethodSelection`] does not take the call.
 //! - [`KvStore`]: the per-instance key-value store behind the `kv-*` host functions.
 //! - [`Registry`]: the plugins the configuration makes available, by name; builds chains.
 
@@ -21,6 +22,7 @@ mod cache;
 mod chain;
 mod errors;
 mod kv;
+mod methods;
 mod pool;
 mod registry;
 mod state;
@@ -39,6 +41,7 @@ pub use bindings::ovsb::plugin::types::{Call, Context, Decision, Hooks, Level, O
 pub use chain::{Chain, ChainEntry, PLUGIN_CALLS_PARAMETER, SHARE_EXHAUSTED_CODE, Share};
 pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
 pub use kv::{KvLimits, KvStore};
+pub use methods::MethodSelection;
 pub use pool::{InstancePool, Isolation, PluginLimits};
 pub use registry::{ChainError, Registry};
 pub use state::{UPSTREAM_CAP_CODE, Upstream};

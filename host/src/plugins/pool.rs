@@ -11,7 +11,7 @@
 
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
@@ -22,6 +22,7 @@ use super::bindings::{
 };
 use super::errors::{ConfigureError, FailureKind, PluginFailure};
 use super::kv::KvStore;
+use super::methods::MethodSelection;
 use super::state::{BudgetExceeded, CopySettings, MemoryCapExceeded, StoreState, Upstream};
 use super::{LoadedPlugin, RuntimeInner};
 
@@ -133,6 +134,8 @@ pub struct InstancePool {
     permits: tokio::sync::Semaphore,
     /// The hooks to call: what `configure` declared, less those a copy declined since.
     hooks: AtomicU8,
+    /// The calls the plugin selected in `configure` (`None`: every call); set by the first copy.
+    selection: OnceLock<Option<MethodSelection>>,
 }
 
 impl InstancePool {
@@ -163,6 +166,7 @@ impl InstancePool {
             me: me.clone(),
             permits: tokio::sync::Semaphore::new(limits.max_concurrency),
             hooks: AtomicU8::new(hook_bits(Hooks::all())),
+            selection: OnceLock::new(),
         });
         // `configure` runs now, so that a bad configuration is refused at provision time; the
         // copy is then released: calls make their own.
@@ -188,6 +192,12 @@ impl InstancePool {
     /// The hooks the plugin declared for this configuration.
     pub fn hooks(&self) -> Hooks {
         hooks_from_bits(self.hooks.load(Ordering::Relaxed))
+    }
+
+    /// Whether the plugin sees a call of `method` (its `select-methods` declarations); the
+    /// chain passes the others by without a wasm call.
+    pub fn sees(&self, method: &str) -> bool {
+        self.selection.get().and_then(Option::as_ref).is_none_or(|selection| selection.sees(method))
     }
 
     /// Copies idle in the pool now.
@@ -314,13 +324,21 @@ impl InstancePool {
         let alive = Alive::new(runtime);
         let exports = self.plugin.pre.instantiate_async(&mut store).await.map_err(failed)?;
         runtime.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        match exports.call_configure(&mut store, &self.config).await.map_err(failed)? {
-            Ok(hooks) => {
+        store.data_mut().configuring = true;
+        let configured = exports.call_configure(&mut store, &self.config).await.map_err(failed)?;
+        store.data_mut().configuring = false;
+        let selection = std::mem::replace(&mut store.data_mut().selection, Ok(MethodSelection::default()));
+        match (configured, selection) {
+            (Ok(hooks), Ok(selection)) => {
                 store.data_mut().end_call();
                 self.hooks.fetch_and(hook_bits(hooks), Ordering::Relaxed);
+                // Every copy is configured alike: the first copy's selection is the pool's.
+                let _ = self.selection.set((!selection.is_empty()).then_some(selection));
                 Ok(PluginCopy { store, exports, _alive: alive })
             }
-            Err(message) => Err(ConfigureError::Rejected { plugin: self.plugin.name.to_string(), message }),
+            (Err(message), _) | (Ok(_), Err(message)) => {
+                Err(ConfigureError::Rejected { plugin: self.plugin.name.to_string(), message })
+            }
         }
     }
 

@@ -17,6 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::ovsb::plugin::host::Host;
 use super::bindings::ovsb::plugin::types::{Call, Context, Hooks, Level, Outcome, RpcError};
 use super::kv::KvStore;
+use super::methods::MethodSelection;
 
 /// Longest log line a plugin may write; longer ones are cut.
 const MAX_LOG_LINE: usize = 4096;
@@ -158,6 +159,11 @@ pub(crate) struct StoreState {
     call: CallState,
     /// Hooks the plugin said only pass things through (`decline-hook`).
     pub declined: Hooks,
+    /// Whether `configure` is running (the only time `select-methods` counts).
+    pub configuring: bool,
+    /// The calls the plugin selected during `configure` (`select-methods`), or why the
+    /// selection is refused.
+    pub selection: Result<MethodSelection, String>,
 }
 
 impl StoreState {
@@ -174,6 +180,8 @@ impl StoreState {
             budget: settings.budget,
             max_upstream_calls: settings.max_upstream_calls,
             declined: Hooks::empty(),
+            configuring: false,
+            selection: Ok(MethodSelection::default()),
             call: CallState::new(None, None, 0),
         }
     }
@@ -344,6 +352,17 @@ impl Host for StoreState {
 
     fn decline_hook(&mut self, hook: Hooks) {
         self.declined |= hook;
+    }
+
+    fn select_methods(&mut self, patterns: Vec<String>, except: bool) {
+        if !self.configuring {
+            return;
+        }
+        if let Ok(selection) = &mut self.selection
+            && let Err(refused) = selection.add(patterns, except)
+        {
+            self.selection = Err(refused);
+        }
     }
 
     fn now_ms(&mut self) -> u64 {

@@ -62,11 +62,13 @@
 //! stored), and each is also logged at level `debug`. The counters are how hit and miss counts
 //! are observed (the host may expose them as metrics); other calls are not counted.
 //!
-//! Hooks: `on-call` (answers hits, forwards misses) and `on-result` (stores answers).
+//! Hooks: `on-call` (answers hits, forwards misses) and `on-result` (stores answers). The plugin
+//! selects the methods of the table above (`CACHEABLE_METHODS`): ovsb passes every other call by
+//! without entering the plugin, so a cache in the chain costs other calls nothing.
 
 use std::fmt::Write as _;
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Outcome, Plugin, kv, log, ok_raw, upstream};
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Methods, Outcome, Plugin, kv, log, ok_raw, upstream};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -115,6 +117,22 @@ pub struct Cacheable {
 }
 
 /// Where a method's block parameter is, for the methods that read state at a block.
+/// Every method [`classify`] may cache: the plugin sees no other call (see `Plugin::methods`).
+pub const CACHEABLE_METHODS: [&str; 12] = [
+    "eth_chainId",
+    "net_version",
+    "eth_getBlockByHash",
+    "eth_getTransactionByHash",
+    "eth_getTransactionReceipt",
+    "eth_getBlockByNumber",
+    "eth_getBlockTransactionCountByNumber",
+    "eth_getBalance",
+    "eth_getCode",
+    "eth_getTransactionCount",
+    "eth_call",
+    "eth_getStorageAt",
+];
+
 fn block_param_index(method: &str) -> Option<usize> {
     match method {
         "eth_getBlockByNumber" | "eth_getBlockTransactionCountByNumber" => Some(0),
@@ -302,6 +320,10 @@ impl Plugin for Cache {
         Ok(Cache { ttl_ms: ttl_seconds * 1000, max_entry_bytes: max_entry_bytes as usize })
     }
 
+    fn methods(&self) -> Methods {
+        Methods::matching(CACHEABLE_METHODS)
+    }
+
     fn on_call(&mut self, _ctx: &Context, call: Call) -> Decision {
         let Some(cacheable) = classify(&call) else {
             return Decision::Forward(call);
@@ -425,6 +447,39 @@ mod tests {
         let second = harness.call(method, params);
         assert_eq!(first, second, "a cached answer must equal the node's");
         node_calls().len() - before == 1
+    }
+
+    #[test]
+    fn the_plugin_selects_exactly_the_methods_it_may_cache() {
+        let harness = Harness::<Cache>::new("null").unwrap();
+        let selection = harness_methods(harness);
+        let fixed = [
+            ("eth_chainId", "[]".to_string()),
+            ("net_version", "[]".to_string()),
+            ("eth_getBlockByHash", format!(r#"["{HASH}", false]"#)),
+            ("eth_getTransactionByHash", format!(r#"["{HASH}"]"#)),
+            ("eth_getTransactionReceipt", format!(r#"["{HASH}"]"#)),
+            ("eth_getBlockByNumber", r#"["0x0", false]"#.to_string()),
+            ("eth_getBlockTransactionCountByNumber", r#"["earliest"]"#.to_string()),
+            ("eth_getBalance", format!(r#"["{ADDRESS}", "0x0"]"#)),
+            ("eth_getCode", format!(r#"["{ADDRESS}", "0x0"]"#)),
+            ("eth_getTransactionCount", format!(r#"["{ADDRESS}", "0x0"]"#)),
+            ("eth_call", format!(r#"[{{"to": "{ADDRESS}"}}, "0x0"]"#)),
+            ("eth_getStorageAt", format!(r#"["{ADDRESS}", "0x0", "0x0"]"#)),
+        ];
+        assert_eq!(fixed.len(), CACHEABLE_METHODS.len());
+        for (method, params) in &fixed {
+            assert!(classify(&Call::new(*method, Some(params.clone()))).is_some(), "{method} can be cached");
+            assert!(selection.sees(method), "{method} is selected");
+        }
+        for method in ["eth_blockNumber", "eth_getLogs", "eth_sendRawTransaction", "eth_estimateGas", "eth_chainid"] {
+            assert!(!selection.sees(method), "{method} is not selected");
+            assert!(classify(&Call::new(method, Some(format!(r#"["{ADDRESS}", "0x0"]"#)))).is_none());
+        }
+    }
+
+    fn harness_methods(mut harness: Harness<Cache>) -> Methods {
+        harness.plugin().methods()
     }
 
     #[test]

@@ -72,7 +72,7 @@
 //! not the `eth_getBalance` calls it makes (a `method-filter` must allow or deny the `ovsb_*`
 //! names themselves).
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin, RpcError, codes, json_kind, upstream};
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Methods, Plugin, RpcError, codes, json_kind, upstream};
 use serde_json::{Map, Value, json};
 
 /// Default `max_items`.
@@ -282,6 +282,11 @@ impl Plugin for EthExtras {
 
     fn hooks(&self) -> Hooks {
         Hooks::ON_CALL
+    }
+
+    /// Only its own methods: every other call passes it by without a wasm call.
+    fn methods(&self) -> Methods {
+        Methods::matching(["ovsb_getBalances", "ovsb_getTokenBalances"])
     }
 
     fn on_call(&mut self, _ctx: &Context, call: Call) -> Decision {

@@ -38,13 +38,17 @@
 //!
 //! ## Behaviour
 //!
-//! Only the `on-call` hook is declared, so the host never calls `on-result`. Keep in mind that the
+//! Only the `on-call` hook is declared, so the host never calls `on-result`. The plugin selects
+//! exactly the methods it refuses (`deny`, and with `allow` every method outside it): ovsb
+//! passes allowed calls by without entering the plugin at all. Keep in mind that the
 //! filter sees the method the client called: methods that plugins build from upstream calls (for
 //! example `ovsb_getBalances` of `eth-extras`, which calls `eth_getBalance`) are filtered by
 //! their own name, and their upstream calls are not filtered by a method-filter earlier in the
 //! chain.
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Plugin, RpcError, codes, json_kind};
+use ovsb_plugin_sdk::{
+    Call, Config, Context, Decision, Hooks, Methods, Plugin, RpcError, codes, glob_matches, json_kind,
+};
 use serde_json::{Map, Value};
 
 /// Most patterns accepted, `allow` and `deny` together.
@@ -57,25 +61,15 @@ const MAX_QUOTED_CHARS: usize = 128;
 /// The configuration fields, in the order error messages list them.
 const FIELDS: [&str; 2] = ["allow", "deny"];
 
-/// One element of a compiled pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token {
-    /// Matches this character.
-    Literal(char),
-    /// `?`: matches one character.
-    One,
-    /// `*`: matches any run of characters.
-    Any,
-}
-
-/// A compiled glob pattern.
+/// A checked glob pattern, matched with the SDK's [`glob_matches`], the function ovsb uses for
+/// the plugin's method selection too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {
-    tokens: Vec<Token>,
+    pattern: String,
 }
 
 impl Glob {
-    /// Compiles `pattern`; the error says what is wrong with it.
+    /// Checks `pattern`; the error says what is wrong with it.
     pub fn new(pattern: &str) -> Result<Self, String> {
         if pattern.is_empty() {
             return Err("a pattern must not be empty".to_string());
@@ -84,59 +78,19 @@ impl Glob {
         if length > MAX_PATTERN_CHARS {
             return Err(format!("pattern `{pattern}` is {length} characters, over the limit of {MAX_PATTERN_CHARS}"));
         }
-        let mut tokens: Vec<Token> = Vec::with_capacity(length);
-        for c in pattern.chars() {
-            let token = match c {
-                '*' => Token::Any,
-                '?' => Token::One,
-                c if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') => Token::Literal(c),
-                c => {
-                    return Err(format!(
-                        "pattern `{pattern}` contains {c:?}; use letters, digits, `_`, `-`, `.`, and the wildcards `*` and `?`"
-                    ));
-                }
-            };
-            // `**` means the same as `*`; collapsing keeps matching linear.
-            if token == Token::Any && tokens.last() == Some(&Token::Any) {
-                continue;
-            }
-            tokens.push(token);
+        if let Some(c) =
+            pattern.chars().find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '*' | '?')))
+        {
+            return Err(format!(
+                "pattern `{pattern}` contains {c:?}; use letters, digits, `_`, `-`, `.`, and the wildcards `*` and `?`"
+            ));
         }
-        Ok(Glob { tokens })
+        Ok(Glob { pattern: pattern.to_string() })
     }
 
     /// Whether the whole of `text` matches.
     pub fn matches(&self, text: &str) -> bool {
-        // Iterative matching that backtracks only to the last `*`: O(pattern × text) at worst.
-        let text: Vec<char> = text.chars().collect();
-        let (mut p, mut t) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while t < text.len() {
-            match self.tokens.get(p) {
-                Some(Token::Literal(c)) if *c == text[t] => {
-                    p += 1;
-                    t += 1;
-                }
-                Some(Token::One) => {
-                    p += 1;
-                    t += 1;
-                }
-                Some(Token::Any) => {
-                    star = Some((p, t));
-                    p += 1;
-                }
-                _ => match star {
-                    // Let the last `*` swallow one more character and try again from there.
-                    Some((star_p, star_t)) => {
-                        star = Some((star_p, star_t + 1));
-                        p = star_p + 1;
-                        t = star_t + 1;
-                    }
-                    None => return false,
-                },
-            }
-        }
-        self.tokens[p..].iter().all(|token| *token == Token::Any)
+        glob_matches(&self.pattern, text)
     }
 }
 
@@ -203,6 +157,13 @@ impl Plugin for MethodFilter {
         Hooks::ON_CALL
     }
 
+    /// Exactly the calls it refuses: the rest pass it by without a wasm call.
+    fn methods(&self) -> Methods {
+        let names = |globs: &[Glob]| globs.iter().map(|glob| glob.pattern.clone()).collect::<Vec<_>>();
+        let denied = Methods::matching(names(&self.deny));
+        if self.allow.is_empty() { denied } else { denied.or(Methods::not_matching(names(&self.allow))) }
+    }
+
     fn on_call(&mut self, _ctx: &Context, call: Call) -> Decision {
         if self.allows(&call.method) {
             return Decision::Forward(call);
@@ -261,6 +222,36 @@ mod tests {
         assert!(glob("*a*a*a*").matches("banana_a"));
         assert!(!glob("*a*a*a*a*").matches("banana"));
         assert!(glob("a**b").matches("ab"));
+    }
+
+    #[test]
+    fn the_plugin_selects_exactly_the_methods_it_refuses() {
+        let methods = [
+            "eth_call",
+            "eth_sendTransaction",
+            "eth_sendRawTransaction",
+            "debug_traceCall",
+            "net_version",
+            "web3_clientVersion",
+            "eth_é",
+        ];
+        for config in [
+            r#"{"deny": ["debug_*", "eth_send*"]}"#,
+            r#"{"allow": ["eth_*", "net_version"]}"#,
+            r#"{"allow": ["eth_*"], "deny": ["eth_send?ransaction", "debug_*"]}"#,
+            r#"{"allow": ["eth_?"]}"#,
+        ] {
+            let mut harness = harness(config);
+            let selection = harness.plugin().methods();
+            for method in methods {
+                let refused = !harness.plugin().allows(method);
+                assert_eq!(selection.sees(method), refused, "{config}: {method}");
+            }
+        }
+        let host = MockHost::current();
+        let before = host.selected_methods().len();
+        harness(r#"{"deny": ["debug_*"]}"#);
+        assert_eq!(host.selected_methods()[before..], [(vec!["debug_*".to_string()], false)], "told to the host");
     }
 
     #[test]

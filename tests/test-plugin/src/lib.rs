@@ -15,9 +15,11 @@
 //! | `wasi-probe` | tries WASI environment, filesystem and clock and answers what it saw |
 //! | `whoami` | answers the call's context |
 //!
-//! Every mode honours `"hooks": ["on-call", "on-result"]` (default both) to declare fewer hooks.
+//! Every mode honours `"hooks": ["on-call", "on-result"]` (default both) to declare fewer hooks,
+//! and `"methods": [patterns]` / `"except_methods": [patterns]` to select the calls it sees
+//! (`Plugin::methods`; both given: their union).
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Outcome, Plugin, RpcError, codes, kv, log};
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Hooks, Methods, Outcome, Plugin, RpcError, codes, kv, log};
 use serde_json::{Value, json};
 
 /// See the module docs.
@@ -54,6 +56,19 @@ impl Plugin for TestPlugin {
                 Some("on-result") => hooks | Hooks::ON_RESULT,
                 _ => hooks,
             }),
+        }
+    }
+
+    fn methods(&self) -> Methods {
+        let patterns = |key: &str| -> Option<Vec<String>> {
+            let items = self.config[key].as_array()?;
+            Some(items.iter().filter_map(|item| item.as_str().map(str::to_string)).collect())
+        };
+        match (patterns("methods"), patterns("except_methods")) {
+            (None, None) => Methods::all(),
+            (Some(only), None) => Methods::matching(only),
+            (None, Some(except)) => Methods::not_matching(except),
+            (Some(only), Some(except)) => Methods::matching(only).or(Methods::not_matching(except)),
         }
     }
 
