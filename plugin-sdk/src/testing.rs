@@ -252,14 +252,17 @@ pub fn context() -> CallContext {
 /// mock host's upstream, then `on_result`.
 pub struct Harness<P: Plugin> {
     plugin: P,
+    /// What [`Plugin::methods`] answered after `configure`: ovsb too asks once.
+    methods: crate::Methods,
 }
 
 impl<P: Plugin> Harness<P> {
     /// Configures the plugin with the JSON text `config`; the error is the plugin's message.
     pub fn new(config: &str) -> Result<Self, String> {
         let plugin = P::configure(Config::new(config))?;
-        plugin.methods().declare();
-        Ok(Harness { plugin })
+        let methods = plugin.methods();
+        methods.declare();
+        Ok(Harness { plugin, methods })
     }
 
     /// The plugin, to inspect its state.
@@ -277,7 +280,7 @@ impl<P: Plugin> Harness<P> {
     /// [`Plugin::methods`] does not take, as ovsb does. The context is the mock
     /// host's ([`MockHost::set_context`]).
     pub fn run(&mut self, call: Call) -> Outcome {
-        if !self.plugin.methods().sees(&call.method) {
+        if !self.methods.sees(&call.method) {
             // Not selected (`Plugin::methods`): ovsb passes the plugin by.
             return MockHost::current().upstream(&call);
         }

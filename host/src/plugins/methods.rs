@@ -1,36 +1,32 @@
 //! Which calls a plugin sees: the method selection a plugin declares during `configure` with
 //! `host.select-methods`, checked by the chain before it makes any wasm call.
 //!
-//! Owns the bounds on what a plugin may declare; the globs are the SDK's
-//! ([`ovsb_plugin_sdk::glob_matches`]), so that a plugin's own tests and ovsb agree on what a
-//! pattern takes. A
-//! selection only ever narrows what a plugin sees, so a chain without selections behaves
-//! exactly as before; one that is refused fails `configure` with a message that says why.
+//! Owns the bounds on what a plugin may declare. The declarations add up into the SDK's own
+//! [`Methods`], so that a plugin's native tests (the SDK's `Harness`) and ovsb agree on what a
+//! selection takes. A selection only ever narrows what a plugin sees, so a chain without
+//! selections behaves exactly as before; one that is refused fails `configure` with a message
+//! that says why.
 
-use ovsb_plugin_sdk::glob_matches;
+use ovsb_plugin_sdk::Methods;
 
 /// Longest pattern, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 128;
 /// Most patterns one plugin may declare, across all its `select-methods` calls.
 pub const MAX_PATTERNS: usize = 256;
 
-/// The calls a plugin selected: a method is seen if any rule takes it.
+/// The calls a plugin selected: a method is seen if any declaration takes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MethodSelection {
-    rules: Vec<Rule>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Rule {
-    patterns: Vec<Box<str>>,
-    /// Takes the methods that match none of the patterns.
-    except: bool,
+    /// The union of the declarations; `None` before the first (every call is seen).
+    methods: Option<Methods>,
+    /// Patterns declared so far.
+    patterns: usize,
 }
 
 impl MethodSelection {
     /// Adds one `select-methods` declaration, or says why it is refused.
     pub fn add(&mut self, patterns: Vec<String>, except: bool) -> Result<(), String> {
-        let total = self.rules.iter().map(|rule| rule.patterns.len()).sum::<usize>() + patterns.len();
+        let total = self.patterns + patterns.len();
         if total > MAX_PATTERNS {
             return Err(format!("select-methods: {total} patterns in all, over the limit of {MAX_PATTERNS}"));
         }
@@ -38,19 +34,23 @@ impl MethodSelection {
             let shown: String = bad.chars().take(40).collect();
             return Err(format!("select-methods: the pattern {shown:?} must be 1 to {MAX_PATTERN_BYTES} bytes long"));
         }
-        self.rules.push(Rule { patterns: patterns.into_iter().map(String::into_boxed_str).collect(), except });
+        let declared = if except { Methods::not_matching(patterns) } else { Methods::matching(patterns) };
+        self.methods = Some(match self.methods.take() {
+            Some(methods) => methods.or(declared),
+            None => declared,
+        });
+        self.patterns = total;
         Ok(())
     }
 
     /// Whether no declaration was made (the plugin sees every call).
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.methods.is_none()
     }
 
     /// Whether the plugin sees a call of `method`.
     pub fn sees(&self, method: &str) -> bool {
-        self.rules.is_empty()
-            || self.rules.iter().any(|rule| rule.patterns.iter().any(|p| glob_matches(p, method)) != rule.except)
+        self.methods.as_ref().is_none_or(|methods| methods.sees(method))
     }
 }
 

@@ -116,7 +116,6 @@ pub struct Cacheable {
     pub key: String,
 }
 
-/// Where a method's block parameter is, for the methods that read state at a block.
 /// Every method [`classify`] may cache: the plugin sees no other call (see `Plugin::methods`).
 pub const CACHEABLE_METHODS: [&str; 12] = [
     "eth_chainId",
@@ -133,6 +132,7 @@ pub const CACHEABLE_METHODS: [&str; 12] = [
     "eth_getStorageAt",
 ];
 
+/// Where a method's block parameter is, for the methods that read state at a block.
 fn block_param_index(method: &str) -> Option<usize> {
     match method {
         "eth_getBlockByNumber" | "eth_getBlockTransactionCountByNumber" => Some(0),
@@ -451,8 +451,7 @@ mod tests {
 
     #[test]
     fn the_plugin_selects_exactly_the_methods_it_may_cache() {
-        let harness = Harness::<Cache>::new("null").unwrap();
-        let selection = harness_methods(harness);
+        let selection = Harness::<Cache>::new("null").unwrap().plugin().methods();
         let fixed = [
             ("eth_chainId", "[]".to_string()),
             ("net_version", "[]".to_string()),
@@ -476,10 +475,6 @@ mod tests {
             assert!(!selection.sees(method), "{method} is not selected");
             assert!(classify(&Call::new(method, Some(format!(r#"["{ADDRESS}", "0x0"]"#)))).is_none());
         }
-    }
-
-    fn harness_methods(mut harness: Harness<Cache>) -> Methods {
-        harness.plugin().methods()
     }
 
     #[test]
