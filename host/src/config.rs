@@ -26,6 +26,7 @@ pub const ENV_VARS: &[&str] = &[
     "OVSB_PUBLIC_GATEWAY_URL",
     "OVSB_DATA_DIR",
     "OVSB_SECRET_KEY",
+    "OVSB_NODE_HOST",
 ];
 
 /// The whole configuration.
@@ -53,6 +54,9 @@ pub struct Config {
     /// The plugin runtime's capacity.
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// This replica among others on one PostgreSQL database.
+    #[serde(default)]
+    pub replica: ReplicaSettings,
     /// Plugins operators make available to instances, by name.
     #[serde(default)]
     pub plugins: Vec<PluginDecl>,
@@ -345,6 +349,94 @@ impl Default for OperationSettings {
             tombstone_hours: default_tombstone(),
             sync_interval_ms: default_sync(),
         }
+    }
+}
+
+/// This replica's part among several on one store (see the README's replica model).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaSettings {
+    /// The address other replicas reach this replica's `process` nodes at (a host name or IP,
+    /// no port): the nodes it runs are recorded in the store as `http://<node_host>:<port>`,
+    /// and another replica's gateway forwards their calls there. A `process` plan's command
+    /// must bind its node to `{node_host}` when this is not a loopback address.
+    #[serde(default = "default_node_host")]
+    pub node_host: String,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        ReplicaSettings { node_host: default_node_host() }
+    }
+}
+
+fn default_node_host() -> String {
+    "127.0.0.1".into()
+}
+
+impl ReplicaSettings {
+    /// Whether `node_host` is a loopback address (reachable from this machine only).
+    pub fn node_host_is_loopback(&self) -> bool {
+        self.node_host == "localhost" || self.node_host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The base URL of a node of this replica on `port`, with `scheme` (`http` or `ws`).
+    pub fn node_url(&self, scheme: &str, port: u16) -> String {
+        if self.node_host.contains(':') {
+            format!("{scheme}://[{}]:{port}", self.node_host)
+        } else {
+            format!("{scheme}://{}:{port}", self.node_host)
+        }
+    }
+
+    fn validate(&self, config: &Config) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Invalid(message));
+        let host = &self.node_host;
+        let ip = host.parse::<std::net::IpAddr>().ok();
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if ip.is_none() && !name_ok {
+            return bad(format!("replica.node_host {host:?} must be a host name or an IP address, without a port"));
+        }
+        if ip.is_some_and(|ip| ip.is_unspecified()) {
+            return bad(format!(
+                "replica.node_host is {host}, which other replicas cannot connect to: give the address they reach this machine at"
+            ));
+        }
+        let process_plans: Vec<&PlanDecl> = config
+            .services
+            .iter()
+            .flat_map(|s| &s.plans)
+            .filter(|p| matches!(p.driver, DriverDecl::Process(_)))
+            .collect();
+        let shared_store = !config.database_url().starts_with("sqlite:");
+        if shared_store && self.node_host_is_loopback() && !process_plans.is_empty() {
+            let public = [config.broker.listen, config.gateway.listen].into_iter().find(|a| !a.ip().is_loopback());
+            if let Some(public) = public {
+                return bad(format!(
+                    "replica.node_host is {host}, but this replica listens on {public} and shares a PostgreSQL store: \
+                     replicas on other machines could not reach the nodes of process plans ({}) at a loopback address; \
+                     set replica.node_host (OVSB_NODE_HOST) to the address they reach this machine at",
+                    process_plans.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        if !self.node_host_is_loopback() {
+            for plan in process_plans {
+                let DriverDecl::Process(decl) = &plan.driver else { continue };
+                if !decl.command.iter().any(|arg| arg.contains("{node_host}")) {
+                    return bad(format!(
+                        "plan {}: replica.node_host is {host}, but the plan's command never uses {{node_host}}, so its \
+                         nodes would not listen where other replicas reach them (for anvil: \"--host\", \"{{node_host}}\")",
+                        plan.id
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -825,6 +917,9 @@ impl Config {
         if let Some(v) = get("OVSB_SECRET_KEY") {
             self.broker.secret_key = v.clone();
         }
+        if let Some(v) = get("OVSB_NODE_HOST") {
+            self.replica.node_host = v.clone();
+        }
         if let Some(v) = get("OVSB_IDENTITY_KEYS") {
             self.broker.identity_keys = v.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
         }
@@ -862,6 +957,7 @@ impl Config {
     /// references, URLs, bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.runtime.validate()?;
+        self.replica.validate(self)?;
         for plan in self.services.iter().flat_map(|s| &s.plans) {
             if let Some(calls) = plan.plugin_calls_per_instance
                 && !(1..=4096).contains(&calls)
@@ -1078,6 +1174,9 @@ fn check_validator(
 }
 
 /// Placeholders every Kubernetes workload's args may use.
+/// The placeholders a `process` command may use besides its parameters and extra ports.
+pub const PROCESS_NAMES: &[&str] = &["port", "data_dir", "instance_id", "node_host"];
+
 const KUBERNETES_NAMES: &[&str] = &["port", "instance_id", "name", "namespace", "data_dir"];
 
 /// `template_names`: placeholders the driver fills besides the Kubernetes driver's own.
@@ -1214,8 +1313,7 @@ fn check_process(what: &str, decl: &ProcessDriverDecl, template_names: &[&str]) 
         return bad(format!("{what}: log_max_bytes must be at least 4096"));
     }
     for (i, name) in decl.extra_ports.iter().enumerate() {
-        let reserved =
-            ["port", "data_dir", "instance_id"].contains(&name.as_str()) || template_names.contains(&name.as_str());
+        let reserved = PROCESS_NAMES.contains(&name.as_str()) || template_names.contains(&name.as_str());
         if name.is_empty() || reserved || decl.extra_ports[..i].contains(name) || decl.parameters.contains_key(name) {
             return bad(format!("{what}: extra port {name:?} is empty, reserved or named twice"));
         }
@@ -1223,7 +1321,7 @@ fn check_process(what: &str, decl: &ProcessDriverDecl, template_names: &[&str]) 
     check_driver_parameters(what, &decl.parameters)?;
     for arg in &decl.command {
         for name in placeholders(arg) {
-            let known = ["port", "data_dir", "instance_id"].contains(&name.as_str())
+            let known = PROCESS_NAMES.contains(&name.as_str())
                 || template_names.contains(&name.as_str())
                 || decl.extra_ports.contains(&name)
                 || decl.parameters.contains_key(&name);
@@ -1456,6 +1554,50 @@ mod tests {
         let config =
             Config::from_toml("[runtime]\nmax_copies = 20000\nmax_memory_bytes = 1048576\n", "t.toml").unwrap();
         assert!(config.validate().unwrap_err().to_string().contains("at most 16256"));
+    }
+
+    #[test]
+    fn a_replica_set_up_whose_nodes_other_replicas_cannot_reach_is_refused() {
+        let check = |tweak: &dyn Fn(&mut Config)| {
+            let mut config = Config::quick_start();
+            tweak(&mut config);
+            config.validate().err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        let shared = |c: &mut Config| c.database_url = "postgres://ovsb@db.internal/ovsb".into();
+        assert_eq!(check(&|c| shared(c)), "", "replicas on one machine reach loopback nodes");
+        let err = check(&|c| {
+            shared(c);
+            c.gateway.listen = "0.0.0.0:8645".parse().unwrap();
+        });
+        assert!(err.contains("replica.node_host is 127.0.0.1") && err.contains("OVSB_NODE_HOST"), "{err}");
+        assert_eq!(
+            check(&|c| {
+                shared(c);
+                c.gateway.listen = "0.0.0.0:8645".parse().unwrap();
+                c.replica.node_host = "10.1.2.3".into();
+            }),
+            "",
+            "the quick-start's devnet command binds its node to {{node_host}}"
+        );
+        let err = check(&|c| {
+            c.replica.node_host = "10.1.2.3".into();
+            for plan in c.services.iter_mut().flat_map(|s| &mut s.plans) {
+                if let DriverDecl::Process(decl) = &mut plan.driver {
+                    for arg in &mut decl.command {
+                        *arg = arg.replace("{node_host}", "127.0.0.1");
+                    }
+                }
+            }
+        });
+        assert!(err.contains("never uses {node_host}"), "{err}");
+        assert!(check(&|c| c.replica.node_host = "0.0.0.0".into()).contains("cannot connect to"));
+        assert!(check(&|c| c.replica.node_host = "node-1:8545".into()).contains("without a port"));
+        let mut config = Config::quick_start();
+        let env = HashMap::from([("OVSB_NODE_HOST".to_string(), "node-1.internal".to_string())]);
+        config.apply_env(&env).unwrap();
+        assert_eq!(config.replica.node_url("http", 20001), "http://node-1.internal:20001");
+        config.replica.node_host = "fd00::7".into();
+        assert_eq!(config.replica.node_url("ws", 20001), "ws://[fd00::7]:20001");
     }
 
     #[test]

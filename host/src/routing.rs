@@ -13,6 +13,11 @@
 //!   of instances (two indexed queries, O(log n) on the persistent route maps).
 //! - [`RouteSync::catch_up`]: what other replicas changed: the instances the store's change log
 //!   names since this replica's generation, each applied as by `sync_instance`. Polled.
+//!
+//! An instance of a `process` plan whose node another replica owns is served here too: its
+//! upstream is the owner's node at the address recorded in the store (see
+//! [`crate::provision`]'s "One owner per node"); the owner and that address are part of what
+//! decides whether a built route can be kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +32,7 @@ use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, Valida
 use crate::identity::Identity;
 use crate::plugins::{KvLimits, KvStore, Registry};
 use crate::provision::Drivers;
-use crate::store::{InstanceRow, Store};
+use crate::store::{InstanceRow, NodeOwner, Store};
 
 /// Generations of the change log kept for replicas to catch up from; one that falls further
 /// behind reloads every route.
@@ -36,6 +41,8 @@ const CHANGE_LOG_WINDOW: i64 = 100_000;
 struct Built {
     plan_id: String,
     parameters: Option<String>,
+    /// Who ran the node when the route was built (`process` plans).
+    node: Option<NodeOwner>,
     route: Arc<InstanceRoute>,
 }
 
@@ -48,6 +55,8 @@ pub struct RouteSync {
     routes: Arc<Routes>,
     secret: SecretKey,
     identity: Identity,
+    /// This replica's id: nodes it owns are reached through its own drivers.
+    replica_id: String,
     built: tokio::sync::Mutex<HashMap<String, Built>>,
     kv: std::sync::Mutex<HashMap<String, Arc<KvStore>>>,
     generation: AtomicI64,
@@ -61,6 +70,7 @@ pub struct RouteSync {
 
 impl RouteSync {
     /// A synchronizer that fills `routes`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         config: Arc<Config>,
@@ -69,6 +79,7 @@ impl RouteSync {
         routes: Arc<Routes>,
         secret: SecretKey,
         identity: Identity,
+        replica_id: String,
     ) -> Self {
         RouteSync {
             store,
@@ -78,6 +89,7 @@ impl RouteSync {
             routes,
             secret,
             identity,
+            replica_id,
             built: Default::default(),
             kv: Default::default(),
             generation: AtomicI64::new(-1),
@@ -218,7 +230,11 @@ impl RouteSync {
             crate::telemetry::metrics().forget_instance(id);
             return Ok(());
         };
-        let Some(entry) = self.reuse_or_build(built, &instance).await else {
+        let node = match self.drivers.is_owned_node(&instance.plan_id) {
+            true => self.store.node_owner(id).await?,
+            false => None,
+        };
+        let Some(entry) = self.reuse_or_build(built, &instance, node).await else {
             self.routes.update(|table| table.remove_instance(id));
             return Ok(());
         };
@@ -241,17 +257,23 @@ impl RouteSync {
 
     /// The instance's built route, kept from `built` while its plan and parameters are the
     /// same, else built anew; `None` (and the instance remembered for a retry) when it cannot be.
-    async fn reuse_or_build(&self, built: &mut HashMap<String, Built>, instance: &InstanceRow) -> Option<Built> {
-        let reusable =
-            built.remove(&instance.id).filter(|b| b.plan_id == instance.plan_id && b.parameters == instance.parameters);
+    async fn reuse_or_build(
+        &self,
+        built: &mut HashMap<String, Built>,
+        instance: &InstanceRow,
+        node: Option<NodeOwner>,
+    ) -> Option<Built> {
+        let reusable = built
+            .remove(&instance.id)
+            .filter(|b| b.plan_id == instance.plan_id && b.parameters == instance.parameters && b.node == node);
         if let Some(entry) = reusable {
             return Some(entry);
         }
-        let Some(route) = self.build(instance).await else {
+        let Some(route) = self.build(instance, node.as_ref()).await else {
             self.lock_unbuilt().insert(instance.id.clone());
             return None;
         };
-        Some(Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), route })
+        Some(Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), node, route })
     }
 
     fn lock_unbuilt(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
@@ -290,9 +312,11 @@ impl RouteSync {
         self.lock_unbuilt().clear();
         let generation = self.store.generation().await?;
         let (instances, bindings) = self.store.serving().await?;
+        let mut owners = self.store.node_owners().await?;
         let mut next: HashMap<String, Built> = HashMap::with_capacity(instances.len());
         for instance in instances {
-            let Some(entry) = self.reuse_or_build(built, &instance).await else { continue };
+            let node = owners.remove(&instance.id).filter(|_| self.drivers.is_owned_node(&instance.plan_id));
+            let Some(entry) = self.reuse_or_build(built, &instance, node).await else { continue };
             next.insert(instance.id, entry);
         }
         let mut table = RouteTable::default();
@@ -318,7 +342,7 @@ impl RouteSync {
         Ok(())
     }
 
-    async fn build(&self, instance: &InstanceRow) -> Option<Arc<InstanceRoute>> {
+    async fn build(&self, instance: &InstanceRow, node: Option<&NodeOwner>) -> Option<Arc<InstanceRoute>> {
         let parameters: Option<serde_json::Value> =
             instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
         let elements = match self.opened_chain(&instance.plan_id, parameters.as_ref()) {
@@ -333,7 +357,24 @@ impl RouteSync {
             return None;
         };
         let kv = self.kv(&instance.id);
-        let Some(upstream) = driver.upstream(&instance.id) else {
+        let upstream = match node {
+            Some(owner) if owner.replica_id != self.replica_id => {
+                let Some(http) = &owner.http_url else {
+                    tracing::info!(instance = %instance.id, replica = %owner.replica_id,
+                        "instance not served yet: its node is starting on another replica");
+                    return None;
+                };
+                match self.drivers.remote_node(http, owner.ws_url.as_deref()) {
+                    Ok(pool) => Some(pool),
+                    Err(err) => {
+                        tracing::error!(instance = %instance.id, "instance is not served: {err}");
+                        return None;
+                    }
+                }
+            }
+            _ => driver.upstream(&instance.id),
+        };
+        let Some(upstream) = upstream else {
             tracing::error!(instance = %instance.id, "instance is not served: its driver has no node for it");
             return None;
         };

@@ -242,10 +242,15 @@ impl Server {
         }
         let config = Arc::new(config);
 
-        let replica = random_id();
+        // Stable across restarts: the nodes and operations this replica holds stay its own.
+        let replica = crate::provision::Replica {
+            id: read_or_create(&data_dir.join("replica-id"), random_id)?,
+            node_host: config.replica.node_host.clone(),
+            lease: Duration::from_secs(config.operations.lease_seconds),
+        };
         let routes = Arc::new(Routes::default());
         let drivers = Drivers::new(&config, &store, &secret, &tracker, &shutdown);
-        drivers.recover(&store).await?;
+        drivers.recover(&store, &replica).await?;
         let routing = Arc::new(RouteSync::new(
             store.clone(),
             config.clone(),
@@ -254,6 +259,7 @@ impl Server {
             routes.clone(),
             secret.clone(),
             identity.clone(),
+            replica.id.clone(),
         ));
         routing.sync().await;
         let operations = Operations::new(
@@ -312,7 +318,7 @@ impl Server {
                 }
             });
         }
-        tracing::info!(broker = %broker_addr, gateway = %gateway_addr, admin = %admin_addr, store = ?store.backend(), %replica, "ovsb started");
+        tracing::info!(broker = %broker_addr, gateway = %gateway_addr, admin = %admin_addr, store = ?store.backend(), replica = %replica.id, "ovsb started");
         Ok(Server {
             broker_addr,
             gateway_addr,
@@ -320,7 +326,7 @@ impl Server {
             store,
             routes,
             routing,
-            replica,
+            replica: replica.id,
             shutdown,
             tracker,
             _lock: lock,

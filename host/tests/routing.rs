@@ -85,3 +85,36 @@ async fn the_change_log_names_changed_instances_and_says_when_it_no_longer_reach
     assert_eq!(store.changes_since(start).await.unwrap(), None, "pruned past the reader: reload");
     assert_eq!(store.changes_since(now).await.unwrap(), Some((now, Vec::new())));
 }
+
+/// A replica that follows the log while another one writes never takes a change that commits
+/// between its reads for a pruned log (which would make it reload every route).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_the_log_while_changes_commit_never_asks_for_a_reload() {
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(Db::Postgres, &anvil.http_url(), |_| {}).await;
+    broker.osb.ready_instance("busy", PLAN_SHARED, None).await;
+    let store = broker.store();
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    let writer = async {
+        for i in 0..120 {
+            assert_eq!(broker.osb.bind("busy", &format!("k{i}"), PLAN_SHARED).await.status, 201);
+        }
+        writing.store(false, std::sync::atomic::Ordering::Release);
+    };
+    let reader = async {
+        let (mut since, mut reads, mut changes) = (store.generation().await.unwrap(), 0u64, 0usize);
+        while writing.load(std::sync::atomic::Ordering::Acquire) {
+            let (to, ids) = store
+                .changes_since(since)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("read {reads}: the log was taken for pruned at generation {since}"));
+            assert_eq!(ids.len() as i64, to - since, "one entry per change");
+            changes += ids.len();
+            (since, reads) = (to, reads + 1);
+        }
+        (reads, changes)
+    };
+    let ((), (reads, changes)) = tokio::join!(writer, reader);
+    assert!(reads > 50 && changes > 0, "the reader followed the writer: {reads} reads, {changes} changes");
+}

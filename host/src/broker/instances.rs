@@ -451,31 +451,46 @@ pub async fn deprovision(
             let Some(instance) = view.instance.filter(|i| i.state != InstanceState::Deleted) else {
                 return Decision::answer(Outcome::Refused(ApiError::gone("no such instance")));
             };
+            // An operation past its deadline (its runner is gone, or the store failed under it)
+            // no longer holds the instance: it ends as failed and the deprovision goes ahead.
+            let overdue = view
+                .operation
+                .filter(|op| op.state == OperationState::InProgress && op.deadline_ms < now_ms())
+                .map(|op| op.id.clone());
+            let start = |superseded: Option<String>| {
+                let operation = new_operation(
+                    &state,
+                    &instance_id,
+                    OperationKind::Deprovision,
+                    "{}".into(),
+                    polling(&instance.plan_id),
+                );
+                let row = InstanceRow {
+                    state: InstanceState::Deprovisioning,
+                    operation_id: operation.id.clone(),
+                    updated_ms: now_ms(),
+                    ..instance.clone()
+                };
+                let mut changes = Vec::with_capacity(5);
+                if let Some(id) = superseded {
+                    let description = "did not finish by its deadline; superseded by a deprovision".into();
+                    changes.push(Change::FailOperation { id, description });
+                }
+                changes.extend([
+                    Change::PutInstance(row),
+                    Change::InsertOperation(operation.clone()),
+                    // Cascade: the instance's credentials stop working now.
+                    Change::DeleteBindings,
+                    Change::Audit(audit),
+                ]);
+                Decision { changes, answer: Outcome::Started(operation) }
+            };
             match instance.state {
-                InstanceState::Ready | InstanceState::Failed => {
-                    let operation = new_operation(
-                        &state,
-                        &instance_id,
-                        OperationKind::Deprovision,
-                        "{}".into(),
-                        polling(&instance.plan_id),
-                    );
-                    let row = InstanceRow {
-                        state: InstanceState::Deprovisioning,
-                        operation_id: operation.id.clone(),
-                        updated_ms: now_ms(),
-                        ..instance.clone()
-                    };
-                    Decision {
-                        changes: vec![
-                            Change::PutInstance(row),
-                            Change::InsertOperation(operation.clone()),
-                            // Cascade: the instance's credentials stop working now.
-                            Change::DeleteBindings,
-                            Change::Audit(audit),
-                        ],
-                        answer: Outcome::Started(operation),
-                    }
+                InstanceState::Ready | InstanceState::Failed => start(None),
+                InstanceState::Provisioning | InstanceState::Updating | InstanceState::Deprovisioning
+                    if overdue.is_some() =>
+                {
+                    start(overdue)
                 }
                 InstanceState::Deprovisioning => Decision::answer(Outcome::InProgress(instance.operation_id.clone())),
                 InstanceState::Provisioning => Decision::answer(Outcome::Refused(ApiError::concurrency(

@@ -8,21 +8,40 @@
 //!
 //! ## How an operation survives a crash
 //! The broker inserts the operation with this replica as its lease owner. The runner renews
-//! the leases of the operations it runs every third of `operations.lease_seconds`. Every
-//! replica looks for operations whose lease lapsed (its owner died) and claims them with a
-//! conditional update, so exactly one replica resumes each. Drivers are idempotent, so a
-//! resumed operation simply runs again; one past its deadline (the plan's
+//! the leases of the operations it is running (and only those) every third of
+//! `operations.lease_seconds`. Every replica looks for operations whose lease lapsed (their
+//! runner died, or stopped) and claims them with a conditional update, so exactly one replica
+//! resumes each; its own lapsed ones included, unless it is still running them. Drivers are
+//! idempotent, so a resumed operation simply runs again; one past its deadline (the plan's
 //! `maximum_polling_duration`) fails with that reason, and a failed provision is cleaned up by
 //! the driver, so nothing is left half-made. On SQLite, which one process holds exclusively,
 //! every `in progress` operation found at start is resumed at once.
+//!
+//! ## One owner per node
+//! A `process` plan's node runs on exactly one replica, its owner, recorded in the store with
+//! the URLs other replicas reach it at (`replica.node_host`); their gateways forward there. The
+//! replica that provisions an instance claims its node before starting it. An operation on an
+//! instance whose node a live replica owns is run by that owner: another replica that accepted
+//! it hands it over (its lease), and no replica but the owner claims it. Every replica beats a
+//! heartbeat in the store; one silent for `operations.lease_seconds` is dead, and its nodes are
+//! taken over, each by exactly one replica (a conditional update), which starts the node anew.
+//! A replica drops any node it runs that the store says another replica owns (it was thought
+//! dead and its nodes were taken over), and at start it starts only the nodes it owns.
+//!
+//! ## When the store fails under a running operation
+//! The runner keeps the operation: it tries again with back-off (up to
+//! [`STORE_RETRY_MAX`] between tries) for as long as the lease is still its own, running the
+//! idempotent driver work again, so the operation ends `succeeded` or `failed` (at its deadline
+//! at the latest) once the store answers, with no restart. If another replica took the lease
+//! meanwhile, this one lets go.
 
 pub mod kubernetes;
 mod process;
 mod upstream;
 mod validator;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -150,10 +169,34 @@ pub trait Driver: Send + Sync {
     }
 }
 
+/// This replica among others on one store.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// Its id: stable across restarts (its data directory's), the lease owner of the operations
+    /// it runs and the owner of the nodes it runs.
+    pub id: String,
+    /// Where other replicas reach its nodes.
+    pub node_host: String,
+    /// How long a heartbeat stays fresh: a replica silent this long is dead.
+    pub lease: Duration,
+}
+
+impl Replica {
+    /// The oldest heartbeat of a replica that is still alive.
+    pub fn alive_since(&self) -> i64 {
+        now_ms() - self.lease.as_millis() as i64
+    }
+}
+
 /// The driver of every plan, by plan id.
 #[derive(Clone, Default)]
 pub struct Drivers {
     by_plan: Arc<HashMap<String, Arc<dyn Driver>>>,
+    /// The `process` plans' drivers again, for node ownership.
+    process: Arc<HashMap<String, Arc<ProcessDriver>>>,
+    /// How upstream pools to other replicas' nodes are set up.
+    deadline: Duration,
+    max_response_bytes: usize,
 }
 
 impl Drivers {
@@ -175,6 +218,7 @@ impl Drivers {
             max_response_bytes: max_response,
         };
         let mut by_plan: HashMap<String, Arc<dyn Driver>> = HashMap::new();
+        let mut process = HashMap::new();
         for plan in config.services.iter().flat_map(|s| &s.plans) {
             let driver: Arc<dyn Driver> = match &plan.driver {
                 DriverDecl::Upstream(decl) => {
@@ -182,15 +226,22 @@ impl Drivers {
                     tracker.spawn(driver.clone().check_health(shutdown.clone()));
                     driver
                 }
-                DriverDecl::Process(decl) => Arc::new(ProcessDriver::new(
-                    decl.clone(),
-                    &plan.id,
-                    config.data_dir.join("nodes"),
-                    deadline,
-                    max_response,
-                    tracker.clone(),
-                    shutdown.clone(),
-                )),
+                DriverDecl::Process(decl) => {
+                    let driver = Arc::new(
+                        ProcessDriver::new(
+                            decl.clone(),
+                            &plan.id,
+                            config.data_dir.join("nodes"),
+                            deadline,
+                            max_response,
+                            tracker.clone(),
+                            shutdown.clone(),
+                        )
+                        .with_replica(config.replica.clone()),
+                    );
+                    process.insert(plan.id.clone(), driver.clone());
+                    driver
+                }
                 DriverDecl::Validator(decl) => Arc::new(ValidatorDriver::new(
                     decl.clone(),
                     &plan.id,
@@ -222,7 +273,23 @@ impl Drivers {
             };
             by_plan.insert(plan.id.clone(), driver);
         }
-        Drivers { by_plan: Arc::new(by_plan) }
+        Drivers { by_plan: Arc::new(by_plan), process: Arc::new(process), deadline, max_response_bytes: max_response }
+    }
+
+    /// An upstream pool to a node another replica runs, at the URLs it recorded.
+    pub fn remote_node(&self, http: &str, ws: Option<&str>) -> Result<Arc<UpstreamPool>, String> {
+        let http = http.parse().map_err(|err| format!("the node's recorded address {http:?} is not a URL: {err}"))?;
+        Ok(Arc::new(UpstreamPool::new(crate::upstream::UpstreamSettings {
+            http: vec![http],
+            ws: ws.map(str::to_string).into_iter().collect(),
+            deadline: self.deadline,
+            max_response_bytes: self.max_response_bytes,
+        })))
+    }
+
+    /// Whether instances of `plan_id` have a node owned by one replica (a `process` plan).
+    pub fn is_owned_node(&self, plan_id: &str) -> bool {
+        self.process.contains_key(plan_id)
     }
 
     /// The driver of a plan.
@@ -231,20 +298,45 @@ impl Drivers {
     }
 
     /// Recovers every driver's nodes from the store's instances (see [`Driver::recover`]).
-    pub async fn recover(&self, store: &Store) -> Result<(), crate::store::StoreError> {
+    /// A `process` plan's nodes are recovered only where `replica` owns them, or takes them
+    /// over (nobody owned them, or their owner is dead); the others' local leftovers go.
+    pub async fn recover(&self, store: &Store, replica: &Replica) -> Result<(), crate::store::StoreError> {
         let instances = store.instances_not_deleted().await?;
+        store.heartbeat(&replica.id, &replica.node_host).await?;
+        let owners = store.node_owners().await?;
+        let live_replicas = store.live_replicas(replica.alive_since()).await?;
+        let theirs = |id: &str| {
+            owners.get(id).is_some_and(|o| o.replica_id != replica.id && live_replicas.contains(&o.replica_id))
+        };
         let busy: Vec<String> = instances
             .iter()
             .filter(|i| matches!(i.state, InstanceState::Provisioning | InstanceState::Deprovisioning))
             .map(|i| i.id.clone())
             .collect();
         for (plan_id, driver) in self.by_plan.iter() {
-            let live: Vec<InstanceSpec> = instances
+            let mut live: Vec<InstanceSpec> = instances
                 .iter()
                 .filter(|i| &i.plan_id == plan_id && matches!(i.state, InstanceState::Ready | InstanceState::Updating))
                 .map(|i| spec_of(&i.id, &i.plan_id, i.parameters.as_deref(), None))
                 .collect();
-            driver.recover(&live, &busy).await;
+            let Some(process) = self.process.get(plan_id) else {
+                driver.recover(&live, &busy).await;
+                continue;
+            };
+            let mut mine = Vec::with_capacity(live.len());
+            for spec in live.drain(..) {
+                if !theirs(&spec.id) && store.claim_node(&spec.id, &replica.id, replica.alive_since()).await?.is_none()
+                {
+                    mine.push(spec);
+                }
+            }
+            let busy: Vec<String> = busy.iter().filter(|id| !theirs(id)).cloned().collect();
+            process.recover_nodes(&mine, &busy).await;
+            for spec in &mine {
+                if let Some((http, ws)) = process.node_urls(&spec.id) {
+                    store.set_node_address(&spec.id, &replica.id, &http, ws.as_deref()).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -272,12 +364,51 @@ pub struct Operations {
     drivers: Drivers,
     routing: Arc<dyn RouteRefresh>,
     owner: String,
+    replica: Replica,
+    /// The operations this replica is running now: the only leases it renews.
+    running: Mutex<HashSet<String>>,
+    /// The instances those operations are on.
+    running_instances: Mutex<HashSet<String>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
+/// The longest wait between two tries of an operation whose store calls failed.
+pub const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Removes an operation from the running set when its task ends, however it ends.
+struct Running<'a> {
+    operations: &'a Operations,
+    id: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.operations.running_set().remove(&self.id);
+    }
+}
+
+/// Marks an instance as having an operation running here while it lives.
+struct OnInstance<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl<'a> OnInstance<'a> {
+    fn new(set: &'a Mutex<HashSet<String>>, id: &str) -> Self {
+        set.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
+        OnInstance { set, id: id.to_string() }
+    }
+}
+
+impl Drop for OnInstance<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
 impl Operations {
-    /// A runner whose leases are held under `owner` (this replica's id).
+    /// A runner whose leases are held under `replica`'s id.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
@@ -285,11 +416,32 @@ impl Operations {
         config: Arc<Config>,
         drivers: Drivers,
         routing: Arc<dyn RouteRefresh>,
-        owner: String,
+        replica: Replica,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Operations> {
-        Arc::new(Operations { store, secret, config, drivers, routing, owner, tracker, shutdown })
+        Arc::new(Operations {
+            store,
+            secret,
+            config,
+            drivers,
+            routing,
+            owner: replica.id.clone(),
+            replica,
+            running: Default::default(),
+            running_instances: Default::default(),
+            tracker,
+            shutdown,
+        })
+    }
+
+    fn running_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The operations this replica is running now.
+    pub fn running(&self) -> Vec<String> {
+        self.running_set().iter().cloned().collect()
     }
 
     /// This replica's lease-owner id.
@@ -304,9 +456,13 @@ impl Operations {
 
     /// Runs `operation` (already stored with this replica as owner) in the background.
     pub fn start(self: &Arc<Self>, operation: OperationRow) {
+        if !self.running_set().insert(operation.id.clone()) {
+            return; // already running here
+        }
         let this = self.clone();
         self.tracker.spawn(async move {
             let id = operation.id.clone();
+            let _running = Running { operations: &this, id: id.clone() };
             tokio::select! {
                 _ = this.shutdown.cancelled() => {
                     // Hand the operation over at once instead of after the lease lapses.
@@ -319,21 +475,39 @@ impl Operations {
         });
     }
 
-    /// Renews this replica's leases and claims lapsed ones until shutdown. `take_all` claims
-    /// every running operation at once (the store is this process's alone).
+    /// Until shutdown: every third of the lease, beats this replica's heartbeat, renews the
+    /// leases of the operations it runs and reconciles the nodes it owns; every
+    /// `sync_interval_ms` (at most that third), claims lapsed operations (those handed over to
+    /// it included). `take_all` claims every running operation at once (the store is this
+    /// process's alone).
     pub async fn supervise(self: Arc<Self>, take_all: bool) {
         let lease = Duration::from_secs(self.config.operations.lease_seconds);
-        let mut renew = tokio::time::interval(lease / 3);
+        let look = Duration::from_millis(self.config.operations.sync_interval_ms).min(lease / 3);
+        let mut tick = tokio::time::interval(look);
+        let mut renewed = None::<tokio::time::Instant>;
         let mut first = true;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = renew.tick() => {}
+                _ = tick.tick() => {}
             }
-            if let Err(err) = self.store.renew_leases(&self.owner, self.lease_until()).await {
-                tracing::warn!("cannot renew operation leases: {err}");
+            if renewed.is_none_or(|at| at.elapsed() >= lease / 3) {
+                renewed = Some(tokio::time::Instant::now());
+                // Only the operations running here: a lease whose runner is gone must lapse, so
+                // that a replica (this one included) resumes the operation.
+                for id in self.running() {
+                    if let Err(err) = self.store.renew_leases_of(&id, &self.owner, self.lease_until()).await {
+                        tracing::warn!(operation = %id, "cannot renew the operation's lease: {err}");
+                    }
+                }
+                self.reconcile_nodes().await;
             }
-            match self.store.claim_stale(&self.owner, self.lease_until(), take_all && first).await {
+            let running: HashSet<String> = self.running_set().clone();
+            let claimed = self
+                .store
+                .claim_stale(&self.owner, self.lease_until(), take_all && first, &running, self.replica.alive_since())
+                .await;
+            match claimed {
                 Ok(claimed) => {
                     for operation in claimed {
                         tracing::info!(operation = %operation.id, instance = %operation.instance_id,
@@ -348,13 +522,95 @@ impl Operations {
     }
 
     async fn run(&self, operation: OperationRow) {
-        let result = self.execute(&operation).await;
-        if let Err(err) = result {
-            // The store failed; the lease lapses and the operation is resumed later.
-            tracing::error!(operation = %operation.id, "operation interrupted: {err}");
-            return;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let Err(err) = self.execute(&operation).await else { break };
+            tracing::warn!(operation = %operation.id, "operation interrupted by a store error, trying again in {} ms: {err}",
+                wait.as_millis());
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(STORE_RETRY_MAX);
+            // Go on only while the lease is still this replica's: renewing it says so. A store
+            // that still fails is tried again; another owner means another replica resumed it.
+            match self.store.renew_leases_of(&operation.id, &self.owner, self.lease_until()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(operation = %operation.id, "the operation has ended or another replica took it over");
+                    break;
+                }
+                Err(_) => {}
+            }
         }
         self.routing.refresh(&operation.instance_id).await;
+    }
+
+    /// Beats the heartbeat; takes over the nodes of dead replicas (each by a conditional claim,
+    /// so by one replica) and starts them here; drops the nodes this replica runs that the
+    /// store says another replica owns now.
+    async fn reconcile_nodes(&self) {
+        if self.drivers.process.is_empty() {
+            return;
+        }
+        if let Err(err) = self.store.heartbeat(&self.replica.id, &self.replica.node_host).await {
+            tracing::warn!("cannot record this replica's heartbeat: {err}");
+            return;
+        }
+        let orphaned = match self.store.orphaned_nodes(self.replica.alive_since()).await {
+            Ok(orphaned) => orphaned,
+            Err(err) => return tracing::warn!("cannot look for nodes of dead replicas: {err}"),
+        };
+        for (id, plan_id) in orphaned {
+            let Some(process) = self.drivers.process.get(&plan_id) else { continue };
+            match self.store.claim_node(&id, &self.replica.id, self.replica.alive_since()).await {
+                Ok(None) => {}
+                Ok(Some(_)) => continue, // another replica was first
+                Err(err) => {
+                    tracing::warn!(instance = %id, "cannot claim the node of a dead replica: {err}");
+                    continue;
+                }
+            }
+            tracing::warn!(instance = %id, "the replica that ran this instance's node is gone: starting it here");
+            let Ok(Some(instance)) = self.store.instance(&id).await else { continue };
+            let spec = spec_of(&instance.id, &instance.plan_id, instance.parameters.as_deref(), None);
+            if let Err(err) = process.ensure_running(&spec, None).await {
+                tracing::warn!(instance = %id, "cannot start the node taken over: {err}");
+                continue;
+            }
+            self.record_node_address(process, &id).await;
+            self.routing.refresh(&id).await;
+        }
+        let mine = match self.store.nodes_of(&self.replica.id).await {
+            Ok(mine) => mine,
+            Err(err) => return tracing::warn!("cannot read which nodes this replica owns: {err}"),
+        };
+        for process in self.drivers.process.values() {
+            for id in process.local_instances() {
+                if mine.contains(&id) || self.running_instance(&id) {
+                    continue;
+                }
+                tracing::warn!(instance = %id, "another replica runs this instance's node now: stopping the one here");
+                if let Err(err) = process.remove_node(&id).await {
+                    tracing::warn!(instance = %id, "{err}");
+                }
+                self.routing.refresh(&id).await;
+            }
+        }
+    }
+
+    /// Whether an operation on `instance_id` runs here now (its node may be between claim and
+    /// record).
+    fn running_instance(&self, instance_id: &str) -> bool {
+        self.running_instances.lock().unwrap_or_else(|p| p.into_inner()).contains(instance_id)
+    }
+
+    async fn record_node_address(&self, process: &ProcessDriver, instance_id: &str) {
+        let Some((http, ws)) = process.node_urls(instance_id) else { return };
+        match self.store.set_node_address(instance_id, &self.replica.id, &http, ws.as_deref()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(instance = %instance_id, "the node's address was not recorded: no longer its owner")
+            }
+            Err(err) => tracing::warn!(instance = %instance_id, "cannot record the node's address: {err}"),
+        }
     }
 
     async fn execute(&self, operation: &OperationRow) -> Result<(), crate::store::StoreError> {
@@ -362,6 +618,21 @@ impl Operations {
             tracing::error!(operation = %operation.id, "operation of a missing instance");
             return Ok(());
         };
+        // A node runs where its owner is: the owner runs the operation. One that is not
+        // owned yet (a provision) or whose owner is dead is taken here.
+        let target = serde_json::from_str::<UpdateRequest>(&operation.request).ok().map(|u| u.plan_id);
+        let owned_node = self.drivers.process.get(target.as_deref().unwrap_or(&instance.plan_id)).cloned();
+        if owned_node.is_some()
+            && let Some(owner) =
+                self.store.claim_node(&instance.id, &self.replica.id, self.replica.alive_since()).await?
+        {
+            if self.store.hand_over(&operation.id, &self.owner, &owner).await? {
+                tracing::info!(operation = %operation.id, instance = %instance.id, %owner,
+                    "handed the operation over to the replica that runs the instance's node");
+            }
+            return Ok(());
+        }
+        let _on_instance = OnInstance::new(&self.running_instances, &instance.id);
         let progress = Progress {
             store: self.store.clone(),
             operation_id: operation.id.clone(),
@@ -426,6 +697,9 @@ impl Operations {
         };
         let now = now_ms();
         let mut row = InstanceRow { updated_ms: now, ..instance.clone() };
+        if let (Some(process), Ok(()), false) = (&owned_node, &outcome, operation.kind == OperationKind::Deprovision) {
+            self.record_node_address(process, &instance.id).await;
+        }
         let (state, description) = match (operation.kind, outcome) {
             (OperationKind::Provision, Ok(())) => {
                 row.state = InstanceState::Ready;

@@ -60,6 +60,8 @@ pub struct ProcessDriver {
     template_names: &'static [&'static str],
     plan_id: String,
     root: PathBuf,
+    /// Where other replicas reach this replica's nodes (the `{node_host}` placeholder).
+    replica: crate::config::ReplicaSettings,
     deadline: Duration,
     max_response_bytes: usize,
     nodes: Mutex<HashMap<String, Node>>,
@@ -97,12 +99,43 @@ impl ProcessDriver {
             template_names: &[],
             plan_id: plan_id.to_string(),
             root,
+            replica: Default::default(),
             deadline,
             max_response_bytes,
             nodes: Mutex::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             tracker,
             shutdown,
+        }
+    }
+
+    /// Sets where other replicas reach this replica's nodes.
+    pub(super) fn with_replica(mut self, replica: crate::config::ReplicaSettings) -> Self {
+        self.replica = replica;
+        self
+    }
+
+    /// Where other replicas reach the node this replica runs for `instance_id`: its HTTP URL
+    /// and, for plans whose nodes speak it, its WebSocket URL.
+    pub(super) fn node_urls(&self, instance_id: &str) -> Option<(String, Option<String>)> {
+        let port = self.nodes().get(instance_id)?.record.port;
+        Some((self.replica.node_url("http", port), self.decl.ws.then(|| self.replica.node_url("ws", port))))
+    }
+
+    /// The instances whose nodes this driver supervises here.
+    pub(super) fn local_instances(&self) -> Vec<String> {
+        self.nodes().keys().cloned().collect()
+    }
+
+    /// Stops an instance's node and removes its directory (a deprovision, or a node another
+    /// replica now runs).
+    pub(super) async fn remove_node(&self, instance_id: &str) -> Result<(), DriverError> {
+        let _lifecycle = self.lifecycle.lock().await;
+        self.stop_node(instance_id).await;
+        match std::fs::remove_dir_all(self.dir(instance_id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError(format!("cannot remove the node's directory: {e}"))),
         }
     }
 
@@ -148,6 +181,7 @@ impl ProcessDriver {
         }
         values.insert("data_dir".into(), dir.display().to_string());
         values.insert("instance_id".into(), spec.id.clone());
+        values.insert("node_host".into(), self.replica.node_host.clone());
         fill_arguments(&self.decl.command, &values, |name| {
             self.decl.parameters.contains_key(name) || self.template_names.contains(&name)
         })
@@ -404,14 +438,7 @@ impl Driver for ProcessDriver {
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         async move {
             progress.report("stopping the node").await;
-            let _lifecycle = self.lifecycle.lock().await;
-            self.stop_node(&spec.id).await;
-            let dir = self.dir(&spec.id);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(DriverError(format!("cannot remove the node's directory: {e}"))),
-            }
+            self.remove_node(&spec.id).await
         }
         .boxed()
     }

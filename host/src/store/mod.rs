@@ -13,6 +13,7 @@
 //! bumps, and the instance it names in `route_changes`, tell other replicas which instance's
 //! routes to rebuild.
 
+mod nodes;
 mod validators;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use nodes::NodeOwner;
 pub use validators::HistoryRow;
 
 /// Records, in the transaction that bumped the generation, which instance the change touched.
@@ -250,6 +252,14 @@ pub enum Change {
     PutInstance(InstanceRow),
     /// Start an operation.
     InsertOperation(OperationRow),
+    /// End a running operation as failed, with this description (an operation that passed its
+    /// deadline and is superseded); its runner, if any, then finds it ended and drops its result.
+    FailOperation {
+        /// The operation.
+        id: String,
+        /// Why it failed.
+        description: String,
+    },
     /// Revoke every binding of the instance.
     DeleteBindings,
     /// Create a binding.
@@ -440,33 +450,42 @@ impl Store {
 
     /// The instances changed after generation `since`, and the generation they bring the
     /// reader to; `None` when the change log no longer reaches back to `since` (pruned).
+    ///
+    /// The current generation is read first: every change up to it has committed together
+    /// with its log row (one transaction each, serialized by the `changes` row), so the log is
+    /// then read only up to it. Reading the log first would race a writer that commits between
+    /// the two statements, and take a gap that is not there for a pruned log.
     pub async fn changes_since(&self, since: i64) -> Result<Option<(i64, Vec<String>)>> {
-        let rows = sqlx::query(
-            "SELECT generation, instance_id FROM route_changes WHERE generation > $1 ORDER BY generation LIMIT 10000",
-        )
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        let Some(first) = rows.first() else {
-            let current = self.generation().await?;
-            // Nothing logged after `since`: up to date, unless changes happened and were pruned.
-            return Ok((current == since).then(|| (since, Vec::new())));
-        };
-        if first.try_get::<i64, _>("generation")? != since + 1 {
+        let current = self.generation().await?;
+        if current == since {
+            return Ok(Some((since, Vec::new())));
+        }
+        if current < since {
+            // The store went back in time (restored from a backup): reload.
             return Ok(None);
         }
+        let rows = sqlx::query(
+            "SELECT generation, instance_id FROM route_changes WHERE generation > $1 AND generation <= $2 \
+             ORDER BY generation LIMIT 10000",
+        )
+        .bind(since)
+        .bind(current)
+        .fetch_all(&self.pool)
+        .await?;
         let mut ids = Vec::with_capacity(rows.len());
         let mut last = since;
         for row in &rows {
             let generation: i64 = row.try_get("generation")?;
             if generation != last + 1 {
-                // A change that was not logged (a replica of an older version): reload.
+                // Pruned past `since`, or a change that was not logged (a replica of an older
+                // version): reload.
                 return Ok(None);
             }
             last = generation;
             ids.push(row.try_get("instance_id")?);
         }
-        Ok(Some((last, ids)))
+        // Nothing logged after `since` although the generation moved: pruned.
+        Ok((last > since).then_some((last, ids)))
     }
 
     /// Drops the change log's rows more than `keep` generations old.
@@ -638,24 +657,34 @@ impl Store {
             return Ok(false);
         }
         let id = instance.id.clone();
+        if instance.state == InstanceState::Deleted {
+            // Its node is gone: nobody runs it any more.
+            sqlx::query("DELETE FROM node_owners WHERE instance_id = $1").bind(&id).execute(&mut *tx).await?;
+        }
         apply(&mut tx, &id, None, Change::PutInstance(instance)).await?;
         tx.commit().await?;
         Ok(true)
     }
 
-    /// Extends the claim of `owner` on all its running operations until `until_ms`.
-    pub async fn renew_leases(&self, owner: &str, until_ms: i64) -> Result<()> {
-        sqlx::query("UPDATE operations SET lease_until_ms = $1 WHERE lease_owner = $2 AND state = 'in progress'")
-            .bind(until_ms)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Hands a running operation that `from` holds to replica `to` (the owner of the
+    /// instance's node), with a lapsed lease so that `to` claims it at its next look.
+    pub async fn hand_over(&self, operation_id: &str, from: &str, to: &str) -> Result<bool> {
+        let moved = sqlx::query(
+            "UPDATE operations SET lease_owner = $1, lease_until_ms = 0 \
+             WHERE id = $2 AND lease_owner = $3 AND state = 'in progress'",
+        )
+        .bind(to)
+        .bind(operation_id)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(moved.rows_affected() == 1)
     }
 
-    /// Sets the lease of one operation `owner` holds (0 hands it over at once).
-    pub async fn renew_leases_of(&self, operation_id: &str, owner: &str, until_ms: i64) -> Result<()> {
-        sqlx::query(
+    /// Sets the lease of one operation `owner` holds (0 hands it over at once). False when
+    /// `owner` no longer holds it, or it has ended.
+    pub async fn renew_leases_of(&self, operation_id: &str, owner: &str, until_ms: i64) -> Result<bool> {
+        let renewed = sqlx::query(
             "UPDATE operations SET lease_until_ms = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'in progress'",
         )
         .bind(until_ms)
@@ -663,25 +692,37 @@ impl Store {
         .bind(owner)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(renewed.rows_affected() == 1)
     }
 
     /// Claims for `owner` every running operation whose claim has lapsed (or, with
-    /// `take_all`, every running operation: for a store only this process can open).
-    pub async fn claim_stale(&self, owner: &str, until_ms: i64, take_all: bool) -> Result<Vec<Claimed>> {
+    /// `take_all`, every running operation: for a store only this process can open), except
+    /// those in `running` (the operations `owner` is running now) and those of instances whose
+    /// node another live replica runs (heartbeat at or after `alive_since`): theirs to run.
+    pub async fn claim_stale(
+        &self,
+        owner: &str,
+        until_ms: i64,
+        take_all: bool,
+        running: &std::collections::HashSet<String>,
+        alive_since: i64,
+    ) -> Result<Vec<Claimed>> {
         let now = now_ms();
         let horizon = if take_all { i64::MAX } else { now };
         let sql = format!(
             "SELECT {OPERATION_COLUMNS} FROM operations WHERE state = 'in progress' AND lease_until_ms < $1 \
-             AND lease_owner <> $2"
+             AND NOT EXISTS (SELECT 1 FROM node_owners n JOIN replicas r ON r.id = n.replica_id \
+             WHERE n.instance_id = operations.instance_id AND n.replica_id <> $2 AND r.heartbeat_ms >= $3)"
         );
         let stale: Vec<OperationRow> = sqlx::query(&sql)
             .bind(horizon)
             .bind(owner)
+            .bind(alive_since)
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(operation_from)
+            .filter(|op| op.as_ref().map_or(true, |op| !running.contains(&op.id)))
             .collect::<Result<_>>()?;
         let mut claimed = Vec::new();
         for mut op in stale {
@@ -779,6 +820,17 @@ async fn apply(
             .bind(op.lease_until_ms)
             .bind(op.created_ms)
             .bind(op.updated_ms)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Change::FailOperation { id, description } => {
+            sqlx::query(
+                "UPDATE operations SET state = 'failed', description = $1, updated_ms = $2 \
+                 WHERE id = $3 AND state = 'in progress'",
+            )
+            .bind(description)
+            .bind(now_ms())
+            .bind(id)
             .execute(&mut **tx)
             .await?;
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod cut_proxy;
 pub mod ethsig;
 pub mod fake_kube;
 pub mod lodestar;

@@ -1,0 +1,180 @@
+//! Replicas that agree on process nodes: every `process` instance's node runs on one replica,
+//! its owner, and every replica serves its keys and acts on it. Real `ovsb serve` processes on
+//! one real PostgreSQL database, real anvil nodes, counted by their `OVSB_NODE` marker.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::broker::{Db, OsbClient, PLAN_SHARED, SERVICE, TestDb, test_config_toml_with};
+use support::process::Ovsb;
+use support::{Anvil, NodeReaper, anvil_binary, free_port, nodes_under, rpc};
+
+const PLAN_DEVNET: &str = "plan-devnet";
+const PLAN_SLOW: &str = "plan-slow";
+
+/// The test catalog with two `process` plans: `devnet` (an anvil per instance) and `slow` (the
+/// same after three seconds, so that a provision can be cut in the middle).
+fn replica_config(data_dir: &Path, database_url: &str, node: &str) -> String {
+    let anvil = anvil_binary().display().to_string();
+    let plans = format!(
+        r#"
+[[services.plans]]
+id = "{PLAN_DEVNET}"
+name = "devnet"
+description = "an anvil per instance"
+maximum_polling_duration = 60
+[services.plans.driver]
+kind = "process"
+command = ["{anvil}", "--host", "{{node_host}}", "--port", "{{port}}", "--chain-id", "{{chain_id}}"]
+ports = [32000, 32999]
+stop_grace_ms = 3000
+restart_backoff_ms = [100, 1000]
+log_max_bytes = 65536
+[services.plans.driver.parameters.chain_id]
+type = "integer"
+minimum = 1
+default = 31337
+
+[[services.plans]]
+id = "{PLAN_SLOW}"
+name = "slow"
+description = "an anvil per instance, three seconds late"
+maximum_polling_duration = 60
+[services.plans.driver]
+kind = "process"
+command = ["/bin/sh", "-c", "sleep 3; exec {anvil} --host {{node_host}} --port {{port}}"]
+ports = [33000, 33999]
+stop_grace_ms = 3000
+restart_backoff_ms = [100, 1000]
+log_max_bytes = 65536
+"#
+    );
+    let config = test_config_toml_with(node, free_port(), &plans);
+    format!("data_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n{config}", data_dir.display())
+}
+
+async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(60), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn bind(osb: &OsbClient, instance: &str, plan: &str) -> String {
+    let resp = osb
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v2/service_instances/{instance}/service_bindings/app"),
+            Some(json!({"service_id": SERVICE, "plan_id": plan})),
+        )
+        .await;
+    assert!(resp.status == 201 || resp.status == 200, "{resp:?}");
+    resp.body["credentials"]["uri"].as_str().unwrap().to_string()
+}
+
+fn result(answer: &Value) -> &Value {
+    assert!(answer.get("error").is_none(), "{answer}");
+    &answer["result"]
+}
+
+/// Provision through A, bind through B: the key serves the same node through both gateways (a
+/// block mined through one is seen through the other), a third replica started later starts no
+/// node, and a deprovision through B stops the one node, which ran on A. One node throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_node_runs_on_one_replica_and_every_replica_serves_and_removes_it() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = NodeReaper(dir.path().to_path_buf());
+    let db = TestDb::new(Db::Postgres, dir.path()).await;
+    let config = |name: &str| replica_config(&dir.path().join(name), &db.url, &anvil.http_url());
+    let a = Ovsb::start(dir.path(), "a", &config("a"));
+    let b = Ovsb::start(dir.path(), "b", &config("b"));
+
+    let accepted = a.osb.provision("x0", PLAN_DEVNET, Some(json!({"chain_id": 4242}))).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    assert_eq!(a.osb.finished("x0").await["state"], "succeeded");
+    assert_eq!(nodes_under(dir.path()).len(), 1, "one node");
+    assert_eq!(nodes_under(&dir.path().join("a")).len(), 1, "on the replica that provisioned it");
+
+    let on_b = bind(&b.osb, "x0", PLAN_DEVNET).await;
+    let on_a = bind(&a.osb, "x0", PLAN_DEVNET).await;
+    assert_ne!(on_a, on_b, "each replica names its own gateway");
+    eventually("B serves the key", async || rpc(&on_b, "eth_chainId", json!([])).await["result"] == "0x1092").await;
+    eventually("A serves the key", async || rpc(&on_a, "eth_chainId", json!([])).await["result"] == "0x1092").await;
+    result(&rpc(&on_b, "evm_mine", json!([])).await);
+    assert_eq!(result(&rpc(&on_a, "eth_blockNumber", json!([])).await), "0x1", "A sees the block mined through B");
+    assert_eq!(result(&rpc(&on_b, "eth_blockNumber", json!([])).await), "0x1");
+
+    // A third replica, started later, serves the key and starts no node.
+    let c = Ovsb::start(dir.path(), "c", &config("c"));
+    let on_c = bind(&c.osb, "x0", PLAN_DEVNET).await;
+    eventually("C serves the key", async || rpc(&on_c, "eth_blockNumber", json!([])).await["result"] == "0x1").await;
+    assert_eq!(nodes_under(dir.path()).len(), 1, "still one node");
+
+    // An update through C (a new chain id) restarts the node where it runs.
+    let updated = c
+        .osb
+        .call(
+            reqwest::Method::PATCH,
+            "/v2/service_instances/x0?accepts_incomplete=true",
+            Some(json!({"service_id": SERVICE, "plan_id": PLAN_DEVNET, "parameters": {"chain_id": 4343}})),
+        )
+        .await;
+    assert_eq!(updated.status, 202, "{updated:?}");
+    assert_eq!(c.osb.finished("x0").await["state"], "succeeded");
+    eventually("B serves the updated node", async || rpc(&on_b, "eth_chainId", json!([])).await["result"] == "0x10f7")
+        .await;
+    assert_eq!(nodes_under(dir.path()).len(), 1, "one node after the update");
+    assert_eq!(nodes_under(&dir.path().join("a")).len(), 1, "still on A");
+
+    let gone = b.osb.deprovision("x0", PLAN_DEVNET).await;
+    assert_eq!(gone.status, 202, "{gone:?}");
+    assert_eq!(b.osb.finished("x0").await["state"], "succeeded");
+    eventually("the node is stopped", async || nodes_under(dir.path()).is_empty()).await;
+    // The shared plan is unaffected: it has no owner.
+    assert_eq!(a.osb.provision("s0", PLAN_SHARED, None).await.status, 202);
+    assert_eq!(b.osb.finished("s0").await["state"], "succeeded");
+    assert!(nodes_under(dir.path()).is_empty());
+}
+
+/// The owner is killed (`-9`) while its node starts: the other replica finishes the provision
+/// with a node of its own, and the killed replica, restarted, starts none and stops its own
+/// leftover, so that one node remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_killed_mid_provision_leaves_the_instance_to_one_other_replica() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = NodeReaper(dir.path().to_path_buf());
+    let db = TestDb::new(Db::Postgres, dir.path()).await;
+    let config = |name: &str| replica_config(&dir.path().join(name), &db.url, &anvil.http_url());
+    let ports_a = (free_port(), free_port());
+    let mut a = Ovsb::start_on(dir.path(), "a", &config("a"), ports_a);
+    let b = Ovsb::start(dir.path(), "b", &config("b"));
+
+    assert_eq!(a.osb.provision("x1", PLAN_SLOW, None).await.status, 202);
+    eventually("A starts the node", async || nodes_under(&dir.path().join("a")).len() == 1).await;
+    a.kill_9();
+
+    let done = b.osb.finished("x1").await;
+    assert_eq!(done["state"], "succeeded", "B finished the provision: {done}");
+    assert_eq!(nodes_under(&dir.path().join("b")).len(), 1, "B runs the node");
+    let on_b = bind(&b.osb, "x1", PLAN_SLOW).await;
+    assert_eq!(result(&rpc(&on_b, "eth_chainId", json!([])).await), "0x7a69");
+
+    // A comes back with its data directory (the same replica id): it starts no node for x1
+    // and stops the one it had left running.
+    let a = Ovsb::start_on(dir.path(), "a", &config("a"), ports_a);
+    eventually("A's leftover node is stopped", async || nodes_under(&dir.path().join("a")).is_empty()).await;
+    assert_eq!(nodes_under(dir.path()).len(), 1, "one node for the instance");
+    let on_a = bind(&a.osb, "x1", PLAN_SLOW).await;
+    eventually("A serves the key from B's node", async || {
+        rpc(&on_a, "eth_chainId", json!([])).await["result"] == "0x7a69"
+    })
+    .await;
+    result(&rpc(&on_a, "evm_mine", json!([])).await);
+    assert_eq!(result(&rpc(&on_b, "eth_blockNumber", json!([])).await), "0x1");
+}
