@@ -233,7 +233,13 @@ impl UpstreamPool {
             }
         }
         tracing::warn!(method = %call.method, "no upstream answered: {last}");
-        Err(rpc_error(UPSTREAM_UNAVAILABLE, "no upstream node is reachable"))
+        // The cause, for the caller: what the last try met (never the node's address).
+        let cause: String = last.chars().take(300).collect();
+        Err(RpcError {
+            code: UPSTREAM_UNAVAILABLE,
+            message: "no upstream node is reachable".into(),
+            data: Some(serde_json::json!({ "cause": cause }).to_string()),
+        })
     }
 
     /// The JSON-RPC request body, built around the raw params without re-encoding them.

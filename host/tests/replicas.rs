@@ -178,3 +178,37 @@ async fn an_owner_killed_mid_provision_leaves_the_instance_to_one_other_replica(
     result(&rpc(&on_a, "evm_mine", json!([])).await);
     assert_eq!(result(&rpc(&on_b, "eth_blockNumber", json!([])).await), "0x1");
 }
+
+/// The owner of a ready instance dies and its node with it: until the owner counts as dead the
+/// other replica answers calls with the upstream error and its cause (never "unknown key"), then
+/// it takes the node over, by itself, and serves the key from a node of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_node_is_taken_over_and_until_then_calls_name_the_cause() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = NodeReaper(dir.path().to_path_buf());
+    let db = TestDb::new(Db::Postgres, dir.path()).await;
+    let config = |name: &str| replica_config(&dir.path().join(name), &db.url, &anvil.http_url());
+    let mut a = Ovsb::start(dir.path(), "a", &config("a"));
+    let b = Ovsb::start(dir.path(), "b", &config("b"));
+    a.osb.ready_instance("x2", PLAN_DEVNET, None).await;
+    let on_b = bind(&b.osb, "x2", PLAN_DEVNET).await;
+    eventually("B serves the key", async || rpc(&on_b, "eth_chainId", json!([])).await["result"] == "0x7a69").await;
+
+    a.kill_9();
+    support::kill_nodes_under(&dir.path().join("a"));
+    let answer = rpc(&on_b, "eth_chainId", json!([])).await;
+    let error = &answer["error"];
+    assert_ne!(error["code"], -32001, "the key is known while its node is away: {answer}");
+    assert_eq!(error["code"], -32002, "{answer}");
+    let cause = error["data"]["cause"].as_str().unwrap_or_default();
+    assert!(
+        !cause.is_empty() && !cause.contains("127.0.0.1"),
+        "the error names its cause, not the node's address: {answer}"
+    );
+
+    eventually("B took the node over", async || nodes_under(&dir.path().join("b")).len() == 1).await;
+    eventually("B serves the key again", async || rpc(&on_b, "eth_chainId", json!([])).await["result"] == "0x7a69")
+        .await;
+    assert!(nodes_under(&dir.path().join("a")).is_empty());
+}
