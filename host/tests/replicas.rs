@@ -56,6 +56,28 @@ log_max_bytes = 65536
     format!("data_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n{config}", data_dir.display())
 }
 
+/// What the replicas of a test share: the shared plan's anvil, a PostgreSQL database, and a
+/// directory (a data directory per replica) whose nodes are killed at the end.
+struct Replicas {
+    anvil: Anvil,
+    db: TestDb,
+    _reaper: NodeReaper,
+    dir: tempfile::TempDir,
+}
+
+impl Replicas {
+    async fn new() -> Replicas {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(Db::Postgres, dir.path()).await;
+        Replicas { anvil: Anvil::start(&[]), db, _reaper: NodeReaper(dir.path().to_path_buf()), dir }
+    }
+
+    /// The configuration of replica `name` (data directory `<dir>/<name>`).
+    fn config(&self, name: &str) -> String {
+        replica_config(&self.dir.path().join(name), &self.db.url, &self.anvil.http_url())
+    }
+}
+
 async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
     let started = Instant::now();
     while !check().await {
@@ -86,19 +108,16 @@ fn result(answer: &Value) -> &Value {
 /// node, and a deprovision through B stops the one node, which ran on A. One node throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_node_runs_on_one_replica_and_every_replica_serves_and_removes_it() {
-    let anvil = Anvil::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let _reaper = NodeReaper(dir.path().to_path_buf());
-    let db = TestDb::new(Db::Postgres, dir.path()).await;
-    let config = |name: &str| replica_config(&dir.path().join(name), &db.url, &anvil.http_url());
-    let a = Ovsb::start(dir.path(), "a", &config("a"));
-    let b = Ovsb::start(dir.path(), "b", &config("b"));
+    let set = Replicas::new().await;
+    let (dir, config) = (set.dir.path(), |name: &str| set.config(name));
+    let a = Ovsb::start(dir, "a", &config("a"));
+    let b = Ovsb::start(dir, "b", &config("b"));
 
     let accepted = a.osb.provision("x0", PLAN_DEVNET, Some(json!({"chain_id": 4242}))).await;
     assert_eq!(accepted.status, 202, "{accepted:?}");
     assert_eq!(a.osb.finished("x0").await["state"], "succeeded");
-    assert_eq!(nodes_under(dir.path()).len(), 1, "one node");
-    assert_eq!(nodes_under(&dir.path().join("a")).len(), 1, "on the replica that provisioned it");
+    assert_eq!(nodes_under(dir).len(), 1, "one node");
+    assert_eq!(nodes_under(&dir.join("a")).len(), 1, "on the replica that provisioned it");
 
     let on_b = bind(&b.osb, "x0", PLAN_DEVNET).await;
     let on_a = bind(&a.osb, "x0", PLAN_DEVNET).await;
@@ -110,10 +129,10 @@ async fn a_process_node_runs_on_one_replica_and_every_replica_serves_and_removes
     assert_eq!(result(&rpc(&on_b, "eth_blockNumber", json!([])).await), "0x1");
 
     // A third replica, started later, serves the key and starts no node.
-    let c = Ovsb::start(dir.path(), "c", &config("c"));
+    let c = Ovsb::start(dir, "c", &config("c"));
     let on_c = bind(&c.osb, "x0", PLAN_DEVNET).await;
     eventually("C serves the key", async || rpc(&on_c, "eth_blockNumber", json!([])).await["result"] == "0x1").await;
-    assert_eq!(nodes_under(dir.path()).len(), 1, "still one node");
+    assert_eq!(nodes_under(dir).len(), 1, "still one node");
 
     // An update through C (a new chain id) restarts the node where it runs.
     let updated = c
@@ -128,17 +147,17 @@ async fn a_process_node_runs_on_one_replica_and_every_replica_serves_and_removes
     assert_eq!(c.osb.finished("x0").await["state"], "succeeded");
     eventually("B serves the updated node", async || rpc(&on_b, "eth_chainId", json!([])).await["result"] == "0x10f7")
         .await;
-    assert_eq!(nodes_under(dir.path()).len(), 1, "one node after the update");
-    assert_eq!(nodes_under(&dir.path().join("a")).len(), 1, "still on A");
+    assert_eq!(nodes_under(dir).len(), 1, "one node after the update");
+    assert_eq!(nodes_under(&dir.join("a")).len(), 1, "still on A");
 
     let gone = b.osb.deprovision("x0", PLAN_DEVNET).await;
     assert_eq!(gone.status, 202, "{gone:?}");
     assert_eq!(b.osb.finished("x0").await["state"], "succeeded");
-    eventually("the node is stopped", async || nodes_under(dir.path()).is_empty()).await;
+    eventually("the node is stopped", async || nodes_under(dir).is_empty()).await;
     // The shared plan is unaffected: it has no owner.
     assert_eq!(a.osb.provision("s0", PLAN_SHARED, None).await.status, 202);
     assert_eq!(b.osb.finished("s0").await["state"], "succeeded");
-    assert!(nodes_under(dir.path()).is_empty());
+    assert!(nodes_under(dir).is_empty());
 }
 
 /// The owner is killed (`-9`) while its node starts: the other replica finishes the provision
@@ -146,30 +165,27 @@ async fn a_process_node_runs_on_one_replica_and_every_replica_serves_and_removes
 /// leftover, so that one node remains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_killed_mid_provision_leaves_the_instance_to_one_other_replica() {
-    let anvil = Anvil::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let _reaper = NodeReaper(dir.path().to_path_buf());
-    let db = TestDb::new(Db::Postgres, dir.path()).await;
-    let config = |name: &str| replica_config(&dir.path().join(name), &db.url, &anvil.http_url());
+    let set = Replicas::new().await;
+    let (dir, config) = (set.dir.path(), |name: &str| set.config(name));
     let ports_a = (free_port(), free_port());
-    let mut a = Ovsb::start_on(dir.path(), "a", &config("a"), ports_a);
-    let b = Ovsb::start(dir.path(), "b", &config("b"));
+    let mut a = Ovsb::start_on(dir, "a", &config("a"), ports_a);
+    let b = Ovsb::start(dir, "b", &config("b"));
 
     assert_eq!(a.osb.provision("x1", PLAN_SLOW, None).await.status, 202);
-    eventually("A starts the node", async || nodes_under(&dir.path().join("a")).len() == 1).await;
+    eventually("A starts the node", async || nodes_under(&dir.join("a")).len() == 1).await;
     a.kill_9();
 
     let done = b.osb.finished("x1").await;
     assert_eq!(done["state"], "succeeded", "B finished the provision: {done}");
-    assert_eq!(nodes_under(&dir.path().join("b")).len(), 1, "B runs the node");
+    assert_eq!(nodes_under(&dir.join("b")).len(), 1, "B runs the node");
     let on_b = bind(&b.osb, "x1", PLAN_SLOW).await;
     assert_eq!(result(&rpc(&on_b, "eth_chainId", json!([])).await), "0x7a69");
 
     // A comes back with its data directory (the same replica id): it starts no node for x1
     // and stops the one it had left running.
-    let a = Ovsb::start_on(dir.path(), "a", &config("a"), ports_a);
-    eventually("A's leftover node is stopped", async || nodes_under(&dir.path().join("a")).is_empty()).await;
-    assert_eq!(nodes_under(dir.path()).len(), 1, "one node for the instance");
+    let a = Ovsb::start_on(dir, "a", &config("a"), ports_a);
+    eventually("A's leftover node is stopped", async || nodes_under(&dir.join("a")).is_empty()).await;
+    assert_eq!(nodes_under(dir).len(), 1, "one node for the instance");
     let on_a = bind(&a.osb, "x1", PLAN_SLOW).await;
     eventually("A serves the key from B's node", async || {
         rpc(&on_a, "eth_chainId", json!([])).await["result"] == "0x7a69"
@@ -184,19 +200,16 @@ async fn an_owner_killed_mid_provision_leaves_the_instance_to_one_other_replica(
 /// it takes the node over, by itself, and serves the key from a node of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_owners_node_is_taken_over_and_until_then_calls_name_the_cause() {
-    let anvil = Anvil::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let _reaper = NodeReaper(dir.path().to_path_buf());
-    let db = TestDb::new(Db::Postgres, dir.path()).await;
-    let config = |name: &str| replica_config(&dir.path().join(name), &db.url, &anvil.http_url());
-    let mut a = Ovsb::start(dir.path(), "a", &config("a"));
-    let b = Ovsb::start(dir.path(), "b", &config("b"));
+    let set = Replicas::new().await;
+    let (dir, config) = (set.dir.path(), |name: &str| set.config(name));
+    let mut a = Ovsb::start(dir, "a", &config("a"));
+    let b = Ovsb::start(dir, "b", &config("b"));
     a.osb.ready_instance("x2", PLAN_DEVNET, None).await;
     let on_b = bind(&b.osb, "x2", PLAN_DEVNET).await;
     eventually("B serves the key", async || rpc(&on_b, "eth_chainId", json!([])).await["result"] == "0x7a69").await;
 
     a.kill_9();
-    support::kill_nodes_under(&dir.path().join("a"));
+    support::kill_nodes_under(&dir.join("a"));
     let answer = rpc(&on_b, "eth_chainId", json!([])).await;
     let error = &answer["error"];
     assert_ne!(error["code"], -32001, "the key is known while its node is away: {answer}");
@@ -207,8 +220,8 @@ async fn a_dead_owners_node_is_taken_over_and_until_then_calls_name_the_cause() 
         "the error names its cause, not the node's address: {answer}"
     );
 
-    eventually("B took the node over", async || nodes_under(&dir.path().join("b")).len() == 1).await;
+    eventually("B took the node over", async || nodes_under(&dir.join("b")).len() == 1).await;
     eventually("B serves the key again", async || rpc(&on_b, "eth_chainId", json!([])).await["result"] == "0x7a69")
         .await;
-    assert!(nodes_under(&dir.path().join("a")).is_empty());
+    assert!(nodes_under(&dir.join("a")).is_empty());
 }
