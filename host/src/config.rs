@@ -356,8 +356,8 @@ impl Default for OperationSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaSettings {
-    /// The address other replicas reach this replica's `process` nodes at (a host name or IP,
-    /// no port): the nodes it runs are recorded in the store as `http://<node_host>:<port>`,
+    /// The address other replicas reach this replica's `process` nodes at (an IP address of
+    /// this machine, which the nodes listen on): the nodes it runs are recorded in the store as `http://<node_host>:<port>`,
     /// and another replica's gateway forwards their calls there. A `process` plan's command
     /// must bind its node to `{node_host}` when this is not a loopback address.
     #[serde(default = "default_node_host")]
@@ -377,7 +377,7 @@ fn default_node_host() -> String {
 impl ReplicaSettings {
     /// Whether `node_host` is a loopback address (reachable from this machine only).
     pub fn node_host_is_loopback(&self) -> bool {
-        self.node_host == "localhost" || self.node_host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        self.node_host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
     /// The base URL of a node of this replica on `port`, with `scheme` (`http` or `ws`).
@@ -392,16 +392,13 @@ impl ReplicaSettings {
     fn validate(&self, config: &Config) -> Result<(), ConfigError> {
         let bad = |message: String| Err(ConfigError::Invalid(message));
         let host = &self.node_host;
-        let ip = host.parse::<std::net::IpAddr>().ok();
-        let name_ok = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| {
-                !label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            });
-        if ip.is_none() && !name_ok {
-            return bad(format!("replica.node_host {host:?} must be a host name or an IP address, without a port"));
-        }
-        if ip.is_some_and(|ip| ip.is_unspecified()) {
+        let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+            return bad(format!(
+                "replica.node_host {host:?} must be an IP address of this machine, without a port: nodes listen on it \
+                 (anvil's --host takes an address) and other replicas connect to it"
+            ));
+        };
+        if ip.is_unspecified() {
             return bad(format!(
                 "replica.node_host is {host}, which other replicas cannot connect to: give the address they reach this machine at"
             ));
@@ -1591,11 +1588,12 @@ mod tests {
         });
         assert!(err.contains("never uses {node_host}"), "{err}");
         assert!(check(&|c| c.replica.node_host = "0.0.0.0".into()).contains("cannot connect to"));
-        assert!(check(&|c| c.replica.node_host = "node-1:8545".into()).contains("without a port"));
+        assert!(check(&|c| c.replica.node_host = "10.1.2.3:8545".into()).contains("without a port"));
+        assert!(check(&|c| c.replica.node_host = "node-1.internal".into()).contains("must be an IP address"));
         let mut config = Config::quick_start();
-        let env = HashMap::from([("OVSB_NODE_HOST".to_string(), "node-1.internal".to_string())]);
+        let env = HashMap::from([("OVSB_NODE_HOST".to_string(), "10.1.2.3".to_string())]);
         config.apply_env(&env).unwrap();
-        assert_eq!(config.replica.node_url("http", 20001), "http://node-1.internal:20001");
+        assert_eq!(config.replica.node_url("http", 20001), "http://10.1.2.3:20001");
         config.replica.node_host = "fd00::7".into();
         assert_eq!(config.replica.node_url("ws", 20001), "ws://[fd00::7]:20001");
     }

@@ -43,6 +43,9 @@ struct Built {
     parameters: Option<String>,
     /// Who ran the node when the route was built (`process` plans).
     node: Option<NodeOwner>,
+    /// Built without a node to reach (it is starting, or being taken over): calls get -32002
+    /// until it is built again, which every poll tries.
+    nodeless: bool,
     route: Arc<InstanceRoute>,
 }
 
@@ -263,17 +266,26 @@ impl RouteSync {
         instance: &InstanceRow,
         node: Option<NodeOwner>,
     ) -> Option<Built> {
-        let reusable = built
-            .remove(&instance.id)
-            .filter(|b| b.plan_id == instance.plan_id && b.parameters == instance.parameters && b.node == node);
+        let reusable = built.remove(&instance.id).filter(|b| {
+            b.plan_id == instance.plan_id && b.parameters == instance.parameters && b.node == node && !b.nodeless
+        });
         if let Some(entry) = reusable {
             return Some(entry);
         }
-        let Some(route) = self.build(instance, node.as_ref()).await else {
+        let Some((route, nodeless)) = self.build(instance, node.as_ref()).await else {
             self.lock_unbuilt().insert(instance.id.clone());
             return None;
         };
-        Some(Built { plan_id: instance.plan_id.clone(), parameters: instance.parameters.clone(), node, route })
+        if nodeless {
+            self.lock_unbuilt().insert(instance.id.clone());
+        }
+        Some(Built {
+            plan_id: instance.plan_id.clone(),
+            parameters: instance.parameters.clone(),
+            node,
+            nodeless,
+            route,
+        })
     }
 
     fn lock_unbuilt(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
@@ -342,7 +354,8 @@ impl RouteSync {
         Ok(())
     }
 
-    async fn build(&self, instance: &InstanceRow, node: Option<&NodeOwner>) -> Option<Arc<InstanceRoute>> {
+    /// The instance's route, and whether it was built without a node to reach.
+    async fn build(&self, instance: &InstanceRow, node: Option<&NodeOwner>) -> Option<(Arc<InstanceRoute>, bool)> {
         let parameters: Option<serde_json::Value> =
             instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
         let elements = match self.opened_chain(&instance.plan_id, parameters.as_ref()) {
@@ -357,24 +370,23 @@ impl RouteSync {
             return None;
         };
         let kv = self.kv(&instance.id);
+        // A `process` instance's keys keep working while its node starts or moves: its calls
+        // get -32002 (no node to reach) until the node is there, never "unknown key".
         let upstream = match node {
-            Some(owner) if owner.replica_id != self.replica_id => {
-                let Some(http) = &owner.http_url else {
-                    tracing::info!(instance = %instance.id, replica = %owner.replica_id,
-                        "instance not served yet: its node is starting on another replica");
-                    return None;
-                };
-                match self.drivers.remote_node(http, owner.ws_url.as_deref()) {
+            Some(owner) if owner.replica_id != self.replica_id => match &owner.http_url {
+                Some(http) => match self.drivers.remote_node(http, owner.ws_url.as_deref()) {
                     Ok(pool) => Some(pool),
                     Err(err) => {
                         tracing::error!(instance = %instance.id, "instance is not served: {err}");
                         return None;
                     }
-                }
-            }
+                },
+                None => None,
+            },
             _ => driver.upstream(&instance.id),
         };
-        let Some(upstream) = upstream else {
+        let nodeless = upstream.is_none() && node.is_some();
+        let Some(upstream) = upstream.or_else(|| nodeless.then(|| self.drivers.no_node())) else {
             tracing::error!(instance = %instance.id, "instance is not served: its driver has no node for it");
             return None;
         };
@@ -404,13 +416,16 @@ impl RouteSync {
             )
             .await
         {
-            Ok(chain) => Some(Arc::new(InstanceRoute {
-                instance_id: instance.id.as_str().into(),
-                plan: instance.plan_id.as_str().into(),
-                chain,
-                upstream,
-                validator,
-            })),
+            Ok(chain) => Some((
+                Arc::new(InstanceRoute {
+                    instance_id: instance.id.as_str().into(),
+                    plan: instance.plan_id.as_str().into(),
+                    chain,
+                    upstream,
+                    validator,
+                }),
+                nodeless,
+            )),
             Err(err) => {
                 tracing::error!(instance = %instance.id, "instance is not served: its chain cannot be built: {err}");
                 None

@@ -266,7 +266,7 @@ impl UpstreamPool {
         }
         let request = request.body(Full::new(body)).map_err(|e| AttemptError::NotSent(e.to_string()))?;
         let response = self.client.request(request).await.map_err(|e| {
-            if e.is_connect() { AttemptError::NotSent(e.to_string()) } else { AttemptError::Failed(e.to_string()) }
+            if e.is_connect() { AttemptError::NotSent(causes(&e)) } else { AttemptError::Failed(causes(&e)) }
         })?;
         let status = response.status();
         let body = Limited::new(response.into_body(), self.max_response_bytes)
@@ -322,6 +322,19 @@ fn decode(body: &[u8]) -> Option<Outcome> {
         (Some(result), None) => Some(Ok(result.get().to_string())),
         (None, None) => None,
     }
+}
+
+/// An error and its sources, `: `-joined ("client error (Connect): tcp connect error:
+/// Connection refused (os error 111)"): hyper's own text alone says only "client error".
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn rpc_error(code: i32, message: impl Into<String>) -> RpcError {

@@ -55,7 +55,8 @@ async fn an_operation_cut_off_from_the_store_ends_once_the_store_is_back() {
 #[tokio::test]
 async fn a_lapsed_lease_is_claimed_unless_its_operation_is_running_here() {
     let anvil = Anvil::start(&[]);
-    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |_| {}).await;
+    // A long lease: the runner does not renew it again while the test looks.
+    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |c| c.operations.lease_seconds = 120).await;
     let accepted = broker.osb.provision("held", PLAN_PENDING, None).await;
     assert_eq!(accepted.status, 202);
     let id = accepted.body["operation"].as_str().unwrap().to_string();
@@ -66,9 +67,9 @@ async fn a_lapsed_lease_is_claimed_unless_its_operation_is_running_here() {
 
     let running: HashSet<String> = [id.clone()].into();
     let until = ovsb::store::now_ms() + 3_000;
-    let claimed = store.claim_stale(&owner, until, false, &running, 0).await.unwrap();
+    let claimed = store.claim_stale(&owner, until, false, &running, &Default::default()).await.unwrap();
     assert!(claimed.is_empty(), "an operation running here is not claimed again: {claimed:?}");
-    let claimed = store.claim_stale(&owner, until, false, &HashSet::new(), 0).await.unwrap();
+    let claimed = store.claim_stale(&owner, until, false, &HashSet::new(), &Default::default()).await.unwrap();
     assert_eq!(claimed.iter().map(|op| op.id.as_str()).collect::<Vec<_>>(), [id.as_str()], "its own lapsed lease");
     assert!(!store.renew_leases_of(&id, "another-replica", until).await.unwrap(), "only the holder renews");
 }

@@ -65,6 +65,7 @@ pub use validator::{
 
 use crate::config::{Config, DriverDecl, PlanDecl};
 use crate::credentials::SecretKey;
+use crate::plugins::Call;
 use crate::store::{InstanceRow, InstanceState, OperationKind, OperationRow, OperationState, Store, now_ms};
 use crate::upstream::UpstreamPool;
 
@@ -181,13 +182,6 @@ pub struct Replica {
     pub lease: Duration,
 }
 
-impl Replica {
-    /// The oldest heartbeat of a replica that is still alive.
-    pub fn alive_since(&self) -> i64 {
-        now_ms() - self.lease.as_millis() as i64
-    }
-}
-
 /// The driver of every plan, by plan id.
 #[derive(Clone, Default)]
 pub struct Drivers {
@@ -276,6 +270,16 @@ impl Drivers {
         Drivers { by_plan: Arc::new(by_plan), process: Arc::new(process), deadline, max_response_bytes: max_response }
     }
 
+    /// An upstream pool with no node: its calls get -32002 (a node that is starting or moving).
+    pub fn no_node(&self) -> Arc<UpstreamPool> {
+        Arc::new(UpstreamPool::new(crate::upstream::UpstreamSettings {
+            http: Vec::new(),
+            ws: Vec::new(),
+            deadline: self.deadline,
+            max_response_bytes: self.max_response_bytes,
+        }))
+    }
+
     /// An upstream pool to a node another replica runs, at the URLs it recorded.
     pub fn remote_node(&self, http: &str, ws: Option<&str>) -> Result<Arc<UpstreamPool>, String> {
         let http = http.parse().map_err(|err| format!("the node's recorded address {http:?} is not a URL: {err}"))?;
@@ -298,16 +302,15 @@ impl Drivers {
     }
 
     /// Recovers every driver's nodes from the store's instances (see [`Driver::recover`]).
-    /// A `process` plan's nodes are recovered only where `replica` owns them, or takes them
-    /// over (nobody owned them, or their owner is dead); the others' local leftovers go.
+    /// A `process` plan's nodes are recovered only where `replica` owns them (or takes them
+    /// because nobody owned them: data from before node ownership); the local leftovers of
+    /// nodes another replica owns go. A dead replica's nodes are taken over later, once it has
+    /// been watched to be dead.
     pub async fn recover(&self, store: &Store, replica: &Replica) -> Result<(), crate::store::StoreError> {
         let instances = store.instances_not_deleted().await?;
         store.heartbeat(&replica.id, &replica.node_host).await?;
         let owners = store.node_owners().await?;
-        let live_replicas = store.live_replicas(replica.alive_since()).await?;
-        let theirs = |id: &str| {
-            owners.get(id).is_some_and(|o| o.replica_id != replica.id && live_replicas.contains(&o.replica_id))
-        };
+        let theirs = |id: &str| owners.get(id).is_some_and(|o| o.replica_id != replica.id);
         let busy: Vec<String> = instances
             .iter()
             .filter(|i| matches!(i.state, InstanceState::Provisioning | InstanceState::Deprovisioning))
@@ -325,7 +328,7 @@ impl Drivers {
             };
             let mut mine = Vec::with_capacity(live.len());
             for spec in live.drain(..) {
-                if !theirs(&spec.id) && store.claim_node(&spec.id, &replica.id, replica.alive_since()).await?.is_none()
+                if !theirs(&spec.id) && store.claim_node(&spec.id, &replica.id).await? == crate::store::NodeClaim::Mine
                 {
                     mine.push(spec);
                 }
@@ -333,7 +336,10 @@ impl Drivers {
             let busy: Vec<String> = busy.iter().filter(|id| !theirs(id)).cloned().collect();
             process.recover_nodes(&mine, &busy).await;
             for spec in &mine {
-                if let Some((http, ws)) = process.node_urls(&spec.id) {
+                let Some((http, ws)) = process.node_urls(&spec.id) else { continue };
+                let recorded = owners.get(&spec.id);
+                // Only a changed address is written (each write is a change other replicas apply).
+                if recorded.is_none_or(|o| o.http_url.as_deref() != Some(http.as_str()) || o.ws_url != ws) {
                     store.set_node_address(&spec.id, &replica.id, &http, ws.as_deref()).await?;
                 }
             }
@@ -367,14 +373,63 @@ pub struct Operations {
     replica: Replica,
     /// The operations this replica is running now: the only leases it renews.
     running: Mutex<HashSet<String>>,
-    /// The instances those operations are on.
-    running_instances: Mutex<HashSet<String>>,
+    /// The instances those operations are on, with how many run on each.
+    running_instances: Mutex<HashMap<String, usize>>,
+    /// Which other replicas are alive, as this replica sees it.
+    liveness: Mutex<Liveness>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
 /// The longest wait between two tries of an operation whose store calls failed.
 pub const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How long after its deadline a runner still retries an operation whose store calls fail;
+/// then it lets the operation go (a deprovision supersedes it).
+const PAST_DEADLINE_GRACE_MS: i64 = 60_000;
+
+/// Which replicas are dead, judged by this replica's own clock: a replica is dead when its
+/// heartbeat (the value it wrote) has stood still for a whole lease while this replica read
+/// the store without a failure. No two machines' clocks are compared, and a replica that could
+/// not read the store (an outage) judges nobody dead until it has watched for a lease again.
+#[derive(Default)]
+struct Liveness {
+    /// Each other replica's heartbeat value, and when this replica first saw that value.
+    seen: HashMap<String, (i64, tokio::time::Instant)>,
+}
+
+impl Liveness {
+    fn observe(&mut self, heartbeats: HashMap<String, i64>, me: &str) {
+        let now = tokio::time::Instant::now();
+        self.seen.retain(|id, _| heartbeats.contains_key(id));
+        for (id, value) in heartbeats {
+            if id == me {
+                continue;
+            }
+            match self.seen.get(&id) {
+                Some((seen, _)) if *seen == value => {}
+                _ => {
+                    self.seen.insert(id, (value, now));
+                }
+            }
+        }
+    }
+
+    /// Forgets what was seen (the store could not be read): nobody is judged dead until it has
+    /// been watched for a whole lease again.
+    fn lose_sight(&mut self) {
+        self.seen.clear();
+    }
+
+    /// The dead replicas, with the heartbeat value that stood still.
+    fn dead(&self, lease: Duration) -> HashMap<String, i64> {
+        self.seen
+            .iter()
+            .filter(|(_, (_, since))| since.elapsed() >= lease)
+            .map(|(id, (v, _))| (id.clone(), *v))
+            .collect()
+    }
+}
 
 /// Removes an operation from the running set when its task ends, however it ends.
 struct Running<'a> {
@@ -388,22 +443,28 @@ impl Drop for Running<'_> {
     }
 }
 
-/// Marks an instance as having an operation running here while it lives.
+/// Counts an operation running here on an instance while it lives.
 struct OnInstance<'a> {
-    set: &'a Mutex<HashSet<String>>,
+    set: &'a Mutex<HashMap<String, usize>>,
     id: String,
 }
 
 impl<'a> OnInstance<'a> {
-    fn new(set: &'a Mutex<HashSet<String>>, id: &str) -> Self {
-        set.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
+    fn new(set: &'a Mutex<HashMap<String, usize>>, id: &str) -> Self {
+        *set.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default() += 1;
         OnInstance { set, id: id.to_string() }
     }
 }
 
 impl Drop for OnInstance<'_> {
     fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = set.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                set.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -430,6 +491,7 @@ impl Operations {
             replica,
             running: Default::default(),
             running_instances: Default::default(),
+            liveness: Default::default(),
             tracker,
             shutdown,
         })
@@ -475,13 +537,50 @@ impl Operations {
         });
     }
 
-    /// Until shutdown: every third of the lease, beats this replica's heartbeat, renews the
-    /// leases of the operations it runs and reconciles the nodes it owns; every
-    /// `sync_interval_ms` (at most that third), claims lapsed operations (those handed over to
-    /// it included). `take_all` claims every running operation at once (the store is this
-    /// process's alone).
+    fn dead_replicas(&self) -> HashMap<String, i64> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner()).dead(self.replica.lease)
+    }
+
+    /// Until shutdown, every third of the lease: beats this replica's heartbeat and reads the
+    /// others' (each bounded by that third, on a task of its own so that no slow work delays
+    /// it). Only with `process` plans, which are the only ones with node owners.
+    async fn heartbeat(self: Arc<Self>) {
+        let period = self.replica.lease / 3;
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let beat = async {
+                self.store.heartbeat(&self.replica.id, &self.replica.node_host).await?;
+                self.store.heartbeats().await
+            };
+            match tokio::time::timeout(period, beat).await {
+                Ok(Ok(heartbeats)) => {
+                    self.liveness.lock().unwrap_or_else(|p| p.into_inner()).observe(heartbeats, &self.replica.id)
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!("cannot record this replica's heartbeat: {err}");
+                    self.liveness.lock().unwrap_or_else(|p| p.into_inner()).lose_sight();
+                }
+                Err(_) => {
+                    tracing::warn!("the store did not take this replica's heartbeat in time");
+                    self.liveness.lock().unwrap_or_else(|p| p.into_inner()).lose_sight();
+                }
+            }
+        }
+    }
+
+    /// Until shutdown: every third of the lease, renews the leases of the operations this
+    /// replica runs and reconciles the nodes it owns; every `sync_interval_ms` (at most that
+    /// third), claims lapsed operations (those handed over to it included). `take_all` claims
+    /// every running operation at once (the store is this process's alone).
     pub async fn supervise(self: Arc<Self>, take_all: bool) {
-        let lease = Duration::from_secs(self.config.operations.lease_seconds);
+        if !self.drivers.process.is_empty() {
+            self.tracker.spawn(self.clone().heartbeat());
+        }
+        let lease = self.replica.lease;
         let look = Duration::from_millis(self.config.operations.sync_interval_ms).min(lease / 3);
         let mut tick = tokio::time::interval(look);
         let mut renewed = None::<tokio::time::Instant>;
@@ -503,10 +602,9 @@ impl Operations {
                 self.reconcile_nodes().await;
             }
             let running: HashSet<String> = self.running_set().clone();
-            let claimed = self
-                .store
-                .claim_stale(&self.owner, self.lease_until(), take_all && first, &running, self.replica.alive_since())
-                .await;
+            let dead = self.dead_replicas();
+            let claimed =
+                self.store.claim_stale(&self.owner, self.lease_until(), take_all && first, &running, &dead).await;
             match claimed {
                 Ok(claimed) => {
                     for operation in claimed {
@@ -523,16 +621,28 @@ impl Operations {
 
     async fn run(&self, operation: OperationRow) {
         let mut wait = Duration::from_millis(100);
+        // The lease as this runner knows it: taken (or renewed) just now.
+        let mut lease_until = tokio::time::Instant::now() + self.replica.lease;
         loop {
             let Err(err) = self.execute(&operation).await else { break };
+            if now_ms() > operation.deadline_ms + PAST_DEADLINE_GRACE_MS {
+                tracing::error!(operation = %operation.id,
+                    "operation past its deadline still meets store errors; letting it go (a deprovision supersedes it): {err}");
+                break;
+            }
+            if tokio::time::Instant::now() >= lease_until {
+                // Another replica may have claimed it meanwhile; any replica (this one
+                // included) resumes it once the store answers.
+                tracing::warn!(operation = %operation.id, "the operation's lease lapsed during store errors; leaving it to be claimed: {err}");
+                break;
+            }
             tracing::warn!(operation = %operation.id, "operation interrupted by a store error, trying again in {} ms: {err}",
                 wait.as_millis());
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(STORE_RETRY_MAX);
-            // Go on only while the lease is still this replica's: renewing it says so. A store
-            // that still fails is tried again; another owner means another replica resumed it.
+            // Go on only while the lease is still this replica's: renewing it says so.
             match self.store.renew_leases_of(&operation.id, &self.owner, self.lease_until()).await {
-                Ok(true) => {}
+                Ok(true) => lease_until = tokio::time::Instant::now() + self.replica.lease,
                 Ok(false) => {
                     tracing::info!(operation = %operation.id, "the operation has ended or another replica took it over");
                     break;
@@ -543,63 +653,90 @@ impl Operations {
         self.routing.refresh(&operation.instance_id).await;
     }
 
-    /// Beats the heartbeat; takes over the nodes of dead replicas (each by a conditional claim,
-    /// so by one replica) and starts them here; drops the nodes this replica runs that the
-    /// store says another replica owns now.
+    /// Keeps the nodes this replica owns running here and no others: takes over the nodes of
+    /// dead replicas whose node does not answer any more (each by a conditional update, so by
+    /// one replica), starts owned nodes that are not running here, and stops nodes that run
+    /// here although another replica owns them now.
     async fn reconcile_nodes(&self) {
         if self.drivers.process.is_empty() {
             return;
         }
-        if let Err(err) = self.store.heartbeat(&self.replica.id, &self.replica.node_host).await {
-            tracing::warn!("cannot record this replica's heartbeat: {err}");
-            return;
-        }
-        let orphaned = match self.store.orphaned_nodes(self.replica.alive_since()).await {
-            Ok(orphaned) => orphaned,
-            Err(err) => return tracing::warn!("cannot look for nodes of dead replicas: {err}"),
-        };
-        for (id, plan_id) in orphaned {
-            let Some(process) = self.drivers.process.get(&plan_id) else { continue };
-            match self.store.claim_node(&id, &self.replica.id, self.replica.alive_since()).await {
-                Ok(None) => {}
-                Ok(Some(_)) => continue, // another replica was first
-                Err(err) => {
-                    tracing::warn!(instance = %id, "cannot claim the node of a dead replica: {err}");
+        for (dead, seen) in self.dead_replicas() {
+            let candidates = match self.store.nodes_to_take_over(&dead).await {
+                Ok(candidates) => candidates,
+                Err(err) => return tracing::warn!("cannot look for nodes of dead replicas: {err}"),
+            };
+            for (id, plan_id, http_url) in candidates {
+                if !self.drivers.process.contains_key(&plan_id) {
                     continue;
                 }
+                // ovsb may be gone while its node still runs: forwarding to it is better than
+                // a new chain.
+                if let Some(url) = http_url
+                    && let Ok(pool) = self.drivers.remote_node(&url, None)
+                    && pool.probe(0, &Call { method: "eth_chainId".into(), params: None }).await.is_ok()
+                {
+                    continue;
+                }
+                match self.store.take_over_node(&id, &self.replica.id, &dead, seen).await {
+                    Ok(true) => tracing::warn!(instance = %id, replica = %dead,
+                        "the replica that ran this instance's node is gone and so is its node: starting it here"),
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(instance = %id, "cannot take over the node of a dead replica: {err}"),
+                }
             }
-            tracing::warn!(instance = %id, "the replica that ran this instance's node is gone: starting it here");
-            let Ok(Some(instance)) = self.store.instance(&id).await else { continue };
-            let spec = spec_of(&instance.id, &instance.plan_id, instance.parameters.as_deref(), None);
-            if let Err(err) = process.ensure_running(&spec, None).await {
-                tracing::warn!(instance = %id, "cannot start the node taken over: {err}");
-                continue;
-            }
-            self.record_node_address(process, &id).await;
-            self.routing.refresh(&id).await;
         }
-        let mine = match self.store.nodes_of(&self.replica.id).await {
-            Ok(mine) => mine,
+        // What runs here, then what the store says is this replica's (in this order: a node an
+        // operation starts meanwhile is in the store before it runs).
+        let local: Vec<(Arc<ProcessDriver>, String)> = self
+            .drivers
+            .process
+            .values()
+            .flat_map(|process| process.local_instances().into_iter().map(move |id| (process.clone(), id)))
+            .collect();
+        let owned = match self.store.owned_nodes(&self.replica.id).await {
+            Ok(owned) => owned,
             Err(err) => return tracing::warn!("cannot read which nodes this replica owns: {err}"),
         };
-        for process in self.drivers.process.values() {
-            for id in process.local_instances() {
-                if mine.contains(&id) || self.running_instance(&id) {
-                    continue;
-                }
-                tracing::warn!(instance = %id, "another replica runs this instance's node now: stopping the one here");
-                if let Err(err) = process.remove_node(&id).await {
-                    tracing::warn!(instance = %id, "{err}");
-                }
-                self.routing.refresh(&id).await;
+        let owned_ids: HashSet<&str> = owned.iter().map(|n| n.instance_id.as_str()).collect();
+        for node in &owned {
+            let Some(process) = self.drivers.process.get(&node.plan_id) else { continue };
+            if !node.serving || self.running_instance(&node.instance_id) || process.runs(&node.instance_id) {
+                continue;
             }
+            let spec = spec_of(&node.instance_id, &node.plan_id, node.parameters.as_deref(), None);
+            match process.ensure_running(&spec, None).await {
+                Ok(_) => {
+                    self.record_node_address(process, &node.instance_id).await;
+                    self.routing.refresh(&node.instance_id).await;
+                }
+                Err(err) => {
+                    tracing::warn!(instance = %node.instance_id, "cannot start the node this replica owns: {err}")
+                }
+            }
+        }
+        for (process, id) in local {
+            if owned_ids.contains(id.as_str()) || self.running_instance(&id) {
+                continue;
+            }
+            // Read again: an operation here may have claimed it since.
+            match self.store.node_owner(&id).await {
+                Ok(Some(owner)) if owner.replica_id == self.replica.id => continue,
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            tracing::warn!(instance = %id, "another replica runs this instance's node now: stopping the one here");
+            if let Err(err) = process.remove_node(&id).await {
+                tracing::warn!(instance = %id, "{err}");
+            }
+            self.routing.refresh(&id).await;
         }
     }
 
     /// Whether an operation on `instance_id` runs here now (its node may be between claim and
     /// record).
     fn running_instance(&self, instance_id: &str) -> bool {
-        self.running_instances.lock().unwrap_or_else(|p| p.into_inner()).contains(instance_id)
+        self.running_instances.lock().unwrap_or_else(|p| p.into_inner()).contains_key(instance_id)
     }
 
     async fn record_node_address(&self, process: &ProcessDriver, instance_id: &str) {
@@ -613,23 +750,42 @@ impl Operations {
         }
     }
 
+    /// For an operation on a `process` instance: whether this replica runs it (it holds the
+    /// node, took it now, or took it over from a dead owner); otherwise it was handed to the
+    /// owner, or the instance is gone.
+    async fn hold_node(&self, operation: &OperationRow) -> Result<bool, crate::store::StoreError> {
+        let holder = match self.store.claim_node(&operation.instance_id, &self.replica.id).await? {
+            crate::store::NodeClaim::Mine => return Ok(true),
+            crate::store::NodeClaim::Gone => return Ok(false),
+            crate::store::NodeClaim::Held(holder) => holder,
+        };
+        if let Some(seen) = self.dead_replicas().get(&holder)
+            && self.store.take_over_node(&operation.instance_id, &self.replica.id, &holder, *seen).await?
+        {
+            tracing::warn!(operation = %operation.id, instance = %operation.instance_id, replica = %holder,
+                "the replica that ran this instance's node is gone: this one runs the operation and the node");
+            return Ok(true);
+        }
+        if self.store.hand_over(&operation.id, &self.owner, &holder).await? {
+            tracing::info!(operation = %operation.id, instance = %operation.instance_id, owner = %holder,
+                "handed the operation over to the replica that runs the instance's node");
+        }
+        Ok(false)
+    }
+
     async fn execute(&self, operation: &OperationRow) -> Result<(), crate::store::StoreError> {
         let Some(instance) = self.store.instance(&operation.instance_id).await? else {
-            tracing::error!(operation = %operation.id, "operation of a missing instance");
+            tracing::error!(operation = %operation.id, "operation of a missing instance: ending it as failed");
+            self.store.fail_operation(&operation.id, &self.owner, "the instance's record is missing").await?;
             return Ok(());
         };
-        // A node runs where its owner is: the owner runs the operation. One that is not
-        // owned yet (a provision) or whose owner is dead is taken here.
-        let target = serde_json::from_str::<UpdateRequest>(&operation.request).ok().map(|u| u.plan_id);
+        // A node runs where its owner is: the owner runs the operation.
+        let target = match operation.kind {
+            OperationKind::Update => serde_json::from_str::<UpdateRequest>(&operation.request).ok().map(|u| u.plan_id),
+            _ => None,
+        };
         let owned_node = self.drivers.process.get(target.as_deref().unwrap_or(&instance.plan_id)).cloned();
-        if owned_node.is_some()
-            && let Some(owner) =
-                self.store.claim_node(&instance.id, &self.replica.id, self.replica.alive_since()).await?
-        {
-            if self.store.hand_over(&operation.id, &self.owner, &owner).await? {
-                tracing::info!(operation = %operation.id, instance = %instance.id, %owner,
-                    "handed the operation over to the replica that runs the instance's node");
-            }
+        if owned_node.is_some() && !self.hold_node(operation).await? {
             return Ok(());
         }
         let _on_instance = OnInstance::new(&self.running_instances, &instance.id);

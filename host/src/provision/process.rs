@@ -122,6 +122,11 @@ impl ProcessDriver {
         Some((self.replica.node_url("http", port), self.decl.ws.then(|| self.replica.node_url("ws", port))))
     }
 
+    /// Whether this driver supervises a node for `instance_id` here.
+    pub(super) fn runs(&self, instance_id: &str) -> bool {
+        self.nodes().contains_key(instance_id)
+    }
+
     /// The instances whose nodes this driver supervises here.
     pub(super) fn local_instances(&self) -> Vec<String> {
         self.nodes().keys().cloned().collect()
@@ -242,17 +247,24 @@ impl ProcessDriver {
         let start = u32::from_le_bytes(seed) % span;
         for offset in 0..span {
             let port = low + ((start + offset) % span) as u16;
-            if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !taken.contains(&port) && std::net::TcpListener::bind((self.bind_address(), port)).is_ok() {
                 return Ok(port);
             }
         }
         Err(DriverError(format!("no free port left in {low}-{high}")))
     }
 
+    /// Where this replica's nodes listen: `replica.node_host` (an IP address, checked).
+    fn bind_address(&self) -> std::net::IpAddr {
+        self.replica.node_host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// The pool this replica reaches its own node through: at `replica.node_host`, where the
+    /// node listens (a plan whose command binds loopback does so when `node_host` is loopback).
     fn pool_for(&self, port: u16) -> Arc<UpstreamPool> {
         Arc::new(UpstreamPool::new(UpstreamSettings {
-            http: vec![format!("http://127.0.0.1:{port}").parse().expect("a loopback URL parses")],
-            ws: if self.decl.ws { vec![format!("ws://127.0.0.1:{port}")] } else { Vec::new() },
+            http: vec![self.replica.node_url("http", port).parse().expect("a node URL parses")],
+            ws: if self.decl.ws { vec![self.replica.node_url("ws", port)] } else { Vec::new() },
             deadline: self.deadline,
             max_response_bytes: self.max_response_bytes,
         }))
@@ -764,6 +776,33 @@ mod tests {
             stop: CancellationToken::new(),
             pid: Arc::new(Mutex::new(None)),
         }
+    }
+
+    #[test]
+    fn a_replica_reaches_its_own_nodes_where_they_listen_and_tells_others_the_same_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut decl = decl(&["anvil", "--host", "{node_host}", "--port", "{port}"], &[]);
+        decl.ws = true;
+        let replica = crate::config::ReplicaSettings { node_host: "10.9.8.7".into() };
+        let driver = ProcessDriver::new(
+            decl,
+            "plan",
+            dir.path().to_path_buf(),
+            Duration::from_secs(1),
+            1 << 20,
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+        .with_replica(replica);
+        let spec =
+            InstanceSpec { id: "i".into(), plan_id: "plan".into(), parameters: serde_json::json!({}), secrets: None };
+        assert_eq!(
+            driver.argv(&spec, 40001, &BTreeMap::new()).unwrap(),
+            ["anvil", "--host", "10.9.8.7", "--port", "40001"]
+        );
+        let pool = driver.pool_for(40001);
+        assert_eq!(pool.url(0), "http://10.9.8.7:40001/", "its own gateway reaches the node where it listens");
+        assert_eq!(driver.bind_address(), "10.9.8.7".parse::<std::net::IpAddr>().unwrap());
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-pub use nodes::NodeOwner;
+pub use nodes::{NodeClaim, NodeOwner, OwnedNode};
 pub use validators::HistoryRow;
 
 /// Records, in the transaction that bumped the generation, which instance the change touched.
@@ -666,6 +666,22 @@ impl Store {
         Ok(true)
     }
 
+    /// Ends a running operation that `owner` holds as failed, touching nothing else (an
+    /// operation whose instance row is missing).
+    pub async fn fail_operation(&self, operation_id: &str, owner: &str, description: &str) -> Result<bool> {
+        let failed = sqlx::query(
+            "UPDATE operations SET state = 'failed', description = $1, updated_ms = $2 \
+             WHERE id = $3 AND lease_owner = $4 AND state = 'in progress'",
+        )
+        .bind(description)
+        .bind(now_ms())
+        .bind(operation_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(failed.rows_affected() == 1)
+    }
+
     /// Hands a running operation that `from` holds to replica `to` (the owner of the
     /// instance's node), with a lapsed lease so that `to` claims it at its next look.
     pub async fn hand_over(&self, operation_id: &str, from: &str, to: &str) -> Result<bool> {
@@ -698,32 +714,32 @@ impl Store {
     /// Claims for `owner` every running operation whose claim has lapsed (or, with
     /// `take_all`, every running operation: for a store only this process can open), except
     /// those in `running` (the operations `owner` is running now) and those of instances whose
-    /// node another live replica runs (heartbeat at or after `alive_since`): theirs to run.
+    /// node another replica runs that is not in `dead`: theirs to run.
     pub async fn claim_stale(
         &self,
         owner: &str,
         until_ms: i64,
         take_all: bool,
         running: &std::collections::HashSet<String>,
-        alive_since: i64,
+        dead: &std::collections::HashMap<String, i64>,
     ) -> Result<Vec<Claimed>> {
         let now = now_ms();
         let horizon = if take_all { i64::MAX } else { now };
         let sql = format!(
-            "SELECT {OPERATION_COLUMNS} FROM operations WHERE state = 'in progress' AND lease_until_ms < $1 \
-             AND NOT EXISTS (SELECT 1 FROM node_owners n JOIN replicas r ON r.id = n.replica_id \
-             WHERE n.instance_id = operations.instance_id AND n.replica_id <> $2 AND r.heartbeat_ms >= $3)"
+            "SELECT {OPERATION_COLUMNS}, (SELECT n.replica_id FROM node_owners n \
+             WHERE n.instance_id = operations.instance_id) AS node_owner \
+             FROM operations WHERE state = 'in progress' AND lease_until_ms < $1"
         );
-        let stale: Vec<OperationRow> = sqlx::query(&sql)
-            .bind(horizon)
-            .bind(owner)
-            .bind(alive_since)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(operation_from)
-            .filter(|op| op.as_ref().map_or(true, |op| !running.contains(&op.id)))
-            .collect::<Result<_>>()?;
+        let rows = sqlx::query(&sql).bind(horizon).fetch_all(&self.pool).await?;
+        let mut stale = Vec::new();
+        for row in &rows {
+            let node_owner: Option<String> = row.try_get("node_owner")?;
+            let theirs = node_owner.is_some_and(|o| o != owner && !dead.contains_key(&o));
+            let op = operation_from(row)?;
+            if !theirs && !running.contains(&op.id) {
+                stale.push(op);
+            }
+        }
         let mut claimed = Vec::new();
         for mut op in stale {
             let taken = sqlx::query(
