@@ -223,13 +223,16 @@ impl RouteSync {
             return Ok(());
         };
         self.lock_unbuilt().remove(id);
-        let keys: Vec<(KeyDigest, Arc<str>, Option<KeyDigest>)> =
+        let keys: Vec<(KeyDigest, Arc<str>, Option<KeyDigest>, Option<i64>)> =
             bindings.iter().filter_map(|binding| self.binding_keys(binding, entry.route.validator.is_some())).collect();
         let route = entry.route.clone();
         self.routes.update(|table| {
             table.remove_instance(id);
-            for (digest, binding_id, token) in &keys {
-                let added = table.insert(*digest, Route { instance: route.clone(), binding_id: binding_id.clone() });
+            for (digest, binding_id, token, expires_ms) in &keys {
+                let added = table.insert(
+                    *digest,
+                    Route { instance: route.clone(), binding_id: binding_id.clone(), expires_ms: *expires_ms },
+                );
                 if let Some(token) = token {
                     table.insert_keymanager_token(*token, added);
                 }
@@ -272,16 +275,16 @@ impl RouteSync {
         }
     }
 
-    /// A binding's key digest, id and (for validators) keymanager token digest.
+    /// A binding's key digest, id, (for validators) keymanager token digest, and expiry.
     fn binding_keys(
         &self,
         binding: &crate::store::BindingRow,
         validator: bool,
-    ) -> Option<(KeyDigest, Arc<str>, Option<KeyDigest>)> {
+    ) -> Option<(KeyDigest, Arc<str>, Option<KeyDigest>, Option<i64>)> {
         let digest = decode_digest(&binding.key_sha256)?;
         let token = validator
             .then(|| key_digest(&self.secret.keymanager_token(&binding.instance_id, &binding.id, &binding.key_salt)));
-        Some((digest, binding.id.as_str().into(), token))
+        Some((digest, binding.id.as_str().into(), token, binding.expires_ms))
     }
 
     async fn sync_locked(&self, built: &mut HashMap<String, Built>) -> Result<(), crate::store::StoreError> {
@@ -298,10 +301,12 @@ impl RouteSync {
         let mut table = RouteTable::default();
         for binding in bindings {
             let Some(entry) = next.get(&binding.instance_id) else { continue };
-            let Some((digest, binding_id, token)) = self.binding_keys(&binding, entry.route.validator.is_some()) else {
+            let Some((digest, binding_id, token, expires_ms)) =
+                self.binding_keys(&binding, entry.route.validator.is_some())
+            else {
                 continue;
             };
-            let route = table.insert(digest, Route { instance: entry.route.clone(), binding_id });
+            let route = table.insert(digest, Route { instance: entry.route.clone(), binding_id, expires_ms });
             if let Some(token) = token {
                 table.insert_keymanager_token(token, route);
             }

@@ -5,6 +5,10 @@
 //! swapping each new snapshot in atomically; the data plane only reads the current snapshot,
 //! without locks and without touching the store. A key is known here only
 //! by its SHA-256, as in the store, so a memory dump does not reveal working keys.
+//!
+//! A route may carry its binding's expiry (a plan's `binding_ttl`): every lookup compares it with
+//! the clock and finds an expired key no more than a revoked one, so expiry needs no store query
+//! and no sweep. Only routes that expire read the clock (the vDSO realtime clock: no system call).
 
 use std::sync::Arc;
 
@@ -46,6 +50,19 @@ pub struct Route {
     pub instance: Arc<InstanceRoute>,
     /// The binding the key belongs to.
     pub binding_id: Arc<str>,
+    /// When the binding's credentials stop working (ms since the Unix epoch), if they expire.
+    pub expires_ms: Option<i64>,
+}
+
+impl Route {
+    /// Whether the route still opens its instance at `now_ms` (it has no expiry, or it is later).
+    pub fn live_at(&self, now_ms: i64) -> bool {
+        self.expires_ms.is_none_or(|expires| now_ms < expires)
+    }
+
+    fn live(&self) -> bool {
+        self.expires_ms.is_none() || self.live_at(crate::store::now_ms())
+    }
 }
 
 /// An immutable snapshot of every route. Persistent maps (HAMTs): a clone is O(1) and shares
@@ -147,17 +164,18 @@ pub struct Routes {
 impl Routes {
     /// The route a key opens, if any.
     pub fn lookup(&self, key: &str) -> Option<Arc<Route>> {
-        self.current.load().by_key.get(&key_digest(key)).cloned()
+        self.lookup_digest(&key_digest(key))
     }
 
-    /// The route of a key given by its digest, if it is still there.
+    /// The route of a key given by its digest, if it is still there and has not expired.
     pub fn lookup_digest(&self, digest: &KeyDigest) -> Option<Arc<Route>> {
-        self.current.load().by_key.get(digest).cloned()
+        self.current.load().by_key.get(digest).filter(|route| route.live()).cloned()
     }
 
-    /// The route a keymanager token (given by its digest) opens, if it is still there.
+    /// The route a keymanager token (given by its digest) opens, if it is still there and its
+    /// binding has not expired.
     pub fn lookup_keymanager(&self, digest: &KeyDigest) -> Option<Arc<Route>> {
-        self.current.load().by_keymanager_token.get(digest).cloned()
+        self.current.load().by_keymanager_token.get(digest).filter(|route| route.live()).cloned()
     }
 
     /// Replaces the whole table.
