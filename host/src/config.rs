@@ -968,7 +968,9 @@ impl Config {
                 if let Some(ttl) = plan.binding_ttl
                     && !(1..=MAX_BINDING_TTL).contains(&ttl)
                 {
-                    return bad(format!("{what}: binding_ttl is {ttl}; it must be between 1 and {MAX_BINDING_TTL} seconds"));
+                    return bad(format!(
+                        "{what}: binding_ttl is {ttl}; it must be between 1 and {MAX_BINDING_TTL} seconds"
+                    ));
                 }
                 if let Some(info) = &plan.maintenance_info
                     && !is_semver(&info.version)

@@ -1338,7 +1338,10 @@ async fn expiring_credentials_carry_metadata_and_stop_at_their_expiry(db: Db) {
     rotate(osb, "ttl", "k2", "k", PLAN_SHARED).await.assert_error(400, Some("BadRequest"));
     let fresh = osb.bind("ttl", "k3", PLAN_SHARED).await;
     assert_eq!(fresh.status, 201);
-    assert_eq!(rpc(fresh.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"], "0x7a69");
+    assert_eq!(
+        rpc(fresh.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"],
+        "0x7a69"
+    );
     // Platforms speaking 2.15 get no metadata.
     let old = osb
         .send(

@@ -110,7 +110,8 @@ async fn a_rotation_on_one_replica_is_served_by_another() {
     .await;
     a.osb.ready_instance("rot", PLAN_SHARED, None).await;
     let old = a.osb.bind("rot", "v1", PLAN_SHARED).await;
-    let rotation = json!({"service_id": support::broker::SERVICE, "plan_id": PLAN_SHARED, "predecessor_binding_id": "v1"});
+    let rotation =
+        json!({"service_id": support::broker::SERVICE, "plan_id": PLAN_SHARED, "predecessor_binding_id": "v1"});
     let path = "/v2/service_instances/rot/service_bindings/v2";
     let new = a.osb.call(reqwest::Method::PUT, path, Some(rotation.clone())).await;
     assert_eq!(new.status, 201, "{new:?}");

@@ -105,8 +105,7 @@ impl Catalog {
                         service: service.clone(),
                         plan: plan.clone(),
                         plan_updateable,
-                        instance_schema: compile(&published)
-                            .map_err(|err| format!("plan {:?}: {err}", plan.name))?,
+                        instance_schema: compile(&published).map_err(|err| format!("plan {:?}: {err}", plan.name))?,
                         binding_schema: compile(&binding_schema)
                             .map_err(|err| format!("plan {:?}: {err}", plan.name))?,
                         plugin_alternatives: plugin_configs.names.clone(),
@@ -447,12 +446,16 @@ mod tests {
         assert_eq!(configs.names, names);
         let config = &configs.alternatives[0]["properties"]["config"];
         assert_eq!(config["properties"]["deny"]["items"]["$ref"], "#/definitions/filter.pattern");
-        assert_eq!(config["properties"]["again"]["$ref"], format!("#{PLUGIN_ALTERNATIVES}/0/properties/config/properties/deny"));
+        assert_eq!(
+            config["properties"]["again"]["$ref"],
+            format!("#{PLUGIN_ALTERNATIVES}/0/properties/config/properties/deny")
+        );
         assert!(config.get("definitions").is_none() && config.get("$schema").is_none());
         assert!(configs.definitions["filter.pattern"].is_object());
         let root = instance_parameters_schema(&names, &json!({}), None, &configs);
         let validator = compile(&root).expect("the embedded schema compiles");
-        let ok = json!({"plugins": [{"name": "filter", "config": {"deny": ["eth_*"], "again": ["x"]}}, {"name": "plain"}]});
+        let ok =
+            json!({"plugins": [{"name": "filter", "config": {"deny": ["eth_*"], "again": ["x"]}}, {"name": "plain"}]});
         assert!(validator.is_valid(&ok));
         let bad = json!({"plugins": [{"name": "filter", "config": {"deny": ["eth send"]}}]});
         let entry_problems = Problems::check(&validator, &bad, &configs.names, &[]).unwrap_err();

@@ -80,7 +80,10 @@ fn opened_plugin_settings(state: &BrokerState, parameters: &Value) -> Result<(Va
         for (i, entry) in entries.iter_mut().enumerate() {
             let Some(config) = entry.get_mut("config") else { continue };
             let before = config.clone();
-            state.identity.open_all(config, &format!("parameters.plugins[{i}].config")).map_err(ApiError::bad_request)?;
+            state
+                .identity
+                .open_all(config, &format!("parameters.plugins[{i}].config"))
+                .map_err(ApiError::bad_request)?;
             if *config != before {
                 sealed.push(i);
             }
@@ -481,10 +484,8 @@ pub async fn deprovision(
                 return Decision::answer(Outcome::Refused(ApiError::gone("no such instance")));
             };
             // The ids say which instance the platform means: another one's ids delete nothing.
-            let acts = matches!(
-                instance.state,
-                InstanceState::Ready | InstanceState::Failed | InstanceState::Deprovisioning
-            );
+            let acts =
+                matches!(instance.state, InstanceState::Ready | InstanceState::Failed | InstanceState::Deprovisioning);
             if acts && (instance.service_id != service_id || instance.plan_id != plan_id) {
                 return Decision::answer(Outcome::Refused(ApiError::bad_request(
                     "service_id and plan_id must be those of the instance",
