@@ -8,7 +8,9 @@
 //!
 //! A route may carry its binding's expiry (a plan's `binding_ttl`): every lookup compares it with
 //! the clock and finds an expired key no more than a revoked one, so expiry needs no store query
-//! and no sweep. Only routes that expire read the clock (the vDSO realtime clock: no system call).
+//! and no sweep. Only routes that expire read the clock, and the clock is the kernel's coarse
+//! realtime clock (read through the vDSO: no system call; it lags real time by at most a tick, a
+//! few milliseconds, so a key never works past its expiry).
 
 use std::sync::Arc;
 
@@ -61,8 +63,21 @@ impl Route {
     }
 
     fn live(&self) -> bool {
-        self.expires_ms.is_none() || self.live_at(crate::store::now_ms())
+        self.expires_ms.is_none() || self.live_at(coarse_now_ms())
     }
+}
+
+/// Milliseconds since the Unix epoch, from the coarse realtime clock on Linux.
+#[cfg(target_os = "linux")]
+fn coarse_now_ms() -> i64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    now.tv_sec.saturating_mul(1000).saturating_add(now.tv_nsec as i64 / 1_000_000)
+}
+
+/// Milliseconds since the Unix epoch.
+#[cfg(not(target_os = "linux"))]
+fn coarse_now_ms() -> i64 {
+    crate::store::now_ms()
 }
 
 /// An immutable snapshot of every route. Persistent maps (HAMTs): a clone is O(1) and shares
@@ -220,6 +235,15 @@ pub fn new_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_coarse_clock_is_the_realtime_clock_within_a_tick() {
+        let before = crate::store::now_ms();
+        let coarse = coarse_now_ms();
+        let after = crate::store::now_ms();
+        // The coarse clock is updated once per kernel tick (at most 10 ms at HZ=100).
+        assert!(before - 20 <= coarse && coarse <= after, "{before} {coarse} {after}");
+    }
 
     #[test]
     fn new_keys_are_long_url_safe_and_distinct() {
