@@ -1225,8 +1225,21 @@ async fn bindings_rotate_with_a_predecessor_that_keeps_working_until_unbound(db:
     let replay = rotate(osb, "rot", "v2", "v1", PLAN_SHARED).await;
     assert_eq!(replay.status, 200, "{replay:?}");
     assert_eq!(replay.body["credentials"], new.body["credentials"]);
-    // And the successor can be rotated in turn.
-    assert_eq!(rotate(osb, "rot", "v3", "v2", PLAN_SHARED).await.status, 201);
+    // The successor rotates in turn, with the spec's rotation request: only the predecessor
+    // (the ids default to the instance's, the parameters to the predecessor's); replayed: 200.
+    let path = format!("{}/service_bindings/v3", inst("rot"));
+    let spec_form = json!({"predecessor_binding_id": "v2", "context": {"platform": "cloudfoundry"}});
+    let third = osb.call(Method::PUT, &path, Some(spec_form.clone())).await;
+    assert_eq!(third.status, 201, "{third:?}");
+    assert_eq!(
+        rpc(third.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"],
+        "0x7a69"
+    );
+    let again = osb.call(Method::PUT, &path, Some(spec_form)).await;
+    assert_eq!((again.status, &again.body["credentials"]), (200, &third.body["credentials"]), "{again:?}");
+    let row = broker.store().binding("rot", "v3").await.unwrap().unwrap();
+    assert_eq!((row.service_id.as_str(), row.plan_id.as_str()), (SERVICE, PLAN_SHARED));
+    assert_eq!(row.predecessor_id.as_deref(), Some("v2"));
     let audit = broker.store().audit("rot").await.unwrap();
     assert_eq!(audit.iter().filter(|a| a.action == "rotate").count(), 2, "{audit:?}");
 }
@@ -1273,6 +1286,13 @@ async fn rotation_refusals_create_nothing(db: Db) {
         resp.assert_error(400, Some("BadRequest"));
         assert!(resp.body["description"].as_str().unwrap().contains(says), "{predecessor}: {resp:?}");
     }
+    // The spec's rotation request (only the predecessor) on a plan that does not rotate, and on
+    // an instance that does not exist.
+    let only = json!({"predecessor_binding_id": "f"});
+    let resp = osb.call(Method::PUT, &format!("{}/service_bindings/new", inst("fixed")), Some(only.clone())).await;
+    resp.assert_error(400, Some("BadRequest"));
+    let resp = osb.call(Method::PUT, &format!("{}/service_bindings/new", inst("nowhere")), Some(only)).await;
+    resp.assert_error(404, Some("NotFound"));
     assert_eq!(broker.fingerprint().await, before, "refused rotations create nothing");
     assert!(broker.store().binding("mine", "new").await.unwrap().is_none());
 }

@@ -150,9 +150,9 @@ async fn secrets_sealed_by_a_wallet_open_only_inside_ovsb() {
     assert_eq!(osb.finished("sealed-v").await["state"], "succeeded");
 }
 
-/// Rotation with sealed credentials: a rotation naming the wallet key gets its new credentials
-/// sealed to it (nothing in clear); they open, with the real wallet library, to a key that
-/// serves beside the predecessor's.
+/// Rotation with sealed credentials: a rotation (naming only its predecessor) gets its new
+/// credentials sealed to the predecessor's wallet key (nothing in clear); they open, with the
+/// real wallet library, to a key that serves beside the predecessor's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_credentials_rotate_sealed() {
     use support::broker::{Db, TestBroker};
@@ -166,13 +166,13 @@ async fn sealed_credentials_rotate_sealed() {
     let osb = &broker.osb;
     let (wallet_private, wallet_public) = ethsig::keypair();
     osb.ready_instance("sealed-rot", PLAN_SHARED, None).await;
-    let mut body = json!({"service_id": SERVICE, "plan_id": PLAN_SHARED,
+    let body = json!({"service_id": SERVICE, "plan_id": PLAN_SHARED,
         "parameters": {"encryption_public_key": wallet_public}});
     let path = |binding: &str| format!("/v2/service_instances/sealed-rot/service_bindings/{binding}");
     let first = osb.call(Method::PUT, &path("v1"), Some(body.clone())).await;
     assert_eq!(first.status, 201, "{first:?}");
-    body["predecessor_binding_id"] = json!("v1");
-    let second = osb.call(Method::PUT, &path("v2"), Some(body)).await;
+    // The spec's rotation request names only the predecessor: the wallet key is the predecessor's.
+    let second = osb.call(Method::PUT, &path("v2"), Some(json!({"predecessor_binding_id": "v1"}))).await;
     assert_eq!(second.status, 201, "{second:?}");
     let mut tokens = Vec::new();
     for sealed in [&first.body["credentials"], &second.body["credentials"]] {

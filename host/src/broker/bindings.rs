@@ -137,13 +137,27 @@ pub async fn bind(
 ) -> Result<Response, ApiError> {
     let (instance_id, binding_id) = ids(path)?;
     let body = json_object(body)?;
-    let service_id = required_string(&body, "service_id")?;
-    let plan_id = required_string(&body, "plan_id")?;
+    let predecessor = optional_string(&body, "predecessor_binding_id")?;
     let context = optional_object(&body, "context")?;
     let parameters = optional_object(&body, "parameters")?;
     let bind_resource =
         optional_object(&body, "bind_resource")?.filter(|r| r.as_object().is_some_and(|o| !o.is_empty()));
-    let predecessor = optional_string(&body, "predecessor_binding_id")?;
+    let (service_id, plan_id) = if predecessor.is_some() {
+        // A rotation request (v2.17) may carry only `predecessor_binding_id`: the ids default to
+        // the instance's, the parameters and bind_resource to the predecessor's.
+        let given = (optional_string(&body, "service_id")?, optional_string(&body, "plan_id")?);
+        let instance = match given {
+            (Some(_), Some(_)) => None,
+            _ => state.store.instance(&instance_id).await?.filter(|i| i.state != InstanceState::Deleted),
+        };
+        let default = |pick: fn(&crate::store::InstanceRow) -> &String| instance.as_ref().map(|i| pick(i).clone());
+        match (given.0.or_else(|| default(|i| &i.service_id)), given.1.or_else(|| default(|i| &i.plan_id))) {
+            (Some(service_id), Some(plan_id)) => (service_id, plan_id),
+            _ => return Err(ApiError::not_found("no such instance")),
+        }
+    } else {
+        (required_string(&body, "service_id")?, required_string(&body, "plan_id")?)
+    };
     let entry = state.catalog.plan(&service_id, &plan_id)?;
     if predecessor.is_some() && !entry.binding_rotatable() {
         return Err(ApiError::bad_request(
@@ -186,12 +200,16 @@ pub async fn bind(
                 return Decision::answer(Outcome::Refused(ApiError::not_found("no such instance")));
             };
             if let Some(existing) = existing {
-                // A replayed rotation is the same binding (its predecessor may be gone by now).
+                // A replayed rotation is the same binding (its predecessor may be gone by now);
+                // what a rotation did not give, it took from the predecessor.
+                let inherited = predecessor.is_some();
                 let identical = existing.service_id == service_id
                     && existing.plan_id == plan_id
                     && existing.predecessor_id == predecessor
-                    && same_json(existing.parameters.as_deref(), parameters.as_ref())
-                    && same_json(existing.bind_resource.as_deref(), bind_resource.as_ref());
+                    && (inherited && parameters.is_none()
+                        || same_json(existing.parameters.as_deref(), parameters.as_ref()))
+                    && (inherited && bind_resource.is_none()
+                        || same_json(existing.bind_resource.as_deref(), bind_resource.as_ref()));
                 return Decision::answer(if identical {
                     Outcome::Exists(existing.clone())
                 } else {
@@ -203,6 +221,7 @@ pub async fn bind(
                     "service_id and plan_id must be those of the instance",
                 )));
             }
+            let mut row = row.clone();
             if let Some(predecessor) = &predecessor {
                 // Only a live binding of this instance can be rotated (binding ids are the
                 // instance's own: another instance's binding is not found here).
@@ -215,6 +234,12 @@ pub async fn bind(
                     return Decision::answer(Outcome::Refused(ApiError::bad_request(format!(
                         "predecessor_binding_id {predecessor:?} has expired; create a new binding without a predecessor"
                     ))));
+                }
+                if parameters.is_none() {
+                    row.parameters = previous.parameters.clone();
+                }
+                if bind_resource.is_none() {
+                    row.bind_resource = previous.bind_resource.clone();
                 }
             }
             match instance.state {
