@@ -9,8 +9,9 @@
 //! A route may carry its binding's expiry (a plan's `binding_ttl`): every lookup compares it with
 //! the clock and finds an expired key no more than a revoked one, so expiry needs no store query
 //! and no sweep. Only routes that expire read the clock, and the clock is the kernel's coarse
-//! realtime clock (read through the vDSO: no system call; it lags real time by at most a tick, a
-//! few milliseconds, so a key never works past its expiry).
+//! realtime clock (read through the vDSO: no system call). It lags real time by up to a tick (a
+//! few milliseconds), so a key may still open its route for those few milliseconds past its
+//! expiry, never before.
 
 use std::sync::Arc;
 
@@ -235,6 +236,51 @@ pub fn new_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn instance(id: &str) -> Arc<InstanceRoute> {
+        let upstream = UpstreamPool::new(crate::upstream::UpstreamSettings {
+            http: vec!["http://127.0.0.1:9".parse().unwrap()],
+            ws: Vec::new(),
+            deadline: std::time::Duration::from_secs(1),
+            max_response_bytes: 1024,
+        });
+        Arc::new(InstanceRoute {
+            instance_id: id.into(),
+            plan: "plan".into(),
+            chain: Chain::default(),
+            upstream: Arc::new(upstream),
+            validator: None,
+        })
+    }
+
+    #[test]
+    fn an_expired_key_or_keymanager_token_is_found_no_more_than_a_revoked_one() {
+        let routes = Routes::default();
+        let now = crate::store::now_ms();
+        let (lasting, live, expired) = (new_key(), new_key(), new_key());
+        let (live_token, expired_token) = (key_digest("live token"), key_digest("expired token"));
+        let inst = instance("i");
+        routes.update(|table| {
+            table.insert(
+                key_digest(&lasting),
+                Route { instance: inst.clone(), binding_id: "a".into(), expires_ms: None },
+            );
+            let route = Route { instance: inst.clone(), binding_id: "b".into(), expires_ms: Some(now + 600_000) };
+            let route = table.insert(key_digest(&live), route);
+            table.insert_keymanager_token(live_token, route);
+            // A second ago: past any lag of the coarse clock.
+            let route = Route { instance: inst.clone(), binding_id: "c".into(), expires_ms: Some(now - 1000) };
+            let route = table.insert(key_digest(&expired), route);
+            table.insert_keymanager_token(expired_token, route);
+        });
+        assert!(routes.lookup(&lasting).is_some());
+        assert_eq!(routes.lookup(&live).map(|r| r.binding_id.to_string()).as_deref(), Some("b"));
+        assert!(routes.lookup_keymanager(&live_token).is_some());
+        assert!(routes.lookup(&expired).is_none(), "an expired key opens nothing");
+        assert!(routes.lookup_digest(&key_digest(&expired)).is_none());
+        assert!(routes.lookup_keymanager(&expired_token).is_none(), "nor does its keymanager token");
+        assert_eq!(routes.len(), 3, "no sweep: the expired route is still in the table until the unbind");
+    }
 
     #[test]
     fn the_coarse_clock_is_the_realtime_clock_within_a_tick() {
