@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's walkthrough, as a script: catalog → provision `devnet` with a plugin chain → poll →
-# bind → call the endpoint → see the plugins act → unbind → deprovision; then a validator: key in,
+# bind → call the endpoint → see the plugins act → rotate the credentials → unbind → deprovision;
+# then a validator: key in,
 # keymanager through the binding, deprovision, history kept. Run it while
 # `examples/quick-start.sh` runs (the tests run it against `ovsb serve` too). Exits non-zero at the
 # first step that does not answer as described.
@@ -47,8 +48,20 @@ expect "$(rpc ovsb_getBalances '[["0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"]]
 expect "$(rpc eth_sendTransaction '[{"from":"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266","to":"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"}]')" \
     '"code":-32601' "method-filter refuses eth_sendTransaction"
 
-expect "$(osb -X DELETE "$BROKER/v2/service_instances/$ID/service_bindings/my-app?service_id=$S&plan_id=$P")" '{}' "unbind"
-expect "$(rpc eth_chainId '[]')" '"code":-32001' "the key no longer works"
+# Rotation (OSB 2.17): a new binding naming the old one; both keys work until the old one goes.
+rotated=$(osb -X PUT "$BROKER/v2/service_instances/$ID/service_bindings/my-app-2" \
+    -d '{"service_id": "'$S'", "plan_id": "'$P'", "predecessor_binding_id": "my-app"}')
+expect "$rotated" '"uri":"http' "a rotation returns new credentials"
+OLD_URI=$URI
+URI=$(sed -E 's/.*"uri":"([^"]+)".*/\1/' <<<"$rotated")
+[ "$URI" != "$OLD_URI" ] || { echo "FAILED: the rotation returned the old key" >&2; exit 1; }
+expect "$(rpc eth_chainId '[]')" '"result":"0x539"' "the new key serves"
+
+expect "$(osb -X DELETE "$BROKER/v2/service_instances/$ID/service_bindings/my-app?service_id=$S&plan_id=$P")" '{}' "unbind the old binding"
+expect "$(rpc eth_chainId '[]')" '"result":"0x539"' "the new key still serves"
+URI=$OLD_URI
+expect "$(rpc eth_chainId '[]')" '"code":-32001' "the old key no longer works"
+expect "$(osb -X DELETE "$BROKER/v2/service_instances/$ID/service_bindings/my-app-2?service_id=$S&plan_id=$P")" '{}' "unbind"
 
 expect "$(osb -X DELETE "$BROKER/v2/service_instances/$ID?service_id=$S&plan_id=$P&accepts_incomplete=true")" \
     '"operation":"deprovision-' "deprovision is accepted (202)"

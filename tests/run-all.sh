@@ -30,6 +30,12 @@ if [ ! -d tests/ethsig/node_modules/@metamask/eth-sig-util ]; then
     (cd tests/ethsig && npm ci --no-audit --no-fund --ignore-scripts)
 fi
 
+step "Python's jsonschema 4.26.0 (the catalog's published schemas are checked by a client-side validator), from PyPI"
+if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("jsonschema") != "4.26.0")' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check 'jsonschema==4.26.0'
+fi
+python3 -c 'import importlib.metadata as m; print("jsonschema", m.version("jsonschema"))'
+
 step "Chromium (the dashboard test renders the page headless), from Debian's packages"
 if ! command -v chromium >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

@@ -302,7 +302,7 @@ async fn serve_endpoint(
     });
     let key = key.unwrap_or_else(gateway::new_key);
     let mut table = RouteTable::default();
-    table.insert(gateway::key_digest(&key), Route { instance, binding_id: "local".into() });
+    table.insert(gateway::key_digest(&key), Route { instance, binding_id: "local".into(), expires_ms: None });
     let routes = Arc::new(Routes::default());
     routes.replace(table);
 

@@ -505,6 +505,14 @@ pub struct PlanDecl {
     /// Most instances of this plan at once (0: no cap).
     #[serde(default)]
     pub max_instances: u64,
+    /// Whether bindings may be rotated (OSB 2.17 `binding_rotatable`, published in the catalog):
+    /// a bind naming a live `predecessor_binding_id` gets new credentials beside the predecessor's.
+    #[serde(default)]
+    pub binding_rotatable: bool,
+    /// Seconds a binding's credentials work after the bind (`metadata.expires_at`); absent: they
+    /// work until the unbind.
+    #[serde(default)]
+    pub binding_ttl: Option<u64>,
     /// Plugin calls one instance of this plan may run at once (its share of the plugin runtime);
     /// an instance may ask for less with its `plugin_calls` parameter. Default:
     /// `gateway.plugin_calls_per_instance`.
@@ -1050,6 +1058,13 @@ impl Config {
                 if plan.maximum_polling_duration == 0 {
                     return bad(format!("{what}: maximum_polling_duration must be positive"));
                 }
+                if let Some(ttl) = plan.binding_ttl
+                    && !(1..=MAX_BINDING_TTL).contains(&ttl)
+                {
+                    return bad(format!(
+                        "{what}: binding_ttl is {ttl}; it must be between 1 and {MAX_BINDING_TTL} seconds"
+                    ));
+                }
                 if let Some(info) = &plan.maintenance_info
                     && !is_semver(&info.version)
                 {
@@ -1457,6 +1472,9 @@ fn empty_object() -> serde_json::Value {
 /// The configuration `ovsb serve` runs without `--config`.
 pub const QUICK_START: &str = include_str!("../../examples/quick-start.toml");
 
+/// The longest `binding_ttl` (ten years, in seconds).
+pub const MAX_BINDING_TTL: u64 = 10 * 365 * 24 * 3600;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1466,6 +1484,8 @@ mod tests {
         let config = Config::quick_start();
         config.validate().unwrap();
         assert!(config.services.iter().any(|s| s.name == "ethereum-rpc" && s.plans.iter().any(|p| p.name == "devnet")));
+        let rpc = config.services.iter().find(|s| s.name == "ethereum-rpc").unwrap();
+        assert!(rpc.plans.iter().all(|p| p.binding_rotatable && p.binding_ttl.is_none()), "RPC plans rotate");
         let validator = config.services.iter().find(|s| s.name == "ethereum-validator").expect("the validator service");
         let devnet = validator.plans.iter().find(|p| p.name == "devnet").expect("its devnet plan");
         assert!(matches!(devnet.driver, DriverDecl::Validator(_)));

@@ -242,15 +242,18 @@ impl RouteSync {
             return Ok(());
         };
         self.lock_unbuilt().remove(id);
-        let keys: Vec<(KeyDigest, Arc<str>, Option<KeyDigest>)> =
+        let keys: Vec<BindingKeys> =
             bindings.iter().filter_map(|binding| self.binding_keys(binding, entry.route.validator.is_some())).collect();
         let route = entry.route.clone();
         self.routes.update(|table| {
             table.remove_instance(id);
-            for (digest, binding_id, token) in &keys {
-                let added = table.insert(*digest, Route { instance: route.clone(), binding_id: binding_id.clone() });
-                if let Some(token) = token {
-                    table.insert_keymanager_token(*token, added);
+            for keys in &keys {
+                let added = table.insert(
+                    keys.digest,
+                    Route { instance: route.clone(), binding_id: keys.binding_id.clone(), expires_ms: keys.expires_ms },
+                );
+                if let Some(token) = keys.token {
+                    table.insert_keymanager_token(token, added);
                 }
             }
         });
@@ -306,16 +309,12 @@ impl RouteSync {
         }
     }
 
-    /// A binding's key digest, id and (for validators) keymanager token digest.
-    fn binding_keys(
-        &self,
-        binding: &crate::store::BindingRow,
-        validator: bool,
-    ) -> Option<(KeyDigest, Arc<str>, Option<KeyDigest>)> {
+    /// A binding's key digest, id, (for validators) keymanager token digest, and expiry.
+    fn binding_keys(&self, binding: &crate::store::BindingRow, validator: bool) -> Option<BindingKeys> {
         let digest = decode_digest(&binding.key_sha256)?;
         let token = validator
             .then(|| key_digest(&self.secret.keymanager_token(&binding.instance_id, &binding.id, &binding.key_salt)));
-        Some((digest, binding.id.as_str().into(), token))
+        Some(BindingKeys { digest, binding_id: binding.id.as_str().into(), token, expires_ms: binding.expires_ms })
     }
 
     async fn sync_locked(&self, built: &mut HashMap<String, Built>) -> Result<(), crate::store::StoreError> {
@@ -334,11 +333,12 @@ impl RouteSync {
         let mut table = RouteTable::default();
         for binding in bindings {
             let Some(entry) = next.get(&binding.instance_id) else { continue };
-            let Some((digest, binding_id, token)) = self.binding_keys(&binding, entry.route.validator.is_some()) else {
-                continue;
-            };
-            let route = table.insert(digest, Route { instance: entry.route.clone(), binding_id });
-            if let Some(token) = token {
+            let Some(keys) = self.binding_keys(&binding, entry.route.validator.is_some()) else { continue };
+            let route = table.insert(
+                keys.digest,
+                Route { instance: entry.route.clone(), binding_id: keys.binding_id, expires_ms: keys.expires_ms },
+            );
+            if let Some(token) = keys.token {
                 table.insert_keymanager_token(token, route);
             }
         }
@@ -463,6 +463,15 @@ impl crate::provision::RouteRefresh for RouteSync {
     fn refresh<'a>(&'a self, instance_id: &'a str) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(self.sync_instance(instance_id))
     }
+}
+
+/// What a binding puts in the route table.
+struct BindingKeys {
+    digest: KeyDigest,
+    binding_id: Arc<str>,
+    /// A validator binding's keymanager token (digest).
+    token: Option<KeyDigest>,
+    expires_ms: Option<i64>,
 }
 
 fn decode_digest(hex_text: &str) -> Option<KeyDigest> {

@@ -1,7 +1,12 @@
 //! The OSB broker against a real anvil, every test run twice: over SQLite and over PostgreSQL.
 //!
 //! The tests follow the endpoint/status matrix and the idempotency table of the OSB v2.17 spec
-//! (see `../shared/osb-spec-notes.md` §1.2 and §1.4); each names the rows it covers.
+//! (see `../shared/osb-spec-notes.md` §1.2 and §1.4); each names the rows it covers. They cover
+//! every case the public conformance suites (the Node suite for 2.13, the Go suite for 2.14)
+//! check, and, at the end, the v2.17 cases none of them has: binding rotation
+//! (`binding_rotatable`, `predecessor_binding_id`), binding `metadata` with `expires_at` and
+//! `renew_before`, published schemas that standard validators compile, `update_repeatable`,
+//! `maintenance_info` on replays, and ids checked on deletes.
 
 mod support;
 
@@ -42,6 +47,13 @@ on_both_stores!(
     originating_identity_is_recorded_for_audit,
     a_restart_keeps_instances_bindings_and_routes,
     the_admin_listener_reports_health_and_readiness,
+    published_schemas_compile_in_standard_validators_and_are_the_ones_requests_meet,
+    a_refused_plan_change_tells_the_platform_not_to_retry,
+    a_put_replay_naming_another_maintenance_version_is_a_conflict,
+    deprovision_and_unbind_refuse_ids_that_are_not_the_instances,
+    bindings_rotate_with_a_predecessor_that_keeps_working_until_unbound,
+    rotation_refusals_create_nothing,
+    expiring_credentials_carry_metadata_and_stop_at_their_expiry,
 );
 
 const INSTANCE: &str = "/v2/service_instances";
@@ -862,4 +874,508 @@ async fn readiness_waits_for_a_database_that_comes_later() {
     shutdown.cancel();
     server.wait(std::time::Duration::from_secs(10)).await;
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// OSB v2.17 beyond the public conformance suites: published schemas that compile, `update_repeatable`,
+// `maintenance_info` on replays, ids checked on deletes, binding rotation (`binding_rotatable`,
+// `predecessor_binding_id`) and expiring credentials (`metadata.expires_at`, `renew_before`).
+
+const PLAN_DEVNET: &str = "plan-devnet";
+
+/// The README walkthrough's instance parameters (its devnet plan: a chain id and two plugins).
+fn walkthrough_parameters() -> Value {
+    json!({"chain_id": 1337, "plugins": [
+        {"name": "method-filter", "config": {"deny": ["eth_sendTransaction"]}},
+        {"name": "eth-extras"},
+    ]})
+}
+
+/// The first-party plugins with their published schemas, and a process plan with the
+/// walkthrough's `chain_id` parameter (never provisioned here).
+async fn start_with_first_party_plugins(db: Db) -> (Anvil, TestBroker) {
+    use ovsb_test_artifacts::*;
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let test_db = TestDb::new(db, dir.path()).await;
+    let devnet = format!(
+        r#"
+[[services.plans]]
+id = "{PLAN_DEVNET}"
+name = "devnet"
+description = "an anvil per instance"
+[services.plans.driver]
+kind = "process"
+command = ["{anvil}", "--port", "{{port}}", "--chain-id", "{{chain_id}}"]
+ports = [31000, 31999]
+[services.plans.driver.parameters.chain_id]
+type = "integer"
+minimum = 1
+default = 31337
+"#,
+        anvil = support::anvil_binary().display()
+    );
+    let broker = TestBroker::start_with_plans(dir, test_db, &anvil.http_url(), free_port(), &devnet, |config| {
+        for (name, path) in [
+            ("method-filter", METHOD_FILTER_PLUGIN),
+            ("rate-limit", RATE_LIMIT_PLUGIN),
+            ("cache", CACHE_PLUGIN),
+            ("eth-extras", ETH_EXTRAS_PLUGIN),
+        ] {
+            config.plugins.push(ovsb::config::PluginDecl {
+                name: name.into(),
+                path: path.into(),
+                sha256: None,
+                schema: Some(format!("{}/../plugins/{name}/schema.json", env!("CARGO_MANIFEST_DIR")).into()),
+            });
+        }
+    })
+    .await;
+    (anvil, broker)
+}
+
+/// Every leaf error's instance path (`anyOf` alternatives' errors included).
+fn leaf_paths(err: &jsonschema::ValidationError<'_>, out: &mut Vec<String>) {
+    use jsonschema::error::ValidationErrorKind;
+    match &err.kind {
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            context.iter().flatten().for_each(|e| leaf_paths(e, out))
+        }
+        _ => out.push(err.instance_path.to_string()),
+    }
+}
+
+/// Python's `jsonschema` (Draft4Validator, from PyPI; tests/run-all.sh installs it) on the
+/// catalog's bytes: for every instance schema, whether it compiles, whether the walkthrough's
+/// parameters pass, and the path of the best-matching error of `bad` (or null).
+fn python_validates(catalog: &[u8], plan: &str, good: &Value, bad: &Value) -> Value {
+    const SCRIPT: &str = r#"
+import json, sys
+from jsonschema import Draft4Validator
+from jsonschema.exceptions import best_match
+catalog = json.loads(sys.stdin.buffer.read())
+plan_id, good, bad = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+out = {"compiled": 0}
+for service in catalog["services"]:
+    for plan in service["plans"]:
+        for action in ("create", "update"):
+            schema = plan["schemas"]["service_instance"][action]["parameters"]
+            Draft4Validator.check_schema(schema)
+            validator = Draft4Validator(schema)
+            validator.is_valid({})  # resolves every $ref it meets
+            for error in validator.iter_errors(bad):
+                pass
+            out["compiled"] += 1
+            if plan["id"] == plan_id and action == "create":
+                out["good_errors"] = [e.message for e in validator.iter_errors(good)]
+                error = best_match(validator.iter_errors(bad))
+                out["bad_path"] = None if error is None else "/" + "/".join(str(p) for p in error.absolute_path)
+print(json.dumps(out))
+"#;
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, plan, &good.to_string(), &bad.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(catalog).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "Python's jsonschema refused the catalog (tests/run-all.sh installs it: pip install jsonschema): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Defect 1: the published instance schemas (with the plugins' config schemas, method-filter's
+/// `#/definitions/pattern` among them) compile in the `jsonschema` crate and in Python's
+/// `jsonschema`, from the bytes of `GET /v2/catalog`; the README's walkthrough parameters pass
+/// both; a bad setting fails in both, and at the broker, naming the same field.
+async fn published_schemas_compile_in_standard_validators_and_are_the_ones_requests_meet(db: Db) {
+    let (_anvil, broker) = start_with_first_party_plugins(db).await;
+    let response = broker.osb.request(Method::GET, "/v2/catalog").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = response.bytes().await.unwrap();
+    let catalog: Value = serde_json::from_slice(&bytes).unwrap();
+    let good = walkthrough_parameters();
+    let mut bad = good.clone();
+    bad["plugins"][1] = json!({"name": "cache", "config": {"ttl_seconds": 0}});
+    let field = "/plugins/1/config/ttl_seconds";
+
+    let mut compiled = 0;
+    for service in catalog["services"].as_array().unwrap() {
+        for plan in service["plans"].as_array().unwrap() {
+            for action in ["create", "update"] {
+                let schema = &plan["schemas"]["service_instance"][action]["parameters"];
+                assert_eq!(schema["$schema"], "http://json-schema.org/draft-04/schema#");
+                let validator = jsonschema::draft4::new(schema)
+                    .unwrap_or_else(|err| panic!("plan {} {action}: the published schema compiles: {err}", plan["id"]));
+                compiled += 1;
+                if plan["id"] == PLAN_DEVNET && action == "create" {
+                    let errors: Vec<String> = validator.iter_errors(&good).map(|e| e.to_string()).collect();
+                    assert!(errors.is_empty(), "the walkthrough's parameters pass: {errors:?}");
+                    let mut paths = Vec::new();
+                    validator.iter_errors(&bad).for_each(|e| leaf_paths(&e, &mut paths));
+                    assert!(paths.iter().any(|p| p == field), "the crate names {field}: {paths:?}");
+                }
+            }
+            let binding = &plan["schemas"]["service_binding"]["create"]["parameters"];
+            jsonschema::draft4::new(binding).expect("the binding schema compiles");
+        }
+    }
+    assert!(compiled >= 12, "every plan's instance schemas were compiled: {compiled}");
+    // method-filter's definition moved to the root, its reference with it.
+    let devnet = catalog["services"][0]["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_DEVNET).unwrap();
+    let schema = &devnet["schemas"]["service_instance"]["create"]["parameters"];
+    assert!(schema["definitions"]["method-filter.pattern"].is_object(), "{schema}");
+    assert!(!schema.to_string().contains("\"#/definitions/pattern\""), "no reference into nowhere: {schema}");
+
+    let python = python_validates(&bytes, PLAN_DEVNET, &good, &bad);
+    assert_eq!(python["compiled"], compiled, "{python}");
+    assert_eq!(python["good_errors"], json!([]), "{python}");
+    assert_eq!(python["bad_path"], field, "Python names the same field: {python}");
+
+    // The broker checks requests with the same schema: the walkthrough's parameters are
+    // accepted, the bad setting is refused naming the field, and nothing is stored.
+    let before = broker.fingerprint().await;
+    let resp = broker.osb.provision("bad-cache", PLAN_DEVNET, Some(bad)).await;
+    resp.assert_error(400, Some("BadRequest"));
+    let description = resp.body["description"].as_str().unwrap();
+    assert!(description.contains(&format!("parameters{field}")) && description.contains("cache"), "{description}");
+    assert_eq!(broker.fingerprint().await, before);
+    // A bad pattern (through the hoisted definition) is refused too.
+    let filter = json!({"plugins": [{"name": "method-filter", "config": {"deny": ["eth send"]}}]});
+    let resp = broker.osb.provision("bad-pattern", PLAN_SHARED, Some(filter)).await;
+    resp.assert_error(400, Some("BadRequest"));
+    assert!(resp.body["description"].as_str().unwrap().contains("/plugins/0/config/deny/0"), "{resp:?}");
+    assert_eq!(broker.fingerprint().await, before);
+}
+
+/// Defect 2: an unsupported plan change is a 422 `PlanChangeNotSupported` with
+/// `update_repeatable: false` (the platform must not retry it), and changes nothing.
+async fn a_refused_plan_change_tells_the_platform_not_to_retry(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    osb.ready_instance("fixed", PLAN_FIXED, None).await;
+    let before = broker.fingerprint().await;
+    let resp = osb
+        .call(
+            Method::PATCH,
+            &format!("{}?accepts_incomplete=true", inst("fixed")),
+            Some(json!({"service_id": SERVICE, "plan_id": PLAN_SHARED})),
+        )
+        .await;
+    resp.assert_error(422, Some("PlanChangeNotSupported"));
+    assert_eq!(resp.body["update_repeatable"], false, "{resp:?}");
+    assert_eq!(broker.fingerprint().await, before);
+    // Other refusals of an update carry no such field (the spec's default, true, applies).
+    let resp = osb
+        .call(
+            Method::PATCH,
+            &format!("{}?accepts_incomplete=true", inst("fixed")),
+            Some(json!({"service_id": SERVICE, "maintenance_info": {"version": "0.0.1"}})),
+        )
+        .await;
+    resp.assert_error(422, Some("MaintenanceInfoConflict"));
+    assert!(resp.body.get("update_repeatable").is_none(), "{resp:?}");
+}
+
+/// Defect 3: `maintenance_info` is part of a provision request. A replay naming the plan's
+/// current version while the instance still runs an older one is another instance: 409; a
+/// version that is not the plan's is a 422 `MaintenanceInfoConflict`; a replay without it, or
+/// with the instance's version, is the identical request (200).
+async fn a_put_replay_naming_another_maintenance_version_is_a_conflict(db: Db) {
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(db, &anvil.http_url(), |_| {}).await;
+    let mut body = provision_body(PLAN_SHARED);
+    body["maintenance_info"] = json!({"version": "1.2.0"});
+    let url = format!("{}?accepts_incomplete=true", inst("mi"));
+    assert_eq!(broker.osb.call(Method::PUT, &url, Some(body.clone())).await.status, 202);
+    assert_eq!(broker.osb.wait("mi").await["state"], "succeeded");
+    assert_eq!(broker.osb.call(Method::PUT, &url, Some(body.clone())).await.status, 200, "identical replay");
+    // The operator moves the plan to 1.3.0; the instance still runs 1.2.0.
+    let (dir, test_db) = broker.stop().await;
+    let broker = TestBroker::start_in(dir, test_db, &anvil.http_url(), free_port(), |config| {
+        for plan in config.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            if plan.id == PLAN_SHARED {
+                plan.maintenance_info.as_mut().unwrap().version = "1.3.0".into();
+            }
+        }
+    })
+    .await;
+    let osb = &broker.osb;
+    let before = broker.fingerprint().await;
+    let mut upgraded = body.clone();
+    upgraded["maintenance_info"] = json!({"version": "1.3.0"});
+    let resp = osb.call(Method::PUT, &url, Some(upgraded)).await;
+    resp.assert_error(409, Some("Conflict"));
+    osb.call(Method::PUT, &url, Some(body.clone())).await.assert_error(422, Some("MaintenanceInfoConflict"));
+    assert_eq!(broker.fingerprint().await, before, "refused replays change nothing");
+    let mut plain = body.clone();
+    plain.as_object_mut().unwrap().remove("maintenance_info");
+    assert_eq!(osb.call(Method::PUT, &url, Some(plain)).await.status, 200, "without maintenance_info: identical");
+    let fetched = osb.call(Method::GET, &inst("mi"), None).await;
+    assert_eq!(fetched.body["maintenance_info"]["version"], "1.2.0");
+}
+
+/// Defect 4: deprovision and unbind check `service_id` and `plan_id` against the instance: ids
+/// of another plan, or unknown ones, are a 400 and delete nothing (the instance still serves,
+/// its binding still works).
+async fn deprovision_and_unbind_refuse_ids_that_are_not_the_instances(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    osb.ready_instance("inst-a", PLAN_SHARED, None).await;
+    osb.ready_instance("inst-b", PLAN_OTHER, None).await;
+    let bound = osb.bind("inst-b", "k", PLAN_OTHER).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    let uri = bound.body["credentials"]["uri"].as_str().unwrap().to_string();
+    let before = broker.fingerprint().await;
+    for (service, plan) in [(SERVICE, PLAN_SHARED), ("nope", "nope"), (SERVICE2, PLAN_SOLO), (SERVICE, "nope")] {
+        let resp = osb
+            .call(
+                Method::DELETE,
+                &format!("{}?accepts_incomplete=true&service_id={service}&plan_id={plan}", inst("inst-b")),
+                None,
+            )
+            .await;
+        resp.assert_error(400, Some("BadRequest"));
+        let resp = osb
+            .call(
+                Method::DELETE,
+                &format!("{}/service_bindings/k?service_id={service}&plan_id={plan}", inst("inst-b")),
+                None,
+            )
+            .await;
+        resp.assert_error(400, Some("BadRequest"));
+    }
+    assert_eq!(broker.fingerprint().await, before, "nothing changed");
+    let row = broker.store().instance("inst-b").await.unwrap().unwrap();
+    assert_eq!(row.state, ovsb::store::InstanceState::Ready);
+    assert_eq!(osb.call(Method::GET, &inst("inst-b"), None).await.status, 200, "the instance is still there");
+    let answer = rpc(&uri, "eth_chainId", json!([])).await;
+    assert_eq!(answer["result"]["trail"], json!(["respond:plan-default"]), "and its binding still serves: {answer}");
+    // The right ids work.
+    assert_eq!(osb.unbind("inst-b", "k", PLAN_OTHER).await.status, 200);
+    assert_eq!(osb.deprovision("inst-b", PLAN_OTHER).await.status, 202);
+    assert_eq!(osb.wait("inst-b").await["state"], "succeeded");
+    // Unknown instances are still 410, whatever the ids.
+    osb.deprovision("inst-b", PLAN_SHARED).await.assert_error(410, Some("Gone"));
+}
+
+/// The test broker with `PLAN_SHARED` rotatable (and `tweak` applied after).
+async fn start_rotatable(db: Db, tweak: impl FnOnce(&mut ovsb::config::Config)) -> (Anvil, TestBroker) {
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(db, &anvil.http_url(), |config| {
+        for plan in config.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            plan.binding_rotatable = plan.id == PLAN_SHARED;
+        }
+        tweak(config);
+    })
+    .await;
+    (anvil, broker)
+}
+
+async fn rotate(osb: &OsbClient, instance: &str, binding: &str, predecessor: &str, plan: &str) -> Resp {
+    osb.call(
+        Method::PUT,
+        &format!("{}/service_bindings/{binding}", inst(instance)),
+        Some(json!({"service_id": SERVICE, "plan_id": plan, "predecessor_binding_id": predecessor})),
+    )
+    .await
+}
+
+/// Rotation (v2.17): the catalog says which plans rotate; a bind with a predecessor gets new
+/// credentials while the predecessor's keep working; a replay returns the same credentials;
+/// unbinding the predecessor leaves the successor serving.
+async fn bindings_rotate_with_a_predecessor_that_keeps_working_until_unbound(db: Db) {
+    let (_anvil, broker) = start_rotatable(db, |_| {}).await;
+    let osb = &broker.osb;
+    let catalog = osb.call(Method::GET, "/v2/catalog", None).await.body;
+    for plan in catalog["services"].as_array().unwrap().iter().flat_map(|s| s["plans"].as_array().unwrap()) {
+        assert_eq!(plan["binding_rotatable"], plan["id"] == PLAN_SHARED, "{plan}");
+    }
+    osb.ready_instance("rot", PLAN_SHARED, None).await;
+    let old = osb.bind("rot", "v1", PLAN_SHARED).await;
+    assert_eq!(old.status, 201);
+    assert!(old.body.get("metadata").is_none(), "no expiry, no metadata: {:?}", old.body);
+    let new = rotate(osb, "rot", "v2", "v1", PLAN_SHARED).await;
+    assert_eq!(new.status, 201, "{new:?}");
+    let (old_uri, new_uri) =
+        (old.body["credentials"]["uri"].as_str().unwrap(), new.body["credentials"]["uri"].as_str().unwrap());
+    assert_ne!(old.body["credentials"]["token"], new.body["credentials"]["token"], "new credentials");
+    for uri in [old_uri, new_uri] {
+        assert_eq!(rpc(uri, "eth_chainId", json!([])).await["result"], "0x7a69", "both keys serve");
+    }
+    // A replay of the rotation: 200, the same credentials; another predecessor: 409.
+    let replay = rotate(osb, "rot", "v2", "v1", PLAN_SHARED).await;
+    assert_eq!(replay.status, 200, "{replay:?}");
+    assert_eq!(replay.body["credentials"], new.body["credentials"]);
+    osb.bind("rot", "v2", PLAN_SHARED).await.assert_error(409, Some("Conflict"));
+    let fetched = osb.call(Method::GET, &format!("{}/service_bindings/v2", inst("rot")), None).await;
+    assert_eq!(fetched.body["credentials"], new.body["credentials"]);
+    // The platform deletes the predecessor: its key stops, the successor's serves.
+    assert_eq!(osb.unbind("rot", "v1", PLAN_SHARED).await.status, 200);
+    let (status, _) = support::post(old_uri, &json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})).await;
+    assert_eq!(status, 401);
+    assert_eq!(rpc(new_uri, "eth_chainId", json!([])).await["result"], "0x7a69");
+    // The replay still answers once the predecessor is gone.
+    let replay = rotate(osb, "rot", "v2", "v1", PLAN_SHARED).await;
+    assert_eq!(replay.status, 200, "{replay:?}");
+    assert_eq!(replay.body["credentials"], new.body["credentials"]);
+    // The successor rotates in turn, with the spec's rotation request: only the predecessor
+    // (the ids default to the instance's, the parameters to the predecessor's); replayed: 200.
+    let path = format!("{}/service_bindings/v3", inst("rot"));
+    let spec_form = json!({"predecessor_binding_id": "v2", "context": {"platform": "cloudfoundry"}});
+    let third = osb.call(Method::PUT, &path, Some(spec_form.clone())).await;
+    assert_eq!(third.status, 201, "{third:?}");
+    assert_eq!(
+        rpc(third.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"],
+        "0x7a69"
+    );
+    let again = osb.call(Method::PUT, &path, Some(spec_form)).await;
+    assert_eq!((again.status, &again.body["credentials"]), (200, &third.body["credentials"]), "{again:?}");
+    let row = broker.store().binding("rot", "v3").await.unwrap().unwrap();
+    assert_eq!((row.service_id.as_str(), row.plan_id.as_str()), (SERVICE, PLAN_SHARED));
+    assert_eq!(row.predecessor_id.as_deref(), Some("v2"));
+    let audit = broker.store().audit("rot").await.unwrap();
+    assert_eq!(audit.iter().filter(|a| a.action == "rotate").count(), 2, "{audit:?}");
+}
+
+/// Rotation refusals, each a 400 with nothing created: a plan that does not rotate, a
+/// predecessor that is unknown, unbound, another instance's, expired, or the binding itself.
+async fn rotation_refusals_create_nothing(db: Db) {
+    let (_anvil, broker) = start_rotatable(db, |config| {
+        for plan in config.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            if plan.id == PLAN_OTHER {
+                plan.binding_rotatable = true;
+                plan.binding_ttl = Some(1);
+            }
+        }
+    })
+    .await;
+    let osb = &broker.osb;
+    osb.ready_instance("mine", PLAN_SHARED, None).await;
+    osb.ready_instance("theirs", PLAN_SHARED, None).await;
+    osb.ready_instance("fixed", PLAN_FIXED, None).await;
+    osb.ready_instance("brief", PLAN_OTHER, None).await;
+    assert_eq!(osb.bind("mine", "live", PLAN_SHARED).await.status, 201);
+    assert_eq!(osb.bind("mine", "gone", PLAN_SHARED).await.status, 201);
+    assert_eq!(osb.unbind("mine", "gone", PLAN_SHARED).await.status, 200);
+    assert_eq!(osb.bind("theirs", "their-key", PLAN_SHARED).await.status, 201);
+    assert_eq!(osb.bind("fixed", "f", PLAN_FIXED).await.status, 201);
+    let short = osb.bind("brief", "short", PLAN_OTHER).await;
+    assert_eq!(short.status, 201);
+    // Wait for the one-second binding to expire (bounded).
+    let expires = parse_timestamp(short.body["metadata"]["expires_at"].as_str().unwrap());
+    while ovsb::store::now_ms() <= expires {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let before = broker.fingerprint().await;
+    for (instance, predecessor, plan, says) in [
+        ("fixed", "f", PLAN_FIXED, "binding_rotatable"),
+        ("mine", "never", PLAN_SHARED, "not a binding of this instance"),
+        ("mine", "gone", PLAN_SHARED, "not a binding of this instance"),
+        ("mine", "their-key", PLAN_SHARED, "not a binding of this instance"),
+        ("mine", "new", PLAN_SHARED, "another binding"),
+        ("brief", "short", PLAN_OTHER, "expired"),
+    ] {
+        let resp = rotate(osb, instance, "new", predecessor, plan).await;
+        resp.assert_error(400, Some("BadRequest"));
+        assert!(resp.body["description"].as_str().unwrap().contains(says), "{predecessor}: {resp:?}");
+    }
+    // The spec's rotation request (only the predecessor) on a plan that does not rotate, and on
+    // an instance that does not exist.
+    let only = json!({"predecessor_binding_id": "f"});
+    let resp = osb.call(Method::PUT, &format!("{}/service_bindings/new", inst("fixed")), Some(only.clone())).await;
+    resp.assert_error(400, Some("BadRequest"));
+    let resp = osb.call(Method::PUT, &format!("{}/service_bindings/new", inst("nowhere")), Some(only)).await;
+    resp.assert_error(404, Some("NotFound"));
+    assert_eq!(broker.fingerprint().await, before, "refused rotations create nothing");
+    assert!(broker.store().binding("mine", "new").await.unwrap().is_none());
+}
+
+/// Milliseconds since the Unix epoch of an OSB timestamp `yyyy-mm-ddThh:mm:ss.sZ`; panics on
+/// any other form.
+fn parse_timestamp(text: &str) -> i64 {
+    let (date, time) = text.strip_suffix('Z').and_then(|t| t.split_once('T')).expect("yyyy-mm-ddThh:mm:ss.sZ");
+    let date: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let (hms, fraction) = time.split_once('.').expect("fractional seconds");
+    let hms: Vec<i64> = hms.split(':').map(|p| p.parse().unwrap()).collect();
+    assert!(date.len() == 3 && hms.len() == 3 && !fraction.is_empty() && fraction.len() <= 9, "{text}");
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().unwrap();
+    let (y, m, d) = (date[0] - i64::from(date[1] <= 2), date[1], date[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + hms[0]) * 60 + hms[1]) * 60_000 + hms[2] * 1000 + millis
+}
+
+/// Expiring credentials: a plan with `binding_ttl = 2`. The binding (and its fetch) carries
+/// `metadata.expires_at` / `renew_before` in the spec's format, `renew_before ≤ expires_at`; the
+/// key serves, then, once expired, is refused exactly as a revoked key (-32001, HTTP 401) while
+/// the binding still exists in the store. Rotation gives a fresh two seconds.
+async fn expiring_credentials_carry_metadata_and_stop_at_their_expiry(db: Db) {
+    let (_anvil, broker) = start_rotatable(db, |config| {
+        for plan in config.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            if plan.id == PLAN_SHARED {
+                plan.binding_ttl = Some(2);
+            }
+        }
+    })
+    .await;
+    let osb = &broker.osb;
+    osb.ready_instance("ttl", PLAN_SHARED, None).await;
+    let asked = ovsb::store::now_ms();
+    let bound = osb.bind("ttl", "k", PLAN_SHARED).await;
+    let answered = ovsb::store::now_ms();
+    assert_eq!(bound.status, 201, "{bound:?}");
+    let metadata = &bound.body["metadata"];
+    let expires = parse_timestamp(metadata["expires_at"].as_str().unwrap());
+    let renew = parse_timestamp(metadata["renew_before"].as_str().unwrap());
+    assert!(asked + 2000 <= expires && expires <= answered + 2000, "two seconds after the bind: {metadata}");
+    assert!(renew <= expires && renew > asked, "{metadata}");
+    let fetched = osb.call(Method::GET, &format!("{}/service_bindings/k", inst("ttl")), None).await;
+    assert_eq!(fetched.body["metadata"], *metadata, "fetch returns the metadata");
+    assert_eq!(osb.bind("ttl", "k", PLAN_SHARED).await.body["metadata"], *metadata, "and so does a replay");
+
+    let uri = bound.body["credentials"]["uri"].as_str().unwrap().to_string();
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"});
+    let (status, body) = support::post(&uri, &call).await;
+    assert_eq!((status, &body["result"]), (200, &json!("0x7a69")), "serves before it expires: {body}");
+    let (status, body) = loop {
+        let (status, body) = support::post(&uri, &call).await;
+        if status != 200 {
+            break (status, body);
+        }
+        assert!(ovsb::store::now_ms() < expires + 10_000, "still served 10 s after its expiry");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(ovsb::store::now_ms() >= expires, "refused only once expired");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], -32001, "as a revoked key: {body}");
+    assert!(broker.store().binding("ttl", "k").await.unwrap().is_some(), "no sweep: the row is still there");
+    // An expired binding cannot be rotated; a new binding is the way back.
+    rotate(osb, "ttl", "k2", "k", PLAN_SHARED).await.assert_error(400, Some("BadRequest"));
+    let fresh = osb.bind("ttl", "k3", PLAN_SHARED).await;
+    assert_eq!(fresh.status, 201);
+    assert_eq!(
+        rpc(fresh.body["credentials"]["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"],
+        "0x7a69"
+    );
+    // Platforms speaking 2.15 get no metadata.
+    let old = osb
+        .send(
+            reqwest::Client::new()
+                .get(format!("{}{}/service_bindings/k3", osb.base, inst("ttl")))
+                .basic_auth(USER, Some(PASSWORD))
+                .header("X-Broker-API-Version", "2.15"),
+        )
+        .await;
+    assert_eq!(old.status, 200);
+    assert!(old.body.get("metadata").is_none(), "{old:?}");
 }

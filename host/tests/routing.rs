@@ -118,3 +118,51 @@ async fn following_the_log_while_changes_commit_never_asks_for_a_reload() {
     let ((), (reads, changes)) = tokio::join!(writer, reader);
     assert!(reads > 50 && changes > 0, "the reader followed the writer: {reads} reads, {changes} changes");
 }
+
+/// Rotation across replicas on one PostgreSQL database: a rotation committed on A is served by
+/// B (both keys), and after the predecessor is unbound on B, A refuses it and serves the
+/// successor. A's rotation replayed on B returns the same credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_on_one_replica_is_served_by_another() {
+    let anvil = Anvil::start(&[]);
+    let rotatable = |c: &mut ovsb::config::Config| {
+        for plan in c.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            plan.binding_rotatable = true;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Db::Postgres, dir.path()).await;
+    let url = db.url.clone();
+    let a = TestBroker::start_in(dir, db, &anvil.http_url(), support::free_port(), rotatable).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let db_b = TestDb::new(Db::Sqlite, dir_b.path()).await;
+    let b = TestBroker::start_in(dir_b, db_b, &anvil.http_url(), support::free_port(), |c| {
+        rotatable(c);
+        c.database_url = url;
+    })
+    .await;
+    a.osb.ready_instance("rot", PLAN_SHARED, None).await;
+    let old = a.osb.bind("rot", "v1", PLAN_SHARED).await;
+    let rotation =
+        json!({"service_id": support::broker::SERVICE, "plan_id": PLAN_SHARED, "predecessor_binding_id": "v1"});
+    let path = "/v2/service_instances/rot/service_bindings/v2";
+    let new = a.osb.call(reqwest::Method::PUT, path, Some(rotation.clone())).await;
+    assert_eq!(new.status, 201, "{new:?}");
+    let on_b = |bound: &support::broker::Resp| uri(bound).replace(&a.gateway, &b.gateway);
+    let (old_b, new_b) = (on_b(&old), on_b(&new));
+    eventually("B serves both keys", async || {
+        rpc(&old_b, "eth_chainId", json!([])).await["result"] == "0x7a69"
+            && rpc(&new_b, "eth_chainId", json!([])).await["result"] == "0x7a69"
+    })
+    .await;
+    let replay = b.osb.call(reqwest::Method::PUT, path, Some(rotation)).await;
+    assert_eq!(replay.status, 200, "{replay:?}");
+    assert_eq!(replay.body["credentials"]["token"], new.body["credentials"]["token"], "the same credentials on B");
+
+    assert_eq!(b.osb.unbind("rot", "v1", PLAN_SHARED).await.status, 200);
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"});
+    assert_eq!(post(&old_b, &call).await.0, 401, "B refuses the predecessor before it answers the unbind");
+    eventually("A refuses the unbound predecessor", async || post(&uri(&old), &call).await.0 == 401).await;
+    assert_eq!(rpc(&uri(&new), "eth_chainId", json!([])).await["result"], "0x7a69", "A serves the successor");
+    assert_eq!(rpc(&new_b, "eth_chainId", json!([])).await["result"], "0x7a69", "and so does B");
+}

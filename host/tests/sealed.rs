@@ -149,3 +149,39 @@ async fn secrets_sealed_by_a_wallet_open_only_inside_ovsb() {
     assert_eq!(osb.deprovision("sealed-v", PLAN_VALIDATOR).await.status, 202);
     assert_eq!(osb.finished("sealed-v").await["state"], "succeeded");
 }
+
+/// Rotation with sealed credentials: a rotation (naming only its predecessor) gets its new
+/// credentials sealed to the predecessor's wallet key (nothing in clear); they open, with the
+/// real wallet library, to a key that serves beside the predecessor's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_credentials_rotate_sealed() {
+    use support::broker::{Db, TestBroker};
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |config| {
+        for plan in config.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            plan.binding_rotatable = plan.id == PLAN_SHARED;
+        }
+    })
+    .await;
+    let osb = &broker.osb;
+    let (wallet_private, wallet_public) = ethsig::keypair();
+    osb.ready_instance("sealed-rot", PLAN_SHARED, None).await;
+    let body = json!({"service_id": SERVICE, "plan_id": PLAN_SHARED,
+        "parameters": {"encryption_public_key": wallet_public}});
+    let path = |binding: &str| format!("/v2/service_instances/sealed-rot/service_bindings/{binding}");
+    let first = osb.call(Method::PUT, &path("v1"), Some(body.clone())).await;
+    assert_eq!(first.status, 201, "{first:?}");
+    // The spec's rotation request names only the predecessor: the wallet key is the predecessor's.
+    let second = osb.call(Method::PUT, &path("v2"), Some(json!({"predecessor_binding_id": "v1"}))).await;
+    assert_eq!(second.status, 201, "{second:?}");
+    let mut tokens = Vec::new();
+    for sealed in [&first.body["credentials"], &second.body["credentials"]] {
+        assert_eq!(sealed["version"], "x25519-xsalsa20-poly1305", "{sealed}");
+        assert!(sealed.get("token").is_none(), "nothing in clear: {sealed}");
+        let credentials: Value = serde_json::from_str(&ethsig::open(&wallet_private, sealed)).unwrap();
+        let answer = rpc(credentials["uri"].as_str().unwrap(), "eth_chainId", json!([])).await;
+        assert_eq!(answer["result"], "0x7a69", "{answer}");
+        tokens.push(credentials["token"].as_str().unwrap().to_string());
+    }
+    assert_ne!(tokens[0], tokens[1], "the rotation has new credentials");
+}

@@ -18,10 +18,15 @@ use support::{Anvil, NodeReaper, free_port, nodes_under, rpc};
 const FEE_1: &str = "0x00000000000000000000000000000000000000bb";
 const FEE_2: &str = "0x00000000000000000000000000000000000000cc";
 
-/// ovsb in this process with the test catalog plus the validator plan, over `anvil`.
+/// ovsb in this process with the test catalog plus the validator plan (bindings rotatable),
+/// over `anvil`.
 async fn with_validators(dir: tempfile::TempDir, db: TestDb, anvil: &Anvil) -> TestBroker {
-    TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &validator_plan(&anvil.http_url()), |_| {})
-        .await
+    TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &validator_plan(&anvil.http_url()), |c| {
+        for plan in c.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            plan.binding_rotatable = plan.id == PLAN_VALIDATOR;
+        }
+    })
+    .await
 }
 
 fn keys_params(keystores: &[&Value], passwords: &[&str], fee: &str) -> Value {
@@ -232,9 +237,26 @@ async fn keys_move_in_and_out(db: Db) {
     assert_eq!(osb.deprovision("v2", PLAN_VALIDATOR).await.status, 202);
     assert_eq!(osb.finished("v2").await["state"], "succeeded");
 
-    // Unbind revokes the keymanager token and the beacon URL at once.
+    // Rotation (OSB 2.17): the successor has its own keymanager token; both tokens work until
+    // the predecessor is unbound.
+    let rotated = osb
+        .call(
+            Method::PUT,
+            "/v2/service_instances/v1/service_bindings/b2",
+            Some(json!({"service_id": SERVICE, "plan_id": PLAN_VALIDATOR, "predecessor_binding_id": "b1"})),
+        )
+        .await;
+    assert_eq!(rotated.status, 201, "{rotated:?}");
+    let token2 = rotated.body["credentials"]["keymanager_token"].as_str().unwrap().to_string();
+    assert_ne!(token2, token, "a new keymanager token");
+    for token in [&token, &token2] {
+        assert_eq!(keymanager(Method::GET, &list_url, Some(token), None).await.0, 200);
+    }
+
+    // Unbind revokes the keymanager token and the beacon URL at once; the successor's stays.
     assert_eq!(osb.unbind("v1", "b1", PLAN_VALIDATOR).await.status, 200);
     assert_eq!(keymanager(Method::GET, &list_url, Some(&token), None).await.0, 403);
+    assert_eq!(keymanager(Method::GET, &list_url, Some(&token2), None).await.0, 200, "the successor's token works");
     assert_eq!(keymanager(Method::GET, &format!("{beacon}/eth/v1/node/version"), None, None).await.0, 401);
 
     // Deprovision: the keys leave the client, their history is stored before it stops.

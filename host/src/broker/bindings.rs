@@ -2,6 +2,12 @@
 //!
 //! Bindings are synchronous: the key exists, and opens the endpoint, when the 201 is sent; after
 //! an unbind's 200 the key is refused.
+//!
+//! OSB 2.17 rotation: on a plan with `binding_rotatable`, a bind naming `predecessor_binding_id`
+//! (a live, unexpired binding of the same instance) creates a binding with new credentials; the
+//! predecessor keeps working until it is unbound or expires. A plan's `binding_ttl` makes
+//! credentials expire: the binding answers `metadata.expires_at` and `metadata.renew_before`, and
+//! the gateway's route carries the expiry (see [`crate::gateway::Route`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,7 +85,40 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
     if with_parameters && let Some(parameters) = parameters {
         body["parameters"] = parameters;
     }
+    // `metadata` (expires_at, renew_before) arrived in OSB 2.16/2.17.
+    if minor_version >= 16
+        && let Some(expires_ms) = binding.expires_ms
+    {
+        body["metadata"] = json!({
+            "expires_at": timestamp(expires_ms),
+            "renew_before": timestamp(renew_before_ms(binding.created_ms, expires_ms)),
+        });
+    }
     body
+}
+
+/// When a binding should be renewed (rotated): four fifths into its life, so that a platform
+/// has the last fifth to rotate it.
+fn renew_before_ms(created_ms: i64, expires_ms: i64) -> i64 {
+    created_ms + (expires_ms - created_ms).max(0) * 4 / 5
+}
+
+/// A time (ms since the Unix epoch) as OSB writes it, `yyyy-mm-ddThh:mm:ss.sssZ` (UTC).
+pub fn timestamp(ms: i64) -> String {
+    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (hour, minute) = (in_day / 3_600_000, in_day / 60_000 % 60);
+    let (second, milli) = (in_day / 1000 % 60, in_day % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{milli:03}Z")
 }
 
 enum Outcome {
@@ -98,18 +137,36 @@ pub async fn bind(
 ) -> Result<Response, ApiError> {
     let (instance_id, binding_id) = ids(path)?;
     let body = json_object(body)?;
-    let service_id = required_string(&body, "service_id")?;
-    let plan_id = required_string(&body, "plan_id")?;
+    let predecessor = optional_string(&body, "predecessor_binding_id")?;
     let context = optional_object(&body, "context")?;
     let parameters = optional_object(&body, "parameters")?;
     let bind_resource =
         optional_object(&body, "bind_resource")?.filter(|r| r.as_object().is_some_and(|o| !o.is_empty()));
-    if optional_string(&body, "predecessor_binding_id")?.is_some() {
+    let (service_id, plan_id) = if predecessor.is_some() {
+        // A rotation request (v2.17) may carry only `predecessor_binding_id`: the ids default to
+        // the instance's, the parameters and bind_resource to the predecessor's.
+        let given = (optional_string(&body, "service_id")?, optional_string(&body, "plan_id")?);
+        let instance = match given {
+            (Some(_), Some(_)) => None,
+            _ => state.store.instance(&instance_id).await?.filter(|i| i.state != InstanceState::Deleted),
+        };
+        let default = |pick: fn(&crate::store::InstanceRow) -> &String| instance.as_ref().map(|i| pick(i).clone());
+        match (given.0.or_else(|| default(|i| &i.service_id)), given.1.or_else(|| default(|i| &i.plan_id))) {
+            (Some(service_id), Some(plan_id)) => (service_id, plan_id),
+            _ => return Err(ApiError::not_found("no such instance")),
+        }
+    } else {
+        (required_string(&body, "service_id")?, required_string(&body, "plan_id")?)
+    };
+    let entry = state.catalog.plan(&service_id, &plan_id)?;
+    if predecessor.is_some() && !entry.binding_rotatable() {
         return Err(ApiError::bad_request(
             "binding rotation is not supported by this plan (binding_rotatable is false)",
         ));
     }
-    let entry = state.catalog.plan(&service_id, &plan_id)?;
+    if predecessor.as_deref() == Some(binding_id.as_str()) {
+        return Err(ApiError::bad_request("predecessor_binding_id must name another binding than this one"));
+    }
     entry.check_binding_parameters(parameters.as_ref().unwrap_or(&json!({})))?;
     if let Some(key) = parameters.as_ref().and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
         crate::identity::parse_public_key(key)
@@ -120,6 +177,7 @@ pub async fn bind(
     getrandom::fill(&mut salt).expect("the operating system's random source failed");
     let key_salt = hex::encode(salt);
     let key = state.secret.binding_key(&instance_id, &binding_id, &key_salt);
+    let created_ms = now_ms();
     let row = BindingRow {
         instance_id: instance_id.clone(),
         id: binding_id.clone(),
@@ -130,20 +188,28 @@ pub async fn bind(
         context: context.as_ref().map(Value::to_string),
         key_salt,
         key_sha256: key_sha256(&key),
-        created_ms: now_ms(),
+        created_ms,
+        predecessor_id: predecessor.clone(),
+        expires_ms: entry.plan.binding_ttl.map(|ttl| created_ms.saturating_add(ttl as i64 * 1000)),
     };
-    let audit = meta.audit("bind", Some(&binding_id));
+    let audit = meta.audit(if predecessor.is_some() { "rotate" } else { "bind" }, Some(&binding_id));
     let outcome = state
         .store
-        .binding_transition(&instance_id, &binding_id, |instance, existing| {
+        .rotation_transition(&instance_id, &binding_id, predecessor.as_deref(), |instance, existing, previous| {
             let Some(instance) = instance.filter(|i| i.state != InstanceState::Deleted) else {
                 return Decision::answer(Outcome::Refused(ApiError::not_found("no such instance")));
             };
             if let Some(existing) = existing {
+                // A replayed rotation is the same binding (its predecessor may be gone by now);
+                // what a rotation did not give, it took from the predecessor.
+                let inherited = predecessor.is_some();
                 let identical = existing.service_id == service_id
                     && existing.plan_id == plan_id
-                    && same_json(existing.parameters.as_deref(), parameters.as_ref())
-                    && same_json(existing.bind_resource.as_deref(), bind_resource.as_ref());
+                    && existing.predecessor_id == predecessor
+                    && (inherited && parameters.is_none()
+                        || same_json(existing.parameters.as_deref(), parameters.as_ref()))
+                    && (inherited && bind_resource.is_none()
+                        || same_json(existing.bind_resource.as_deref(), bind_resource.as_ref()));
                 return Decision::answer(if identical {
                     Outcome::Exists(existing.clone())
                 } else {
@@ -154,6 +220,27 @@ pub async fn bind(
                 return Decision::answer(Outcome::Refused(ApiError::bad_request(
                     "service_id and plan_id must be those of the instance",
                 )));
+            }
+            let mut row = row.clone();
+            if let Some(predecessor) = &predecessor {
+                // Only a live binding of this instance can be rotated (binding ids are the
+                // instance's own: another instance's binding is not found here).
+                let Some(previous) = previous else {
+                    return Decision::answer(Outcome::Refused(ApiError::bad_request(format!(
+                        "predecessor_binding_id {predecessor:?} is not a binding of this instance (unknown or unbound)"
+                    ))));
+                };
+                if previous.expires_ms.is_some_and(|expires| expires <= now_ms()) {
+                    return Decision::answer(Outcome::Refused(ApiError::bad_request(format!(
+                        "predecessor_binding_id {predecessor:?} has expired; create a new binding without a predecessor"
+                    ))));
+                }
+                if parameters.is_none() {
+                    row.parameters = previous.parameters.clone();
+                }
+                if bind_resource.is_none() {
+                    row.bind_resource = previous.bind_resource.clone();
+                }
             }
             match instance.state {
                 InstanceState::Ready | InstanceState::Updating => Decision {
@@ -204,16 +291,24 @@ pub async fn unbind(
 ) -> Result<Response, ApiError> {
     let (instance_id, binding_id) = ids(path)?;
     let query = query(query_string)?;
-    required_query(&query, "service_id")?;
-    required_query(&query, "plan_id")?;
+    let service_id = required_query(&query, "service_id")?;
+    let plan_id = required_query(&query, "plan_id")?;
     let audit = meta.audit("unbind", Some(&binding_id));
     let outcome = state
         .store
-        .binding_transition(&instance_id, &binding_id, |_, existing| match existing {
-            Some(_) => {
+        .binding_transition(&instance_id, &binding_id, |instance, existing| match (instance, existing) {
+            // The ids must be the instance's (its plan now, or the one it was bound on).
+            (Some(instance), Some(binding))
+                if instance.service_id != service_id || (instance.plan_id != plan_id && binding.plan_id != plan_id) =>
+            {
+                Decision::answer(Outcome::Refused(ApiError::bad_request(
+                    "service_id and plan_id must be those of the instance",
+                )))
+            }
+            (_, Some(_)) => {
                 Decision { changes: vec![Change::DeleteBinding, Change::Audit(audit)], answer: Outcome::Deleted }
             }
-            None => Decision::answer(Outcome::Refused(ApiError::gone("no such binding"))),
+            (_, None) => Decision::answer(Outcome::Refused(ApiError::gone("no such binding"))),
         })
         .await?;
     match outcome {
@@ -235,5 +330,26 @@ pub async fn last_operation(State(state): State<Arc<BrokerState>>, path: IdsPath
     match state.store.binding(&instance_id, &binding_id).await? {
         Some(_) => Ok(reply(StatusCode::OK, json!({ "state": "succeeded", "description": "bound" }))),
         None => Err(ApiError::not_found("no such binding")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_with_milliseconds_as_osb_writes_them() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(timestamp(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(timestamp(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+        assert_eq!(timestamp(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn renewal_is_due_four_fifths_into_a_bindings_life() {
+        assert_eq!(renew_before_ms(1_000, 11_000), 9_000);
+        assert_eq!(renew_before_ms(1_000, 3_000), 2_600);
+        assert!(renew_before_ms(5, 5) <= 5);
     }
 }

@@ -1,9 +1,15 @@
 //! The catalog: the JSON `GET /v2/catalog` returns, and the parameter schemas requests are
 //! validated against. Built once from the configuration.
+//!
+//! The schemas published are the schemas requests are checked with: each is compiled (draft-04)
+//! at start-up, so a schema a platform's validator could not compile stops ovsb from starting
+//! instead of reaching a platform. A plugin's config schema is embedded in the instance schema
+//! with its `definitions` moved to the root (as `<plugin>.<name>`) and its local `$ref`s rewritten
+//! to match, since draft-04 resolves `#/…` against the root of the whole document.
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::ApiError;
 use crate::config::{Config, MaintenanceInfo, PlanDecl, ServiceDecl};
@@ -21,6 +27,8 @@ pub struct PlanEntry {
     pub plan_updateable: bool,
     instance_schema: jsonschema::Validator,
     binding_schema: jsonschema::Validator,
+    /// The plugin each alternative of `plugins.items.anyOf` configures, in order.
+    plugin_alternatives: Vec<String>,
 }
 
 impl PlanEntry {
@@ -47,6 +55,7 @@ impl Catalog {
         encryption_public_key: &str,
     ) -> Result<Catalog, String> {
         let binding_schema = binding_parameters_schema();
+        let plugin_configs = PluginConfigs::new(plugin_names, plugin_schemas)?;
         let mut plans = HashMap::new();
         let mut services = HashMap::new();
         let mut listed = Vec::new();
@@ -54,11 +63,8 @@ impl Catalog {
             let mut plan_json = Vec::new();
             for plan in &service.plans {
                 let driver_parameters = plan.driver.parameters();
-                let builtin =
+                let mut builtin =
                     if plan.driver.is_validator() { crate::provision::validator_parameter_schema() } else { json!({}) };
-                // Validation uses the schema without the plugins' own config schemas: each
-                // plugin's `configure` then judges its config, with a message naming the field.
-                let mut builtin = builtin;
                 let bound = plan.plugin_calls_per_instance.unwrap_or(config.gateway.plugin_calls_per_instance);
                 builtin[crate::plugins::PLUGIN_CALLS_PARAMETER] = json!({
                     "type": "integer",
@@ -66,9 +72,8 @@ impl Catalog {
                     "maximum": bound,
                     "description": "Plugin calls this instance runs at once (its share); at most the plan's bound",
                 });
-                let instance_schema = instance_parameters_schema(plugin_names, &builtin, driver_parameters, None);
-                let published =
-                    instance_parameters_schema(plugin_names, &builtin, driver_parameters, Some(plugin_schemas));
+                // One schema, published and used: requests are checked with what platforms see.
+                let published = instance_parameters_schema(plugin_names, &builtin, driver_parameters, &plugin_configs);
                 let plan_updateable = plan.plan_updateable.unwrap_or(service.plan_updateable);
                 let mut entry = json!({
                     "id": plan.id,
@@ -77,6 +82,7 @@ impl Catalog {
                     "free": plan.free,
                     "bindable": service.bindable,
                     "plan_updateable": plan_updateable,
+                    "binding_rotatable": plan.binding_rotatable,
                     "maximum_polling_duration": plan.maximum_polling_duration,
                     "schemas": {
                         "service_instance": {
@@ -99,10 +105,10 @@ impl Catalog {
                         service: service.clone(),
                         plan: plan.clone(),
                         plan_updateable,
-                        instance_schema: compile(&instance_schema)
-                            .map_err(|err| format!("plan {:?}: {err}", plan.name))?,
+                        instance_schema: compile(&published).map_err(|err| format!("plan {:?}: {err}", plan.name))?,
                         binding_schema: compile(&binding_schema)
                             .map_err(|err| format!("plan {:?}: {err}", plan.name))?,
+                        plugin_alternatives: plugin_configs.names.clone(),
                     },
                 );
             }
@@ -160,33 +166,111 @@ impl Catalog {
 }
 
 impl PlanEntry {
-    /// Checks instance parameters against the plan's schema; a 400 names the field and reason.
-    pub fn check_instance_parameters(&self, parameters: &Value) -> Result<(), ApiError> {
-        check(&self.instance_schema, parameters)
+    /// Whether bindings of the plan may be rotated.
+    pub fn binding_rotatable(&self) -> bool {
+        self.plan.binding_rotatable
+    }
+
+    /// Checks instance parameters (with sealed plugin settings opened) against the plan's
+    /// published schema; a 400 names the field and the reason. `sealed` lists the chain entries
+    /// whose config had sealed values: their values are never quoted back.
+    pub fn check_instance_parameters(&self, parameters: &Value, sealed: &[usize]) -> Result<(), ApiError> {
+        Problems::check(&self.instance_schema, parameters, &self.plugin_alternatives, sealed)
     }
 
     /// Checks binding parameters against the plan's schema.
     pub fn check_binding_parameters(&self, parameters: &Value) -> Result<(), ApiError> {
-        check(&self.binding_schema, parameters)
+        Problems::check(&self.binding_schema, parameters, &[], &[])
     }
 }
 
-fn check(validator: &jsonschema::Validator, parameters: &Value) -> Result<(), ApiError> {
-    let problems: Vec<String> = validator
-        .iter_errors(parameters)
-        .take(5)
-        .map(|err| {
-            let path = err.instance_path.to_string();
-            // Never echo a secret back (a platform may log the answer).
-            if ["/keystores", "/passwords", "/slashing_protection"].iter().any(|s| path.starts_with(s)) {
-                let expected = err.schema_path.to_string();
-                format!("parameters{path}: does not match the schema (at {expected}); the value is not shown")
-            } else {
-                format!("parameters{path}: {err}")
+/// Where the plugin alternatives are in an instance schema (a schema path).
+const PLUGIN_ALTERNATIVES: &str = "/properties/plugins/items/anyOf";
+
+/// The messages of a failed validation, at most [`Problems::MAX`].
+struct Problems<'a> {
+    parameters: &'a Value,
+    alternatives: &'a [String],
+    sealed: &'a [usize],
+    messages: Vec<String>,
+}
+
+impl<'a> Problems<'a> {
+    const MAX: usize = 5;
+
+    fn check(
+        validator: &jsonschema::Validator,
+        parameters: &'a Value,
+        alternatives: &'a [String],
+        sealed: &'a [usize],
+    ) -> Result<(), ApiError> {
+        let mut problems = Problems { parameters, alternatives, sealed, messages: Vec::new() };
+        for err in validator.iter_errors(parameters) {
+            problems.describe(&err);
+            if problems.messages.len() >= Self::MAX {
+                break;
             }
-        })
-        .collect();
-    if problems.is_empty() { Ok(()) } else { Err(ApiError::bad_request(problems.join("; "))) }
+        }
+        problems.messages.truncate(Self::MAX);
+        if problems.messages.is_empty() { Ok(()) } else { Err(ApiError::bad_request(problems.messages.join("; "))) }
+    }
+
+    /// Adds the message(s) of one error. A chain entry that fails the plugin alternatives is
+    /// described by the alternative of the plugin it names (an unknown name has its own error);
+    /// other `anyOf`/`oneOf` failures list what each alternative wanted.
+    fn describe(&mut self, err: &jsonschema::ValidationError<'_>) {
+        use jsonschema::error::ValidationErrorKind;
+        match &err.kind {
+            ValidationErrorKind::AnyOf { context } if err.schema_path.as_str() == PLUGIN_ALTERNATIVES => {
+                let named = err.instance.get("name").and_then(Value::as_str);
+                if let Some(branch) = named.and_then(|n| self.alternatives.iter().position(|a| a == n)) {
+                    for inner in context.get(branch).into_iter().flatten() {
+                        self.describe(inner);
+                    }
+                }
+            }
+            ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+                let wanted: Vec<String> =
+                    context.iter().filter_map(|branch| branch.first()).map(|e| self.reason(e)).collect();
+                let path = err.instance_path.to_string();
+                let plugin = self.plugin_of(&path);
+                self.messages.push(format!("parameters{path}{plugin}: {}", wanted.join(", or ")));
+            }
+            _ => {
+                let path = err.instance_path.to_string();
+                let plugin = self.plugin_of(&path);
+                let reason = self.reason(err);
+                self.messages.push(format!("parameters{path}{plugin}: {reason}"));
+            }
+        }
+    }
+
+    /// Why one error failed, without the value when it may be a secret (a platform may log the
+    /// answer): a validator's keys and passwords, and sealed plugin settings.
+    fn reason(&self, err: &jsonschema::ValidationError<'_>) -> String {
+        let path = err.instance_path.to_string();
+        let secret = ["/keystores", "/passwords", "/slashing_protection"].iter().any(|s| path.starts_with(s))
+            || chain_entry(&path).is_some_and(|(i, config)| config && self.sealed.contains(&i));
+        if secret {
+            format!("does not match the schema (at {}); the value is not shown", err.schema_path)
+        } else {
+            err.to_string()
+        }
+    }
+
+    /// ` (plugin "<name>")` for a path inside a chain entry, else "".
+    fn plugin_of(&self, path: &str) -> String {
+        chain_entry(path)
+            .and_then(|(i, _)| self.parameters.get("plugins")?.get(i)?.get("name")?.as_str())
+            .map_or_else(String::new, |name| format!(" (plugin {name:?})"))
+    }
+}
+
+/// For a path inside `/plugins/<i>`: `i`, and whether the path is inside its `config`.
+fn chain_entry(path: &str) -> Option<(usize, bool)> {
+    let rest = path.strip_prefix("/plugins/")?;
+    let (index, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    Some((index.parse().ok()?, rest == "config" || rest.starts_with("config/")))
 }
 
 fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
@@ -200,7 +284,7 @@ fn instance_parameters_schema(
     plugin_names: &[String],
     builtin: &Value,
     driver_parameters: Option<&toml::Table>,
-    plugin_schemas: Option<&BTreeMap<String, Value>>,
+    plugin_configs: &PluginConfigs,
 ) -> Value {
     let mut name = json!({"type": "string", "description": "A plugin the operator made available"});
     if !plugin_names.is_empty() {
@@ -225,22 +309,8 @@ fn instance_parameters_schema(
         plugins["maxItems"] = json!(0);
     }
     // Each plugin's config schema, for the platform's UI: the entry naming plugin P has P's config.
-    if let Some(schemas) = plugin_schemas.filter(|s| !s.is_empty()) {
-        let mut by_plugin: Vec<Value> = plugin_names
-            .iter()
-            .map(|name| match schemas.get(name) {
-                Some(schema) => {
-                    let mut schema = schema.clone();
-                    if let Some(object) = schema.as_object_mut() {
-                        object.remove("$schema");
-                    }
-                    json!({"properties": {"name": {"enum": [name]}, "config": schema}})
-                }
-                None => json!({"properties": {"name": {"enum": [name]}}}),
-            })
-            .collect();
-        by_plugin.sort_by_key(|v| v["properties"]["name"]["enum"][0].as_str().map(str::to_string));
-        plugins["items"]["anyOf"] = json!(by_plugin);
+    if !plugin_configs.alternatives.is_empty() {
+        plugins["items"]["anyOf"] = json!(plugin_configs.alternatives);
     }
     let mut properties = json!({ "plugins": plugins });
     for (name, schema) in builtin.as_object().into_iter().flatten() {
@@ -249,12 +319,95 @@ fn instance_parameters_schema(
     for (name, schema) in driver_parameters.into_iter().flatten() {
         properties[name] = json!(schema);
     }
-    json!({
+    let mut schema = json!({
         "$schema": "http://json-schema.org/draft-04/schema#",
         "type": "object",
         "additionalProperties": false,
         "properties": properties,
-    })
+    });
+    if !plugin_configs.definitions.is_empty() {
+        schema["definitions"] = Value::Object(plugin_configs.definitions.clone());
+    }
+    schema
+}
+
+/// The plugins' config schemas, made embeddable in an instance schema.
+struct PluginConfigs {
+    /// The plugins in the order of `alternatives` (sorted by name).
+    names: Vec<String>,
+    /// One `plugins.items.anyOf` alternative per plugin: `{"properties": {"name": {"enum":
+    /// [P]}, "config": <P's schema>}}`. Empty when no plugin has a schema.
+    alternatives: Vec<Value>,
+    /// The plugins' `definitions`, for the root's, keyed `<plugin>.<name>`.
+    definitions: Map<String, Value>,
+}
+
+impl PluginConfigs {
+    fn new(plugin_names: &[String], schemas: &BTreeMap<String, Value>) -> Result<PluginConfigs, String> {
+        let mut names = plugin_names.to_vec();
+        names.sort();
+        let mut configs = PluginConfigs { names, alternatives: Vec::new(), definitions: Map::new() };
+        if schemas.is_empty() {
+            configs.names.clear();
+            return Ok(configs);
+        }
+        for (i, name) in configs.names.iter().enumerate() {
+            let mut alternative = json!({"properties": {"name": {"enum": [name]}}});
+            if let Some(schema) = schemas.get(name) {
+                let at = format!("{PLUGIN_ALTERNATIVES}/{i}/properties/config");
+                let mut schema = schema.clone();
+                if let Some(object) = schema.as_object_mut() {
+                    // The document's `$schema` is the root's; an `id` would move the base of refs.
+                    for keyword in ["$schema", "id", "$id"] {
+                        object.remove(keyword);
+                    }
+                    if let Some(Value::Object(definitions)) = object.remove("definitions") {
+                        for (definition, mut value) in definitions {
+                            rewrite_refs(name, &at, &mut value)?;
+                            configs.definitions.insert(format!("{name}.{definition}"), value);
+                        }
+                    }
+                }
+                rewrite_refs(name, &at, &mut schema)?;
+                alternative["properties"]["config"] = schema;
+            }
+            configs.alternatives.push(alternative);
+        }
+        Ok(configs)
+    }
+}
+
+/// Rewrites the local `$ref`s of plugin `plugin`'s schema (embedded at pointer `at`) so that
+/// they resolve against the instance schema's root: `#/definitions/D…` to the hoisted
+/// `#/definitions/<plugin>.D…`, any other `#…` to the same place under `at`. A `$ref` to
+/// another document is refused (the OSB spec allows none).
+fn rewrite_refs(plugin: &str, at: &str, schema: &mut Value) -> Result<(), String> {
+    match schema {
+        Value::Object(object) => {
+            if let Some(Value::String(reference)) = object.get_mut("$ref") {
+                let pointer = reference.strip_prefix('#').ok_or_else(|| {
+                    format!("the schema of plugin {plugin:?} refers to another document ({reference:?}); only local refs (#…) can be published")
+                })?;
+                *reference = match pointer.strip_prefix("/definitions/") {
+                    Some(definition) => format!("#/definitions/{plugin}.{definition}"),
+                    None => format!("#{at}{pointer}"),
+                };
+            }
+            for (keyword, value) in object.iter_mut() {
+                // Values that are data, not schemas, are left as they are.
+                if !matches!(keyword.as_str(), "enum" | "default" | "examples" | "const" | "$ref") {
+                    rewrite_refs(plugin, at, value)?;
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                rewrite_refs(plugin, at, item)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Binding parameters: only `encryption_public_key`, to have the credentials sealed.
@@ -270,4 +423,54 @@ fn binding_parameters_schema() -> Value {
             },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_definitions_move_to_the_root_and_their_refs_follow() {
+        let schema = json!({
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "type": "object",
+            "properties": {
+                "deny": {"type": "array", "items": {"$ref": "#/definitions/pattern"}},
+                "again": {"$ref": "#/properties/deny"},
+            },
+            "definitions": {"pattern": {"type": "string", "pattern": "^[a-z_*]+$"}},
+        });
+        let names = vec!["filter".to_string(), "plain".to_string()];
+        let schemas = BTreeMap::from([("filter".to_string(), schema)]);
+        let configs = PluginConfigs::new(&names, &schemas).unwrap();
+        assert_eq!(configs.names, names);
+        let config = &configs.alternatives[0]["properties"]["config"];
+        assert_eq!(config["properties"]["deny"]["items"]["$ref"], "#/definitions/filter.pattern");
+        assert_eq!(
+            config["properties"]["again"]["$ref"],
+            format!("#{PLUGIN_ALTERNATIVES}/0/properties/config/properties/deny")
+        );
+        assert!(config.get("definitions").is_none() && config.get("$schema").is_none());
+        assert!(configs.definitions["filter.pattern"].is_object());
+        let root = instance_parameters_schema(&names, &json!({}), None, &configs);
+        let validator = compile(&root).expect("the embedded schema compiles");
+        let ok =
+            json!({"plugins": [{"name": "filter", "config": {"deny": ["eth_*"], "again": ["x"]}}, {"name": "plain"}]});
+        assert!(validator.is_valid(&ok));
+        let bad = json!({"plugins": [{"name": "filter", "config": {"deny": ["eth send"]}}]});
+        let entry_problems = Problems::check(&validator, &bad, &configs.names, &[]).unwrap_err();
+        let text = format!("{entry_problems:?}");
+        assert!(text.contains("parameters/plugins/0/config/deny/0 (plugin \\\"filter\\\")"), "{text}");
+        // Sealed settings are not quoted back.
+        let hidden = Problems::check(&validator, &bad, &configs.names, &[0]).unwrap_err();
+        assert!(!format!("{hidden:?}").contains("eth send"), "{hidden:?}");
+    }
+
+    #[test]
+    fn a_plugin_schema_referring_to_another_document_is_refused() {
+        let schema = json!({"type": "object", "properties": {"x": {"$ref": "http://example.com/s.json"}}});
+        let schemas = BTreeMap::from([("remote".to_string(), schema)]);
+        let err = PluginConfigs::new(&["remote".to_string()], &schemas).err().unwrap();
+        assert!(err.contains("remote") && err.contains("another document"), "{err}");
+    }
 }

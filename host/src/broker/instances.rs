@@ -71,6 +71,33 @@ fn open_key_secrets(state: &BrokerState, parameters: &mut Value) -> Result<(), A
     Ok(())
 }
 
+/// The parameters with every chain entry's sealed settings opened, as the plugins get them
+/// (what the plan's schema describes), and the entries that had sealed settings.
+fn opened_plugin_settings(state: &BrokerState, parameters: &Value) -> Result<(Value, Vec<usize>), ApiError> {
+    let mut opened = parameters.clone();
+    let mut sealed = Vec::new();
+    if let Some(Value::Array(entries)) = opened.get_mut("plugins") {
+        for (i, entry) in entries.iter_mut().enumerate() {
+            let Some(config) = entry.get_mut("config") else { continue };
+            let before = config.clone();
+            state
+                .identity
+                .open_all(config, &format!("parameters.plugins[{i}].config"))
+                .map_err(ApiError::bad_request)?;
+            if *config != before {
+                sealed.push(i);
+            }
+        }
+    }
+    Ok((opened, sealed))
+}
+
+/// Checks instance parameters against the plan's published schema, sealed settings opened.
+fn check_parameters(state: &BrokerState, entry: &PlanEntry, parameters: &Value) -> Result<(), ApiError> {
+    let (opened, sealed) = opened_plugin_settings(state, parameters)?;
+    entry.check_instance_parameters(&opened, &sealed)
+}
+
 fn is_validator(entry: &PlanEntry) -> bool {
     entry.plan.driver.is_validator()
 }
@@ -186,7 +213,7 @@ pub async fn provision(
     if !accepts_incomplete(&query)? {
         return Err(ApiError::async_required());
     }
-    entry.check_instance_parameters(parameters.as_ref().unwrap_or(&json!({})))?;
+    check_parameters(&state, entry, parameters.as_ref().unwrap_or(&json!({})))?;
     check_maintenance(entry, requested_version.as_deref())?;
     check_chain(&state, &instance_id, &plan_id, parameters.as_ref()).await?;
     // A validator's keys are sealed into the operation; the instance keeps the rest.
@@ -239,11 +266,14 @@ pub async fn provision(
                     answer: Outcome::Started(operation),
                 };
             };
+            // `maintenance_info` is part of the request: naming another version than the
+            // instance runs is asking for another instance.
             let identical = existing.service_id == service_id
                 && existing.plan_id == plan_id
                 && existing.organization_guid == organization_guid
                 && existing.space_guid == space_guid
-                && same_json(existing.parameters.as_deref(), parameters.as_ref());
+                && same_json(existing.parameters.as_deref(), parameters.as_ref())
+                && requested_version.as_ref().is_none_or(|v| existing.maintenance_version.as_ref() == Some(v));
             if !identical {
                 return Decision::answer(Outcome::Refused(ApiError::conflict(
                     "an instance with this id exists with different attributes",
@@ -328,11 +358,12 @@ pub async fn update(
     if plan_changes {
         let from_updateable = state.catalog.plan_by_id(&current.plan_id).is_some_and(|p| p.plan_updateable);
         if !(from_updateable && entry.plan_updateable) {
-            return Err(ApiError::unprocessable("PlanChangeNotSupported", "this instance's plan cannot be changed"));
+            return Err(ApiError::unprocessable("PlanChangeNotSupported", "this instance's plan cannot be changed")
+                .with_update_repeatable(false));
         }
     }
     if let Some(parameters) = &parameters {
-        entry.check_instance_parameters(parameters)?;
+        check_parameters(&state, entry, parameters)?;
     }
     check_maintenance(entry, requested_version.as_deref())?;
     let from_validator = state.catalog.plan_by_id(&current.plan_id).is_some_and(is_validator);
@@ -341,7 +372,8 @@ pub async fn update(
         return Err(ApiError::unprocessable(
             "PlanChangeNotSupported",
             "validator instances cannot change plan; deprovision (the keys' history is kept) and provision on the other plan",
-        ));
+        )
+        .with_update_repeatable(false));
     }
     let mut sealed = None;
     let new_parameters = match &parameters {
@@ -438,8 +470,8 @@ pub async fn deprovision(
 ) -> Result<Response, ApiError> {
     let instance_id = id(path)?;
     let query = query(query_string)?;
-    required_query(&query, "service_id")?;
-    required_query(&query, "plan_id")?;
+    let service_id = required_query(&query, "service_id")?.to_string();
+    let plan_id = required_query(&query, "plan_id")?.to_string();
     if !accepts_incomplete(&query)? {
         return Err(ApiError::async_required());
     }
@@ -485,6 +517,17 @@ pub async fn deprovision(
                 ]);
                 Decision { changes, answer: Outcome::Started(operation) }
             };
+            // The ids say which instance the platform means: another one's ids delete nothing.
+            let acts = overdue.is_some()
+                || matches!(
+                    instance.state,
+                    InstanceState::Ready | InstanceState::Failed | InstanceState::Deprovisioning
+                );
+            if acts && (instance.service_id != service_id || instance.plan_id != plan_id) {
+                return Decision::answer(Outcome::Refused(ApiError::bad_request(
+                    "service_id and plan_id must be those of the instance",
+                )));
+            }
             match instance.state {
                 InstanceState::Ready | InstanceState::Failed => start(None),
                 InstanceState::Provisioning | InstanceState::Updating | InstanceState::Deprovisioning

@@ -220,12 +220,13 @@ pub struct ApiError {
     error: Option<&'static str>,
     description: String,
     instance_usable: Option<bool>,
+    update_repeatable: Option<bool>,
 }
 
 impl ApiError {
     /// A failure with this status, OSB `error` code and description.
     pub fn new(status: StatusCode, error: Option<&'static str>, description: impl Into<String>) -> Self {
-        ApiError { status, error, description: description.into(), instance_usable: None }
+        ApiError { status, error, description: description.into(), instance_usable: None, update_repeatable: None }
     }
 
     /// 400.
@@ -283,6 +284,13 @@ impl ApiError {
         self
     }
 
+    /// Adds `update_repeatable` (only for failed updates and deprovisions): `false` tells the
+    /// platform not to retry the same request.
+    pub fn with_update_repeatable(mut self, repeatable: bool) -> Self {
+        self.update_repeatable = Some(repeatable);
+        self
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -308,6 +316,9 @@ impl IntoResponse for ApiError {
         }
         if let Some(usable) = self.instance_usable {
             body["instance_usable"] = json!(usable);
+        }
+        if let Some(repeatable) = self.update_repeatable {
+            body["update_repeatable"] = json!(repeatable);
         }
         let mut response =
             (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();

@@ -5,6 +5,13 @@
 //! swapping each new snapshot in atomically; the data plane only reads the current snapshot,
 //! without locks and without touching the store. A key is known here only
 //! by its SHA-256, as in the store, so a memory dump does not reveal working keys.
+//!
+//! A route may carry its binding's expiry (a plan's `binding_ttl`): every lookup compares it with
+//! the clock and finds an expired key no more than a revoked one, so expiry needs no store query
+//! and no sweep. Only routes that expire read the clock, and the clock is the kernel's coarse
+//! realtime clock (read through the vDSO: no system call). It lags real time by up to a tick (a
+//! few milliseconds), so a key may still open its route for those few milliseconds past its
+//! expiry, never before.
 
 use std::sync::Arc;
 
@@ -46,6 +53,32 @@ pub struct Route {
     pub instance: Arc<InstanceRoute>,
     /// The binding the key belongs to.
     pub binding_id: Arc<str>,
+    /// When the binding's credentials stop working (ms since the Unix epoch), if they expire.
+    pub expires_ms: Option<i64>,
+}
+
+impl Route {
+    /// Whether the route still opens its instance at `now_ms` (it has no expiry, or it is later).
+    pub fn live_at(&self, now_ms: i64) -> bool {
+        self.expires_ms.is_none_or(|expires| now_ms < expires)
+    }
+
+    fn live(&self) -> bool {
+        self.expires_ms.is_none() || self.live_at(coarse_now_ms())
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the coarse realtime clock on Linux.
+#[cfg(target_os = "linux")]
+fn coarse_now_ms() -> i64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    now.tv_sec.saturating_mul(1000).saturating_add(now.tv_nsec as i64 / 1_000_000)
+}
+
+/// Milliseconds since the Unix epoch.
+#[cfg(not(target_os = "linux"))]
+fn coarse_now_ms() -> i64 {
+    crate::store::now_ms()
 }
 
 /// An immutable snapshot of every route. Persistent maps (HAMTs): a clone is O(1) and shares
@@ -147,17 +180,18 @@ pub struct Routes {
 impl Routes {
     /// The route a key opens, if any.
     pub fn lookup(&self, key: &str) -> Option<Arc<Route>> {
-        self.current.load().by_key.get(&key_digest(key)).cloned()
+        self.lookup_digest(&key_digest(key))
     }
 
-    /// The route of a key given by its digest, if it is still there.
+    /// The route of a key given by its digest, if it is still there and has not expired.
     pub fn lookup_digest(&self, digest: &KeyDigest) -> Option<Arc<Route>> {
-        self.current.load().by_key.get(digest).cloned()
+        self.current.load().by_key.get(digest).filter(|route| route.live()).cloned()
     }
 
-    /// The route a keymanager token (given by its digest) opens, if it is still there.
+    /// The route a keymanager token (given by its digest) opens, if it is still there and its
+    /// binding has not expired.
     pub fn lookup_keymanager(&self, digest: &KeyDigest) -> Option<Arc<Route>> {
-        self.current.load().by_keymanager_token.get(digest).cloned()
+        self.current.load().by_keymanager_token.get(digest).filter(|route| route.live()).cloned()
     }
 
     /// Replaces the whole table.
@@ -202,6 +236,60 @@ pub fn new_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn instance(id: &str) -> Arc<InstanceRoute> {
+        let upstream = UpstreamPool::new(crate::upstream::UpstreamSettings {
+            http: vec!["http://127.0.0.1:9".parse().unwrap()],
+            ws: Vec::new(),
+            deadline: std::time::Duration::from_secs(1),
+            max_response_bytes: 1024,
+        });
+        Arc::new(InstanceRoute {
+            instance_id: id.into(),
+            plan: "plan".into(),
+            chain: Chain::default(),
+            upstream: Arc::new(upstream),
+            validator: None,
+        })
+    }
+
+    #[test]
+    fn an_expired_key_or_keymanager_token_is_found_no_more_than_a_revoked_one() {
+        let routes = Routes::default();
+        let now = crate::store::now_ms();
+        let (lasting, live, expired) = (new_key(), new_key(), new_key());
+        let (live_token, expired_token) = (key_digest("live token"), key_digest("expired token"));
+        let inst = instance("i");
+        routes.update(|table| {
+            table.insert(
+                key_digest(&lasting),
+                Route { instance: inst.clone(), binding_id: "a".into(), expires_ms: None },
+            );
+            let route = Route { instance: inst.clone(), binding_id: "b".into(), expires_ms: Some(now + 600_000) };
+            let route = table.insert(key_digest(&live), route);
+            table.insert_keymanager_token(live_token, route);
+            // A second ago: past any lag of the coarse clock.
+            let route = Route { instance: inst.clone(), binding_id: "c".into(), expires_ms: Some(now - 1000) };
+            let route = table.insert(key_digest(&expired), route);
+            table.insert_keymanager_token(expired_token, route);
+        });
+        assert!(routes.lookup(&lasting).is_some());
+        assert_eq!(routes.lookup(&live).map(|r| r.binding_id.to_string()).as_deref(), Some("b"));
+        assert!(routes.lookup_keymanager(&live_token).is_some());
+        assert!(routes.lookup(&expired).is_none(), "an expired key opens nothing");
+        assert!(routes.lookup_digest(&key_digest(&expired)).is_none());
+        assert!(routes.lookup_keymanager(&expired_token).is_none(), "nor does its keymanager token");
+        assert_eq!(routes.len(), 3, "no sweep: the expired route is still in the table until the unbind");
+    }
+
+    #[test]
+    fn the_coarse_clock_is_the_realtime_clock_within_a_tick() {
+        let before = crate::store::now_ms();
+        let coarse = coarse_now_ms();
+        let after = crate::store::now_ms();
+        // The coarse clock is updated once per kernel tick (at most 10 ms at HZ=100).
+        assert!(before - 20 <= coarse && coarse <= after, "{before} {coarse} {after}");
+    }
 
     #[test]
     fn new_keys_are_long_url_safe_and_distinct() {

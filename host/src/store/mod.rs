@@ -228,6 +228,10 @@ pub struct BindingRow {
     pub key_sha256: String,
     /// Created at (ms).
     pub created_ms: i64,
+    /// The binding this one rotated (`predecessor_binding_id`), if any.
+    pub predecessor_id: Option<String>,
+    /// When its credentials stop working (ms), if they expire.
+    pub expires_ms: Option<i64>,
 }
 
 /// Who asked for a change.
@@ -318,8 +322,8 @@ const INSTANCE_COLUMNS: &str = "id, service_id, plan_id, organization_guid, spac
      maintenance_version, state, operation_id, created_ms, updated_ms";
 const OPERATION_COLUMNS: &str = "id, instance_id, kind, state, description, request, deadline_ms, lease_owner, \
      lease_until_ms, created_ms, updated_ms";
-const BINDING_COLUMNS: &str =
-    "instance_id, id, service_id, plan_id, parameters, bind_resource, context, key_salt, key_sha256, created_ms";
+const BINDING_COLUMNS: &str = "instance_id, id, service_id, plan_id, parameters, bind_resource, context, key_salt, \
+     key_sha256, created_ms, predecessor_id, expires_ms";
 
 impl Store {
     /// Connects, creating the SQLite file (and its directory) if needed, and applies the
@@ -579,6 +583,18 @@ impl Store {
         binding_id: &str,
         decide: impl FnOnce(Option<&InstanceRow>, Option<&BindingRow>) -> Decision<T>,
     ) -> Result<T> {
+        self.rotation_transition(instance_id, binding_id, None, |instance, binding, _| decide(instance, binding)).await
+    }
+
+    /// [`Store::binding_transition`] that also reads binding `predecessor_id` of the same
+    /// instance (a rotation's predecessor), in the same transaction.
+    pub async fn rotation_transition<T>(
+        &self,
+        instance_id: &str,
+        binding_id: &str,
+        predecessor_id: Option<&str>,
+        decide: impl FnOnce(Option<&InstanceRow>, Option<&BindingRow>, Option<&BindingRow>) -> Decision<T>,
+    ) -> Result<T> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE changes SET generation = generation + 1 WHERE id = 1").execute(&mut *tx).await?;
         log_change(&mut tx, instance_id).await?;
@@ -597,7 +613,17 @@ impl Store {
             .await?
             .map(|r| binding_from(&r))
             .transpose()?;
-        let decision = decide(instance.as_ref(), binding.as_ref());
+        let predecessor = match predecessor_id {
+            Some(predecessor_id) => sqlx::query(&sql)
+                .bind(instance_id)
+                .bind(predecessor_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| binding_from(&r))
+                .transpose()?,
+            None => None,
+        };
+        let decision = decide(instance.as_ref(), binding.as_ref(), predecessor.as_ref());
         if decision.changes.is_empty() {
             tx.rollback().await?;
             return Ok(decision.answer);
@@ -856,7 +882,8 @@ async fn apply(
         Change::InsertBinding(b) => {
             sqlx::query(
                 "INSERT INTO bindings (instance_id, id, service_id, plan_id, parameters, bind_resource, context, \
-                 key_salt, key_sha256, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 key_salt, key_sha256, created_ms, predecessor_id, expires_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(b.instance_id)
             .bind(b.id)
@@ -868,6 +895,8 @@ async fn apply(
             .bind(b.key_salt)
             .bind(b.key_sha256)
             .bind(b.created_ms)
+            .bind(b.predecessor_id)
+            .bind(b.expires_ms)
             .execute(&mut **tx)
             .await?;
         }
@@ -950,6 +979,8 @@ fn binding_from(row: &AnyRow) -> Result<BindingRow> {
         key_salt: row.try_get("key_salt")?,
         key_sha256: row.try_get("key_sha256")?,
         created_ms: row.try_get("created_ms")?,
+        predecessor_id: row.try_get("predecessor_id")?,
+        expires_ms: row.try_get("expires_ms")?,
     })
 }
 

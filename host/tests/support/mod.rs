@@ -163,7 +163,10 @@ impl TestGateway {
         let route_instance = instance.clone();
         let binding: Arc<str> = binding_id.into();
         self.routes.update(|table| {
-            table.insert(digest, Route { instance: route_instance.clone(), binding_id: binding.clone() });
+            table.insert(
+                digest,
+                Route { instance: route_instance.clone(), binding_id: binding.clone(), expires_ms: None },
+            );
         });
         key
     }
