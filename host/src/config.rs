@@ -1287,7 +1287,7 @@ fn default_gateway_max_request() -> u32 {
     1 << 20
 }
 fn default_max_batch() -> u32 {
-    100
+    1000
 }
 fn default_max_connections() -> u32 {
     8192

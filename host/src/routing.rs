@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ChainElement, Config};
 use crate::credentials::SecretKey;
+use crate::gateway::allowlist::Allowlist;
 use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest};
 use crate::identity::Identity;
 use crate::plugins::{KvLimits, KvStore, Registry};
@@ -226,12 +227,17 @@ impl RouteSync {
         let keys: Vec<(KeyDigest, Arc<str>, Option<KeyDigest>)> =
             bindings.iter().filter_map(|binding| self.binding_keys(binding, entry.route.validator.is_some())).collect();
         let route = entry.route.clone();
+        let allowlists: HashMap<KeyDigest, Arc<Allowlist>> =
+            bindings.iter().filter_map(|b| Some((decode_digest(&b.key_sha256)?, allowlist_of(b)?))).collect();
         self.routes.update(|table| {
             table.remove_instance(id);
             for (digest, binding_id, token) in &keys {
                 let added = table.insert(*digest, Route { instance: route.clone(), binding_id: binding_id.clone() });
                 if let Some(token) = token {
                     table.insert_keymanager_token(*token, added);
+                }
+                if let Some(allowlist) = allowlists.get(digest) {
+                    table.restrict(*digest, allowlist.clone());
                 }
             }
         });
@@ -304,6 +310,9 @@ impl RouteSync {
             let route = table.insert(digest, Route { instance: entry.route.clone(), binding_id });
             if let Some(token) = token {
                 table.insert_keymanager_token(token, route);
+            }
+            if let Some(allowlist) = allowlist_of(&binding) {
+                table.restrict(digest, allowlist);
             }
         }
         self.routes.replace(table);
@@ -407,6 +416,12 @@ impl crate::provision::RouteRefresh for RouteSync {
     fn refresh<'a>(&'a self, instance_id: &'a str) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(self.sync_instance(instance_id))
     }
+}
+
+/// The restrictions of a binding's parameters (`allowed_origins` and the like), if any.
+fn allowlist_of(binding: &crate::store::BindingRow) -> Option<Arc<Allowlist>> {
+    let parameters: serde_json::Value = serde_json::from_str(binding.parameters.as_deref()?).ok()?;
+    Allowlist::from_parameters(&parameters).map(Arc::new)
 }
 
 fn decode_digest(hex_text: &str) -> Option<KeyDigest> {

@@ -1,0 +1,397 @@
+//! The endpoint as dApps use it (issue #17), against real anvil and real clients: request ids
+//! of every kind, `eth_subscribe` over HTTP, batches of 1000 from viem, revocation that ends
+//! live subscriptions (close code and reason, node-side subscription gone), and CORS for pages
+//! in headless Chromium (plain `fetch` and ethers' `JsonRpcProvider`).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use ovsb::gateway::GatewayConfig;
+use ovsb::gateway::revocable::{REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON};
+use serde_json::{Value, json};
+use support::{Anvil, TestGateway, rpc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// POSTs `body` as it is; the status and the answer's text.
+async fn post_text(url: &str, body: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn block_number(url: &str) -> String {
+    rpc(url, "eth_blockNumber", json!([])).await["result"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn every_valid_id_is_answered_and_echoed_exactly_and_invalid_ids_run_nothing() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+
+    for id in ["-1", "1.5", "123456789012345678901234567890", "0", "7", r#""abc""#, "-0.25e3"] {
+        let (status, text) = post_text(&url, &format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_chainId"}}"#)).await;
+        assert_eq!(status, 200, "{id}: {text}");
+        assert!(text.contains(&format!(r#""id":{id},"#)), "id {id} echoed as sent: {text}");
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["result"], "0x7a69", "{id}: {text}");
+    }
+
+    // A valid id jsonrpsee cannot hold: the call runs once and is answered.
+    let before = block_number(&url).await;
+    let (_, text) = post_text(&url, r#"{"jsonrpc":"2.0","id":-1,"method":"evm_mine"}"#).await;
+    assert!(text.contains(r#""id":-1,"result":"0x0""#), "{text}");
+    let mined = block_number(&url).await;
+    assert_ne!(mined, before, "evm_mine with id -1 mined");
+
+    // Invalid ids: -32600, and nothing runs.
+    for id in [r#"{"a":1}"#, "[1]", "true", "false"] {
+        let (status, text) = post_text(&url, &format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"evm_mine"}}"#)).await;
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["error"]["code"], -32600, "{id}: {text}");
+        assert_eq!(answer["id"], Value::Null, "{text}");
+    }
+    assert_eq!(block_number(&url).await, mined, "no evm_mine with an invalid id mined");
+
+    // The same in a batch: every call with an id is answered, in order; a notification is not.
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"eth_chainId"},
+        {"jsonrpc":"2.0","id":-1,"method":"eth_chainId"},
+        {"jsonrpc":"2.0","id":true,"method":"evm_mine"},
+        {"jsonrpc":"2.0","method":"eth_chainId"},
+        {"jsonrpc":"2.0","id":123456789012345678901234567890,"method":"eth_blockNumber"}]"#;
+    let (_, text) = post_text(&url, batch).await;
+    let answers: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(answers.len(), 4, "{text}");
+    assert_eq!((answers[0]["id"].clone(), answers[0]["result"].clone()), (json!(1), json!("0x7a69")));
+    assert!(text.contains(r#""id":-1,"result":"0x7a69""#), "{text}");
+    assert_eq!((answers[2]["id"].clone(), answers[2]["error"]["code"].clone()), (Value::Null, json!(-32600)));
+    assert!(text.contains(r#""id":123456789012345678901234567890,"result":"#), "{text}");
+    assert_eq!(block_number(&url).await, mined, "the batch's evm_mine with id true did not run");
+}
+
+#[tokio::test]
+async fn websocket_messages_without_a_usable_id_are_answered_and_not_run() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let before = block_number(&gw.url(&key)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&key)).await.unwrap();
+    for id in ["-1", "true"] {
+        ws.send(Message::text(format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"evm_mine"}}"#))).await.unwrap();
+        let frame = tokio::time::timeout(5 * SECOND, ws.next()).await.expect("an answer").unwrap().unwrap();
+        let answer: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        assert_eq!(answer["error"]["code"], -32600, "{id}: {answer}");
+    }
+    assert_eq!(block_number(&gw.url(&key)).await, before, "nothing was mined");
+}
+
+#[tokio::test]
+async fn eth_subscribe_over_http_gets_the_nodes_own_answer() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+    for (method, params) in [("eth_subscribe", json!(["newHeads"])), ("eth_unsubscribe", json!(["0x1"]))] {
+        let through = rpc(&url, method, params.clone()).await;
+        let direct = rpc(&anvil.http_url(), method, params).await;
+        assert_ne!(through["error"]["code"], -32603, "{method}: {through}");
+        assert_eq!(through, direct, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_1000_is_accepted_by_default() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+    let batch: Vec<Value> = (0..1000).map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "eth_chainId"})).collect();
+    let (_, text) = post_text(&url, &Value::Array(batch).to_string()).await;
+    let answers: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(answers.len(), 1000);
+    assert!(answers.iter().enumerate().all(|(i, a)| a["id"] == i && a["result"] == "0x7a69"));
+    let batch: Vec<Value> = (0..1001).map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "eth_chainId"})).collect();
+    let (_, text) = post_text(&url, &Value::Array(batch).to_string()).await;
+    assert!(text.contains("-32010"), "1001 is over the default: {text}");
+}
+
+fn dapp_clients() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/dapp");
+    assert!(
+        dir.join("node_modules/viem").is_dir() && dir.join("node_modules/ethers").is_dir(),
+        "viem and ethers are not installed: tests/run-all.sh installs them (npm ci in tests/dapp)"
+    );
+    dir.canonicalize().unwrap()
+}
+
+#[tokio::test]
+async fn viem_with_batching_gets_1000_correct_answers_to_1000_concurrent_calls() {
+    let dir = dapp_clients();
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+    let output = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .args(["viem-batch.mjs", &url, "1000"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let balances: Vec<String> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(balances.len(), 1000);
+    assert_eq!(balances[0], "10000000000000000000000", "anvil's first account");
+    assert!(balances[1..].iter().all(|b| b == "0"), "{:?}", balances.iter().find(|b| *b != "0"));
+}
+
+/// A TCP relay in front of the node's WebSocket that counts the connections open through it:
+/// each proxied subscription holds one, so the count is the node's live subscriptions.
+async fn counting_relay(node: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let counter = open.clone();
+    let target = node.trim_start_matches("ws://").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else { continue };
+            let counter = counter.clone();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                counter.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (format!("ws://{addr}"), open)
+}
+
+/// Opens `ws_url`, subscribes to new heads and waits for the first one.
+async fn subscribed(
+    ws_url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.expect("WebSocket upgrade");
+    let subscribe = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]});
+    ws.send(Message::text(subscribe.to_string())).await.unwrap();
+    let mut heads = 0;
+    while heads < 1 {
+        let frame = tokio::time::timeout(10 * SECOND, ws.next()).await.expect("a head").unwrap().unwrap();
+        let message: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        if message["method"] == "eth_subscription" {
+            heads += 1;
+        } else {
+            assert!(message["result"].is_string(), "subscribed: {message}");
+        }
+    }
+    ws
+}
+
+/// Waits (bounded) for the close frame; what it said.
+async fn close_within(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    limit: Duration,
+) -> (u16, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, ws.next()).await.expect("the socket closes in time") {
+            Some(Ok(Message::Close(Some(frame)))) => return (frame.code.into(), frame.reason.to_string()),
+            Some(Ok(Message::Close(None))) => panic!("closed without a code"),
+            // Heads that were already on their way.
+            Some(Ok(_)) => continue,
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+async fn wait_for_zero(open: &AtomicUsize, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    while open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn an_unbind_ends_the_keys_subscriptions_within_a_second_with_a_close_code_and_reason() {
+    let anvil = Anvil::start(&["--block-time", "1"]);
+    let (relay, open) = counting_relay(anvil.ws_url()).await;
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[relay], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let (key, other) = (gw.bind(&instance, "b1"), gw.bind(&instance, "b2"));
+    let (mut first, mut second) = (subscribed(&gw.ws_url(&key)).await, subscribed(&gw.ws_url(&key)).await);
+    let mut others = subscribed(&gw.ws_url(&other)).await;
+    assert_eq!(open.load(Ordering::SeqCst), 3, "one node-side subscription each");
+
+    gw.revoke(&key);
+    let closed = (close_within(&mut first, SECOND).await, close_within(&mut second, SECOND).await);
+    let expected = (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string());
+    assert_eq!(closed, (expected.clone(), expected));
+    let deadline = Instant::now() + SECOND;
+    while open.load(Ordering::SeqCst) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open.load(Ordering::SeqCst), 1, "the revoked key's node-side subscriptions are gone");
+
+    let frame = tokio::time::timeout(5 * SECOND, others.next()).await.expect("heads go on").unwrap().unwrap();
+    assert!(frame.to_text().unwrap().contains("eth_subscription"), "{frame:?}");
+}
+
+#[tokio::test]
+async fn a_deprovision_ends_the_instances_subscriptions_within_a_second() {
+    let anvil = Anvil::start(&["--block-time", "1"]);
+    let (relay, open) = counting_relay(anvil.ws_url()).await;
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[relay], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let mut ws = subscribed(&gw.ws_url(&key)).await;
+    assert_eq!(open.load(Ordering::SeqCst), 1);
+
+    gw.routes.update(|table| table.remove_instance("i1"));
+    assert_eq!(close_within(&mut ws, SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
+    assert_eq!(wait_for_zero(&open, SECOND).await, 0, "the node-side subscription is gone");
+}
+
+#[tokio::test]
+async fn a_preflight_is_answered_and_answers_allow_any_origin() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+    let client = reqwest::Client::new();
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "http://127.0.0.1:9")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type, authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    let headers = preflight.headers();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    assert!(headers["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert_eq!(headers["access-control-allow-headers"], "content-type, authorization");
+    assert_eq!(headers["access-control-max-age"], "86400");
+    let answer = client
+        .post(&url)
+        .header("origin", "http://127.0.0.1:9")
+        .header("content-type", "application/json")
+        .body(json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["access-control-allow-origin"], "*");
+    let unknown = client.post(gw.url("nope")).header("origin", "http://x").send().await.unwrap();
+    assert_eq!((unknown.status().as_u16(), &unknown.headers()["access-control-allow-origin"]), (401, &"*".parse().unwrap()));
+}
+
+/// Serves `page` at `/` and ethers' browser build at `/ethers.js`, on 127.0.0.1.
+async fn serve_page(page: String, ethers: Vec<u8>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (page, ethers) = (Arc::new(page), Arc::new(ethers));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (page, ethers) = (page.clone(), ethers.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let (kind, body): (&str, &[u8]) = if head.starts_with(b"GET /ethers.js") {
+                    ("application/javascript", &ethers)
+                } else if head.starts_with(b"GET / ") {
+                    ("text/html", page.as_bytes())
+                } else {
+                    ("text/plain", b"")
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.write_all(body).await;
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+fn chromium() -> String {
+    ["chromium", "chromium-browser"]
+        .iter()
+        .find(|name| Command::new("which").arg(name).output().is_ok_and(|o| o.status.success()))
+        .expect("Chromium is not installed: tests/run-all.sh installs Debian's chromium")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_in_headless_chromium_calls_the_endpoint_with_fetch_and_ethers() {
+    let dir = dapp_clients();
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+    let page = format!(
+        r#"<!doctype html><html><body><div id="out">waiting</div>
+<script src="/ethers.js"></script>
+<script>
+const url = {url:?};
+const out = {{}};
+(async () => {{
+  try {{
+    const r = await fetch(url, {{ method: "POST", headers: {{ "content-type": "application/json" }},
+      body: JSON.stringify({{ jsonrpc: "2.0", id: 1, method: "eth_chainId", params: [] }}) }});
+    out.fetch = (await r.json()).result;
+  }} catch (e) {{ out.fetch = "refused: " + e; }}
+  try {{
+    const provider = new ethers.JsonRpcProvider(url, ethers.Network.from(31337), {{ staticNetwork: true }});
+    out.ethers = "balance " + (await provider.getBalance("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266")).toString();
+    provider.destroy();
+  }} catch (e) {{ out.ethers = "refused: " + e.shortMessage; }}
+  document.getElementById("out").textContent = JSON.stringify(out);
+}})();
+</script></body></html>"#
+    );
+    let ethers = std::fs::read(dir.join("node_modules/ethers/dist/ethers.umd.min.js")).unwrap();
+    let page_url = serve_page(page, ethers).await;
+    let profile = tempfile::tempdir().unwrap();
+    let chromium = chromium();
+    let dom = tokio::task::spawn_blocking(move || {
+        Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+            .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(["--virtual-time-budget=10000", "--dump-dom", &page_url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains(r#""fetch":"0x7a69""#), "fetch got an answer: {dom}");
+    assert!(dom.contains(r#""ethers":"balance 10000000000000000000000""#), "ethers got an answer: {dom}");
+}
