@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use ovsb::gateway::GatewayConfig;
+use ovsb::gateway::allowlist::Allowlist;
 use ovsb::gateway::revocable::{REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON};
 use serde_json::{Value, json};
 use support::{Anvil, TestGateway, rpc};
@@ -348,13 +349,9 @@ fn chromium() -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_in_headless_chromium_calls_the_endpoint_with_fetch_and_ethers() {
-    let dir = dapp_clients();
-    let anvil = Anvil::start(&[]);
-    let gw = TestGateway::start(GatewayConfig::default()).await;
-    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
-    let url = gw.url(&gw.bind(&instance, "b1"));
+/// Opens a page served on 127.0.0.1 in headless Chromium that calls `url` with a plain `fetch`
+/// and with ethers' `JsonRpcProvider`; the page's DOM once both are done.
+async fn page_in_chromium(dir: &std::path::Path, url: &str) -> String {
     let page = format!(
         r#"<!doctype html><html><body><div id="out">waiting</div>
 <script src="/ethers.js"></script>
@@ -391,7 +388,218 @@ const out = {{}};
     })
     .await
     .unwrap();
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    String::from_utf8_lossy(&dom.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_in_headless_chromium_calls_the_endpoint_with_fetch_and_ethers() {
+    let dir = dapp_clients();
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+    let dom = page_in_chromium(&dir, &url).await;
     assert!(dom.contains(r#""fetch":"0x7a69""#), "fetch got an answer: {dom}");
     assert!(dom.contains(r#""ethers":"balance 10000000000000000000000""#), "ethers got an answer: {dom}");
+}
+
+/// A binding restricted by these bind parameters, live at once.
+fn bind_restricted(gw: &TestGateway, instance: &Arc<ovsb::gateway::InstanceRoute>, parameters: Value) -> String {
+    let key = gw.bind(instance, "restricted");
+    let digest = ovsb::gateway::key_digest(&key);
+    let allowlist = Arc::new(Allowlist::from_parameters(&parameters).expect("restrictions"));
+    gw.routes.update(|table| table.restrict(digest, allowlist.clone()));
+    key
+}
+
+async fn ws_call(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    request: Value,
+) -> Value {
+    ws.send(Message::text(request.to_string())).await.unwrap();
+    let frame = tokio::time::timeout(5 * SECOND, ws.next()).await.expect("an answer").unwrap().unwrap();
+    serde_json::from_str(frame.to_text().unwrap()).unwrap()
+}
+
+fn call(id: u64, method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+#[tokio::test]
+async fn method_allowlists_refuse_before_the_chain_on_http_websocket_and_in_batches() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let key = bind_restricted(&gw, &instance, json!({"allowed_methods": ["eth_*", "evm_*"], "denied_methods": ["evm_mine"]}));
+    let url = gw.url(&key);
+    let before = block_number(&url).await;
+
+    let refused = rpc(&url, "evm_mine", json!([])).await;
+    assert_eq!(refused["error"]["code"], -32052, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("denied_methods"), "{refused}");
+    let refused = rpc(&url, "net_version", json!([])).await;
+    assert_eq!(refused["error"]["code"], -32052, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("allowed_methods"), "{refused}");
+
+    let batch = json!([call(1, "eth_chainId", json!([])), call(2, "evm_mine", json!([])), call(3, "net_version", json!([])), call(4, "eth_blockNumber", json!([]))]);
+    let (_, text) = post_text(&url, &batch.to_string()).await;
+    let answers: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let codes: Vec<Value> = answers.iter().map(|a| a["error"]["code"].clone()).collect();
+    assert_eq!(codes, vec![Value::Null, json!(-32052), json!(-32052), Value::Null], "{text}");
+    assert_eq!(answers[0]["result"], "0x7a69");
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&key)).await.unwrap();
+    assert_eq!(ws_call(&mut ws, call(1, "evm_mine", json!([]))).await["error"]["code"], -32052);
+    assert_eq!(ws_call(&mut ws, call(2, "eth_chainId", json!([]))).await["result"], "0x7a69");
+    assert_eq!(block_number(&url).await, before, "no refused evm_mine reached the node");
+}
+
+#[tokio::test]
+async fn contract_allowlists_cover_calls_logs_and_decoded_raw_transactions() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let (allowed, other) = ("0x5fbdb2315678afecb367f032d93f642f64180aa3", "0x70997970c51812dc3a010c7d01b50e0d17dc79c8");
+    let key = bind_restricted(&gw, &instance, json!({"allowed_contracts": [allowed]}));
+    let url = gw.url(&key);
+    let sender = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+
+    assert_eq!(rpc(&url, "eth_call", json!([{"to": allowed, "data": "0x"}, "latest"])).await["result"], "0x");
+    for (method, params) in [
+        ("eth_call", json!([{"to": other, "data": "0x"}, "latest"])),
+        ("eth_estimateGas", json!([{"from": sender, "to": other}])),
+        ("eth_getLogs", json!([{"address": other}])),
+        ("eth_getLogs", json!([{"fromBlock": "0x0"}])),
+    ] {
+        let answer = rpc(&url, method, params).await;
+        assert_eq!(answer["error"]["code"], -32053, "{method}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains("allowed_contracts"));
+    }
+    assert!(rpc(&url, "eth_getLogs", json!([{"address": allowed}])).await["result"].is_array());
+
+    // Transactions signed by anvil (legacy and EIP-1559), sent raw through the gateway.
+    let nonce = || async { rpc(&anvil.http_url(), "eth_getTransactionCount", json!([sender, "latest"])).await["result"].clone() };
+    let sign = |to: &str, legacy: bool| {
+        let mut tx = json!({"from": sender, "to": to, "value": "0x1", "gas": "0x5208", "nonce": "0x0", "chainId": "0x7a69"});
+        if legacy {
+            tx["gasPrice"] = json!("0x3b9aca00");
+        } else {
+            tx["maxFeePerGas"] = json!("0x77359400");
+            tx["maxPriorityFeePerGas"] = json!("0x1");
+        }
+        let url = anvil.http_url();
+        async move { rpc(&url, "eth_signTransaction", json!([tx])).await["result"].as_str().unwrap().to_string() }
+    };
+    let start = nonce().await;
+    for legacy in [true, false] {
+        let raw = sign(other, legacy).await;
+        let answer = rpc(&url, "eth_sendRawTransaction", json!([raw])).await;
+        assert_eq!(answer["error"]["code"], -32053, "legacy {legacy}: {answer}");
+    }
+    assert_eq!(nonce().await, start, "no refused transaction reached anvil");
+    let raw = sign(allowed, false).await;
+    let answer = rpc(&url, "eth_sendRawTransaction", json!([raw])).await;
+    assert!(answer["result"].is_string(), "a transaction to the allowed address goes through: {answer}");
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&key)).await.unwrap();
+    let answer = ws_call(&mut ws, call(1, "eth_call", json!([{"to": other, "data": "0x"}, "latest"]))).await;
+    assert_eq!(answer["error"]["code"], -32053, "{answer}");
+    let answer = ws_call(&mut ws, call(2, "eth_call", json!([{"to": allowed, "data": "0x"}, "latest"]))).await;
+    assert_eq!(answer["result"], "0x", "{answer}");
+}
+
+#[tokio::test]
+async fn origin_allowlists_refuse_other_origins_on_http_and_websocket() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let key = bind_restricted(&gw, &instance, json!({"allowed_origins": ["https://app.example.com", "*.dapp.io"]}));
+    let url = gw.url(&key);
+    let body = call(1, "eth_chainId", json!([])).to_string();
+    let post_from = |origin: Option<&'static str>| {
+        let mut request =
+            reqwest::Client::new().post(&url).header("content-type", "application/json").body(body.clone());
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let cors = response.headers().get("access-control-allow-origin").is_some();
+            (response.status().as_u16(), cors, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, cors, answer) = post_from(Some("https://evil.example")).await;
+    assert_eq!((status, cors, answer["error"]["code"].clone()), (403, false, json!(-32051)), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("allowed_origins"));
+    for origin in [Some("https://app.example.com"), Some("https://x.dapp.io"), None] {
+        let (status, _, answer) = post_from(origin).await;
+        assert_eq!((status, answer["result"].clone()), (200, json!("0x7a69")), "{origin:?}");
+    }
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = gw.ws_url(&key).into_client_request().unwrap();
+    request.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("the upgrade from another origin is refused: {other:?}"),
+    }
+    let mut request = gw.ws_url(&key).into_client_request().unwrap();
+    request.headers_mut().insert("origin", "https://app.example.com".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("an allowed origin opens it");
+    assert_eq!(ws_call(&mut ws, call(1, "eth_chainId", json!([]))).await["result"], "0x7a69");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_from_an_origin_not_allowed_is_refused_in_headless_chromium() {
+    let dir = dapp_clients();
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let url = gw.url(&bind_restricted(&gw, &instance, json!({"allowed_origins": ["https://app.example.com"]})));
+    let dom = page_in_chromium(&dir, &url).await;
+    assert!(dom.contains(r#""fetch":"refused"#), "fetch was refused: {dom}");
+    assert!(dom.contains(r#""ethers":"refused"#), "ethers was refused: {dom}");
+}
+
+#[tokio::test]
+async fn through_the_broker_bind_parameters_restrict_the_key_and_an_unbind_closes_its_websocket() {
+    use support::broker::{Db, PLAN_SHARED, SERVICE, TestBroker};
+    let anvil = Anvil::start(&["--block-time", "1"]);
+    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |_| {}).await;
+    let osb = &broker.osb;
+    osb.ready_instance("d1", PLAN_SHARED, None).await;
+    let bind = |binding: &'static str, parameters: Value| {
+        let body = json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": parameters});
+        osb.call(reqwest::Method::PUT, &format!("/v2/service_instances/d1/service_bindings/{binding}"), Some(body))
+    };
+    for (field, value) in [
+        ("allowed_contracts", json!(["0x12"])),
+        ("allowed_origins", json!(["not an origin"])),
+        ("allowed_methods", json!([""])),
+        ("denied_methods", json!("eth_*")),
+    ] {
+        let refused = bind("kx", json!({ field: value })).await;
+        refused.assert_error(400, Some("BadRequest"));
+        assert!(refused.body["description"].as_str().unwrap().contains(field), "{field}: {refused:?}");
+    }
+
+    let parameters = json!({"denied_methods": ["evm_*"], "allowed_origins": ["*.example.com"]});
+    let created = bind("k1", parameters.clone()).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let fetched = osb.call(reqwest::Method::GET, "/v2/service_instances/d1/service_bindings/k1", None).await;
+    assert_eq!(fetched.body["parameters"], parameters, "fetch-binding returns the parameters");
+    let uri = created.body["credentials"]["uri"].as_str().unwrap();
+    assert_eq!(rpc(uri, "evm_mine", json!([])).await["error"]["code"], -32052);
+    assert_eq!(rpc(uri, "eth_chainId", json!([])).await["result"], "0x7a69");
+
+    let mut ws = subscribed(created.body["credentials"]["ws_uri"].as_str().unwrap()).await;
+    let unbound = osb
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v2/service_instances/d1/service_bindings/k1?service_id={SERVICE}&plan_id={PLAN_SHARED}"),
+            None,
+        )
+        .await;
+    assert_eq!(unbound.status, 200);
+    assert_eq!(close_within(&mut ws, SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
 }
