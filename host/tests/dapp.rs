@@ -107,7 +107,8 @@ async fn websocket_messages_without_a_usable_id_are_answered_and_not_run() {
 async fn eth_subscribe_over_http_gets_the_nodes_own_answer() {
     let anvil = Anvil::start(&[]);
     let gw = TestGateway::start(GatewayConfig::default()).await;
-    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let instance =
+        gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND).await;
     let url = gw.url(&gw.bind(&instance, "b1"));
     for (method, params) in [("eth_subscribe", json!(["newHeads"])), ("eth_unsubscribe", json!(["0x1"]))] {
         let through = rpc(&url, method, params.clone()).await;
@@ -302,7 +303,10 @@ async fn a_preflight_is_answered_and_answers_allow_any_origin() {
         .unwrap();
     assert_eq!(answer.headers()["access-control-allow-origin"], "*");
     let unknown = client.post(gw.url("nope")).header("origin", "http://x").send().await.unwrap();
-    assert_eq!((unknown.status().as_u16(), &unknown.headers()["access-control-allow-origin"]), (401, &"*".parse().unwrap()));
+    assert_eq!(
+        (unknown.status().as_u16(), &unknown.headers()["access-control-allow-origin"]),
+        (401, &"*".parse().unwrap())
+    );
 }
 
 /// Serves `page` at `/` and ethers' browser build at `/ethers.js`, on 127.0.0.1.
@@ -429,8 +433,10 @@ fn call(id: u64, method: &str, params: Value) -> Value {
 async fn method_allowlists_refuse_before_the_chain_on_http_websocket_and_in_batches() {
     let anvil = Anvil::start(&[]);
     let gw = TestGateway::start(GatewayConfig::default()).await;
-    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND).await;
-    let key = bind_restricted(&gw, &instance, json!({"allowed_methods": ["eth_*", "evm_*"], "denied_methods": ["evm_mine"]}));
+    let instance =
+        gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let key =
+        bind_restricted(&gw, &instance, json!({"allowed_methods": ["eth_*", "evm_*"], "denied_methods": ["evm_mine"]}));
     let url = gw.url(&key);
     let before = block_number(&url).await;
 
@@ -441,7 +447,12 @@ async fn method_allowlists_refuse_before_the_chain_on_http_websocket_and_in_batc
     assert_eq!(refused["error"]["code"], -32052, "{refused}");
     assert!(refused["error"]["message"].as_str().unwrap().contains("allowed_methods"), "{refused}");
 
-    let batch = json!([call(1, "eth_chainId", json!([])), call(2, "evm_mine", json!([])), call(3, "net_version", json!([])), call(4, "eth_blockNumber", json!([]))]);
+    let batch = json!([
+        call(1, "eth_chainId", json!([])),
+        call(2, "evm_mine", json!([])),
+        call(3, "net_version", json!([])),
+        call(4, "eth_blockNumber", json!([]))
+    ]);
     let (_, text) = post_text(&url, &batch.to_string()).await;
     let answers: Vec<Value> = serde_json::from_str(&text).unwrap();
     let codes: Vec<Value> = answers.iter().map(|a| a["error"]["code"].clone()).collect();
@@ -478,9 +489,12 @@ async fn contract_allowlists_cover_calls_logs_and_decoded_raw_transactions() {
     assert!(rpc(&url, "eth_getLogs", json!([{"address": allowed}])).await["result"].is_array());
 
     // Transactions signed by anvil (legacy and EIP-1559), sent raw through the gateway.
-    let nonce = || async { rpc(&anvil.http_url(), "eth_getTransactionCount", json!([sender, "latest"])).await["result"].clone() };
+    let nonce = || async {
+        rpc(&anvil.http_url(), "eth_getTransactionCount", json!([sender, "latest"])).await["result"].clone()
+    };
     let sign = |to: &str, legacy: bool| {
-        let mut tx = json!({"from": sender, "to": to, "value": "0x1", "gas": "0x5208", "nonce": "0x0", "chainId": "0x7a69"});
+        let mut tx =
+            json!({"from": sender, "to": to, "value": "0x1", "gas": "0x5208", "nonce": "0x0", "chainId": "0x7a69"});
         if legacy {
             tx["gasPrice"] = json!("0x3b9aca00");
         } else {
@@ -570,7 +584,8 @@ async fn through_the_broker_bind_parameters_restrict_the_key_and_an_unbind_close
     osb.ready_instance("d1", PLAN_SHARED, None).await;
     let bind = |binding: &'static str, parameters: Value| {
         let body = json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": parameters});
-        osb.call(reqwest::Method::PUT, &format!("/v2/service_instances/d1/service_bindings/{binding}"), Some(body))
+        let path = format!("/v2/service_instances/d1/service_bindings/{binding}");
+        async move { osb.call(reqwest::Method::PUT, &path, Some(body)).await }
     };
     for (field, value) in [
         ("allowed_contracts", json!(["0x12"])),

@@ -260,9 +260,7 @@ fn instance_parameters_schema(
 /// Binding parameters: `encryption_public_key`, to have the credentials sealed, and the key's
 /// allowlists (`gateway::allowlist`).
 fn binding_parameters_schema() -> Value {
-    let list = |items: Value, description: &str| {
-        json!({"type": "array", "maxItems": 256, "items": items, "description": description})
-    };
+    let list = |items: Value, description: &str| json!({"type": "array", "maxItems": 256, "items": items, "description": description});
     json!({
         "$schema": "http://json-schema.org/draft-04/schema#",
         "type": "object",

@@ -44,10 +44,14 @@ pub struct Refusal {
     pub message: &'static str,
 }
 
-const ORIGIN: Refusal =
-    Refusal { code: ORIGIN_NOT_ALLOWED, message: "refused by the binding's allowed_origins: this origin may not use the key" };
-const NOT_ALLOWED_METHOD: Refusal =
-    Refusal { code: METHOD_NOT_ALLOWED, message: "refused by the binding's allowed_methods: this method is not allowed" };
+const ORIGIN: Refusal = Refusal {
+    code: ORIGIN_NOT_ALLOWED,
+    message: "refused by the binding's allowed_origins: this origin may not use the key",
+};
+const NOT_ALLOWED_METHOD: Refusal = Refusal {
+    code: METHOD_NOT_ALLOWED,
+    message: "refused by the binding's allowed_methods: this method is not allowed",
+};
 const DENIED_METHOD: Refusal =
     Refusal { code: METHOD_NOT_ALLOWED, message: "refused by the binding's denied_methods: this method is denied" };
 const CONTRACT: Refusal = Refusal {
@@ -229,8 +233,8 @@ mod tests {
 
     #[test]
     fn origins_match_exactly_or_by_subdomain_pattern() {
-        let list = Allowlist::from_parameters(&json!({"allowed_origins": ["https://app.example.com", "*.dapp.io"]}))
-            .unwrap();
+        let list =
+            Allowlist::from_parameters(&json!({"allowed_origins": ["https://app.example.com", "*.dapp.io"]})).unwrap();
         let check = |o: &str| list.check_origin(Some(&http::HeaderValue::from_str(o).unwrap()));
         assert_eq!(check("https://app.example.com"), Ok(()));
         assert_eq!(check("https://APP.example.com"), Ok(()));
@@ -245,9 +249,10 @@ mod tests {
 
     #[test]
     fn methods_are_allowed_and_denied_by_glob() {
-        let list =
-            Allowlist::from_parameters(&json!({"allowed_methods": ["eth_*", "net_version"], "denied_methods": ["eth_send*"]}))
-                .unwrap();
+        let list = Allowlist::from_parameters(
+            &json!({"allowed_methods": ["eth_*", "net_version"], "denied_methods": ["eth_send*"]}),
+        )
+        .unwrap();
         assert_eq!(list.check_call("eth_chainId", None), Ok(()));
         assert_eq!(list.check_call("net_version", None), Ok(()));
         assert_eq!(list.check_call("eth_sendRawTransaction", None), Err(DENIED_METHOD));

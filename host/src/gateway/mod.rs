@@ -313,7 +313,11 @@ where
             && let Err(refusal) = allowlist.check_origin(request.headers().get(http::header::ORIGIN))
         {
             // No CORS header: the page may not read the answer either.
-            return Box::pin(std::future::ready(Ok(json_error(http::StatusCode::FORBIDDEN, refusal.code, refusal.message))));
+            return Box::pin(std::future::ready(Ok(json_error(
+                http::StatusCode::FORBIDDEN,
+                refusal.code,
+                refusal.message,
+            ))));
         }
         if let Err(refused) = connection.ticket.present_key(&digest) {
             return Box::pin(std::future::ready(Ok(cors::allow(limit_error(refused), cors))));
@@ -381,7 +385,8 @@ where
             Ok(answer_each(jsonrpc, connection, &parts, entries, batch).await)
         }
         _ => {
-            let request = HttpRequest::from_parts(parts, http_body_util::Either::Right(http_body_util::Full::new(body.clone())));
+            let request =
+                HttpRequest::from_parts(parts, http_body_util::Either::Right(http_body_util::Full::new(body.clone())));
             call(jsonrpc, request).await
         }
     }
@@ -400,36 +405,20 @@ where
     J: tower::Service<HttpRequest<FrontBody>, Response = HttpResponse> + Clone,
     J::Error: std::fmt::Display,
 {
-    use http_body_util::BodyExt as _;
-    let caller = parts.extensions.get::<Caller>().cloned();
-    let run = |body: Vec<u8>| {
-        let mut request = HttpRequest::new(http_body_util::Either::Right(http_body_util::Full::new(body.into())));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = parts.uri.clone();
-        *request.headers_mut() = parts.headers.clone();
-        request.headers_mut().remove(http::header::CONTENT_LENGTH);
-        if let Some(caller) = caller.clone() {
-            request.extensions_mut().insert(caller);
-        }
-        let jsonrpc = jsonrpc.clone();
-        async move {
-            let response = call(jsonrpc, request).await.ok()?;
-            response.into_body().collect().await.ok().map(|body| body.to_bytes())
-        }
-    };
+    let caller = parts.extensions.get::<Caller>();
     let answers = entries.into_iter().map(|(entry, raw)| {
-        let run = &run;
+        let (jsonrpc, caller) = (jsonrpc.clone(), caller.cloned());
         async move {
             match entry {
                 ids::Entry::Invalid => Some(ids::INVALID_ID_ANSWER.to_string()),
                 ids::Entry::Carried => {
-                    let answer = run(raw.get().as_bytes().to_vec()).await?;
+                    let answer = run_entry(jsonrpc, parts, caller, raw.get().as_bytes().to_vec()).await?;
                     let text = std::str::from_utf8(&answer).ok()?.trim();
                     (!text.is_empty() && text != "null").then(|| text.to_string())
                 }
                 ids::Entry::Foreign(id) => {
                     let answer = match ids::with_carried_id(raw) {
-                        Some(body) => run(body).await,
+                        Some(body) => run_entry(jsonrpc, parts, caller, body).await,
                         None => None,
                     };
                     Some(answer.and_then(|a| ids::with_original_id(&a, &id)).unwrap_or_else(|| {
@@ -455,6 +444,30 @@ where
     let mut response = HttpResponse::new(HttpBody::from(body));
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
+}
+
+/// Runs one entry of [`answer_each`] through jsonrpsee as a request of its own; its answer.
+async fn run_entry<J>(
+    jsonrpc: J,
+    parts: &http::request::Parts,
+    caller: Option<Caller>,
+    body: Vec<u8>,
+) -> Option<bytes::Bytes>
+where
+    J: tower::Service<HttpRequest<FrontBody>, Response = HttpResponse>,
+    J::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt as _;
+    let mut request = HttpRequest::new(http_body_util::Either::Right(http_body_util::Full::new(body.into())));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = parts.uri.clone();
+    *request.headers_mut() = parts.headers.clone();
+    request.headers_mut().remove(http::header::CONTENT_LENGTH);
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
+    }
+    let response = call(jsonrpc, request).await.ok()?;
+    response.into_body().collect().await.ok().map(|body| body.to_bytes())
 }
 
 /// Whether the request asks for a WebSocket.

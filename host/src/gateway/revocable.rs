@@ -204,8 +204,7 @@ impl Armed {
     /// Notices a revocation, waking `cx` on it if `wake`; true once revoked.
     fn poll_revoked(&mut self, cx: &mut Context<'_>, wake: bool) -> bool {
         if matches!(self.state, State::Open) {
-            let revoked =
-                if wake { self.revoked.as_mut().poll(cx).is_ready() } else { self.token.is_cancelled() };
+            let revoked = if wake { self.revoked.as_mut().poll(cx).is_ready() } else { self.token.is_cancelled() };
             if !revoked {
                 return false;
             }
