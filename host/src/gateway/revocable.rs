@@ -123,7 +123,7 @@ impl Outgoing {
     }
 
     /// Bytes the server may still write before the current frame ends (0 at a boundary).
-    fn to_boundary(&self) -> u64 {
+    fn left_in_frame(&self) -> u64 {
         match *self {
             Outgoing::Http { .. } => u64::MAX,
             Outgoing::Header { have: 0, .. } => 0,
@@ -237,7 +237,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Revocable<S> {
             match &mut armed.state {
                 State::Open => return Poll::Ready(()),
                 State::Revoked => {
-                    if armed.outgoing.to_boundary() != 0 {
+                    if armed.outgoing.left_in_frame() != 0 {
                         return Poll::Pending;
                     }
                     armed.state = State::Closing { frame: close_frame(), written: 0 };
@@ -307,7 +307,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Revocable<S> {
         let revoked = armed.poll_revoked(cx, false);
         let mut allowed = buf;
         if revoked {
-            let left = armed.outgoing.to_boundary();
+            let left = armed.outgoing.left_in_frame();
             if left == 0 || !matches!(armed.state, State::Revoked) {
                 // The server's frame is done: the close frame goes out instead of anything else.
                 if let Some(reader) = armed.reader.take() {
@@ -324,7 +324,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Revocable<S> {
         if let (Poll::Ready(Ok(n)), Some(armed)) = (&written, this.armed.as_mut()) {
             armed.outgoing.track(&allowed[..*n]);
             if revoked
-                && armed.outgoing.to_boundary() == 0
+                && armed.outgoing.left_in_frame() == 0
                 && let Some(reader) = armed.reader.take()
             {
                 reader.wake();
@@ -379,10 +379,10 @@ mod tests {
             for piece in stream.chunks(chunk) {
                 outgoing.track(piece);
             }
-            assert_eq!(outgoing.to_boundary(), 0, "chunks of {chunk}");
+            assert_eq!(outgoing.left_in_frame(), 0, "chunks of {chunk}");
             let mut partial = Outgoing::Http { matched: 0 };
             partial.track(&stream[..stream.len() - 10]);
-            assert_eq!(partial.to_boundary(), 10, "ten bytes before the end");
+            assert_eq!(partial.left_in_frame(), 10, "ten bytes before the end");
         }
     }
 
