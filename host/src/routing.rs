@@ -227,8 +227,10 @@ impl RouteSync {
         let keys: Vec<(KeyDigest, Arc<str>, Option<KeyDigest>)> =
             bindings.iter().filter_map(|binding| self.binding_keys(binding, entry.route.validator.is_some())).collect();
         let route = entry.route.clone();
-        let allowlists: HashMap<KeyDigest, Arc<Allowlist>> =
-            bindings.iter().filter_map(|b| Some((decode_digest(&b.key_sha256)?, allowlist_of(b)?))).collect();
+        let allowlists: HashMap<KeyDigest, Arc<Allowlist>> = bindings
+            .iter()
+            .filter_map(|b| Some((decode_digest(&b.key_sha256)?, self.allowlist_of(b, &instance.plan_id)?)))
+            .collect();
         self.routes.update(|table| {
             table.remove_instance(id);
             for (digest, binding_id, token) in &keys {
@@ -278,6 +280,15 @@ impl RouteSync {
         }
     }
 
+    /// A binding's restrictions (its parameters' `allowed_origins` and the like, else its plan's
+    /// `allowed_origins`: the plan of the instance, `plan_id`), if any.
+    fn allowlist_of(&self, binding: &crate::store::BindingRow, plan_id: &str) -> Option<Arc<Allowlist>> {
+        let parameters: Option<serde_json::Value> =
+            binding.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let plan_origins = self.config.plan_by_id(plan_id).map_or(&[][..], |p| &p.allowed_origins[..]);
+        Allowlist::for_binding(parameters.as_ref(), plan_origins).map(Arc::new)
+    }
+
     /// A binding's key digest, id and (for validators) keymanager token digest.
     fn binding_keys(
         &self,
@@ -311,7 +322,7 @@ impl RouteSync {
             if let Some(token) = token {
                 table.insert_keymanager_token(token, route);
             }
-            if let Some(allowlist) = allowlist_of(&binding) {
+            if let Some(allowlist) = self.allowlist_of(&binding, &entry.plan_id) {
                 table.restrict(digest, allowlist);
             }
         }
@@ -416,12 +427,6 @@ impl crate::provision::RouteRefresh for RouteSync {
     fn refresh<'a>(&'a self, instance_id: &'a str) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(self.sync_instance(instance_id))
     }
-}
-
-/// The restrictions of a binding's parameters (`allowed_origins` and the like), if any.
-fn allowlist_of(binding: &crate::store::BindingRow) -> Option<Arc<Allowlist>> {
-    let parameters: serde_json::Value = serde_json::from_str(binding.parameters.as_deref()?).ok()?;
-    Allowlist::from_parameters(&parameters).map(Arc::new)
 }
 
 fn decode_digest(hex_text: &str) -> Option<KeyDigest> {

@@ -618,3 +618,38 @@ async fn through_the_broker_bind_parameters_restrict_the_key_and_an_unbind_close
     assert_eq!(unbound.status, 200);
     assert_eq!(close_within(&mut ws, SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
 }
+
+#[tokio::test]
+async fn a_plans_allowed_origins_apply_to_its_bindings_unless_a_binding_names_its_own() {
+    use support::broker::{Db, PLAN_SHARED, SERVICE, TestBroker};
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |config| {
+        let plan = config.services.iter_mut().flat_map(|s| &mut s.plans).find(|p| p.id == PLAN_SHARED).unwrap();
+        plan.allowed_origins = vec!["https://plan.example".into()];
+    })
+    .await;
+    let osb = &broker.osb;
+    osb.ready_instance("p1", PLAN_SHARED, None).await;
+    let plain = osb.bind("p1", "k1", PLAN_SHARED).await;
+    let body = json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": {"allowed_origins": ["https://own.example"]}});
+    let own = osb.call(reqwest::Method::PUT, "/v2/service_instances/p1/service_bindings/k2", Some(body)).await;
+    assert_eq!((plain.status, own.status), (201, 201));
+    let from = |created: &Value, origin: Option<&'static str>| {
+        let uri = created["credentials"]["uri"].as_str().unwrap().to_string();
+        async move {
+            let mut request = reqwest::Client::new()
+                .post(uri)
+                .header("content-type", "application/json")
+                .body(call(1, "eth_chainId", json!([])).to_string());
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            request.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(from(&plain.body, Some("https://plan.example")).await, 200);
+    assert_eq!(from(&plain.body, Some("https://own.example")).await, 403);
+    assert_eq!(from(&own.body, Some("https://own.example")).await, 200);
+    assert_eq!(from(&own.body, Some("https://plan.example")).await, 403, "the binding's own list replaces the plan's");
+    assert_eq!((from(&plain.body, None).await, from(&own.body, None).await), (200, 200), "not from a page");
+}

@@ -74,8 +74,45 @@ fn address(text: &str) -> Option<[u8; 20]> {
     Some(out)
 }
 
+/// Whether `text` is an allowed origin entry: `*`, an origin (`https://app.example.com`,
+/// `http://127.0.0.1:8080`) or a subdomain pattern (`*.example.com`, `https://*.example.com`).
+/// The binding schema in the catalog says the same.
+pub fn valid_origin_pattern(text: &str) -> bool {
+    let host_ok = |host: &str| {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    };
+    let scheme_ok = |scheme: &str| {
+        scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+    };
+    if text == "*" {
+        return true;
+    }
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) if scheme_ok(scheme) => (Some(scheme), rest),
+        Some(_) => return false,
+        None => (None, text),
+    };
+    match rest.strip_prefix("*.") {
+        Some(suffix) => host_ok(suffix),
+        None => scheme.is_some() && host_ok(rest),
+    }
+}
+
 impl Allowlist {
-    /// The restrictions in a binding's parameters; `None` when there are none (the usual case).
+    /// A binding's restrictions: those of its parameters, with the plan's `allowed_origins` when
+    /// the binding names no origins; `None` when nothing is restricted (the usual case).
+    pub fn for_binding(parameters: Option<&Value>, plan_origins: &[String]) -> Option<Allowlist> {
+        let mut list = parameters.and_then(Allowlist::from_parameters).unwrap_or_default();
+        if list.origins.is_empty() {
+            list.origins = plan_origins.iter().map(|o| o.to_ascii_lowercase()).collect();
+        }
+        (list != Allowlist::default()).then_some(list)
+    }
+
+    /// The restrictions in a binding's parameters; `None` when there are none.
     pub fn from_parameters(parameters: &Value) -> Option<Allowlist> {
         let list = Allowlist {
             origins: strings(parameters, "allowed_origins").into_iter().map(|o| o.to_ascii_lowercase()).collect(),
@@ -229,6 +266,40 @@ mod tests {
     fn no_restriction_parameters_give_no_allowlist() {
         assert_eq!(Allowlist::from_parameters(&json!({})), None);
         assert_eq!(Allowlist::from_parameters(&json!({"allowed_origins": [], "encryption_public_key": "k"})), None);
+    }
+
+    #[test]
+    fn the_plans_origins_apply_unless_the_binding_names_its_own() {
+        let plan = vec!["https://Plan.example".to_string()];
+        let list = Allowlist::for_binding(None, &plan).unwrap();
+        let from = |list: &Allowlist, o: &str| list.check_origin(Some(&http::HeaderValue::from_str(o).unwrap()));
+        assert_eq!(from(&list, "https://plan.example"), Ok(()));
+        assert_eq!(from(&list, "https://other.example"), Err(ORIGIN));
+        let own = json!({"allowed_origins": ["https://own.example"], "denied_methods": ["evm_*"]});
+        let list = Allowlist::for_binding(Some(&own), &plan).unwrap();
+        assert_eq!(from(&list, "https://own.example"), Ok(()));
+        assert_eq!(from(&list, "https://plan.example"), Err(ORIGIN));
+        assert_eq!(Allowlist::for_binding(Some(&json!({})), &[]), None);
+    }
+
+    #[test]
+    fn origin_entries_are_origins_or_subdomain_patterns() {
+        for good in ["*", "https://app.example.com", "http://127.0.0.1:8080", "*.example.com", "https://*.example.com"]
+        {
+            assert!(valid_origin_pattern(good), "{good}");
+        }
+        for bad in [
+            "",
+            "not an origin",
+            "example.com",
+            "https://",
+            "https://a.com/path",
+            "https://*",
+            "1http://a.b",
+            "*example.com",
+        ] {
+            assert!(!valid_origin_pattern(bad), "{bad}");
+        }
     }
 
     #[test]
