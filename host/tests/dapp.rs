@@ -617,6 +617,21 @@ async fn through_the_broker_bind_parameters_restrict_the_key_and_an_unbind_close
         .await;
     assert_eq!(unbound.status, 200);
     assert_eq!(close_within(&mut ws, SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
+
+    // No CORS on the broker and admin listeners.
+    let server = broker.server.as_ref().unwrap();
+    for url in [format!("http://{}/v2/catalog", server.broker_addr), format!("http://{}/healthz", server.admin_addr)] {
+        for method in [reqwest::Method::OPTIONS, reqwest::Method::GET] {
+            let response = reqwest::Client::new()
+                .request(method.clone(), &url)
+                .header("origin", "https://app.example.com")
+                .header("access-control-request-method", "POST")
+                .send()
+                .await
+                .unwrap();
+            assert!(response.headers().get("access-control-allow-origin").is_none(), "{method} {url}");
+        }
+    }
 }
 
 #[tokio::test]
