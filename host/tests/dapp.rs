@@ -576,7 +576,7 @@ async fn a_page_from_an_origin_not_allowed_is_refused_in_headless_chromium() {
 }
 
 #[tokio::test]
-async fn through_the_broker_bind_parameters_restrict_the_key_and_an_unbind_closes_its_websocket() {
+async fn through_the_broker_bind_parameters_restrict_the_key_and_unbind_and_deprovision_close_its_websockets() {
     use support::broker::{Db, PLAN_SHARED, SERVICE, TestBroker};
     let anvil = Anvil::start(&["--block-time", "1"]);
     let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |_| {}).await;
@@ -616,6 +616,12 @@ async fn through_the_broker_bind_parameters_restrict_the_key_and_an_unbind_close
         )
         .await;
     assert_eq!(unbound.status, 200);
+    assert_eq!(close_within(&mut ws, SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
+
+    // Deprovision: the instance's sockets close too.
+    let other = bind("k2", json!({})).await;
+    let mut ws = subscribed(other.body["credentials"]["ws_uri"].as_str().unwrap()).await;
+    assert_eq!(osb.deprovision("d1", PLAN_SHARED).await.status, 202);
     assert_eq!(close_within(&mut ws, SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
 
     // No CORS on the broker and admin listeners.
