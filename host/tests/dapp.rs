@@ -674,3 +674,36 @@ async fn a_plans_allowed_origins_apply_to_its_bindings_unless_a_binding_names_it
     assert_eq!(from(&own.body, Some("https://plan.example")).await, 403, "the binding's own list replaces the plan's");
     assert_eq!((from(&plain.body, None).await, from(&own.body, None).await), (200, 200), "not from a page");
 }
+
+/// Two replicas on one PostgreSQL database: a WebSocket open on B closes when A unbinds its key,
+/// once B has applied A's change (B polls the change log every 200 ms in the tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbind_on_another_replica_closes_the_keys_websockets_here() {
+    use support::broker::{Db, PLAN_SHARED, TestBroker, TestDb};
+    let anvil = Anvil::start(&["--block-time", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Db::Postgres, dir.path()).await;
+    let url = db.url.clone();
+    let a = TestBroker::start_in(dir, db, &anvil.http_url(), support::free_port(), |_| {}).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let db_b = TestDb::new(Db::Sqlite, dir_b.path()).await;
+    let b = TestBroker::start_in(dir_b, db_b, &anvil.http_url(), support::free_port(), |c| c.database_url = url).await;
+    a.osb.ready_instance("r1", PLAN_SHARED, None).await;
+    let bound = a.osb.bind("r1", "k", PLAN_SHARED).await;
+    let on_b = bound.body["credentials"]["ws_uri"]
+        .as_str()
+        .unwrap()
+        .replace(&a.gateway.replace("http://", "ws://"), &b.gateway.replace("http://", "ws://"));
+    let deadline = Instant::now() + 10 * SECOND;
+    let mut ws = loop {
+        // B serves the key once it has followed A's bind.
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(&on_b).await {
+            drop(ws);
+            break subscribed(&on_b).await;
+        }
+        assert!(Instant::now() < deadline, "B never served A's binding");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(a.osb.unbind("r1", "k", PLAN_SHARED).await.status, 200);
+    assert_eq!(close_within(&mut ws, 3 * SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
+}
