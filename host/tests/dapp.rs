@@ -707,3 +707,33 @@ async fn an_unbind_on_another_replica_closes_the_keys_websockets_here() {
     assert_eq!(a.osb.unbind("r1", "k", PLAN_SHARED).await.status, 200);
     assert_eq!(close_within(&mut ws, 3 * SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
 }
+
+/// Each call of a batch counts against a rate limit as its own call: a batch of 1000 through the
+/// rate-limit plugin (a bucket of 5, 1 per second) gets about 5 answers and 995 refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_of_a_1000_call_batch_counts_against_the_rate_limit() {
+    use support::broker::{Db, PLAN_SHARED, TestBroker};
+    let anvil = Anvil::start(&[]);
+    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |config| {
+        config.plugins.push(ovsb::config::PluginDecl {
+            name: "rate-limit".into(),
+            path: PathBuf::from(ovsb_test_artifacts::RATE_LIMIT_PLUGIN),
+            sha256: None,
+            schema: None,
+        });
+    })
+    .await;
+    let chain = json!({"plugins": [{"name": "rate-limit", "config": {"requests_per_second": 1, "burst": 5}}]});
+    broker.osb.ready_instance("rl", PLAN_SHARED, Some(chain)).await;
+    let uri = broker.osb.bind("rl", "b", PLAN_SHARED).await.body["credentials"]["uri"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let batch: Vec<Value> = (0..1000).map(|i| call(i, "eth_chainId", json!([]))).collect();
+    let (_, text) = post_text(&uri, &Value::Array(batch).to_string()).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let answers: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(answers.len(), 1000);
+    let passed = answers.iter().filter(|a| a["result"] == "0x7a69").count();
+    let limited = answers.iter().filter(|a| a["error"]["code"] == -32005).count();
+    assert_eq!(passed + limited, 1000, "{text}");
+    assert!(passed >= 5 && passed as f64 <= 5.0 + elapsed.ceil(), "{passed} passed in {elapsed:.2} s");
+}
