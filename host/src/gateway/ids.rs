@@ -48,26 +48,24 @@ pub(crate) fn scan(body: &[u8]) -> Option<(Vec<(Entry, &RawValue)>, bool)> {
         }
         b'[' => {
             let entries: Vec<&RawValue> = serde_json::from_slice(body).ok()?;
-            let mut special = false;
-            let classified: Vec<(Entry, &RawValue)> = entries
-                .into_iter()
-                .map(|raw| {
-                    let entry = match serde_json::from_str::<IdOnly<'_>>(raw.get()) {
-                        Ok(id) => classify(id.id),
-                        Err(_) if raw.get().starts_with('{') => Entry::Carried,
-                        // Not an object: invalid, and answered here since the batch is.
-                        Err(_) => Entry::Invalid,
-                    };
-                    special |= entry != Entry::Carried;
-                    (entry, raw)
-                })
-                .collect();
-            // A batch of only non-objects is jsonrpsee's to answer.
-            let foreign_or_invalid_object =
-                classified.iter().any(|(entry, raw)| entry != &Entry::Carried && raw.get().starts_with('{'));
-            (special && foreign_or_invalid_object).then_some((classified, true))
+            // A batch of only non-objects or of ids jsonrpsee holds is jsonrpsee's to answer; the
+            // classified list is built only for the rare batch that is not.
+            let special = |raw: &RawValue| raw.get().starts_with('{') && batch_entry(raw) != Entry::Carried;
+            if !entries.iter().any(|raw| special(raw)) {
+                return None;
+            }
+            Some((entries.into_iter().map(|raw| (batch_entry(raw), raw)).collect(), true))
         }
         _ => None,
+    }
+}
+
+/// An entry of a batch: what its id is; an entry that is not an object is invalid.
+fn batch_entry(raw: &RawValue) -> Entry {
+    match serde_json::from_str::<IdOnly<'_>>(raw.get()) {
+        Ok(id) => classify(id.id),
+        Err(_) if raw.get().starts_with('{') => Entry::Carried,
+        Err(_) => Entry::Invalid,
     }
 }
 
