@@ -305,11 +305,11 @@ where
         if request.method() == http::Method::OPTIONS {
             return Box::pin(std::future::ready(Ok(cors::preflight())));
         }
-        let (digest, access) = match authenticate(&request, &connection.routes) {
+        let (digest, allowlist) = match authenticate(&request, &connection.routes) {
             Ok(caller) => caller,
             Err(message) => return Box::pin(std::future::ready(Ok(cors::allow(unauthorized(message), cors)))),
         };
-        if let Some(allowlist) = &access.allowlist
+        if let Some(allowlist) = &allowlist
             && let Err(refusal) = allowlist.check_origin(request.headers().get(http::header::ORIGIN))
         {
             // No CORS header: the page may not read the answer either.
@@ -322,14 +322,22 @@ where
         if let Err(refused) = connection.ticket.present_key(&digest) {
             return Box::pin(std::future::ready(Ok(cors::allow(limit_error(refused), cors))));
         }
-        let websocket = is_websocket_upgrade(&request);
-        let revoked = access.revoked;
-        request.extensions_mut().insert(Caller { digest, websocket, allowlist: access.allowlist });
+        // A WebSocket outlives this request: it waits on the key's revocation token.
+        let revoked = if is_websocket_upgrade(&request) {
+            let Some(revoked) = connection.routes.revocation(&digest) else {
+                return Box::pin(std::future::ready(Ok(unauthorized("unknown or revoked API key"))));
+            };
+            Some(revoked)
+        } else {
+            None
+        };
+        let websocket = revoked.is_some();
+        request.extensions_mut().insert(Caller { digest, websocket, allowlist });
         let timeout = connection.body_timeout;
         let request =
             request.map(|body| Timed::new(body, Clock::Total(timeout), "the request body did not arrive in time"));
         Box::pin(async move {
-            if websocket {
+            if let Some(revoked) = revoked {
                 let response = call(jsonrpc, request.map(http_body_util::Either::Left)).await?;
                 if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     // From here on the socket carries this key's WebSocket: it ends when the key goes.
@@ -486,17 +494,20 @@ fn declared_length<B>(request: &HttpRequest<B>) -> Option<u64> {
 
 type BoxedResponse = std::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, anyhow::Error>> + Send + 'static>>;
 
-/// The caller's key (by digest) and what it opens, if it opens a route; else the message of the
-/// 401 to send.
-fn authenticate<B>(request: &HttpRequest<B>, routes: &Routes) -> Result<(KeyDigest, Access), &'static str> {
+/// The caller's key (by digest) and its binding's allowlist, if it opens a route; else the
+/// message of the 401 to send.
+fn authenticate<B>(
+    request: &HttpRequest<B>,
+    routes: &Routes,
+) -> Result<(KeyDigest, Option<Arc<allowlist::Allowlist>>), &'static str> {
     let Some(key) = key_of(request) else {
         return Err("missing API key: use /v1/<key> or the header `Authorization: Bearer <key>`");
     };
     let digest = key_digest(key);
-    let Some(access) = routes.access(&digest) else {
+    let Some(allowlist) = routes.lookup_allowlist(&digest) else {
         return Err("unknown or revoked API key");
     };
-    Ok((digest, access))
+    Ok((digest, allowlist))
 }
 
 /// The key from the path (`/v1/<key>`), else from `Authorization: Bearer <key>`.

@@ -209,6 +209,13 @@ impl Routes {
         self.current.load().revocations.get(digest).cloned()
     }
 
+    /// Whether a key given by its digest is there, and if so its binding's allowlist (`None` for
+    /// most keys): what the front service needs for every request.
+    pub fn lookup_allowlist(&self, digest: &KeyDigest) -> Option<Option<Arc<Allowlist>>> {
+        let table = self.current.load();
+        table.by_key.contains_key(digest).then(|| table.allowlists.get(digest).cloned())
+    }
+
     /// What a key given by its digest opens, from one snapshot.
     pub fn access(&self, digest: &KeyDigest) -> Option<Access> {
         let table = self.current.load();
