@@ -36,7 +36,12 @@ if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("jsonsc
 fi
 python3 -c 'import importlib.metadata as m; print("jsonschema", m.version("jsonschema"))'
 
-step "Chromium (the dashboard test renders the page headless), from Debian's packages"
+step "viem and ethers (the dApp tests run real clients), pinned in tests/dapp/package-lock.json"
+if [ ! -d tests/dapp/node_modules/viem ] || [ ! -d tests/dapp/node_modules/ethers ]; then
+    (cd tests/dapp && npm ci --no-audit --no-fund --ignore-scripts)
+fi
+
+step "Chromium (the dashboard and dApp tests render pages headless), from Debian's packages"
 if ! command -v chromium >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi

@@ -521,6 +521,11 @@ pub struct PlanDecl {
     /// The chain an instance gets when its parameters name none.
     #[serde(default)]
     pub plugins: Vec<ChainElement>,
+    /// Origins whose pages may call the endpoint of this plan's instances, as the bind parameter
+    /// `allowed_origins` (exact origins or `*.example.com` patterns); a binding's own list replaces
+    /// it. Empty: any origin (CORS `*`).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Free-form catalog metadata.
     #[serde(default)]
     pub metadata: Option<toml::Table>,
@@ -1055,6 +1060,13 @@ impl Config {
                 if plan.description.is_empty() {
                     return bad(format!("{what}: needs a description"));
                 }
+                if let Some(origin) =
+                    plan.allowed_origins.iter().find(|o| !crate::gateway::allowlist::valid_origin_pattern(o))
+                {
+                    return bad(format!(
+                        "{what}: allowed_origins entry {origin:?} must be an origin (https://app.example.com) or a pattern (*.example.com)"
+                    ));
+                }
                 if plan.maximum_polling_duration == 0 {
                     return bad(format!("{what}: maximum_polling_duration must be positive"));
                 }
@@ -1397,7 +1409,7 @@ fn default_gateway_max_request() -> u32 {
     1 << 20
 }
 fn default_max_batch() -> u32 {
-    100
+    1000
 }
 fn default_max_connections() -> u32 {
     8192
@@ -1542,6 +1554,9 @@ mod tests {
             decl.rpc_http.clear();
         }
         assert!(config.validate().unwrap_err().to_string().contains("rpc_http"));
+        let mut config = Config::quick_start();
+        config.services[0].plans[0].allowed_origins = vec!["https://ok.example".into(), "not an origin".into()];
+        assert!(config.validate().unwrap_err().to_string().contains("allowed_origins entry \"not an origin\""));
     }
 
     /// A kubernetes plan as the quick-start's first service's first plan.

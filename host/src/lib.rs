@@ -20,7 +20,8 @@
 //! - [`upstream`]: pools of an instance's node URLs (health, failover, rotation), built by the
 //!   drivers and called by the gateway.
 //! - [`gateway`]: the JSON-RPC data plane (jsonrpsee): auth, routing snapshot, middleware,
-//!   upstream forwarding and failover, subscriptions, limits.
+//!   upstream forwarding and failover, subscriptions, limits, CORS, per-binding allowlists,
+//!   revocation of open WebSockets.
 //! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm
 //!   instance pools, limits, host functions, chain execution, the plugin registry.
 //!

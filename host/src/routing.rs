@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ChainElement, Config};
 use crate::credentials::SecretKey;
+use crate::gateway::allowlist::Allowlist;
 use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest};
 use crate::identity::Identity;
 use crate::plugins::{KvLimits, KvStore, Registry};
@@ -245,6 +246,10 @@ impl RouteSync {
         let keys: Vec<BindingKeys> =
             bindings.iter().filter_map(|binding| self.binding_keys(binding, entry.route.validator.is_some())).collect();
         let route = entry.route.clone();
+        let allowlists: HashMap<KeyDigest, Arc<Allowlist>> = bindings
+            .iter()
+            .filter_map(|b| Some((decode_digest(&b.key_sha256)?, self.allowlist_of(b, &instance.plan_id)?)))
+            .collect();
         self.routes.update(|table| {
             table.remove_instance(id);
             for keys in &keys {
@@ -254,6 +259,9 @@ impl RouteSync {
                 );
                 if let Some(token) = keys.token {
                     table.insert_keymanager_token(token, added);
+                }
+                if let Some(allowlist) = allowlists.get(&keys.digest) {
+                    table.restrict(keys.digest, allowlist.clone());
                 }
             }
         });
@@ -309,6 +317,15 @@ impl RouteSync {
         }
     }
 
+    /// A binding's restrictions (its parameters' `allowed_origins` and the like, else its plan's
+    /// `allowed_origins`: the plan of the instance, `plan_id`), if any.
+    fn allowlist_of(&self, binding: &crate::store::BindingRow, plan_id: &str) -> Option<Arc<Allowlist>> {
+        let parameters: Option<serde_json::Value> =
+            binding.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let plan_origins = self.config.plan_by_id(plan_id).map_or(&[][..], |p| &p.allowed_origins[..]);
+        Allowlist::for_binding(parameters.as_ref(), plan_origins).map(Arc::new)
+    }
+
     /// A binding's key digest, id, (for validators) keymanager token digest, and expiry.
     fn binding_keys(&self, binding: &crate::store::BindingRow, validator: bool) -> Option<BindingKeys> {
         let digest = decode_digest(&binding.key_sha256)?;
@@ -340,6 +357,9 @@ impl RouteSync {
             );
             if let Some(token) = keys.token {
                 table.insert_keymanager_token(token, route);
+            }
+            if let Some(allowlist) = self.allowlist_of(&binding, &entry.plan_id) {
+                table.restrict(keys.digest, allowlist);
             }
         }
         self.routes.replace(table);

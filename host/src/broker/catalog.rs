@@ -410,8 +410,10 @@ fn rewrite_refs(plugin: &str, at: &str, schema: &mut Value) -> Result<(), String
     Ok(())
 }
 
-/// Binding parameters: only `encryption_public_key`, to have the credentials sealed.
+/// Binding parameters: `encryption_public_key`, to have the credentials sealed, and the key's
+/// allowlists (`gateway::allowlist`).
 fn binding_parameters_schema() -> Value {
+    let list = |items: Value, description: &str| json!({"type": "array", "maxItems": 256, "items": items, "description": description});
     json!({
         "$schema": "http://json-schema.org/draft-04/schema#",
         "type": "object",
@@ -421,6 +423,23 @@ fn binding_parameters_schema() -> Value {
                 "type": "string",
                 "description": "A wallet encryption public key (base64 X25519, as eth_getEncryptionPublicKey returns): the credentials come back sealed to it (x25519-xsalsa20-poly1305)",
             },
+            "allowed_origins": list(
+                json!({"type": "string", "maxLength": 256,
+                       "pattern": "^(\\*|([a-z][a-z0-9+.-]*://)?\\*\\.[A-Za-z0-9.-]+|[a-z][a-z0-9+.-]*://[^/\\s*]+)$"}),
+                "Origins (https://app.example.com) or patterns (*.example.com, https://*.example.com) whose pages may use the key; empty: any",
+            ),
+            "allowed_methods": list(
+                json!({"type": "string", "minLength": 1, "maxLength": 128}),
+                "Glob patterns (eth_*) of the methods the key may call; empty: any",
+            ),
+            "denied_methods": list(
+                json!({"type": "string", "minLength": 1, "maxLength": 128}),
+                "Glob patterns of methods the key may not call",
+            ),
+            "allowed_contracts": list(
+                json!({"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}),
+                "Addresses that eth_call, eth_estimateGas, eth_sendRawTransaction (its to) and eth_getLogs (address) may touch; empty: any",
+            ),
         },
     })
 }

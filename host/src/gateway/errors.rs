@@ -17,6 +17,11 @@ pub const UNAUTHORIZED: i32 = -32001;
 pub const LIMIT_EXCEEDED: i32 = -32005;
 /// The request body is over the limit (jsonrpsee's own code for the same thing).
 pub const OVERSIZE: i32 = jsonrpsee::types::error::OVERSIZED_REQUEST_CODE;
+/// The response is over the limit (jsonrpsee's own code for the same thing).
+pub const OVERSIZED_RESPONSE: i32 = jsonrpsee::types::error::OVERSIZED_RESPONSE_CODE;
+/// Invalid request (an id that is not a string, number or null, a body not sent in time):
+/// JSON-RPC's own code.
+pub const INVALID_REQUEST: i32 = -32600;
 /// Internal error (a bug): JSON-RPC's own code.
 pub const INTERNAL_ERROR: i32 = -32603;
 

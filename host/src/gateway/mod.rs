@@ -13,18 +13,27 @@
 //!    `anonymous_timeout`, or earlier when a newcomer needs its slot. Headers must arrive
 //!    within `header_timeout` (also the keep-alive idle time), bodies within `body_timeout`,
 //!    and a declared `Content-Length` over the limit is refused (413) before the body is read;
-//! 2. front service: key from path or header, 401 with a JSON-RPC error if unknown;
+//!    The socket is a [`revocable::Revocable`]: once it carries a WebSocket, it closes it with
+//!    code 4001 when the key the WebSocket was opened with is revoked;
+//! 2. front service: CORS preflights ([`cors`]), key from path or header (401 with a JSON-RPC
+//!    error if unknown); an HTTP JSON body is read and its ids checked ([`ids`]: ids jsonrpsee
+//!    cannot hold are answered there, not taken for notifications);
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
-//! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response.
+//! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response;
+//!    subscriptions end when their key is revoked.
 //!
 //! Validator instances also have their keymanager and beacon APIs here (`/keymanager/…`,
 //! `/beacon/<key>/…`), behind per-binding credentials: see [`validator_proxy`].
 //!
 //! It must not: query the store, hold a lock across an await, or log keys.
 
+pub mod allowlist;
 pub mod body;
 pub mod connections;
+mod cors;
 pub mod errors;
+mod ids;
+pub mod revocable;
 pub mod routes;
 mod rpc;
 mod validator_proxy;
@@ -44,9 +53,10 @@ use tokio_util::task::TaskTracker;
 
 use body::{Clock, Timed};
 use connections::{Admission, AdmissionLimits, Counted, Refused, Ticket};
+use revocable::{Revocable, RevocationWatch};
 
 pub use crate::upstream::{UpstreamPool, UpstreamSettings};
-pub use routes::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest, new_key};
+pub use routes::{Access, InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest, new_key};
 
 use rpc::{Caller, ChainLayer, HexIdProvider, RpcState};
 
@@ -83,7 +93,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             max_request_bytes: 1 << 20,
             max_response_bytes: 32 << 20,
-            max_batch: 100,
+            max_batch: 1000,
             max_connections: 8192,
             max_connections_per_source: 512,
             max_connections_per_key: 512,
@@ -172,20 +182,24 @@ pub async fn serve(
                 continue;
             }
         };
+        let watch = Arc::new(RevocationWatch::default());
         let front = Front {
             jsonrpc: builder.clone().build(methods.clone(), stop_handle.clone()),
             connection: Arc::new(FrontConnection {
                 routes: routes.clone(),
                 proxy: proxy.clone(),
                 ticket: ticket.clone(),
+                watch: watch.clone(),
                 max_request_bytes: config.max_request_bytes,
+                max_response_bytes: config.max_response_bytes,
+                max_batch: config.max_batch,
                 body_timeout: config.body_timeout,
             }),
         };
         let stopped = stop_handle.clone().shutdown();
         let (http, anonymous_timeout) = (http.clone(), config.anonymous_timeout);
         tracker.spawn(async move {
-            let io = TokioIo::new(Counted::new(socket, ticket.clone()));
+            let io = TokioIo::new(Revocable::new(Counted::new(socket, ticket.clone()), watch));
             let service = tower::service_fn(move |request| front.clone().serve(request));
             let connection = http.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
             tokio::pin!(connection, stopped);
@@ -256,18 +270,26 @@ struct FrontConnection {
     routes: Arc<Routes>,
     proxy: validator_proxy::Proxy,
     ticket: Arc<Ticket>,
+    /// Armed when the connection becomes a WebSocket: its socket closes when the key goes.
+    watch: Arc<RevocationWatch>,
     max_request_bytes: u32,
+    max_response_bytes: u32,
+    max_batch: u32,
     body_timeout: Duration,
 }
 
+/// The body jsonrpsee gets: the request's own (WebSocket upgrades, and what is not a JSON POST)
+/// or the body the front service read to look at its ids.
+type FrontBody = http_body_util::Either<Timed<hyper::body::Incoming>, http_body_util::Full<bytes::Bytes>>;
+
 impl<J> Front<J>
 where
-    J: tower::Service<HttpRequest<Timed<hyper::body::Incoming>>, Response = HttpResponse> + Clone + Send + 'static,
+    J: tower::Service<HttpRequest<FrontBody>, Response = HttpResponse> + Clone + Send + 'static,
     J::Future: Send,
     J::Error: std::fmt::Display,
 {
     fn serve(self, mut request: HttpRequest<hyper::body::Incoming>) -> BoxedResponse {
-        let Front { mut jsonrpc, connection } = self;
+        let Front { jsonrpc, connection } = self;
         if let Some(declared) = declared_length(&request)
             && declared > u64::from(connection.max_request_bytes)
         {
@@ -279,19 +301,190 @@ where
         if validator_proxy::handles(request.uri().path()) {
             return Box::pin(async move { Ok(connection.proxy.handle(request, &connection.ticket).await) });
         }
-        let caller = match authenticate(&request, &connection.routes) {
-            Ok(caller) => caller,
-            Err(message) => return Box::pin(std::future::ready(Ok(unauthorized(message)))),
-        };
-        if let Err(refused) = connection.ticket.present_key(&caller.0) {
-            return Box::pin(std::future::ready(Ok(limit_error(refused))));
+        let cors = request.headers().contains_key(http::header::ORIGIN);
+        if request.method() == http::Method::OPTIONS {
+            return Box::pin(std::future::ready(Ok(cors::preflight())));
         }
-        request.extensions_mut().insert(caller);
+        let (digest, allowlist) = match authenticate(&request, &connection.routes) {
+            Ok(caller) => caller,
+            Err(message) => return Box::pin(std::future::ready(Ok(cors::allow(unauthorized(message), cors)))),
+        };
+        if let Some(allowlist) = &allowlist
+            && let Err(refusal) = allowlist.check_origin(request.headers().get(http::header::ORIGIN))
+        {
+            // No CORS header: the page may not read the answer either.
+            return Box::pin(std::future::ready(Ok(json_error(
+                http::StatusCode::FORBIDDEN,
+                refusal.code,
+                refusal.message,
+            ))));
+        }
+        if let Err(refused) = connection.ticket.present_key(&digest) {
+            return Box::pin(std::future::ready(Ok(cors::allow(limit_error(refused), cors))));
+        }
+        // A WebSocket outlives this request: it waits on the key's revocation token.
+        let revoked = if is_websocket_upgrade(&request) {
+            let Some(revoked) = connection.routes.revocation(&digest) else {
+                return Box::pin(std::future::ready(Ok(unauthorized("unknown or revoked API key"))));
+            };
+            Some(revoked)
+        } else {
+            None
+        };
+        let websocket = revoked.is_some();
+        request.extensions_mut().insert(Caller { digest, websocket, allowlist });
         let timeout = connection.body_timeout;
         let request =
             request.map(|body| Timed::new(body, Clock::Total(timeout), "the request body did not arrive in time"));
-        Box::pin(async move { tower::Service::call(&mut jsonrpc, request).await.map_err(|e| anyhow::anyhow!("{e}")) })
+        Box::pin(async move {
+            if let Some(revoked) = revoked {
+                let response = call(jsonrpc, request.map(http_body_util::Either::Left)).await?;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // From here on the socket carries this key's WebSocket: it ends when the key goes.
+                    connection.watch.arm(revoked);
+                }
+                return Ok(response);
+            }
+            Ok(cors::allow(http_call(jsonrpc, &connection, request).await?, cors))
+        })
     }
+}
+
+async fn call<J>(mut jsonrpc: J, request: HttpRequest<FrontBody>) -> Result<HttpResponse, anyhow::Error>
+where
+    J: tower::Service<HttpRequest<FrontBody>, Response = HttpResponse>,
+    J::Error: std::fmt::Display,
+{
+    tower::Service::call(&mut jsonrpc, request).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// An HTTP request to the JSON-RPC endpoint: a JSON body is read whole (jsonrpsee would read
+/// it too) and its ids checked ([`ids::scan`]) before jsonrpsee sees it.
+async fn http_call<J>(
+    jsonrpc: J,
+    connection: &FrontConnection,
+    request: HttpRequest<Timed<hyper::body::Incoming>>,
+) -> Result<HttpResponse, anyhow::Error>
+where
+    J: tower::Service<HttpRequest<FrontBody>, Response = HttpResponse> + Clone,
+    J::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt as _;
+    if request.method() != http::Method::POST || !jsonrpsee::server::http::content_type_is_json(&request) {
+        return call(jsonrpc, request.map(http_body_util::Either::Left)).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = match http_body_util::Limited::new(body, connection.max_request_bytes as usize).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => {
+            let (status, code, message) = if err.is::<http_body_util::LengthLimitError>() {
+                let message = format!("the request body is over the limit of {} bytes", connection.max_request_bytes);
+                (http::StatusCode::PAYLOAD_TOO_LARGE, errors::OVERSIZE, message)
+            } else {
+                (http::StatusCode::REQUEST_TIMEOUT, errors::INVALID_REQUEST, err.to_string())
+            };
+            let mut response = json_error(status, code, &message);
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            return Ok(response);
+        }
+    };
+    match ids::scan(&body) {
+        Some((entries, batch)) if !batch || entries.len() <= connection.max_batch as usize => {
+            Ok(answer_each(jsonrpc, connection, &parts, entries, batch).await)
+        }
+        _ => {
+            let request =
+                HttpRequest::from_parts(parts, http_body_util::Either::Right(http_body_util::Full::new(body.clone())));
+            call(jsonrpc, request).await
+        }
+    }
+}
+
+/// The rare path of [`ids`]: each entry of a body that has an id jsonrpsee cannot carry is run
+/// on its own (concurrently) and answered here, in order.
+async fn answer_each<J>(
+    jsonrpc: J,
+    connection: &FrontConnection,
+    parts: &http::request::Parts,
+    entries: Vec<(ids::Entry, &serde_json::value::RawValue)>,
+    batch: bool,
+) -> HttpResponse
+where
+    J: tower::Service<HttpRequest<FrontBody>, Response = HttpResponse> + Clone,
+    J::Error: std::fmt::Display,
+{
+    let caller = parts.extensions.get::<Caller>();
+    let answers = entries.into_iter().map(|(entry, raw)| {
+        let (jsonrpc, caller) = (jsonrpc.clone(), caller.cloned());
+        async move {
+            match entry {
+                ids::Entry::Invalid => Some(ids::INVALID_ID_ANSWER.to_string()),
+                ids::Entry::Carried => {
+                    let answer = run_entry(jsonrpc, parts, caller, raw.get().as_bytes().to_vec()).await?;
+                    let text = std::str::from_utf8(&answer).ok()?.trim();
+                    (!text.is_empty() && text != "null").then(|| text.to_string())
+                }
+                ids::Entry::Foreign(id) => {
+                    let answer = match ids::with_carried_id(raw) {
+                        Some(body) => run_entry(jsonrpc, parts, caller, body).await,
+                        None => None,
+                    };
+                    Some(answer.and_then(|a| ids::with_original_id(&a, &id)).unwrap_or_else(|| {
+                        format!(
+                            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":"Internal error"}}}}"#,
+                            errors::INTERNAL_ERROR
+                        )
+                    }))
+                }
+            }
+        }
+    });
+    let answers: Vec<String> = futures::future::join_all(answers).await.into_iter().flatten().collect();
+    let body = if batch {
+        if answers.is_empty() { String::new() } else { format!("[{}]", answers.join(",")) }
+    } else {
+        answers.into_iter().next().unwrap_or_default()
+    };
+    if body.len() > connection.max_response_bytes as usize {
+        let message = format!("the response is over the limit of {} bytes", connection.max_response_bytes);
+        return json_error(http::StatusCode::OK, errors::OVERSIZED_RESPONSE, &message);
+    }
+    let mut response = HttpResponse::new(HttpBody::from(body));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Runs one entry of [`answer_each`] through jsonrpsee as a request of its own; its answer.
+async fn run_entry<J>(
+    jsonrpc: J,
+    parts: &http::request::Parts,
+    caller: Option<Caller>,
+    body: Vec<u8>,
+) -> Option<bytes::Bytes>
+where
+    J: tower::Service<HttpRequest<FrontBody>, Response = HttpResponse>,
+    J::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt as _;
+    let mut request = HttpRequest::new(http_body_util::Either::Right(http_body_util::Full::new(body.into())));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = parts.uri.clone();
+    *request.headers_mut() = parts.headers.clone();
+    request.headers_mut().remove(http::header::CONTENT_LENGTH);
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
+    }
+    let response = call(jsonrpc, request).await.ok()?;
+    response.into_body().collect().await.ok().map(|body| body.to_bytes())
+}
+
+/// Whether the request asks for a WebSocket.
+fn is_websocket_upgrade<B>(request: &HttpRequest<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// The request's declared `Content-Length`, if any.
@@ -301,16 +494,20 @@ fn declared_length<B>(request: &HttpRequest<B>) -> Option<u64> {
 
 type BoxedResponse = std::pin::Pin<Box<dyn Future<Output = Result<HttpResponse, anyhow::Error>> + Send + 'static>>;
 
-/// The caller's key, if it opens a route; else the message of the 401 to send.
-fn authenticate<B>(request: &HttpRequest<B>, routes: &Routes) -> Result<Caller, &'static str> {
+/// The caller's key (by digest) and its binding's allowlist, if it opens a route; else the
+/// message of the 401 to send.
+fn authenticate<B>(
+    request: &HttpRequest<B>,
+    routes: &Routes,
+) -> Result<(KeyDigest, Option<Arc<allowlist::Allowlist>>), &'static str> {
     let Some(key) = key_of(request) else {
         return Err("missing API key: use /v1/<key> or the header `Authorization: Bearer <key>`");
     };
     let digest = key_digest(key);
-    if routes.lookup_digest(&digest).is_none() {
+    let Some(allowlist) = routes.lookup_allowlist(&digest) else {
         return Err("unknown or revoked API key");
-    }
-    Ok(Caller(digest))
+    };
+    Ok((digest, allowlist))
 }
 
 /// The key from the path (`/v1/<key>`), else from `Authorization: Bearer <key>`.

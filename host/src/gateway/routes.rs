@@ -12,13 +12,21 @@
 //! realtime clock (read through the vDSO: no system call). It lags real time by up to a tick (a
 //! few milliseconds), so a key may still open its route for those few milliseconds past its
 //! expiry, never before.
+//!
+//! Each key also has a revocation token ([`Routes::revocation`]): what a key opened that outlives
+//! one call (a WebSocket, its subscriptions) waits on it. The token is fired when a change drops
+//! the key from the table (unbind, deprovision, and another replica's change applied here) and
+//! carried over when a change rebuilds a key's route, so revocation reaches live connections at
+//! once, without a query per message.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
+use super::allowlist::Allowlist;
 use crate::plugins::Chain;
 use crate::upstream::UpstreamPool;
 
@@ -90,6 +98,13 @@ pub struct RouteTable {
     by_keymanager_token: imbl::HashMap<KeyDigest, Arc<Route>>,
     /// Each instance's keys and keymanager tokens, so that its routes can go without a scan.
     by_instance: imbl::HashMap<Arc<str>, imbl::Vector<Entry>>,
+    /// Each key's revocation token, fired when the key leaves the table.
+    revocations: imbl::HashMap<KeyDigest, CancellationToken>,
+    /// The keys whose bindings restrict them (see [`Allowlist`]).
+    allowlists: imbl::HashMap<KeyDigest, Arc<Allowlist>>,
+    /// Tokens of keys removed by the change being made: fired once the change is swapped in,
+    /// unless the change put the key back. Empty in every published snapshot.
+    dropped: std::collections::HashMap<KeyDigest, CancellationToken>,
 }
 
 /// One key (or keymanager token) of an instance.
@@ -105,7 +120,23 @@ impl RouteTable {
         let route = Arc::new(route);
         self.by_key.insert(key, route.clone());
         self.index(&route, Entry::Key(key));
+        if !self.revocations.contains_key(&key) {
+            let token = self.dropped.remove(&key).unwrap_or_default();
+            self.revocations.insert(key, token);
+        }
         route
+    }
+
+    /// Restricts key `key` (already inserted) to its binding's allowlist.
+    pub fn restrict(&mut self, key: KeyDigest, allowlist: Arc<Allowlist>) {
+        self.allowlists.insert(key, allowlist);
+    }
+
+    fn drop_revocation(&mut self, key: &KeyDigest) {
+        self.allowlists.remove(key);
+        if let Some(token) = self.revocations.remove(key) {
+            self.dropped.insert(*key, token);
+        }
     }
 
     /// Adds a validator binding's keymanager token (by digest) for `route`.
@@ -121,6 +152,7 @@ impl RouteTable {
     /// Removes a key's route (and the keymanager tokens of the same binding). Whether it was there.
     pub fn remove(&mut self, key: &KeyDigest) -> bool {
         let Some(route) = self.by_key.remove(key) else { return false };
+        self.drop_revocation(key);
         let id = route.instance.instance_id.clone();
         let Some(entries) = self.by_instance.get(&id).cloned() else { return true };
         let mut kept = imbl::Vector::new();
@@ -151,6 +183,7 @@ impl RouteTable {
             match entry {
                 Entry::Key(key) if ours(self.by_key.get(&key)) => {
                     self.by_key.remove(&key);
+                    self.drop_revocation(&key);
                 }
                 Entry::KeymanagerToken(token) if ours(self.by_keymanager_token.get(&token)) => {
                     self.by_keymanager_token.remove(&token);
@@ -169,6 +202,16 @@ impl RouteTable {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
+}
+
+/// What a key opens: its route, the token fired when it is revoked, its binding's allowlist.
+pub struct Access {
+    /// The route.
+    pub route: Arc<Route>,
+    /// Fired when the key leaves the table.
+    pub revoked: CancellationToken,
+    /// The binding's restrictions, if it has any.
+    pub allowlist: Option<Arc<Allowlist>>,
 }
 
 /// The current snapshot, swapped atomically.
@@ -194,19 +237,56 @@ impl Routes {
         self.current.load().by_keymanager_token.get(digest).filter(|route| route.live()).cloned()
     }
 
-    /// Replaces the whole table.
-    pub fn replace(&self, table: RouteTable) {
+    /// The revocation token of a key given by its digest, if the key is there now: fired when
+    /// the key leaves the table.
+    pub fn revocation(&self, digest: &KeyDigest) -> Option<CancellationToken> {
+        self.current.load().revocations.get(digest).cloned()
+    }
+
+    /// Whether a key given by its digest is there, and if so its binding's allowlist (`None` for
+    /// most keys): what the front service needs for every request.
+    pub fn lookup_allowlist(&self, digest: &KeyDigest) -> Option<Option<Arc<Allowlist>>> {
+        let table = self.current.load();
+        table.by_key.get(digest).filter(|route| route.live()).map(|_| table.allowlists.get(digest).cloned())
+    }
+
+    /// What a key given by its digest opens, from one snapshot.
+    pub fn access(&self, digest: &KeyDigest) -> Option<Access> {
+        let table = self.current.load();
+        Some(Access {
+            route: table.by_key.get(digest).filter(|route| route.live())?.clone(),
+            revoked: table.revocations.get(digest)?.clone(),
+            allowlist: table.allowlists.get(digest).cloned(),
+        })
+    }
+
+    /// Replaces the whole table. Keys that stay keep their revocation tokens; the tokens of keys
+    /// that go are fired.
+    pub fn replace(&self, mut table: RouteTable) {
+        let previous = self.current.load_full();
+        for (key, token) in previous.revocations.iter() {
+            if table.revocations.contains_key(key) {
+                table.revocations.insert(*key, token.clone());
+            } else {
+                table.dropped.insert(*key, token.clone());
+            }
+        }
+        let dropped = std::mem::take(&mut table.dropped);
         self.current.store(Arc::new(table));
+        dropped.values().for_each(CancellationToken::cancel);
     }
 
     /// Applies a change to a copy of the table and swaps the copy in; concurrent updates are
-    /// retried, none is lost.
+    /// retried, none is lost. The keys the change removed (and did not put back) are revoked.
     pub fn update(&self, change: impl Fn(&mut RouteTable)) {
+        let mut dropped = std::collections::HashMap::new();
         self.current.rcu(|table| {
             let mut next = RouteTable::clone(table);
             change(&mut next);
+            dropped = std::mem::take(&mut next.dropped);
             next
         });
+        dropped.values().for_each(CancellationToken::cancel);
     }
 
     /// Number of keys in the current snapshot.
@@ -238,17 +318,16 @@ mod tests {
     use super::*;
 
     fn instance(id: &str) -> Arc<InstanceRoute> {
-        let upstream = UpstreamPool::new(crate::upstream::UpstreamSettings {
-            http: vec!["http://127.0.0.1:9".parse().unwrap()],
-            ws: Vec::new(),
-            deadline: std::time::Duration::from_secs(1),
-            max_response_bytes: 1024,
-        });
         Arc::new(InstanceRoute {
             instance_id: id.into(),
-            plan: "plan".into(),
-            chain: Chain::default(),
-            upstream: Arc::new(upstream),
+            plan: "p".into(),
+            chain: Chain::new(Vec::new()),
+            upstream: Arc::new(UpstreamPool::new(crate::upstream::UpstreamSettings {
+                http: Vec::new(),
+                ws: Vec::new(),
+                deadline: std::time::Duration::from_secs(1),
+                max_response_bytes: 1024,
+            })),
             validator: None,
         })
     }
@@ -289,6 +368,55 @@ mod tests {
         let after = crate::store::now_ms();
         // The coarse clock is updated once per kernel tick (at most 10 ms at HZ=100).
         assert!(before - 20 <= coarse && coarse <= after, "{before} {coarse} {after}");
+    }
+
+    fn route(instance: &Arc<InstanceRoute>, binding: &str) -> Route {
+        Route { instance: instance.clone(), binding_id: binding.into(), expires_ms: None }
+    }
+
+    #[test]
+    fn a_key_is_revoked_when_it_leaves_the_table_and_only_then() {
+        let routes = Routes::default();
+        let (i1, i2) = (instance("i1"), instance("i2"));
+        routes.update(|t| {
+            t.insert([1; 32], route(&i1, "a"));
+            t.insert([2; 32], route(&i1, "b"));
+            t.insert([3; 32], route(&i2, "c"));
+        });
+        let [a, b, c] = [1u8, 2, 3].map(|n| routes.revocation(&[n; 32]).unwrap());
+
+        // An instance's routes rebuilt with the same keys: nothing is revoked.
+        routes.update(|t| {
+            t.remove_instance("i1");
+            t.insert([1; 32], route(&i1, "a"));
+            t.insert([2; 32], route(&i1, "b"));
+        });
+        assert!(!a.is_cancelled() && !b.is_cancelled());
+
+        // Unbind.
+        routes.update(|t| {
+            t.remove(&[2; 32]);
+        });
+        assert!(b.is_cancelled() && !a.is_cancelled());
+        assert!(routes.revocation(&[2; 32]).is_none());
+
+        // A full reload that keeps `a` and drops `c` (another replica deprovisioned i2).
+        let mut table = RouteTable::default();
+        table.insert([1; 32], route(&i1, "a"));
+        routes.replace(table);
+        assert!(!a.is_cancelled() && c.is_cancelled());
+        routes.update(|t| {
+            t.remove(&[1; 32]);
+        });
+        assert!(a.is_cancelled(), "the token carried over by the reload is the one fired");
+
+        // Deprovision.
+        routes.update(|t| {
+            t.insert([4; 32], route(&i2, "d"));
+        });
+        let d = routes.revocation(&[4; 32]).unwrap();
+        routes.update(|t| t.remove_instance("i2"));
+        assert!(d.is_cancelled());
     }
 
     #[test]

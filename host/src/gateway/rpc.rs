@@ -5,10 +5,11 @@
 //! middleware then handles every call itself, registered method or not: it finds the caller's
 //! route in the current snapshot (so a revoked key stops working for the next call, even on an
 //! open WebSocket), runs the chain under the per-call deadline, and turns the outcome into the
-//! response. Batch entries run concurrently and are answered in order; notifications run the
-//! chain and get no answer. `eth_subscribe` is the one registered method: plugins see its
-//! `on-call` (they may refuse or rewrite it), then the subscription is proxied to the node's
-//! WebSocket.
+//! response. Batch entries run concurrently and are answered in order; notifications over HTTP
+//! run the chain and get no answer (over WebSocket they are refused, see `notify`). Over
+//! WebSocket, `eth_subscribe` is the one registered method: plugins see its `on-call` (they may
+//! refuse or rewrite it), then the subscription is proxied to the node's WebSocket until the
+//! client leaves or the key is revoked. Over HTTP it is a call like any other (the node answers).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,15 +22,21 @@ use jsonrpsee::server::{IdProvider, PendingSubscriptionSink, RpcModule, Subscrip
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Request, SubscriptionId};
 use serde_json::value::RawValue;
 
+use super::allowlist::Allowlist;
 use super::errors;
 use super::routes::{KeyDigest, Route, Routes};
 use crate::plugins::{Call, Context, Outcome, Upstream};
 
 use crate::upstream::REQUEST_ID;
 
-/// Put into request extensions by the front service: the caller's key, by digest.
-#[derive(Clone, Copy)]
-pub(crate) struct Caller(pub KeyDigest);
+/// Put into request extensions by the front service: the caller's key, by digest, whether the
+/// calls come over a WebSocket, and the binding's allowlist.
+#[derive(Clone)]
+pub(crate) struct Caller {
+    pub digest: KeyDigest,
+    pub websocket: bool,
+    pub allowlist: Option<Arc<Allowlist>>,
+}
 
 /// What the middleware needs besides the request.
 pub(crate) struct RpcState {
@@ -44,7 +51,7 @@ pub(crate) struct RpcState {
 impl RpcState {
     fn route(&self, extensions: &http::Extensions) -> Option<Arc<Route>> {
         let caller = extensions.get::<Caller>()?;
-        self.routes.lookup_digest(&caller.0)
+        self.routes.lookup_digest(&caller.digest)
     }
 
     /// A new request id: `<process id in hex>-<counter in hex>`.
@@ -111,11 +118,20 @@ where
         let Some(route) = self.state.route(&req.extensions) else {
             return MethodResponse::error(req.id, error(errors::UNAUTHORIZED, "the key was revoked"));
         };
-        if req.method == "eth_unsubscribe" {
+        let caller = req.extensions.get::<Caller>();
+        if let Some(allowlist) = caller.and_then(|caller| caller.allowlist.as_deref())
+            && let Err(refusal) = allowlist.check_call(&req.method, req.params.as_deref())
+        {
+            return MethodResponse::error(req.id, error(refusal.code, refusal.message));
+        }
+        // Over HTTP there are no subscriptions: the calls go to the node like any other, and get
+        // the node's own answer.
+        let websocket = caller.is_some_and(|caller| caller.websocket);
+        if websocket && req.method == "eth_unsubscribe" {
             return self.inner.call(req).await;
         }
         let call = Call { method: req.method.to_string(), params: req.params.as_ref().map(|p| p.get().to_string()) };
-        if call.method == "eth_subscribe" {
+        if websocket && call.method == "eth_subscribe" {
             // Plugins may refuse or rewrite a subscription; the subscription itself is proxied.
             let ctx = self.state.context(&route);
             return match route.instance.chain.admit(&ctx, call, &upstream_of(&route)).await {
@@ -134,13 +150,27 @@ where
         response(req.id, outcome, self.state.max_response_bytes)
     }
 
-    async fn notify(self, n: Notification<'_>) {
+    /// A notification: run without an answer over HTTP (the front service has made sure it
+    /// carried no id). Over WebSocket jsonrpsee also takes a call whose id it cannot hold (`-1`,
+    /// `1.5`, `true`) for a notification; since a call with an id must never run unanswered, it
+    /// is answered -32600 (id null) and not run.
+    async fn notify(self, n: Notification<'_>) -> Option<MethodResponse> {
+        let caller = n.extensions.get::<Caller>();
+        if caller.is_some_and(|caller| caller.websocket) {
+            return Some(MethodResponse::error(Id::Null, error(errors::INVALID_REQUEST, WS_NOTIFICATION)));
+        }
+        if let Some(allowlist) = caller.and_then(|caller| caller.allowlist.as_deref())
+            && allowlist.check_call(&n.method, n.params.as_deref()).is_err()
+        {
+            return None;
+        }
         if let Some(route) = self.state.route(&n.extensions) {
             let call = Call { method: n.method.to_string(), params: n.params.as_ref().map(|p| p.get().to_string()) };
             let started = std::time::Instant::now();
             let outcome = run(&self.state, &route, call).await;
             record(&route, &n.method, &outcome, started);
         }
+        None
     }
 }
 
@@ -164,10 +194,7 @@ where
                 async move {
                     match entry {
                         Ok(BatchEntry::Call(req)) => Some(this.handle(req).await),
-                        Ok(BatchEntry::Notification(n)) => {
-                            this.notify(n).await;
-                            None
-                        }
+                        Ok(BatchEntry::Notification(n)) => this.notify(n).await,
                         Err(err) => {
                             let (err, id) = err.into_parts();
                             Some(MethodResponse::error(id, err))
@@ -190,12 +217,13 @@ where
 
     fn notification<'a>(&self, n: Notification<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let this = self.clone();
-        async move {
-            this.notify(n).await;
-            MethodResponse::notification()
-        }
+        async move { this.notify(n).await.unwrap_or_else(MethodResponse::notification) }
     }
 }
+
+/// The message of the answer to a WebSocket message jsonrpsee took for a notification.
+const WS_NOTIFICATION: &str =
+    "Invalid request: over WebSocket every call needs an id that is a string, an unsigned integer or null";
 
 /// Counts a finished call in the metrics, classified by blame.
 fn record(route: &Route, method: &str, outcome: &Outcome, started: std::time::Instant) {
@@ -293,7 +321,9 @@ pub(crate) fn subscription_module(state: Arc<RpcState>) -> RpcModule<()> {
                 let state = state.clone();
                 let params = params.as_str().and_then(|p| RawValue::from_string(p.to_string()).ok());
                 async move {
-                    let Some(route) = ext.get::<Caller>().and_then(|caller| state.routes.lookup_digest(&caller.0))
+                    let caller = ext.get::<Caller>();
+                    let Some(super::Access { route, revoked, .. }) =
+                        caller.and_then(|caller| state.routes.access(&caller.digest))
                     else {
                         pending.reject(error(errors::UNAUTHORIZED, "the key was revoked")).await;
                         return;
@@ -303,7 +333,7 @@ pub(crate) fn subscription_module(state: Arc<RpcState>) -> RpcModule<()> {
                         pending.reject(error(errors::LIMIT_EXCEEDED, message)).await;
                         return;
                     };
-                    proxy_subscription(route, params, pending).await;
+                    proxy_subscription(route, revoked, params, pending).await;
                     drop(slot);
                 }
             },
@@ -313,8 +343,13 @@ pub(crate) fn subscription_module(state: Arc<RpcState>) -> RpcModule<()> {
 }
 
 /// Opens the subscription on the node's WebSocket and relays its notifications until either side
-/// goes away; dropping the upstream subscription unsubscribes at the node.
-async fn proxy_subscription(route: Arc<Route>, params: Option<Box<RawValue>>, pending: PendingSubscriptionSink) {
+/// goes away or the key is revoked; then unsubscribes at the node.
+async fn proxy_subscription(
+    route: Arc<Route>,
+    revoked: tokio_util::sync::CancellationToken,
+    params: Option<Box<RawValue>>,
+    pending: PendingSubscriptionSink,
+) {
     let Some(url) = route.instance.upstream.ws_urls().first().cloned() else {
         pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "this instance has no WebSocket upstream")).await;
         return;
@@ -358,6 +393,8 @@ async fn proxy_subscription(route: Arc<Route>, params: Option<Box<RawValue>>, pe
                 _ => break,
             },
             _ = sink.closed() => break,
+            // The key was revoked: the subscription ends now (the socket is closed below it).
+            _ = revoked.cancelled() => break,
         }
     }
     let _ = upstream.unsubscribe().await;
