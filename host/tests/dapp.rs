@@ -677,17 +677,37 @@ async fn a_plans_allowed_origins_apply_to_its_bindings_unless_a_binding_names_it
 
 /// Two replicas on one PostgreSQL database: a WebSocket open on B closes when A unbinds its key,
 /// once B has applied A's change (B polls the change log every 200 ms in the tests).
+/// An expired key ends what it opened, as a revoked one does: its WebSocket closes with the
+/// revocation code at the binding's expiry (here a plan's `binding_ttl` of 3 s), and a call on a
+/// new connection is refused.
+#[tokio::test]
+async fn an_expiring_keys_websocket_closes_at_its_expiry() {
+    use support::broker::{Db, PLAN_SHARED, TestBroker};
+    let anvil = Anvil::start(&["--block-time", "1"]);
+    let broker = TestBroker::start(Db::Sqlite, &anvil.http_url(), |c| {
+        for plan in c.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+            plan.binding_ttl = Some(3);
+        }
+    })
+    .await;
+    broker.osb.ready_instance("e1", PLAN_SHARED, None).await;
+    let asked = ovsb::store::now_ms();
+    let bound = broker.osb.bind("e1", "k", PLAN_SHARED).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    let mut ws = subscribed(bound.body["credentials"]["ws_uri"].as_str().unwrap()).await;
+    // Open until the expiry (3 s after the bind), then closed with the revocation code.
+    assert_eq!(close_within(&mut ws, 6 * SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
+    assert!(ovsb::store::now_ms() >= asked + 3000, "not closed before the expiry");
+    let uri = bound.body["credentials"]["uri"].as_str().unwrap();
+    let answer = rpc(uri, "eth_chainId", json!([])).await;
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unbind_on_another_replica_closes_the_keys_websockets_here() {
-    use support::broker::{Db, PLAN_SHARED, TestBroker, TestDb};
+    use support::broker::{PLAN_SHARED, TestBroker};
     let anvil = Anvil::start(&["--block-time", "1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::new(Db::Postgres, dir.path()).await;
-    let url = db.url.clone();
-    let a = TestBroker::start_in(dir, db, &anvil.http_url(), support::free_port(), |_| {}).await;
-    let dir_b = tempfile::tempdir().unwrap();
-    let db_b = TestDb::new(Db::Sqlite, dir_b.path()).await;
-    let b = TestBroker::start_in(dir_b, db_b, &anvil.http_url(), support::free_port(), |c| c.database_url = url).await;
+    let (a, b) = TestBroker::pair_on_postgres(&anvil.http_url(), |_| {}).await;
     a.osb.ready_instance("r1", PLAN_SHARED, None).await;
     let bound = a.osb.bind("r1", "k", PLAN_SHARED).await;
     let on_b = bound.body["credentials"]["ws_uri"]

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::broker::{Db, PLAN_SHARED, TestBroker, TestDb};
+use support::broker::{Db, PLAN_SHARED, TestBroker};
 use support::{Anvil, post, rpc};
 
 async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
@@ -29,14 +29,7 @@ fn uri(bound: &support::broker::Resp) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_follows_another_one_instance_at_a_time() {
     let anvil = Anvil::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::new(Db::Postgres, dir.path()).await;
-    let url = db.url.clone();
-    let a = TestBroker::start_in(dir, db, &anvil.http_url(), support::free_port(), |_| {}).await;
-    let dir_b = tempfile::tempdir().unwrap();
-    // B's own (unused) SQLite is replaced by A's PostgreSQL.
-    let db_b = TestDb::new(Db::Sqlite, dir_b.path()).await;
-    let b = TestBroker::start_in(dir_b, db_b, &anvil.http_url(), support::free_port(), |c| c.database_url = url).await;
+    let (a, b) = TestBroker::pair_on_postgres(&anvil.http_url(), |_| {}).await;
     let (a_routing, b_routing) = (&a.server.as_ref().unwrap().routing, &b.server.as_ref().unwrap().routing);
     let b_full_at_start = b_routing.sync_counts().0;
 
@@ -130,17 +123,7 @@ async fn a_rotation_on_one_replica_is_served_by_another() {
             plan.binding_rotatable = true;
         }
     };
-    let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::new(Db::Postgres, dir.path()).await;
-    let url = db.url.clone();
-    let a = TestBroker::start_in(dir, db, &anvil.http_url(), support::free_port(), rotatable).await;
-    let dir_b = tempfile::tempdir().unwrap();
-    let db_b = TestDb::new(Db::Sqlite, dir_b.path()).await;
-    let b = TestBroker::start_in(dir_b, db_b, &anvil.http_url(), support::free_port(), |c| {
-        rotatable(c);
-        c.database_url = url;
-    })
-    .await;
+    let (a, b) = TestBroker::pair_on_postgres(&anvil.http_url(), rotatable).await;
     a.osb.ready_instance("rot", PLAN_SHARED, None).await;
     let old = a.osb.bind("rot", "v1", PLAN_SHARED).await;
     let rotation =

@@ -341,7 +341,8 @@ where
                 let response = call(jsonrpc, request.map(http_body_util::Either::Left)).await?;
                 if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     // From here on the socket carries this key's WebSocket: it ends when the key goes.
-                    connection.watch.arm(revoked);
+                    let expires_ms = connection.routes.lookup_digest(&digest).and_then(|route| route.expires_ms);
+                    connection.watch.arm(revoked, expires_ms);
                 }
                 return Ok(response);
             }

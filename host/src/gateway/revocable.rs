@@ -36,13 +36,15 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Where the front service tells the connection's socket which key's revocation ends it.
 #[derive(Default)]
-pub struct RevocationWatch(OnceLock<CancellationToken>);
+pub struct RevocationWatch(OnceLock<(CancellationToken, Option<i64>)>);
 
 impl RevocationWatch {
     /// From now on the socket carries a WebSocket (its upgrade response is being written), to be
-    /// closed when `revoked` fires. Only the first call counts.
-    pub fn arm(&self, revoked: CancellationToken) {
-        let _ = self.0.set(revoked);
+    /// closed when `revoked` fires, or at `expires_ms` (the binding's expiry, Unix ms), when the
+    /// socket fires `revoked` itself: an expired key ends everything it opened, as a revoked
+    /// one does. Only the first call counts.
+    pub fn arm(&self, revoked: CancellationToken, expires_ms: Option<i64>) {
+        let _ = self.0.set((revoked, expires_ms));
     }
 }
 
@@ -171,6 +173,8 @@ struct Armed {
     /// Polled by the reader only (the task that waits while the socket is idle), so that the
     /// revocation wakes it.
     revoked: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The key's expiry, when it has one.
+    expiry: Option<Pin<Box<Sleep>>>,
     state: State,
     /// Ends a revoked connection that does not close in time.
     grace: Option<Pin<Box<Sleep>>>,
@@ -186,11 +190,18 @@ impl<S> Revocable<S> {
 
     fn armed(&mut self) -> Option<&mut Armed> {
         if self.armed.is_none() {
-            let token = self.watch.0.get()?;
+            let (token, expires_ms) = self.watch.0.get()?;
+            // One kernel tick (at most 10 ms) after the expiry: by then the gateway's coarse
+            // clock refuses the key too, so a client that reconnects at once is refused.
+            let expiry = expires_ms.map(|at| {
+                let left = u64::try_from(at.saturating_sub(crate::store::now_ms())).unwrap_or(0) + 10;
+                Box::pin(tokio::time::sleep(std::time::Duration::from_millis(left)))
+            });
             self.armed = Some(Armed {
                 outgoing: Outgoing::Http { matched: 0 },
                 token: token.clone(),
                 revoked: Box::pin(token.clone().cancelled_owned()),
+                expiry,
                 state: State::Open,
                 grace: None,
                 reader: None,
@@ -205,7 +216,12 @@ impl Armed {
     fn poll_revoked(&mut self, cx: &mut Context<'_>, wake: bool) -> bool {
         if matches!(self.state, State::Open) {
             let revoked = if wake { self.revoked.as_mut().poll(cx).is_ready() } else { self.token.is_cancelled() };
-            if !revoked {
+            let expired = wake && self.expiry.as_mut().is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+            if expired {
+                // The key's other sockets and its subscriptions end with this one.
+                self.token.cancel();
+            }
+            if !revoked && !expired {
                 return false;
             }
             self.state = State::Revoked;

@@ -369,6 +369,23 @@ impl TestBroker {
         }
     }
 
+    /// Two replicas in this process on one fresh PostgreSQL database (B's own unused SQLite
+    /// is replaced by A's database), each configured by `tweak`.
+    pub async fn pair_on_postgres(node: &str, tweak: impl Fn(&mut Config)) -> (TestBroker, TestBroker) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(Db::Postgres, dir.path()).await;
+        let url = db.url.clone();
+        let a = TestBroker::start_in(dir, db, node, crate::support::free_port(), &tweak).await;
+        let dir_b = tempfile::tempdir().unwrap();
+        let db_b = TestDb::new(Db::Sqlite, dir_b.path()).await;
+        let b = TestBroker::start_in(dir_b, db_b, node, crate::support::free_port(), |c| {
+            tweak(c);
+            c.database_url = url;
+        })
+        .await;
+        (a, b)
+    }
+
     pub fn store(&self) -> &ovsb::store::Store {
         &self.server.as_ref().unwrap().store
     }
