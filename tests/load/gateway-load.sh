@@ -8,6 +8,9 @@
 #
 #   tests/load/gateway-load.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 10 s)
 #
+# OVSB_BASELINE=/path/to/an/older/ovsb adds that build, with 0 and 3 plugins in front of anvil,
+# interleaved with this one (before/after figures of a change from one run).
+#
 # Installs nginx and wrk from Debian's packages if missing. Everything listens on 127.0.0.1 and
 # is stopped by PID at the end.
 set -euo pipefail
@@ -68,15 +71,16 @@ start_nginx proxy "
     server { listen 127.0.0.1:$NGX_STATIC;
              location / { proxy_pass http://static; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
-start_ovsb() { # name upstream_port plugins...
+start_ovsb() { # name upstream_port plugins [binary]
     local port; port=$(free_port)
+    local bin=${4:-$OVSB}
     local args=(plugin serve --upstream "http://127.0.0.1:$2" --listen "127.0.0.1:$port" --key loadtest)
     if [ "$3" = 3 ]; then
         args+=(--plugin "$W/ovsb_plugin_method_filter.wasm" --config '{"deny":["debug_*","eth_send*"]}'
                --plugin "$W/ovsb_plugin_rate_limit.wasm" --config '{"requests_per_second":1000000,"burst":1000000}'
                --plugin "$W/ovsb_plugin_cache.wasm" --config 'null')
     fi
-    taskset -c 0 "$OVSB" "${args[@]}" > "$WORK/$1.log" 2>&1 & echo $! >> "$WORK/pids"
+    taskset -c 0 "$bin" "${args[@]}" > "$WORK/$1.log" 2>&1 & echo $! >> "$WORK/pids"
     wait_port "$port"
     echo "http://127.0.0.1:$port/v1/loadtest"
 }
@@ -91,6 +95,12 @@ URL[static-nginx]="http://127.0.0.1:$NGX_STATIC"
 URL[static-ovsb-0]=$(start_ovsb static-ovsb-0 "$STATIC" 0)
 URL[static-ovsb-3]=$(start_ovsb static-ovsb-3 "$STATIC" 3)
 ORDER=(anvil-direct anvil-nginx anvil-ovsb-0 anvil-ovsb-3 static-direct static-nginx static-ovsb-0 static-ovsb-3)
+if [ -n "${OVSB_BASELINE:-}" ]; then
+    URL[anvil-base-0]=$(start_ovsb anvil-base-0 "$ANVIL" 0 "$OVSB_BASELINE")
+    URL[anvil-base-3]=$(start_ovsb anvil-base-3 "$ANVIL" 3 "$OVSB_BASELINE")
+    ORDER=(anvil-direct anvil-nginx anvil-base-0 anvil-ovsb-0 anvil-base-3 anvil-ovsb-3
+           static-direct static-nginx static-ovsb-0 static-ovsb-3)
+fi
 
 for t in "${ORDER[@]}"; do # every target must answer a real result before it is measured
     curl -sf -H 'content-type: application/json' -d "$BODY" "${URL[$t]}" | grep -q '"result"' \
@@ -133,4 +143,9 @@ for up in ("anvil", "static"):
     print(f"{up}: ovsb empty chain = {100 * o0[0] / ng[0]:.0f}% of nginx's req/s (target ≥ 90%); "
           f"with method-filter + rate-limit + cache = {100 * o3[0] / ng[0]:.0f}% (target ≥ 75%), "
           f"p99 {o3[2] / ng[2]:.2f}x nginx's (target ≤ 1.5x)")
+if "anvil-base-0" in rows:
+    for n in ("0", "3"):
+        base, now = rows[f"anvil-base-{n}"][0], rows[f"anvil-ovsb-{n}"][0]
+        print(f"anvil, {n} plugins: baseline {base:.0f} req/s ({1e6 / base - 1e6 / rows['anvil-direct'][0]:.1f} µs added), "
+              f"this build {now:.0f} req/s ({1e6 / now - 1e6 / rows['anvil-direct'][0]:.1f} µs added): {100 * (now / base - 1):+.1f}%")
 PY
