@@ -272,23 +272,18 @@ impl Drivers {
 
     /// An upstream pool with no node: its calls get -32002 (a node that is starting or moving).
     pub fn no_node(&self) -> Arc<UpstreamPool> {
-        Arc::new(UpstreamPool::new(crate::upstream::UpstreamSettings {
-            http: Vec::new(),
-            ws: Vec::new(),
-            deadline: self.deadline,
-            max_response_bytes: self.max_response_bytes,
-        }))
+        self.pool(Vec::new(), Vec::new())
+    }
+
+    fn pool(&self, http: Vec<http::Uri>, ws: Vec<String>) -> Arc<UpstreamPool> {
+        let (deadline, max_response_bytes) = (self.deadline, self.max_response_bytes);
+        Arc::new(UpstreamPool::new(crate::upstream::UpstreamSettings { http, ws, deadline, max_response_bytes }))
     }
 
     /// An upstream pool to a node another replica runs, at the URLs it recorded.
     pub fn remote_node(&self, http: &str, ws: Option<&str>) -> Result<Arc<UpstreamPool>, String> {
         let http = http.parse().map_err(|err| format!("the node's recorded address {http:?} is not a URL: {err}"))?;
-        Ok(Arc::new(UpstreamPool::new(crate::upstream::UpstreamSettings {
-            http: vec![http],
-            ws: ws.map(str::to_string).into_iter().collect(),
-            deadline: self.deadline,
-            max_response_bytes: self.max_response_bytes,
-        })))
+        Ok(self.pool(vec![http], ws.map(str::to_string).into_iter().collect()))
     }
 
     /// Whether instances of `plan_id` have a node owned by one replica (a `process` plan).
@@ -369,7 +364,6 @@ pub struct Operations {
     config: Arc<Config>,
     drivers: Drivers,
     routing: Arc<dyn RouteRefresh>,
-    owner: String,
     replica: Replica,
     /// The operations this replica is running now: the only leases it renews.
     running: Mutex<HashSet<String>>,
@@ -487,7 +481,6 @@ impl Operations {
             config,
             drivers,
             routing,
-            owner: replica.id.clone(),
             replica,
             running: Default::default(),
             running_instances: Default::default(),
@@ -508,7 +501,7 @@ impl Operations {
 
     /// This replica's lease-owner id.
     pub fn owner(&self) -> &str {
-        &self.owner
+        &self.replica.id
     }
 
     /// When a lease taken now ends.
@@ -528,7 +521,7 @@ impl Operations {
             tokio::select! {
                 _ = this.shutdown.cancelled() => {
                     // Hand the operation over at once instead of after the lease lapses.
-                    if let Err(err) = this.store.renew_leases_of(&id, &this.owner, 0).await {
+                    if let Err(err) = this.store.renew_leases_of(&id, &this.replica.id, 0).await {
                         tracing::warn!(operation = %id, "cannot release the lease: {err}");
                     }
                 }
@@ -595,7 +588,7 @@ impl Operations {
                 // Only the operations running here: a lease whose runner is gone must lapse, so
                 // that a replica (this one included) resumes the operation.
                 for id in self.running() {
-                    if let Err(err) = self.store.renew_leases_of(&id, &self.owner, self.lease_until()).await {
+                    if let Err(err) = self.store.renew_leases_of(&id, &self.replica.id, self.lease_until()).await {
                         tracing::warn!(operation = %id, "cannot renew the operation's lease: {err}");
                     }
                 }
@@ -604,7 +597,7 @@ impl Operations {
             let running: HashSet<String> = self.running_set().clone();
             let dead = self.dead_replicas();
             let claimed =
-                self.store.claim_stale(&self.owner, self.lease_until(), take_all && first, &running, &dead).await;
+                self.store.claim_stale(&self.replica.id, self.lease_until(), take_all && first, &running, &dead).await;
             match claimed {
                 Ok(claimed) => {
                     for operation in claimed {
@@ -641,7 +634,7 @@ impl Operations {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(STORE_RETRY_MAX);
             // Go on only while the lease is still this replica's: renewing it says so.
-            match self.store.renew_leases_of(&operation.id, &self.owner, self.lease_until()).await {
+            match self.store.renew_leases_of(&operation.id, &self.replica.id, self.lease_until()).await {
                 Ok(true) => lease_until = tokio::time::Instant::now() + self.replica.lease,
                 Ok(false) => {
                     tracing::info!(operation = %operation.id, "the operation has ended or another replica took it over");
@@ -766,7 +759,7 @@ impl Operations {
                 "the replica that ran this instance's node is gone: this one runs the operation and the node");
             return Ok(true);
         }
-        if self.store.hand_over(&operation.id, &self.owner, &holder).await? {
+        if self.store.hand_over(&operation.id, &self.replica.id, &holder).await? {
             tracing::info!(operation = %operation.id, instance = %operation.instance_id, owner = %holder,
                 "handed the operation over to the replica that runs the instance's node");
         }
@@ -776,7 +769,7 @@ impl Operations {
     async fn execute(&self, operation: &OperationRow) -> Result<(), crate::store::StoreError> {
         let Some(instance) = self.store.instance(&operation.instance_id).await? else {
             tracing::error!(operation = %operation.id, "operation of a missing instance: ending it as failed");
-            self.store.fail_operation(&operation.id, &self.owner, "the instance's record is missing").await?;
+            self.store.fail_operation(&operation.id, &self.replica.id, "the instance's record is missing").await?;
             return Ok(());
         };
         // A node runs where its owner is: the owner runs the operation.
@@ -792,7 +785,7 @@ impl Operations {
         let progress = Progress {
             store: self.store.clone(),
             operation_id: operation.id.clone(),
-            owner: self.owner.clone(),
+            owner: self.replica.id.clone(),
             summary: Default::default(),
         };
         let update: Option<UpdateRequest> = match operation.kind {
@@ -901,7 +894,7 @@ impl Operations {
         };
         let finished = self
             .store
-            .finish_operation(&operation.id, &self.owner, state, &description, &finished_request, row)
+            .finish_operation(&operation.id, &self.replica.id, state, &description, &finished_request, row)
             .await?;
         if finished && state == OperationState::Failed {
             tracing::warn!(operation = %operation.id, instance = %instance.id, kind = operation.kind.as_str(),
