@@ -2,8 +2,11 @@
 //! orchestrators and load balancers.
 //!
 //! Owns: `/metrics` (Prometheus / OpenMetrics text, see [`crate::telemetry`]), `/healthz` (the
-//! process answers) and `/readyz` (the store answers and the routes have been loaded from it, so
-//! the gateway serves every instance). Must not: expose anything a
+//! process answers), `/readyz` (the store answers and the routes have been loaded from it, so
+//! the gateway serves every instance; the configured plugins were compiled before that) and
+//! `POST /reload` (the plugins again from their files, see [`crate::reload`]: 200 with the
+//! report when everything was taken, 422 with it when something kept its running version, 409
+//! when the configuration file is refused as a whole). Must not: expose anything a
 //! platform or dApp could use; it carries no credentials and listens on loopback by default.
 
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::routing::RouteSync;
 use crate::store::Store;
@@ -27,12 +30,19 @@ struct Parts {
     routing: Arc<RouteSync>,
     /// Names of the configured plugins (a plugin's key-value namespace is `<name>/`).
     plugin_names: Vec<String>,
+    reloader: Arc<crate::reload::Reloader>,
 }
 
 impl AdminState {
     /// Start-up has opened the store and loaded the routes.
-    pub fn ready(&self, store: Store, routing: Arc<RouteSync>, plugin_names: Vec<String>) {
-        let _ = self.parts.set(Parts { store, routing, plugin_names });
+    pub fn ready(
+        &self,
+        store: Store,
+        routing: Arc<RouteSync>,
+        plugin_names: Vec<String>,
+        reloader: Arc<crate::reload::Reloader>,
+    ) {
+        let _ = self.parts.set(Parts { store, routing, plugin_names, reloader });
     }
 }
 
@@ -42,6 +52,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/reload", post(reload))
         .with_state(state)
 }
 
@@ -66,6 +77,11 @@ async fn gauges(state: &Parts, m: &crate::telemetry::Metrics) {
     let number = |kv: &crate::plugins::KvStore, key: &str| {
         kv.get(key).and_then(|v| String::from_utf8(v).ok()).and_then(|s| s.parse::<i64>().ok())
     };
+    m.plugin_loaded.clear();
+    for (name, available) in state.routing.registry().available().iter() {
+        let labels = crate::telemetry::PluginVersionLabels { plugin: name.clone(), sha256: available.plugin.sha256() };
+        m.plugin_loaded.get_or_create(&labels).set(1);
+    }
     for (instance, kv) in state.routing.kv_stores() {
         let labels = InstanceLabels { instance: instance.as_str().into() };
         // Whatever name the operator gave the cache plugin: its counters live in its namespace.
@@ -79,6 +95,23 @@ async fn gauges(state: &Parts, m: &crate::telemetry::Metrics) {
         }
         if let Some(misses) = sum("cache:misses") {
             m.cache_misses.get_or_create(&labels).set(misses);
+        }
+    }
+}
+
+async fn reload(State(admin): State<Arc<AdminState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(state) = admin.parts.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting: nothing to reload yet\n").into_response();
+    };
+    match state.reloader.reload().await {
+        Ok(reloaded) => {
+            let status = if reloaded.complete() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+            (status, axum::Json(reloaded)).into_response()
+        }
+        Err(error) => {
+            tracing::error!("plugin reload refused, nothing changed: {error}");
+            (StatusCode::CONFLICT, axum::Json(serde_json::json!({ "error": error }))).into_response()
         }
     }
 }

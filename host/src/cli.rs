@@ -67,11 +67,14 @@ enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
-    /// Create a new plugin crate NAME (in --dir) that builds with `cargo build --release --target
-    /// wasm32-wasip2` and passes `cargo test` as it is.
+    /// Create a new plugin project NAME (in --dir), in Rust, Python or JavaScript, that builds
+    /// with one command and passes its own tests as it is; the commands are printed.
     New {
-        /// The crate name (lowercase letters, digits, '-', '_').
+        /// The project name (lowercase letters, digits, '-', '_').
         name: String,
+        /// The plugin's language.
+        #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js"])]
+        lang: String,
         /// Where to create it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -188,13 +191,12 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Serve { config } => serve(config).await,
         Command::Config(ConfigCommand::Check { file }) => Ok(crate::config::Config::check_file(&file)?),
         Command::Identity { config, action } => identity(config, &action),
-        Command::Plugin(PluginCommand::New { name, dir, sdk }) => {
+        Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
             let sdk = sdk.unwrap_or_else(crate::scaffold::default_sdk_path);
-            let root = crate::scaffold::new_plugin(&name, &dir, &sdk)?;
-            Ok(format!(
-                "created {0}\n  build: cd {0} && cargo build --release --target wasm32-wasip2\n  test:  cd {0} && cargo test",
-                root.display()
-            ))
+            let lang: crate::scaffold::Lang = lang.parse()?;
+            let root = crate::scaffold::new_project(&name, lang, &dir, &sdk)?;
+            let (build, test) = lang.commands();
+            Ok(format!("created {0}\n  build: cd {0} && {build}\n  test:  cd {0} && {test}", root.display()))
         }
         Command::Plugin(PluginCommand::Serve { plugins, configs, upstreams, upstream_ws, listen, key }) => {
             serve_endpoint(plugins, configs, upstreams, upstream_ws, listen, key).await

@@ -63,6 +63,10 @@ pub struct Config {
     /// The catalog.
     #[serde(default)]
     pub services: Vec<ServiceDecl>,
+    /// The file this configuration was read from (`None`: the built-in quick-start one); a
+    /// plugin reload reads its `[[plugins]]` again from there.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Instance parameters every validator plan takes.
@@ -118,6 +122,12 @@ pub struct RuntimeSettings {
     /// gets -32005 with `data.reason = "runtime_copies"`.
     #[serde(default = "default_copy_wait_ms")]
     pub copy_wait_ms: u64,
+    /// Where compiled plugins are kept between runs (default `<data_dir>/plugin-cache`).
+    /// Compiling a Python or JavaScript plugin takes seconds: replicas and restarts read it
+    /// from here instead. Must be writable by ovsb alone (it is created mode 0700): loading a
+    /// compiled plugin trusts its contents.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeSettings {
@@ -128,6 +138,7 @@ impl Default for RuntimeSettings {
             idle_copies: default_idle_copies(),
             idle_ms: default_idle_ms(),
             copy_wait_ms: default_copy_wait_ms(),
+            cache_dir: None,
         }
     }
 }
@@ -452,6 +463,11 @@ pub struct PluginDecl {
     /// paths are relative to the config file). The plugin's own `configure` stays the judge.
     #[serde(default)]
     pub schema: Option<PathBuf>,
+    /// The limits every copy of this plugin runs under (`[plugins.limits]`; fields left out keep
+    /// their defaults). Python and JavaScript plugins carry their language's runtime in every
+    /// copy: see the README's plugin section for what to give them.
+    #[serde(default)]
+    pub limits: crate::plugins::PluginLimits,
 }
 
 /// A service offering.
@@ -863,6 +879,7 @@ impl Config {
         if let Some(dir) = path.parent() {
             config.resolve_paths(dir);
         }
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -1030,6 +1047,13 @@ impl Config {
                 && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
             {
                 return bad(format!("plugin {:?}: sha256 must be 64 hex digits", plugin.name));
+            }
+            if let Err(reason) = plugin.limits.validate(self.runtime.max_memory_bytes) {
+                return bad(format!(
+                    "plugins.limits of {:?}: {reason} (runtime.max_memory_bytes is {} MiB)",
+                    plugin.name,
+                    self.runtime.max_memory_bytes >> 20
+                ));
             }
         }
         let mut ids = HashSet::new();

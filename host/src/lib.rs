@@ -22,6 +22,7 @@
 //! - [`gateway`]: the JSON-RPC data plane (jsonrpsee): auth, routing snapshot, middleware,
 //!   upstream forwarding and failover, subscriptions, limits, CORS, per-binding allowlists,
 //!   revocation of open WebSockets.
+//! - [`reload`]: swapping plugins without a restart (SIGHUP, `POST /reload`).
 //! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm
 //!   instance pools, limits, host functions, chain execution, the plugin registry.
 //!
@@ -30,7 +31,7 @@
 //! never touches the store.
 //!
 //! ## Who may depend on whom
-//! No cycle among these (each uses only those after it): `server` → `broker` → `routing` →
+//! No cycle among these (each uses only those after it): `server` → `admin` → `reload` → `broker` → `routing` →
 //! `gateway` → `provision` → `upstream` → `plugins` → `config`; and `store`, `credentials`,
 //! `identity`, `telemetry` below them all (they depend on none of the above). In particular
 //! `config` is data and validation only, `provision` reaches routing only through
@@ -46,6 +47,7 @@ pub mod gateway;
 pub mod identity;
 pub mod plugins;
 pub mod provision;
+pub mod reload;
 pub mod routing;
 pub mod scaffold;
 pub mod server;

@@ -47,7 +47,20 @@ struct Built {
     /// Built without a node to reach (it is starting, or being taken over): calls get -32002
     /// until it is built again, which every poll tries.
     nodeless: bool,
+    /// The plugins of its chain and the digest each had when the route was built: a reload
+    /// that swaps one of them rebuilds the route ([`RouteSync::refresh_plugins`]).
+    plugins: Vec<(String, Option<[u8; 32]>)>,
     route: Arc<InstanceRoute>,
+}
+
+/// What [`RouteSync::refresh_plugins`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginRefresh {
+    /// Instances whose routes now run the plugins' new versions.
+    pub rebuilt: usize,
+    /// Instances that keep the versions they ran, because a new version refused their
+    /// configuration or could not start (the log says why).
+    pub kept_previous: Vec<String>,
 }
 
 /// The synchronizer. One per process.
@@ -277,13 +290,24 @@ impl RouteSync {
         instance: &InstanceRow,
         node: Option<NodeOwner>,
     ) -> Option<Built> {
-        let reusable = built.remove(&instance.id).filter(|b| {
+        let previous = built.remove(&instance.id).filter(|b| {
             b.plan_id == instance.plan_id && b.parameters == instance.parameters && b.node == node && !b.nodeless
         });
-        if let Some(entry) = reusable {
-            return Some(entry);
+        if let Some(entry) = previous.as_ref()
+            && self.plugins_current(entry)
+        {
+            return previous;
         }
+        // Taken before the build: a reload during it leaves the route marked as older than it
+        // may be, and rebuilt once more, never the other way round.
+        let plugins = self.chain_plugins(instance);
         let Some((route, nodeless)) = self.build(instance, node.as_ref()).await else {
+            // Only its plugins' versions changed, and the new ones do not take this instance's
+            // configuration: it keeps running the versions it has.
+            if let Some(entry) = previous {
+                tracing::warn!(instance = %instance.id, "the instance keeps its previous plugin versions");
+                return Some(entry);
+            }
             self.lock_unbuilt().insert(instance.id.clone());
             return None;
         };
@@ -295,8 +319,55 @@ impl RouteSync {
             parameters: instance.parameters.clone(),
             node,
             nodeless,
+            plugins,
             route,
         })
+    }
+
+    /// The plugins of the instance's chain, each with the digest the registry serves now.
+    fn chain_plugins(&self, instance: &InstanceRow) -> Vec<(String, Option<[u8; 32]>)> {
+        let parameters: Option<serde_json::Value> =
+            instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        self.chain_elements(&instance.plan_id, parameters.as_ref())
+            .into_iter()
+            .map(|element| {
+                let digest = self.registry.digest_of(&element.name);
+                (element.name, digest)
+            })
+            .collect()
+    }
+
+    /// Whether the route was built with the plugin versions the registry serves now.
+    fn plugins_current(&self, entry: &Built) -> bool {
+        entry.plugins.iter().all(|(name, digest)| self.registry.digest_of(name) == *digest)
+    }
+
+    /// Rebuilds the routes whose chains run a plugin version the registry no longer serves
+    /// (after [`Registry::reload`]). Calls in flight finish on the chain they started with; new
+    /// calls take the new one as each instance's routes are swapped. An instance whose new
+    /// chain cannot be built keeps its previous one. Its cost grows with the instances that
+    /// use a changed plugin, not with all instances.
+    pub async fn refresh_plugins(&self) -> PluginRefresh {
+        let mut built = self.built.lock().await;
+        let stale: Vec<String> =
+            built.iter().filter(|(_, entry)| !self.plugins_current(entry)).map(|(id, _)| id.clone()).collect();
+        let mut refresh = PluginRefresh::default();
+        for id in stale {
+            if let Err(err) = self.apply_instance(&mut built, &id).await {
+                tracing::warn!(instance = %id, "cannot refresh the instance's routes: {err}");
+            }
+            match built.get(&id) {
+                Some(entry) if !self.plugins_current(entry) => refresh.kept_previous.push(id),
+                Some(_) => refresh.rebuilt += 1,
+                None => {}
+            }
+        }
+        refresh
+    }
+
+    /// The plugin registry the routes are built from.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     fn lock_unbuilt(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {

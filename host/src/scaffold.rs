@@ -1,8 +1,11 @@
-//! `ovsb plugin new NAME`: a new plugin crate that builds with `cargo build --release --target
-//! wasm32-wasip2` and passes its own `cargo test` out of the box.
+//! `ovsb plugin new NAME --lang rust|python|js`: a new plugin project that builds with one
+//! command and passes its own tests out of the box.
 //!
-//! Owns: the template. The plugin it makes answers a new method, `hello_world`, and passes every
-//! other call through; its test runs natively through the SDK's mock host.
+//! Owns: the Rust template (here) and the copying of the Python and JavaScript templates, which
+//! live beside their SDKs (`plugin-sdk/python/template`, `plugin-sdk/js/template`, each listing
+//! its files in `FILES`). Every template makes the same plugin: it answers a new method,
+//! `hello_world`, and passes every other call through; its tests run natively against the
+//! SDK's mock host (`cargo test`, `pytest`, `node --test`).
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +18,9 @@ pub enum ScaffoldError {
     /// The directory exists already.
     #[error("{0} exists already; choose another name or directory")]
     Exists(PathBuf),
+    /// The language is not one ovsb has an SDK for.
+    #[error("language {0:?} is not one of rust, python, js")]
+    Lang(String),
     /// The SDK was not found.
     #[error("the plugin SDK is not at {0}; pass --sdk PATH (the plugin-sdk directory of an ovsb clone)")]
     Sdk(PathBuf),
@@ -28,19 +34,106 @@ pub enum ScaffoldError {
     },
 }
 
+/// A plugin's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// A Rust crate built with `cargo` to `wasm32-wasip2`.
+    Rust,
+    /// A Python module built with `componentize-py`.
+    Python,
+    /// A JavaScript module built with `componentize-js`.
+    Js,
+}
+
+impl std::str::FromStr for Lang {
+    type Err = ScaffoldError;
+
+    fn from_str(s: &str) -> Result<Lang, ScaffoldError> {
+        match s {
+            "rust" => Ok(Lang::Rust),
+            "python" => Ok(Lang::Python),
+            "js" => Ok(Lang::Js),
+            other => Err(ScaffoldError::Lang(other.to_string())),
+        }
+    }
+}
+
+impl Lang {
+    /// The project's build and test commands, run in its directory.
+    pub fn commands(self) -> (&'static str, &'static str) {
+        match self {
+            Lang::Rust => ("cargo build --release --target wasm32-wasip2", "cargo test"),
+            Lang::Python => ("./build.sh", "./test.sh"),
+            Lang::Js => ("npm ci && npm run build", "npm test"),
+        }
+    }
+}
+
+/// Creates the project `dir/name` in `lang`; returns its directory.
+pub fn new_project(name: &str, lang: Lang, dir: &Path, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
+    match lang {
+        Lang::Rust => new_plugin(name, dir, sdk),
+        Lang::Python => from_template(name, dir, sdk, "python"),
+        Lang::Js => from_template(name, dir, sdk, "js"),
+    }
+}
+
+/// Copies `<sdk>/<lang>/template`'s files (those its `FILES` lists) to `dir/name`, replacing
+/// `{{name}}`, `{{module}}` (the name as an identifier), `{{sdk}}` (the language's SDK
+/// directory) and `{{wit}}` (the contract's directory) in each.
+fn from_template(name: &str, dir: &Path, sdk: &Path, lang: &str) -> Result<PathBuf, ScaffoldError> {
+    check_name(name)?;
+    let sdk = sdk.canonicalize().map_err(|_| ScaffoldError::Sdk(sdk.to_path_buf()))?;
+    let lang_sdk = sdk.join(lang);
+    let template = lang_sdk.join("template");
+    let wit = sdk.join("../wit").canonicalize().map_err(|_| ScaffoldError::Sdk(sdk.clone()))?;
+    let list = std::fs::read_to_string(template.join("FILES")).map_err(|_| ScaffoldError::Sdk(sdk.clone()))?;
+    let root = dir.join(name);
+    if root.exists() {
+        return Err(ScaffoldError::Exists(root));
+    }
+    let module = name.replace('-', "_");
+    for file in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let source = template.join(file);
+        let text = std::fs::read_to_string(&source).map_err(|_| ScaffoldError::Sdk(source.clone()))?;
+        let text = text
+            .replace("{{name}}", name)
+            .replace("{{module}}", &module)
+            .replace("{{sdk}}", &lang_sdk.display().to_string())
+            .replace("{{wit}}", &wit.display().to_string());
+        let path = root.join(file);
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, &text)?;
+            #[cfg(unix)]
+            if file.ends_with(".sh") {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            }
+            Ok(())
+        };
+        write().map_err(|source| ScaffoldError::Write { path: path.clone(), source })?;
+    }
+    Ok(root)
+}
+
+fn check_name(name: &str) -> Result<(), ScaffoldError> {
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64;
+    if valid { Ok(()) } else { Err(ScaffoldError::Name(name.to_string())) }
+}
+
 /// The SDK this binary was built with (the `plugin-sdk` directory next to `host`).
 pub fn default_sdk_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk")
 }
 
-/// Creates the crate `dir/name`; returns its directory.
+/// Creates the Rust crate `dir/name`; returns its directory.
 pub fn new_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
-    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.len() <= 64;
-    if !valid {
-        return Err(ScaffoldError::Name(name.to_string()));
-    }
+    check_name(name)?;
     let sdk = sdk.canonicalize().map_err(|_| ScaffoldError::Sdk(sdk.to_path_buf()))?;
     if !sdk.join("Cargo.toml").exists() {
         return Err(ScaffoldError::Sdk(sdk));

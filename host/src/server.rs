@@ -212,7 +212,7 @@ impl Server {
         }
 
         let runtime = PluginRuntime::new(RuntimeConfig {
-            cache_dir: Some(data_dir.join("plugin-cache")),
+            cache_dir: Some(config.runtime.cache_dir.clone().unwrap_or_else(|| data_dir.join("plugin-cache"))),
             ..RuntimeConfig::from_settings(&config.runtime)
         })
         .map_err(|err| StartError::Plugins(err.to_string()))?;
@@ -307,7 +307,10 @@ impl Server {
                 }
             });
         }
-        admin_state.ready(store.clone(), routing.clone(), plugin_names);
+        let reloader =
+            Arc::new(crate::reload::Reloader::new(&config, process_env(), state.registry.clone(), routing.clone()));
+        tracker.spawn(reloader.clone().on_sighup(shutdown.clone()));
+        admin_state.ready(store.clone(), routing.clone(), plugin_names, reloader);
         {
             let app = crate::broker::router(state);
             let shutdown = shutdown.clone();

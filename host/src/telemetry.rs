@@ -50,6 +50,22 @@ pub struct PluginLabels {
     pub hook: &'static str,
 }
 
+/// Labels of an outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The outcome.
+    pub outcome: &'static str,
+}
+
+/// Labels of a loaded plugin version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginVersionLabels {
+    /// The plugin's configured name.
+    pub plugin: String,
+    /// SHA-256 of the component served now, hex.
+    pub sha256: String,
+}
+
 /// Labels of a refused gateway connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
@@ -112,6 +128,12 @@ pub struct Metrics {
     /// `ovsb_plugin_refusals_total{reason}`: calls refused for capacity (`instance_plugin_calls`,
     /// `runtime_copies`).
     pub plugin_refusals: Family<RefusalLabels, Counter>,
+    /// `ovsb_plugin_loaded{plugin, sha256}`: 1 for the version of each plugin served now (set
+    /// at scrape time from the registry; a reload changes it).
+    pub plugin_loaded: Family<PluginVersionLabels, Gauge>,
+    /// `ovsb_plugin_reloads_total{outcome}`: plugin reloads (SIGHUP, `POST /reload`) by outcome
+    /// (`changed`, `unchanged`, `failed`), one count per plugin.
+    pub plugin_reloads: Family<OutcomeLabels, Counter>,
     other: Arc<str>,
     per_instance: RwLock<HashMap<Arc<str>, Arc<InstanceMetrics>>>,
 }
@@ -225,6 +247,10 @@ impl Metrics {
         let plugin_copies = Gauge::default();
         let plugin_copy_evictions = Counter::default();
         let plugin_refusals = Family::<RefusalLabels, Counter>::default();
+        let plugin_loaded = Family::<PluginVersionLabels, Gauge>::default();
+        let plugin_reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register("plugin_loaded", "The version of each plugin served now, by digest", plugin_loaded.clone());
+        registry.register("plugin_reloads", "Plugin reloads, one count per plugin, by outcome", plugin_reloads.clone());
         registry.register("plugin_copies", "Plugin copies alive, busy or idle", plugin_copies.clone());
         registry.register(
             "plugin_copy_evictions",
@@ -237,6 +263,8 @@ impl Metrics {
             plugin_copies,
             plugin_copy_evictions,
             plugin_refusals,
+            plugin_loaded,
+            plugin_reloads,
             rpc_calls,
             rpc_duration,
             plugin_duration,

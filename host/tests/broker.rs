@@ -927,6 +927,7 @@ default = 31337
                 path: path.into(),
                 sha256: None,
                 schema: Some(format!("{}/../plugins/{name}/schema.json", env!("CARGO_MANIFEST_DIR")).into()),
+                limits: Default::default(),
             });
         }
     })

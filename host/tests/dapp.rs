@@ -740,6 +740,7 @@ async fn each_call_of_a_1000_call_batch_counts_against_the_rate_limit() {
             path: PathBuf::from(ovsb_test_artifacts::RATE_LIMIT_PLUGIN),
             sha256: None,
             schema: None,
+            limits: Default::default(),
         });
     })
     .await;

@@ -17,6 +17,7 @@ fn plugin(name: &str, path: &str, schema: Option<&str>) -> PluginDecl {
         path: PathBuf::from(path),
         sha256: None,
         schema: schema.map(|s| PathBuf::from(format!("{}/../plugins/{s}/schema.json", env!("CARGO_MANIFEST_DIR")))),
+        limits: Default::default(),
     }
 }
 

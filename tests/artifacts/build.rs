@@ -11,6 +11,7 @@ use std::process::Command;
 const GUESTS: &[(&str, &str)] = &[
     ("TEST_PLUGIN", "ovsb-test-plugin"),
     ("PASS_PLUGIN", "ovsb-pass-plugin"),
+    ("BENCH_PLUGIN", "ovsb-bench-plugin"),
     ("METHOD_FILTER_PLUGIN", "ovsb-plugin-method-filter"),
     ("RATE_LIMIT_PLUGIN", "ovsb-plugin-rate-limit"),
     ("CACHE_PLUGIN", "ovsb-plugin-cache"),
@@ -33,6 +34,7 @@ fn main() {
         "plugin-sdk/Cargo.toml",
         "tests/test-plugin",
         "tests/pass-plugin",
+        "tests/bench-plugin",
         "plugins",
         "Cargo.lock",
         "examples/hello-plugin/src",
@@ -86,7 +88,165 @@ fn main() {
     assert!(hello.exists(), "expected {} after the build", hello.display());
     writeln!(generated, "/// Path of the `examples/hello-plugin` component.").unwrap();
     writeln!(generated, "pub const HELLO_PLUGIN: &str = {:?};", hello.display().to_string()).unwrap();
+    build_polyglot(&root, &target_dir.join("polyglot"), &mut generated);
+    writeln!(generated, "/// A compile cache directory the tests share (`[runtime] cache_dir`): Python and JavaScript")
+        .unwrap();
+    writeln!(generated, "/// plugins take seconds to compile, once per test run instead of once per test.").unwrap();
+    writeln!(
+        generated,
+        "pub const COMPILE_CACHE_DIR: &str = {:?};",
+        target_dir.join("compile-cache").display().to_string()
+    )
+    .unwrap();
     std::fs::write(out_dir.join("artifacts.rs"), generated).expect("write artifacts.rs");
+}
+
+/// A plugin's language, for [`POLYGLOT`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lang {
+    Python,
+    Js,
+}
+
+/// (constant name, language, source) of every Python and JavaScript plugin this crate builds,
+/// with the toolchains their SDKs pin: a Python plugin is a directory holding `app.py`, a
+/// JavaScript plugin its module file.
+const POLYGLOT: &[(&str, Lang, &str)] = &[
+    ("PY_EXAMPLE_PLUGIN", Lang::Python, "examples/python-plugin"),
+    ("PY_HOSTILE_PLUGIN", Lang::Python, "tests/polyglot/python-hostile"),
+    ("PY_BENCH_PLUGIN", Lang::Python, "tests/polyglot/python-bench"),
+    ("JS_EXAMPLE_PLUGIN", Lang::Js, "examples/js-plugin/plugin.js"),
+    ("JS_HOSTILE_PLUGIN", Lang::Js, "tests/polyglot/js-hostile/plugin.js"),
+    ("JS_BENCH_PLUGIN", Lang::Js, "tests/polyglot/js-bench/plugin.js"),
+];
+
+/// What a Python or JavaScript build reads, besides the plugin's own source.
+const POLYGLOT_INPUTS: &[&str] = &[
+    "wit",
+    "plugin-sdk/python/ovsb_plugin",
+    "plugin-sdk/python/build.sh",
+    "plugin-sdk/python/toolchain.sh",
+    "plugin-sdk/python/requirements.lock",
+    "plugin-sdk/js/src",
+    "plugin-sdk/js/build.mjs",
+    "plugin-sdk/js/setup.sh",
+    "plugin-sdk/js/package.json",
+    "plugin-sdk/js/package-lock.json",
+];
+
+/// Builds the Python and JavaScript plugins into `dir` (the Python ones and the JavaScript ones
+/// side by side, on two threads), each only when its inputs changed since its last build (a
+/// stamp file beside it), and adds their paths to `generated`. The toolchains are set up by the
+/// SDKs' own scripts, idempotently, from their lock files.
+fn build_polyglot(root: &Path, dir: &Path, generated: &mut String) {
+    std::fs::create_dir_all(dir).expect("create the polyglot plugin directory");
+    for input in POLYGLOT_INPUTS.iter().chain(POLYGLOT.iter().map(|(_, _, source)| source)) {
+        let path = root.join(input);
+        let watched = if path.is_file() && !input.ends_with(".lock") && !input.ends_with(".json") {
+            path.parent().map(Path::to_path_buf).unwrap_or(path)
+        } else {
+            path
+        };
+        println!("cargo:rerun-if-changed={}", watched.display());
+    }
+    let common = inputs_hash(root, POLYGLOT_INPUTS);
+    let build_lang = |lang: Lang| {
+        for (constant, _, source) in POLYGLOT.iter().filter(|(_, l, _)| *l == lang) {
+            let out = dir.join(format!("{}.wasm", constant.to_ascii_lowercase()));
+            let stamp = out.with_extension("stamp");
+            let want = format!("{common:016x}-{:016x}", inputs_hash(root, &[source_dir(source)]));
+            if out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+                continue;
+            }
+            let status = match lang {
+                Lang::Python => Command::new("bash")
+                    .arg(root.join("plugin-sdk/python/build.sh"))
+                    .arg(root.join(source))
+                    .arg(&out)
+                    .status(),
+                Lang::Js => {
+                    Command::new("bash").arg(root.join("plugin-sdk/js/setup.sh")).status().and_then(|setup| match setup
+                        .success()
+                    {
+                        true => Command::new("node")
+                            .arg(root.join("plugin-sdk/js/build.mjs"))
+                            .arg(root.join(source))
+                            .arg(&out)
+                            .status(),
+                        false => Ok(setup),
+                    })
+                }
+            };
+            let which = match lang {
+                Lang::Python => {
+                    "the Python plugin toolchain (componentize-py, pinned in plugin-sdk/python/requirements.lock; needs python3 and PyPI)"
+                }
+                Lang::Js => {
+                    "the JavaScript plugin toolchain (componentize-js, pinned in plugin-sdk/js/package-lock.json; needs node and the npm registry)"
+                }
+            };
+            match status {
+                Ok(status) if status.success() => std::fs::write(&stamp, &want).expect("write the build stamp"),
+                Ok(_) => panic!("building {source} failed with {which} (see the output above)"),
+                Err(err) => panic!("cannot run {which} for {source}: {err}"),
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let python = scope.spawn(|| build_lang(Lang::Python));
+        build_lang(Lang::Js);
+        if let Err(panic) = python.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    for (constant, lang, source) in POLYGLOT {
+        let out = dir.join(format!("{}.wasm", constant.to_ascii_lowercase()));
+        let language = if *lang == Lang::Python { "Python" } else { "JavaScript" };
+        writeln!(generated, "/// Path of the {language} plugin `{source}`, as a component.").unwrap();
+        writeln!(generated, "pub const {constant}: &str = {:?};", out.display().to_string()).unwrap();
+    }
+}
+
+/// The directory of a plugin's source (`source` itself when it is one).
+fn source_dir(source: &str) -> &str {
+    match source.rsplit_once('/') {
+        Some((dir, file)) if file.contains('.') => dir,
+        _ => source,
+    }
+}
+
+/// A hash of the names and contents of the files under `paths` (relative to `root`), skipping
+/// what builds and installs leave behind (`node_modules`, virtual environments, caches, outputs).
+fn inputs_hash(root: &Path, paths: &[&str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn walk(path: &Path, files: &mut Vec<PathBuf>) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if matches!(name, "node_modules" | "__pycache__" | ".pytest_cache" | ".toolchain" | ".venv")
+            || name.ends_with(".wasm")
+        {
+            return;
+        }
+        if path.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(path) {
+                for entry in entries.flatten() {
+                    walk(&entry.path(), files);
+                }
+            }
+        } else if path.is_file() {
+            files.push(path.to_path_buf());
+        }
+    }
+    let mut files = Vec::new();
+    for path in paths {
+        walk(&root.join(path), &mut files);
+    }
+    files.sort();
+    let mut hasher = std::hash::DefaultHasher::new();
+    for file in files {
+        file.strip_prefix(root).unwrap_or(&file).hash(&mut hasher);
+        std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Fails with the fix spelled out when the wasm target is not installed.

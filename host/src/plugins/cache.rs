@@ -98,7 +98,9 @@ fn load_artifact(engine: &Engine, file: &Path) -> Option<Component> {
 
 fn store_artifact(component: &Component, file: &Path) -> std::io::Result<()> {
     let bytes = component.serialize().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per process and write: runtimes of one process may compile the same plugin at once.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = file.with_extension(format!("tmp{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, file)
 }

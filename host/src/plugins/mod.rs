@@ -43,7 +43,7 @@ pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, Pl
 pub use kv::{KvLimits, KvStore};
 pub use methods::MethodSelection;
 pub use pool::{InstancePool, Isolation, PluginLimits};
-pub use registry::{ChainError, Registry};
+pub use registry::{Available, ChainError, Registry, ReloadFailure, ReloadReport};
 pub use state::{UPSTREAM_CAP_CODE, Upstream};
 
 use state::StoreState;

@@ -1,12 +1,16 @@
 //! The plugins an operator made available, by name, and the building of an instance's chain
 //! from `[{name, config, fail_open}]`.
 //!
-//! Owns: loading the configured `.wasm` files once at start (checking their SHA-256 when the
-//! config gives one) and turning a chain description into warm, configured pools. Must not:
-//! know about OSB or the store.
+//! Owns: loading the configured `.wasm` files (checking their SHA-256 when the config gives
+//! one), each plugin's limits, and turning a chain description into configured pools; swapping
+//! in new versions of the files on [`Registry::reload`]. Must not: know about OSB or the store
+//! (the routes that use a swapped plugin are rebuilt by [`crate::routing`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use super::{Chain, ChainEntry, ConfigureError, KvStore, LoadError, LoadedPlugin, PluginLimits, PluginRuntime, Share};
 use crate::config::{ChainElement, PluginDecl};
@@ -22,12 +26,46 @@ pub enum ChainError {
     Configure(#[from] ConfigureError),
 }
 
-/// The available plugins.
+/// One available plugin: its compiled component, where it came from, and its limits.
+#[derive(Clone)]
+pub struct Available {
+    /// The compiled component.
+    pub plugin: Arc<LoadedPlugin>,
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The limits its copies run under.
+    pub limits: PluginLimits,
+}
+
+/// What a [`Registry::reload`] did, plugin by plugin.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Plugins whose file (digest), path or limits changed and are now served in their new form.
+    pub changed: Vec<String>,
+    /// Plugins found as they were.
+    pub unchanged: Vec<String>,
+    /// Plugins whose new declaration could not be applied, with the reason; the running version
+    /// stays in place.
+    pub failed: Vec<ReloadFailure>,
+}
+
+/// A plugin a reload left as it was, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadFailure {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Why its new version was not taken.
+    pub error: String,
+}
+
+/// The available plugins. Clones share the same set, which [`Registry::reload`] swaps.
 #[derive(Clone)]
 pub struct Registry {
     runtime: PluginRuntime,
-    plugins: Arc<HashMap<String, Arc<LoadedPlugin>>>,
-    schemas: Arc<std::collections::BTreeMap<String, serde_json::Value>>,
+    plugins: Arc<ArcSwap<HashMap<String, Available>>>,
+    schemas: Arc<BTreeMap<String, serde_json::Value>>,
+    /// Serializes reloads (a SIGHUP and a `POST /reload` at once).
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Registry {
@@ -35,7 +73,7 @@ impl Registry {
     /// SHA-256 mismatch is an error naming the plugin.
     pub fn load(runtime: PluginRuntime, decls: &[PluginDecl]) -> Result<Registry, LoadError> {
         let mut plugins = HashMap::new();
-        let mut schemas = std::collections::BTreeMap::new();
+        let mut schemas = BTreeMap::new();
         for decl in decls {
             if let Some(path) = &decl.schema {
                 let fail = |reason: String| LoadError::Schema { name: decl.name.clone(), path: path.clone(), reason };
@@ -46,30 +84,35 @@ impl Registry {
                 }
                 schemas.insert(decl.name.clone(), schema);
             }
-            let plugin = runtime.load_file(&decl.name, &decl.path)?;
-            if let Some(expected) = &decl.sha256
-                && !expected.eq_ignore_ascii_case(&plugin.sha256())
-            {
-                return Err(LoadError::Digest {
-                    name: decl.name.clone(),
-                    expected: expected.to_ascii_lowercase(),
-                    actual: plugin.sha256(),
-                });
-            }
-            plugins.insert(decl.name.clone(), plugin);
+            plugins.insert(decl.name.clone(), load_decl(&runtime, decl)?);
         }
-        Ok(Registry { runtime, plugins: Arc::new(plugins), schemas: Arc::new(schemas) })
+        Ok(Registry {
+            runtime,
+            plugins: Arc::new(ArcSwap::from_pointee(plugins)),
+            schemas: Arc::new(schemas),
+            reloading: Arc::default(),
+        })
     }
 
     /// Names of the available plugins, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.plugins.keys().cloned().collect();
+        let mut names: Vec<String> = self.plugins.load().keys().cloned().collect();
         names.sort();
         names
     }
 
+    /// The available plugins now, by name.
+    pub fn available(&self) -> Arc<HashMap<String, Available>> {
+        self.plugins.load_full()
+    }
+
+    /// The SHA-256 of the plugin `name` served now.
+    pub fn digest_of(&self, name: &str) -> Option<[u8; 32]> {
+        self.plugins.load().get(name).map(|a| a.plugin.digest)
+    }
+
     /// The configuration schemas of the plugins that have one, by name.
-    pub fn schemas(&self) -> &std::collections::BTreeMap<String, serde_json::Value> {
+    pub fn schemas(&self) -> &BTreeMap<String, serde_json::Value> {
         &self.schemas
     }
 
@@ -82,14 +125,90 @@ impl Registry {
         kv: &Arc<KvStore>,
         share: Share,
     ) -> Result<Chain, ChainError> {
+        let plugins = self.plugins.load_full();
         let mut entries = Vec::with_capacity(elements.len());
         for element in elements {
-            let plugin =
-                self.plugins.get(&element.name).ok_or_else(|| ChainError::UnknownPlugin(element.name.clone()))?;
+            let available =
+                plugins.get(&element.name).ok_or_else(|| ChainError::UnknownPlugin(element.name.clone()))?;
             let config = element.config.to_string();
-            let pool = self.runtime.pool(plugin, &config, PluginLimits::default(), instance_id, kv.clone()).await?;
+            let pool = self.runtime.pool(&available.plugin, &config, available.limits, instance_id, kv.clone()).await?;
             entries.push(ChainEntry { pool, fail_open: element.fail_open });
         }
         Ok(Chain::with_share(entries, share))
     }
+
+    /// Reads every declared plugin's file again and serves the new version of each one that
+    /// changed (its digest, path or limits). A plugin whose new file cannot be read, compiled,
+    /// or matched to its pinned SHA-256 keeps its running version; so does every plugin when the
+    /// set of names changed (adding or removing a plugin needs a restart: the catalog publishes
+    /// the names). Chains already built keep the version they were built with until
+    /// [`crate::routing::RouteSync::refresh_plugins`] rebuilds them. Compiling runs on a
+    /// blocking thread.
+    pub async fn reload(&self, decls: Vec<PluginDecl>) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.plugins.load_full();
+        let mut report = ReloadReport::default();
+        let declared: std::collections::BTreeSet<&str> = decls.iter().map(|d| d.name.as_str()).collect();
+        let running: std::collections::BTreeSet<&str> = current.keys().map(String::as_str).collect();
+        if declared != running {
+            let added: Vec<&str> = declared.difference(&running).copied().collect();
+            let removed: Vec<&str> = running.difference(&declared).copied().collect();
+            let error = format!(
+                "the set of plugins changed (added {added:?}, removed {removed:?}); adding or removing a \
+                 plugin needs a restart, the catalog publishes their names: nothing was reloaded"
+            );
+            report.failed.push(ReloadFailure { plugin: "*".into(), error });
+            return report;
+        }
+        let runtime = self.runtime.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            decls.iter().map(|decl| (decl.name.clone(), load_decl(&runtime, decl))).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut next = (*current).clone();
+        for (name, result) in loaded {
+            let Some(old) = current.get(&name) else { continue };
+            match result {
+                Ok(new) => {
+                    if new.plugin.digest == old.plugin.digest && new.path == old.path && new.limits == old.limits {
+                        report.unchanged.push(name);
+                    } else {
+                        tracing::info!(
+                            plugin = %name,
+                            from = %old.plugin.sha256(),
+                            to = %new.plugin.sha256(),
+                            "plugin reloaded: new calls run the new version once its routes are rebuilt"
+                        );
+                        next.insert(name.clone(), new);
+                        report.changed.push(name);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(plugin = %name, "plugin not reloaded, its running version stays: {err}");
+                    report.failed.push(ReloadFailure { plugin: name, error: err.to_string() });
+                }
+            }
+        }
+        report.changed.sort();
+        report.unchanged.sort();
+        if !report.changed.is_empty() {
+            self.plugins.store(Arc::new(next));
+        }
+        report
+    }
+}
+
+fn load_decl(runtime: &PluginRuntime, decl: &PluginDecl) -> Result<Available, LoadError> {
+    let plugin = runtime.load_file(&decl.name, &decl.path)?;
+    if let Some(expected) = &decl.sha256
+        && !expected.eq_ignore_ascii_case(&plugin.sha256())
+    {
+        return Err(LoadError::Digest {
+            name: decl.name.clone(),
+            expected: expected.to_ascii_lowercase(),
+            actual: plugin.sha256(),
+        });
+    }
+    Ok(Available { plugin, path: decl.path.clone(), limits: decl.limits })
 }

@@ -1,0 +1,206 @@
+//! Swapping plugins without a restart: a real `ovsb serve` process, a real anvil, a plugin file
+//! replaced on disk, then SIGHUP or `POST /reload` on the admin listener.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use support::broker::*;
+use support::process::Ovsb;
+use support::{Anvil, free_port, rpc};
+
+/// The test configuration with one more plugin, `swap`, read from `swap` (a file the test
+/// replaces), and the admin listener on `admin_port`.
+fn config(node: &str, swap: &Path, admin_port: u16) -> String {
+    let config = test_config_toml(node, free_port())
+        .replacen("[admin]\nlisten = \"127.0.0.1:0\"", &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\""), 1)
+        .replacen(
+            "[[plugins]]\nname = \"pass\"",
+            &format!("[[plugins]]\nname = \"swap\"\npath = \"{}\"\n\n[[plugins]]\nname = \"pass\"", swap.display()),
+            1,
+        );
+    assert!(config.contains(&format!("127.0.0.1:{admin_port}")) && config.contains("name = \"swap\""));
+    config
+}
+
+/// Replaces `path` by the bytes `with` the way a deploy does: a new file renamed over the old.
+fn replace_file(path: &Path, with: &[u8]) {
+    let staged = path.with_extension("new");
+    std::fs::write(&staged, with).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+async fn metrics(admin_port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+fn loaded_line(plugin: &str, sha256: &str) -> String {
+    format!("ovsb_plugin_loaded{{plugin=\"{plugin}\",sha256=\"{sha256}\"}} 1")
+}
+
+/// Provisions `id` on the shared plan with the chain `[swap]`, binds it; the endpoint's URL.
+async fn endpoint(ovsb: &Ovsb, id: &str) -> String {
+    ovsb.osb.ready_instance(id, PLAN_SHARED, Some(json!({"plugins": [{"name": "swap"}]}))).await;
+    let bound = ovsb.osb.bind(id, &format!("{id}-b"), PLAN_SHARED).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    bound.body["credentials"]["uri"].as_str().unwrap().to_string()
+}
+
+/// Waits until `probe` holds, or fails with `what` after 30 s.
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut probe: F) {
+    let started = Instant::now();
+    while !probe().await {
+        assert!(started.elapsed() < Duration::from_secs(30), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Calls `eth_blockNumber` on `url` from four clients until `stop`; counts calls and failures
+/// (anything but a result).
+fn steady_load(
+    url: &str,
+    stop: &Arc<AtomicBool>,
+) -> (Arc<AtomicU64>, Arc<AtomicU64>, Vec<tokio::task::JoinHandle<()>>) {
+    let (calls, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let workers = (0..4)
+        .map(|_| {
+            let (url, stop, calls, failures) = (url.to_string(), stop.clone(), calls.clone(), failures.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []});
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = match client.post(&url).json(&body).send().await {
+                        Ok(resp) => resp.json::<Value>().await.ok(),
+                        Err(_) => None,
+                    };
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if !answer.as_ref().is_some_and(|a| a["result"].is_string()) {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("failed call under reload: {answer:?}");
+                    }
+                }
+            })
+        })
+        .collect();
+    (calls, failures, workers)
+}
+
+fn sighup(pid: u32) {
+    assert!(Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap().success());
+}
+
+/// Under a steady load of calls, a plugin's file is replaced and ovsb gets SIGHUP: every call
+/// succeeds, the answers switch to the new version, `/metrics` shows its digest; a broken new
+/// file then leaves that version serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_a_plugin_under_load_and_a_broken_file_leaves_the_running_one() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let swap = dir.path().join("swap.wasm");
+    let pass = std::fs::read(ovsb_test_artifacts::PASS_PLUGIN).unwrap();
+    let hello = std::fs::read(ovsb_test_artifacts::HELLO_PLUGIN).unwrap();
+    std::fs::write(&swap, &pass).unwrap();
+    let admin = free_port();
+    let mut config = config(&anvil.http_url(), &swap, admin);
+    config.insert_str(0, &format!("data_dir = \"{}\"\n", dir.path().join("data").display()));
+    let ovsb = Ovsb::start(dir.path(), "ovsb", &config);
+    let url = endpoint(&ovsb, "r1").await;
+
+    // The pass-through version sends `hello_world` to the node, which does not know it.
+    let before = rpc(&url, "hello_world", json!([])).await;
+    assert!(before["error"].is_object(), "{before}");
+    assert!(metrics(admin).await.contains(&loaded_line("swap", &sha256_hex(&pass))));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, failures, workers) = steady_load(&url, &stop);
+    eventually("the load is running", async || calls.load(Ordering::Relaxed) > 20).await;
+
+    replace_file(&swap, &hello);
+    sighup(ovsb.pid());
+    eventually("the new version answers hello_world", async || {
+        rpc(&url, "hello_world", json!([])).await["result"] == "hello from r1"
+    })
+    .await;
+    assert!(metrics(admin).await.contains(&loaded_line("swap", &sha256_hex(&hello))));
+    let at_swap = calls.load(Ordering::Relaxed);
+
+    // A broken file: the running version stays, and says why in the log.
+    replace_file(&swap, b"\0asm this is not a component");
+    sighup(ovsb.pid());
+    let log = dir.path().join("ovsb.log");
+    eventually("the log says the broken file was not taken", async || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("plugin not reloaded, its running version stays")
+    })
+    .await;
+    assert_eq!(rpc(&url, "hello_world", json!([])).await["result"], "hello from r1");
+    let page = metrics(admin).await;
+    assert!(page.contains(&loaded_line("swap", &sha256_hex(&hello))), "{page}");
+    assert!(page.contains("ovsb_plugin_reloads_total{outcome=\"failed\"} 1"), "{page}");
+
+    eventually("calls went on after the swaps", async || calls.load(Ordering::Relaxed) > at_swap + 20).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {} calls", calls.load(Ordering::Relaxed));
+}
+
+/// `POST /reload` answers with what it did: 200 when everything was taken; 422 when a new
+/// version refuses an instance's configuration (that instance keeps its chain, and says so);
+/// 409 when the configuration file no longer validates (nothing changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_reload_reports_what_it_took_and_what_kept_running() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let swap = dir.path().join("swap.wasm");
+    std::fs::write(&swap, std::fs::read(ovsb_test_artifacts::PASS_PLUGIN).unwrap()).unwrap();
+    let admin = free_port();
+    let mut config = config(&anvil.http_url(), &swap, admin);
+    config.insert_str(0, &format!("data_dir = \"{}\"\n", dir.path().join("data").display()));
+    let ovsb = Ovsb::start(dir.path(), "ovsb", &config);
+    let url = endpoint(&ovsb, "r2").await;
+    let reload = async || {
+        let resp = reqwest::Client::new().post(format!("http://127.0.0.1:{admin}/reload")).send().await.unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+
+    let (status, body) = reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plugins"]["changed"], json!([]), "{body}");
+    assert!(body["plugins"]["unchanged"].as_array().unwrap().contains(&json!("swap")), "{body}");
+
+    replace_file(&swap, &std::fs::read(ovsb_test_artifacts::HELLO_PLUGIN).unwrap());
+    let (status, body) = reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plugins"]["changed"], json!(["swap"]), "{body}");
+    assert_eq!(body["routes"]["rebuilt"], 1, "{body}");
+    // Rebuilt before the answer: the next call runs the new version.
+    assert_eq!(rpc(&url, "hello_world", json!([])).await["result"], "hello from r2");
+
+    // method-filter refuses a chain entry without configuration: r2 keeps the hello version.
+    replace_file(&swap, &std::fs::read(ovsb_test_artifacts::METHOD_FILTER_PLUGIN).unwrap());
+    let (status, body) = reload().await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["routes"]["kept_previous"], json!(["r2"]), "{body}");
+    assert_eq!(rpc(&url, "hello_world", json!([])).await["result"], "hello from r2");
+    assert_eq!(rpc(&url, "eth_chainId", json!([])).await["result"], "0x7a69");
+
+    // A configuration file that no longer validates is refused as a whole.
+    let file = dir.path().join("ovsb.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replacen("name = \"swap\"", "name = \"Not A Slug\"", 1)).unwrap();
+    let (status, body) = reload().await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Not A Slug"), "{body}");
+    assert_eq!(rpc(&url, "hello_world", json!([])).await["result"], "hello from r2");
+}
