@@ -113,6 +113,10 @@ class Plugin:
     copy must see goes in :class:`kv`.
     """
 
+    #: The name used in the messages of failures (``plugin NAME failed in on_call: ...``);
+    #: ``None``: the class name.
+    name: "str | None" = None
+
     @classmethod
     def configure(cls, config: Config) -> "Plugin":
         """Builds the plugin from its configuration. Runs for every new copy of the plugin, first

@@ -29,7 +29,7 @@ class Runtime:
         if not (isinstance(plugin_cls, type) and issubclass(plugin_cls, Plugin)):
             raise TypeError(f"ovsb_plugin: {plugin_cls!r} is not a subclass of ovsb_plugin.Plugin")
         self.plugin_cls = plugin_cls
-        self.name = plugin_cls.__name__
+        self.name = getattr(plugin_cls, "name", None) or plugin_cls.__name__
         self.plugin = None
         self.hooks = Hooks.NONE
         self.methods = Methods.all()
