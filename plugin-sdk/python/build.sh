@@ -10,7 +10,9 @@
 #
 # Env: OVSB_PY_TOOLCHAIN — the toolchain venv (default: plugin-sdk/python/.toolchain, created by
 #      toolchain.sh when missing or out of date);
-#      OVSB_WIT — the WIT directory (default: the repository's wit/, found relative to this script).
+#      OVSB_WIT — the WIT directory (default: the repository's wit/, found relative to this script);
+#      OVSB_PY_SKIP_NATIVE_CHECK=1 — do not import app.py natively before componentizing;
+#      OVSB_PY_DEBUG=1 — show componentize-py's Rust backtraces.
 set -euo pipefail
 
 die() { echo "build.sh: $*" >&2; exit 1; }
@@ -48,11 +50,25 @@ for f in "$here"/ovsb_plugin/*.py; do
 done
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 
+# Import app.py natively first: a mistake shows as a plain Python traceback, in a second rather
+# than after the componentize-py run (OVSB_PY_SKIP_NATIVE_CHECK=1 skips this).
+if [ -z "${OVSB_PY_SKIP_NATIVE_CHECK:-}" ]; then
+    check='import app
+world = getattr(app, "WitWorld", None)
+if getattr(world, "runtime", None) is None:
+    raise SystemExit("app.py: WitWorld must be ovsb_plugin.export(YourPlugin), got %r" % (world,))'
+    if ! (cd "$stage" && env -u VIRTUAL_ENV PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$stage" "$venv/bin/python" -c "$check"); then
+        die "importing $src/app.py failed (see above); fix it, or set OVSB_PY_SKIP_NATIVE_CHECK=1 if it only imports inside the component"
+    fi
+fi
+
 mkdir -p "$(dirname "$out")"
 out_abs=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
 start=$(date +%s)
+bt=0  # componentize-py's Rust backtraces hide the Python error; OVSB_PY_DEBUG=1 shows them
+[ -z "${OVSB_PY_DEBUG:-}" ] || bt=1
 # No VIRTUAL_ENV: componentize-py would add that venv's site-packages (pytest...) to the component.
-if ! (cd "$stage" && env -u VIRTUAL_ENV "$venv/bin/componentize-py" -d "$wit" -w plugin componentize app -p "$stage" -o "$out_abs"); then
+if ! (cd "$stage" && env -u VIRTUAL_ENV RUST_BACKTRACE="$bt" RUST_LIB_BACKTRACE="$bt" "$venv/bin/componentize-py" -d "$wit" -w plugin componentize app -p "$stage" -o "$out_abs"); then
     die "componentize-py failed for $src/app.py (see above; an exception while importing app.py is shown there)"
 fi
 size=$(wc -c <"$out_abs" | tr -d ' ')
