@@ -641,7 +641,12 @@ const messageOf = (e) => (e instanceof Error ? e.message : String(e));
 
 function failure(hook, e) {
   if (e instanceof RpcError) return e;
-  const detail = e instanceof Error ? (e.stack ?? `${e.name}: ${e.message}`) : String(e);
+  let detail = String(e);
+  if (e instanceof Error) {
+    // V8's stack starts with "Name: message", SpiderMonkey's (in the component) does not.
+    const head = `${e.name}: ${e.message}`;
+    detail = !e.stack ? head : e.stack.startsWith(head) ? e.stack : `${head}\n${e.stack}`;
+  }
   try {
     log.error(`plugin failed in ${hook}: ${detail}`);
   } catch {
