@@ -144,7 +144,10 @@ export function onResult(call, outcome) { return plugin.onResult(call, outcome);
     try {
       await import(pathToFileURL(check).href);
     } catch (err) {
-      bail(`${src}: ${err.message}`);
+      const hint = err.message.startsWith('no ovsb host')
+        ? 'it calls a host function (log, kv, upstream, nowMs, the context) at module top level, which runs at build time: move that into the constructor or a hook'
+        : err.message;
+      bail(`${src}: ${hint}`);
     }
 
     // 4. The component.
