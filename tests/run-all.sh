@@ -58,6 +58,19 @@ fi
 pg_isready -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not running on 127.0.0.1:5432 and could not be started" >&2; exit 1; }
 psql "$OVSB_TEST_POSTGRES_URL" -qAtc "select 'PostgreSQL ' || current_setting('server_version')"
 
+step "Python plugin toolchain (componentize-py, pytest), pinned with hashes in plugin-sdk/python/requirements.lock"
+plugin-sdk/python/toolchain.sh plugin-sdk/python/.toolchain
+plugin-sdk/python/.toolchain/bin/componentize-py --version
+
+step "JavaScript plugin toolchain (componentize-js, esbuild), pinned in plugin-sdk/js/package-lock.json"
+plugin-sdk/js/setup.sh
+
+step "plugin SDKs' own tests against their mock hosts: pytest (Python), node --test (JavaScript), and the examples'"
+plugin-sdk/python/test.sh
+examples/python-plugin/test.sh
+plugin-sdk/js/test.sh
+(cd examples/js-plugin && npm test)
+
 step "first-party plugins (the example configurations load them from target/wasm32-wasip2/release)"
 cargo build --release --locked --target wasm32-wasip2 \
     -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache -p ovsb-plugin-eth-extras
