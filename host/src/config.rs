@@ -1613,6 +1613,38 @@ mod tests {
     }
 
     #[test]
+    fn plugin_limits_are_read_per_plugin_and_bounded_by_the_runtime() {
+        let toml = |limits: &str| {
+            format!(
+                "[runtime]\nmax_memory_bytes = 268435456\n\n[[plugins]]\nname = \"py\"\npath = \"py.wasm\"\n{limits}"
+            )
+        };
+        let config =
+            Config::from_toml(&toml("[plugins.limits]\nmemory_bytes = 134217728\ncall_budget_ms = 500\n"), "t")
+                .unwrap();
+        config.validate().unwrap();
+        let limits = config.plugins[0].limits;
+        assert_eq!((limits.memory_bytes, limits.call_budget_ms), (128 << 20, 500));
+        assert_eq!(limits.max_concurrency, crate::plugins::PluginLimits::default().max_concurrency, "others default");
+        assert_eq!(Config::from_toml(&toml(""), "t").unwrap().plugins[0].limits, Default::default());
+        // Beyond the runtime's slots, or out of range: refused, naming the plugin and the field.
+        let err = Config::from_toml(&toml("[plugins.limits]\nmemory_bytes = 536870912\n"), "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"py\"") && err.contains("memory_bytes") && err.contains("256 MiB"), "{err}");
+        let err = Config::from_toml(&toml("[plugins.limits]\ncall_budget_ms = 0\n"), "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("call_budget_ms"), "{err}");
+        let err = Config::from_toml(&toml("[plugins.limits]\nmemory = 1\n"), "t").unwrap_err().to_string();
+        assert!(err.contains("memory"), "a misspelt limit is refused: {err}");
+    }
+
+    #[test]
     fn a_replica_set_up_whose_nodes_other_replicas_cannot_reach_is_refused() {
         let check = |tweak: &dyn Fn(&mut Config)| {
             let mut config = Config::quick_start();
