@@ -4,9 +4,10 @@
 //! Owns: `/metrics` (Prometheus / OpenMetrics text, see [`crate::telemetry`]), `/healthz` (the
 //! process answers), `/readyz` (the store answers and the routes have been loaded from it, so
 //! the gateway serves every instance; the configured plugins were compiled before that) and
-//! `POST /reload` (the plugins again from their files, see [`crate::reload`]: 200 with the
-//! report when everything was taken, 422 with it when something kept its running version, 409
-//! when the configuration file is refused as a whole). Must not: expose anything a
+//! `POST /reload` with the header `X-Ovsb-Reload: 1` (the plugins again from their files, see
+//! [`crate::reload`]: 200 with the report when everything was taken, 422 with it when something
+//! kept its running version, 409 when the configuration file is refused as a whole, 400 without
+//! the header). Must not: expose anything a
 //! platform or dApp could use; it carries no credentials and listens on loopback by default.
 
 use std::sync::Arc;
@@ -82,6 +83,10 @@ async fn gauges(state: &Parts, m: &crate::telemetry::Metrics) {
         let labels = crate::telemetry::PluginVersionLabels { plugin: name.clone(), sha256: available.plugin.sha256() };
         m.plugin_loaded.get_or_create(&labels).set(1);
     }
+    m.plugin_instances.clear();
+    for ((plugin, sha256), n) in state.routing.plugin_versions_in_use().await {
+        m.plugin_instances.get_or_create(&crate::telemetry::PluginVersionLabels { plugin, sha256 }).set(n);
+    }
     for (instance, kv) in state.routing.kv_stores() {
         let labels = InstanceLabels { instance: instance.as_str().into() };
         // Whatever name the operator gave the cache plugin: its counters live in its namespace.
@@ -99,8 +104,16 @@ async fn gauges(state: &Parts, m: &crate::telemetry::Metrics) {
     }
 }
 
-async fn reload(State(admin): State<Arc<AdminState>>) -> axum::response::Response {
+/// The header `POST /reload` must carry: a web page the operator's browser shows cannot send it
+/// to the loopback admin listener without a CORS preflight, which is never answered.
+pub const RELOAD_HEADER: &str = "x-ovsb-reload";
+
+async fn reload(State(admin): State<Arc<AdminState>>, headers: axum::http::HeaderMap) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if !headers.contains_key(RELOAD_HEADER) {
+        let error = "POST /reload needs the header `X-Ovsb-Reload: 1` (so that no web page can trigger it)";
+        return (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({ "error": error }))).into_response();
+    }
     let Some(state) = admin.parts.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting: nothing to reload yet\n").into_response();
     };

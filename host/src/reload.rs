@@ -103,35 +103,59 @@ impl Reloader {
         Ok(reloaded)
     }
 
-    /// Reloads on every SIGHUP until `shutdown`.
-    pub async fn on_sighup(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        #[cfg(unix)]
-        {
-            let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(hup) => hup,
-                Err(err) => {
-                    tracing::error!("cannot listen for SIGHUP; reload with POST /reload instead: {err}");
-                    return;
-                }
-            };
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    got = hup.recv() => {
-                        if got.is_none() {
-                            return;
-                        }
-                        tracing::info!("SIGHUP: reloading the plugins");
-                        if let Err(err) = self.reload().await {
-                            tracing::error!("plugin reload refused, nothing changed: {err}");
-                        }
+    /// Reloads on every SIGHUP `hup` delivers until `shutdown` (see [`listen_for_sighup`]).
+    pub async fn on_sighup(self: Arc<Self>, hup: Option<Hangups>, shutdown: tokio_util::sync::CancellationToken) {
+        let Some(mut hup) = hup else {
+            shutdown.cancelled().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the plugins");
+                    if let Err(err) = self.reload().await {
+                        tracing::error!("plugin reload refused, nothing changed: {err}");
                     }
                 }
             }
         }
-        #[cfg(not(unix))]
-        {
-            shutdown.cancelled().await;
+    }
+}
+
+/// The SIGHUPs delivered to this process.
+#[cfg(unix)]
+pub type Hangups = tokio::signal::unix::Signal;
+/// The SIGHUPs delivered to this process (none outside Unix).
+#[cfg(not(unix))]
+pub struct Hangups;
+
+#[cfg(not(unix))]
+impl Hangups {
+    async fn recv(&mut self) -> Option<()> {
+        None
+    }
+}
+
+/// Takes over SIGHUP, whose default action ends the process, at the very start of `ovsb serve`:
+/// a SIGHUP while plugins compile is kept and reloads once ovsb is up. `None` (logged) when
+/// the signal cannot be taken; `POST /reload` still works.
+pub fn listen_for_sighup() -> Option<Hangups> {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => Some(hup),
+            Err(err) => {
+                tracing::error!("cannot listen for SIGHUP; reload with POST /reload instead: {err}");
+                None
+            }
         }
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }

@@ -31,7 +31,7 @@ use crate::credentials::SecretKey;
 use crate::gateway::allowlist::Allowlist;
 use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest};
 use crate::identity::Identity;
-use crate::plugins::{KvLimits, KvStore, Registry};
+use crate::plugins::{KvLimits, KvStore, PluginVersion, Registry};
 use crate::provision::Drivers;
 use crate::store::{InstanceRow, NodeOwner, Store};
 
@@ -47,11 +47,17 @@ struct Built {
     /// Built without a node to reach (it is starting, or being taken over): calls get -32002
     /// until it is built again, which every poll tries.
     nodeless: bool,
-    /// The plugins of its chain and the digest each had when the route was built: a reload
-    /// that swaps one of them rebuilds the route ([`RouteSync::refresh_plugins`]).
-    plugins: Vec<(String, Option<[u8; 32]>)>,
+    /// The plugins of its chain and the version each had when the route was built: a reload
+    /// that changes one of them rebuilds the route ([`RouteSync::refresh_plugins`]).
+    plugins: ChainVersions,
+    /// Versions a rebuild was refused with (a new version that does not take this instance's
+    /// configuration): the route keeps running `plugins`, and is not tried again with these.
+    refused: Option<ChainVersions>,
     route: Arc<InstanceRoute>,
 }
+
+/// The plugins of a chain, by name, each with its version (`None`: no longer available).
+type ChainVersions = Vec<(String, Option<PluginVersion>)>;
 
 /// What [`RouteSync::refresh_plugins`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -294,7 +300,7 @@ impl RouteSync {
             b.plan_id == instance.plan_id && b.parameters == instance.parameters && b.node == node && !b.nodeless
         });
         if let Some(entry) = previous.as_ref()
-            && self.plugins_current(entry)
+            && !self.wants_rebuild(entry)
         {
             return previous;
         }
@@ -304,10 +310,12 @@ impl RouteSync {
         let Some((route, nodeless)) = self.build(instance, node.as_ref()).await else {
             // Only its plugins' versions changed, and the new ones do not take this instance's
             // configuration: it keeps running the versions it has.
-            if let Some(entry) = previous {
+            if let Some(mut entry) = previous {
                 tracing::warn!(instance = %instance.id, "the instance keeps its previous plugin versions");
+                entry.refused = Some(plugins);
                 return Some(entry);
             }
+            tracing::error!(instance = %instance.id, "instance is not served");
             self.lock_unbuilt().insert(instance.id.clone());
             return None;
         };
@@ -320,49 +328,125 @@ impl RouteSync {
             node,
             nodeless,
             plugins,
+            refused: None,
             route,
         })
     }
 
-    /// The plugins of the instance's chain, each with the digest the registry serves now.
-    fn chain_plugins(&self, instance: &InstanceRow) -> Vec<(String, Option<[u8; 32]>)> {
+    /// The plugins of the instance's chain, each with the version the registry serves now.
+    fn chain_plugins(&self, instance: &InstanceRow) -> ChainVersions {
         let parameters: Option<serde_json::Value> =
             instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
         self.chain_elements(&instance.plan_id, parameters.as_ref())
             .into_iter()
             .map(|element| {
-                let digest = self.registry.digest_of(&element.name);
-                (element.name, digest)
+                let version = self.registry.version_of(&element.name);
+                (element.name, version)
             })
             .collect()
     }
 
-    /// Whether the route was built with the plugin versions the registry serves now.
-    fn plugins_current(&self, entry: &Built) -> bool {
-        entry.plugins.iter().all(|(name, digest)| self.registry.digest_of(name) == *digest)
+    /// The versions the registry serves now of the plugins `built_with` names.
+    fn current_versions(&self, built_with: &ChainVersions) -> ChainVersions {
+        built_with.iter().map(|(name, _)| (name.clone(), self.registry.version_of(name))).collect()
+    }
+
+    /// Whether the route runs other plugin versions than the registry serves, and has not
+    /// already been refused by those.
+    fn wants_rebuild(&self, entry: &Built) -> bool {
+        let current = self.current_versions(&entry.plugins);
+        current != entry.plugins && entry.refused.as_ref() != Some(&current)
     }
 
     /// Rebuilds the routes whose chains run a plugin version the registry no longer serves
-    /// (after [`Registry::reload`]). Calls in flight finish on the chain they started with; new
-    /// calls take the new one as each instance's routes are swapped. An instance whose new
-    /// chain cannot be built keeps its previous one. Its cost grows with the instances that
-    /// use a changed plugin, not with all instances.
+    /// (after [`Registry::reload`]), before returning. Calls in flight finish on the chain they
+    /// started with; new calls take the new one as each instance's routes are swapped. An
+    /// instance whose new chain cannot be built keeps its previous one, and is not tried again
+    /// until the registry changes again. Each chain is built outside the routing lock (its
+    /// plugins' `configure` may take milliseconds), so binds and unbinds go on meanwhile; an
+    /// instance changed meanwhile was rebuilt by its own change. Its cost grows with the
+    /// instances that use a changed plugin, not with all instances.
     pub async fn refresh_plugins(&self) -> PluginRefresh {
-        let mut built = self.built.lock().await;
-        let stale: Vec<String> =
-            built.iter().filter(|(_, entry)| !self.plugins_current(entry)).map(|(id, _)| id.clone()).collect();
+        let stale: Vec<String> = {
+            let built = self.built.lock().await;
+            built.iter().filter(|(_, entry)| self.wants_rebuild(entry)).map(|(id, _)| id.clone()).collect()
+        };
         let mut refresh = PluginRefresh::default();
         for id in stale {
-            if let Err(err) = self.apply_instance(&mut built, &id).await {
-                tracing::warn!(instance = %id, "cannot refresh the instance's routes: {err}");
+            let instance = match self.store.serving_instance(&id).await {
+                Ok(Some((instance, _))) => instance,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(instance = %id, "cannot rebuild the instance's routes for new plugin versions: {err}");
+                    continue;
+                }
+            };
+            let node = match self.drivers.is_owned_node(&instance.plan_id) {
+                true => match self.store.node_owner(&id).await {
+                    Ok(node) => node,
+                    Err(err) => {
+                        tracing::warn!(instance = %id, "cannot rebuild the instance's routes for new plugin versions: {err}");
+                        continue;
+                    }
+                },
+                false => None,
+            };
+            let plugins = self.chain_plugins(&instance);
+            let rebuilt = self.build(&instance, node.as_ref()).await;
+            let mut built = self.built.lock().await;
+            let Some(entry) = built.get_mut(&id) else { continue };
+            if entry.plan_id != instance.plan_id
+                || entry.parameters != instance.parameters
+                || entry.node != node
+                || entry.nodeless
+            {
+                continue;
             }
-            match built.get(&id) {
-                Some(entry) if !self.plugins_current(entry) => refresh.kept_previous.push(id),
-                Some(_) => refresh.rebuilt += 1,
-                None => {}
+            match rebuilt {
+                Some((route, nodeless)) => {
+                    *entry = Built {
+                        plan_id: instance.plan_id.clone(),
+                        parameters: instance.parameters.clone(),
+                        node,
+                        nodeless,
+                        plugins,
+                        refused: None,
+                        route,
+                    };
+                    if nodeless {
+                        self.lock_unbuilt().insert(id.clone());
+                    }
+                    // Installs the new route under every binding of the instance (the entry is
+                    // current now, so it is taken as it is).
+                    if let Err(err) = self.apply_instance(&mut built, &id).await {
+                        tracing::warn!(instance = %id, "cannot refresh the instance's routes: {err}");
+                    }
+                    refresh.rebuilt += 1;
+                }
+                None => {
+                    tracing::warn!(instance = %id, "the instance keeps its previous plugin versions");
+                    entry.refused = Some(plugins);
+                    refresh.kept_previous.push(id);
+                }
             }
         }
         refresh
+    }
+
+    /// How many instances' routes run each plugin version: `(plugin, sha256 hex) → instances`.
+    /// After a reload an instance whose configuration the new version refused still runs the
+    /// old one, and shows here.
+    pub async fn plugin_versions_in_use(&self) -> std::collections::BTreeMap<(String, String), i64> {
+        let built = self.built.lock().await;
+        let mut counts = std::collections::BTreeMap::new();
+        for entry in built.values() {
+            for (name, version) in &entry.plugins {
+                if let Some(version) = version {
+                    *counts.entry((name.clone(), hex::encode(version.digest))).or_insert(0) += 1;
+                }
+            }
+        }
+        counts
     }
 
     /// The plugin registry the routes are built from.
@@ -518,7 +602,7 @@ impl RouteSync {
                 nodeless,
             )),
             Err(err) => {
-                tracing::error!(instance = %instance.id, "instance is not served: its chain cannot be built: {err}");
+                tracing::error!(instance = %instance.id, "the instance's chain cannot be built: {err}");
                 None
             }
         }

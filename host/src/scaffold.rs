@@ -21,6 +21,9 @@ pub enum ScaffoldError {
     /// The language is not one ovsb has an SDK for.
     #[error("language {0:?} is not one of rust, python, js")]
     Lang(String),
+    /// A template cannot be used as it is.
+    #[error("the project template cannot be used: {0}")]
+    Template(String),
     /// The SDK was not found.
     #[error("the plugin SDK is not at {0}; pass --sdk PATH (the plugin-sdk directory of an ovsb clone)")]
     Sdk(PathBuf),
@@ -88,12 +91,45 @@ fn from_template(name: &str, dir: &Path, sdk: &Path, lang: &str) -> Result<PathB
     let template = lang_sdk.join("template");
     let wit = sdk.join("../wit").canonicalize().map_err(|_| ScaffoldError::Sdk(sdk.clone()))?;
     let list = std::fs::read_to_string(template.join("FILES")).map_err(|_| ScaffoldError::Sdk(sdk.clone()))?;
+    let files: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    // Every file stays inside the project: plain relative names only.
+    if let Some(bad) =
+        files.iter().find(|file| !Path::new(file).components().all(|c| matches!(c, std::path::Component::Normal(_))))
+    {
+        return Err(ScaffoldError::Template(format!("{}: {bad:?} is not a plain relative path", template.display())));
+    }
+    // The paths are written into shell scripts and JSON: refuse what would need quoting there.
+    for path in [&lang_sdk, &wit] {
+        let text = path.display().to_string();
+        if text.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '$' | '`' | '\n' | '\r')) {
+            return Err(ScaffoldError::Template(format!(
+                "{text} holds a quote, backslash, `$`, backquote or line break, which the project's scripts cannot carry: \
+                 use an ovsb clone at a plainer path"
+            )));
+        }
+    }
     let root = dir.join(name);
     if root.exists() {
         return Err(ScaffoldError::Exists(root));
     }
+    let written = write_template(&root, &template, &files, name, &lang_sdk, &wit);
+    if written.is_err() {
+        // No half-made project left behind (it would be "exists already" on the next try).
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    written.map(|()| root)
+}
+
+fn write_template(
+    root: &Path,
+    template: &Path,
+    files: &[&str],
+    name: &str,
+    lang_sdk: &Path,
+    wit: &Path,
+) -> Result<(), ScaffoldError> {
     let module = name.replace('-', "_");
-    for file in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for &file in files {
         let source = template.join(file);
         let text = std::fs::read_to_string(&source).map_err(|_| ScaffoldError::Sdk(source.clone()))?;
         let text = text
@@ -116,7 +152,7 @@ fn from_template(name: &str, dir: &Path, sdk: &Path, lang: &str) -> Result<PathB
         };
         write().map_err(|source| ScaffoldError::Write { path: path.clone(), source })?;
     }
-    Ok(root)
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), ScaffoldError> {

@@ -110,6 +110,8 @@ impl Server {
     /// Starts ovsb with `config` (already merged with the environment). Stops when `shutdown`
     /// is cancelled; then await [`Server::wait`].
     pub async fn start(mut config: Config, shutdown: CancellationToken) -> Result<Server, StartError> {
+        // First of all: SIGHUP's default action would end the process while plugins compile.
+        let hangups = crate::reload::listen_for_sighup();
         config.validate()?;
         let data_dir = config.data_dir.clone();
         prepare_dir(&data_dir)?;
@@ -153,8 +155,19 @@ impl Server {
                 }
             });
         }
-        let started =
-            Self::start_after_admin(config, shutdown, url, secret, auth, lock, tracker, admin_state, admin_addr).await;
+        let started = Self::start_after_admin(
+            config,
+            shutdown,
+            url,
+            secret,
+            auth,
+            lock,
+            tracker,
+            admin_state,
+            admin_addr,
+            hangups,
+        )
+        .await;
         if started.is_err() {
             starting.cancel();
         }
@@ -172,6 +185,7 @@ impl Server {
         tracker: TaskTracker,
         admin_state: Arc<crate::admin::AdminState>,
         admin_addr: SocketAddr,
+        hangups: Option<crate::reload::Hangups>,
     ) -> Result<Server, StartError> {
         let data_dir = config.data_dir.clone();
         let store = open_store(&url, &shutdown).await?;
@@ -309,7 +323,7 @@ impl Server {
         }
         let reloader =
             Arc::new(crate::reload::Reloader::new(&config, process_env(), state.registry.clone(), routing.clone()));
-        tracker.spawn(reloader.clone().on_sighup(shutdown.clone()));
+        tracker.spawn(reloader.clone().on_sighup(hangups, shutdown.clone()));
         admin_state.ready(store.clone(), routing.clone(), plugin_names, reloader);
         {
             let app = crate::broker::router(state);

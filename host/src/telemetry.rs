@@ -131,6 +131,9 @@ pub struct Metrics {
     /// `ovsb_plugin_loaded{plugin, sha256}`: 1 for the version of each plugin served now (set
     /// at scrape time from the registry; a reload changes it).
     pub plugin_loaded: Family<PluginVersionLabels, Gauge>,
+    /// `ovsb_plugin_instances{plugin, sha256}`: instances whose routes run that version (set at
+    /// scrape time; after a reload, those that kept the previous version show under it).
+    pub plugin_instances: Family<PluginVersionLabels, Gauge>,
     /// `ovsb_plugin_reloads_total{outcome}`: plugin reloads (SIGHUP, `POST /reload`) by outcome
     /// (`changed`, `unchanged`, `failed`), one count per plugin.
     pub plugin_reloads: Family<OutcomeLabels, Counter>,
@@ -249,6 +252,12 @@ impl Metrics {
         let plugin_refusals = Family::<RefusalLabels, Counter>::default();
         let plugin_loaded = Family::<PluginVersionLabels, Gauge>::default();
         let plugin_reloads = Family::<OutcomeLabels, Counter>::default();
+        let plugin_instances = Family::<PluginVersionLabels, Gauge>::default();
+        registry.register(
+            "plugin_instances",
+            "Instances whose routes run each plugin version",
+            plugin_instances.clone(),
+        );
         registry.register("plugin_loaded", "The version of each plugin served now, by digest", plugin_loaded.clone());
         registry.register("plugin_reloads", "Plugin reloads, one count per plugin, by outcome", plugin_reloads.clone());
         registry.register("plugin_copies", "Plugin copies alive, busy or idle", plugin_copies.clone());
@@ -264,6 +273,7 @@ impl Metrics {
             plugin_copy_evictions,
             plugin_refusals,
             plugin_loaded,
+            plugin_instances,
             plugin_reloads,
             rpc_calls,
             rpc_duration,

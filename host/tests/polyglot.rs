@@ -96,7 +96,8 @@ async fn hostile_cases(name: &str, file: &str) {
     let started = Instant::now();
     let looping = hostile.call("hostile_loop").await;
     assert_eq!(hostile.reason(&looping, name), "timeout", "{looping:?}");
-    assert!(started.elapsed() >= Duration::from_millis(200), "stopped by the budget");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(5), "stopped by the budget: {took:?}");
     assert!(looping.unwrap_err().message.contains("time budget of 200 ms"));
     hostile.serves_a_good_call().await;
     assert!(hostile.runtime.stats().recycled.load(Ordering::SeqCst) >= 1, "the looping copy was thrown away");

@@ -170,9 +170,19 @@ async fn post_reload_reports_what_it_took_and_what_kept_running() {
     let ovsb = Ovsb::start(dir.path(), "ovsb", &config);
     let url = endpoint(&ovsb, "r2").await;
     let reload = async || {
-        let resp = reqwest::Client::new().post(format!("http://127.0.0.1:{admin}/reload")).send().await.unwrap();
+        let resp = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{admin}/reload"))
+            .header("X-Ovsb-Reload", "1")
+            .send()
+            .await
+            .unwrap();
         (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
     };
+
+    // Without the header (what a web page could send): refused, nothing reloaded.
+    let bare = reqwest::Client::new().post(format!("http://127.0.0.1:{admin}/reload")).send().await.unwrap();
+    assert_eq!(bare.status().as_u16(), 400);
+    assert!(!metrics(admin).await.contains("ovsb_plugin_reloads_total"), "nothing was reloaded");
 
     let (status, body) = reload().await;
     assert_eq!(status, 200, "{body}");
@@ -187,16 +197,48 @@ async fn post_reload_reports_what_it_took_and_what_kept_running() {
     // Rebuilt before the answer: the next call runs the new version.
     assert_eq!(rpc(&url, "hello_world", json!([])).await["result"], "hello from r2");
 
-    // method-filter refuses a chain entry without configuration: r2 keeps the hello version.
-    replace_file(&swap, &std::fs::read(ovsb_test_artifacts::METHOD_FILTER_PLUGIN).unwrap());
+    // Limits alone are a new version too: the route is rebuilt with them. The file's limit is
+    // checked against the running runtime (its slots are not resized by a reload).
+    let file = dir.path().join("ovsb.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let with_limits = |limits: &str| {
+        text.replacen(
+            &format!("path = \"{}\"\n", swap.display()),
+            &format!("path = \"{}\"\n[plugins.limits]\n{limits}\n", swap.display()),
+            1,
+        )
+    };
+    std::fs::write(&file, with_limits("call_budget_ms = 200")).unwrap();
+    let (status, body) = reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["plugins"]["changed"].clone(), body["routes"]["rebuilt"].clone()), (json!(["swap"]), json!(1)));
+    std::fs::write(&file, with_limits("memory_bytes = 1099511627776")).unwrap();
+    let (status, body) = reload().await;
+    assert_eq!(status, 409, "the whole file is checked first: {body}");
+    std::fs::write(&file, with_limits("call_budget_ms = 200")).unwrap();
+
+    // method-filter refuses a chain entry without configuration: r2 keeps the hello version,
+    // and /metrics shows which version its routes run.
+    let hello_sha = sha256_hex(&std::fs::read(ovsb_test_artifacts::HELLO_PLUGIN).unwrap());
+    let filter = std::fs::read(ovsb_test_artifacts::METHOD_FILTER_PLUGIN).unwrap();
+    replace_file(&swap, &filter);
     let (status, body) = reload().await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["routes"]["kept_previous"], json!(["r2"]), "{body}");
     assert_eq!(rpc(&url, "hello_world", json!([])).await["result"], "hello from r2");
     assert_eq!(rpc(&url, "eth_chainId", json!([])).await["result"], "0x7a69");
+    let page = metrics(admin).await;
+    assert!(page.contains(&loaded_line("swap", &sha256_hex(&filter))), "{page}");
+    assert!(page.contains(&format!("ovsb_plugin_instances{{plugin=\"swap\",sha256=\"{hello_sha}\"}} 1")), "{page}");
+    // Not tried again with the version it refused: a bind on r2 works and keeps it serving.
+    let another = ovsb.osb.bind("r2", "r2-c", PLAN_SHARED).await;
+    assert_eq!(another.status, 201, "{another:?}");
+    let other_url = another.body["credentials"]["uri"].as_str().unwrap().to_string();
+    assert_eq!(rpc(&other_url, "hello_world", json!([])).await["result"], "hello from r2");
+    let (status, body) = reload().await;
+    assert_eq!((status, body["routes"]["kept_previous"].clone()), (200, json!([])), "{body}");
 
     // A configuration file that no longer validates is refused as a whole.
-    let file = dir.path().join("ovsb.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replacen("name = \"swap\"", "name = \"Not A Slug\"", 1)).unwrap();
     let (status, body) = reload().await;

@@ -140,14 +140,11 @@ const POLYGLOT_INPUTS: &[&str] = &[
 /// SDKs' own scripts, idempotently, from their lock files.
 fn build_polyglot(root: &Path, dir: &Path, generated: &mut String) {
     std::fs::create_dir_all(dir).expect("create the polyglot plugin directory");
-    for input in POLYGLOT_INPUTS.iter().chain(POLYGLOT.iter().map(|(_, _, source)| source)) {
-        let path = root.join(input);
-        let watched = if path.is_file() && !input.ends_with(".lock") && !input.ends_with(".json") {
-            path.parent().map(Path::to_path_buf).unwrap_or(path)
-        } else {
-            path
-        };
-        println!("cargo:rerun-if-changed={}", watched.display());
+    // The files the hashes read, one by one: not the directories, which also hold what builds
+    // and installs leave (virtual environments, node_modules, caches).
+    let sources: Vec<&str> = POLYGLOT.iter().map(|(_, _, source)| source_dir(source)).collect();
+    for file in input_files(root, POLYGLOT_INPUTS).into_iter().chain(input_files(root, &sources)) {
+        println!("cargo:rerun-if-changed={}", file.display());
     }
     let common = inputs_hash(root, POLYGLOT_INPUTS);
     let build_lang = |lang: Lang| {
@@ -158,11 +155,14 @@ fn build_polyglot(root: &Path, dir: &Path, generated: &mut String) {
             if out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
                 continue;
             }
+            // Written beside, then renamed: a build that fails or races another (the check, test
+            // and bench builds share this directory) never leaves a half-written component.
+            let partial = dir.join(format!("{}.{}.partial.wasm", constant.to_ascii_lowercase(), std::process::id()));
             let status = match lang {
                 Lang::Python => Command::new("bash")
                     .arg(root.join("plugin-sdk/python/build.sh"))
                     .arg(root.join(source))
-                    .arg(&out)
+                    .arg(&partial)
                     .status(),
                 Lang::Js => {
                     Command::new("bash").arg(root.join("plugin-sdk/js/setup.sh")).status().and_then(|setup| match setup
@@ -171,7 +171,7 @@ fn build_polyglot(root: &Path, dir: &Path, generated: &mut String) {
                         true => Command::new("node")
                             .arg(root.join("plugin-sdk/js/build.mjs"))
                             .arg(root.join(source))
-                            .arg(&out)
+                            .arg(&partial)
                             .status(),
                         false => Ok(setup),
                     })
@@ -186,7 +186,10 @@ fn build_polyglot(root: &Path, dir: &Path, generated: &mut String) {
                 }
             };
             match status {
-                Ok(status) if status.success() => std::fs::write(&stamp, &want).expect("write the build stamp"),
+                Ok(status) if status.success() => {
+                    std::fs::rename(&partial, &out).expect("move the built component in place");
+                    std::fs::write(&stamp, &want).expect("write the build stamp");
+                }
                 Ok(_) => panic!("building {source} failed with {which} (see the output above)"),
                 Err(err) => panic!("cannot run {which} for {source}: {err}"),
             }
@@ -219,10 +222,22 @@ fn source_dir(source: &str) -> &str {
 /// what builds and installs leave behind (`node_modules`, virtual environments, caches, outputs).
 fn inputs_hash(root: &Path, paths: &[&str]) -> u64 {
     use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for file in input_files(root, paths) {
+        file.strip_prefix(root).unwrap_or(&file).hash(&mut hasher);
+        std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// The files under `paths` (relative to `root`), sorted, without what builds and installs
+/// leave behind.
+fn input_files(root: &Path, paths: &[&str]) -> Vec<PathBuf> {
     fn walk(path: &Path, files: &mut Vec<PathBuf>) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if matches!(name, "node_modules" | "__pycache__" | ".pytest_cache" | ".toolchain" | ".venv")
             || name.ends_with(".wasm")
+            || name.ends_with(".pyc")
         {
             return;
         }
@@ -241,12 +256,8 @@ fn inputs_hash(root: &Path, paths: &[&str]) -> u64 {
         walk(&root.join(path), &mut files);
     }
     files.sort();
-    let mut hasher = std::hash::DefaultHasher::new();
-    for file in files {
-        file.strip_prefix(root).unwrap_or(&file).hash(&mut hasher);
-        std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
-    }
-    hasher.finish()
+    files.dedup();
+    files
 }
 
 /// Fails with the fix spelled out when the wasm target is not installed.

@@ -43,7 +43,7 @@ pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, Pl
 pub use kv::{KvLimits, KvStore};
 pub use methods::MethodSelection;
 pub use pool::{InstancePool, Isolation, PluginLimits};
-pub use registry::{Available, ChainError, Registry, ReloadFailure, ReloadReport};
+pub use registry::{Available, ChainError, PluginVersion, Registry, ReloadFailure, ReloadReport};
 pub use state::{UPSTREAM_CAP_CODE, Upstream};
 
 use state::StoreState;
@@ -319,6 +319,11 @@ impl PluginRuntime {
         };
         *inner.ticker.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticker);
         Ok(PluginRuntime { inner })
+    }
+
+    /// The largest memory cap a plugin copy may be given (`runtime.max_memory_bytes`).
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.inner.max_memory_bytes
     }
 
     /// The runtime's counters.

@@ -37,6 +37,16 @@ pub struct Available {
     pub limits: PluginLimits,
 }
 
+/// The version of a plugin a chain is built with: its component and its limits. A reload that
+/// changes either rebuilds the chains that run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginVersion {
+    /// SHA-256 of the component.
+    pub digest: [u8; 32],
+    /// The limits its copies run under.
+    pub limits: PluginLimits,
+}
+
 /// What a [`Registry::reload`] did, plugin by plugin.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadReport {
@@ -106,9 +116,9 @@ impl Registry {
         self.plugins.load_full()
     }
 
-    /// The SHA-256 of the plugin `name` served now.
-    pub fn digest_of(&self, name: &str) -> Option<[u8; 32]> {
-        self.plugins.load().get(name).map(|a| a.plugin.digest)
+    /// The version of the plugin `name` served now.
+    pub fn version_of(&self, name: &str) -> Option<PluginVersion> {
+        self.plugins.load().get(name).map(|a| PluginVersion { digest: a.plugin.digest, limits: a.limits })
     }
 
     /// The configuration schemas of the plugins that have one, by name.
@@ -161,11 +171,33 @@ impl Registry {
             return report;
         }
         let runtime = self.runtime.clone();
+        let max_memory_bytes = self.runtime.max_memory_bytes();
         let loaded = tokio::task::spawn_blocking(move || {
-            decls.iter().map(|decl| (decl.name.clone(), load_decl(&runtime, decl))).collect::<Vec<_>>()
+            decls
+                .iter()
+                .map(|decl| {
+                    // Checked against the running runtime: a reload does not resize its slots.
+                    let limits = decl.limits.validate(max_memory_bytes).map_err(|reason| {
+                        format!(
+                            "plugins.limits: {reason} (the running runtime.max_memory_bytes; changing it needs a restart)"
+                        )
+                    });
+                    let loaded = limits.and_then(|()| load_decl(&runtime, decl).map_err(|e| e.to_string()));
+                    (decl.name.clone(), loaded)
+                })
+                .collect::<Vec<_>>()
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(panicked) => {
+                tracing::error!("plugin reload failed: {panicked}");
+                report
+                    .failed
+                    .push(ReloadFailure { plugin: "*".into(), error: format!("the reload failed: {panicked}") });
+                return report;
+            }
+        };
         let mut next = (*current).clone();
         for (name, result) in loaded {
             let Some(old) = current.get(&name) else { continue };
@@ -184,9 +216,9 @@ impl Registry {
                         report.changed.push(name);
                     }
                 }
-                Err(err) => {
-                    tracing::error!(plugin = %name, "plugin not reloaded, its running version stays: {err}");
-                    report.failed.push(ReloadFailure { plugin: name, error: err.to_string() });
+                Err(error) => {
+                    tracing::error!(plugin = %name, "plugin not reloaded, its running version stays: {error}");
+                    report.failed.push(ReloadFailure { plugin: name, error });
                 }
             }
         }
