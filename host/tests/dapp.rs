@@ -302,6 +302,22 @@ async fn a_preflight_is_answered_and_answers_allow_any_origin() {
         .await
         .unwrap();
     assert_eq!(answer.headers()["access-control-allow-origin"], "*");
+    // A preflight whose path holds no key (or an unknown one) is answered alike: it carries no
+    // credentials, and the browser sends the call itself only after it.
+    for path in [gw.url("").trim_end_matches('/').to_string(), gw.url("nope")] {
+        let keyless = client
+            .request(reqwest::Method::OPTIONS, &path)
+            .header("origin", "http://127.0.0.1:9")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (keyless.status().as_u16(), &keyless.headers()["access-control-allow-origin"]),
+            (204, &"*".parse().unwrap()),
+            "{path}"
+        );
+    }
     let unknown = client.post(gw.url("nope")).header("origin", "http://x").send().await.unwrap();
     assert_eq!(
         (unknown.status().as_u16(), &unknown.headers()["access-control-allow-origin"]),
