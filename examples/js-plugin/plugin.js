@@ -46,7 +46,7 @@ export default class JsPlugin extends Plugin {
     return Methods.matching(['head_info', 'web3_clientVersion']);
   }
 
-  onCall(call) {
+  onCall(ctx, call) {
     if (call.method !== 'head_info') return forward(call);
     const block = this.latestBlock();
     return respondOk({ ...block, age_ms: nowMs() - block.timestamp * 1000 });
@@ -57,8 +57,9 @@ export default class JsPlugin extends Plugin {
     const cached = this.cacheMs > 0 ? kv.getJson(CACHE_KEY) : undefined;
     if (cached !== undefined) return cached;
     log.info('head_info: asking the node for the latest block');
-    // An error from the node (or the cap on upstream calls) answers the client's call as is.
-    const latest = upstream('eth_getBlockByNumber', ['latest', false]).unwrap();
+    // upstream() returns the result or throws the node's RpcError (or the host's, e.g. past the
+    // cap on upstream calls), which, uncaught, answers the client's call as is.
+    const latest = upstream('eth_getBlockByNumber', ['latest', false]);
     if (latest === null || typeof latest !== 'object') {
       throw new RpcError(-32000, 'the node returned no latest block');
     }
@@ -78,7 +79,7 @@ export default class JsPlugin extends Plugin {
   }
 
   // Only forwarded calls come back here: web3_clientVersion (head_info is answered in onCall).
-  onResult(call, outcome) {
+  onResult(ctx, call, outcome) {
     if (call.method === 'web3_clientVersion' && outcome.isOk && typeof outcome.result === 'string') {
       return ok(outcome.result + this.suffix);
     }

@@ -41,8 +41,12 @@ export declare function useHost(imports: HostImports): void;
 
 export declare class KvError extends Error {}
 export declare function nowMs(): number;
-export declare function upstream(call: Call | { method: string; params?: unknown }): Outcome;
-export declare function upstream(method: string, params?: unknown): Outcome;
+/** The node's result as a JS value; throws its (or the host's) `RpcError` otherwise. As Python's `upstream`. */
+export declare function upstream(call: Call | { method: string; params?: unknown }): any;
+export declare function upstream(method: string, params?: unknown): any;
+/** The node's answer as an `Outcome` (result or error). As Python's `upstream_raw`. */
+export declare function upstreamRaw(call: Call | { method: string; params?: unknown }): Outcome;
+export declare function upstreamRaw(method: string, params?: unknown): Outcome;
 
 export declare const log: Readonly<{
   write(level: Level, message: string): void;
@@ -63,6 +67,9 @@ export declare const kv: Readonly<{
   getJson<T = unknown>(key: string): T | undefined;
   set(key: string, value: string | Uint8Array, options?: KvOptions): void;
   setJson(key: string, value: unknown, options?: KvOptions): void;
+  /** The integer at `key` (as `incr` stores it); `fallback` (default 0) if absent, expired or not an integer. */
+  getInt(key: string, fallback?: number): number;
+  /** The sum, as a JS number (exact up to 2^53 - 1 in magnitude; beyond, a RangeError). */
   incr(key: string, delta?: number | bigint, options?: KvOptions): number;
   compareAndSwap(key: string, expected: string | Uint8Array | undefined, next: string | Uint8Array, options?: KvOptions): boolean;
   delete(key: string): boolean;
@@ -159,8 +166,9 @@ export declare class Plugin {
   static configure<T extends Plugin>(this: new (config: Config) => T, config: Config): T;
   hooks(): Hooks;
   methods(): Methods;
-  onCall(call: Call, ctx: Context): Decision | Call | Outcome;
-  onResult(call: Call, outcome: Outcome, ctx: Context): Outcome;
+  /** The context comes first, as in the Python and Rust SDKs. */
+  onCall(ctx: Context, call: Call): Decision | Call | Outcome;
+  onResult(ctx: Context, call: Call, outcome: Outcome): Outcome;
 }
 
 /** The world's exports for a plugin class (used by the generated entry and by Harness). */

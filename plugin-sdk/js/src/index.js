@@ -88,21 +88,32 @@ export function nowMs() {
   return toNumber(theHost().nowMs());
 }
 
+const toCall = (callOrMethod, params) =>
+  callOrMethod instanceof Call
+    ? callOrMethod
+    : typeof callOrMethod === 'string'
+      ? Call.withParams(callOrMethod, params)
+      : Call.withParams(callOrMethod.method, callOrMethod.params);
+
 /**
- * Calls the instance's node directly, bypassing the rest of the chain, and waits for its answer.
- * `upstream(call)` with a `Call` or `{ method, params }` (params as a JS value), or
- * `upstream(method, params)`. Returns an `Outcome` (an error one when the node fails, times out,
- * or the per-call cap on upstream calls is reached); `outcome.unwrap()` gives the result value
- * or throws the `RpcError`, which answers the client's call with it.
+ * Calls the instance's node directly, bypassing the rest of the chain, and returns its `Outcome`
+ * (an error one when the node fails, times out, or the per-call cap on upstream calls is
+ * reached). `upstreamRaw(call)` with a `Call` or `{ method, params }` (params as a JS value), or
+ * `upstreamRaw(method, params)`. As Python's `upstream_raw`.
+ */
+export function upstreamRaw(callOrMethod, params) {
+  return Outcome.fromWit(theHost().upstream(toCall(callOrMethod, params).toWit()));
+}
+
+/**
+ * Calls the instance's node directly, bypassing the rest of the chain, and returns its result
+ * as a JS value (parsed from JSON); throws the node's (or the host's) `RpcError` otherwise: when
+ * the node answers an error, fails, times out, or the per-call cap on upstream calls is reached.
+ * Letting the error escape a hook answers the client's call with it. Same arguments as
+ * `upstreamRaw`; as Python's `upstream`.
  */
 export function upstream(callOrMethod, params) {
-  const call =
-    callOrMethod instanceof Call
-      ? callOrMethod
-      : typeof callOrMethod === 'string'
-        ? Call.withParams(callOrMethod, params)
-        : Call.withParams(callOrMethod.method, callOrMethod.params);
-  return Outcome.fromWit(theHost().upstream(call.toWit()));
+  return upstreamRaw(callOrMethod, params).unwrap();
 }
 
 /** Log lines, tagged by the host with the plugin's name and instance id; rate-limited, 4 KiB max. */
@@ -119,6 +130,8 @@ export const log = Object.freeze({
   error: (message) => log.write('error', message),
 });
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error'];
+// What Python's int() takes from bytes: ASCII whitespace around, a sign, `_` between digits.
+const INT_TEXT = /^[ \t\n\v\f\r]*[+-]?[0-9](?:_?[0-9])*[ \t\n\v\f\r]*$/;
 
 /**
  * The key-value store of the service instance, shared by every copy of this plugin serving it.
@@ -153,8 +166,21 @@ export const kv = Object.freeze({
     kv.set(key, JSON.stringify(value), options);
   },
   /**
+   * The integer at `key` (as `incr` stores it: decimal text) as a number; `fallback` (default 0)
+   * if absent, expired or not an integer. As Python's `kv.get_int`, it accepts what Python's
+   * `int()` does: ASCII whitespace around, a sign, `_` between digits. An integer beyond
+   * JavaScript's safe integers (±(2^53 − 1)) throws a RangeError rather than lose precision.
+   */
+  getInt(key, fallback = 0) {
+    const text = kv.getText(key);
+    if (text === undefined || !INT_TEXT.test(text)) return fallback;
+    return toNumber(BigInt(text.trim().replaceAll('_', '')));
+  },
+  /**
    * Atomically adds `delta` (default 1) to the integer at `key` (absent counts as 0) and returns
-   * the sum as a number. `ttlMs` applies when the key is created.
+   * the sum. `ttlMs` applies when the key is created. The host's counter is a 64-bit integer (a
+   * BigInt in the component binding); `incr` returns it as a JS number, exact up to 2^53 − 1 in
+   * magnitude, and throws a RangeError for a sum beyond that rather than lose precision.
    */
   incr(key, delta = 1, { ttlMs } = {}) {
     let sum;
@@ -397,8 +423,17 @@ export class Decision {
       : { tag: 'respond', val: this.outcome.toWit() };
   }
 }
+// The hooks' argument order changed (ctx first, as the Python and Rust SDKs): a hook written
+// the old way hands a Context where a Call belongs. Say so rather than fail obscurely.
+const ORDER_HINT = 'the hooks are onCall(ctx, call) and onResult(ctx, call, outcome), the context first';
+const notACall = (value, what) =>
+  new TypeError(`${what} takes a Call, not ${value instanceof Context ? `a Context (${ORDER_HINT})` : kind(value)}`);
+
 /** Pass `call` (rewritten or not) to the next plugin, or to the node after the last. */
-export const forward = (call) => new Decision(call, undefined);
+export const forward = (call) => {
+  if (!(call instanceof Call)) throw notACall(call, 'forward');
+  return new Decision(call, undefined);
+};
 /** Answer the call with `outcome`; the rest of the chain and the node are skipped. */
 export const respond = (outcome) => new Decision(undefined, outcome);
 /** Answer the call with `value` as result. */
@@ -534,7 +569,7 @@ export class Config {
   }
   /**
    * Parses and checks the configuration against `spec`, an object of field specifications:
-   * `{ greeting: { type: 'string', default: 'Hello' }, cache_ms: { type: 'integer', min: 0, default: 1000 } }`.
+   * `{ greeting: { type: 'string', default: 'hello' }, cache_ms: { type: 'integer', min: 0, default: 1000 } }`.
    * A field spec has `type` ('string' | 'integer' | 'number' | 'boolean' | 'array' | 'object' |
    * 'any'), optional `default` (a field without one is required), `min` / `max` (numbers; for
    * strings and arrays, lengths), `oneOf` (allowed values) and `check(value)` returning an error
@@ -587,9 +622,9 @@ export class Config {
  * ```js
  * import { Plugin, Methods, respondOk } from '@ovsb/plugin-sdk';
  * export default class Hello extends Plugin {
- *   constructor(config) { super(); this.greeting = config.parse({ greeting: { type: 'string', default: 'Hello' } }).greeting; }
+ *   constructor(config) { super(); this.greeting = config.parse({ greeting: { type: 'string', default: 'hello' } }).greeting; }
  *   methods() { return Methods.matching(['hello_world']); }
- *   onCall(call, ctx) { return respondOk(`${this.greeting} from ${ctx.instanceId}`); }
+ *   onCall(ctx, call) { return respondOk(`${this.greeting} from ${ctx.instanceId}`); }
  * }
  * ```
  *
@@ -618,8 +653,11 @@ export class Plugin {
    * Sees a call on its way to the node. Return `forward(call)` (or the call itself) to pass it on,
    * `respond(outcome)` / `respondOk(value)` / `respondErr(...)` to answer it; throwing an
    * `RpcError` answers with it. The default forwards and declines the hook.
+   * The context comes first, as in the Python and Rust SDKs.
+   * @param {Context} ctx who is calling
+   * @param {Call} call the call
    */
-  onCall(call, ctx) {
+  onCall(ctx, call) {
     theHost().declineHook({ onCall: true, onResult: false });
     return forward(call);
   }
@@ -627,8 +665,11 @@ export class Plugin {
    * Sees the outcome of a call this plugin forwarded (`call` as it forwarded it). Return an
    * `Outcome` (the one given to pass it through, or `ok(value)`, `okRaw(json)`, `err(...)`).
    * The default passes it through and declines the hook.
+   * @param {Context} ctx who is calling
+   * @param {Call} call the call as this plugin forwarded it
+   * @param {Outcome} outcome the answer from further down the chain (or the node)
    */
-  onResult(call, outcome, ctx) {
+  onResult(ctx, call, outcome) {
     theHost().declineHook({ onCall: false, onResult: true });
     return outcome;
   }
@@ -687,11 +728,12 @@ export function exportPlugin(PluginClass) {
       try {
         if (plugin === null) throw notConfigured();
         const call = Call.fromWit(witCall);
-        const decision = plugin.onCall(call, new Context());
+        const decision = plugin.onCall(new Context(), call);
         if (decision instanceof Decision) return decision.toWit();
         if (decision instanceof Call) return forward(decision).toWit();
         if (decision instanceof Outcome) return respond(decision).toWit();
-        throw new TypeError(`onCall must return forward(call), respond(outcome) or a Call, not ${kind(decision)}`);
+        const what = decision instanceof Context ? `a Context (${ORDER_HINT})` : kind(decision);
+        throw new TypeError(`onCall must return forward(call), respond(outcome) or a Call, not ${what}`);
       } catch (e) {
         return { tag: 'respond', val: { tag: 'err', val: failure('onCall', e).toWit() } };
       }
@@ -700,9 +742,11 @@ export function exportPlugin(PluginClass) {
     onResult(witCall, witOutcome) {
       try {
         if (plugin === null) throw notConfigured();
-        const outcome = plugin.onResult(Call.fromWit(witCall), Outcome.fromWit(witOutcome), new Context());
+        const outcome = plugin.onResult(new Context(), Call.fromWit(witCall), Outcome.fromWit(witOutcome));
         if (outcome instanceof Outcome) return outcome.toWit();
-        throw new TypeError(`onResult must return an Outcome (ok(value), okRaw(json), err(...)), not ${kind(outcome)}`);
+        const what =
+          outcome instanceof Call ? `a Call (${ORDER_HINT})` : outcome instanceof Context ? `a Context (${ORDER_HINT})` : kind(outcome);
+        throw new TypeError(`onResult must return an Outcome (ok(value), okRaw(json), err(...)), not ${what}`);
       } catch (e) {
         return { tag: 'err', val: failure('onResult', e).toWit() };
       }

@@ -2,7 +2,7 @@
 //
 // It answers a new method, `hello_world`, with "<greeting> from <instance id>", and passes every
 // other call through untouched: it selects only `hello_world` (`methods()`), so ovsb does not
-// even call into it for the others. Configuration: `{"greeting": "Hello"}` (optional).
+// even call into it for the others. Configuration (optional): `{"greeting": "text"}` (default "hello").
 //
 // Module top-level code runs at build time: use the host (log, kv, upstream, nowMs) only in hooks.
 
@@ -13,7 +13,7 @@ export default class HelloWorld extends Plugin {
   constructor(config) {
     super();
     // Unknown fields and wrong types are refused with a message the operator sees as a 400.
-    const { greeting } = config.parse({ greeting: { type: 'string', default: 'Hello', min: 1, max: 200 } });
+    const { greeting } = config.parse({ greeting: { type: 'string', default: 'hello', min: 1, max: 200 } });
     this.greeting = greeting;
   }
 
@@ -22,7 +22,7 @@ export default class HelloWorld extends Plugin {
   }
 
   // Only `hello_world` arrives here (see methods()).
-  onCall(call, ctx) {
+  onCall(ctx, call) {
     return respondOk(`${this.greeting} from ${ctx.instanceId}`);
   }
 

@@ -16,8 +16,8 @@ test('hello_world answers with the greeting and the instance id, without the nod
 
 test('the greeting is optional', () => {
   MockHost.install();
-  assert.equal(new Harness(HelloWorld, null).call('hello_world').result, 'Hello from test-instance');
-  assert.equal(new Harness(HelloWorld, {}).call('hello_world').result, 'Hello from test-instance');
+  assert.equal(new Harness(HelloWorld, null).call('hello_world').result, 'hello from test-instance');
+  assert.equal(new Harness(HelloWorld, {}).call('hello_world').result, 'hello from test-instance');
 });
 
 test('only hello_world is selected; every other call reaches the node unchanged', () => {

@@ -55,9 +55,11 @@ test('the built component speaks the contract through the SDK glue', { skip: !en
   assert.deepEqual(JSON.parse(probe.val.val), {
     ctx: ['test-instance', 'test-binding', 'test-plan', 'test-request'],
     now: 1_700_000_000_000,
-    kv: ['v', 5, true, true, null],
+    kv: ['v', 5, 5, -1, true, true, null],
+    incrType: 'number',
     up: [],
     upErr: { code: -32000, message: 'node down' },
+    upThrown: 'RpcError: -32000 node down',
     params: { a: [1] },
     kvErr: 'KvError: value at `k` is not an integer',
   });

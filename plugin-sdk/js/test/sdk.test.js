@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 
 import {
   Call, Config, ConfigError, Methods, Plugin, RpcError, KvError, codes, err, forward, globMatches, kv, log,
-  nowMs, ok, okRaw, respondOk, upstream, INTERNAL_ERROR, INVALID_PARAMS, LIMIT_EXCEEDED,
+  nowMs, ok, okRaw, respondOk, upstream, upstreamRaw, Context, INTERNAL_ERROR, INVALID_PARAMS, LIMIT_EXCEEDED,
 } from '../src/index.js';
 import { Harness, MockHost } from '../src/testing.js';
 
@@ -31,7 +31,7 @@ test('a plugin overriding one hook declines only the other', () => {
   const host = MockHost.install();
   host.setUpstream(() => 'x');
   class Rewrite extends Plugin {
-    onResult(call, outcome) {
+    onResult(ctx, call, outcome) {
       return ok({ wrapped: outcome.result });
     }
   }
@@ -73,7 +73,7 @@ test('selected methods are declared during configure, and unselected calls pass 
     methods() {
       return Methods.matching(['a_*']).or(Methods.notMatching(['b_*', 'a_*']));
     }
-    onCall(call) {
+    onCall(ctx, call) {
       return respondOk('plugin');
     }
   }
@@ -138,11 +138,11 @@ test('an RpcError thrown from a hook answers the call with it', () => {
   const host = MockHost.install();
   host.setUpstream(() => 'node');
   class Limits extends Plugin {
-    onCall(call) {
+    onCall(ctx, call) {
       if (call.method === 'limited') throw new RpcError(LIMIT_EXCEEDED, 'slow down', { retry_after_ms: 100 });
       return forward(call);
     }
-    onResult(call, outcome) {
+    onResult(ctx, call, outcome) {
       throw new RpcError(-32000, 'rewritten');
     }
   }
@@ -158,7 +158,7 @@ test('an RpcError thrown from a hook answers the call with it', () => {
 test('any other exception becomes -32603 naming the failure, and is logged', () => {
   const host = MockHost.install();
   class Buggy extends Plugin {
-    onCall(call) {
+    onCall(ctx, call) {
       if (call.method === 'wrong_return') return 42;
       throw new TypeError('undefined is not a function');
     }
@@ -186,10 +186,10 @@ test('a rewritten call reaches the upstream as rewritten, and onResult sees it',
   const host = MockHost.install();
   host.setUpstream((call) => call.params);
   class Pin extends Plugin {
-    onCall(call) {
+    onCall(ctx, call) {
       return call.setParams([call.params[0], 'latest']);
     }
-    onResult(call, outcome) {
+    onResult(ctx, call, outcome) {
       return okRaw(JSON.stringify({ sent: call.params, got: outcome.result }));
     }
   }
@@ -198,15 +198,70 @@ test('a rewritten call reaches the upstream as rewritten, and onResult sees it',
   assert.equal(host.upstreamCalls[0].paramsText, '["0x1","latest"]');
 });
 
-test('upstream is recorded; without a script it is an error outcome', () => {
+test('upstreamRaw gives the Outcome; without a script it is an error outcome', () => {
   const host = MockHost.install();
-  const outcome = upstream('eth_chainId');
+  const outcome = upstreamRaw('eth_chainId');
   assert.equal(outcome.error.code, INTERNAL_ERROR);
   assert.throws(() => outcome.unwrap(), RpcError);
   host.setUpstream((call) => (call.method === 'bad' ? err(-32000, 'nope') : '0x1'));
-  assert.equal(upstream({ method: 'eth_chainId', params: [] }).unwrap(), '0x1');
-  assert.equal(upstream('bad', [1]).error.message, 'nope');
+  assert.equal(upstreamRaw({ method: 'eth_chainId', params: [] }).result, '0x1');
+  assert.equal(upstreamRaw('bad', [1]).error.message, 'nope');
   assert.deepEqual(host.upstreamCalls.map((c) => [c.method, c.paramsText]), [['eth_chainId', undefined], ['eth_chainId', '[]'], ['bad', '[1]']]);
+});
+
+test('upstream gives the result value or throws the RpcError, as Python upstream does', () => {
+  const host = MockHost.install();
+  host.setUpstream((call) => (call.method === 'bad' ? err(-32000, 'nope', { why: 1 }) : { n: call.params ?? null }));
+  assert.deepEqual(upstream('eth_x', [1]), { n: [1] });
+  assert.deepEqual(upstream(new Call('eth_y')), { n: null });
+  assert.deepEqual(upstream({ method: 'eth_z', params: [2] }), { n: [2] });
+  assert.throws(() => upstream('bad'), (e) => e instanceof RpcError && e.code === -32000 && e.message === 'nope' && e.data.why === 1);
+  class Relay extends Plugin {
+    onCall(ctx, call) {
+      return respondOk(upstream(call));
+    }
+  }
+  const harness = new Harness(Relay);
+  assert.deepEqual(harness.call('eth_x', [3]).result, { n: [3] });
+  assert.deepEqual(harness.call('bad').error.toJSON(), { code: -32000, message: 'nope', data: { why: 1 } }, 'an escaping RpcError answers the call');
+  assert.equal(host.logs.length, 0);
+});
+
+test('hooks take the context first; the old order fails loudly, naming the new one', () => {
+  const host = MockHost.install();
+  host.setUpstream(() => 'node');
+  const seen = [];
+  class Order extends Plugin {
+    onCall(ctx, call) {
+      seen.push(['onCall', ctx instanceof Context, call instanceof Call]);
+      return forward(call);
+    }
+    onResult(ctx, call, outcome) {
+      seen.push(['onResult', ctx instanceof Context, call instanceof Call, outcome.result]);
+      return outcome;
+    }
+  }
+  assert.equal(new Harness(Order).call('m').result, 'node');
+  assert.deepEqual(seen, [['onCall', true, true], ['onResult', true, true, 'node']]);
+
+  class OldOrder extends Plugin {
+    onCall(call, ctx) {
+      return forward(call);
+    }
+  }
+  assert.match(new Harness(OldOrder).call('m').error.message, /forward takes a Call, not a Context \(the hooks are onCall\(ctx, call\) and onResult\(ctx, call, outcome\)/);
+  class OldOrderResult extends Plugin {
+    onResult(call, outcome, ctx) {
+      return outcome;
+    }
+  }
+  assert.match(new Harness(OldOrderResult).call('m').error.message, /onResult must return an Outcome .*, not a Call \(the hooks are onCall\(ctx, call\)/);
+  class ReturnsCtx extends Plugin {
+    onCall(call) {
+      return call;
+    }
+  }
+  assert.match(new Harness(ReturnsCtx).call('m').error.message, /onCall must return .*, not a Context \(the hooks are/);
 });
 
 test('kv entries expire when the mock clock passes their TTL', () => {
@@ -233,6 +288,33 @@ test('kv incr counts from zero, keeps the first TTL, and refuses non-integers', 
   assert.throws(() => kv.incr('s'), (e) => e instanceof KvError && /not an integer/.test(e.message));
   kv.set('max', (2n ** 63n - 1n).toString());
   assert.throws(() => kv.incr('max'), /overflow/);
+  kv.set('big', (2n ** 53n - 2n).toString());
+  assert.equal(kv.incr('big'), 2 ** 53 - 1, 'a JS number, exact up to 2^53 - 1');
+  assert.equal(typeof kv.incr('big', 0), 'number');
+  assert.throws(() => kv.incr('big'), RangeError, 'beyond safe integers: a RangeError, not a rounded number');
+});
+
+test('kv getInt reads what incr stores; default (0) when absent, expired or not an integer, as Python get_int', () => {
+  const host = MockHost.install();
+  assert.equal(kv.getInt('n'), 0);
+  assert.equal(kv.getInt('n', 7), 7);
+  kv.incr('n', 41, { ttlMs: 10 });
+  kv.incr('n');
+  assert.equal(kv.getInt('n'), 42);
+  host.advanceMs(10);
+  assert.equal(kv.getInt('n', -1), -1, 'expired');
+  for (const [text, want] of [[' 12 ', 12], ['+5', 5], ['-3', -3], ['1_000', 1000], ['007', 7], ['\t3\n', 3], ['-0', 0]]) {
+    kv.set('v', text);
+    assert.equal(kv.getInt('v', 99), want, JSON.stringify(text));
+  }
+  for (const text of ['', 'x', '1.0', '1__0', '_1', '1e3', '0x10', '\u00a07']) {
+    kv.set('v', text);
+    assert.equal(kv.getInt('v', 99), 99, JSON.stringify(text));
+  }
+  kv.set('v', new Uint8Array([0xff]));
+  assert.equal(kv.getInt('v'), 0, 'not UTF-8');
+  kv.set('v', (2n ** 60n).toString());
+  assert.throws(() => kv.getInt('v'), RangeError);
 });
 
 test('compare-and-swap only swaps on the expected value; delete says whether it was there', () => {
@@ -257,7 +339,7 @@ test('log lines, the clock and the context reach the mock host', () => {
   assert.equal(nowMs(), 5);
   host.setUpstream(() => null);
   class Who extends Plugin {
-    onCall(call, ctx) {
+    onCall(ctx, call) {
       return respondOk([ctx.instanceId, ctx.bindingId, ctx.plan, ctx.requestId]);
     }
   }

@@ -16,11 +16,11 @@ export default class Bench extends Plugin {
     return { onCall: true, onResult: this.mode === 'rewrite' };
   }
 
-  onCall(call) {
+  onCall(ctx, call) {
     return forward(call);
   }
 
-  onResult(call, outcome) {
+  onResult(ctx, call, outcome) {
     if (!outcome.isOk) return outcome;
     return okRaw(`{"wrapped":${JSON.stringify(JSON.parse(outcome.resultText))}}`);
   }

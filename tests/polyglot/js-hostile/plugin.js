@@ -14,7 +14,7 @@ export default class Hostile extends Plugin {
     return { onCall: true, onResult: false };
   }
 
-  onCall(call) {
+  onCall(ctx, call) {
     switch (call.method) {
       case 'hostile_loop': {
         let n = 0;
