@@ -319,10 +319,22 @@ impl RouteSync {
             self.lock_unbuilt().insert(instance.id.clone());
             return None;
         };
+        Some(self.fresh(instance, node, plugins, route, nodeless))
+    }
+
+    /// A newly built route of `instance`; remembered for a retry when it has no node yet.
+    fn fresh(
+        &self,
+        instance: &InstanceRow,
+        node: Option<NodeOwner>,
+        plugins: ChainVersions,
+        route: Arc<InstanceRoute>,
+        nodeless: bool,
+    ) -> Built {
         if nodeless {
             self.lock_unbuilt().insert(instance.id.clone());
         }
-        Some(Built {
+        Built {
             plan_id: instance.plan_id.clone(),
             parameters: instance.parameters.clone(),
             node,
@@ -330,7 +342,7 @@ impl RouteSync {
             plugins,
             refused: None,
             route,
-        })
+        }
     }
 
     /// The plugins of the instance's chain, each with the version the registry serves now.
@@ -404,18 +416,7 @@ impl RouteSync {
             }
             match rebuilt {
                 Some((route, nodeless)) => {
-                    *entry = Built {
-                        plan_id: instance.plan_id.clone(),
-                        parameters: instance.parameters.clone(),
-                        node,
-                        nodeless,
-                        plugins,
-                        refused: None,
-                        route,
-                    };
-                    if nodeless {
-                        self.lock_unbuilt().insert(id.clone());
-                    }
+                    *entry = self.fresh(&instance, node, plugins, route, nodeless);
                     // Installs the new route under every binding of the instance (the entry is
                     // current now, so it is taken as it is).
                     if let Err(err) = self.apply_instance(&mut built, &id).await {
