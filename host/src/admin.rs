@@ -83,6 +83,15 @@ async fn gauges(state: &Parts, m: &crate::telemetry::Metrics) {
         let labels = crate::telemetry::PluginVersionLabels { plugin: name.clone(), sha256: available.plugin.sha256() };
         m.plugin_loaded.get_or_create(&labels).set(1);
     }
+    let stats = state.routing.registry().runtime().stats();
+    for (source, counter) in [
+        ("compiled", &stats.compilations),
+        ("disk_cache", &stats.disk_cache_hits),
+        ("memory_cache", &stats.memory_cache_hits),
+    ] {
+        let n = counter.load(std::sync::atomic::Ordering::Relaxed);
+        m.plugin_loads.get_or_create(&crate::telemetry::SourceLabels { source }).set(n as i64);
+    }
     m.plugin_instances.clear();
     for ((plugin, sha256), n) in state.routing.plugin_versions_in_use().await {
         m.plugin_instances.get_or_create(&crate::telemetry::PluginVersionLabels { plugin, sha256 }).set(n);

@@ -57,6 +57,13 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of where something came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// The source.
+    pub source: &'static str,
+}
+
 /// Labels of a loaded plugin version.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginVersionLabels {
@@ -134,6 +141,9 @@ pub struct Metrics {
     /// `ovsb_plugin_instances{plugin, sha256}`: instances whose routes run that version (set at
     /// scrape time; after a reload, those that kept the previous version show under it).
     pub plugin_instances: Family<PluginVersionLabels, Gauge>,
+    /// `ovsb_plugin_loads{source}`: plugin files loaded since start, by where the compiled code
+    /// came from (`compiled`, `disk_cache`, `memory_cache`; set at scrape time).
+    pub plugin_loads: Family<SourceLabels, Gauge>,
     /// `ovsb_plugin_reloads_total{outcome}`: plugin reloads (SIGHUP, `POST /reload`) by outcome
     /// (`changed`, `unchanged`, `failed`), one count per plugin.
     pub plugin_reloads: Family<OutcomeLabels, Counter>,
@@ -253,6 +263,12 @@ impl Metrics {
         let plugin_loaded = Family::<PluginVersionLabels, Gauge>::default();
         let plugin_reloads = Family::<OutcomeLabels, Counter>::default();
         let plugin_instances = Family::<PluginVersionLabels, Gauge>::default();
+        let plugin_loads = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "plugin_loads",
+            "Plugin files loaded since start, by where their compiled code came from",
+            plugin_loads.clone(),
+        );
         registry.register(
             "plugin_instances",
             "Instances whose routes run each plugin version",
@@ -274,6 +290,7 @@ impl Metrics {
             plugin_refusals,
             plugin_loaded,
             plugin_instances,
+            plugin_loads,
             plugin_reloads,
             rpc_calls,
             rpc_duration,

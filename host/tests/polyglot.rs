@@ -152,6 +152,9 @@ async fn python_javascript_and_rust_plugins_serve_one_chain_in_front_of_anvil() 
         ),
         1,
     );
+    let admin = free_port();
+    let config =
+        config.replacen("[admin]\nlisten = \"127.0.0.1:0\"", &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""), 1);
     let config = format!(
         "data_dir = \"{}\"\n{config}\n[runtime]\ncache_dir = \"{}\"\n",
         dir.path().join("data").display(),
@@ -176,7 +179,20 @@ async fn python_javascript_and_rust_plugins_serve_one_chain_in_front_of_anvil() 
     assert_eq!(refused.status, 400, "{refused:?}");
     assert!(refused.body["description"].as_str().unwrap().contains("eth_chainId"), "{refused:?}");
 
+    // Every plugin was compiled (or read from the compile cache) before ovsb answered: a
+    // provision with Python and JavaScript plugins never waits for a compile.
+    let loads = async || {
+        let page = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
+        let count = |source: &str| -> u64 {
+            let prefix = format!("ovsb_plugin_loads{{source=\"{source}\"}} ");
+            page.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |n| n.trim().parse().unwrap())
+        };
+        (count("compiled"), count("disk_cache"))
+    };
+    let at_start = loads().await;
+    assert_eq!(at_start.0 + at_start.1, 5, "the five declared plugins, each loaded once: {at_start:?}");
     ovsb.osb.ready_instance("poly", PLAN_SHARED, Some(chain)).await;
+    assert_eq!(loads().await, at_start, "no plugin was compiled or read again for the provision");
     let uri = |resp: &Resp| resp.body["credentials"]["uri"].as_str().unwrap().to_string();
     let first = uri(&ovsb.osb.bind("poly", "b1", PLAN_SHARED).await);
     let second = uri(&ovsb.osb.bind("poly", "b2", PLAN_SHARED).await);

@@ -104,6 +104,11 @@ impl Registry {
         })
     }
 
+    /// The runtime the plugins run in.
+    pub fn runtime(&self) -> &PluginRuntime {
+        &self.runtime
+    }
+
     /// Names of the available plugins, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.plugins.load().keys().cloned().collect();
@@ -232,7 +237,17 @@ impl Registry {
 }
 
 fn load_decl(runtime: &PluginRuntime, decl: &PluginDecl) -> Result<Available, LoadError> {
+    let started = std::time::Instant::now();
+    let compiled = runtime.stats().compilations.load(std::sync::atomic::Ordering::Relaxed);
     let plugin = runtime.load_file(&decl.name, &decl.path)?;
+    let fresh = runtime.stats().compilations.load(std::sync::atomic::Ordering::Relaxed) != compiled;
+    tracing::info!(
+        plugin = %decl.name,
+        sha256 = %plugin.sha256(),
+        ms = started.elapsed().as_millis() as u64,
+        "plugin {}",
+        if fresh { "compiled" } else { "loaded from the compile cache" }
+    );
     if let Some(expected) = &decl.sha256
         && !expected.eq_ignore_ascii_case(&plugin.sha256())
     {
