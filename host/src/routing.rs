@@ -56,6 +56,17 @@ struct Built {
     route: Arc<InstanceRoute>,
 }
 
+impl Built {
+    /// Whether this route was built for `instance` as it is now, with `node`, and has a node to
+    /// reach: only its plugins' versions may differ.
+    fn serves(&self, instance: &InstanceRow, node: &Option<NodeOwner>) -> bool {
+        self.plan_id == instance.plan_id
+            && self.parameters == instance.parameters
+            && self.node == *node
+            && !self.nodeless
+    }
+}
+
 /// The plugins of a chain, by name, each with its version (`None`: no longer available).
 type ChainVersions = Vec<(String, Option<PluginVersion>)>;
 
@@ -296,9 +307,7 @@ impl RouteSync {
         instance: &InstanceRow,
         node: Option<NodeOwner>,
     ) -> Option<Built> {
-        let previous = built.remove(&instance.id).filter(|b| {
-            b.plan_id == instance.plan_id && b.parameters == instance.parameters && b.node == node && !b.nodeless
-        });
+        let previous = built.remove(&instance.id).filter(|b| b.serves(instance, &node));
         if let Some(entry) = previous.as_ref()
             && !self.wants_rebuild(entry)
         {
@@ -366,8 +375,12 @@ impl RouteSync {
     /// Whether the route runs other plugin versions than the registry serves, and has not
     /// already been refused by those.
     fn wants_rebuild(&self, entry: &Built) -> bool {
-        let current = self.current_versions(&entry.plugins);
-        current != entry.plugins && entry.refused.as_ref() != Some(&current)
+        // Asked for every change an instance's routes get: nothing is allocated while the
+        // versions are current, which is almost always.
+        if entry.plugins.iter().all(|(name, version)| self.registry.version_of(name) == *version) {
+            return false;
+        }
+        entry.refused.as_ref() != Some(&self.current_versions(&entry.plugins))
     }
 
     /// Rebuilds the routes whose chains run a plugin version the registry no longer serves
@@ -406,14 +419,8 @@ impl RouteSync {
             let plugins = self.chain_plugins(&instance);
             let rebuilt = self.build(&instance, node.as_ref()).await;
             let mut built = self.built.lock().await;
-            let Some(entry) = built.get_mut(&id) else { continue };
-            if entry.plan_id != instance.plan_id
-                || entry.parameters != instance.parameters
-                || entry.node != node
-                || entry.nodeless
-            {
-                continue;
-            }
+            // Gone, or changed meanwhile (its own change rebuilt it with the versions of then).
+            let Some(entry) = built.get_mut(&id).filter(|entry| entry.serves(&instance, &node)) else { continue };
             match rebuilt {
                 Some((route, nodeless)) => {
                     *entry = self.fresh(&instance, node, plugins, route, nodeless);
@@ -439,15 +446,16 @@ impl RouteSync {
     /// old one, and shows here.
     pub async fn plugin_versions_in_use(&self) -> std::collections::BTreeMap<(String, String), i64> {
         let built = self.built.lock().await;
-        let mut counts = std::collections::BTreeMap::new();
+        let mut counts: std::collections::BTreeMap<(&str, [u8; 32]), i64> = std::collections::BTreeMap::new();
         for entry in built.values() {
             for (name, version) in &entry.plugins {
                 if let Some(version) = version {
-                    *counts.entry((name.clone(), hex::encode(version.digest))).or_insert(0) += 1;
+                    *counts.entry((name.as_str(), version.digest)).or_insert(0) += 1;
                 }
             }
         }
-        counts
+        // One name and one hex digest per version in use, not per instance.
+        counts.into_iter().map(|((name, digest), n)| ((name.to_string(), hex::encode(digest)), n)).collect()
     }
 
     /// The plugin registry the routes are built from.

@@ -137,22 +137,26 @@ fn write_template(
             .replace("{{module}}", &module)
             .replace("{{sdk}}", &lang_sdk.display().to_string())
             .replace("{{wit}}", &wit.display().to_string());
-        let path = root.join(file);
-        let write = || -> std::io::Result<()> {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&path, &text)?;
-            #[cfg(unix)]
-            if file.ends_with(".sh") {
-                use std::os::unix::fs::PermissionsExt as _;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-            }
-            Ok(())
-        };
-        write().map_err(|source| ScaffoldError::Write { path: path.clone(), source })?;
+        write_file(&root.join(file), &text)?;
     }
     Ok(())
+}
+
+/// Writes one file of a new project, with its directories; shell scripts (`*.sh`) executable.
+fn write_file(path: &Path, text: &str) -> Result<(), ScaffoldError> {
+    let write = || -> std::io::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+        #[cfg(unix)]
+        if path.extension().is_some_and(|e| e == "sh") {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(())
+    };
+    write().map_err(|source| ScaffoldError::Write { path: path.to_path_buf(), source })
 }
 
 fn check_name(name: &str) -> Result<(), ScaffoldError> {
@@ -192,14 +196,7 @@ pub fn new_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, Scaffol
         (".gitignore", "/target\n".to_string()),
     ];
     for (file, content) in files {
-        let path = root.join(file);
-        let write = || -> std::io::Result<()> {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&path, &content)
-        };
-        write().map_err(|source| ScaffoldError::Write { path: path.clone(), source })?;
+        write_file(&root.join(file), &content)?;
     }
     Ok(root)
 }

@@ -149,7 +149,7 @@ fn build_polyglot(root: &Path, dir: &Path, generated: &mut String) {
     let common = inputs_hash(root, POLYGLOT_INPUTS);
     let build_lang = |lang: Lang| {
         for (constant, _, source) in POLYGLOT.iter().filter(|(_, l, _)| *l == lang) {
-            let out = dir.join(format!("{}.wasm", constant.to_ascii_lowercase()));
+            let out = polyglot_output(dir, constant);
             let stamp = out.with_extension("stamp");
             let want = format!("{common:016x}-{:016x}", inputs_hash(root, &[source_dir(source)]));
             if out.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
@@ -203,11 +203,16 @@ fn build_polyglot(root: &Path, dir: &Path, generated: &mut String) {
         }
     });
     for (constant, lang, source) in POLYGLOT {
-        let out = dir.join(format!("{}.wasm", constant.to_ascii_lowercase()));
+        let out = polyglot_output(dir, constant);
         let language = if *lang == Lang::Python { "Python" } else { "JavaScript" };
         writeln!(generated, "/// Path of the {language} plugin `{source}`, as a component.").unwrap();
         writeln!(generated, "pub const {constant}: &str = {:?};", out.display().to_string()).unwrap();
     }
+}
+
+/// Where the component of the [`POLYGLOT`] plugin `constant` is built.
+fn polyglot_output(dir: &Path, constant: &str) -> PathBuf {
+    dir.join(format!("{}.wasm", constant.to_ascii_lowercase()))
 }
 
 /// The directory of a plugin's source (`source` itself when it is one).
