@@ -151,10 +151,48 @@ pub struct Metrics {
     per_instance: RwLock<HashMap<Arc<str>, Arc<InstanceMetrics>>>,
 }
 
-/// What is kept per instance: its traffic history and its own method labels.
+/// The entry of a method on an instance: its own while the method name is well formed and the
+/// instance has fewer than [`MAX_METHOD_LABELS`], else the instance's `other`.
+fn method_in(metrics: &InstanceMetrics, method: &str) -> Arc<MethodMetrics> {
+    let well_formed =
+        !method.is_empty() && method.len() <= 64 && method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !well_formed {
+        return metrics.other.clone();
+    }
+    if let Some(entry) = metrics.methods.read().unwrap_or_else(|p| p.into_inner()).get(method) {
+        return entry.clone();
+    }
+    let mut methods = metrics.methods.write().unwrap_or_else(|p| p.into_inner());
+    if methods.len() >= MAX_METHOD_LABELS && !methods.contains_key(method) {
+        return metrics.other.clone();
+    }
+    methods.entry(method.into()).or_insert_with(|| MethodMetrics::new(Arc::from(method))).clone()
+}
+
+/// What is kept per instance: its traffic history, its own method labels, and handles to its
+/// series (so that counting a call hashes no label set).
 struct InstanceMetrics {
     traffic: Traffic,
-    methods: RwLock<HashMap<Box<str>, Arc<str>>>,
+    methods: RwLock<HashMap<Box<str>, Arc<MethodMetrics>>>,
+    /// Every call whose method gets no label of its own.
+    other: Arc<MethodMetrics>,
+    duration: std::sync::OnceLock<Histogram>,
+}
+
+/// The outcome classes of `ovsb_rpc_calls_total`, in the order of [`MethodMetrics::calls`].
+const OUTCOMES: [&str; 5] = ["ok", "plugin_failure", "upstream_error", "limit", "error"];
+
+/// One method label of one instance, and its `ovsb_rpc_calls_total` series by outcome (made at
+/// its first count: a series shows once it has counted).
+struct MethodMetrics {
+    label: Arc<str>,
+    calls: [std::sync::OnceLock<Counter>; OUTCOMES.len()],
+}
+
+impl MethodMetrics {
+    fn new(label: Arc<str>) -> Arc<Self> {
+        Arc::new(MethodMetrics { label, calls: Default::default() })
+    }
 }
 
 /// Seconds of traffic history kept per instance (for its dashboard).
@@ -312,7 +350,14 @@ impl Metrics {
         }
         let mut all = self.per_instance.write().unwrap_or_else(|p| p.into_inner());
         all.entry(instance.clone())
-            .or_insert_with(|| Arc::new(InstanceMetrics { traffic: Traffic::new(), methods: RwLock::default() }))
+            .or_insert_with(|| {
+                Arc::new(InstanceMetrics {
+                    traffic: Traffic::new(),
+                    methods: RwLock::default(),
+                    other: MethodMetrics::new(self.other.clone()),
+                    duration: std::sync::OnceLock::new(),
+                })
+            })
             .clone()
     }
 
@@ -328,31 +373,26 @@ impl Metrics {
 
     /// The label value for a method name on `instance` (shared; bounded, see the module docs).
     pub fn method_label(&self, instance: &Arc<str>, method: &str) -> Arc<str> {
-        self.label_in(&self.instance(instance), method)
+        method_in(&self.instance(instance), method).label.clone()
     }
 
-    fn label_in(&self, metrics: &InstanceMetrics, method: &str) -> Arc<str> {
-        let well_formed =
-            !method.is_empty() && method.len() <= 64 && method.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !well_formed {
-            return self.other.clone();
-        }
-        if let Some(label) = metrics.methods.read().unwrap_or_else(|p| p.into_inner()).get(method) {
-            return label.clone();
-        }
-        let mut methods = metrics.methods.write().unwrap_or_else(|p| p.into_inner());
-        if methods.len() >= MAX_METHOD_LABELS {
-            return self.other.clone();
-        }
-        methods.entry(method.into()).or_insert_with(|| Arc::from(method)).clone()
-    }
-
-    /// Records one answered call.
+    /// Records one answered call. `outcome` is one of `ok`, `plugin_failure`, `upstream_error`,
+    /// `limit` and `error`.
     pub fn record_call(&self, instance: &Arc<str>, method: &str, outcome: &'static str, elapsed: Duration) {
         let metrics = self.instance(instance);
-        let labels = CallLabels { instance: instance.clone(), method: self.label_in(&metrics, method), outcome };
-        self.rpc_calls.get_or_create(&labels).inc();
-        self.rpc_duration.get_or_create(&InstanceLabels { instance: instance.clone() }).observe(elapsed.as_secs_f64());
+        let index = OUTCOMES.iter().position(|known| *known == outcome).unwrap_or(OUTCOMES.len() - 1);
+        let entry = method_in(&metrics, method);
+        entry.calls[index]
+            .get_or_init(|| {
+                let labels =
+                    CallLabels { instance: instance.clone(), method: entry.label.clone(), outcome: OUTCOMES[index] };
+                self.rpc_calls.get_or_create(&labels).clone()
+            })
+            .inc();
+        metrics
+            .duration
+            .get_or_init(|| self.rpc_duration.get_or_create(&InstanceLabels { instance: instance.clone() }).clone())
+            .observe(elapsed.as_secs_f64());
         metrics.traffic.record(unix_seconds(), outcome != "ok");
     }
 
@@ -372,11 +412,10 @@ impl Metrics {
         self.per_instance.write().unwrap_or_else(|p| p.into_inner()).retain(|id, _| live(id));
     }
 
-    /// Records the time of one plugin hook.
-    pub fn record_plugin(&self, plugin: &Arc<str>, hook: &'static str, elapsed: Duration) {
-        self.plugin_duration
-            .get_or_create(&PluginLabels { plugin: plugin.clone(), hook })
-            .observe(elapsed.as_secs_f64());
+    /// The series of `ovsb_plugin_hook_duration_seconds` for one plugin's hook: kept by the
+    /// plugin, so that timing a hook hashes no label set.
+    pub fn plugin_hook_timer(&self, plugin: &Arc<str>, hook: &'static str) -> Histogram {
+        self.plugin_duration.get_or_create(&PluginLabels { plugin: plugin.clone(), hook }).clone()
     }
 
     /// Counts one failed attempt to reach a node.

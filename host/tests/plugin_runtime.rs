@@ -162,6 +162,38 @@ async fn an_infinite_loop_is_stopped_by_the_time_budget_and_the_pool_serves_the_
     assert_eq!(fx.runtime.stats().recycled.load(Ordering::SeqCst), 1, "the looping copy was thrown away");
 }
 
+/// The epoch, which enforces time budgets, advances only while wasm runs: an idle runtime (or a
+/// gateway serving only empty chains) takes no timer wake-up, and a plugin call still meets its
+/// budget.
+#[tokio::test]
+async fn the_epoch_advances_only_while_a_plugin_runs() {
+    let fx = Fixture::new();
+    let limits = PluginLimits { call_budget_ms: 30, ..PluginLimits::default() };
+    let chain =
+        Chain::new(vec![ChainEntry { pool: fx.pool_with(json!({"mode": "hostile"}), limits).await, fail_open: false }]);
+    let ticks = || fx.runtime.stats().epoch_ticks.load(Ordering::SeqCst);
+
+    // `configure` ran wasm just now; the ticker stops once it sees nothing running. Ticking
+    // every millisecond, it would never stay still for 100 ms.
+    let settled = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = ticks();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if ticks() == before {
+            break;
+        }
+        assert!(Instant::now() < settled, "the epoch kept advancing with no plugin running");
+    }
+    let idle = ticks();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ticks(), idle, "no tick while idle");
+
+    // A call wakes it: the looping call is stopped by its budget, which needs ticks.
+    let outcome = fx.run(&chain, "test_loop", None).await;
+    assert_eq!(failure_reason(&outcome), "timeout");
+    assert!(ticks() >= idle + 2, "the epoch advanced during the call: {} -> {}", idle, ticks());
+}
+
 #[tokio::test]
 async fn a_memory_bomb_hits_its_cap_and_the_pool_serves_the_next_call() {
     let fx = Fixture::new();

@@ -5,6 +5,10 @@
 # proxying it, ovsb with an empty chain, and ovsb with the realistic first-party chain
 # (method-filter, rate-limit with a limit out of reach, cache), all calling `eth_blockNumber`
 # (which the cache does not answer: every call goes through all three plugins to the node).
+# Beside them, against the static upstream, the floors of ovsb's stack (`host/examples/
+# proxy_floor.rs`): the least a proxy made of hyper's server and client costs (`static-floor-hyper`),
+# and the least one whose server is jsonrpsee, as ovsb's is, costs (`static-floor-rpc`). They bound
+# what ovsb can reach against nginx with these crates.
 #
 #   tests/load/gateway-load.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds of 10 s)
 #
@@ -30,7 +34,7 @@ trap cleanup EXIT
 command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null; }
 [ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
 rustup target add wasm32-wasip2 >/dev/null 2>&1
-[ -n "${OVSB_SKIP_BUILD:-}" ] || cargo build --profile production -p ovsb -q   # thin LTO: see [profile.production] in Cargo.toml
+[ -n "${OVSB_SKIP_BUILD:-}" ] || cargo build --profile production -p ovsb -q --bin ovsb --example proxy_floor   # thin LTO: see [profile.production] in Cargo.toml
 cargo build --release --target wasm32-wasip2 -q -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache
 W=target/wasm32-wasip2/release
 OVSB=target/production/ovsb
@@ -94,12 +98,21 @@ URL[static-direct]="http://127.0.0.1:$STATIC"
 URL[static-nginx]="http://127.0.0.1:$NGX_STATIC"
 URL[static-ovsb-0]=$(start_ovsb static-ovsb-0 "$STATIC" 0)
 URL[static-ovsb-3]=$(start_ovsb static-ovsb-3 "$STATIC" 3)
-ORDER=(anvil-direct anvil-nginx anvil-ovsb-0 anvil-ovsb-3 static-direct static-nginx static-ovsb-0 static-ovsb-3)
+start_floor() { # kind
+    local port; port=$(free_port)
+    taskset -c 0 target/production/examples/proxy_floor "$1" "127.0.0.1:$port" "http://127.0.0.1:$STATIC/" > "$WORK/floor-$1.log" 2>&1 & echo $! >> "$WORK/pids"
+    wait_port "$port"
+    echo "http://127.0.0.1:$port/"
+}
+URL[static-floor-hyper]=$(start_floor hyper)
+URL[static-floor-rpc]=$(start_floor jsonrpsee)
+ORDER=(anvil-direct anvil-nginx anvil-ovsb-0 anvil-ovsb-3 static-direct static-nginx static-floor-hyper static-floor-rpc
+       static-ovsb-0 static-ovsb-3)
 if [ -n "${OVSB_BASELINE:-}" ]; then
     URL[anvil-base-0]=$(start_ovsb anvil-base-0 "$ANVIL" 0 "$OVSB_BASELINE")
     URL[anvil-base-3]=$(start_ovsb anvil-base-3 "$ANVIL" 3 "$OVSB_BASELINE")
     ORDER=(anvil-direct anvil-nginx anvil-base-0 anvil-ovsb-0 anvil-base-3 anvil-ovsb-3
-           static-direct static-nginx static-ovsb-0 static-ovsb-3)
+           static-direct static-nginx static-floor-hyper static-floor-rpc static-ovsb-0 static-ovsb-3)
 fi
 
 for t in "${ORDER[@]}"; do # every target must answer a real result before it is measured
@@ -143,6 +156,10 @@ for up in ("anvil", "static"):
     print(f"{up}: ovsb empty chain = {100 * o0[0] / ng[0]:.0f}% of nginx's req/s (target ≥ 90%); "
           f"with method-filter + rate-limit + cache = {100 * o3[0] / ng[0]:.0f}% (target ≥ 75%), "
           f"p99 {o3[2] / ng[2]:.2f}x nginx's (target ≤ 1.5x)")
+ng = rows["static-nginx"]
+for floor, what in (("static-floor-hyper", "hyper server + client"), ("static-floor-rpc", "jsonrpsee server + hyper client")):
+    print(f"floor, {what}, no ovsb code: {100 * rows[floor][0] / ng[0]:.0f}% of nginx's req/s, p99 {rows[floor][2] / ng[2]:.2f}x; "
+          f"ovsb's empty chain reaches {100 * rows['static-ovsb-0'][0] / rows[floor][0]:.0f}% of it")
 if "anvil-base-0" in rows:
     for n in ("0", "3"):
         base, now = rows[f"anvil-base-{n}"][0], rows[f"anvil-ovsb-{n}"][0]

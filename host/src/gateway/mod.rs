@@ -391,7 +391,8 @@ where
     };
     match ids::scan(&body) {
         Some((entries, batch)) if !batch || entries.len() <= connection.max_batch as usize => {
-            Ok(answer_each(jsonrpc, connection, &parts, entries, batch).await)
+            // Boxed: the rare path's state would otherwise sit in every call's future.
+            Ok(Box::pin(answer_each(jsonrpc, connection, &parts, entries, batch)).await)
         }
         _ => {
             let request =

@@ -132,22 +132,27 @@ where
         }
         let call = Call { method: req.method.to_string(), params: req.params.as_ref().map(|p| p.get().to_string()) };
         if websocket && call.method == "eth_subscribe" {
-            // Plugins may refuse or rewrite a subscription; the subscription itself is proxied.
-            let ctx = self.state.context(&route);
-            return match route.instance.chain.admit(&ctx, call, &upstream_of(&route)).await {
-                Ok(call) => {
-                    let params = call.params.and_then(|p| RawValue::from_string(p).ok());
-                    let req =
-                        Request { method: call.method.into(), params: params.map(std::borrow::Cow::Owned), ..req };
-                    self.inner.call(req).await
-                }
-                Err(outcome) => response(req.id, outcome, self.state.max_response_bytes),
-            };
+            // Boxed: this rare path's state would otherwise sit in every call's future.
+            return Box::pin(self.subscribe(req, route, call)).await;
         }
         let started = std::time::Instant::now();
         let outcome = run(&self.state, &route, call).await;
         record(&route, &req.method, &outcome, started);
         response(req.id, outcome, self.state.max_response_bytes)
+    }
+
+    /// `eth_subscribe` over WebSocket: plugins may refuse or rewrite a subscription; the
+    /// subscription itself is proxied.
+    async fn subscribe(self, req: Request<'_>, route: Arc<Route>, call: Call) -> MethodResponse {
+        let ctx = self.state.context(&route);
+        match route.instance.chain.admit(&ctx, call, &upstream_of(&route)).await {
+            Ok(call) => {
+                let params = call.params.and_then(|p| RawValue::from_string(p).ok());
+                let req = Request { method: call.method.into(), params: params.map(std::borrow::Cow::Owned), ..req };
+                self.inner.call(req).await
+            }
+            Err(outcome) => response(req.id, outcome, self.state.max_response_bytes),
+        }
     }
 
     /// A notification: run without an answer over HTTP (the front service has made sure it

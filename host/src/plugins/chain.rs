@@ -159,7 +159,7 @@ impl Chain {
             let started = std::time::Instant::now();
             let result = entry.pool.on_result(ctx, call, &outcome, upstream).await;
             drop(turn);
-            crate::telemetry::metrics().record_plugin(entry.pool.plugin_label(), "on_result", started.elapsed());
+            entry.pool.record_hook("on_result", started.elapsed());
             match result {
                 Ok(next) => outcome = next,
                 Err(failure) if entry.fail_open => log_skipped(&failure, ctx),
@@ -207,7 +207,7 @@ impl Chain {
             let started = std::time::Instant::now();
             let result = entry.pool.on_call(ctx, current, upstream).await;
             drop(turn);
-            crate::telemetry::metrics().record_plugin(entry.pool.plugin_label(), "on_call", started.elapsed());
+            entry.pool.record_hook("on_call", started.elapsed());
             match result {
                 Ok(Decision::Forward(next)) if hooks.contains(Hooks::ON_RESULT) => {
                     inbound.rewritten = None;

@@ -6,7 +6,9 @@
 //! the chain semantics of `wit/plugin.wit`. It knows nothing of HTTP, the broker or the store:
 //! the gateway hands it a [`Context`], a [`Call`] and an [`Upstream`], and gets an [`Outcome`].
 //!
-//! - [`PluginRuntime`]: engine, linker, compile cache, epoch ticker. One per process.
+//! - [`PluginRuntime`]: engine, linker, compile cache, epoch ticker. One per process. The
+//!   ticker advances the epoch only while wasm runs (a `Running` guard is held): an idle
+//!   process, or one serving empty chains, takes no timer wake-ups.
 //! - [`LoadedPlugin`]: a compiled plugin checked against the world, ready to instantiate.
 //! - [`InstancePool`]: copies of one plugin with one configuration, for one instance, made on
 //!   demand: an instance that serves no calls holds none.
@@ -30,7 +32,7 @@ mod state;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -112,6 +114,8 @@ pub struct RuntimeStats {
     pub evicted: AtomicU64,
     /// Copies alive now (busy or idle).
     pub alive: AtomicU64,
+    /// Times the epoch advanced: only while wasm runs (see [`Running`]).
+    pub epoch_ticks: Arc<AtomicU64>,
 }
 
 /// Every idle copy of the runtime, oldest use first: which pool holds it, and since when.
@@ -134,12 +138,42 @@ pub(crate) struct RuntimeInner {
     copy_wait: Duration,
     stop_ticker: Arc<AtomicBool>,
     ticker: Mutex<Option<JoinHandle<()>>>,
+    /// Wasm executions: in progress (low 32 bits) and started (high 32 bits, wrapping); see
+    /// [`Running`]. The ticker sleeps after a stretch with none.
+    running: Arc<AtomicU64>,
+    /// The ticker's thread, to wake it when the first execution starts.
+    ticker_thread: OnceLock<std::thread::Thread>,
+}
+
+/// Held while wasm runs on a copy (instantiation, `configure`, a hook): the epoch advances only
+/// while one is held, so an idle process (or one serving empty chains) takes no timer wakeups.
+pub(crate) struct Running<'a>(&'a RuntimeInner);
+
+impl RuntimeInner {
+    /// Marks wasm as running until the guard is dropped; wakes the ticker if it slept.
+    pub(crate) fn running(&self) -> Running<'_> {
+        if self.running.fetch_add(RUNNING_START, Ordering::AcqRel) & RUNNING_COUNT == 0
+            && let Some(ticker) = self.ticker_thread.get()
+        {
+            ticker.unpark();
+        }
+        Running(self)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for RuntimeInner {
     fn drop(&mut self) {
         self.stop_ticker.store(true, Ordering::Relaxed);
         let ticker = self.ticker.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(ticker) = &ticker {
+            ticker.thread().unpark();
+        }
         // The ticker may itself drop the last reference (after a sweep): it must not join itself.
         if let Some(ticker) = ticker
             && ticker.thread().id() != std::thread::current().id()
@@ -220,6 +254,16 @@ impl RuntimeInner {
     }
 }
 
+/// How often the ticker drops idle copies past their idle time.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Ticks in a row with no wasm run after which the ticker sleeps until wasm runs again.
+const PARK_AFTER_IDLE_TICKS: u32 = 100;
+
+/// [`RuntimeInner::running`]: one execution in progress, and one more started.
+const RUNNING_START: u64 = 1 + (1 << 32);
+const RUNNING_COUNT: u64 = u32::MAX as u64;
+
 /// The process-wide plugin runtime. Cheap to clone.
 #[derive(Clone)]
 pub struct PluginRuntime {
@@ -231,9 +275,19 @@ pub struct LoadedPlugin {
     name: Arc<str>,
     digest: [u8; 32],
     pre: bindings::PluginPre<StoreState>,
+    /// Its `on_call` and `on_result` series of the hook-duration histogram, made at first use.
+    hook_timers: [OnceLock<prometheus_client::metrics::histogram::Histogram>; 2],
 }
 
 impl LoadedPlugin {
+    /// Records how long one of its hooks (`on_call`, `on_result`) ran.
+    pub(crate) fn record_hook(&self, hook: &'static str, elapsed: Duration) {
+        let index = usize::from(hook != "on_call");
+        self.hook_timers[index]
+            .get_or_init(|| crate::telemetry::metrics().plugin_hook_timer(&self.name, hook))
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// The name the operator gave the plugin.
     pub fn name(&self) -> &str {
         &self.name
@@ -280,12 +334,15 @@ impl PluginRuntime {
 
         let cache = cache::CompileCache::new(&engine, config.cache_dir.as_deref())?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicU64::new(0));
+        let stats = RuntimeStats::default();
+        let ticks = stats.epoch_ticks.clone();
         let inner = Arc::new(RuntimeInner {
             engine: engine.clone(),
             linker,
             max_memory_bytes: config.max_memory_bytes,
             cache,
-            stats: RuntimeStats::default(),
+            stats,
             max_instances: config.max_instances,
             idle: Mutex::default(),
             idle_seq: AtomicU64::new(0),
@@ -294,29 +351,52 @@ impl PluginRuntime {
             copy_wait: config.copy_wait,
             stop_ticker: stop_ticker.clone(),
             ticker: Mutex::new(None),
+            running: running.clone(),
+            ticker_thread: OnceLock::new(),
         });
-        // One thread advances the epoch every tick and, about once a second, drops idle copies
-        // past their idle time.
+        // One thread advances the epoch every tick while wasm runs, sleeps while none does, and
+        // about once a second drops idle copies past their idle time.
         let ticker = {
             let (weak, stop, tick) = (Arc::downgrade(&inner), stop_ticker, config.epoch_tick);
-            let sweep_every = (Duration::from_secs(1).as_nanos() / tick.as_nanos().max(1)).max(1) as u64;
             std::thread::Builder::new()
                 .name("ovsb-epoch".into())
                 .spawn(move || {
-                    let mut ticks = 0u64;
+                    let (mut last_sweep, mut idle_ticks, mut seen) = (Instant::now(), 0u32, 0u64);
+                    // Whether wasm runs now or ran since the last look.
+                    let mut active = || {
+                        let now = running.load(Ordering::Acquire);
+                        let active = now & RUNNING_COUNT > 0 || now >> 32 != seen >> 32;
+                        seen = now;
+                        active
+                    };
                     while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                        ticks += 1;
-                        if ticks.is_multiple_of(sweep_every)
-                            && let Some(inner) = weak.upgrade()
-                        {
-                            inner.evict_older_than(inner.idle_time);
+                        if active() {
+                            idle_ticks = 0;
+                        }
+                        // Under load, wasm stops and starts between hooks all the time: the
+                        // ticker sleeps only after a stretch with nothing running, so a busy
+                        // gateway does not wake it once per hook.
+                        if idle_ticks >= PARK_AFTER_IDLE_TICKS {
+                            // `Running` unparks: a wake-up that comes before this park is kept.
+                            let next_sweep = last_sweep + SWEEP_EVERY;
+                            std::thread::park_timeout(next_sweep.saturating_duration_since(Instant::now()));
+                        } else {
+                            std::thread::sleep(tick);
+                            engine.increment_epoch();
+                            ticks.fetch_add(1, Ordering::Relaxed);
+                            idle_ticks += 1;
+                        }
+                        if last_sweep.elapsed() >= SWEEP_EVERY {
+                            last_sweep = Instant::now();
+                            if let Some(inner) = weak.upgrade() {
+                                inner.evict_older_than(inner.idle_time);
+                            }
                         }
                     }
                 })
                 .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?
         };
+        let _ = inner.ticker_thread.set(ticker.thread().clone());
         *inner.ticker.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticker);
         Ok(PluginRuntime { inner })
     }
@@ -351,7 +431,7 @@ impl PluginRuntime {
             |e: wasmtime::Error| LoadError::WrongWorld { name: name.to_string(), reason: format!("{e:#}") };
         let pre = inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::PluginPre::new(pre).map_err(wrong_world)?;
-        Ok(Arc::new(LoadedPlugin { name: name.into(), digest, pre }))
+        Ok(Arc::new(LoadedPlugin { name: name.into(), digest, pre, hook_timers: Default::default() }))
     }
 
     /// [`load`](Self::load) from a file.

@@ -179,9 +179,9 @@ impl InstancePool {
         self.plugin.name()
     }
 
-    /// The plugin's name, shared (a metrics label).
-    pub fn plugin_label(&self) -> &Arc<str> {
-        self.plugin.name_arc()
+    /// Records how long one of the plugin's hooks (`on_call`, `on_result`) ran.
+    pub fn record_hook(&self, hook: &'static str, elapsed: Duration) {
+        self.plugin.record_hook(hook, elapsed);
     }
 
     /// The configuration (JSON text) every copy was configured with.
@@ -213,6 +213,7 @@ impl InstancePool {
         upstream: &Arc<dyn Upstream>,
     ) -> Result<Decision, PluginFailure> {
         let _permit = self.permit().await?;
+        let _running = self.runtime.running();
         let mut copy = self.checkout(ctx, upstream).await?;
         let result = copy.exports.call_on_call(&mut copy.store, call).await;
         let decision = self.settle(copy, result)?;
@@ -233,6 +234,7 @@ impl InstancePool {
         upstream: &Arc<dyn Upstream>,
     ) -> Result<Outcome, PluginFailure> {
         let _permit = self.permit().await?;
+        let _running = self.runtime.running();
         let mut copy = self.checkout(ctx, upstream).await?;
         let result = copy.exports.call_on_result(&mut copy.store, call, outcome).await;
         let outcome = self.settle(copy, result)?;
@@ -304,6 +306,7 @@ impl InstancePool {
 
     async fn instantiate_once(&self) -> Result<PluginCopy, ConfigureError> {
         let runtime = &self.runtime;
+        let _running = runtime.running();
         let mut store = Store::new(&runtime.engine, StoreState::new(&self.settings));
         store.limiter(|state| &mut state.memory);
         store.epoch_deadline_callback(StoreState::on_epoch_deadline);
