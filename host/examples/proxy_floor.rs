@@ -115,10 +115,10 @@ async fn jsonrpsee_proxy(listen: SocketAddr, upstream: http::Uri, client: Upstre
             }
         }
         fn batch<'a>(&self, _: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
-            async { MethodResponse::notification() }
+            std::future::ready(MethodResponse::notification())
         }
         fn notification<'a>(&self, _: Notification<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
-            async { MethodResponse::notification() }
+            std::future::ready(MethodResponse::notification())
         }
     }
     let layer = tower::layer::layer_fn(move |_inner| Forward { client: client.clone(), upstream: upstream.clone() });
