@@ -616,6 +616,15 @@ impl DriverDecl {
         Some(format!("{cluster}, namespace {}", decl.namespace))
     }
 
+    /// The chain a validator plan's operator fixed (`genesis_validators_root`), if any.
+    pub fn genesis_validators_root(&self) -> Option<&str> {
+        match self {
+            DriverDecl::Validator(decl) => decl.genesis_validators_root.as_deref(),
+            DriverDecl::KubernetesValidator(decl) => decl.genesis_validators_root.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Whether the plan's instances are validator clients (keys in, history kept).
     pub fn is_validator(&self) -> bool {
         matches!(self, DriverDecl::Validator(_) | DriverDecl::KubernetesValidator(_))
@@ -717,6 +726,11 @@ pub struct KubernetesValidatorDecl {
     /// validator client beside a shared beacon node); absent: the workload's `port`.
     #[serde(default)]
     pub beacon_url: Option<String>,
+    /// The chain's `genesis_validators_root` (`0x` and 64 hex digits), when the operator fixes
+    /// it: a given slashing-protection history of another chain is then refused at once (400).
+    /// Without it, the history is checked against the client's beacon node when it is ready.
+    #[serde(default)]
+    pub genesis_validators_root: Option<String>,
     /// HTTP JSON-RPC URLs of the execution node(s) the instance's JSON-RPC endpoint forwards to.
     pub rpc_http: Vec<String>,
     /// WebSocket URLs of the same nodes.
@@ -742,6 +756,11 @@ pub struct ValidatorDriverDecl {
     pub client: ProcessDriverDecl,
     /// Where the client writes its keymanager bearer token, relative to `{data_dir}`.
     pub token_file: String,
+    /// The chain's `genesis_validators_root` (`0x` and 64 hex digits), when the operator fixes
+    /// it: a given slashing-protection history of another chain is then refused at once (400).
+    /// Without it, the history is checked against the client's beacon node when it is ready.
+    #[serde(default)]
+    pub genesis_validators_root: Option<String>,
     /// HTTP JSON-RPC URLs of the execution node(s) the instance's JSON-RPC endpoint forwards to.
     pub rpc_http: Vec<String>,
     /// WebSocket URLs of the same nodes.
@@ -1128,6 +1147,14 @@ impl Config {
                         }
                     }
                     DriverDecl::Process(decl) => check_process(&what, decl, &[])?,
+                    DriverDecl::Validator(_) | DriverDecl::KubernetesValidator(_)
+                        if plan
+                            .driver
+                            .genesis_validators_root()
+                            .is_some_and(|root| crate::interchange::Root::parse(root).is_none()) =>
+                    {
+                        return bad(format!("{what}: genesis_validators_root must be 0x and 64 hex digits"));
+                    }
                     DriverDecl::Validator(decl) => {
                         check_process(&what, &decl.client, VALIDATOR_TEMPLATE_NAMES)?;
                         if !decl.client.extra_ports.iter().any(|p| p == "keymanager_port") {
@@ -1578,6 +1605,17 @@ mod tests {
             decl.rpc_http.clear();
         }
         assert!(config.validate().unwrap_err().to_string().contains("rpc_http"));
+        for (root, ok) in [(format!("0x{}", "Ab".repeat(32)), true), ("ab".repeat(32), false), ("0x12".into(), false)] {
+            let mut config = Config::quick_start();
+            if let DriverDecl::Validator(decl) = &mut config.services[1].plans[0].driver {
+                decl.genesis_validators_root = Some(root.clone());
+            }
+            let checked = config.validate();
+            assert_eq!(checked.is_ok(), ok, "{root}: {checked:?}");
+            if !ok {
+                assert!(checked.unwrap_err().to_string().contains("genesis_validators_root must be 0x"));
+            }
+        }
         let mut config = Config::quick_start();
         config.services[0].plans[0].allowed_origins = vec!["https://ok.example".into(), "not an origin".into()];
         assert!(config.validate().unwrap_err().to_string().contains("allowed_origins entry \"not an origin\""));

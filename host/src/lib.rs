@@ -14,6 +14,7 @@
 //! - [`broker`]: the OSB REST control plane (axum).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: every metric, its name and labels.
+//! - [`interchange`]: EIP-3076 slashing-protection documents as typed values (a leaf).
 //! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
 //! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
 //! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
@@ -33,7 +34,7 @@
 //! ## Who may depend on whom
 //! No cycle among these (each uses only those after it): `server` → `admin` → `reload` → `broker` → `routing` →
 //! `gateway` → `provision` → `upstream` → `plugins` → `config`; and `store`, `credentials`,
-//! `identity`, `telemetry` below them all (they depend on none of the above). In particular
+//! `identity`, `telemetry` below them all, and `interchange` below everything (they depend on none of the above). In particular
 //! `config` is data and validation only, `provision` reaches routing only through
 //! [`provision::RouteRefresh`], and neither the drivers nor the gateway import each other's
 //! internals: both use [`upstream`].
@@ -45,6 +46,7 @@ pub mod config;
 pub mod credentials;
 pub mod gateway;
 pub mod identity;
+pub mod interchange;
 pub mod plugins;
 pub mod provision;
 pub mod reload;

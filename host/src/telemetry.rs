@@ -99,6 +99,13 @@ pub struct BrokerLabels {
     pub status: u16,
 }
 
+/// Labels of the corrupt-row counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// The store's table (`slashing_protection`).
+    pub table: &'static str,
+}
+
 /// Labels of the instance-state gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -147,6 +154,9 @@ pub struct Metrics {
     /// `ovsb_plugin_reloads_total{outcome}`: plugin reloads (SIGHUP, `POST /reload`) by outcome
     /// (`changed`, `unchanged`, `failed`), one count per plugin.
     pub plugin_reloads: Family<OutcomeLabels, Counter>,
+    /// `ovsb_store_corrupt_rows_total{table}`: rows read from the store that did not decode
+    /// (each failed what read it, loudly; none is skipped).
+    pub store_corrupt_rows: Family<TableLabels, Counter>,
     other: Arc<str>,
     per_instance: RwLock<HashMap<Arc<str>, Arc<InstanceMetrics>>>,
 }
@@ -315,6 +325,14 @@ impl Metrics {
         registry.register("plugin_loaded", "The version of each plugin served now, by digest", plugin_loaded.clone());
         registry.register("plugin_reloads", "Plugin reloads, one count per plugin, by outcome", plugin_reloads.clone());
         registry.register("plugin_copies", "Plugin copies alive, busy or idle", plugin_copies.clone());
+        let store_corrupt_rows = Family::<TableLabels, Counter>::default();
+        // Present from the start (at 0): an alert on it needs the series before the first event.
+        drop(store_corrupt_rows.get_or_create(&TableLabels { table: "slashing_protection" }));
+        registry.register(
+            "store_corrupt_rows",
+            "Rows read from the store that did not decode (each failed what read it), by table",
+            store_corrupt_rows.clone(),
+        );
         registry.register(
             "plugin_copy_evictions",
             "Idle plugin copies dropped for the idle budget or the idle time",
@@ -330,6 +348,7 @@ impl Metrics {
             plugin_instances,
             plugin_loads,
             plugin_reloads,
+            store_corrupt_rows,
             rpc_calls,
             rpc_duration,
             plugin_duration,

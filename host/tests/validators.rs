@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::broker::{Db, OsbClient, SERVICE, TestBroker, TestDb};
-use support::lodestar::{KEYSTORE_PASSWORD, PLAN_VALIDATOR, keystore, process_config, pubkey, validator_plan};
+use support::lodestar::{
+    DEV_GENESIS_VALIDATORS_ROOT, KEYSTORE_PASSWORD, PLAN_VALIDATOR, judge_signings, keystore, process_config, pubkey,
+    validator_plan,
+};
 use support::process::Ovsb;
 use support::{Anvil, NodeReaper, free_port, nodes_under, rpc};
 
@@ -270,6 +273,24 @@ async fn keys_move_in_and_out(db: Db) {
     assert!(exported["data"].as_array().unwrap().iter().any(|e| e["pubkey"].as_str() == Some(&pk3)), "{exported}");
     assert_eq!(broker.store().validator_key_holder(&pk3).await.unwrap(), None, "the key is free again");
 
+    // A history of another chain (the plan fixes none): the client's beacon node tells, the
+    // operation fails before any key is imported, and the key stays free.
+    let mut elsewhere = exported.clone();
+    elsewhere["metadata"]["genesis_validators_root"] = json!(format!("0x{}", "22".repeat(32)));
+    let mut params = keys_params(&[&key3], &[KEYSTORE_PASSWORD], FEE_1);
+    params["slashing_protection"] = elsewhere;
+    assert_eq!(osb.provision("v-chain", PLAN_VALIDATOR, Some(params)).await.status, 202);
+    let wrong = osb.finished("v-chain").await;
+    assert_eq!(wrong["state"], "failed", "{wrong}");
+    let description = wrong["description"].as_str().unwrap();
+    assert!(
+        description.contains("genesis_validators_root") && description.contains("not the chain's"),
+        "{description}"
+    );
+    assert_eq!(broker.store().validator_key_holder(&pk3).await.unwrap(), None, "the key stays free");
+    assert_eq!(osb.deprovision("v-chain", PLAN_VALIDATOR).await.status, 202);
+    assert_eq!(osb.finished("v-chain").await["state"], "succeeded");
+
     // The same key, provisioned again with that history (plus a signed block and attestation far
     // ahead, as if it had signed elsewhere), is imported; the client's next export has them.
     let mut seeded = exported.clone();
@@ -287,7 +308,7 @@ async fn keys_move_in_and_out(db: Db) {
     assert_eq!(osb.deprovision("v3", PLAN_VALIDATOR).await.status, 202);
     assert_eq!(osb.finished("v3").await["state"], "succeeded");
     let latest = broker.store().history(&pk3).await.unwrap().pop().unwrap();
-    assert!(latest.instance_id == "v3" && latest.interchange.contains("99999"), "{latest:?}");
+    assert!(latest.instance_id == "v3" && latest.interchange.to_json().to_string().contains("99999"), "{latest:?}");
 
     // Provisioned once more WITHOUT a history: ovsb imports the one it kept, so the client's
     // export at the end still holds the block signed "elsewhere".
@@ -297,7 +318,7 @@ async fn keys_move_in_and_out(db: Db) {
     assert_eq!(osb.deprovision("v4", PLAN_VALIDATOR).await.status, 202);
     assert_eq!(osb.finished("v4").await["state"], "succeeded");
     let latest = broker.store().history(&pk3).await.unwrap().pop().unwrap();
-    assert!(latest.instance_id == "v4" && latest.interchange.contains("99999"), "{latest:?}");
+    assert!(latest.instance_id == "v4" && latest.interchange.to_json().to_string().contains("99999"), "{latest:?}");
 
     // A keystore whose pubkey field names another key than its secret key: caught, nothing kept.
     let mut liar = keystore(6, keys.path());
@@ -382,4 +403,258 @@ async fn ovsb_killed_during_a_validator_provision_resumes_with_one_client_and_th
     assert_eq!(second.osb.finished("r1").await["state"], "succeeded");
     assert!(nodes_under(dir.path()).is_empty(), "deprovision stopped the client");
     assert_eq!(history(&second.osb, &pubkey(&key3)).await.0, 200, "its history is kept");
+}
+
+/// `0x` and 32 bytes of `byte`: a root for histories (0 = no root).
+fn root_of(byte: u8) -> String {
+    format!("0x{}", format!("{byte:02x}").repeat(32))
+}
+
+/// An EIP-3076 entry: blocks as (slot, root byte), attestations as (source, target, root byte).
+fn entry(pubkey: &str, blocks: &[(u64, u8)], attestations: &[(u64, u64, u8)]) -> Value {
+    let root = |byte: u8| if byte == 0 { Value::Null } else { json!(root_of(byte)) };
+    json!({
+        "pubkey": pubkey,
+        "signed_blocks": blocks.iter().map(|&(slot, r)| json!({"slot": slot.to_string(), "signing_root": root(r)})).collect::<Vec<_>>(),
+        "signed_attestations": attestations.iter().map(|&(s, t, r)| json!({"source_epoch": s.to_string(), "target_epoch": t.to_string(), "signing_root": root(r)})).collect::<Vec<_>>(),
+    })
+}
+
+fn interchange(root: &str, data: Vec<Value>) -> Value {
+    json!({"metadata": {"interchange_format_version": "5", "genesis_validators_root": root}, "data": data})
+}
+
+fn block(pubkey: &str, slot: u64) -> Value {
+    json!({"pubkey": pubkey, "block": {"slot": slot, "signing_root": root_of(0x99)}})
+}
+
+fn attestation(pubkey: &str, source: u64, target: u64) -> Value {
+    json!({"pubkey": pubkey, "attestation": {"source": source, "target": target, "signing_root": root_of(0x99)}})
+}
+
+/// Each record of a key's history in a GET answer, as text, sorted.
+fn records(doc: &Value) -> Vec<String> {
+    let mut out: Vec<String> = doc["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| {
+            let blocks =
+                e["signed_blocks"].as_array().unwrap().iter().map(|b| format!("block {}", b["slot"].as_str().unwrap()));
+            let atts = e["signed_attestations"].as_array().unwrap().iter().map(|a| {
+                format!("att {}->{}", a["source_epoch"].as_str().unwrap(), a["target_epoch"].as_str().unwrap())
+            });
+            blocks.chain(atts).collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Provisions `id` with `keys` (and `history`), waits, deprovisions, waits: one move of the keys.
+async fn move_through(osb: &OsbClient, id: &str, keys: &[&Value], history: Option<Value>) {
+    let passwords = vec![KEYSTORE_PASSWORD; keys.len()];
+    let mut params = keys_params(keys, &passwords, FEE_1);
+    if let Some(history) = history {
+        params["slashing_protection"] = history;
+    }
+    assert_eq!(osb.provision(id, PLAN_VALIDATOR, Some(params)).await.status, 202);
+    let done = osb.finished(id).await;
+    assert_eq!(done["state"], "succeeded", "{id}: {done}");
+    assert_eq!(osb.deprovision(id, PLAN_VALIDATOR).await.status, 202);
+    let gone = osb.finished(id).await;
+    assert_eq!(gone["state"], "succeeded", "{id}: {gone}");
+}
+
+/// EIP-3076 as the test vectors exercise it, through the broker and real Lodestar clients: what
+/// ovsb accepts is checked field by field; what it hands back is the whole history, each
+/// distinct record once, and a fresh client importing it refuses what it must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slashing_protection_histories_are_checked_kept_whole_and_protect_a_fresh_client() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = NodeReaper(dir.path().to_path_buf());
+    let keys = tempfile::tempdir().unwrap();
+    let ks: Vec<Value> = (3..=7).map(|i| keystore(i, keys.path())).collect();
+    let pks: Vec<String> = ks.iter().map(pubkey).collect();
+    let db = TestDb::new(Db::Sqlite, dir.path()).await;
+    let db_url = db.url.clone();
+    let root = DEV_GENESIS_VALIDATORS_ROOT;
+    // The plan fixes its chain, so a history of another chain is refused at once.
+    let broker = TestBroker::start_with_plans(
+        dir,
+        db,
+        &anvil.http_url(),
+        free_port(),
+        &validator_plan(&anvil.http_url()),
+        |c| {
+            for plan in c.services.iter_mut().flat_map(|s| s.plans.iter_mut()) {
+                if let ovsb::config::DriverDecl::Validator(decl) = &mut plan.driver {
+                    decl.genesis_validators_root = Some(root.to_string());
+                }
+            }
+        },
+    )
+    .await;
+    let osb = &broker.osb;
+    let (k3, k4, k5, k6, k7) = (&pks[0], &pks[1], &pks[2], &pks[3], &pks[4]);
+
+    // Refused with a 400 naming the field, before anything is created: what a client would
+    // misread (hex text instead of bytes, hex numbers), what is missing, slashable data, and
+    // another chain.
+    let before = broker.fingerprint().await;
+    let one = |data: Value| interchange(root, vec![data]);
+    let mut no_blocks = entry(k3, &[], &[]);
+    no_blocks.as_object_mut().unwrap().remove("signed_blocks");
+    let mut hex_slot = entry(k3, &[(100, 0x11)], &[]);
+    hex_slot["signed_blocks"][0]["slot"] = json!("0x64");
+    for (history, field) in [
+        (one(entry(k3.trim_start_matches("0x"), &[(100, 0x11)], &[(50, 51, 0x11)])), "at /data/0/pubkey"),
+        (
+            interchange(root.trim_start_matches("0x"), vec![entry(k3, &[(100, 0x11)], &[])]),
+            "at /metadata/genesis_validators_root",
+        ),
+        (one(hex_slot), "at /data/0/signed_blocks/0/slot"),
+        (one(no_blocks), "at /data/0/signed_blocks: required"),
+        (one(entry(k3, &[], &[(10, 20, 0x11), (12, 15, 0x11)])), "surround vote"),
+        (interchange(&root_of(0x22), vec![entry(k3, &[(100, 0x11)], &[])]), "is not the chain of plan"),
+    ] {
+        let mut params = keys_params(&[&ks[0]], &[KEYSTORE_PASSWORD], FEE_1);
+        params["slashing_protection"] = history;
+        let resp = osb.provision("refused", PLAN_VALIDATOR, Some(params)).await;
+        resp.assert_error(400, None);
+        let description = resp.body["description"].as_str().unwrap();
+        assert!(description.starts_with("parameters.slashing_protection"), "{description}");
+        assert!(description.contains(field), "{field}: {description}");
+    }
+    assert_eq!(broker.fingerprint().await, before, "refused requests change nothing");
+
+    // One document, three keys: one key written twice (once in upper-case hex: the same bytes),
+    // another twice with two blocks at one slot and attestations out of order, a third with a
+    // wide attestation to be surrounded or surround.
+    let upper = format!("0x{}", k3[2..].to_ascii_uppercase());
+    let given = interchange(
+        root,
+        vec![
+            entry(k3, &[(100, 0x11)], &[(50, 51, 0x11)]),
+            entry(&upper, &[(90, 0x12)], &[]),
+            entry(k4, &[(10, 0x11), (10, 0x12)], &[(5, 6, 0x11), (1, 2, 0x11)]),
+            entry(k4, &[], &[(3, 4, 0x11)]),
+            entry(k5, &[], &[(10, 20, 0x11)]),
+        ],
+    );
+    move_through(osb, "a1", &[&ks[0], &ks[1], &ks[2]], Some(given)).await;
+    let mut kept = Vec::new();
+    for key in [k3, k4, k5] {
+        let (status, doc) = history(osb, key).await;
+        assert_eq!(status, 200, "{doc}");
+        assert_eq!(doc["metadata"]["genesis_validators_root"], root);
+        assert_eq!(doc["data"].as_array().unwrap().len(), 1, "one entry for the key: {doc}");
+        assert_eq!(doc["data"][0]["pubkey"], key.as_str());
+        kept.push(doc);
+    }
+    assert_eq!(records(&kept[0]), ["att 50->51", "block 100", "block 90"], "both entries of k3 kept");
+    assert_eq!(
+        records(&kept[1]),
+        ["att 1->2", "att 3->4", "att 5->6", "block 10", "block 10"],
+        "two blocks at one slot stay two"
+    );
+    assert_eq!(records(&kept[2]), ["att 10->20"]);
+
+    // What ovsb hands back protects a fresh client.
+    let cases: [(&Value, Vec<Value>, Vec<bool>); 3] = [
+        (
+            &kept[0],
+            vec![block(k3, 100), block(k3, 90), block(k3, 101), attestation(k3, 50, 51), attestation(k3, 51, 52)],
+            vec![false, false, true, false, true],
+        ),
+        (
+            &kept[1],
+            vec![
+                block(k4, 10),
+                attestation(k4, 1, 2),
+                attestation(k4, 0, 7),
+                attestation(k4, 3, 4),
+                attestation(k4, 6, 7),
+            ],
+            vec![false, false, false, false, true],
+        ),
+        (
+            &kept[2],
+            vec![attestation(k5, 11, 19), attestation(k5, 9, 21), attestation(k5, 20, 21)],
+            vec![false, false, true],
+        ),
+    ];
+    for (doc, signings, allowed) in cases {
+        let (import, verdicts) = judge_signings(root, doc, &signings);
+        assert_eq!(import, "ok", "a fresh Lodestar imports what ovsb hands back: {doc}");
+        let seen: Vec<bool> = verdicts.iter().map(|v| v == "allowed").collect();
+        assert_eq!(seen, allowed, "{signings:?} -> {verdicts:?} with {doc}");
+    }
+
+    // Five moves of one key, the platform giving back what it has (plus one new block) on
+    // every other move and nothing on the others: every record comes back once.
+    let mut platform = interchange(root, vec![entry(k6, &[], &[])]);
+    for i in 1..=5u64 {
+        let given = (i % 2 == 1).then(|| {
+            let mut doc = platform.clone();
+            doc["data"][0]["signed_blocks"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"slot": (1000 + i).to_string(), "signing_root": root_of(0x11)}));
+            doc
+        });
+        move_through(osb, &format!("m{i}"), &[&ks[3]], given).await;
+        platform = history(osb, k6).await.1;
+    }
+    assert_eq!(records(&platform), ["block 1001", "block 1003", "block 1005"], "each distinct record once: {platform}");
+    let stored = broker.store().history(k6).await.unwrap();
+    assert_eq!(stored.len(), 1, "the store keeps one row per key and chain, not one per move");
+    let (import, verdicts) =
+        judge_signings(root, &platform, &[block(k6, 1001), block(k6, 1005), block(k6, 1000), block(k6, 1006)]);
+    assert_eq!(import, "ok");
+    assert_eq!(
+        verdicts.iter().map(|v| v == "allowed").collect::<Vec<_>>(),
+        [false, false, false, true],
+        "{verdicts:?}"
+    );
+
+    // A stored row that does not decode: the provision fails loudly, no key is imported, and
+    // the history is not handed back narrowed.
+    move_through(osb, "c0", &[&ks[4]], Some(interchange(root, vec![entry(k7, &[(7, 0x11)], &[])]))).await;
+    {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&db_url).await.unwrap();
+        let changed = sqlx::query("UPDATE slashing_protection SET interchange = '{\"metadata\": 5}' WHERE pubkey = $1")
+            .bind(k7)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(changed.rows_affected(), 1);
+        conn.close().await.unwrap();
+    }
+    let corrupt_before = corrupt_rows();
+    assert_eq!(
+        osb.provision("c1", PLAN_VALIDATOR, Some(keys_params(&[&ks[4]], &[KEYSTORE_PASSWORD], FEE_1))).await.status,
+        202
+    );
+    let failed = osb.finished("c1").await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let description = failed["description"].as_str().unwrap();
+    assert!(description.contains("cannot be read") && description.contains("no key was imported"), "{description}");
+    assert_eq!(broker.store().validator_key_holder(k7).await.unwrap(), None, "the claim was released");
+    assert!(corrupt_rows() > corrupt_before, "ovsb_store_corrupt_rows_total counts it");
+    let (status, answer) = history(osb, k7).await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer["description"].as_str().unwrap().contains("not an EIP-3076 interchange"), "{answer}");
+    assert_eq!(osb.deprovision("c1", PLAN_VALIDATOR).await.status, 202);
+    assert_eq!(osb.finished("c1").await["state"], "succeeded");
+    broker.stop().await;
+}
+
+fn corrupt_rows() -> u64 {
+    ovsb::telemetry::metrics()
+        .store_corrupt_rows
+        .get_or_create(&ovsb::telemetry::TableLabels { table: "slashing_protection" })
+        .get()
 }

@@ -2,21 +2,23 @@
 //! `GET /ovsb/v1/slashing-protection/<pubkey>` on the broker listener, with the broker's Basic
 //! credentials (no OSB headers: this is ovsb's own operator API, not part of OSB).
 //!
-//! The answer is one EIP-3076 interchange document (format version 5) holding every entry ovsb
-//! stored for the key on the chain of its newest export (every client it left there), ready to
-//! import into any client; 404 when ovsb never exported the key. The `X-Ovsb-Key-Holder` header names the instance that holds the key
-//! now, if one does.
+//! The answer is one EIP-3076 interchange document (format version 5) for the chain of the
+//! key's newest stored history: the union of every record ovsb was given with the key or
+//! exported from a client it left on that chain, each distinct record once, ready to import
+//! into any client; 404 when ovsb holds no history of the key. A stored row that does not
+//! decode fails the request (500, naming the row) rather than hand back a narrowed history.
+//! The `X-Ovsb-Key-Holder` header names the instance that holds the key now, if one does.
 
 use std::sync::Arc;
 
+use super::{ApiError, BrokerState, reply};
+use crate::interchange::{Interchange, Pubkey};
+use crate::store::StoreError;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::Value;
-
-use super::{ApiError, BrokerState, reply};
 
 /// The history route.
 pub(super) fn router(state: Arc<BrokerState>) -> Router {
@@ -39,12 +41,28 @@ async fn answer(state: &BrokerState, headers: &HeaderMap, pubkey: &str) -> Resul
         return Err(ApiError::bad_request("the key must be a BLS public key: 0x and 96 hex digits"));
     }
     let pubkey = format!("0x{}", hex.to_ascii_lowercase());
-    let rows = state.store.history(&pubkey).await?;
-    let documents: Vec<Value> = rows.iter().filter_map(|row| serde_json::from_str(&row.interchange).ok()).collect();
-    let Some(merged) = crate::provision::merge_interchanges(&documents, std::slice::from_ref(&pubkey)) else {
+    let rows = match state.store.history(&pubkey).await {
+        Ok(rows) => rows,
+        Err(StoreError::Corrupt(reason)) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some("InternalError"),
+                format!("{reason}; no history is returned rather than a narrowed one: repair or remove the row"),
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let Some(newest) = rows.iter().max_by_key(|row| row.exported_ms) else {
         return Err(ApiError::not_found(format!("ovsb holds no slashing-protection history of {pubkey}")));
     };
-    let mut response = reply(StatusCode::OK, merged);
+    let key = Pubkey::parse(&pubkey).expect("checked above");
+    let chain = newest.interchange.genesis_validators_root;
+    let mut merged = Interchange::empty(chain);
+    for row in rows.iter().filter(|row| row.interchange.genesis_validators_root == chain) {
+        merged.absorb(&row.interchange.only(&[key]));
+    }
+    merged.keys.entry(key).or_default();
+    let mut response = reply(StatusCode::OK, merged.to_json());
     if let Some(holder) = state.store.validator_key_holder(&pubkey).await?
         && let Ok(value) = HeaderValue::from_str(&holder)
     {

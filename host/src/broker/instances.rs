@@ -102,6 +102,23 @@ fn is_validator(entry: &PlanEntry) -> bool {
     entry.plan.driver.is_validator()
 }
 
+/// A given slashing-protection history must be of the chain the plan's operator fixed, if
+/// one is fixed (else the driver checks it against the client's beacon node).
+fn check_history_chain(entry: &PlanEntry, secrets: Option<&crate::provision::KeySecrets>) -> Result<(), ApiError> {
+    let (Some(fixed), Some(given)) =
+        (entry.plan.driver.genesis_validators_root(), secrets.and_then(crate::provision::given_history_root))
+    else {
+        return Ok(());
+    };
+    if crate::interchange::Root::parse(fixed) == Some(given) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "parameters.slashing_protection at /metadata/genesis_validators_root: {given} is not the chain of plan {} ({fixed})",
+        entry.plan.name
+    )))
+}
+
 /// The secrets of a request, sealed under the broker's secret key (see [`SealedRequest`]).
 fn seal(state: &BrokerState, secrets: Option<&crate::provision::KeySecrets>) -> Option<String> {
     secrets.map(|secrets| state.secret.seal(&serde_json::to_vec(secrets).expect("secrets serialize")))
@@ -221,6 +238,7 @@ pub async fn provision(
         let mut opened = parameters.clone().unwrap_or_else(|| json!({}));
         open_key_secrets(&state, &mut opened)?;
         let prepared = crate::provision::prepare_provision(&opened).map_err(ApiError::bad_request)?;
+        check_history_chain(entry, prepared.secrets.as_ref())?;
         let request = SealedRequest { sealed: seal(&state, prepared.secrets.as_ref()) };
         (Some(prepared.public), serde_json::to_string(&request).expect("a request serializes"))
     } else {
@@ -384,6 +402,7 @@ pub async fn update(
             let mut opened = parameters.clone();
             open_key_secrets(&state, &mut opened)?;
             let prepared = crate::provision::prepare_update(&current_public, &opened).map_err(ApiError::bad_request)?;
+            check_history_chain(entry, prepared.secrets.as_ref())?;
             sealed = seal(&state, prepared.secrets.as_ref());
             Some(prepared.public.to_string())
         }

@@ -60,7 +60,7 @@ pub use process::{NODE_MARKER, ProcessDriver, placeholders};
 pub use upstream::UpstreamDriver;
 pub use validator::{
     ClientHost, KeySecrets, Prepared, VALIDATOR_PARAMETERS, VALIDATOR_TEMPLATE_NAMES, ValidatorAccess, ValidatorDriver,
-    merge_interchanges, prepare_provision, prepare_update, pubkeys_of, validator_parameter_schema,
+    given_history_root, prepare_provision, prepare_update, pubkeys_of, validator_parameter_schema,
 };
 
 use crate::config::{Config, DriverDecl, PlanDecl};

@@ -36,7 +36,8 @@ use tokio_util::task::TaskTracker;
 
 use super::{Driver, DriverError, InstanceSpec, ProcessDriver, Progress};
 use crate::config::ValidatorDriverDecl;
-use crate::store::Store;
+use crate::interchange::{Interchange, Pubkey, Root};
+use crate::store::{KeptHistory, Store, StoreError};
 use crate::upstream::{UpstreamPool, UpstreamSettings};
 
 pub use crate::config::{VALIDATOR_PARAMETERS, VALIDATOR_TEMPLATE_NAMES};
@@ -259,8 +260,8 @@ fn read_keys(parameters: &Value) -> Result<Option<KeySecrets>, String> {
                 .map_err(|e| format!("parameters.slashing_protection: not JSON: {e}"))?,
             other => other.clone(),
         };
-        check_interchange(&history).map_err(|reason| format!("parameters.slashing_protection: {reason}"))?;
-        secrets.slashing_protection = Some(history.to_string());
+        // Kept as parsed: keys and roots normalised once, here.
+        secrets.slashing_protection = Some(read_interchange(&history)?.to_json().to_string());
     }
     Ok(Some(secrets))
 }
@@ -287,57 +288,24 @@ fn check_keystore(keystore: &Value) -> Result<String, String> {
     Ok(format!("0x{}", hex.to_ascii_lowercase()))
 }
 
-/// Checks the shape of an EIP-3076 interchange document.
-fn check_interchange(doc: &Value) -> Result<(), String> {
-    let metadata = doc.get("metadata").ok_or("not an EIP-3076 interchange: no metadata")?;
-    if metadata.get("interchange_format_version").and_then(Value::as_str) != Some("5") {
-        return Err("metadata.interchange_format_version must be \"5\"".into());
+/// Reads a given EIP-3076 interchange: well formed (see [`crate::interchange`]), and free of
+/// surround votes (slashable, and refused by clients on import). The error names the field.
+pub fn read_interchange(doc: &Value) -> Result<Interchange, String> {
+    let what = "parameters.slashing_protection";
+    let parsed = Interchange::parse(doc).map_err(|err| format!("{what} {err}"))?;
+    if let Some((key, outer, inner)) = parsed.surround() {
+        return Err(format!(
+            "{what}: the history of {key} holds a surround vote (attestation {}→{} surrounds {}→{}): slashable, and no client imports it",
+            outer.source_epoch, outer.target_epoch, inner.source_epoch, inner.target_epoch
+        ));
     }
-    let root = metadata.get("genesis_validators_root").and_then(Value::as_str).unwrap_or_default();
-    let hex = root.trim_start_matches("0x");
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("metadata.genesis_validators_root must be 0x and 64 hex digits".into());
-    }
-    let data = doc.get("data").and_then(Value::as_array).ok_or("not an EIP-3076 interchange: no data array")?;
-    for (i, entry) in data.iter().enumerate() {
-        if !entry.get("pubkey").is_some_and(Value::is_string) {
-            return Err(format!("data[{i}]: no pubkey"));
-        }
-    }
-    Ok(())
+    Ok(parsed)
 }
 
-/// One document holding the entries of every given interchange for `pubkeys` (the newest
-/// metadata wins; documents of another chain are left out).
-pub fn merge_interchanges(documents: &[Value], pubkeys: &[String]) -> Option<Value> {
-    let newest = documents.last()?;
-    let root = newest["metadata"]["genesis_validators_root"].as_str()?.to_ascii_lowercase();
-    let mut data = Vec::new();
-    for doc in documents {
-        if doc["metadata"]["genesis_validators_root"].as_str().map(str::to_ascii_lowercase).as_deref() != Some(&root) {
-            continue;
-        }
-        for entry in doc["data"].as_array().into_iter().flatten() {
-            let key = entry["pubkey"].as_str().unwrap_or_default().to_ascii_lowercase();
-            if pubkeys.contains(&key) {
-                data.push(entry.clone());
-            }
-        }
-    }
-    Some(json!({"metadata": newest["metadata"], "data": data}))
-}
-
-/// Splits an interchange into one document per key it has entries for.
-fn split_interchange(doc: &Value) -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = Vec::new();
-    for entry in doc["data"].as_array().into_iter().flatten() {
-        let key = entry["pubkey"].as_str().unwrap_or_default().to_ascii_lowercase();
-        match out.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, one)) => one["data"].as_array_mut().expect("built as an array").push(entry.clone()),
-            None => out.push((key, json!({"metadata": doc["metadata"], "data": [entry]}))),
-        }
-    }
-    out
+/// The chain of the history a request gives, if it gives one.
+pub fn given_history_root(secrets: &KeySecrets) -> Option<Root> {
+    let text = secrets.slashing_protection.as_deref()?;
+    Interchange::from_text(text).ok().map(|doc| doc.genesis_validators_root)
 }
 
 /// How the gateway reaches an instance's client.
@@ -560,26 +528,42 @@ impl ValidatorDriver {
         secrets: &KeySecrets,
         progress: &Progress,
     ) -> Result<String, DriverError> {
+        // The chain the client signs for: a given history of another chain protects nothing
+        // here (and the client would refuse it), so it is refused before anything changes.
+        let chain = self.genesis_root(access).await?;
+        let given = match secrets.slashing_protection.as_deref() {
+            None => None,
+            Some(text) => Some(
+                Interchange::from_text(text)
+                    .map_err(|err| DriverError(format!("parameters.slashing_protection {err}")))?,
+            ),
+        };
+        if let Some(given) = &given
+            && given.genesis_validators_root != chain
+        {
+            return Err(DriverError(format!(
+                "parameters.slashing_protection at /metadata/genesis_validators_root: {} is not the chain's ({chain}); no key was imported",
+                given.genesis_validators_root
+            )));
+        }
         let taken = self.store.claim_validator_keys(instance_id, &secrets.pubkeys).await.map_err(store_error)?;
         if let Some((key, holder)) = taken.first() {
             return Err(DriverError(format!(
                 "validator key {key} is loaded in instance {holder}; deprovision it (or remove the key) there first: a key must never be in two clients"
             )));
         }
-        let mut documents = Vec::new();
-        for key in &secrets.pubkeys {
-            for row in self.store.history(key).await.map_err(store_error)? {
-                if let Ok(doc) = serde_json::from_str::<Value>(&row.interchange) {
-                    documents.push(doc);
-                }
+        // The keys are ours now: no other client can add to their history. What ovsb holds and
+        // what was given become one history per key, kept before the client sees the keys.
+        let history = match self.history_to_import(instance_id, chain, given.as_ref(), &secrets.pubkeys).await {
+            Ok(history) => history,
+            Err(err) => {
+                self.store.release_validator_keys(instance_id, &secrets.pubkeys).await.map_err(store_error)?;
+                return Err(err);
             }
-        }
-        if let Some(given) = secrets.slashing_protection.as_deref().and_then(|t| serde_json::from_str(t).ok()) {
-            documents.push(given);
-        }
+        };
         let mut body = json!({"keystores": secrets.keystores, "passwords": secrets.passwords});
-        if let Some(history) = merge_interchanges(&documents, &secrets.pubkeys) {
-            body["slashing_protection"] = json!(history.to_string());
+        if !history.keys.is_empty() {
+            body["slashing_protection"] = json!(history.to_json().to_string());
         }
         // What the client holds before: a key it loads that no keystore named (a keystore whose
         // `pubkey` field lies about its secret key) is found by comparing with after.
@@ -648,6 +632,61 @@ impl ValidatorDriver {
         Err(DriverError(reason))
     }
 
+    /// The chain's `genesis_validators_root`, from the client's beacon API.
+    async fn genesis_root(&self, access: &ValidatorAccess) -> Result<Root, DriverError> {
+        let what = "GET /eth/v1/beacon/genesis";
+        let answer = self.send(self.http.get(format!("{}/eth/v1/beacon/genesis", access.beacon)), what).await?;
+        answer["data"]["genesis_validators_root"]
+            .as_str()
+            .and_then(Root::parse)
+            .ok_or_else(|| DriverError(format!("the beacon API answered {what} without a genesis_validators_root")))
+    }
+
+    /// The history to import with `pubkeys` on `chain`: for each key, the union of every row
+    /// the store holds on that chain and of what the request gives, stored (replacing those
+    /// rows) before it is returned. A row that does not decode fails this loudly.
+    async fn history_to_import(
+        &self,
+        instance_id: &str,
+        chain: Root,
+        given: Option<&Interchange>,
+        pubkeys: &[String],
+    ) -> Result<Interchange, DriverError> {
+        let mut union = Interchange::empty(chain);
+        let mut kept = Vec::new();
+        for text in pubkeys {
+            let key = Pubkey::parse(text).ok_or_else(|| DriverError(format!("{text} is not a BLS public key")))?;
+            let rows = self.store.history(text).await.map_err(|err| match err {
+                StoreError::Corrupt(reason) => DriverError(format!(
+                    "the stored slashing-protection history of {text} cannot be read ({reason}); no key was imported: a key is never imported without its history"
+                )),
+                other => store_error(other),
+            })?;
+            let mut mine = Interchange::empty(chain);
+            let mut replaces = Vec::new();
+            for row in rows.iter().filter(|row| row.interchange.genesis_validators_root == chain) {
+                mine.absorb(&row.interchange.only(&[key]));
+                replaces.push(row.id.clone());
+            }
+            if let Some(given) = given {
+                mine.absorb(&given.only(&[key]));
+            }
+            if mine.keys.values().all(crate::interchange::History::is_empty) {
+                continue;
+            }
+            if let Some((_, outer, inner)) = mine.surround() {
+                return Err(DriverError(format!(
+                    "the history of {text} (stored and given together) holds a surround vote ({}→{} surrounds {}→{}): the key has signed slashable attestations, and no client imports that; no key was imported",
+                    outer.source_epoch, outer.target_epoch, inner.source_epoch, inner.target_epoch
+                )));
+            }
+            union.absorb(&mine);
+            kept.push(KeptHistory { pubkey: text.clone(), replaces, interchange: mine });
+        }
+        self.store.keep_histories(instance_id, &kept, false).await.map_err(store_error)?;
+        Ok(union)
+    }
+
     /// The keys the client holds (`0x` + lowercase hex).
     async fn loaded_keys(&self, access: &ValidatorAccess) -> Result<BTreeSet<String>, DriverError> {
         let list = self.get(access, "/eth/v1/keystores").await?;
@@ -687,36 +726,48 @@ impl ValidatorDriver {
                 return Err(DriverError(format!("the client could not delete key {key}: {status} {message}")));
             }
         }
-        let history: Value = match &answer["slashing_protection"] {
-            Value::String(text) => serde_json::from_str(text)
-                .map_err(|e| DriverError(format!("the client's slashing-protection export is not JSON: {e}")))?,
-            Value::Object(_) => answer["slashing_protection"].clone(),
+        let exported = match &answer["slashing_protection"] {
+            Value::String(text) => Interchange::from_text(text),
+            Value::Object(_) => Interchange::parse(&answer["slashing_protection"]),
             _ => return Err(DriverError("the client exported no slashing-protection history".into())),
-        };
-        // A key the client never had (status `not_active`) comes back with an empty entry:
-        // nothing to keep.
-        let signed = |doc: &Value| {
-            doc["data"].as_array().into_iter().flatten().any(|entry| {
-                ["signed_blocks", "signed_attestations"]
-                    .iter()
-                    .any(|list| entry[*list].as_array().is_some_and(|l| !l.is_empty()))
-            })
-        };
-        let histories: Vec<(String, String)> = split_interchange(&history)
-            .into_iter()
-            .filter(|(key, doc)| {
-                let i = pubkeys.iter().position(|k| k == key);
-                i.is_some_and(|i| answer["data"][i]["status"] == "deleted" || signed(doc))
-            })
-            .map(|(key, doc)| (key, doc.to_string()))
-            .collect();
-        for (i, key) in pubkeys.iter().enumerate() {
-            if answer["data"][i]["status"] == "deleted" && !histories.iter().any(|(k, _)| k == key) {
-                // Never free a key whose history did not come out: it stays claimed.
-                return Err(DriverError(format!("the client deleted key {key} but exported no history for it")));
-            }
         }
-        self.store.store_history_and_release(instance_id, &histories).await.map_err(store_error)?;
+        .map_err(|err| DriverError(format!("the client's slashing-protection export is not EIP-3076 ({err})")))?;
+        let mut histories = Vec::new();
+        for (i, text) in pubkeys.iter().enumerate() {
+            let deleted = answer["data"][i]["status"] == "deleted";
+            let key = Pubkey::parse(text).ok_or_else(|| DriverError(format!("{text} is not a BLS public key")))?;
+            let Some(history) = exported.keys.get(&key) else {
+                if deleted {
+                    // Never free a key whose history did not come out: it stays claimed.
+                    return Err(DriverError(format!("the client deleted key {text} but exported no history for it")));
+                }
+                continue;
+            };
+            // A key the client never had (status `not_active`) comes back with an empty entry:
+            // nothing to keep.
+            if !deleted && history.is_empty() {
+                continue;
+            }
+            // The export joins what ovsb holds on that chain, as one row. A stored row that does
+            // not decode is left as it is (and reported); the export is kept beside it.
+            let mut mine = exported.only(&[key]);
+            let mut replaces = Vec::new();
+            match self.store.history(text).await {
+                Ok(rows) => {
+                    let chain = mine.genesis_validators_root;
+                    for row in rows.iter().filter(|r| r.interchange.genesis_validators_root == chain) {
+                        mine.absorb(&row.interchange.only(&[key]));
+                        replaces.push(row.id.clone());
+                    }
+                }
+                Err(StoreError::Corrupt(reason)) => {
+                    tracing::warn!(key = %text, "keeping the export beside a stored history that does not decode: {reason}");
+                }
+                Err(other) => return Err(store_error(other)),
+            }
+            histories.push(KeptHistory { pubkey: text.clone(), replaces, interchange: mine });
+        }
+        self.store.keep_histories(instance_id, &histories, true).await.map_err(store_error)?;
         // Keys the client had no history for (never loaded, or never signed) are free too.
         self.store.release_validator_keys(instance_id, pubkeys).await.map_err(store_error)?;
         tracing::info!(instance = %instance_id, keys = pubkeys.len(), exported = histories.len(),
@@ -976,20 +1027,41 @@ mod tests {
     }
 
     #[test]
-    fn interchanges_merge_per_key_and_split_per_key() {
+    fn a_given_history_is_refused_with_its_field_named_or_kept_normalised() {
         let meta =
             json!({"interchange_format_version": "5", "genesis_validators_root": format!("0x{}", "1".repeat(64))});
-        let a = json!({"metadata": meta, "data": [{"pubkey": "0xaa", "signed_blocks": [{"slot": "1"}]}, {"pubkey": "0xbb", "signed_blocks": []}]});
-        let b = json!({"metadata": meta, "data": [{"pubkey": "0xAA", "signed_attestations": [{"source_epoch": "1", "target_epoch": "2"}]}]});
-        let other_chain = json!({"metadata": {"interchange_format_version": "5", "genesis_validators_root": format!("0x{}", "2".repeat(64))},
-            "data": [{"pubkey": "0xaa"}]});
-        let merged = merge_interchanges(&[other_chain, a.clone(), b], &["0xaa".to_string()]).unwrap();
-        assert_eq!(merged["data"].as_array().unwrap().len(), 2, "both entries of 0xaa on the newest chain: {merged}");
-        let split = split_interchange(&a);
-        assert_eq!(split.len(), 2);
-        assert_eq!(split[0].0, "0xaa");
-        assert_eq!(split[0].1["data"].as_array().unwrap().len(), 1);
-        assert_eq!(split[1].1["metadata"], meta);
-        assert!(merge_interchanges(&[], &["0xaa".to_string()]).is_none());
+        let with = |history: Value| json!({"keystores": [keystore(KEY)], "passwords": ["a"], "fee_recipient": FEE, "slashing_protection": history});
+        let entry = |key: &str, atts: Value| json!({"pubkey": key, "signed_blocks": [], "signed_attestations": atts});
+        for (history, expected) in [
+            (json!({"metadata": meta, "data": [entry(KEY, json!([]))]}), "at /data/0/pubkey: must be 0x"),
+            (
+                json!({"metadata": meta, "data": [{"pubkey": format!("0x{KEY}"), "signed_blocks": [{"slot": "0x64"}], "signed_attestations": []}]}),
+                "at /data/0/signed_blocks/0/slot",
+            ),
+            (
+                json!({"metadata": meta, "data": [{"pubkey": format!("0x{KEY}"), "signed_attestations": []}]}),
+                "at /data/0/signed_blocks: required",
+            ),
+            (
+                json!({"metadata": meta, "data": [entry(&format!("0x{KEY}"), json!([{"source_epoch": "10", "target_epoch": "20"}, {"source_epoch": "12", "target_epoch": "15"}]))]}),
+                "surround vote (attestation 10→20 surrounds 12→15)",
+            ),
+        ] {
+            let err = prepare_provision(&with(history)).unwrap_err();
+            assert!(err.starts_with("parameters.slashing_protection"), "{err}");
+            assert!(err.contains(expected), "{err} should contain {expected}");
+        }
+        let upper = format!("0x{}", KEY.to_ascii_uppercase());
+        let ok = prepare_provision(&with(
+            json!({"metadata": meta, "data": [entry(&upper, json!([{"source_epoch": "1", "target_epoch": "2"}]))]}),
+        ))
+        .unwrap();
+        let kept = ok.secrets.unwrap().slashing_protection.unwrap();
+        assert!(kept.contains(&format!("0x{KEY}")), "kept with its key in lower case: {kept}");
+        let doc = Interchange::from_text(&kept).unwrap();
+        assert_eq!(
+            given_history_root(&KeySecrets { slashing_protection: Some(kept), ..KeySecrets::default() }),
+            Some(doc.genesis_validators_root)
+        );
     }
 }

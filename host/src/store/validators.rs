@@ -1,21 +1,42 @@
 //! Validator keys in the store: which instance holds each key, and the slashing-protection
-//! history exported when a key leaves a client.
+//! history of each key (what a platform gave with it, and what clients exported when the key
+//! left them).
+//!
+//! A history row is decoded into an [`Interchange`] as it is read: a row that does not decode
+//! is a [`StoreError::Corrupt`] (logged, counted in `ovsb_store_corrupt_rows_total`), never
+//! skipped. Rows are kept compact: storing a key's history replaces the rows it was merged
+//! from by their union, in one transaction.
 
 use sqlx::Row as _;
 
-use super::{Result, Store, now_ms, random_id};
+use super::{Result, Store, StoreError, now_ms, random_id};
+use crate::interchange::Interchange;
 
-/// One stored export of a key's slashing-protection history.
+/// One stored history of a key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryRow {
+    /// The row's id.
+    pub id: String,
     /// The key (`0x` + 96 lowercase hex digits).
     pub pubkey: String,
-    /// The instance whose client exported it.
+    /// The instance whose client exported it, or that was given it.
     pub instance_id: String,
-    /// An EIP-3076 interchange document with this key's entry only.
-    pub interchange: String,
+    /// An EIP-3076 interchange with this key's entry only, decoded.
+    pub interchange: Interchange,
     /// When it was stored.
     pub exported_ms: i64,
+}
+
+/// A key's history to keep: the union of what it `replaces` (row ids, removed in the same
+/// transaction) and whatever is new.
+#[derive(Debug, Clone)]
+pub struct KeptHistory {
+    /// The key (`0x` + 96 lowercase hex digits).
+    pub pubkey: String,
+    /// Rows of this key that `interchange` holds every record of.
+    pub replaces: Vec<String>,
+    /// The key's history (its entry only).
+    pub interchange: Interchange,
 }
 
 impl Store {
@@ -52,24 +73,34 @@ impl Store {
         Ok(taken)
     }
 
-    /// Stores each key's exported history and releases the keys' claims by `instance_id`, in
-    /// one transaction: a key is free again only once its history is safe.
-    pub async fn store_history_and_release(&self, instance_id: &str, histories: &[(String, String)]) -> Result<()> {
+    /// Stores each key's history (replacing the rows it was merged from) and, with `release`,
+    /// releases the keys' claims by `instance_id`, in one transaction: a key is free again only
+    /// once its history is safe.
+    pub async fn keep_histories(&self, instance_id: &str, histories: &[KeptHistory], release_keys: bool) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        for (pubkey, interchange) in histories {
+        for kept in histories {
+            for id in &kept.replaces {
+                sqlx::query("DELETE FROM slashing_protection WHERE id = $1 AND pubkey = $2")
+                    .bind(id)
+                    .bind(&kept.pubkey)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query(
                 "INSERT INTO slashing_protection (id, pubkey, instance_id, interchange, exported_ms) \
                  VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(random_id())
-            .bind(pubkey)
+            .bind(&kept.pubkey)
             .bind(instance_id)
-            .bind(interchange)
+            .bind(kept.interchange.to_json().to_string())
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            release(&mut tx, instance_id, pubkey).await?;
+            if release_keys {
+                release(&mut tx, instance_id, &kept.pubkey).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -109,10 +140,11 @@ impl Store {
         Ok(row.map(|r| r.try_get("instance_id")).transpose()?)
     }
 
-    /// Every stored export of a key's history, oldest first.
+    /// Every stored history of a key, oldest first. A row that does not decode fails the
+    /// read ([`StoreError::Corrupt`], logged and counted): a history is never returned narrowed.
     pub async fn history(&self, pubkey: &str) -> Result<Vec<HistoryRow>> {
         let rows = sqlx::query(
-            "SELECT pubkey, instance_id, interchange, exported_ms FROM slashing_protection \
+            "SELECT id, pubkey, instance_id, interchange, exported_ms FROM slashing_protection \
              WHERE pubkey = $1 ORDER BY exported_ms, id",
         )
         .bind(pubkey)
@@ -120,10 +152,24 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
+                let id: String = row.try_get("id")?;
+                let text: String = row.try_get("interchange")?;
+                let interchange = Interchange::from_text(&text).map_err(|err| {
+                    crate::telemetry::metrics()
+                        .store_corrupt_rows
+                        .get_or_create(&crate::telemetry::TableLabels { table: "slashing_protection" })
+                        .inc();
+                    let err = StoreError::Corrupt(format!(
+                        "slashing_protection row {id} (key {pubkey}) is not an EIP-3076 interchange ({err})"
+                    ));
+                    tracing::warn!("{err}");
+                    err
+                })?;
                 Ok(HistoryRow {
+                    id,
                     pubkey: row.try_get("pubkey")?,
                     instance_id: row.try_get("instance_id")?,
-                    interchange: row.try_get("interchange")?,
+                    interchange,
                     exported_ms: row.try_get("exported_ms")?,
                 })
             })

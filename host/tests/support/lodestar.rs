@@ -122,3 +122,29 @@ pub fn keystore(index: u32, dir: &Path) -> Value {
 pub fn pubkey(keystore: &Value) -> String {
     format!("0x{}", keystore["pubkey"].as_str().unwrap().trim_start_matches("0x").to_ascii_lowercase())
 }
+
+/// The `genesis_validators_root` of the chain `lodestar dev --genesisValidators 4` makes (the
+/// interop validators; the same for every instance of the test plan).
+pub const DEV_GENESIS_VALIDATORS_ROOT: &str = "0xacac7566fdf384a1ada45c01dcf9030d7eb0e1e5f5302659101d0b2a5bb59092";
+
+/// What a fresh Lodestar 1.5.1 slashing-protection database does with `interchange` imported
+/// (for the chain `root`): whether the import went through, and its verdict on each signing
+/// (`allowed` or `refused: <code>`), judged in order. `signings` are as `slashing-check.mjs`
+/// reads them: `{"pubkey", "block": {"slot", "signing_root"}}` or `{"pubkey", "attestation":
+/// {"source", "target", "signing_root"}}`.
+pub fn judge_signings(root: &str, interchange: &Value, signings: &[Value]) -> (String, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("case.json");
+    let input = serde_json::json!({"genesis_validators_root": root, "interchange": interchange, "signings": signings});
+    std::fs::write(&case, input.to_string()).unwrap();
+    let output = Command::new("node")
+        .arg(lodestar_dir().join("slashing-check.mjs"))
+        .arg(&case)
+        .current_dir(lodestar_dir())
+        .output()
+        .expect("node runs");
+    assert!(output.status.success(), "slashing-check.mjs failed: {}", String::from_utf8_lossy(&output.stderr));
+    let verdict: Value = serde_json::from_slice(&output.stdout).expect("slashing-check.mjs prints JSON");
+    let verdicts = verdict["verdicts"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    (verdict["import"].as_str().unwrap().to_string(), verdicts)
+}
