@@ -41,6 +41,15 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ask the running `ovsb serve` of a data directory to reload its plugins (as SIGHUP does):
+    /// `POST /reload` on its admin listener; prints its report; exits non-zero when something
+    /// was not taken.
+    Reload {
+        /// The TOML configuration file the server runs (for `data_dir`); the built-in one when
+        /// not given.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print ovsb's public identifier (the base64 X25519 encryption public key published in the
     /// catalog, as `eth_getEncryptionPublicKey` returns a wallet's), creating the key pair in the
     /// data directory if needed; `rotate` adds a new current key (older ones still open what was
@@ -60,8 +69,17 @@ enum ConfigCommand {
     /// Check a configuration file (syntax, keys, values, plugin files) without starting
     /// anything; exits non-zero naming the line and key of the first problem.
     Check {
+        /// The TOML configuration file; the built-in one (what `ovsb serve` runs without
+        /// --config) when not given.
+        file: Option<PathBuf>,
+    },
+    /// Print the configuration `ovsb serve` would run: the file, or the built-in one when no
+    /// file is given, with relative plugin paths made absolute, so that the output can be saved,
+    /// edited and used with `--config` from anywhere. The OVSB_* variables set now that override
+    /// it are named (not their values) at the top.
+    Show {
         /// The TOML configuration file.
-        file: PathBuf,
+        file: Option<PathBuf>,
     },
 }
 
@@ -189,7 +207,10 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
         Command::Serve { config } => serve(config).await,
-        Command::Config(ConfigCommand::Check { file }) => Ok(crate::config::Config::check_file(&file)?),
+        Command::Config(ConfigCommand::Check { file: Some(file) }) => Ok(crate::config::Config::check_file(&file)?),
+        Command::Config(ConfigCommand::Check { file: None }) => Ok(crate::config::Config::check_built_in()?),
+        Command::Config(ConfigCommand::Show { file }) => config_show(file.as_deref()),
+        Command::Reload { config } => reload(config).await,
         Command::Identity { config, action } => identity(config, &action),
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
             let sdk = sdk.unwrap_or_else(crate::scaffold::default_sdk_path);
@@ -247,6 +268,58 @@ fn identity(file: Option<PathBuf>, action: &str) -> anyhow::Result<String> {
 }
 
 /// `ovsb serve`: runs until Ctrl-C or SIGTERM, then drains and exits.
+fn config_show(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let (text, source, dir) = match file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            crate::config::Config::from_toml(&text, &file.display().to_string())?;
+            let dir = file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            (text, file.display().to_string(), dir)
+        }
+        None => (
+            crate::config::QUICK_START.to_string(),
+            "the built-in configuration (examples/quick-start.toml, compiled into ovsb)".to_string(),
+            crate::config::built_in_dir(),
+        ),
+    };
+    let mut out = format!("# The configuration of `ovsb serve`: {source}.\n");
+    let overrides: Vec<String> = crate::server::process_env().into_keys().collect();
+    if !overrides.is_empty() {
+        out.push_str(&format!("# Overridden now by the environment: {}.\n", overrides.join(", ")));
+    }
+    out.push_str(&crate::config::absolute_paths(&text, &dir));
+    Ok(out.trim_end().to_string())
+}
+
+async fn reload(file: Option<PathBuf>) -> anyhow::Result<String> {
+    let mut config = match &file {
+        Some(file) => crate::config::Config::load(file)?,
+        None => crate::config::Config::quick_start(),
+    };
+    config.apply_env(&crate::server::process_env())?;
+    let pid_file = config.data_dir.join(crate::server::PID_FILE);
+    let pid = std::fs::read_to_string(&pid_file).with_context(|| {
+        format!("no ovsb serve runs on {} ({} is missing)", config.data_dir.display(), pid_file.display())
+    })?;
+    // Where the server's admin listener is bound (its configured address may be port 0).
+    let addr = std::fs::read_to_string(config.data_dir.join(crate::server::ADMIN_ADDR_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<std::net::SocketAddr>().ok())
+        .unwrap_or(config.admin.listen);
+    let host =
+        if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    let response = reqwest::Client::new()
+        .post(format!("http://{host}/reload"))
+        .header(crate::admin::RELOAD_HEADER, "1")
+        .timeout(std::time::Duration::from_secs(300))
+        .send()
+        .await
+        .with_context(|| format!("ovsb serve (pid {}) does not answer at {host}", pid.trim()))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() { Ok(body) } else { anyhow::bail!("the reload answered {status}: {}", body.trim()) }
+}
+
 async fn serve(file: Option<PathBuf>) -> anyhow::Result<String> {
     let mut config = match &file {
         Some(file) => crate::config::Config::load(file)?,

@@ -909,11 +909,16 @@ impl Config {
     pub fn quick_start() -> Config {
         let mut config = Config::from_toml(QUICK_START, "built-in quick-start configuration")
             .expect("the built-in configuration parses");
-        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let examples = built_in_dir();
         if examples.is_dir() {
             config.resolve_paths(&examples);
         }
         config
+    }
+
+    /// Checks the built-in configuration as [`Config::check_file`] checks a file.
+    pub fn check_built_in() -> Result<String, ConfigError> {
+        Config::check_file(&built_in_dir().join("quick-start.toml"))
     }
 
     /// Makes relative plugin and schema paths relative to `dir`.
@@ -1534,6 +1539,35 @@ fn empty_object() -> serde_json::Value {
 
 /// The configuration `ovsb serve` runs without `--config`.
 pub const QUICK_START: &str = include_str!("../../examples/quick-start.toml");
+
+/// Where the built-in configuration's relative plugin paths point from: `examples/` of the
+/// checkout ovsb was built from.
+pub fn built_in_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// `text` (a configuration) with each relative `path = "…"` and `schema = "…"` value made
+/// absolute against `dir`, comments and layout kept.
+pub fn absolute_paths(text: &str, dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let rewritten = ["path = \"", "schema = \""].iter().find_map(|prefix| {
+            let value = trimmed.strip_prefix(prefix)?.strip_suffix('"')?;
+            if value.contains('"') || Path::new(value).is_absolute() {
+                return None;
+            }
+            let absolute = dir.join(value);
+            let absolute = absolute.canonicalize().unwrap_or(absolute);
+            let indent = &line[..line.len() - trimmed.len()];
+            Some(format!("{indent}{prefix}{}\"", absolute.display()))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
 
 /// The longest `binding_ttl` (ten years, in seconds).
 pub const MAX_BINDING_TTL: u64 = 10 * 365 * 24 * 3600;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +103,7 @@ pub struct Server {
     pub replica: String,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    data_dir: PathBuf,
     _lock: Option<std::fs::File>,
 }
 
@@ -142,6 +143,8 @@ impl Server {
         let admin_listener = bind(config.admin.listen).await?;
         let admin_addr =
             admin_listener.local_addr().map_err(|source| StartError::Listen { addr: config.admin.listen, source })?;
+        write_run_files(&data_dir, admin_addr);
+        warn_if_committable(&data_dir);
         let tracker = TaskTracker::new();
         let admin_state = Arc::new(crate::admin::AdminState::default());
         let starting = shutdown.child_token();
@@ -346,6 +349,7 @@ impl Server {
             replica: replica.id,
             shutdown,
             tracker,
+            data_dir,
             _lock: lock,
         })
     }
@@ -362,6 +366,55 @@ impl Server {
             tracing::warn!("some tasks did not stop within {grace:?}");
         }
         self.store.close().await;
+        remove_run_files(&self.data_dir);
+    }
+}
+
+/// `ovsb.pid` (this process's id, for `kill -HUP $(cat .ovsb/ovsb.pid)`) and `admin.addr` (where
+/// the admin listener is bound, for `ovsb reload`) in the data directory. Failing to write them
+/// is logged, not fatal: they are conveniences.
+fn write_run_files(data_dir: &Path, admin: SocketAddr) {
+    for (name, text) in [(PID_FILE, std::process::id().to_string()), (ADMIN_ADDR_FILE, admin.to_string())] {
+        if let Err(err) = std::fs::write(data_dir.join(name), format!("{text}\n")) {
+            tracing::warn!("cannot write {}: {err}", data_dir.join(name).display());
+        }
+    }
+}
+
+/// Removes the run files if they are still this process's.
+fn remove_run_files(data_dir: &Path) {
+    let pid = data_dir.join(PID_FILE);
+    if std::fs::read_to_string(&pid).is_ok_and(|text| text.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(pid);
+        let _ = std::fs::remove_file(data_dir.join(ADMIN_ADDR_FILE));
+    }
+}
+
+/// The PID file in the data directory.
+pub const PID_FILE: &str = "ovsb.pid";
+/// The file in the data directory that names the admin listener's address.
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+
+/// Warns when the data directory (which holds the broker's secret key, its password and the
+/// identity keys) lies inside a git work tree that does not ignore it: `git add .` would
+/// commit every tenant's keys.
+fn warn_if_committable(data_dir: &Path) {
+    let Ok(dir) = data_dir.canonicalize() else { return };
+    if !dir.ancestors().skip(1).any(|a| a.join(".git").exists()) {
+        return;
+    }
+    let ignored = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["check-ignore", "-q", "."])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    // Exit 1: not ignored. Anything else (ignored, no git, not a work tree) says nothing.
+    if ignored.is_ok_and(|status| status.code() == Some(1)) {
+        tracing::warn!(data_dir = %dir.display(),
+            "the data directory holds secrets (secret.key, broker-password, identity.keys) and lies in a git work tree that does not ignore it: add it to .gitignore");
     }
 }
 

@@ -177,3 +177,42 @@ fn config_check_passes_the_example_configurations() {
     }
     assert!(checked >= 1);
 }
+
+/// `ovsb config show` prints what `ovsb serve` runs without --config; saved anywhere, it checks
+/// as it is, and `ovsb config check` without a file checks that same built-in configuration.
+#[test]
+fn config_show_prints_the_built_in_configuration_and_it_round_trips_through_config_check() {
+    let out = ovsb(&["config", "show"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(shown.starts_with("# The configuration of `ovsb serve`: the built-in configuration"), "{shown}");
+    let built_in =
+        std::fs::read_to_string(format!("{}/../examples/quick-start.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    assert!(
+        shown.contains("[[plugins]]") && built_in.contains("path = \"../target/"),
+        "the shown file is the built-in one"
+    );
+    assert!(!shown.contains("path = \"../"), "relative plugin paths are made absolute: {shown}");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("mine.toml");
+    std::fs::write(&copy, &shown).unwrap();
+    let checked = ovsb(&["config", "check", copy.to_str().unwrap()]);
+    assert!(
+        checked.status.success(),
+        "the shown configuration checks where it is saved: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let again = ovsb(&["config", "show", copy.to_str().unwrap()]);
+    assert!(again.status.success());
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert_eq!(
+        again.lines().skip(1).collect::<Vec<_>>(),
+        shown.lines().collect::<Vec<_>>(),
+        "showing the copy adds its own header line and changes nothing else"
+    );
+    let built_in_check = ovsb(&["config", "check"]);
+    assert!(built_in_check.status.success(), "{}", String::from_utf8_lossy(&built_in_check.stderr));
+    assert!(String::from_utf8_lossy(&built_in_check.stdout).starts_with("ok: "));
+    let missing = ovsb(&["config", "show", dir.path().join("nope.toml").to_str().unwrap()]);
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+}

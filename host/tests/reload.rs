@@ -187,6 +187,20 @@ async fn post_reload_reports_what_it_took_and_what_kept_running() {
     let (status, body) = reload().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["plugins"]["changed"], json!([]), "{body}");
+
+    // `ovsb reload --config FILE` finds this server through the files it wrote in its data
+    // directory (its PID, its admin address) and prints the same report.
+    let data = dir.path().join("data");
+    let pid: u32 = std::fs::read_to_string(data.join("ovsb.pid")).unwrap().trim().parse().unwrap();
+    assert_eq!(pid, ovsb.pid(), "ovsb.pid holds the server's process id");
+    let command = std::process::Command::new(env!("CARGO_BIN_EXE_ovsb"))
+        .args(["reload", "--config"])
+        .arg(dir.path().join("ovsb.toml"))
+        .output()
+        .unwrap();
+    assert!(command.status.success(), "{}", String::from_utf8_lossy(&command.stderr));
+    let printed: Value = serde_json::from_slice(&command.stdout).unwrap();
+    assert_eq!(printed["plugins"]["changed"], json!([]), "{printed}");
     assert!(body["plugins"]["unchanged"].as_array().unwrap().contains(&json!("swap")), "{body}");
 
     replace_file(&swap, &std::fs::read(ovsb_test_artifacts::HELLO_PLUGIN).unwrap());
