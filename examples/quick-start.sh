@@ -37,4 +37,6 @@ cargo build --release --locked --target wasm32-wasip2 \
 
 echo "==> building and starting ovsb (the first build takes several minutes)"
 cargo build --release -p ovsb --locked
-target/release/ovsb serve "$@"
+# The binary is target/release/ovsb (or under $CARGO_TARGET_DIR); put that folder on PATH to
+# run `ovsb reload`, `ovsb config show` and the other commands by name.
+"${CARGO_TARGET_DIR:-target}/release/ovsb" serve "$@"
