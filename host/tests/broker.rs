@@ -1152,6 +1152,22 @@ async fn deprovision_and_unbind_refuse_ids_that_are_not_the_instances(db: Db) {
             .await;
         resp.assert_error(400, Some("BadRequest"));
     }
+    // Ids are checked first: without accepts_incomplete, unknown ids are still a 400 naming
+    // them (not 422 AsyncRequired); another plan's ids on an instance still provisioning are a
+    // 400 (not 422 ConcurrencyError).
+    let resp = osb.call(Method::DELETE, &format!("{}?service_id=nope&plan_id=nope", inst("inst-b")), None).await;
+    resp.assert_error(400, Some("BadRequest"));
+    assert!(resp.body["description"].as_str().unwrap().contains("nope"), "{resp:?}");
+    assert_eq!(osb.provision("inst-p", PLAN_PENDING, None).await.status, 202);
+    let before = broker.fingerprint().await;
+    let resp = osb
+        .call(
+            Method::DELETE,
+            &format!("{}?accepts_incomplete=true&service_id={SERVICE}&plan_id={PLAN_SHARED}", inst("inst-p")),
+            None,
+        )
+        .await;
+    resp.assert_error(400, Some("BadRequest"));
     assert_eq!(broker.fingerprint().await, before, "nothing changed");
     let row = broker.store().instance("inst-b").await.unwrap().unwrap();
     assert_eq!(row.state, ovsb::store::InstanceState::Ready);

@@ -491,6 +491,17 @@ pub async fn deprovision(
     let query = query(query_string)?;
     let service_id = required_query(&query, "service_id")?.to_string();
     let plan_id = required_query(&query, "plan_id")?.to_string();
+    // Ids first (400 naming them), as for every other request: a plan no longer in the catalog
+    // is still accepted for an instance of that plan, so that it can be deprovisioned.
+    if let Err(unknown) = state.catalog.plan(&service_id, &plan_id) {
+        let of_instance =
+            state.store.instance(&instance_id).await?.is_some_and(|i| {
+                i.state != InstanceState::Deleted && i.service_id == service_id && i.plan_id == plan_id
+            });
+        if !of_instance {
+            return Err(unknown);
+        }
+    }
     if !accepts_incomplete(&query)? {
         return Err(ApiError::async_required());
     }
@@ -536,13 +547,9 @@ pub async fn deprovision(
                 ]);
                 Decision { changes, answer: Outcome::Started(operation) }
             };
-            // The ids say which instance the platform means: another one's ids delete nothing.
-            let acts = overdue.is_some()
-                || matches!(
-                    instance.state,
-                    InstanceState::Ready | InstanceState::Failed | InstanceState::Deprovisioning
-                );
-            if acts && (instance.service_id != service_id || instance.plan_id != plan_id) {
+            // The ids say which instance the platform means: another one's ids delete nothing,
+            // whatever the instance is doing (checked before its state, as on every request).
+            if instance.service_id != service_id || instance.plan_id != plan_id {
                 return Decision::answer(Outcome::Refused(ApiError::bad_request(
                     "service_id and plan_id must be those of the instance",
                 )));
