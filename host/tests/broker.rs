@@ -89,6 +89,33 @@ async fn catalog_lists_services_plans_schemas_and_maintenance_info(db: Db) {
     assert_eq!(schema["properties"]["plugins"]["items"]["properties"]["name"]["enum"], json!(["pass", "test"]));
     let fixed = rpc["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_FIXED).unwrap();
     assert_eq!(fixed["plan_updateable"], false);
+    assert_eq!(shared["binding_rotatable"], json!(false), "2.17 fields for a 2.17 platform");
+
+    // A 2.13 platform gets the catalog as 2.13 defines it: its plan and service schemas with
+    // `additionalProperties: false` (as the 2.13 conformance suite's) accept it.
+    let old = broker
+        .osb
+        .send(
+            reqwest::Client::new()
+                .get(format!("{}/v2/catalog", broker.osb.base))
+                .basic_auth(USER, Some(PASSWORD))
+                .header("X-Broker-API-Version", "2.13"),
+        )
+        .await;
+    assert_eq!(old.status, 200);
+    let plan_2_13 = json!({"type": "object", "additionalProperties": false, "required": ["id", "name", "description"],
+        "properties": {"id": {}, "name": {}, "description": {}, "metadata": {}, "free": {}, "bindable": {}, "schemas": {}}});
+    let service_2_13 = json!({"type": "object", "additionalProperties": false,
+        "properties": {"id": {}, "name": {}, "description": {}, "tags": {}, "requires": {}, "bindable": {},
+            "metadata": {}, "dashboard_client": {}, "plan_updateable": {}, "plans": {"type": "array", "items": plan_2_13}}});
+    let validator = jsonschema::validator_for(&service_2_13).unwrap();
+    for service in old.body["services"].as_array().unwrap() {
+        let errors: Vec<String> = validator.iter_errors(service).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "a 2.13 client refuses {}: {errors:?}", service["name"]);
+    }
+    let old_shared =
+        &old.body["services"][0]["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_SHARED).unwrap().clone();
+    assert_eq!(old_shared["schemas"], shared["schemas"], "the schemas stay");
     for service in services {
         for name in
             std::iter::once(&service["name"]).chain(service["plans"].as_array().unwrap().iter().map(|p| &p["name"]))

@@ -104,8 +104,44 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .merge(history::router(state))
 }
 
-async fn catalog(State(state): State<Arc<BrokerState>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], state.catalog.body().to_string()).into_response()
+async fn catalog(State(state): State<Arc<BrokerState>>, meta: Meta) -> Response {
+    let body = if meta.minor_version >= 17 {
+        state.catalog.body().to_string()
+    } else {
+        catalog_for(state.catalog.body(), meta.minor_version)
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The catalog as a platform speaking OSB 2.`minor` knows it: fields of later versions left
+/// out (strict clients of 2.13 validate plans with `additionalProperties: false`).
+fn catalog_for(body: &str, minor: u32) -> String {
+    // (field, the minor that introduced it) of services and of plans.
+    const SERVICE_FIELDS: &[(&str, u32)] =
+        &[("instances_retrievable", 14), ("bindings_retrievable", 14), ("allow_context_updates", 15)];
+    const PLAN_FIELDS: &[(&str, u32)] = &[
+        ("maintenance_info", 15),
+        ("maximum_polling_duration", 15),
+        ("plan_updateable", 15),
+        ("binding_rotatable", 17),
+    ];
+    let Ok(mut catalog) = serde_json::from_str::<Value>(body) else { return body.to_string() };
+    let strip = |object: &mut Value, fields: &[(&str, u32)]| {
+        if let Some(object) = object.as_object_mut() {
+            for (field, since) in fields {
+                if minor < *since {
+                    object.remove(*field);
+                }
+            }
+        }
+    };
+    for service in catalog["services"].as_array_mut().into_iter().flatten() {
+        strip(service, SERVICE_FIELDS);
+        for plan in service["plans"].as_array_mut().into_iter().flatten() {
+            strip(plan, PLAN_FIELDS);
+        }
+    }
+    catalog.to_string()
 }
 
 /// Counts every request by route template, method and status.
