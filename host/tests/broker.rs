@@ -1185,6 +1185,7 @@ async fn deprovision_and_unbind_refuse_ids_that_are_not_the_instances(db: Db) {
     let resp = osb.call(Method::DELETE, &format!("{}?service_id=nope&plan_id=nope", inst("inst-b")), None).await;
     resp.assert_error(400, Some("BadRequest"));
     assert!(resp.body["description"].as_str().unwrap().contains("nope"), "{resp:?}");
+    assert_eq!(broker.fingerprint().await, before, "nothing changed");
     assert_eq!(osb.provision("inst-p", PLAN_PENDING, None).await.status, 202);
     let before = broker.fingerprint().await;
     let resp = osb
