@@ -36,8 +36,8 @@ if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("jsonsc
 fi
 python3 -c 'import importlib.metadata as m; print("jsonschema", m.version("jsonschema"))'
 
-step "viem and ethers (the dApp tests run real clients), pinned in tests/dapp/package-lock.json"
-if [ ! -d tests/dapp/node_modules/viem ] || [ ! -d tests/dapp/node_modules/ethers ]; then
+step "viem and ethers (the dApp tests run real clients), ajv (strict schema checks), pinned in tests/dapp/package-lock.json"
+if [ ! -d tests/dapp/node_modules/viem ] || [ ! -d tests/dapp/node_modules/ethers ] || [ ! -d tests/dapp/node_modules/ajv-draft-04 ]; then
     (cd tests/dapp && npm ci --no-audit --no-fund --ignore-scripts)
 fi
 

@@ -941,7 +941,7 @@ minimum = 1
 default = 31337
 "#,
         anvil = support::anvil_binary().display()
-    );
+    ) + &support::lodestar::validator_plan(&anvil.http_url());
     let broker = TestBroker::start_with_plans(dir, test_db, &anvil.http_url(), free_port(), &devnet, |config| {
         for (name, path) in [
             ("method-filter", METHOD_FILTER_PLUGIN),
@@ -1060,6 +1060,26 @@ async fn published_schemas_compile_in_standard_validators_and_are_the_ones_reque
     let schema = &devnet["schemas"]["service_instance"]["create"]["parameters"];
     assert!(schema["definitions"]["method-filter.pattern"].is_object(), "{schema}");
     assert!(!schema.to_string().contains("\"#/definitions/pattern\""), "no reference into nowhere: {schema}");
+
+    // ajv 8 in strict mode (as strict platforms run it) compiles every published schema: no
+    // keyword without its type, no union types.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &bytes).unwrap();
+    let dapp = format!("{}/../tests/dapp", env!("CARGO_MANIFEST_DIR"));
+    let output = std::process::Command::new("node")
+        .arg(format!("{dapp}/ajv-strict.mjs"))
+        .arg(file.path())
+        .current_dir(&dapp)
+        .output()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "ajv-strict.mjs (tests/run-all.sh installs ajv): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ajv: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(ajv["errors"], json!([]), "ajv's strict mode refuses a published schema: {ajv}");
+    assert!(ajv["compiled"].as_u64().unwrap() > compiled as u64, "instance and binding schemas: {ajv}");
 
     let python = python_validates(&bytes, PLAN_DEVNET, &good, &bad);
     assert_eq!(python["compiled"], compiled, "{python}");

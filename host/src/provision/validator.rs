@@ -54,7 +54,8 @@ pub fn validator_parameter_schema() -> Value {
     json!({
         "keystores": {
             "type": "array", "minItems": 1, "maxItems": MAX_KEYS,
-            "items": {"type": ["object", "string"]},
+            // anyOf rather than a union type: strict validators (ajv) refuse union types.
+            "items": {"anyOf": [{"type": "object"}, {"type": "string"}]},
             "description": "EIP-2335 keystores (objects or JSON text, or sealed to ovsb's encryptionPublicKey) to load; never stored in clear, never returned",
         },
         "passwords": {
@@ -63,7 +64,7 @@ pub fn validator_parameter_schema() -> Value {
             "description": "The keystores' passwords, in the same order; each may be sealed to ovsb's encryptionPublicKey",
         },
         "slashing_protection": {
-            "type": ["object", "string"],
+            "anyOf": [{"type": "object"}, {"type": "string"}],
             "description": "EIP-3076 interchange (format version 5) of the keys' history; merged with what ovsb kept",
         },
         "fee_recipient": {
