@@ -713,7 +713,14 @@ async fn on_result_waits_for_its_turn_instead_of_dropping_the_nodes_answer() {
         let (fx, chain) = (fx.clone(), chain.clone());
         tokio::spawn(async move { fx.run(&chain, "eth_sendRawTransaction", Some("[\"0x02\"]")).await })
     };
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Wait until the transaction is at the node (a fixed sleep lost this race on a loaded machine).
+    for _ in 0..2000 {
+        if fx.upstream.calls.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(fx.upstream.calls.load(Ordering::SeqCst), 1, "the transaction reached the node");
     // While the transaction is at the node, a looping call takes the one turn for 50 ms.
     let looping = fx.run(&chain, "test_loop", None).await.unwrap_err();
     assert_eq!(looping.code, PLUGIN_FAILURE_CODE);
