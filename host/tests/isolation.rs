@@ -412,7 +412,7 @@ async fn node_processes_get_only_the_environment_their_plan_declares() {
     let names: Vec<&str> = env.iter().filter_map(|v| v.split('=').next()).collect();
     let mut sorted = names.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, ["NODE_GREETING", "OVSB_NODE", "PATH"], "nothing else: {env:?}");
+    assert_eq!(sorted, ["GIT_CEILING_DIRECTORIES", "NODE_GREETING", "OVSB_NODE", "PATH"], "nothing else: {env:?}");
 }
 
 /// A method name with a newline and a forged log line, and ANSI escapes, reaches a plugin that

@@ -49,6 +49,23 @@ async fn keymanager(method: Method, url: &str, token: Option<&str>, body: Option
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Makes `dir` a git work tree with one commit; returns the commit.
+fn git_work_tree(dir: &std::path::Path) -> String {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=ovsb-test", "-c", "user.email=test@ovsb.invalid", "-C"])
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "a checkout"]);
+    git(&["rev-parse", "HEAD"])
+}
+
 async fn history(osb: &OsbClient, key: &str) -> (u16, Value) {
     let resp = osb.call(Method::GET, &format!("/ovsb/v1/slashing-protection/{key}"), None).await;
     (resp.status, resp.body)
@@ -90,6 +107,7 @@ async fn validator_keys_move_in_and_out_with_their_history_on_postgres() {
 async fn keys_move_in_and_out(db: Db) {
     let anvil = Anvil::start(&[]);
     let dir = tempfile::tempdir().unwrap();
+    let head = git_work_tree(dir.path());
     let _reaper = NodeReaper(dir.path().to_path_buf());
     let keys = tempfile::tempdir().unwrap();
     let key3 = keystore(3, keys.path());
@@ -165,6 +183,10 @@ async fn keys_move_in_and_out(db: Db) {
     let (status, version) = keymanager(Method::GET, &format!("{beacon}/eth/v1/node/version"), None, None).await;
     assert_eq!(status, 200, "{version}");
     assert!(version["data"]["version"].as_str().unwrap().contains("Lodestar"), "{version}");
+    // The client runs in a directory under ovsb's data directory, here inside a git work tree
+    // (as in a checkout): it must not find and publish that tree's commit as its version.
+    assert_eq!(head.len(), 40, "{head}");
+    assert!(!version.to_string().contains(&head[..7]), "the data directory's git commit {head} shows in {version}");
     let chain_id = rpc(&uri, "eth_chainId", json!([])).await;
     assert_eq!(chain_id["result"], rpc(&anvil.http_url(), "eth_chainId", json!([])).await["result"]);
     first_head_event(&beacon).await;

@@ -634,6 +634,11 @@ impl Supervisor {
             .env_clear()
             .envs(child_env(&self.decl.env))
             .env(NODE_MARKER, &self.marker)
+            // The node's directory lies under ovsb's data directory, often in a git checkout: a
+            // node that asks git about itself (Lodestar's `node/version` does) must not find and
+            // publish ovsb's own commit.
+            // (git never walks up into a ceiling directory: the parent of the node's own.)
+            .env("GIT_CEILING_DIRECTORIES", self.dir.parent().unwrap_or(&self.dir))
             .current_dir(&self.dir)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
