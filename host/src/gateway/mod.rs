@@ -14,13 +14,15 @@
 //!    within `header_timeout` (also the keep-alive idle time), bodies within `body_timeout`,
 //!    and a declared `Content-Length` over the limit is refused (413) before the body is read;
 //!    The socket is a [`revocable::Revocable`]: once it carries a WebSocket, it closes it with
-//!    code 4001 when the key the WebSocket was opened with is revoked;
+//!    code 4001 when the key the WebSocket was opened with is revoked, and with the code a
+//!    subscription gives when one ends for a reason ([`subscriptions`]: 4008, 1012);
 //! 2. front service: CORS preflights ([`cors`]), key from path or header (401 with a JSON-RPC
 //!    error if unknown); an HTTP JSON body is read and its ids checked ([`ids`]: ids jsonrpsee
 //!    cannot hold are answered there, not taken for notifications);
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
 //! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response;
-//!    subscriptions end when their key is revoked.
+//!    `eth_subscribe` takes a slot and is relayed by [`subscriptions`] over the instance's one
+//!    node socket; subscriptions end when their key is revoked.
 //!
 //! Validator instances also have their keymanager and beacon APIs here (`/keymanager/…`,
 //! `/beacon/<key>/…`), behind per-binding credentials: see [`validator_proxy`].
@@ -36,6 +38,7 @@ mod ids;
 pub mod revocable;
 pub mod routes;
 mod rpc;
+pub mod subscriptions;
 mod validator_proxy;
 
 use std::net::SocketAddr;
@@ -54,6 +57,9 @@ use tokio_util::task::TaskTracker;
 use body::{Clock, Timed};
 use connections::{Admission, AdmissionLimits, Counted, Refused, Ticket};
 use revocable::{Revocable, RevocationWatch};
+use subscriptions::{NodeSockets, SubscriptionSlots};
+
+pub use subscriptions::SubscriptionLimits;
 
 pub use crate::upstream::{UpstreamPool, UpstreamSettings};
 pub use routes::{Access, InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest, new_key};
@@ -86,6 +92,8 @@ pub struct GatewayConfig {
     pub fd_reserve: u32,
     /// Most subscriptions on one WebSocket connection.
     pub max_subscriptions_per_connection: u32,
+    /// Subscriptions in all, per instance and per key, and each one's buffer at the node socket.
+    pub subscriptions: SubscriptionLimits,
 }
 
 impl Default for GatewayConfig {
@@ -102,6 +110,7 @@ impl Default for GatewayConfig {
             body_timeout: Duration::from_secs(10),
             fd_reserve: 256,
             max_subscriptions_per_connection: 64,
+            subscriptions: SubscriptionLimits::default(),
         }
     }
 }
@@ -118,8 +127,8 @@ pub async fn serve(
     let budget = connections::connection_budget(config.max_connections, config.fd_reserve);
     let state = Arc::new(RpcState {
         routes: routes.clone(),
-        // Each proxied subscription holds a socket to the node: bounded like the connections.
-        upstream_subscriptions: Arc::new(tokio::sync::Semaphore::new(budget as usize)),
+        subscription_slots: SubscriptionSlots::new(config.subscriptions),
+        node_sockets: NodeSockets::new(config.subscriptions.buffer, config.max_response_bytes),
         max_response_bytes: config.max_response_bytes as usize,
         request_ids: AtomicU64::new(1),
         id_prefix: format!("{:x}", std::process::id()),
@@ -332,7 +341,8 @@ where
             None
         };
         let websocket = revoked.is_some();
-        request.extensions_mut().insert(Caller { digest, websocket, allowlist });
+        let watch = websocket.then(|| connection.watch.clone());
+        request.extensions_mut().insert(Caller { digest, websocket, allowlist, watch });
         let timeout = connection.body_timeout;
         let request =
             request.map(|body| Timed::new(body, Clock::Total(timeout), "the request body did not arrive in time"));
