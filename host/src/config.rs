@@ -1045,7 +1045,12 @@ impl Config {
             ("plugin_queue_ms", g.plugin_queue_ms, 0, 60_000),
             ("max_subscriptions", g.max_subscriptions.into(), 1, 1 << 20),
             ("max_subscriptions_per_instance", g.max_subscriptions_per_instance.into(), 1, g.max_subscriptions.into()),
-            ("max_subscriptions_per_key", g.max_subscriptions_per_key.into(), 1, g.max_subscriptions_per_instance.into()),
+            (
+                "max_subscriptions_per_key",
+                g.max_subscriptions_per_key.into(),
+                1,
+                g.max_subscriptions_per_instance.into(),
+            ),
             ("subscription_buffer", g.subscription_buffer.into(), 16, 1 << 20),
         ];
         for (name, value, low, high) in ranges {

@@ -232,31 +232,32 @@ impl<S> Revocable<S> {
     pub fn new(io: S, watch: Arc<RevocationWatch>) -> Self {
         Revocable { io, watch, armed: None }
     }
+}
 
-    fn armed(&mut self) -> Option<&mut Armed> {
-        if self.armed.is_none() {
-            let (token, expires_ms) = self.watch.key.get()?;
-            // One kernel tick (at most 10 ms) after the expiry: by then the gateway's coarse
-            // clock refuses the key too, so a client that reconnects at once is refused.
-            let expiry = expires_ms.map(|at| {
-                let left = u64::try_from(at.saturating_sub(crate::store::now_ms())).unwrap_or(0) + 10;
-                Box::pin(tokio::time::sleep(std::time::Duration::from_millis(left)))
-            });
-            self.armed = Some(Armed {
-                outgoing: Outgoing::Http { matched: 0 },
-                token: token.clone(),
-                revoked: Box::pin(token.clone().cancelled_owned()),
-                end: self.watch.end.clone(),
-                ended: Box::pin(self.watch.end.clone().cancelled_owned()),
-                frame: Vec::new(),
-                expiry,
-                state: State::Open,
-                grace: None,
-                reader: None,
-            });
-        }
-        self.armed.as_mut()
+/// The armed state in `slot`, set up from `watch` once it is armed.
+fn arm<'a>(slot: &'a mut Option<Armed>, watch: &RevocationWatch) -> Option<&'a mut Armed> {
+    if slot.is_none() {
+        let (token, expires_ms) = watch.key.get()?;
+        // One kernel tick (at most 10 ms) after the expiry: by then the gateway's coarse
+        // clock refuses the key too, so a client that reconnects at once is refused.
+        let expiry = expires_ms.map(|at| {
+            let left = u64::try_from(at.saturating_sub(crate::store::now_ms())).unwrap_or(0) + 10;
+            Box::pin(tokio::time::sleep(std::time::Duration::from_millis(left)))
+        });
+        *slot = Some(Armed {
+            outgoing: Outgoing::Http { matched: 0 },
+            token: token.clone(),
+            revoked: Box::pin(token.clone().cancelled_owned()),
+            end: watch.end.clone(),
+            ended: Box::pin(watch.end.clone().cancelled_owned()),
+            frame: Vec::new(),
+            expiry,
+            state: State::Open,
+            grace: None,
+            reader: None,
+        });
     }
+    slot.as_mut()
 }
 
 impl Armed {
@@ -336,9 +337,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Revocable<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Revocable<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let watch = this.watch.clone();
-        let Some(armed) = this.armed() else { return Pin::new(&mut this.io).poll_read(cx, buf) };
-        if !armed.poll_revoked(cx, true, watch.ending.get()) {
+        let Some(armed) = arm(&mut this.armed, &this.watch) else { return Pin::new(&mut this.io).poll_read(cx, buf) };
+        if !armed.poll_revoked(cx, true, this.watch.ending.get()) {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
         if matches!(armed.state, State::Ended) || armed.poll_grace(cx) {
@@ -373,9 +373,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Revocable<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Revocable<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let watch = this.watch.clone();
-        let Some(armed) = this.armed() else { return Pin::new(&mut this.io).poll_write(cx, buf) };
-        let revoked = armed.poll_revoked(cx, false, watch.ending.get());
+        let Some(armed) = arm(&mut this.armed, &this.watch) else { return Pin::new(&mut this.io).poll_write(cx, buf) };
+        let revoked = armed.poll_revoked(cx, false, this.watch.ending.get());
         let mut allowed = buf;
         if revoked {
             let left = armed.outgoing.left_in_frame();

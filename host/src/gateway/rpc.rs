@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use jsonrpsee::core::middleware::{Batch, BatchEntry, Notification, RpcServiceT};
 use jsonrpsee::core::server::{BatchResponseBuilder, MethodResponse, ResponsePayload};
@@ -324,9 +323,8 @@ pub(crate) fn subscription_module(state: Arc<RpcState>) -> RpcModule<()> {
                 let state = state.clone();
                 let params = params.as_str().and_then(|p| RawValue::from_string(p.to_string()).ok());
                 async move {
-                    let Some((caller, super::Access { route, revoked, .. })) = ext
-                        .get::<Caller>()
-                        .and_then(|caller| Some((caller, state.routes.access(&caller.digest)?)))
+                    let Some((caller, super::Access { route, revoked, .. })) =
+                        ext.get::<Caller>().and_then(|caller| Some((caller, state.routes.access(&caller.digest)?)))
                     else {
                         pending.reject(error(errors::UNAUTHORIZED, "the key was revoked")).await;
                         return;

@@ -208,7 +208,9 @@ impl NodeSockets {
                 .max_buffer_capacity_per_subscription(self.buffer)
                 .max_response_size(self.max_response_bytes)
                 // A node that vanishes without closing is noticed within about a minute.
-                .enable_ws_ping(PingConfig::new().ping_interval(Duration::from_secs(30)).inactive_limit(Duration::from_secs(60)))
+                .enable_ws_ping(
+                    PingConfig::new().ping_interval(Duration::from_secs(30)).inactive_limit(Duration::from_secs(60)),
+                )
                 .build(url)
                 .await?,
         );
@@ -350,7 +352,11 @@ fn id_of(sink: &SubscriptionSink) -> String {
 }
 
 /// Relays until the subscription ends; how it ended.
-async fn forward(upstream: &mut Subscription<Box<RawValue>>, sink: &SubscriptionSink, revoked: &CancellationToken) -> End {
+async fn forward(
+    upstream: &mut Subscription<Box<RawValue>>,
+    sink: &SubscriptionSink,
+    revoked: &CancellationToken,
+) -> End {
     loop {
         let item = tokio::select! {
             biased;
