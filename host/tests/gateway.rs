@@ -559,7 +559,7 @@ async fn a_burst_of_3000_logs_in_one_transaction_arrives_whole_and_in_order_to_a
 async fn a_reader_that_stops_reading_past_its_buffer_gets_every_log_up_to_a_4008_close() {
     let anvil = Anvil::start(&["--gas-limit", "60000000"]);
     let mut config = GatewayConfig::default();
-    config.subscriptions.buffer = 16;
+    config.subscriptions.buffer = 256;
     let gw = TestGateway::start(config).await;
     let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
     let key = gw.bind(&instance, "b1");
