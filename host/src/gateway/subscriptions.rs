@@ -182,12 +182,17 @@ impl Drop for Slot {
     }
 }
 
+/// A node socket's key: the instance, and the node's URL.
+type SocketKey = (Arc<str>, String);
+/// The node sockets open now, by key; weak, so that the last subscription closes its socket.
+type Sockets = HashMap<SocketKey, Weak<WsClient>>;
+
 /// The WebSocket to each instance's node that carries the instance's subscriptions. An entry
 /// holds only a weak reference: the socket closes with the last subscription on it.
 pub struct NodeSockets {
     buffer: usize,
     max_response_bytes: u32,
-    clients: Mutex<HashMap<(Arc<str>, String), Weak<WsClient>>>,
+    clients: Mutex<Sockets>,
 }
 
 impl NodeSockets {
@@ -224,7 +229,7 @@ impl NodeSockets {
         Ok(client)
     }
 
-    fn live(&self, key: &(Arc<str>, String)) -> Option<Arc<WsClient>> {
+    fn live(&self, key: &SocketKey) -> Option<Arc<WsClient>> {
         self.lock().get(key).and_then(Weak::upgrade).filter(|client| client.is_connected())
     }
 
@@ -233,7 +238,7 @@ impl NodeSockets {
         self.lock().values().filter(|client| client.strong_count() > 0).count()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, String), Weak<WsClient>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sockets> {
         self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
