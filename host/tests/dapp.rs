@@ -1,7 +1,8 @@
 //! The endpoint as dApps use it (issue #17), against real anvil and real clients: request ids
 //! of every kind, `eth_subscribe` over HTTP, batches of 1000 from viem, revocation that ends
-//! live subscriptions (close code and reason, node-side subscription gone), and CORS for pages
-//! in headless Chromium (plain `fetch` and ethers' `JsonRpcProvider`).
+//! live subscriptions (close code and reason, node-side subscription gone), CORS for pages
+//! in headless Chromium (plain `fetch` and ethers' `JsonRpcProvider`), and streams through viem
+//! (issue #29: a burst of 3000 logs whole, `watchBlocks` across a node restart).
 
 mod support;
 
@@ -771,4 +772,75 @@ async fn each_call_of_a_1000_call_batch_counts_against_the_rate_limit() {
     let limited = answers.iter().filter(|a| a["error"]["code"] == -32005).count();
     assert_eq!(passed + limited, 1000, "{text}");
     assert!(passed >= 5 && passed as f64 <= 5.0 + elapsed.ceil(), "{passed} passed in {elapsed:.2} s");
+}
+
+/// `node viem-watch.mjs <args>` in tests/dapp, with its stdout as JSON lines.
+fn viem_watch(
+    args: &[&str],
+) -> (tokio::process::Child, tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new("node")
+        .current_dir(dapp_clients())
+        .arg("viem-watch.mjs")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    limit: Duration,
+) -> Value {
+    let line = tokio::time::timeout(limit, lines.next_line()).await.expect("a line in time").unwrap().expect("a line");
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test]
+async fn viem_receives_a_burst_of_3000_logs_of_one_transaction_whole_and_in_order() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance =
+        gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let contract = support::deploy_emitter(&anvil.http_url()).await;
+
+    let (_viem, mut lines) = viem_watch(&[&gw.ws_url(&key), "logs", &contract, "3000"]);
+    assert_eq!(next_line(&mut lines, 20 * SECOND).await, json!({"ready": true}));
+    support::emit(&anvil.http_url(), &contract, 3000).await;
+    let seen = next_line(&mut lines, 60 * SECOND).await;
+    let expected: Vec<u64> = (0..3000).collect();
+    assert_eq!(seen, json!(expected), "all 3000, in order");
+}
+
+#[tokio::test]
+async fn viem_watch_blocks_gets_heads_again_after_the_node_restarts() {
+    let mut anvil = Anvil::start(&["--block-time", "1"]);
+    let port = anvil.port;
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+
+    let (_viem, mut lines) = viem_watch(&[&gw.ws_url(&key), "heads"]);
+    let first = next_line(&mut lines, 20 * SECOND).await;
+    assert!(first["head"].is_number(), "{first}");
+
+    // The node restarts (as its supervisor would restart it): a fresh chain on the same port.
+    anvil.kill();
+    let _anvil = Anvil::start_on(port, &["--block-time", "1"]);
+    // viem is told (the socket closes with 1012: SocketClosedError), reconnects, resubscribes,
+    // and heads come again. Heads already on their way before the kill may come first.
+    let mut told = false;
+    for _ in 0..30 {
+        let line = next_line(&mut lines, 30 * SECOND).await;
+        if line["error"] == "SocketClosedError" {
+            told = true;
+        } else if told && line["head"].is_number() {
+            return;
+        }
+    }
+    panic!("no head after the restart (told: {told})");
 }

@@ -1,5 +1,7 @@
 //! The JSON-RPC gateway against real anvil nodes: answers through a plugin chain, batches,
-//! WebSocket subscriptions, auth and revocation, upstream failure and failover, and limits.
+//! WebSocket subscriptions, auth and revocation, upstream failure and failover, and limits; and
+//! streams (issue #29): a burst delivered whole or ended with 4008, 1012 when the node restarts,
+//! subscription shares, one node socket per instance.
 
 mod support;
 
@@ -12,7 +14,7 @@ use jsonrpsee::core::client::{ClientT, SubscriptionClientT};
 use jsonrpsee::rpc_params;
 use ovsb::gateway::GatewayConfig;
 use serde_json::{Value, json};
-use support::{Anvil, TestGateway, post, post_raw, rpc};
+use support::{Anvil, TestGateway, deploy_emitter, emit, post, post_raw, rpc};
 
 const ACCOUNT_0: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
 const ACCOUNT_1: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
@@ -458,39 +460,6 @@ async fn a_request_id_follows_each_call_through_the_chain_to_the_node() {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A contract whose fallback emits `n` events (`n`: the first calldata word) in one transaction:
-/// `LOG1(topic 0x2a, data = i)` for i in 0..n. Hand-assembled; the init code returns the 32
-/// bytes of runtime code after it.
-const EMITTER: &str = "0x602080600b6000396000f360003560005b81811015601e5780600052602a60206000a16001016005565b00";
-
-/// Deploys [`EMITTER`] on `node` (anvil's unlocked account 0); its address.
-async fn deploy_emitter(node: &str) -> String {
-    let hash = rpc(node, "eth_sendTransaction", json!([{"from": ACCOUNT_0, "data": EMITTER}])).await["result"].clone();
-    let receipt = receipt(node, &hash).await;
-    receipt["contractAddress"].as_str().expect("a deployed contract").to_string()
-}
-
-/// Has the emitter at `contract` emit `n` events in one transaction; its receipt.
-async fn emit(node: &str, contract: &str, n: u64) -> Value {
-    let tx = json!([{"from": ACCOUNT_0, "to": contract, "data": format!("0x{n:064x}"), "gas": format!("0x{:x}", 100_000 + n * 1_200)}]);
-    let hash = rpc(node, "eth_sendTransaction", tx).await["result"].clone();
-    let receipt = receipt(node, &hash).await;
-    assert_eq!(receipt["status"], "0x1", "{receipt}");
-    assert_eq!(receipt["logs"].as_array().map(Vec::len), Some(n as usize));
-    receipt
-}
-
-async fn receipt(node: &str, hash: &Value) -> Value {
-    for _ in 0..100 {
-        let answer = rpc(node, "eth_getTransactionReceipt", json!([hash])).await;
-        if !answer["result"].is_null() {
-            return answer["result"].clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no receipt for {hash}");
-}
 
 /// `eth_subscribe` with these params over `ws`; the subscription id (or the error object).
 async fn subscribe(ws: &mut Ws, id: u64, params: Value) -> Result<String, Value> {
