@@ -1645,6 +1645,14 @@ mod tests {
         assert!(err.contains("gateway.plugin_calls_per_instance is 0"), "{err}");
         let err = check(&|c| c.gateway.max_connections_per_source = c.gateway.max_connections + 1);
         assert!(err.contains("max_connections_per_source"), "{err}");
+        let err = check(&|c| c.gateway.max_subscriptions_per_key = c.gateway.max_subscriptions_per_instance + 1);
+        assert!(err.contains("gateway.max_subscriptions_per_key is 2049"), "a key's share fits its instance's: {err}");
+        let err = check(&|c| c.gateway.subscription_buffer = 0);
+        assert!(err.contains("gateway.subscription_buffer is 0"), "{err}");
+        let config =
+            Config::from_toml("[gateway]\nmax_subscriptions_per_key = 8\nsubscription_buffer = 64\n", "t.toml")
+                .unwrap();
+        assert_eq!((config.gateway.max_subscriptions_per_key, config.gateway.subscription_buffer), (8, 64));
         let config =
             Config::from_toml("[runtime]\nmax_copies = 20000\nmax_memory_bytes = 1048576\n", "t.toml").unwrap();
         assert!(config.validate().unwrap_err().to_string().contains("at most 16256"));
