@@ -254,6 +254,7 @@ impl ToRpcParams for RawParams {
 
 /// The -32005 error of a refused slot.
 pub fn refusal(slots: &SubscriptionSlots, refused: SlotRefused) -> ErrorObject<'static> {
+    crate::telemetry::metrics().record_subscription_refused(refused.reason());
     let data = serde_json::json!({"reason": refused.reason(), "limit": slots.limit(refused)});
     ErrorObject::owned(errors::LIMIT_EXCEEDED, refused.message(), Some(data))
 }
@@ -338,6 +339,7 @@ pub async fn relay(
     };
     if let Some(ending) = ending {
         tracing::info!(%instance, code = ending.code, "subscription ended: {}", ending.reason);
+        crate::telemetry::metrics().record_subscription_ended(if end == End::Lagged { "lagged" } else { "node_gone" });
         match &watch {
             Some(watch) => watch.end(ending),
             // Not over a watched socket (cannot happen: subscriptions are WebSocket only).
