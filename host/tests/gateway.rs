@@ -624,6 +624,11 @@ async fn one_key_stops_at_its_share_of_subscriptions_while_another_key_subscribe
 
     let (mut ws_b, _) = tokio_tungstenite::connect_async(gw.ws_url(&b)).await.unwrap();
     subscribe(&mut ws_b, 1, json!(["newHeads"])).await.expect("another key still subscribes");
+    let metrics = ovsb::telemetry::metrics().encode();
+    assert!(
+        metrics.contains(r#"ovsb_gateway_subscriptions_refused_total{reason="subscriptions_per_key"}"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
