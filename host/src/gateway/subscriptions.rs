@@ -201,8 +201,14 @@ impl NodeSockets {
         NodeSockets { buffer: buffer.max(1) as usize, max_response_bytes, clients: Mutex::new(HashMap::new()) }
     }
 
-    /// The open socket of `instance` to `url`, or a new one.
-    async fn client(&self, instance: &Arc<str>, url: &str) -> Result<Arc<WsClient>, jsonrpsee::core::client::Error> {
+    /// The open socket of `instance` to `url`, or a new one whose calls (`eth_subscribe`,
+    /// `eth_unsubscribe`) time out after `deadline`.
+    async fn client(
+        &self,
+        instance: &Arc<str>,
+        url: &str,
+        deadline: Duration,
+    ) -> Result<Arc<WsClient>, jsonrpsee::core::client::Error> {
         let key = (instance.clone(), url.to_string());
         if let Some(client) = self.live(&key) {
             return Ok(client);
@@ -210,6 +216,7 @@ impl NodeSockets {
         let client = Arc::new(
             WsClientBuilder::default()
                 .connection_timeout(Duration::from_secs(5))
+                .request_timeout(deadline)
                 .max_buffer_capacity_per_subscription(self.buffer)
                 .max_response_size(self.max_response_bytes)
                 // A node that vanishes without closing is noticed within about a minute.
@@ -231,11 +238,6 @@ impl NodeSockets {
 
     fn live(&self, key: &SocketKey) -> Option<Arc<WsClient>> {
         self.lock().get(key).and_then(Weak::upgrade).filter(|client| client.is_connected())
-    }
-
-    /// Node sockets open now (for tests and metrics).
-    pub fn open(&self) -> usize {
-        self.lock().values().filter(|client| client.strong_count() > 0).count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sockets> {
@@ -294,7 +296,7 @@ pub async fn relay(
     // The first node of the pool that answers (a pool's nodes are equivalent).
     let mut client = None;
     for url in urls {
-        match sockets.client(instance, url).await {
+        match sockets.client(instance, url, route.instance.upstream.deadline()).await {
             Ok(open) => {
                 client = Some(open);
                 break;
