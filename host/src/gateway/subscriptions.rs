@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use jsonrpsee::core::client::{Subscription, SubscriptionClientT, SubscriptionCloseReason};
+use jsonrpsee::core::server::TrySendError;
 use jsonrpsee::core::traits::ToRpcParams;
 use jsonrpsee::server::{PendingSubscriptionSink, SubscriptionMessage, SubscriptionSink};
 use jsonrpsee::types::ErrorObject;
@@ -321,11 +322,11 @@ pub async fn relay(
                 return;
             }
         };
-    let Ok(sink) = pending.accept().await else {
+    let Ok(mut sink) = pending.accept().await else {
         let _ = upstream.unsubscribe().await;
         return;
     };
-    let end = forward(&mut upstream, &sink, &revoked).await;
+    let end = forward(&mut upstream, &mut sink, &revoked).await;
     let ending = match end {
         End::Quiet => None,
         End::Lagged => Some(Ending {
@@ -363,7 +364,7 @@ fn id_of(sink: &SubscriptionSink) -> String {
 /// Relays until the subscription ends; how it ended.
 async fn forward(
     upstream: &mut Subscription<Box<RawValue>>,
-    sink: &SubscriptionSink,
+    sink: &mut SubscriptionSink,
     revoked: &CancellationToken,
 ) -> End {
     loop {
@@ -384,10 +385,16 @@ async fn forward(
                 };
             }
         };
-        // Waits for room at the client; meanwhile the node's notifications pile up in this
-        // subscription's buffer, and past it the subscription has lagged: end it now rather
-        // than wait on a client that does not read.
-        let send = sink.send(SubscriptionMessage::from(notification));
+        // Room at the client: on at once (the usual case: no timer, no wait).
+        let message = match sink.try_send(SubscriptionMessage::from(notification)) {
+            Ok(()) => continue,
+            Err(TrySendError::Closed(_)) => return End::Quiet,
+            Err(TrySendError::Full(message)) => message,
+        };
+        // Else wait for room; meanwhile the node's notifications pile up in this subscription's
+        // buffer, and past it the subscription has lagged: end it now rather than wait on a
+        // client that does not read.
+        let send = sink.send(message);
         tokio::pin!(send);
         let mut check = tokio::time::interval(Duration::from_millis(100));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
