@@ -666,3 +666,41 @@ async fn a_hundred_subscriptions_of_one_instance_hold_one_socket_to_the_node() {
     }
     assert_eq!(open, 0, "the node socket closes with its last subscription");
 }
+
+#[tokio::test]
+async fn notifications_get_204_with_no_body_and_run_and_an_empty_batch_gets_32600() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[pass()], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+    let raw = |body: String| {
+        let url = url.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let before = rpc(&anvil.http_url(), "eth_blockNumber", json!([])).await["result"].clone();
+    let mine = json!({"jsonrpc": "2.0", "method": "evm_mine", "params": []});
+    assert_eq!(raw(mine.to_string()).await, (204, String::new()), "a notification");
+    assert_eq!(raw(json!([mine, mine]).to_string()).await, (204, String::new()), "a batch of notifications");
+    let after = rpc(&anvil.http_url(), "eth_blockNumber", json!([])).await["result"].clone();
+    let blocks = |v: &Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(blocks(&after) - blocks(&before), 3, "the notifications ran");
+
+    let (status, text) = raw("[]".to_string()).await;
+    let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    assert_eq!(answer["error"]["code"], -32600, "{status} {text}");
+    assert_eq!(answer["id"], Value::Null, "{text}");
+    // A batch with a call among notifications is answered as before.
+    let (status, text) = raw(json!([mine, {"jsonrpc": "2.0", "id": 7, "method": "eth_chainId"}]).to_string()).await;
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer[0]["id"], 7, "{text}");
+}

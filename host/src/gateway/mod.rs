@@ -18,7 +18,8 @@
 //!    subscription gives when one ends for a reason ([`subscriptions`]: 4008, 1012);
 //! 2. front service: CORS preflights ([`cors`]), key from path or header (401 with a JSON-RPC
 //!    error if unknown); an HTTP JSON body is read and its ids checked ([`ids`]: ids jsonrpsee
-//!    cannot hold are answered there, not taken for notifications);
+//!    cannot hold are answered there, not taken for notifications); `[]` gets -32600, and an
+//!    answer to notifications only becomes HTTP 204 with no body;
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
 //! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response;
 //!    `eth_subscribe` takes a slot and is relayed by [`subscriptions`] over the instance's one
@@ -399,17 +400,49 @@ where
             return Ok(response);
         }
     };
-    match ids::scan(&body) {
+    if is_empty_batch(&body) {
+        return Ok(json_error(http::StatusCode::OK, errors::INVALID_REQUEST, "Invalid request: an empty batch"));
+    }
+    let response = match ids::scan(&body) {
         Some((entries, batch)) if !batch || entries.len() <= connection.max_batch as usize => {
             // Boxed: the rare path's state would otherwise sit in every call's future.
-            Ok(Box::pin(answer_each(jsonrpc, connection, &parts, entries, batch)).await)
+            Box::pin(answer_each(jsonrpc, connection, &parts, entries, batch)).await
         }
         _ => {
             let request =
                 HttpRequest::from_parts(parts, http_body_util::Either::Right(http_body_util::Full::new(body.clone())));
-            call(jsonrpc, request).await
+            call(jsonrpc, request).await?
         }
+    };
+    Ok(no_content_for_notifications(response).await)
+}
+
+/// Whether a body is `[]` (with any whitespace): JSON-RPC 2.0 answers it with one -32600 error.
+fn is_empty_batch(body: &[u8]) -> bool {
+    let mut bytes = body.iter().filter(|b| !b.is_ascii_whitespace());
+    bytes.next() == Some(&b'[') && bytes.next() == Some(&b']') && bytes.next().is_none()
+}
+
+/// A request of notifications only is answered with nothing: HTTP 204 and no body (jsonrpsee
+/// writes `null`, or an empty body). Only a 200 answer of at most four bytes is looked at, so
+/// every other answer passes untouched.
+async fn no_content_for_notifications(response: HttpResponse) -> HttpResponse {
+    use http_body_util::BodyExt as _;
+    use hyper::body::Body as _;
+    let small = response.body().size_hint().exact().is_some_and(|n| n <= 4);
+    if response.status() != http::StatusCode::OK || !small {
+        return response;
     }
+    let (mut parts, body) = response.into_parts();
+    let bytes = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
+    let text = bytes.trim_ascii();
+    if !text.is_empty() && text != b"null" {
+        return HttpResponse::from_parts(parts, HttpBody::from(bytes.to_vec()));
+    }
+    parts.status = http::StatusCode::NO_CONTENT;
+    parts.headers.remove(http::header::CONTENT_TYPE);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    HttpResponse::from_parts(parts, HttpBody::empty())
 }
 
 /// The rare path of [`ids`]: each entry of a body that has an id jsonrpsee cannot carry is run
