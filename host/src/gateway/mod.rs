@@ -427,22 +427,26 @@ fn is_empty_batch(body: &[u8]) -> bool {
 /// writes `null`, or an empty body). Only a 200 answer of at most four bytes is looked at, so
 /// every other answer passes untouched.
 async fn no_content_for_notifications(response: HttpResponse) -> HttpResponse {
-    use http_body_util::BodyExt as _;
     use hyper::body::Body as _;
     let small = response.body().size_hint().exact().is_some_and(|n| n <= 4);
     if response.status() != http::StatusCode::OK || !small {
         return response;
     }
-    let (mut parts, body) = response.into_parts();
-    let bytes = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
-    let text = bytes.trim_ascii();
-    if !text.is_empty() && text != b"null" {
-        return HttpResponse::from_parts(parts, HttpBody::from(bytes.to_vec()));
-    }
-    parts.status = http::StatusCode::NO_CONTENT;
-    parts.headers.remove(http::header::CONTENT_TYPE);
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    HttpResponse::from_parts(parts, HttpBody::empty())
+    // Boxed: this rare path's state would otherwise sit in every call's future.
+    Box::pin(async move {
+        use http_body_util::BodyExt as _;
+        let (mut parts, body) = response.into_parts();
+        let bytes = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
+        let text = bytes.trim_ascii();
+        if !text.is_empty() && text != b"null" {
+            return HttpResponse::from_parts(parts, HttpBody::from(bytes.to_vec()));
+        }
+        parts.status = http::StatusCode::NO_CONTENT;
+        parts.headers.remove(http::header::CONTENT_TYPE);
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        HttpResponse::from_parts(parts, HttpBody::empty())
+    })
+    .await
 }
 
 /// The rare path of [`ids`]: each entry of a body that has an id jsonrpsee cannot carry is run
