@@ -295,6 +295,19 @@ pub struct GatewaySettings {
     /// Longest time one call may wait for the node, in milliseconds.
     #[serde(default = "default_upstream_deadline")]
     pub upstream_deadline_ms: u64,
+    /// Subscriptions (`eth_subscribe` over WebSocket) held at once, across the gateway.
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions: u32,
+    /// Subscriptions of one instance, whichever keys opened them.
+    #[serde(default = "default_max_subscriptions_per_instance")]
+    pub max_subscriptions_per_instance: u32,
+    /// Subscriptions opened with one binding key, on all its connections.
+    #[serde(default = "default_max_subscriptions_per_key")]
+    pub max_subscriptions_per_key: u32,
+    /// Notifications one subscription may have waiting for a slow client; past it the client's
+    /// WebSocket is closed with code 4008 (a burst up to this size always arrives whole).
+    #[serde(default = "default_subscription_buffer")]
+    pub subscription_buffer: u32,
 }
 
 impl Default for GatewaySettings {
@@ -314,6 +327,10 @@ impl Default for GatewaySettings {
             plugin_calls_per_instance: default_plugin_calls_per_instance(),
             plugin_queue_ms: default_plugin_queue_ms(),
             upstream_deadline_ms: default_upstream_deadline(),
+            max_subscriptions: default_max_subscriptions(),
+            max_subscriptions_per_instance: default_max_subscriptions_per_instance(),
+            max_subscriptions_per_key: default_max_subscriptions_per_key(),
+            subscription_buffer: default_subscription_buffer(),
         }
     }
 }
@@ -1041,7 +1058,7 @@ impl Config {
             return bad("gateway.upstream_deadline_ms must be between 1 and 600000".into());
         }
         let g = &self.gateway;
-        let ranges: [(&str, u64, u64, u64); 8] = [
+        let ranges: [(&str, u64, u64, u64); 12] = [
             ("max_connections_per_source", g.max_connections_per_source.into(), 1, g.max_connections.into()),
             ("max_connections_per_key", g.max_connections_per_key.into(), 1, g.max_connections.into()),
             ("anonymous_timeout_ms", g.anonymous_timeout_ms, 100, 300_000),
@@ -1050,6 +1067,15 @@ impl Config {
             ("fd_reserve", g.fd_reserve.into(), 32, 1 << 20),
             ("plugin_calls_per_instance", g.plugin_calls_per_instance.into(), 1, 4096),
             ("plugin_queue_ms", g.plugin_queue_ms, 0, 60_000),
+            ("max_subscriptions", g.max_subscriptions.into(), 1, 1 << 20),
+            ("max_subscriptions_per_instance", g.max_subscriptions_per_instance.into(), 1, g.max_subscriptions.into()),
+            (
+                "max_subscriptions_per_key",
+                g.max_subscriptions_per_key.into(),
+                1,
+                g.max_subscriptions_per_instance.into(),
+            ),
+            ("subscription_buffer", g.subscription_buffer.into(), 16, 1 << 20),
         ];
         for (name, value, low, high) in ranges {
             if !(low..=high).contains(&value) {
@@ -1494,6 +1520,18 @@ fn default_plugin_calls_per_instance() -> u32 {
 fn default_plugin_queue_ms() -> u64 {
     1_000
 }
+fn default_max_subscriptions() -> u32 {
+    8192
+}
+fn default_max_subscriptions_per_instance() -> u32 {
+    2048
+}
+fn default_max_subscriptions_per_key() -> u32 {
+    512
+}
+fn default_subscription_buffer() -> u32 {
+    4096
+}
 fn default_upstream_deadline() -> u64 {
     30_000
 }
@@ -1679,6 +1717,14 @@ mod tests {
         assert!(err.contains("gateway.plugin_calls_per_instance is 0"), "{err}");
         let err = check(&|c| c.gateway.max_connections_per_source = c.gateway.max_connections + 1);
         assert!(err.contains("max_connections_per_source"), "{err}");
+        let err = check(&|c| c.gateway.max_subscriptions_per_key = c.gateway.max_subscriptions_per_instance + 1);
+        assert!(err.contains("gateway.max_subscriptions_per_key is 2049"), "a key's share fits its instance's: {err}");
+        let err = check(&|c| c.gateway.subscription_buffer = 0);
+        assert!(err.contains("gateway.subscription_buffer is 0"), "{err}");
+        let config =
+            Config::from_toml("[gateway]\nmax_subscriptions_per_key = 8\nsubscription_buffer = 64\n", "t.toml")
+                .unwrap();
+        assert_eq!((config.gateway.max_subscriptions_per_key, config.gateway.subscription_buffer), (8, 64));
         let config =
             Config::from_toml("[runtime]\nmax_copies = 20000\nmax_memory_bytes = 1048576\n", "t.toml").unwrap();
         assert!(config.validate().unwrap_err().to_string().contains("at most 16256"));

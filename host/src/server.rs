@@ -314,6 +314,12 @@ impl Server {
             header_timeout: Duration::from_millis(g.header_timeout_ms),
             body_timeout: Duration::from_millis(g.body_timeout_ms),
             fd_reserve: g.fd_reserve,
+            subscriptions: crate::gateway::SubscriptionLimits {
+                total: g.max_subscriptions,
+                per_instance: g.max_subscriptions_per_instance,
+                per_key: g.max_subscriptions_per_key,
+                buffer: g.subscription_buffer,
+            },
             ..GatewayConfig::default()
         };
         {

@@ -135,6 +135,12 @@ pub struct Metrics {
     pub cache_misses: Family<InstanceLabels, Gauge>,
     /// `ovsb_gateway_connections_refused_total{reason}`.
     pub connections_refused: Family<RefusalLabels, Counter>,
+    /// `ovsb_gateway_subscriptions_refused_total{reason}`: `eth_subscribe` refused a slot
+    /// (`subscriptions`, `subscriptions_per_instance`, `subscriptions_per_key`).
+    pub subscriptions_refused: Family<RefusalLabels, Counter>,
+    /// `ovsb_gateway_subscriptions_ended_total{reason}`: subscriptions the gateway ended with a
+    /// close code (`lagged`: 4008, `node_gone`: 1012).
+    pub subscriptions_ended: Family<RefusalLabels, Counter>,
     /// `ovsb_plugin_copies`: plugin copies alive (busy or idle).
     pub plugin_copies: Gauge,
     /// `ovsb_plugin_copy_evictions_total`: idle copies dropped (idle budget or idle time).
@@ -305,6 +311,18 @@ impl Metrics {
             "Gateway connections or first keyed requests refused, by the limit that refused them",
             connections_refused.clone(),
         );
+        let subscriptions_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "gateway_subscriptions_refused",
+            "eth_subscribe calls refused a slot, by the share that ran out",
+            subscriptions_refused.clone(),
+        );
+        let subscriptions_ended = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "gateway_subscriptions_ended",
+            "Subscriptions the gateway ended with a close code, by reason (lagged: 4008, node_gone: 1012)",
+            subscriptions_ended.clone(),
+        );
         let plugin_copies = Gauge::default();
         let plugin_copy_evictions = Counter::default();
         let plugin_refusals = Family::<RefusalLabels, Counter>::default();
@@ -358,6 +376,8 @@ impl Metrics {
             cache_hits,
             cache_misses,
             connections_refused,
+            subscriptions_refused,
+            subscriptions_ended,
             other: Arc::from("other"),
             per_instance: RwLock::new(HashMap::new()),
         }
@@ -388,6 +408,16 @@ impl Metrics {
     /// Counts a refused gateway connection.
     pub fn record_connection_refused(&self, reason: &'static str) {
         self.connections_refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts an `eth_subscribe` refused a slot.
+    pub fn record_subscription_refused(&self, reason: &'static str) {
+        self.subscriptions_refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts a subscription the gateway ended with a close code.
+    pub fn record_subscription_ended(&self, reason: &'static str) {
+        self.subscriptions_ended.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// The label value for a method name on `instance` (shared; bounded, see the module docs).

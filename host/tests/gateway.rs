@@ -1,5 +1,7 @@
 //! The JSON-RPC gateway against real anvil nodes: answers through a plugin chain, batches,
-//! WebSocket subscriptions, auth and revocation, upstream failure and failover, and limits.
+//! WebSocket subscriptions, auth and revocation, upstream failure and failover, and limits; and
+//! streams (issue #29): a burst delivered whole or ended with 4008, 1012 when the node restarts,
+//! subscription shares, one node socket per instance.
 
 mod support;
 
@@ -12,7 +14,7 @@ use jsonrpsee::core::client::{ClientT, SubscriptionClientT};
 use jsonrpsee::rpc_params;
 use ovsb::gateway::GatewayConfig;
 use serde_json::{Value, json};
-use support::{Anvil, TestGateway, post, post_raw, rpc};
+use support::{Anvil, TestGateway, deploy_emitter, emit, post, post_raw, rpc};
 
 const ACCOUNT_0: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
 const ACCOUNT_1: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
@@ -452,4 +454,253 @@ async fn a_request_id_follows_each_call_through_the_chain_to_the_node() {
     rpc(&gateway.url(&key), "eth_blockNumber", json!([])).await;
     let head = seen.recv().await.unwrap();
     assert!(request_id(&head).is_some(), "calls a plugin makes to the node carry the id too: {head}");
+}
+
+// ---- Streams: a subscription delivers everything, or ends with a documented close code ----
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use tokio_tungstenite::tungstenite::Message;
+
+/// `eth_subscribe` with these params over `ws`; the subscription id (or the error object).
+async fn subscribe(ws: &mut Ws, id: u64, params: Value) -> Result<String, Value> {
+    let request = json!({"jsonrpc": "2.0", "id": id, "method": "eth_subscribe", "params": params});
+    ws.send(Message::text(request.to_string())).await.unwrap();
+    loop {
+        let frame = tokio::time::timeout(10 * SECOND, ws.next()).await.expect("an answer").unwrap().unwrap();
+        let message: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        if message["id"] == id {
+            return match message["result"].as_str() {
+                Some(sub) => Ok(sub.to_string()),
+                None => Err(message["error"].clone()),
+            };
+        }
+    }
+}
+
+/// What a client reads: the `data` of each log notification, in order, until the socket closes
+/// (with its close code) or `n` have come.
+async fn read_logs(ws: &mut Ws, n: usize) -> (Vec<u64>, Option<u16>) {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + 60 * SECOND;
+    while seen.len() < n {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let frame = match tokio::time::timeout(remaining, ws.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(_) => return (seen, None),
+            Err(_) => panic!("neither all {n} logs nor a close within 60 s; got {}", seen.len()),
+        };
+        match frame {
+            Message::Text(text) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                let data = message["params"]["result"]["data"].as_str().expect("a log notification");
+                seen.push(u64::from_str_radix(data.trim_start_matches("0x"), 16).unwrap());
+            }
+            Message::Close(frame) => return (seen, frame.map(|f| u16::from(f.code))),
+            _ => {}
+        }
+    }
+    (seen, None)
+}
+
+#[tokio::test]
+async fn a_burst_of_3000_logs_in_one_transaction_arrives_whole_and_in_order_to_a_reader_that_pauses() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let contract = deploy_emitter(&anvil.http_url()).await;
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&key)).await.expect("WebSocket upgrade");
+    subscribe(&mut ws, 1, json!(["logs", {"address": contract}])).await.expect("subscribed");
+    emit(&anvil.http_url(), &contract, 3000).await;
+    // The reader looks away for a moment: the burst waits in its buffer (4096 by default).
+    tokio::time::sleep(2 * SECOND).await;
+    let (seen, closed) = read_logs(&mut ws, 3000).await;
+    assert_eq!(closed, None, "the subscription must not end");
+    assert_eq!(seen, (0..3000).collect::<Vec<_>>(), "all 3000, in order");
+
+    // The subscription lives on: a later log arrives too.
+    emit(&anvil.http_url(), &contract, 1).await;
+    assert_eq!(read_logs(&mut ws, 1).await, (vec![0], None));
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_past_its_buffer_gets_every_log_up_to_a_4008_close() {
+    let anvil = Anvil::start(&["--gas-limit", "60000000"]);
+    let mut config = GatewayConfig::default();
+    config.subscriptions.buffer = 256;
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let contract = deploy_emitter(&anvil.http_url()).await;
+
+    // A client with a small receive buffer, so the kernel does not hold the burst for it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.addr).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (mut ws, _) = tokio_tungstenite::client_async(gw.ws_url(&key), stream).await.expect("WebSocket upgrade");
+    subscribe(&mut ws, 1, json!(["logs", {"address": contract}])).await.expect("subscribed");
+    let n = 12_000;
+    emit(&anvil.http_url(), &contract, n).await;
+    // The client stops reading while the burst (about 7 MB) comes, far past its buffer.
+    tokio::time::sleep(3 * SECOND).await;
+    let (seen, closed) = read_logs(&mut ws, n as usize).await;
+    assert_eq!(closed, Some(4008), "closed with the documented code after {} logs", seen.len());
+    assert!(seen.len() < n as usize);
+    assert_eq!(seen, (0..seen.len() as u64).collect::<Vec<_>>(), "what arrived has no gap");
+}
+
+#[tokio::test]
+async fn a_node_restart_closes_the_subscribers_socket_with_1012_and_a_resubscription_gets_heads_again() {
+    let mut anvil = Anvil::start(&["--block-time", "1"]);
+    let port = anvil.port;
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&key)).await.expect("WebSocket upgrade");
+    subscribe(&mut ws, 1, json!(["newHeads"])).await.expect("subscribed");
+    let head = tokio::time::timeout(10 * SECOND, ws.next()).await.expect("a head").unwrap().unwrap();
+    assert!(head.to_text().unwrap().contains("eth_subscription"));
+
+    anvil.kill();
+    let code = loop {
+        match tokio::time::timeout(10 * SECOND, ws.next()).await.expect("the socket closes") {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+            Some(Ok(_)) => continue,
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    };
+    let (code, reason) = code.expect("a close code");
+    assert_eq!(code, 1012, "{reason}");
+    assert!(reason.contains("resubscribe"), "{reason}");
+
+    // The node is back (same port, as a supervisor restarts it): a client that reconnects and
+    // resubscribes gets heads again.
+    let _anvil = Anvil::start_on(port, &["--block-time", "1"]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&key)).await.expect("WebSocket upgrade");
+    subscribe(&mut ws, 1, json!(["newHeads"])).await.expect("resubscribed");
+    let head = tokio::time::timeout(10 * SECOND, ws.next()).await.expect("a head after the restart").unwrap().unwrap();
+    assert!(head.to_text().unwrap().contains("eth_subscription"), "{head}");
+}
+
+/// Established TCP connections to `port` on loopback (read from /proc/net/tcp).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port =
+                fields.get(2).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn one_key_stops_at_its_share_of_subscriptions_while_another_key_subscribes() {
+    let anvil = Anvil::start(&[]);
+    let mut config = GatewayConfig::default();
+    config.subscriptions.per_key = 3;
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let (a, b) = (gw.bind(&instance, "a"), gw.bind(&instance, "b"));
+
+    let (mut ws_a, _) = tokio_tungstenite::connect_async(gw.ws_url(&a)).await.unwrap();
+    for id in 1..=3 {
+        subscribe(&mut ws_a, id, json!(["newHeads"])).await.expect("within the key's share");
+    }
+    let refused = subscribe(&mut ws_a, 4, json!(["newHeads"])).await.expect_err("past the key's share");
+    assert_eq!(refused["code"], -32005, "{refused}");
+    assert_eq!(refused["data"]["reason"], "subscriptions_per_key", "{refused}");
+    assert_eq!(refused["data"]["limit"], 3, "{refused}");
+    // A second socket with the same key does not get around it.
+    let (mut ws_a2, _) = tokio_tungstenite::connect_async(gw.ws_url(&a)).await.unwrap();
+    let refused = subscribe(&mut ws_a2, 1, json!(["newHeads"])).await.expect_err("the share is per key");
+    assert_eq!(refused["data"]["reason"], "subscriptions_per_key", "{refused}");
+
+    let (mut ws_b, _) = tokio_tungstenite::connect_async(gw.ws_url(&b)).await.unwrap();
+    subscribe(&mut ws_b, 1, json!(["newHeads"])).await.expect("another key still subscribes");
+    let metrics = ovsb::telemetry::metrics().encode();
+    assert!(
+        metrics.contains(r#"ovsb_gateway_subscriptions_refused_total{reason="subscriptions_per_key"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_subscriptions_of_one_instance_hold_one_socket_to_the_node() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let (a, b) = (gw.bind(&instance, "a"), gw.bind(&instance, "b"));
+    let mut sockets = Vec::new();
+    for key in [&a, &b] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(key)).await.unwrap();
+        for id in 1..=50 {
+            subscribe(&mut ws, id, json!(["newHeads"])).await.expect("subscribed");
+        }
+        sockets.push(ws);
+    }
+    assert_eq!(connections_to(anvil.port), 1, "100 subscriptions, one socket to the node");
+
+    // Each of them gets the next head.
+    rpc(&anvil.http_url(), "evm_mine", json!([])).await;
+    for ws in &mut sockets {
+        for _ in 0..50 {
+            let frame = tokio::time::timeout(10 * SECOND, ws.next()).await.expect("a head").unwrap().unwrap();
+            assert!(frame.to_text().unwrap().contains("eth_subscription"), "{frame}");
+        }
+    }
+    drop(sockets);
+    let mut open = connections_to(anvil.port);
+    for _ in 0..50 {
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        open = connections_to(anvil.port);
+    }
+    assert_eq!(open, 0, "the node socket closes with its last subscription");
+}
+
+#[tokio::test]
+async fn notifications_get_204_with_no_body_and_run_and_an_empty_batch_gets_32600() {
+    let anvil = Anvil::start(&[]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[pass()], 10 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b1"));
+    let raw = |body: String| {
+        let url = url.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let before = rpc(&anvil.http_url(), "eth_blockNumber", json!([])).await["result"].clone();
+    let mine = json!({"jsonrpc": "2.0", "method": "evm_mine", "params": []});
+    assert_eq!(raw(mine.to_string()).await, (204, String::new()), "a notification");
+    assert_eq!(raw(json!([mine, mine]).to_string()).await, (204, String::new()), "a batch of notifications");
+    let after = rpc(&anvil.http_url(), "eth_blockNumber", json!([])).await["result"].clone();
+    let blocks = |v: &Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(blocks(&after) - blocks(&before), 3, "the notifications ran");
+
+    let (status, text) = raw("[]".to_string()).await;
+    let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    assert_eq!(answer["error"]["code"], -32600, "{status} {text}");
+    assert_eq!(answer["id"], Value::Null, "{text}");
+    // A batch with a call among notifications is answered as before.
+    let (status, text) = raw(json!([mine, {"jsonrpc": "2.0", "id": 7, "method": "eth_chainId"}]).to_string()).await;
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer[0]["id"], 7, "{text}");
 }

@@ -73,7 +73,8 @@ async fn history(osb: &OsbClient, key: &str) -> (u16, Value) {
 
 /// Lodestar's server-sent event stream of heads, through the beacon proxy: the first event
 /// arrives while the stream stays open (a proxy that waits for the end of the body shows nothing).
-async fn first_head_event(beacon: &str) {
+/// The stream, still open.
+async fn first_head_event(beacon: &str) -> reqwest::Response {
     let mut events = reqwest::Client::new()
         .get(format!("{beacon}/eth/v1/events?topics=head"))
         .header("accept", "text/event-stream")
@@ -92,6 +93,7 @@ async fn first_head_event(beacon: &str) {
         }
     }
     assert!(seen.contains("\"slot\""), "a head event carries its slot: {seen}");
+    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +191,7 @@ async fn keys_move_in_and_out(db: Db) {
     assert!(!version.to_string().contains(&head[..7]), "the data directory's git commit {head} shows in {version}");
     let chain_id = rpc(&uri, "eth_chainId", json!([])).await;
     assert_eq!(chain_id["result"], rpc(&anvil.http_url(), "eth_chainId", json!([])).await["result"]);
-    first_head_event(&beacon).await;
+    let mut events = first_head_event(&beacon).await;
 
     // A fee-recipient update goes through the keymanager API and shows there.
     let resp = osb
@@ -280,6 +282,15 @@ async fn keys_move_in_and_out(db: Db) {
 
     // Unbind revokes the keymanager token and the beacon URL at once; the successor's stays.
     assert_eq!(osb.unbind("v1", "b1", PLAN_VALIDATOR).await.status, 200);
+    // The event stream opened with the key ends with it (heads already on their way may come).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match tokio::time::timeout_at(deadline, events.chunk()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(_) => break,
+            Err(_) => panic!("the beacon event stream outlived its key's unbind by a second"),
+        }
+    }
     assert_eq!(keymanager(Method::GET, &list_url, Some(&token), None).await.0, 403);
     assert_eq!(keymanager(Method::GET, &list_url, Some(&token2), None).await.0, 200, "the successor's token works");
     assert_eq!(keymanager(Method::GET, &format!("{beacon}/eth/v1/node/version"), None, None).await.0, 401);

@@ -127,7 +127,8 @@ pub mod kv {
     }
 
     /// Stores a value, replacing any previous one; with `ttl_ms` it expires after that long.
-    /// Fails when the key or value is too large or the store is full.
+    /// Fails when the key or value is too large, or the store (or this plugin's share of it) is
+    /// full.
     pub fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), String> {
         #[cfg(target_arch = "wasm32")]
         {

@@ -14,13 +14,16 @@
 //!    within `header_timeout` (also the keep-alive idle time), bodies within `body_timeout`,
 //!    and a declared `Content-Length` over the limit is refused (413) before the body is read;
 //!    The socket is a [`revocable::Revocable`]: once it carries a WebSocket, it closes it with
-//!    code 4001 when the key the WebSocket was opened with is revoked;
+//!    code 4001 when the key the WebSocket was opened with is revoked, and with the code a
+//!    subscription gives when one ends for a reason ([`subscriptions`]: 4008, 1012);
 //! 2. front service: CORS preflights ([`cors`]), key from path or header (401 with a JSON-RPC
 //!    error if unknown); an HTTP JSON body is read and its ids checked ([`ids`]: ids jsonrpsee
-//!    cannot hold are answered there, not taken for notifications);
+//!    cannot hold are answered there, not taken for notifications); `[]` gets -32600, and an
+//!    answer to notifications only becomes HTTP 204 with no body;
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
 //! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response;
-//!    subscriptions end when their key is revoked.
+//!    `eth_subscribe` takes a slot and is relayed by [`subscriptions`] over the instance's one
+//!    node socket; subscriptions end when their key is revoked.
 //!
 //! Validator instances also have their keymanager and beacon APIs here (`/keymanager/…`,
 //! `/beacon/<key>/…`), behind per-binding credentials: see [`validator_proxy`].
@@ -36,6 +39,7 @@ mod ids;
 pub mod revocable;
 pub mod routes;
 mod rpc;
+pub mod subscriptions;
 mod validator_proxy;
 
 use std::net::SocketAddr;
@@ -54,6 +58,9 @@ use tokio_util::task::TaskTracker;
 use body::{Clock, Timed};
 use connections::{Admission, AdmissionLimits, Counted, Refused, Ticket};
 use revocable::{Revocable, RevocationWatch};
+use subscriptions::{NodeSockets, SubscriptionSlots};
+
+pub use subscriptions::SubscriptionLimits;
 
 pub use crate::upstream::{UpstreamPool, UpstreamSettings};
 pub use routes::{Access, InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest, new_key};
@@ -86,6 +93,8 @@ pub struct GatewayConfig {
     pub fd_reserve: u32,
     /// Most subscriptions on one WebSocket connection.
     pub max_subscriptions_per_connection: u32,
+    /// Subscriptions in all, per instance and per key, and each one's buffer at the node socket.
+    pub subscriptions: SubscriptionLimits,
 }
 
 impl Default for GatewayConfig {
@@ -102,6 +111,7 @@ impl Default for GatewayConfig {
             body_timeout: Duration::from_secs(10),
             fd_reserve: 256,
             max_subscriptions_per_connection: 64,
+            subscriptions: SubscriptionLimits::default(),
         }
     }
 }
@@ -118,8 +128,8 @@ pub async fn serve(
     let budget = connections::connection_budget(config.max_connections, config.fd_reserve);
     let state = Arc::new(RpcState {
         routes: routes.clone(),
-        // Each proxied subscription holds a socket to the node: bounded like the connections.
-        upstream_subscriptions: Arc::new(tokio::sync::Semaphore::new(budget as usize)),
+        subscription_slots: SubscriptionSlots::new(config.subscriptions),
+        node_sockets: NodeSockets::new(config.subscriptions.buffer, config.max_response_bytes),
         max_response_bytes: config.max_response_bytes as usize,
         request_ids: AtomicU64::new(1),
         id_prefix: format!("{:x}", std::process::id()),
@@ -332,7 +342,8 @@ where
             None
         };
         let websocket = revoked.is_some();
-        request.extensions_mut().insert(Caller { digest, websocket, allowlist });
+        let watch = websocket.then(|| connection.watch.clone());
+        request.extensions_mut().insert(Caller { digest, websocket, allowlist, watch });
         let timeout = connection.body_timeout;
         let request =
             request.map(|body| Timed::new(body, Clock::Total(timeout), "the request body did not arrive in time"));
@@ -389,17 +400,53 @@ where
             return Ok(response);
         }
     };
-    match ids::scan(&body) {
+    if is_empty_batch(&body) {
+        return Ok(json_error(http::StatusCode::OK, errors::INVALID_REQUEST, "Invalid request: an empty batch"));
+    }
+    let response = match ids::scan(&body) {
         Some((entries, batch)) if !batch || entries.len() <= connection.max_batch as usize => {
             // Boxed: the rare path's state would otherwise sit in every call's future.
-            Ok(Box::pin(answer_each(jsonrpc, connection, &parts, entries, batch)).await)
+            Box::pin(answer_each(jsonrpc, connection, &parts, entries, batch)).await
         }
         _ => {
             let request =
                 HttpRequest::from_parts(parts, http_body_util::Either::Right(http_body_util::Full::new(body.clone())));
-            call(jsonrpc, request).await
+            call(jsonrpc, request).await?
         }
+    };
+    Ok(no_content_for_notifications(response).await)
+}
+
+/// Whether a body is `[]` (with any whitespace): JSON-RPC 2.0 answers it with one -32600 error.
+fn is_empty_batch(body: &[u8]) -> bool {
+    let mut bytes = body.iter().filter(|b| !b.is_ascii_whitespace());
+    bytes.next() == Some(&b'[') && bytes.next() == Some(&b']') && bytes.next().is_none()
+}
+
+/// A request of notifications only is answered with nothing: HTTP 204 and no body (jsonrpsee
+/// writes `null`, or an empty body). Only a 200 answer of at most four bytes is looked at, so
+/// every other answer passes untouched.
+async fn no_content_for_notifications(response: HttpResponse) -> HttpResponse {
+    use hyper::body::Body as _;
+    let small = response.body().size_hint().exact().is_some_and(|n| n <= 4);
+    if response.status() != http::StatusCode::OK || !small {
+        return response;
     }
+    // Boxed: this rare path's state would otherwise sit in every call's future.
+    Box::pin(async move {
+        use http_body_util::BodyExt as _;
+        let (mut parts, body) = response.into_parts();
+        let bytes = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
+        let text = bytes.trim_ascii();
+        if !text.is_empty() && text != b"null" {
+            return HttpResponse::from_parts(parts, HttpBody::from(bytes.to_vec()));
+        }
+        parts.status = http::StatusCode::NO_CONTENT;
+        parts.headers.remove(http::header::CONTENT_TYPE);
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        HttpResponse::from_parts(parts, HttpBody::empty())
+    })
+    .await
 }
 
 /// The rare path of [`ids`]: each entry of a body that has an id jsonrpsee cannot carry is run

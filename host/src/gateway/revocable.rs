@@ -1,13 +1,17 @@
-//! # Ending a WebSocket whose key was revoked
+//! # Ending a WebSocket with a close code and a reason
 //!
-//! Owns the socket-level end of a revoked WebSocket: jsonrpsee (over soketto) owns the WebSocket
-//! itself and can only close with code 1000 and no reason, so this wrapper, under the HTTP
-//! connection, follows the server's outgoing WebSocket frames (headers only; payloads are
-//! counted, not read) and, once the key the WebSocket was opened with is revoked, writes a close
-//! frame of its own at the next frame boundary: code [`REVOKED_CLOSE_CODE`] and reason
-//! [`REVOKED_CLOSE_REASON`]. It then shuts its side, discards what the client still sends, and
-//! ends the stream when the client closes, or [`CLOSE_GRACE`] after the revocation at the latest,
-//! so jsonrpsee ends the connection and its subscriptions.
+//! Owns the socket-level end of a WebSocket that the gateway ends: jsonrpsee (over soketto) owns
+//! the WebSocket itself and can only close with code 1000 and no reason, so this wrapper, under
+//! the HTTP connection, follows the server's outgoing WebSocket frames (headers only; payloads
+//! are counted, not read) and writes a close frame of its own at the next frame boundary when
+//! - the key the WebSocket was opened with is revoked (or expires): code [`REVOKED_CLOSE_CODE`],
+//!   reason [`REVOKED_CLOSE_REASON`]; or
+//! - a subscription on it cannot go on ([`RevocationWatch::end`], see `gateway::subscriptions`:
+//!   the client fell behind, the node's side ended): the code and reason given there.
+//!
+//! It then shuts its side, discards what the client still sends, and ends the stream when the
+//! client closes, or after a grace period at the latest ([`CLOSE_GRACE`] after a revocation, the
+//! [`Ending`]'s own otherwise), so jsonrpsee ends the connection and its subscriptions.
 //!
 //! Until [`RevocationWatch::arm`] is called (a successful WebSocket upgrade), the wrapper passes
 //! every read and write through untouched; a plain HTTP connection never pays for more than one
@@ -34,17 +38,47 @@ pub const REVOKED_CLOSE_REASON: &str = "the API key was revoked";
 /// How long a revoked WebSocket may take to close before its socket is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Where the front service tells the connection's socket which key's revocation ends it.
+/// Why the gateway ends a WebSocket, other than a revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    /// The close code.
+    pub code: u16,
+    /// The close reason (cut to the 123 bytes a close frame holds).
+    pub reason: String,
+    /// How long the close frame may take to get out (behind what the server wrote before it)
+    /// and the client to close, before the socket is dropped.
+    pub grace: Duration,
+}
+
+/// Where the front service tells the connection's socket which key's revocation ends it, and
+/// where a subscription ends the socket for a reason of its own.
 #[derive(Default)]
-pub struct RevocationWatch(OnceLock<(CancellationToken, Option<i64>)>);
+pub struct RevocationWatch {
+    key: OnceLock<(CancellationToken, Option<i64>)>,
+    ending: OnceLock<Ending>,
+    end: CancellationToken,
+}
 
 impl RevocationWatch {
+    /// Ends the WebSocket with `ending`'s code and reason, at the next frame boundary. Only the
+    /// first call counts (and a revocation that came first wins).
+    pub fn end(&self, ending: Ending) {
+        if self.ending.set(ending).is_ok() {
+            self.end.cancel();
+        }
+    }
+
+    /// Whether the socket is being ended (revoked, or [`end`](Self::end) called).
+    pub fn ending(&self) -> bool {
+        self.end.is_cancelled() || self.key.get().is_some_and(|(token, _)| token.is_cancelled())
+    }
+
     /// From now on the socket carries a WebSocket (its upgrade response is being written), to be
     /// closed when `revoked` fires, or at `expires_ms` (the binding's expiry, Unix ms), when the
     /// socket fires `revoked` itself: an expired key ends everything it opened, as a revoked
     /// one does. Only the first call counts.
     pub fn arm(&self, revoked: CancellationToken, expires_ms: Option<i64>) {
-        let _ = self.0.set((revoked, expires_ms));
+        let _ = self.key.set((revoked, expires_ms));
     }
 }
 
@@ -136,11 +170,17 @@ impl Outgoing {
     }
 }
 
-/// The close frame: unmasked (server), FIN + opcode 8, code, reason.
-fn close_frame() -> Vec<u8> {
-    let mut frame = vec![0x88, (2 + REVOKED_CLOSE_REASON.len()) as u8];
-    frame.extend_from_slice(&REVOKED_CLOSE_CODE.to_be_bytes());
-    frame.extend_from_slice(REVOKED_CLOSE_REASON.as_bytes());
+/// The close frame: unmasked (server), FIN + opcode 8, code, reason (cut at a character
+/// boundary to the 123 bytes a control frame leaves it).
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason[..end];
+    let mut frame = vec![0x88, (2 + reason.len()) as u8];
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason.as_bytes());
     frame
 }
 
@@ -173,6 +213,11 @@ struct Armed {
     /// Polled by the reader only (the task that waits while the socket is idle), so that the
     /// revocation wakes it.
     revoked: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// [`RevocationWatch::end`]'s token, and its future for the reader.
+    end: CancellationToken,
+    ended: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The close frame to send, chosen when the end is noticed.
+    frame: Vec<u8>,
     /// The key's expiry, when it has one.
     expiry: Option<Pin<Box<Sleep>>>,
     state: State,
@@ -187,45 +232,54 @@ impl<S> Revocable<S> {
     pub fn new(io: S, watch: Arc<RevocationWatch>) -> Self {
         Revocable { io, watch, armed: None }
     }
+}
 
-    fn armed(&mut self) -> Option<&mut Armed> {
-        if self.armed.is_none() {
-            let (token, expires_ms) = self.watch.0.get()?;
-            // One kernel tick (at most 10 ms) after the expiry: by then the gateway's coarse
-            // clock refuses the key too, so a client that reconnects at once is refused.
-            let expiry = expires_ms.map(|at| {
-                let left = u64::try_from(at.saturating_sub(crate::store::now_ms())).unwrap_or(0) + 10;
-                Box::pin(tokio::time::sleep(std::time::Duration::from_millis(left)))
-            });
-            self.armed = Some(Armed {
-                outgoing: Outgoing::Http { matched: 0 },
-                token: token.clone(),
-                revoked: Box::pin(token.clone().cancelled_owned()),
-                expiry,
-                state: State::Open,
-                grace: None,
-                reader: None,
-            });
-        }
-        self.armed.as_mut()
+/// The armed state in `slot`, set up from `watch` once it is armed.
+fn arm<'a>(slot: &'a mut Option<Armed>, watch: &RevocationWatch) -> Option<&'a mut Armed> {
+    if slot.is_none() {
+        let (token, expires_ms) = watch.key.get()?;
+        // One kernel tick (at most 10 ms) after the expiry: by then the gateway's coarse
+        // clock refuses the key too, so a client that reconnects at once is refused.
+        let expiry = expires_ms.map(|at| {
+            let left = u64::try_from(at.saturating_sub(crate::store::now_ms())).unwrap_or(0) + 10;
+            Box::pin(tokio::time::sleep(std::time::Duration::from_millis(left)))
+        });
+        *slot = Some(Armed {
+            outgoing: Outgoing::Http { matched: 0 },
+            token: token.clone(),
+            revoked: Box::pin(token.clone().cancelled_owned()),
+            end: watch.end.clone(),
+            ended: Box::pin(watch.end.clone().cancelled_owned()),
+            frame: Vec::new(),
+            expiry,
+            state: State::Open,
+            grace: None,
+            reader: None,
+        });
     }
+    slot.as_mut()
 }
 
 impl Armed {
-    /// Notices a revocation, waking `cx` on it if `wake`; true once revoked.
-    fn poll_revoked(&mut self, cx: &mut Context<'_>, wake: bool) -> bool {
+    /// Notices a revocation or an [`Ending`] (`ending`: the watch's), waking `cx` on them if
+    /// `wake`; true once the socket is to close.
+    fn poll_revoked(&mut self, cx: &mut Context<'_>, wake: bool, ending: Option<&Ending>) -> bool {
         if matches!(self.state, State::Open) {
             let revoked = if wake { self.revoked.as_mut().poll(cx).is_ready() } else { self.token.is_cancelled() };
             let expired = wake && self.expiry.as_mut().is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+            let ended = if wake { self.ended.as_mut().poll(cx).is_ready() } else { self.end.is_cancelled() };
             if expired {
                 // The key's other sockets and its subscriptions end with this one.
                 self.token.cancel();
             }
-            if !revoked && !expired {
-                return false;
-            }
+            let (frame, grace) = match ending {
+                _ if revoked || expired => (close_frame(REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON), CLOSE_GRACE),
+                Some(ending) if ended => (close_frame(ending.code, &ending.reason), ending.grace),
+                _ => return false,
+            };
+            self.frame = frame;
             self.state = State::Revoked;
-            self.grace = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+            self.grace = Some(Box::pin(tokio::time::sleep(grace)));
         }
         true
     }
@@ -256,7 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Revocable<S> {
                     if armed.outgoing.left_in_frame() != 0 {
                         return Poll::Pending;
                     }
-                    armed.state = State::Closing { frame: close_frame(), written: 0 };
+                    armed.state = State::Closing { frame: std::mem::take(&mut armed.frame), written: 0 };
                 }
                 State::Closing { frame, written } => {
                     while *written < frame.len() {
@@ -283,8 +337,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Revocable<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Revocable<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let Some(armed) = this.armed() else { return Pin::new(&mut this.io).poll_read(cx, buf) };
-        if !armed.poll_revoked(cx, true) {
+        let Some(armed) = arm(&mut this.armed, &this.watch) else { return Pin::new(&mut this.io).poll_read(cx, buf) };
+        if !armed.poll_revoked(cx, true, this.watch.ending.get()) {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
         if matches!(armed.state, State::Ended) || armed.poll_grace(cx) {
@@ -319,8 +373,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Revocable<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Revocable<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let Some(armed) = this.armed() else { return Pin::new(&mut this.io).poll_write(cx, buf) };
-        let revoked = armed.poll_revoked(cx, false);
+        let Some(armed) = arm(&mut this.armed, &this.watch) else { return Pin::new(&mut this.io).poll_write(cx, buf) };
+        let revoked = armed.poll_revoked(cx, false, this.watch.ending.get());
         let mut allowed = buf;
         if revoked {
             let left = armed.outgoing.left_in_frame();
@@ -362,7 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Revocable<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.watch.0.get().is_none() {
+        if self.watch.key.get().is_none() {
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         }
         // Armed: one buffer at a time, so that every byte is followed.
@@ -404,10 +458,13 @@ mod tests {
 
     #[test]
     fn the_close_frame_carries_the_code_and_reason() {
-        let frame = close_frame();
+        let frame = close_frame(REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON);
         assert_eq!(frame[0], 0x88);
         assert_eq!(frame[1] as usize, frame.len() - 2);
         assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), REVOKED_CLOSE_CODE);
         assert_eq!(&frame[4..], REVOKED_CLOSE_REASON.as_bytes());
+        let long = close_frame(1012, &"é".repeat(100));
+        assert_eq!(long[1] as usize, long.len() - 2);
+        assert!(long.len() - 4 <= 123 && std::str::from_utf8(&long[4..]).is_ok(), "cut at a character boundary");
     }
 }

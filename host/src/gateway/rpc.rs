@@ -8,23 +8,24 @@
 //! response. Batch entries run concurrently and are answered in order; notifications over HTTP
 //! run the chain and get no answer (over WebSocket they are refused, see `notify`). Over
 //! WebSocket, `eth_subscribe` is the one registered method: plugins see its `on-call` (they may
-//! refuse or rewrite it), then the subscription is proxied to the node's WebSocket until the
-//! client leaves or the key is revoked. Over HTTP it is a call like any other (the node answers).
+//! refuse or rewrite it), then it takes a slot and is relayed from the node by
+//! [`super::subscriptions`], which also says how it ends. Over HTTP it is a call like any other
+//! (the node answers).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use jsonrpsee::core::middleware::{Batch, BatchEntry, Notification, RpcServiceT};
 use jsonrpsee::core::server::{BatchResponseBuilder, MethodResponse, ResponsePayload};
-use jsonrpsee::core::traits::ToRpcParams;
-use jsonrpsee::server::{IdProvider, PendingSubscriptionSink, RpcModule, SubscriptionMessage};
+use jsonrpsee::server::{IdProvider, RpcModule};
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Request, SubscriptionId};
 use serde_json::value::RawValue;
 
 use super::allowlist::Allowlist;
 use super::errors;
+use super::revocable::RevocationWatch;
 use super::routes::{KeyDigest, Route, Routes};
+use super::subscriptions::{self, NodeSockets, SubscriptionSlots};
 use crate::plugins::{Call, Context, Outcome, Upstream};
 
 use crate::upstream::REQUEST_ID;
@@ -36,13 +37,18 @@ pub(crate) struct Caller {
     pub digest: KeyDigest,
     pub websocket: bool,
     pub allowlist: Option<Arc<Allowlist>>,
+    /// Over WebSocket: the socket's watch, through which a subscription closes it with a code
+    /// and a reason.
+    pub watch: Option<Arc<RevocationWatch>>,
 }
 
 /// What the middleware needs besides the request.
 pub(crate) struct RpcState {
     pub routes: Arc<Routes>,
-    /// Subscriptions proxied to nodes at once, across the gateway.
-    pub upstream_subscriptions: Arc<tokio::sync::Semaphore>,
+    /// Subscription slots: in all, per instance, per key.
+    pub subscription_slots: Arc<SubscriptionSlots>,
+    /// The sockets to nodes that carry the subscriptions.
+    pub node_sockets: NodeSockets,
     pub max_response_bytes: usize,
     pub request_ids: AtomicU64,
     pub id_prefix: String,
@@ -305,15 +311,6 @@ fn response(id: Id<'_>, outcome: Outcome, max_response_bytes: usize) -> MethodRe
     }
 }
 
-/// Params passed on as they are.
-struct RawParams(Option<Box<RawValue>>);
-
-impl ToRpcParams for RawParams {
-    fn to_rpc_params(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
-        Ok(self.0)
-    }
-}
-
 /// The module of registered methods: only the subscription proxy.
 pub(crate) fn subscription_module(state: Arc<RpcState>) -> RpcModule<()> {
     let mut module = RpcModule::new(());
@@ -326,83 +323,27 @@ pub(crate) fn subscription_module(state: Arc<RpcState>) -> RpcModule<()> {
                 let state = state.clone();
                 let params = params.as_str().and_then(|p| RawValue::from_string(p.to_string()).ok());
                 async move {
-                    let caller = ext.get::<Caller>();
-                    let Some(super::Access { route, revoked, .. }) =
-                        caller.and_then(|caller| state.routes.access(&caller.digest))
+                    let Some((caller, super::Access { route, revoked, .. })) =
+                        ext.get::<Caller>().and_then(|caller| Some((caller, state.routes.access(&caller.digest)?)))
                     else {
                         pending.reject(error(errors::UNAUTHORIZED, "the key was revoked")).await;
                         return;
                     };
-                    let Ok(slot) = state.upstream_subscriptions.clone().try_acquire_owned() else {
-                        let message = "the gateway holds as many subscriptions as it may; retry later";
-                        pending.reject(error(errors::LIMIT_EXCEEDED, message)).await;
-                        return;
+                    let slot = match state.subscription_slots.take(&route.instance.instance_id, &caller.digest) {
+                        Ok(slot) => slot,
+                        Err(refused) => {
+                            pending.reject(subscriptions::refusal(&state.subscription_slots, refused)).await;
+                            return;
+                        }
                     };
-                    proxy_subscription(route, revoked, params, pending).await;
+                    let watch = caller.watch.clone();
+                    subscriptions::relay(&state.node_sockets, route, revoked, watch, params, pending).await;
                     drop(slot);
                 }
             },
         )
         .expect("eth_subscribe is registered once");
     module
-}
-
-/// Opens the subscription on the node's WebSocket and relays its notifications until either side
-/// goes away or the key is revoked; then unsubscribes at the node.
-async fn proxy_subscription(
-    route: Arc<Route>,
-    revoked: tokio_util::sync::CancellationToken,
-    params: Option<Box<RawValue>>,
-    pending: PendingSubscriptionSink,
-) {
-    let Some(url) = route.instance.upstream.ws_urls().first().cloned() else {
-        pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "this instance has no WebSocket upstream")).await;
-        return;
-    };
-    let client = match jsonrpsee::ws_client::WsClientBuilder::default()
-        .connection_timeout(Duration::from_secs(5))
-        .build(&url)
-        .await
-    {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::warn!(instance = %route.instance.instance_id, "cannot reach the node's WebSocket: {err}");
-            pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "the node's WebSocket is unreachable")).await;
-            return;
-        }
-    };
-    use jsonrpsee::core::client::SubscriptionClientT;
-    let mut upstream =
-        match client.subscribe::<Box<RawValue>, _>("eth_subscribe", RawParams(params), "eth_unsubscribe").await {
-            Ok(subscription) => subscription,
-            Err(jsonrpsee::core::client::Error::Call(err)) => {
-                pending.reject(err).await;
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(instance = %route.instance.instance_id, "subscription at the node failed: {err}");
-                pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "the node refused the subscription")).await;
-                return;
-            }
-        };
-    let Ok(sink) = pending.accept().await else { return };
-    loop {
-        tokio::select! {
-            item = upstream.next() => match item {
-                Some(Ok(notification)) => {
-                    if sink.send(SubscriptionMessage::from(notification)).await.is_err() {
-                        break;
-                    }
-                }
-                // The node closed or sent garbage: end the subscription.
-                _ => break,
-            },
-            _ = sink.closed() => break,
-            // The key was revoked: the subscription ends now (the socket is closed below it).
-            _ = revoked.cancelled() => break,
-        }
-    }
-    let _ = upstream.unsubscribe().await;
 }
 
 /// Subscription ids in the form Ethereum clients use: `0x` and 32 hex digits.

@@ -10,8 +10,9 @@
 //!   slashing-protection history a deletion exports.
 //! - `/beacon/<binding key>/eth/…`: the beacon node's REST API, read-only (GET). Answers are
 //!   streamed as they come (server-sent events such as `/eth/v1/events` included), each
-//!   stream ended if the beacon node goes quiet for [`BEACON_IDLE`]; answers that are not
-//!   event streams are bounded by the response limit.
+//!   stream ended if the beacon node goes quiet for [`BEACON_IDLE`], and when the binding key
+//!   in its URL is revoked (unbind, deprovision) or expires; answers that are not event streams
+//!   are bounded by the response limit.
 //!
 //! Like the JSON-RPC path, it reads only the routing snapshot: no store query.
 
@@ -26,7 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use serde_json::{Value, json};
 
-use super::body::{Clock, Timed, TimedOut};
+use super::body::{Clock, Timed, TimedOut, UntilRevoked};
 use super::connections::Ticket;
 use super::routes::{KeyDigest, Routes, key_digest};
 
@@ -76,10 +77,8 @@ impl Proxy {
     ) -> Result<HttpResponse, Failure> {
         let (key, api_path) = rest.split_once('/').map_or((rest, ""), |(k, p)| (k, p));
         let digest = key_digest(key);
-        let route = self
-            .routes
-            .lookup_digest(&digest)
-            .ok_or((StatusCode::UNAUTHORIZED, "unknown or revoked key".to_string()))?;
+        let super::Access { route, revoked, .. } =
+            self.routes.access(&digest).ok_or((StatusCode::UNAUTHORIZED, "unknown or revoked key".to_string()))?;
         present(ticket, &digest)?;
         let validator = route.instance.validator.as_ref().ok_or((StatusCode::NOT_FOUND, not_validator()))?;
         if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -109,8 +108,12 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let body = Timed::new(body, Clock::Idle(BEACON_IDLE), "the beacon node went quiet");
-        let body =
-            if streaming { HttpBody::new(body) } else { HttpBody::new(Limited::new(body, self.max_response_bytes)) };
+        let body = if streaming {
+            // An event stream lives as long as its key: it ends when the key is revoked or expires.
+            HttpBody::new(UntilRevoked::new(body, revoked, route.expires_ms))
+        } else {
+            HttpBody::new(Limited::new(body, self.max_response_bytes))
+        };
         let mut answer = HttpResponse::new(body);
         *answer.status_mut() = parts.status;
         for name in [header::CONTENT_TYPE, header::CACHE_CONTROL, header::CONTENT_LENGTH] {

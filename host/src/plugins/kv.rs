@@ -1,8 +1,11 @@
 //! The key-value store that plugins share per service instance (`kv-*` host functions).
 //!
-//! One [`KvStore`] belongs to one service instance; each plugin sees its own namespace in it.
-//! Everything is bounded: key and value sizes, the number of entries and the bytes held. Expired
-//! entries are dropped when touched and swept when the store is full. The store lives in memory:
+//! One [`KvStore`] belongs to one service instance; each plugin sees its own namespace in it
+//! (keys `<plugin>/…`, prefixed by the host). Everything is bounded: key and value sizes, the
+//! number of entries and the bytes held, in all and **per plugin**, so that one plugin (a cache
+//! that fills up) cannot take the space another one needs (a rate limiter's buckets): a plugin at
+//! its share gets an error naming it, and the others keep writing. Expired entries are dropped
+//! when touched and swept when the store or a share is full. The store lives in memory:
 //! it is a cache for counters, buckets and answers, not a database.
 
 use std::collections::HashMap;
@@ -25,12 +28,37 @@ pub struct KvLimits {
     pub max_entries: usize,
     /// Most bytes (keys + values) held at once.
     pub max_total_bytes: usize,
+    /// Most entries one plugin (one namespace) holds at once.
+    pub max_entries_per_plugin: usize,
+    /// Most bytes one plugin (one namespace) holds at once.
+    pub max_bytes_per_plugin: usize,
 }
 
 impl Default for KvLimits {
+    /// A quarter of the store per plugin: up to four plugins that fill their share still leave
+    /// room for the rest of the chain.
     fn default() -> Self {
-        KvLimits { max_key_bytes: 1024, max_value_bytes: 1 << 20, max_entries: 100_000, max_total_bytes: 64 << 20 }
+        KvLimits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_entries: 100_000,
+            max_total_bytes: 64 << 20,
+            max_entries_per_plugin: 25_000,
+            max_bytes_per_plugin: 16 << 20,
+        }
     }
+}
+
+/// A namespace's usage: entries and bytes.
+#[derive(Default, Clone, Copy)]
+struct Usage {
+    entries: usize,
+    bytes: usize,
+}
+
+/// The namespace of a key: up to and including its first `/` (the host's `<plugin>/` prefix).
+fn namespace(key: &str) -> &str {
+    key.find('/').map_or("", |slash| &key[..=slash])
 }
 
 struct Entry {
@@ -54,6 +82,8 @@ pub struct KvStore {
     limits: KvLimits,
     entries: AtomicUsize,
     bytes: AtomicUsize,
+    /// Usage per namespace. Taken inside a shard's lock, never the other way round.
+    namespaces: Mutex<HashMap<Box<str>, Usage>>,
 }
 
 type Shard = HashMap<String, Entry>;
@@ -67,6 +97,47 @@ impl KvStore {
             limits,
             entries: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
+            namespaces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn namespaces(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Usage>> {
+        self.namespaces.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Entries and bytes a namespace (`<plugin>/`) holds.
+    pub fn usage(&self, namespace: &str) -> (usize, usize) {
+        self.namespaces().get(namespace).map_or((0, 0), |usage| (usage.entries, usage.bytes))
+    }
+
+    /// Takes room for `key` in its namespace's share (`old`: the size of the entry it replaces),
+    /// or says why not.
+    fn reserve(&self, key: &str, old: Option<usize>, new_size: usize) -> Result<(), String> {
+        let name = namespace(key);
+        let mut namespaces = self.namespaces();
+        let usage = namespaces.get(name).copied().unwrap_or_default();
+        let entries = usage.entries + usize::from(old.is_none());
+        let bytes = usage.bytes.saturating_sub(old.unwrap_or(0)) + new_size;
+        if entries > self.limits.max_entries_per_plugin || bytes > self.limits.max_bytes_per_plugin {
+            return Err(format!(
+                "this plugin's share of the key-value store is full ({} entries, {} bytes)",
+                self.limits.max_entries_per_plugin, self.limits.max_bytes_per_plugin
+            ));
+        }
+        namespaces.insert(name.into(), Usage { entries, bytes });
+        Ok(())
+    }
+
+    /// Gives back the room of a removed entry of `size` bytes.
+    fn release(&self, key: &str, size: usize) {
+        let name = namespace(key);
+        let mut namespaces = self.namespaces();
+        if let Some(usage) = namespaces.get_mut(name) {
+            usage.entries = usage.entries.saturating_sub(1);
+            usage.bytes = usage.bytes.saturating_sub(size);
+            if usage.entries == 0 {
+                namespaces.remove(name);
+            }
         }
     }
 
@@ -167,8 +238,10 @@ impl KvStore {
 
     fn remove(&self, shard: &mut Shard, key: &str) -> Option<Entry> {
         let entry = shard.remove(key)?;
+        let size = Entry::size(key, &entry.value);
         self.entries.fetch_sub(1, Ordering::Relaxed);
-        self.bytes.fetch_sub(Entry::size(key, &entry.value), Ordering::Relaxed);
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+        self.release(key, size);
         Some(entry)
     }
 
@@ -198,7 +271,12 @@ impl KvStore {
             let bytes = store.bytes.load(Ordering::Relaxed) - old.unwrap_or(0) + new_size;
             entries <= store.limits.max_entries && bytes <= store.limits.max_total_bytes
         };
-        if !fits(self) {
+        let fits_share = |store: &Self| {
+            let (entries, bytes) = store.usage(namespace(key));
+            entries + usize::from(old.is_none()) <= store.limits.max_entries_per_plugin
+                && bytes.saturating_sub(old.unwrap_or(0)) + new_size <= store.limits.max_bytes_per_plugin
+        };
+        if !fits(self) || !fits_share(self) {
             // Sweep this shard, then every other shard not busy right now (try_lock: waiting for
             // another shard while holding this one could deadlock).
             self.sweep(shard, now);
@@ -211,6 +289,11 @@ impl KvStore {
                 return Err("the key-value store of this instance is full".to_string());
             }
         }
+        // The share is checked and taken in one step (concurrent writers of one plugin cannot
+        // both take its last room).
+        // (Measured again: the sweep may have removed an expired entry under this very key.)
+        let old = shard.get(key).map(|e| Entry::size(key, &e.value));
+        self.reserve(key, old, new_size)?;
         match shard.insert(key.to_string(), Entry { value, expires_at }) {
             Some(previous) => {
                 self.bytes.fetch_sub(Entry::size(key, &previous.value), Ordering::Relaxed);
@@ -229,7 +312,50 @@ mod tests {
     use super::*;
 
     fn small() -> KvStore {
-        KvStore::new(KvLimits { max_key_bytes: 8, max_value_bytes: 16, max_entries: 3, max_total_bytes: 40 })
+        KvStore::new(KvLimits {
+            max_key_bytes: 8,
+            max_value_bytes: 16,
+            max_entries: 3,
+            max_total_bytes: 40,
+            max_entries_per_plugin: 3,
+            max_bytes_per_plugin: 40,
+        })
+    }
+
+    #[test]
+    fn a_plugin_at_its_share_is_refused_while_another_plugin_keeps_writing() {
+        let kv = KvStore::new(KvLimits {
+            max_entries: 10,
+            max_entries_per_plugin: 4,
+            max_bytes_per_plugin: 1000,
+            ..KvLimits::default()
+        });
+        for n in 0..4 {
+            kv.set(&format!("cache/{n}"), b"answer", None).unwrap();
+        }
+        let err = kv.set("cache/5", b"answer", None).unwrap_err();
+        assert!(err.contains("this plugin's share"), "{err}");
+        kv.set("cache/0", b"replaced", None).expect("replacing within the share");
+        for n in 0..4 {
+            kv.incr(&format!("rate-limit/bucket:{n}"), 1, None).expect("the other plugin's share is untouched");
+        }
+        assert_eq!(kv.usage("cache/"), (4, 4 * "cache/0".len() + 6 * 3 + 8));
+        assert!(kv.delete("cache/1"));
+        kv.set("cache/5", b"answer", None).expect("a deletion gives room back");
+        assert_eq!(kv.usage("cache/").0, 4);
+        let mut bytes = 3 * "cache/0".len() + "cache/5".len() + 6 * 3;
+        bytes += "replaced".len();
+        assert_eq!(kv.usage("cache/").1, bytes);
+    }
+
+    #[test]
+    fn expired_entries_give_their_plugin_its_room_back() {
+        let kv = KvStore::new(KvLimits { max_entries_per_plugin: 2, ..KvLimits::default() });
+        kv.set("cache/a", b"1", Some(Duration::from_millis(10))).unwrap();
+        kv.set("cache/b", b"1", Some(Duration::from_millis(10))).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        kv.set("cache/c", b"1", None).expect("the expired entries are swept");
+        assert_eq!(kv.usage("cache/"), (1, "cache/c".len() + 1));
     }
 
     #[test]

@@ -215,6 +215,43 @@ pub async fn rpc(url: &str, method: &str, params: Value) -> Value {
     post(url, &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})).await.1
 }
 
+/// anvil's first unlocked account.
+pub const ANVIL_ACCOUNT_0: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+
+/// A contract whose fallback emits `n` events (`n`: the first calldata word) in one transaction:
+/// `LOG1(topic 0x2a, data = i)` for i in 0..n. Hand-assembled; the init code returns the 32
+/// bytes of runtime code after it.
+pub const EMITTER: &str = "0x602080600b6000396000f360003560005b81811015601e5780600052602a60206000a16001016005565b00";
+
+/// Deploys [`EMITTER`] on `node` (anvil's unlocked account 0); its address.
+pub async fn deploy_emitter(node: &str) -> String {
+    let hash =
+        rpc(node, "eth_sendTransaction", json!([{"from": ANVIL_ACCOUNT_0, "data": EMITTER}])).await["result"].clone();
+    let receipt = receipt(node, &hash).await;
+    receipt["contractAddress"].as_str().expect("a deployed contract").to_string()
+}
+
+/// Has the emitter at `contract` emit `n` events in one transaction; its receipt.
+pub async fn emit(node: &str, contract: &str, n: u64) -> Value {
+    let tx = json!([{"from": ANVIL_ACCOUNT_0, "to": contract, "data": format!("0x{n:064x}"), "gas": format!("0x{:x}", 100_000 + n * 1_200)}]);
+    let hash = rpc(node, "eth_sendTransaction", tx).await["result"].clone();
+    let receipt = receipt(node, &hash).await;
+    assert_eq!(receipt["status"], "0x1", "{receipt}");
+    assert_eq!(receipt["logs"].as_array().map(Vec::len), Some(n as usize));
+    receipt
+}
+
+pub async fn receipt(node: &str, hash: &Value) -> Value {
+    for _ in 0..100 {
+        let answer = rpc(node, "eth_getTransactionReceipt", json!([hash])).await;
+        if !answer["result"].is_null() {
+            return answer["result"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no receipt for {hash}");
+}
+
 /// A loopback port that was free a moment ago (for processes that must be told their port).
 /// Taken from 21000-29999: outside Linux's ephemeral range (32768-60999), where the OS picks the
 /// ports of outgoing connections and of `:0` listeners, which would otherwise race with a port a
