@@ -537,6 +537,9 @@ pub struct PlanDecl {
     /// The chain an instance gets when its parameters name none.
     #[serde(default)]
     pub plugins: Vec<ChainElement>,
+    /// The operator's rules for every instance of the plan (see [`PlanPolicy`]).
+    #[serde(default)]
+    pub policy: PlanPolicy,
     /// Origins whose pages may call the endpoint of this plan's instances, as the bind parameter
     /// `allowed_origins` (exact origins or `*.example.com` patterns); a binding's own list replaces
     /// it. Empty: any origin (CORS `*`).
@@ -547,6 +550,97 @@ pub struct PlanDecl {
     pub metadata: Option<toml::Table>,
     /// How an instance of this plan gets a node.
     pub driver: DriverDecl,
+}
+
+/// `[services.plans.policy]`: what binds every instance of a plan, whatever its parameters.
+///
+/// Method rules (globs, as a binding's `allowed_methods` / `denied_methods`) are checked in the
+/// host before any plugin and again on every call to the node (plugins' `upstream` imports
+/// included): a refused call gets -32052 naming the plan's rule. `plugins_before` and
+/// `plugins_after` run in every instance's chain, before and after the tenant's own plugins, with
+/// the plan's configuration. An instance's `parameters.plugins` is its whole chain: it must
+/// start with `plugins_before` and end with `plugins_after`, by name and in order (an entry may
+/// leave out its `config`, or give the plan's); a provision or update that drops, moves or
+/// reconfigures one is a 400 naming `parameters.plugins`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPolicy {
+    /// Methods instances of the plan may call (empty: any not denied).
+    #[serde(default)]
+    pub allowed_methods: Vec<String>,
+    /// Methods no instance of the plan may call; wins over `allowed_methods`.
+    #[serde(default)]
+    pub denied_methods: Vec<String>,
+    /// Plugins every chain of the plan starts with.
+    #[serde(default)]
+    pub plugins_before: Vec<ChainElement>,
+    /// Plugins every chain of the plan ends with.
+    #[serde(default)]
+    pub plugins_after: Vec<ChainElement>,
+}
+
+impl PlanPolicy {
+    /// The plan's method rules; `None` when it has none.
+    pub fn method_rules(&self) -> Option<crate::gateway::allowlist::MethodRules> {
+        let rules =
+            crate::gateway::allowlist::MethodRules::new(self.allowed_methods.clone(), self.denied_methods.clone());
+        (!rules.is_empty()).then_some(rules)
+    }
+
+    /// Whether the policy puts plugins in every chain.
+    pub fn has_plugins(&self) -> bool {
+        !self.plugins_before.is_empty() || !self.plugins_after.is_empty()
+    }
+
+    /// The whole chain of an instance whose own plugins are `tenant`.
+    pub fn compose(&self, tenant: &[ChainElement]) -> Vec<ChainElement> {
+        [&self.plugins_before[..], tenant, &self.plugins_after[..]].concat()
+    }
+
+    /// The tenant's part of a whole chain given in instance parameters, or why the chain breaks
+    /// the policy (the message of a 400 on `parameters.plugins`).
+    pub fn tenant_part<'a>(&self, chain: &'a [ChainElement]) -> Result<&'a [ChainElement], String> {
+        let (before, after) = (self.plugins_before.len(), self.plugins_after.len());
+        let names = |list: &[ChainElement]| list.iter().map(|e| e.name.as_str()).collect::<Vec<_>>();
+        let broken = || {
+            format!(
+                "parameters.plugins: the plan's policy runs {:?} first and {:?} last in every chain \
+                 (plugins_before / plugins_after); they may not be removed, moved or configured \
+                 otherwise: give the chain as {:?} + your plugins + {:?}",
+                names(&self.plugins_before),
+                names(&self.plugins_after),
+                names(&self.plugins_before),
+                names(&self.plugins_after),
+            )
+        };
+        if chain.len() < before + after {
+            return Err(broken());
+        }
+        let (head, rest) = chain.split_at(before);
+        let (middle, tail) = rest.split_at(rest.len() - after);
+        let same = |given: &ChainElement, fixed: &ChainElement| {
+            given.name == fixed.name
+                && (given.config == fixed.config || given.config.as_object().is_some_and(|c| c.is_empty()))
+                && (given.fail_open == fixed.fail_open || !given.fail_open)
+        };
+        let kept = head.iter().zip(&self.plugins_before).all(|(g, f)| same(g, f))
+            && tail.iter().zip(&self.plugins_after).all(|(g, f)| same(g, f));
+        if kept { Ok(middle) } else { Err(broken()) }
+    }
+
+    /// What the catalog publishes of the policy (plugin names, not their configurations).
+    pub fn published(&self) -> Option<serde_json::Value> {
+        if self.method_rules().is_none() && !self.has_plugins() {
+            return None;
+        }
+        let names = |list: &[ChainElement]| list.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+        Some(serde_json::json!({
+            "allowed_methods": self.allowed_methods,
+            "denied_methods": self.denied_methods,
+            "plugins_before": names(&self.plugins_before),
+            "plugins_after": names(&self.plugins_after),
+        }))
+    }
 }
 
 /// `maintenance_info` of a plan.
@@ -1109,7 +1203,13 @@ impl Config {
                         info.version
                     ));
                 }
-                for element in &plan.plugins {
+                let policy = &plan.policy;
+                if let Some(pattern) =
+                    policy.allowed_methods.iter().chain(&policy.denied_methods).find(|p| p.trim().is_empty())
+                {
+                    return bad(format!("{what}: policy method pattern {pattern:?} must not be empty"));
+                }
+                for element in plan.plugins.iter().chain(&policy.plugins_before).chain(&policy.plugins_after) {
                     if !plugin_names.contains(element.name.as_str()) {
                         return bad(format!("{what}: default chain names unknown plugin {:?}", element.name));
                     }

@@ -19,8 +19,11 @@
 //!    error if unknown); an HTTP JSON body is read and its ids checked ([`ids`]: ids jsonrpsee
 //!    cannot hold are answered there, not taken for notifications);
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
-//! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response;
-//!    subscriptions end when their key is revoked.
+//! 4. [`rpc`] middleware: route re-check per call (revocation), the plan's method rules and the
+//!    binding's allowlist ([`allowlist`]), chain, deadline, response; every call that reaches
+//!    the node on a binding's behalf (the chain's forward, plugins' `upstream` imports) passes
+//!    the same rules again at the node boundary ([`guard`]); subscriptions end when their key is
+//!    revoked.
 //!
 //! Validator instances also have their keymanager and beacon APIs here (`/keymanager/…`,
 //! `/beacon/<key>/…`), behind per-binding credentials: see [`validator_proxy`].
@@ -32,6 +35,7 @@ pub mod body;
 pub mod connections;
 mod cors;
 pub mod errors;
+mod guard;
 mod ids;
 pub mod revocable;
 pub mod routes;
