@@ -580,11 +580,9 @@ pub struct PlanPolicy {
 }
 
 impl PlanPolicy {
-    /// The plan's method rules; `None` when it has none.
-    pub fn method_rules(&self) -> Option<crate::gateway::allowlist::MethodRules> {
-        let rules =
-            crate::gateway::allowlist::MethodRules::new(self.allowed_methods.clone(), self.denied_methods.clone());
-        (!rules.is_empty()).then_some(rules)
+    /// Whether the policy has method rules.
+    pub fn has_method_rules(&self) -> bool {
+        !self.allowed_methods.is_empty() || !self.denied_methods.is_empty()
     }
 
     /// Whether the policy puts plugins in every chain.
@@ -601,7 +599,9 @@ impl PlanPolicy {
     /// the policy (the message of a 400 on `parameters.plugins`).
     pub fn tenant_part<'a>(&self, chain: &'a [ChainElement]) -> Result<&'a [ChainElement], String> {
         let (before, after) = (self.plugins_before.len(), self.plugins_after.len());
-        let names = |list: &[ChainElement]| list.iter().map(|e| e.name.as_str()).collect::<Vec<_>>();
+        fn names(list: &[ChainElement]) -> Vec<&str> {
+            list.iter().map(|e| e.name.as_str()).collect()
+        }
         let broken = || {
             format!(
                 "parameters.plugins: the plan's policy runs {:?} first and {:?} last in every chain \
@@ -630,7 +630,7 @@ impl PlanPolicy {
 
     /// What the catalog publishes of the policy (plugin names, not their configurations).
     pub fn published(&self) -> Option<serde_json::Value> {
-        if self.method_rules().is_none() && !self.has_plugins() {
+        if !self.has_method_rules() && !self.has_plugins() {
             return None;
         }
         let names = |list: &[ChainElement]| list.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
@@ -1681,6 +1681,57 @@ mod tests {
         let mut config = Config::quick_start();
         config.services[0].plans[0].allowed_origins = vec!["https://ok.example".into(), "not an origin".into()];
         assert!(config.validate().unwrap_err().to_string().contains("allowed_origins entry \"not an origin\""));
+    }
+
+    fn element(name: &str, config: serde_json::Value, fail_open: bool) -> ChainElement {
+        ChainElement { name: name.into(), config, fail_open }
+    }
+
+    #[test]
+    fn a_plans_policy_plugins_stay_first_and_last_in_every_chain() {
+        let fixed = serde_json::json!({"rate": 1});
+        let policy = PlanPolicy {
+            plugins_before: vec![element("a", fixed.clone(), false)],
+            plugins_after: vec![element("z", empty_object(), true)],
+            ..Default::default()
+        };
+        let mine = element("mine", serde_json::json!({"x": 1}), false);
+        let whole = vec![element("a", empty_object(), false), mine.clone(), element("z", empty_object(), true)];
+        assert_eq!(policy.tenant_part(&whole), Ok(&whole[1..2]), "a policy entry may leave out its config");
+        assert_eq!(policy.compose(&[mine.clone()]), vec![element("a", fixed.clone(), false), mine.clone(), element("z", empty_object(), true)]);
+        let as_given = vec![element("a", fixed.clone(), false), element("z", empty_object(), false)];
+        assert_eq!(policy.tenant_part(&as_given), Ok(&[][..]), "fail_open may be left off");
+        for broken in [
+            vec![],
+            vec![mine.clone()],
+            vec![element("z", empty_object(), true), mine.clone(), element("a", empty_object(), false)],
+            vec![element("a", serde_json::json!({"rate": 1000}), false), element("z", empty_object(), true)],
+            vec![element("a", empty_object(), true), element("z", empty_object(), true)],
+            vec![mine.clone(), element("a", empty_object(), false), element("z", empty_object(), true)],
+        ] {
+            let err = policy.tenant_part(&broken).unwrap_err();
+            assert!(err.starts_with("parameters.plugins:") && err.contains("policy"), "{err}");
+        }
+        assert_eq!(PlanPolicy::default().tenant_part(&whole), Ok(&whole[..]));
+        assert!(PlanPolicy::default().published().is_none());
+        assert_eq!(policy.published().unwrap()["plugins_after"], serde_json::json!(["z"]));
+    }
+
+    #[test]
+    fn the_quick_start_shared_plan_allows_standard_methods_only() {
+        let config = Config::quick_start();
+        let shared = config.services[0].plans.iter().find(|p| p.name == "shared").unwrap();
+        let allowed = &shared.policy.allowed_methods;
+        let allows = |method: &str| allowed.iter().any(|p| ovsb_plugin_sdk::glob_matches(p, method));
+        for method in ["eth_call", "eth_getLogs", "eth_sendRawTransaction", "eth_subscribe", "net_version", "web3_clientVersion"] {
+            assert!(allows(method), "{method}");
+        }
+        for method in [
+            "debug_traceCall", "trace_block", "admin_peers", "personal_sign", "txpool_content", "miner_start",
+            "anvil_setBalance", "hardhat_setBalance", "evm_mine", "eth_sendTransaction", "eth_sign", "eth_signTypedData_v4",
+        ] {
+            assert!(!allows(method), "{method}");
+        }
     }
 
     /// A kubernetes plan as the quick-start's first service's first plan.

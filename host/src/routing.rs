@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ChainElement, Config};
 use crate::credentials::SecretKey;
-use crate::gateway::allowlist::Allowlist;
+use crate::gateway::allowlist::{Allowlist, MethodRules};
 use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest};
 use crate::identity::Identity;
 use crate::plugins::{KvLimits, KvStore, PluginVersion, Registry};
@@ -178,6 +178,14 @@ impl RouteSync {
             Some(plan) => plan.policy.compose(&plan.plugins),
             None => Vec::new(),
         }
+    }
+
+    /// The method rules of a plan's policy, as the gateway checks them; `None` when it has none.
+    fn plan_rules(&self, plan_id: &str) -> Option<Arc<MethodRules>> {
+        let policy = &self.config.plan_by_id(plan_id)?.policy;
+        policy
+            .has_method_rules()
+            .then(|| Arc::new(MethodRules::new(policy.allowed_methods.clone(), policy.denied_methods.clone())))
     }
 
     /// Whether an instance's parameters keep its plan's policy plugins (provision and update
@@ -625,7 +633,7 @@ impl RouteSync {
                     instance_id: instance.id.as_str().into(),
                     plan: instance.plan_id.as_str().into(),
                     chain,
-                    policy: self.config.plan_by_id(&instance.plan_id).and_then(|p| p.policy.method_rules()).map(Arc::new),
+                    policy: self.plan_rules(&instance.plan_id),
                     upstream,
                     validator,
                 }),
