@@ -101,7 +101,8 @@ fn bench(c: &mut Criterion) {
         &serde_json::json!({"allowed_contracts": ["0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"]}),
     )
     .unwrap();
-    let methods = Allowlist::from_parameters(&serde_json::json!({"allowed_methods": ["eth_*", "net_version"]})).unwrap();
+    let methods =
+        Allowlist::from_parameters(&serde_json::json!({"allowed_methods": ["eth_*", "net_version"]})).unwrap();
     let plan = MethodRules::new(vec!["eth_call".into(), "eth_get*".into(), "net_*".into()], vec!["eth_sign*".into()]);
     // An EIP-1559 transaction to that address (112 bytes; the signature is made up).
     let raw = concat!(

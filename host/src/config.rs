@@ -1698,7 +1698,10 @@ mod tests {
         let mine = element("mine", serde_json::json!({"x": 1}), false);
         let whole = vec![element("a", empty_object(), false), mine.clone(), element("z", empty_object(), true)];
         assert_eq!(policy.tenant_part(&whole), Ok(&whole[1..2]), "a policy entry may leave out its config");
-        assert_eq!(policy.compose(&[mine.clone()]), vec![element("a", fixed.clone(), false), mine.clone(), element("z", empty_object(), true)]);
+        assert_eq!(
+            policy.compose(&[mine.clone()]),
+            vec![element("a", fixed.clone(), false), mine.clone(), element("z", empty_object(), true)]
+        );
         let as_given = vec![element("a", fixed.clone(), false), element("z", empty_object(), false)];
         assert_eq!(policy.tenant_part(&as_given), Ok(&[][..]), "fail_open may be left off");
         for broken in [
@@ -1723,12 +1726,24 @@ mod tests {
         let shared = config.services[0].plans.iter().find(|p| p.name == "shared").unwrap();
         let allowed = &shared.policy.allowed_methods;
         let allows = |method: &str| allowed.iter().any(|p| ovsb_plugin_sdk::glob_matches(p, method));
-        for method in ["eth_call", "eth_getLogs", "eth_sendRawTransaction", "eth_subscribe", "net_version", "web3_clientVersion"] {
+        for method in
+            ["eth_call", "eth_getLogs", "eth_sendRawTransaction", "eth_subscribe", "net_version", "web3_clientVersion"]
+        {
             assert!(allows(method), "{method}");
         }
         for method in [
-            "debug_traceCall", "trace_block", "admin_peers", "personal_sign", "txpool_content", "miner_start",
-            "anvil_setBalance", "hardhat_setBalance", "evm_mine", "eth_sendTransaction", "eth_sign", "eth_signTypedData_v4",
+            "debug_traceCall",
+            "trace_block",
+            "admin_peers",
+            "personal_sign",
+            "txpool_content",
+            "miner_start",
+            "anvil_setBalance",
+            "hardhat_setBalance",
+            "evm_mine",
+            "eth_sendTransaction",
+            "eth_sign",
+            "eth_signTypedData_v4",
         ] {
             assert!(!allows(method), "{method}");
         }

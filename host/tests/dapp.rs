@@ -858,7 +858,8 @@ async fn allowed_contracts_hold_against_every_known_bypass_and_still_serve_the_l
     let anvil = Anvil::start(&[]);
     let node = anvil.http_url();
     two_contracts(&node).await;
-    let foreign_filter = rpc(&node, "eth_newFilter", json!([{"address": SECRET, "fromBlock": "0x0"}])).await["result"].clone();
+    let foreign_filter =
+        rpc(&node, "eth_newFilter", json!([{"address": SECRET, "fromBlock": "0x0"}])).await["result"].clone();
     let proxy = format!("0x6020600060006000600073{}5af160206000f3", &SECRET[2..]);
     let swap_code = json!({ALLOWED: {"code": proxy}});
     // Proof that the override is a real way to SECRET: anvil itself answers with SECRET's value.
@@ -868,20 +869,29 @@ async fn allowed_contracts_hold_against_every_known_bypass_and_still_serve_the_l
     let to_secret = signed(&node, json!({"to": SECRET})).await;
     let legacy_to_secret = signed(&node, json!({"to": SECRET, "gasPrice": "0x77359400"})).await;
     let creation = signed(&node, json!({"data": CONTRACT_CODE})).await;
-    let authorization = json!({"chainId": "0x7a69", "address": SECRET, "nonce": "0x9", "yParity": "0x0", "r": "0x1", "s": "0x1"});
+    let authorization =
+        json!({"chainId": "0x7a69", "address": SECRET, "nonce": "0x9", "yParity": "0x0", "r": "0x1", "s": "0x1"});
     let set_code = signed(&node, json!({"to": ALLOWED, "authorizationList": [authorization]})).await;
     assert!(set_code.starts_with("0x04"), "anvil signed an EIP-7702 transaction: {set_code}");
     let blob = blob_transaction(SECRET);
     let call_secret = json!({"from": DEV, "to": SECRET, "data": "0x"});
 
     let bypasses: Vec<(&str, &str, Value)> = vec![
-        ("a state override swaps the allowed contract's code", "eth_call", json!([{"to": ALLOWED}, "latest", swap_code])),
+        (
+            "a state override swaps the allowed contract's code",
+            "eth_call",
+            json!([{"to": ALLOWED}, "latest", swap_code]),
+        ),
         ("a block override", "eth_call", json!([{"to": ALLOWED}, "latest", null, {"number": "0x1"}])),
         ("estimateGas with a state override", "eth_estimateGas", json!([{"to": ALLOWED}, "latest", swap_code])),
         ("eth_call to SECRET", "eth_call", json!([call_secret, "latest"])),
         ("debug_traceCall", "debug_traceCall", json!([call_secret, "latest", {}])),
         ("trace_call", "trace_call", json!([call_secret, ["trace"], "latest"])),
-        ("eth_simulateV1 to SECRET", "eth_simulateV1", json!([{"blockStateCalls": [{"calls": [call_secret]}]}, "latest"])),
+        (
+            "eth_simulateV1 to SECRET",
+            "eth_simulateV1",
+            json!([{"blockStateCalls": [{"calls": [call_secret]}]}, "latest"]),
+        ),
         (
             "eth_simulateV1 with a state override",
             "eth_simulateV1",
@@ -890,7 +900,7 @@ async fn allowed_contracts_hold_against_every_known_bypass_and_still_serve_the_l
         ("eth_createAccessList", "eth_createAccessList", json!([call_secret, "latest"])),
         ("eth_getStorageAt", "eth_getStorageAt", json!([SECRET, "0x0", "latest"])),
         ("eth_getCode", "eth_getCode", json!([SECRET, "latest"])),
-        ("eth_getProof", "eth_getProof", json!([SECRET, ["0x0"], "latest"])),
+        ("eth_getProof", "eth_getProof", json!([SECRET, [format!("0x{:0>64}", 0)], "latest"])),
         ("eth_sendRawTransaction", "eth_sendRawTransaction", json!([to_secret])),
         ("eth_sendRawTransaction, legacy", "eth_sendRawTransaction", json!([legacy_to_secret])),
         ("eth_sendRawTransactionSync", "eth_sendRawTransactionSync", json!([to_secret])),
@@ -900,11 +910,19 @@ async fn allowed_contracts_hold_against_every_known_bypass_and_still_serve_the_l
         ("a blob transaction to SECRET", "eth_sendRawTransaction", json!([blob])),
         ("eth_sendTransaction to SECRET", "eth_sendTransaction", json!([call_secret])),
         ("eth_sendTransactionSync to SECRET", "eth_sendTransactionSync", json!([call_secret])),
-        ("eth_sendTransaction creating a contract", "eth_sendTransaction", json!([{"from": DEV, "data": CONTRACT_CODE}])),
+        (
+            "eth_sendTransaction creating a contract",
+            "eth_sendTransaction",
+            json!([{"from": DEV, "data": CONTRACT_CODE}]),
+        ),
         ("eth_newFilter of SECRET", "eth_newFilter", json!([{"address": SECRET, "fromBlock": "0x0"}])),
         ("eth_newFilter of every address", "eth_newFilter", json!([{"fromBlock": "0x0"}])),
         ("eth_getLogs of every address", "eth_getLogs", json!([{"fromBlock": "0x0"}])),
-        ("eth_getLogs with SECRET in the list", "eth_getLogs", json!([{"address": [ALLOWED, SECRET], "fromBlock": "0x0"}])),
+        (
+            "eth_getLogs with SECRET in the list",
+            "eth_getLogs",
+            json!([{"address": [ALLOWED, SECRET], "fromBlock": "0x0"}]),
+        ),
         ("logs of a filter made by someone else", "eth_getFilterLogs", json!([foreign_filter])),
         ("a method the host does not know", "anvil_setBalance", json!([DEV, "0xdead"])),
         ("a signing method the host does not check", "eth_signTransaction", json!([call_secret])),
@@ -919,12 +937,17 @@ async fn allowed_contracts_hold_against_every_known_bypass_and_still_serve_the_l
         let key = bind_restricted(&gw, instance, json!({"allowed_contracts": [ALLOWED]}));
         let url = gw.url(&key);
         let start = nonce_at(&node).await;
+        let mut through = Vec::new();
         for (what, method, params) in &bypasses {
             let answer = rpc(&url, method, params.clone()).await;
-            assert_eq!(answer["error"]["code"], -32053, "{which}: {what}: {answer}");
-            assert!(answer["error"]["message"].as_str().unwrap().contains("allowed_contracts"), "{what}: {answer}");
-            assert!(!answer.to_string().contains(SECRET_WORD), "{what}: nothing of SECRET's: {answer}");
+            let refused = answer["error"]["code"] == -32053
+                && answer["error"]["message"].as_str().is_some_and(|m| m.contains("allowed_contracts"))
+                && !answer.to_string().contains(SECRET_WORD);
+            if !refused {
+                through.push(format!("{what}: {answer}"));
+            }
         }
+        assert!(through.is_empty(), "{which}: {} bypasses were not refused:\n{}", through.len(), through.join("\n"));
         // The same in one batch: each entry refused on its own, the legitimate one answered.
         let mut batch: Vec<Value> =
             bypasses.iter().enumerate().map(|(i, (_, m, p))| call(i as u64 + 1, m, p.clone())).collect();
@@ -950,14 +973,15 @@ async fn allowed_contracts_hold_against_every_known_bypass_and_still_serve_the_l
             ("eth_estimateGas", json!([call_allowed])),
             ("eth_createAccessList", json!([call_allowed, "latest"])),
             ("eth_simulateV1", json!([{"blockStateCalls": [{"calls": [call_allowed]}]}, "latest"])),
-            ("eth_getProof", json!([ALLOWED, ["0x0"], "latest"])),
+            ("eth_getProof", json!([ALLOWED, [format!("0x{:0>64}", 0)], "latest"])),
             ("eth_getBalance", json!([DEV, "latest"])),
             ("eth_blockNumber", json!([])),
         ] {
             let answer = rpc(&url, method, params).await;
             assert!(answer["error"].is_null() && !answer["result"].is_null(), "{which}: {method}: {answer}");
         }
-        let filter = rpc(&url, "eth_newFilter", json!([{"address": ALLOWED, "fromBlock": "0x0"}])).await["result"].clone();
+        let filter =
+            rpc(&url, "eth_newFilter", json!([{"address": ALLOWED, "fromBlock": "0x0"}])).await["result"].clone();
         assert!(filter.is_string());
         let sent = rpc(&url, "eth_sendRawTransaction", json!([signed(&node, json!({"to": ALLOWED})).await])).await;
         assert!(sent["result"].is_string(), "{which}: {sent}");
@@ -971,12 +995,16 @@ async fn allowed_contracts_hold_against_every_known_bypass_and_still_serve_the_l
         let changes = rpc(&url, "eth_getFilterChanges", json!([filter])).await;
         assert!(changes["result"].as_array().is_some_and(|l| !l.is_empty()), "{which}: {changes}");
         assert!(!changes.to_string().contains(SECRET_WORD));
-        assert_eq!(nonce_at(&node).await.as_str().map(|n| u64::from_str_radix(&n[2..], 16).unwrap()),
-            start.as_str().map(|n| u64::from_str_radix(&n[2..], 16).unwrap() + 3), "the three sends went through");
+        assert_eq!(
+            nonce_at(&node).await.as_str().map(|n| u64::from_str_radix(&n[2..], 16).unwrap()),
+            start.as_str().map(|n| u64::from_str_radix(&n[2..], 16).unwrap() + 3),
+            "the three sends went through"
+        );
 
         // WebSocket: subscriptions to logs name listed addresses only.
         let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&key)).await.unwrap();
-        for (id, params) in [(1, json!(["logs", {"address": SECRET}])), (2, json!(["logs", {}])), (3, json!(["logs"]))] {
+        for (id, params) in [(1, json!(["logs", {"address": SECRET}])), (2, json!(["logs", {}])), (3, json!(["logs"]))]
+        {
             let answer = ws_call(&mut ws, call(id, "eth_subscribe", params)).await;
             assert_eq!(answer["error"]["code"], -32053, "{which}: {answer}");
         }
@@ -1052,7 +1080,8 @@ async fn a_plans_policy_binds_every_instance_and_parameters_cannot_drop_or_reord
     let osb = &broker.osb;
 
     let catalog = osb.call(reqwest::Method::GET, "/v2/catalog", None).await;
-    let plan = catalog.body["services"][0]["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_SHARED).unwrap();
+    let plan =
+        catalog.body["services"][0]["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_SHARED).unwrap();
     assert_eq!(plan["metadata"]["policy"]["denied_methods"][0], "anvil_*", "{plan}");
     assert_eq!(plan["metadata"]["policy"]["plugins_before"], json!(["pass"]), "{plan}");
 

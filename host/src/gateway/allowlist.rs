@@ -68,10 +68,8 @@ const CONTRACT_UNNAMED: Refusal = refusal(
     CONTRACT_NOT_ALLOWED,
     "refused by the binding's allowed_contracts: the call does not name the contract it touches (a `to` or an address is required)",
 );
-const CONTRACT_OVERRIDES: Refusal = refusal(
-    CONTRACT_NOT_ALLOWED,
-    "refused by the binding's allowed_contracts: state and block overrides are refused",
-);
+const CONTRACT_OVERRIDES: Refusal =
+    refusal(CONTRACT_NOT_ALLOWED, "refused by the binding's allowed_contracts: state and block overrides are refused");
 const CONTRACT_CREATION: Refusal =
     refusal(CONTRACT_NOT_ALLOWED, "refused by the binding's allowed_contracts: a contract creation is refused");
 const CONTRACT_AUTHORIZATION: Refusal = refusal(
@@ -168,7 +166,9 @@ fn address(text: &str) -> Option<[u8; 20]> {
 /// `Some("8443")`); `[::1]:80` → (`[::1]`, `Some("80")`); `a.b` → (`a.b`, `None`).
 fn split_port(authority: &str) -> (&str, Option<&str>) {
     match authority.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && !host.ends_with(':') && (host.starts_with('[') == host.ends_with(']')) => {
+        Some((host, port))
+            if !host.is_empty() && !host.ends_with(':') && (host.starts_with('[') == host.ends_with(']')) =>
+        {
             (host, Some(port))
         }
         _ => (authority, None),
@@ -346,18 +346,46 @@ impl Allowlist {
         match method {
             // Chain data addressed by block or transaction, accounts' balances and nonces, node
             // information: no contract code runs, no contract storage is read.
-            "eth_chainId" | "eth_blockNumber" | "eth_gasPrice" | "eth_maxPriorityFeePerGas" | "eth_blobBaseFee"
-            | "eth_feeHistory" | "eth_syncing" | "eth_protocolVersion" | "eth_accounts" | "eth_coinbase"
-            | "eth_mining" | "eth_hashrate" | "eth_getBlockByNumber" | "eth_getBlockByHash"
-            | "eth_getHeaderByNumber" | "eth_getHeaderByHash" | "eth_getBlockTransactionCountByNumber"
-            | "eth_getBlockTransactionCountByHash" | "eth_getUncleCountByBlockNumber"
-            | "eth_getUncleCountByBlockHash" | "eth_getUncleByBlockNumberAndIndex"
-            | "eth_getUncleByBlockHashAndIndex" | "eth_getTransactionByHash"
-            | "eth_getTransactionByBlockNumberAndIndex" | "eth_getTransactionByBlockHashAndIndex"
-            | "eth_getTransactionReceipt" | "eth_getBlockReceipts" | "eth_getBalance" | "eth_getTransactionCount"
-            | "eth_newBlockFilter" | "eth_newPendingTransactionFilter" | "eth_uninstallFilter"
-            | "eth_getFilterChanges" | "eth_getFilterLogs" | "eth_unsubscribe" | "net_version" | "net_listening"
-            | "net_peerCount" | "web3_clientVersion" | "web3_sha3" => Ok(()),
+            "eth_chainId"
+            | "eth_blockNumber"
+            | "eth_gasPrice"
+            | "eth_maxPriorityFeePerGas"
+            | "eth_blobBaseFee"
+            | "eth_feeHistory"
+            | "eth_syncing"
+            | "eth_protocolVersion"
+            | "eth_accounts"
+            | "eth_coinbase"
+            | "eth_mining"
+            | "eth_hashrate"
+            | "eth_getBlockByNumber"
+            | "eth_getBlockByHash"
+            | "eth_getHeaderByNumber"
+            | "eth_getHeaderByHash"
+            | "eth_getBlockTransactionCountByNumber"
+            | "eth_getBlockTransactionCountByHash"
+            | "eth_getUncleCountByBlockNumber"
+            | "eth_getUncleCountByBlockHash"
+            | "eth_getUncleByBlockNumberAndIndex"
+            | "eth_getUncleByBlockHashAndIndex"
+            | "eth_getTransactionByHash"
+            | "eth_getTransactionByBlockNumberAndIndex"
+            | "eth_getTransactionByBlockHashAndIndex"
+            | "eth_getTransactionReceipt"
+            | "eth_getBlockReceipts"
+            | "eth_getBalance"
+            | "eth_getTransactionCount"
+            | "eth_newBlockFilter"
+            | "eth_newPendingTransactionFilter"
+            | "eth_uninstallFilter"
+            | "eth_getFilterChanges"
+            | "eth_getFilterLogs"
+            | "eth_unsubscribe"
+            | "net_version"
+            | "net_listening"
+            | "net_peerCount"
+            | "web3_clientVersion"
+            | "web3_sha3" => Ok(()),
             "eth_call" | "eth_estimateGas" | "eth_createAccessList" => {
                 let params = positional(params)?;
                 no_overrides(params.get(2..).unwrap_or_default())?;
