@@ -1699,7 +1699,7 @@ mod tests {
         let whole = vec![element("a", empty_object(), false), mine.clone(), element("z", empty_object(), true)];
         assert_eq!(policy.tenant_part(&whole), Ok(&whole[1..2]), "a policy entry may leave out its config");
         assert_eq!(
-            policy.compose(&[mine.clone()]),
+            policy.compose(std::slice::from_ref(&mine)),
             vec![element("a", fixed.clone(), false), mine.clone(), element("z", empty_object(), true)]
         );
         let as_given = vec![element("a", fixed.clone(), false), element("z", empty_object(), false)];

@@ -929,9 +929,10 @@ async fn allowed_contracts_hold_against_every_known_bypass_and_still_serve_the_l
     ];
 
     let gw = TestGateway::start(GatewayConfig::default()).await;
-    let plain = gw.instance("plain", &[node.clone()], &[anvil.ws_url()], &[], 10 * SECOND).await;
-    let chained =
-        gw.instance("chained", &[node.clone()], &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND).await;
+    let plain = gw.instance("plain", std::slice::from_ref(&node), &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let chained = gw
+        .instance("chained", std::slice::from_ref(&node), &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND)
+        .await;
     for instance in [&plain, &chained] {
         let which = instance.instance_id.to_string();
         let key = bind_restricted(&gw, instance, json!({"allowed_contracts": [ALLOWED]}));
@@ -1030,7 +1031,7 @@ async fn a_plugin_cannot_take_a_restricted_call_past_the_allowlist() {
     // that answers `my_read` by asking the node itself (host `upstream` import).
     let renamer = json!({"mode": "tracer", "tag": "t", "rename": "evm_mine", "methods": ["eth_chainId"]});
     let fanout = json!({"mode": "fanout", "count": 1, "methods": ["my_read"]});
-    let instance = gw.instance("i1", &[node.clone()], &[], &[renamer.clone(), fanout], 10 * SECOND).await;
+    let instance = gw.instance("i1", std::slice::from_ref(&node), &[], &[renamer.clone(), fanout], 10 * SECOND).await;
     let key = bind_restricted(&gw, &instance, json!({"allowed_contracts": [ALLOWED]}));
     let url = gw.url(&key);
     let before = block_number(&node).await;
@@ -1041,7 +1042,7 @@ async fn a_plugin_cannot_take_a_restricted_call_past_the_allowlist() {
     assert_eq!(answer["result"][0]["error"], -32053, "the plugin's own upstream call is checked: {answer}");
 
     // Plan method rules hold for the same plugins, with no binding restriction at all.
-    let planned = gw.instance("i2", &[node.clone()], &[], &[renamer], 10 * SECOND).await;
+    let planned = gw.instance("i2", std::slice::from_ref(&node), &[], &[renamer], 10 * SECOND).await;
     let mut planned = Arc::try_unwrap(planned).ok().expect("held once");
     planned.policy = Some(Arc::new(ovsb::gateway::allowlist::MethodRules::new(vec![], vec!["evm_*".into()])));
     let planned = Arc::new(planned);
