@@ -117,6 +117,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("eth_call, allowed_contracts (entry + node)", |b| {
         b.iter(|| check(&contracts, "eth_call", std::hint::black_box(PARAMS)));
     });
+    group.bench_function("eth_call, allowed_contracts (node only: an empty chain)", |b| {
+        b.iter(|| contracts.check_node_call("eth_call", Some(std::hint::black_box(PARAMS))).unwrap());
+    });
     group.bench_function("eth_sendRawTransaction, allowed_contracts (entry + node)", |b| {
         b.iter(|| check(&contracts, "eth_sendRawTransaction", std::hint::black_box(raw)));
     });

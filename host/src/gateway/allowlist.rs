@@ -503,13 +503,72 @@ impl Allowlist {
     }
 }
 
-/// The params as a positional list (`null`/absent: none); anything else cannot be checked.
+/// The params as a positional list (`null`/absent: none); anything else cannot be checked,
+/// nor can an object with a key twice (parsers disagree on which one counts, so the node might
+/// read another `to` than this module did).
 fn positional(params: Option<&str>) -> Result<Vec<Value>, Refusal> {
     let Some(params) = params else { return Ok(Vec::new()) };
-    match serde_json::from_str::<Value>(params) {
-        Ok(Value::Array(items)) => Ok(items),
-        Ok(Value::Null) => Ok(Vec::new()),
+    match serde_json::from_str::<Strict>(params) {
+        Ok(Strict(Value::Array(items))) => Ok(items),
+        Ok(Strict(Value::Null)) => Ok(Vec::new()),
         _ => Err(CONTRACT_UNREAD),
+    }
+}
+
+/// A JSON value whose objects have each key once (parsing fails otherwise).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON without duplicate object keys")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if object.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("an object has a key twice"));
+            }
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -809,6 +868,7 @@ mod tests {
             ("eth_call", json!({"to": allowed}), Err(CONTRACT_UNREAD)),
             ("eth_call", json!([]), Err(CONTRACT_UNNAMED)),
             ("eth_call", json!([{"to": "0x12"}]), Err(CONTRACT_UNREAD)),
+            ("eth_call", json!([[1, 2.5, -3, true, null, "x", {"a": {}}]]), Err(CONTRACT_UNREAD)),
             ("eth_estimateGas", json!([{"to": other}]), Err(CONTRACT)),
             ("eth_estimateGas", json!([{"to": allowed}, "latest", code]), Err(CONTRACT_OVERRIDES)),
             ("eth_createAccessList", json!([{"to": other}]), Err(CONTRACT)),
@@ -875,6 +935,13 @@ mod tests {
             }
         }
         assert_eq!(list.check_node_call("eth_chainId", None), Ok(()), "no params");
+        // A key twice: serde_json would keep the last `to`, another parser the first.
+        let twice = format!(r#"[{{"to": "{other}", "to": "{allowed}"}}, "latest"]"#);
+        assert_eq!(list.check_node_call("eth_call", Some(&twice)), Err(CONTRACT_UNREAD));
+        let nested = format!(r#"[{{"to": "{allowed}"}}, "latest", {{"a": 1, "a": 2}}]"#);
+        assert_eq!(list.check_node_call("eth_call", Some(&nested)), Err(CONTRACT_UNREAD));
+        let once = format!(r#"[{{"to": "{allowed}", "value": 1e3, "nonce": -1}}, "latest"]"#);
+        assert_eq!(list.check_node_call("eth_call", Some(&once)), Ok(()));
     }
 
     #[test]
