@@ -103,7 +103,10 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let methods =
         Allowlist::from_parameters(&serde_json::json!({"allowed_methods": ["eth_*", "net_version"]})).unwrap();
-    let plan = MethodRules::new(vec!["eth_call".into(), "eth_get*".into(), "net_*".into()], vec!["eth_sign*".into()]);
+    // The quick-start `shared` plan's allowlist: 46 names and one glob.
+    let quick_start = ovsb::config::Config::quick_start();
+    let shared = quick_start.services[0].plans.iter().find(|p| p.name == "shared").unwrap();
+    let plan = MethodRules::new(shared.policy.allowed_methods.clone(), shared.policy.denied_methods.clone());
     // An EIP-1559 transaction to that address (112 bytes; the signature is made up).
     let raw = concat!(
         r#"["0x02f86d827a6901847735940084773594008303000094a0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"#,
@@ -126,7 +129,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("eth_call, allowed_methods (entry + node)", |b| {
         b.iter(|| check(&methods, "eth_call", std::hint::black_box(PARAMS)));
     });
-    group.bench_function("eth_call, plan method rules (entry + node)", |b| {
+    group.bench_function("eth_call, the quick-start shared plan's method rules (entry + node)", |b| {
         b.iter(|| {
             plan.check_plan(std::hint::black_box("eth_call")).unwrap();
             plan.check_plan(std::hint::black_box("eth_call")).unwrap();

@@ -98,17 +98,47 @@ const CONTRACT_ANSWER: Refusal = refusal(
 );
 
 /// Glob rules on method names (`*`, `?`; the SDK's `glob_matches`): a method passes when no
-/// denied pattern matches it and, if there are allowed patterns, one of them does.
+/// denied pattern matches it and, if there are allowed patterns, one of them does. Patterns
+/// without a wildcard are looked up in a set, so a long list of plain names (a plan's allowlist)
+/// costs one hash per check.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MethodRules {
-    allowed: Vec<String>,
-    denied: Vec<String>,
+    allowed: Patterns,
+    denied: Patterns,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Patterns {
+    exact: HashSet<String>,
+    globs: Vec<String>,
+}
+
+impl Patterns {
+    fn new(patterns: Vec<String>) -> Self {
+        let mut rules = Patterns::default();
+        for pattern in patterns {
+            if pattern.contains(['*', '?']) {
+                rules.globs.push(pattern);
+            } else {
+                rules.exact.insert(pattern);
+            }
+        }
+        rules
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.globs.is_empty()
+    }
+
+    fn matches(&self, method: &str) -> bool {
+        self.exact.contains(method) || self.globs.iter().any(|p| ovsb_plugin_sdk::glob_matches(p, method))
+    }
 }
 
 impl MethodRules {
     /// Rules from these patterns.
     pub fn new(allowed: Vec<String>, denied: Vec<String>) -> Self {
-        MethodRules { allowed, denied }
+        MethodRules { allowed: Patterns::new(allowed), denied: Patterns::new(denied) }
     }
 
     /// Whether the rules restrict nothing.
@@ -118,11 +148,10 @@ impl MethodRules {
 
     /// `Err(true)`: denied; `Err(false)`: not allowed.
     fn decide(&self, method: &str) -> Result<(), bool> {
-        use ovsb_plugin_sdk::glob_matches;
-        if self.denied.iter().any(|p| glob_matches(p, method)) {
+        if self.denied.matches(method) {
             return Err(true);
         }
-        if !self.allowed.is_empty() && !self.allowed.iter().any(|p| glob_matches(p, method)) {
+        if !self.allowed.is_empty() && !self.allowed.matches(method) {
             return Err(false);
         }
         Ok(())
