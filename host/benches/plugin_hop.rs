@@ -3,6 +3,7 @@
 //! once. Run: `cargo bench -p ovsb --bench plugin_hop`; the hop cost is the difference between
 //! a one-plugin chain and the empty chain. `plugin_hop/cold_and_warm` compares a call served by
 //! a warm idle copy with one whose copy was evicted (the instance had been idle).
+//! `plugin_hop/allowlist` is what a restricted binding's checks add to a call (issue #28).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::future::Future;
@@ -88,6 +89,50 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             runtime.evict_idle_older_than(std::time::Duration::ZERO);
             rt.block_on(pooled.run(&ctx, call.clone(), &upstream)).unwrap()
+        });
+    });
+    group.finish();
+
+    // The checks a restricted binding adds to each call (issue #28): on the way in and again at
+    // the node boundary, as the gateway runs them. A binding without restrictions runs neither.
+    use ovsb::gateway::allowlist::{Allowlist, MethodRules};
+    let mut group = c.benchmark_group("plugin_hop/allowlist");
+    let contracts = Allowlist::from_parameters(
+        &serde_json::json!({"allowed_contracts": ["0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"]}),
+    )
+    .unwrap();
+    let methods =
+        Allowlist::from_parameters(&serde_json::json!({"allowed_methods": ["eth_*", "net_version"]})).unwrap();
+    // The quick-start `shared` plan's allowlist: 46 names and one glob.
+    let quick_start = ovsb::config::Config::quick_start();
+    let shared = quick_start.services[0].plans.iter().find(|p| p.name == "shared").unwrap();
+    let plan = MethodRules::new(shared.policy.allowed_methods.clone(), shared.policy.denied_methods.clone());
+    // An EIP-1559 transaction to that address (112 bytes; the signature is made up).
+    let raw = concat!(
+        r#"["0x02f86d827a6901847735940084773594008303000094a0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"#,
+        r#"8080c001a0d384a38fe8a0ba3ce6de83d5d4b145a36f32c8724de9e454de3001c8916b2f9e"#,
+        r#"a02fe1abfd94d23817397f0f945301ed851b99a0cd9dbb75c0357f882074d20e7e"]"#
+    );
+    let check = |list: &Allowlist, method: &str, params: &str| {
+        list.check_entry(method, Some(params)).unwrap();
+        list.check_node_call(method, Some(params)).unwrap();
+    };
+    group.bench_function("eth_call, allowed_contracts (entry + node)", |b| {
+        b.iter(|| check(&contracts, "eth_call", std::hint::black_box(PARAMS)));
+    });
+    group.bench_function("eth_call, allowed_contracts (node only: an empty chain)", |b| {
+        b.iter(|| contracts.check_node_call("eth_call", Some(std::hint::black_box(PARAMS))).unwrap());
+    });
+    group.bench_function("eth_sendRawTransaction, allowed_contracts (entry + node)", |b| {
+        b.iter(|| check(&contracts, "eth_sendRawTransaction", std::hint::black_box(raw)));
+    });
+    group.bench_function("eth_call, allowed_methods (entry + node)", |b| {
+        b.iter(|| check(&methods, "eth_call", std::hint::black_box(PARAMS)));
+    });
+    group.bench_function("eth_call, the quick-start shared plan's method rules (entry + node)", |b| {
+        b.iter(|| {
+            plan.check_plan(std::hint::black_box("eth_call")).unwrap();
+            plan.check_plan(std::hint::black_box("eth_call")).unwrap();
         });
     });
     group.finish();

@@ -372,6 +372,7 @@ async fn serve_endpoint(
         instance_id: "local".into(),
         plan: "local".into(),
         chain: Chain::new(entries),
+        policy: None,
         upstream: Arc::new(upstream),
         validator: None,
     });

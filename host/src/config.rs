@@ -554,6 +554,9 @@ pub struct PlanDecl {
     /// The chain an instance gets when its parameters name none.
     #[serde(default)]
     pub plugins: Vec<ChainElement>,
+    /// The operator's rules for every instance of the plan (see [`PlanPolicy`]).
+    #[serde(default)]
+    pub policy: PlanPolicy,
     /// Origins whose pages may call the endpoint of this plan's instances, as the bind parameter
     /// `allowed_origins` (exact origins or `*.example.com` patterns); a binding's own list replaces
     /// it. Empty: any origin (CORS `*`).
@@ -564,6 +567,97 @@ pub struct PlanDecl {
     pub metadata: Option<toml::Table>,
     /// How an instance of this plan gets a node.
     pub driver: DriverDecl,
+}
+
+/// `[services.plans.policy]`: what binds every instance of a plan, whatever its parameters.
+///
+/// Method rules (globs, as a binding's `allowed_methods` / `denied_methods`) are checked in the
+/// host before any plugin and again on every call to the node (plugins' `upstream` imports
+/// included): a refused call gets -32052 naming the plan's rule. `plugins_before` and
+/// `plugins_after` run in every instance's chain, before and after the tenant's own plugins, with
+/// the plan's configuration. An instance's `parameters.plugins` is its whole chain: it must
+/// start with `plugins_before` and end with `plugins_after`, by name and in order (an entry may
+/// leave out its `config`, or give the plan's); a provision or update that drops, moves or
+/// reconfigures one is a 400 naming `parameters.plugins`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPolicy {
+    /// Methods instances of the plan may call (empty: any not denied).
+    #[serde(default)]
+    pub allowed_methods: Vec<String>,
+    /// Methods no instance of the plan may call; wins over `allowed_methods`.
+    #[serde(default)]
+    pub denied_methods: Vec<String>,
+    /// Plugins every chain of the plan starts with.
+    #[serde(default)]
+    pub plugins_before: Vec<ChainElement>,
+    /// Plugins every chain of the plan ends with.
+    #[serde(default)]
+    pub plugins_after: Vec<ChainElement>,
+}
+
+impl PlanPolicy {
+    /// Whether the policy has method rules.
+    pub fn has_method_rules(&self) -> bool {
+        !self.allowed_methods.is_empty() || !self.denied_methods.is_empty()
+    }
+
+    /// Whether the policy puts plugins in every chain.
+    pub fn has_plugins(&self) -> bool {
+        !self.plugins_before.is_empty() || !self.plugins_after.is_empty()
+    }
+
+    /// The whole chain of an instance whose own plugins are `tenant`.
+    pub fn compose(&self, tenant: &[ChainElement]) -> Vec<ChainElement> {
+        [&self.plugins_before[..], tenant, &self.plugins_after[..]].concat()
+    }
+
+    /// The tenant's part of a whole chain given in instance parameters, or why the chain breaks
+    /// the policy (the message of a 400 on `parameters.plugins`).
+    pub fn tenant_part<'a>(&self, chain: &'a [ChainElement]) -> Result<&'a [ChainElement], String> {
+        let (before, after) = (self.plugins_before.len(), self.plugins_after.len());
+        fn names(list: &[ChainElement]) -> Vec<&str> {
+            list.iter().map(|e| e.name.as_str()).collect()
+        }
+        let broken = || {
+            format!(
+                "parameters.plugins: the plan's policy runs {:?} first and {:?} last in every chain \
+                 (plugins_before / plugins_after); they may not be removed, moved or configured \
+                 otherwise: give the chain as {:?} + your plugins + {:?}",
+                names(&self.plugins_before),
+                names(&self.plugins_after),
+                names(&self.plugins_before),
+                names(&self.plugins_after),
+            )
+        };
+        if chain.len() < before + after {
+            return Err(broken());
+        }
+        let (head, rest) = chain.split_at(before);
+        let (middle, tail) = rest.split_at(rest.len() - after);
+        let same = |given: &ChainElement, fixed: &ChainElement| {
+            given.name == fixed.name
+                && (given.config == fixed.config || given.config.as_object().is_some_and(|c| c.is_empty()))
+                && (given.fail_open == fixed.fail_open || !given.fail_open)
+        };
+        let kept = head.iter().zip(&self.plugins_before).all(|(g, f)| same(g, f))
+            && tail.iter().zip(&self.plugins_after).all(|(g, f)| same(g, f));
+        if kept { Ok(middle) } else { Err(broken()) }
+    }
+
+    /// What the catalog publishes of the policy (plugin names, not their configurations).
+    pub fn published(&self) -> Option<serde_json::Value> {
+        if !self.has_method_rules() && !self.has_plugins() {
+            return None;
+        }
+        let names = |list: &[ChainElement]| list.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+        Some(serde_json::json!({
+            "allowed_methods": self.allowed_methods,
+            "denied_methods": self.denied_methods,
+            "plugins_before": names(&self.plugins_before),
+            "plugins_after": names(&self.plugins_after),
+        }))
+    }
 }
 
 /// `maintenance_info` of a plan.
@@ -1159,7 +1253,13 @@ impl Config {
                         info.version
                     ));
                 }
-                for element in &plan.plugins {
+                let policy = &plan.policy;
+                if let Some(pattern) =
+                    policy.allowed_methods.iter().chain(&policy.denied_methods).find(|p| p.trim().is_empty())
+                {
+                    return bad(format!("{what}: policy method pattern {pattern:?} must not be empty"));
+                }
+                for element in plan.plugins.iter().chain(&policy.plugins_before).chain(&policy.plugins_after) {
                     if !plugin_names.contains(element.name.as_str()) {
                         return bad(format!("{what}: default chain names unknown plugin {:?}", element.name));
                     }
@@ -1691,6 +1791,72 @@ mod tests {
         let mut config = Config::quick_start();
         config.services[0].plans[0].allowed_origins = vec!["https://ok.example".into(), "not an origin".into()];
         assert!(config.validate().unwrap_err().to_string().contains("allowed_origins entry \"not an origin\""));
+    }
+
+    fn element(name: &str, config: serde_json::Value, fail_open: bool) -> ChainElement {
+        ChainElement { name: name.into(), config, fail_open }
+    }
+
+    #[test]
+    fn a_plans_policy_plugins_stay_first_and_last_in_every_chain() {
+        let fixed = serde_json::json!({"rate": 1});
+        let policy = PlanPolicy {
+            plugins_before: vec![element("a", fixed.clone(), false)],
+            plugins_after: vec![element("z", empty_object(), true)],
+            ..Default::default()
+        };
+        let mine = element("mine", serde_json::json!({"x": 1}), false);
+        let whole = vec![element("a", empty_object(), false), mine.clone(), element("z", empty_object(), true)];
+        assert_eq!(policy.tenant_part(&whole), Ok(&whole[1..2]), "a policy entry may leave out its config");
+        assert_eq!(
+            policy.compose(std::slice::from_ref(&mine)),
+            vec![element("a", fixed.clone(), false), mine.clone(), element("z", empty_object(), true)]
+        );
+        let as_given = vec![element("a", fixed.clone(), false), element("z", empty_object(), false)];
+        assert_eq!(policy.tenant_part(&as_given), Ok(&[][..]), "fail_open may be left off");
+        for broken in [
+            vec![],
+            vec![mine.clone()],
+            vec![element("z", empty_object(), true), mine.clone(), element("a", empty_object(), false)],
+            vec![element("a", serde_json::json!({"rate": 1000}), false), element("z", empty_object(), true)],
+            vec![element("a", empty_object(), true), element("z", empty_object(), true)],
+            vec![mine.clone(), element("a", empty_object(), false), element("z", empty_object(), true)],
+        ] {
+            let err = policy.tenant_part(&broken).unwrap_err();
+            assert!(err.starts_with("parameters.plugins:") && err.contains("policy"), "{err}");
+        }
+        assert_eq!(PlanPolicy::default().tenant_part(&whole), Ok(&whole[..]));
+        assert!(PlanPolicy::default().published().is_none());
+        assert_eq!(policy.published().unwrap()["plugins_after"], serde_json::json!(["z"]));
+    }
+
+    #[test]
+    fn the_quick_start_shared_plan_allows_standard_methods_only() {
+        let config = Config::quick_start();
+        let shared = config.services[0].plans.iter().find(|p| p.name == "shared").unwrap();
+        let allowed = &shared.policy.allowed_methods;
+        let allows = |method: &str| allowed.iter().any(|p| ovsb_plugin_sdk::glob_matches(p, method));
+        for method in
+            ["eth_call", "eth_getLogs", "eth_sendRawTransaction", "eth_subscribe", "net_version", "web3_clientVersion"]
+        {
+            assert!(allows(method), "{method}");
+        }
+        for method in [
+            "debug_traceCall",
+            "trace_block",
+            "admin_peers",
+            "personal_sign",
+            "txpool_content",
+            "miner_start",
+            "anvil_setBalance",
+            "hardhat_setBalance",
+            "evm_mine",
+            "eth_sendTransaction",
+            "eth_sign",
+            "eth_signTypedData_v4",
+        ] {
+            assert!(!allows(method), "{method}");
+        }
     }
 
     /// A kubernetes plan as the quick-start's first service's first plan.

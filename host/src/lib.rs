@@ -21,7 +21,8 @@
 //! - [`upstream`]: pools of an instance's node URLs (health, failover, rotation), built by the
 //!   drivers and called by the gateway.
 //! - [`gateway`]: the JSON-RPC data plane (jsonrpsee): auth, routing snapshot, middleware,
-//!   upstream forwarding and failover, subscriptions, limits, CORS, per-binding allowlists,
+//!   upstream forwarding and failover, subscriptions, limits, CORS, per-binding allowlists and
+//!   plan method rules (checked on the way in and at the node boundary),
 //!   revocation of open WebSockets.
 //! - [`reload`]: swapping plugins without a restart (SIGHUP, `POST /reload`).
 //! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ChainElement, Config};
 use crate::credentials::SecretKey;
-use crate::gateway::allowlist::Allowlist;
+use crate::gateway::allowlist::{Allowlist, MethodRules};
 use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest};
 use crate::identity::Identity;
 use crate::plugins::{KvLimits, KvStore, PluginVersion, Registry};
@@ -157,19 +157,47 @@ impl RouteSync {
         kv.iter().map(|(id, store)| (id.clone(), store.clone())).collect()
     }
 
-    /// The chain an instance runs: its parameters' `plugins`, or its plan's default.
+    /// The chain an instance runs: its parameters' `plugins`, or its plan's default, within the
+    /// plan's policy plugins (`plugins_before` + the tenant's + `plugins_after`, with the plan's
+    /// configurations). A chain given in parameters that breaks the policy (an instance made
+    /// before the policy was) still runs inside it: the policy plugins are never left out.
     pub fn chain_elements(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Vec<ChainElement> {
+        let plan = self.config.plan_by_id(plan_id);
+        let policy = plan.map(|p| &p.policy);
         if let Some(plugins) = parameters.and_then(|p| p.get("plugins"))
             && let Ok(elements) = serde_json::from_value::<Vec<ChainElement>>(plugins.clone())
         {
-            return elements;
+            return match policy {
+                Some(policy) if policy.has_plugins() => {
+                    policy.compose(policy.tenant_part(&elements).unwrap_or(&elements))
+                }
+                _ => elements,
+            };
         }
-        self.config
-            .services
-            .iter()
-            .flat_map(|s| &s.plans)
-            .find(|p| p.id == plan_id)
-            .map_or(Vec::new(), |p| p.plugins.clone())
+        match plan {
+            Some(plan) => plan.policy.compose(&plan.plugins),
+            None => Vec::new(),
+        }
+    }
+
+    /// The method rules of a plan's policy, as the gateway checks them; `None` when it has none.
+    fn plan_rules(&self, plan_id: &str) -> Option<Arc<MethodRules>> {
+        let policy = &self.config.plan_by_id(plan_id)?.policy;
+        policy
+            .has_method_rules()
+            .then(|| Arc::new(MethodRules::new(policy.allowed_methods.clone(), policy.denied_methods.clone())))
+    }
+
+    /// Whether an instance's parameters keep its plan's policy plugins (provision and update
+    /// check it): the message of the 400 when they do not.
+    pub fn check_policy(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Result<(), String> {
+        let Some(policy) = self.config.plan_by_id(plan_id).map(|p| &p.policy).filter(|p| p.has_plugins()) else {
+            return Ok(());
+        };
+        let Some(plugins) = parameters.and_then(|p| p.get("plugins")) else { return Ok(()) };
+        let elements = serde_json::from_value::<Vec<ChainElement>>(plugins.clone())
+            .map_err(|err| format!("parameters.plugins: {err}"))?;
+        policy.tenant_part(&elements).map(|_| ())
     }
 
     /// [`RouteSync::chain_elements`] with every sealed value of the plugins' configs opened
@@ -605,6 +633,7 @@ impl RouteSync {
                     instance_id: instance.id.as_str().into(),
                     plan: instance.plan_id.as_str().into(),
                     chain,
+                    policy: self.plan_rules(&instance.plan_id),
                     upstream,
                     validator,
                 }),

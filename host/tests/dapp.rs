@@ -844,3 +844,406 @@ async fn viem_watch_blocks_gets_heads_again_after_the_node_restarts() {
     }
     panic!("no head after the restart (told: {told})");
 }
+
+// ---- Issue #28: allowed_contracts sound by construction, plan policies ----
+
+/// The contract a key may use, and the one it may not (both hold the code below; slot 0 holds
+/// their last 20 bits of address, so that an answer carrying SECRET's value is recognisable).
+const ALLOWED: &str = "0x00000000000000000000000000000000000a11ed";
+const SECRET: &str = "0x000000000000000000000000000000005ec12e70";
+const SECRET_WORD: &str = "5ec12e70";
+/// On any call: LOG0 of storage slot 0, then return it.
+const CONTRACT_CODE: &str = "0x60005460005260206000a060206000f3";
+const DEV: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+
+/// Puts ALLOWED and SECRET on the node, and gives SECRET a log (a transaction sent to it
+/// directly, as another tenant would).
+async fn two_contracts(node: &str) {
+    for (address, word) in [(ALLOWED, "a11ed"), (SECRET, SECRET_WORD)] {
+        assert!(rpc(node, "anvil_setCode", json!([address, CONTRACT_CODE])).await["error"].is_null());
+        let value = format!("0x{word:0>64}");
+        assert_eq!(rpc(node, "anvil_setStorageAt", json!([address, "0x0", value])).await["result"], true);
+    }
+    let sent = rpc(node, "eth_sendTransaction", json!([{"from": DEV, "to": SECRET}])).await;
+    assert!(sent["result"].is_string(), "{sent}");
+}
+
+async fn nonce_at(node: &str) -> Value {
+    rpc(node, "eth_getTransactionCount", json!([DEV, "latest"])).await["result"].clone()
+}
+
+/// A transaction signed by the node's dev account (the node does not send it).
+async fn signed(node: &str, mut tx: Value) -> String {
+    tx["from"] = json!(DEV);
+    tx["chainId"] = json!("0x7a69");
+    tx["gas"] = json!("0x30000");
+    if tx.get("gasPrice").is_none() {
+        tx["maxFeePerGas"] = json!("0x77359400");
+        tx["maxPriorityFeePerGas"] = json!("0x1");
+    }
+    if tx.get("nonce").is_none() {
+        tx["nonce"] = nonce_at(node).await;
+    }
+    let answer = rpc(node, "eth_signTransaction", json!([tx])).await;
+    answer["result"].as_str().unwrap_or_else(|| panic!("signed: {answer}")).to_string()
+}
+
+/// A type-3 (blob) transaction to `to`, with a made-up signature: it must be refused before it
+/// reaches the node, whatever the node would say of it.
+fn blob_transaction(to: &str) -> String {
+    fn item(data: &[u8]) -> Vec<u8> {
+        match data {
+            [b] if *b < 0x80 => vec![*b],
+            _ => [vec![0x80 + data.len() as u8], data.to_vec()].concat(),
+        }
+    }
+    fn list(items: &[Vec<u8>]) -> Vec<u8> {
+        let payload = items.concat();
+        assert!(payload.len() < 256);
+        let head = if payload.len() < 56 { vec![0xc0 + payload.len() as u8] } else { vec![0xf8, payload.len() as u8] };
+        [head, payload].concat()
+    }
+    let to = hex::decode(&to[2..]).unwrap();
+    let fields = [
+        item(&[0x7a, 0x69]),
+        item(&[]),
+        item(&[1]),
+        item(&[0x77, 0x35, 0x94, 0x00]),
+        item(&[0x52, 0x08]),
+        item(&to),
+        item(&[]),
+        item(&[]),
+        list(&[]),
+        item(&[1]),
+        list(&[item(&[1; 32])]),
+        item(&[1]),
+        item(&[1]),
+        item(&[1]),
+    ];
+    format!("0x03{}", hex::encode(list(&fields)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_contracts_hold_against_every_known_bypass_and_still_serve_the_listed_contract() {
+    let anvil = Anvil::start(&[]);
+    let node = anvil.http_url();
+    two_contracts(&node).await;
+    let foreign_filter =
+        rpc(&node, "eth_newFilter", json!([{"address": SECRET, "fromBlock": "0x0"}])).await["result"].clone();
+    let proxy = format!("0x6020600060006000600073{}5af160206000f3", &SECRET[2..]);
+    let swap_code = json!({ALLOWED: {"code": proxy}});
+    // Proof that the override is a real way to SECRET: anvil itself answers with SECRET's value.
+    let direct = rpc(&node, "eth_call", json!([{"to": ALLOWED}, "latest", swap_code])).await;
+    assert!(direct["result"].as_str().unwrap().ends_with(SECRET_WORD), "{direct}");
+
+    let to_secret = signed(&node, json!({"to": SECRET})).await;
+    let legacy_to_secret = signed(&node, json!({"to": SECRET, "gasPrice": "0x77359400"})).await;
+    let creation = signed(&node, json!({"data": CONTRACT_CODE})).await;
+    let authorization =
+        json!({"chainId": "0x7a69", "address": SECRET, "nonce": "0x9", "yParity": "0x0", "r": "0x1", "s": "0x1"});
+    let set_code = signed(&node, json!({"to": ALLOWED, "authorizationList": [authorization]})).await;
+    assert!(set_code.starts_with("0x04"), "anvil signed an EIP-7702 transaction: {set_code}");
+    let blob = blob_transaction(SECRET);
+    let call_secret = json!({"from": DEV, "to": SECRET, "data": "0x"});
+
+    let bypasses: Vec<(&str, &str, Value)> = vec![
+        (
+            "a state override swaps the allowed contract's code",
+            "eth_call",
+            json!([{"to": ALLOWED}, "latest", swap_code]),
+        ),
+        ("a block override", "eth_call", json!([{"to": ALLOWED}, "latest", null, {"number": "0x1"}])),
+        ("estimateGas with a state override", "eth_estimateGas", json!([{"to": ALLOWED}, "latest", swap_code])),
+        ("eth_call to SECRET", "eth_call", json!([call_secret, "latest"])),
+        ("debug_traceCall", "debug_traceCall", json!([call_secret, "latest", {}])),
+        ("trace_call", "trace_call", json!([call_secret, ["trace"], "latest"])),
+        (
+            "eth_simulateV1 to SECRET",
+            "eth_simulateV1",
+            json!([{"blockStateCalls": [{"calls": [call_secret]}]}, "latest"]),
+        ),
+        (
+            "eth_simulateV1 with a state override",
+            "eth_simulateV1",
+            json!([{"blockStateCalls": [{"stateOverrides": swap_code, "calls": [{"to": ALLOWED}]}]}, "latest"]),
+        ),
+        ("eth_createAccessList", "eth_createAccessList", json!([call_secret, "latest"])),
+        ("eth_getStorageAt", "eth_getStorageAt", json!([SECRET, "0x0", "latest"])),
+        ("eth_getCode", "eth_getCode", json!([SECRET, "latest"])),
+        ("eth_getProof", "eth_getProof", json!([SECRET, [format!("0x{:0>64}", 0)], "latest"])),
+        ("eth_sendRawTransaction", "eth_sendRawTransaction", json!([to_secret])),
+        ("eth_sendRawTransaction, legacy", "eth_sendRawTransaction", json!([legacy_to_secret])),
+        ("eth_sendRawTransactionSync", "eth_sendRawTransactionSync", json!([to_secret])),
+        ("eth_sendRawTransactionConditional", "eth_sendRawTransactionConditional", json!([to_secret, {}])),
+        ("a raw contract creation", "eth_sendRawTransaction", json!([creation])),
+        ("an EIP-7702 authorization", "eth_sendRawTransaction", json!([set_code])),
+        ("a blob transaction to SECRET", "eth_sendRawTransaction", json!([blob])),
+        ("eth_sendTransaction to SECRET", "eth_sendTransaction", json!([call_secret])),
+        ("eth_sendTransactionSync to SECRET", "eth_sendTransactionSync", json!([call_secret])),
+        (
+            "eth_sendTransaction creating a contract",
+            "eth_sendTransaction",
+            json!([{"from": DEV, "data": CONTRACT_CODE}]),
+        ),
+        ("eth_newFilter of SECRET", "eth_newFilter", json!([{"address": SECRET, "fromBlock": "0x0"}])),
+        ("eth_newFilter of every address", "eth_newFilter", json!([{"fromBlock": "0x0"}])),
+        ("eth_getLogs of every address", "eth_getLogs", json!([{"fromBlock": "0x0"}])),
+        (
+            "eth_getLogs with SECRET in the list",
+            "eth_getLogs",
+            json!([{"address": [ALLOWED, SECRET], "fromBlock": "0x0"}]),
+        ),
+        ("logs of a filter made by someone else", "eth_getFilterLogs", json!([foreign_filter])),
+        ("a method the host does not know", "anvil_setBalance", json!([DEV, "0xdead"])),
+        ("a signing method the host does not check", "eth_signTransaction", json!([call_secret])),
+    ];
+
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let plain = gw.instance("plain", std::slice::from_ref(&node), &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let chained = gw
+        .instance("chained", std::slice::from_ref(&node), &[anvil.ws_url()], &[json!({"mode": "pass"})], 10 * SECOND)
+        .await;
+    for instance in [&plain, &chained] {
+        let which = instance.instance_id.to_string();
+        let key = bind_restricted(&gw, instance, json!({"allowed_contracts": [ALLOWED]}));
+        let url = gw.url(&key);
+        let start = nonce_at(&node).await;
+        let mut through = Vec::new();
+        for (what, method, params) in &bypasses {
+            let answer = rpc(&url, method, params.clone()).await;
+            let refused = answer["error"]["code"] == -32053
+                && answer["error"]["message"].as_str().is_some_and(|m| m.contains("allowed_contracts"))
+                && !answer.to_string().contains(SECRET_WORD);
+            if !refused {
+                through.push(format!("{what}: {answer}"));
+            }
+        }
+        assert!(through.is_empty(), "{which}: {} bypasses were not refused:\n{}", through.len(), through.join("\n"));
+        // The same in one batch: each entry refused on its own, the legitimate one answered.
+        let mut batch: Vec<Value> =
+            bypasses.iter().enumerate().map(|(i, (_, m, p))| call(i as u64 + 1, m, p.clone())).collect();
+        batch.push(call(1000, "eth_call", json!([{"to": ALLOWED}, "latest"])));
+        let (_, text) = post_text(&url, &Value::Array(batch).to_string()).await;
+        let answers: Vec<Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(answers.len(), bypasses.len() + 1);
+        for answer in &answers[..bypasses.len()] {
+            assert_eq!(answer["error"]["code"], -32053, "{which}: batch: {answer}");
+        }
+        assert!(answers[bypasses.len()]["result"].as_str().unwrap().ends_with("a11ed"), "{text}");
+        assert!(!text.contains(SECRET_WORD), "the batch answered nothing of SECRET's");
+        assert_eq!(nonce_at(&node).await, start, "{which}: no refused send reached anvil");
+
+        // The legitimate forms still work: calls, reads, transactions and logs of ALLOWED.
+        let word = |answer: &Value| answer["result"].as_str().unwrap_or_default().ends_with("a11ed");
+        assert!(word(&rpc(&url, "eth_call", json!([{"to": ALLOWED}, "latest"])).await));
+        assert!(word(&rpc(&url, "eth_call", json!([{"to": ALLOWED}, "latest", {}, null])).await), "empty overrides");
+        assert!(word(&rpc(&url, "eth_getStorageAt", json!([ALLOWED, "0x0", "latest"])).await));
+        assert_eq!(rpc(&url, "eth_getCode", json!([ALLOWED, "latest"])).await["result"], CONTRACT_CODE);
+        let call_allowed = json!({"from": DEV, "to": ALLOWED});
+        for (method, params) in [
+            ("eth_estimateGas", json!([call_allowed])),
+            ("eth_createAccessList", json!([call_allowed, "latest"])),
+            ("eth_simulateV1", json!([{"blockStateCalls": [{"calls": [call_allowed]}]}, "latest"])),
+            ("eth_getProof", json!([ALLOWED, [format!("0x{:0>64}", 0)], "latest"])),
+            ("eth_getBalance", json!([DEV, "latest"])),
+            ("eth_blockNumber", json!([])),
+        ] {
+            let answer = rpc(&url, method, params).await;
+            assert!(answer["error"].is_null() && !answer["result"].is_null(), "{which}: {method}: {answer}");
+        }
+        let filter =
+            rpc(&url, "eth_newFilter", json!([{"address": ALLOWED, "fromBlock": "0x0"}])).await["result"].clone();
+        assert!(filter.is_string());
+        let sent = rpc(&url, "eth_sendRawTransaction", json!([signed(&node, json!({"to": ALLOWED})).await])).await;
+        assert!(sent["result"].is_string(), "{which}: {sent}");
+        let receipt =
+            rpc(&url, "eth_sendRawTransactionSync", json!([signed(&node, json!({"to": ALLOWED})).await])).await;
+        assert_eq!(receipt["result"]["status"], "0x1", "{which}: {receipt}");
+        let sent = rpc(&url, "eth_sendTransaction", json!([call_allowed])).await;
+        assert!(sent["result"].is_string(), "{which}: {sent}");
+        let logs = rpc(&url, "eth_getLogs", json!([{"address": ALLOWED, "fromBlock": "0x0"}])).await;
+        assert!(logs["result"].as_array().is_some_and(|l| l.len() >= 3), "{which}: {logs}");
+        let changes = rpc(&url, "eth_getFilterChanges", json!([filter])).await;
+        assert!(changes["result"].as_array().is_some_and(|l| !l.is_empty()), "{which}: {changes}");
+        assert!(!changes.to_string().contains(SECRET_WORD));
+        assert_eq!(
+            nonce_at(&node).await.as_str().map(|n| u64::from_str_radix(&n[2..], 16).unwrap()),
+            start.as_str().map(|n| u64::from_str_radix(&n[2..], 16).unwrap() + 3),
+            "the three sends went through"
+        );
+
+        // WebSocket: subscriptions to logs name listed addresses only.
+        let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&key)).await.unwrap();
+        for (id, params) in [(1, json!(["logs", {"address": SECRET}])), (2, json!(["logs", {}])), (3, json!(["logs"]))]
+        {
+            let answer = ws_call(&mut ws, call(id, "eth_subscribe", params)).await;
+            assert_eq!(answer["error"]["code"], -32053, "{which}: {answer}");
+        }
+        let answer = ws_call(&mut ws, call(4, "eth_call", json!([{"to": ALLOWED}, "latest", swap_code]))).await;
+        assert_eq!(answer["error"]["code"], -32053, "{answer}");
+        let answer = ws_call(&mut ws, call(5, "eth_subscribe", json!(["logs", {"address": ALLOWED}]))).await;
+        assert!(answer["result"].is_string(), "{which}: {answer}");
+        rpc(&node, "eth_sendTransaction", json!([{"from": DEV, "to": SECRET}])).await;
+        rpc(&node, "eth_sendTransaction", json!([{"from": DEV, "to": ALLOWED}])).await;
+        let frame = tokio::time::timeout(10 * SECOND, ws.next()).await.expect("a log").unwrap().unwrap();
+        let log: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        assert_eq!(log["params"]["result"]["address"], ALLOWED, "{which}: only ALLOWED's logs: {log}");
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_take_a_restricted_call_past_the_allowlist() {
+    let anvil = Anvil::start(&[]);
+    let node = anvil.http_url();
+    two_contracts(&node).await;
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    // A tenant plugin that rewrites eth_chainId into evm_mine on its way to the node, and one
+    // that answers `my_read` by asking the node itself (host `upstream` import).
+    let renamer = json!({"mode": "tracer", "tag": "t", "rename": "evm_mine", "methods": ["eth_chainId"]});
+    let fanout = json!({"mode": "fanout", "count": 1, "methods": ["my_read"]});
+    let instance = gw.instance("i1", std::slice::from_ref(&node), &[], &[renamer.clone(), fanout], 10 * SECOND).await;
+    let key = bind_restricted(&gw, &instance, json!({"allowed_contracts": [ALLOWED]}));
+    let url = gw.url(&key);
+    let before = block_number(&node).await;
+    let answer = rpc(&url, "eth_chainId", json!([])).await;
+    assert_eq!(answer["error"]["code"], -32053, "the rewritten call is checked at the node: {answer}");
+    assert_eq!(block_number(&node).await, before, "nothing was mined");
+    let answer = rpc(&url, "my_read", json!([])).await;
+    assert_eq!(answer["result"][0]["error"], -32053, "the plugin's own upstream call is checked: {answer}");
+
+    // Plan method rules hold for the same plugins, with no binding restriction at all.
+    let planned = gw.instance("i2", std::slice::from_ref(&node), &[], &[renamer], 10 * SECOND).await;
+    let mut planned = Arc::try_unwrap(planned).ok().expect("held once");
+    planned.policy = Some(Arc::new(ovsb::gateway::allowlist::MethodRules::new(vec![], vec!["evm_*".into()])));
+    let planned = Arc::new(planned);
+    let url = gw.url(&gw.bind(&planned, "b"));
+    let answer = rpc(&url, "eth_chainId", json!([])).await;
+    assert_eq!(answer["error"]["code"], -32052, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("plan's denied_methods"), "{answer}");
+    assert_eq!(rpc(&url, "evm_mine", json!([])).await["error"]["code"], -32052);
+    assert_eq!(block_number(&node).await, before, "nothing was mined");
+}
+
+/// The `shared` plan's policy in the quick-start configuration.
+fn quick_start_shared_policy() -> ovsb::config::PlanPolicy {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quick-start.toml");
+    let config: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let services = config["services"].as_array().unwrap();
+    let plans = services.iter().flat_map(|s| s["plans"].as_array().unwrap());
+    let shared = plans.into_iter().find(|p| p["name"].as_str() == Some("shared")).expect("a shared plan");
+    shared["policy"].clone().try_into().expect("the shared plan's policy")
+}
+
+#[tokio::test]
+async fn a_plans_policy_binds_every_instance_and_parameters_cannot_drop_or_reorder_it() {
+    use ovsb::config::{ChainElement, PlanPolicy};
+    use support::broker::{Db, PLAN_SHARED, SERVICE, TestBroker};
+    let anvil = Anvil::start(&[]);
+    let node = anvil.http_url();
+    let broker = TestBroker::start(Db::Sqlite, &node, |config| {
+        config.services[0].plans[0].policy = PlanPolicy {
+            denied_methods: vec!["anvil_*".into(), "hardhat_*".into(), "evm_*".into(), "debug_*".into()],
+            plugins_before: vec![ChainElement { name: "pass".into(), config: json!({}), fail_open: false }],
+            ..Default::default()
+        };
+    })
+    .await;
+    let osb = &broker.osb;
+
+    let catalog = osb.call(reqwest::Method::GET, "/v2/catalog", None).await;
+    let plan =
+        catalog.body["services"][0]["plans"].as_array().unwrap().iter().find(|p| p["id"] == PLAN_SHARED).unwrap();
+    assert_eq!(plan["metadata"]["policy"]["denied_methods"][0], "anvil_*", "{plan}");
+    assert_eq!(plan["metadata"]["policy"]["plugins_before"], json!(["pass"]), "{plan}");
+
+    let tenant = json!({"name": "test", "config": {"mode": "tracer", "tag": "t", "rename": "anvil_setBalance", "methods": ["eth_chainId"]}});
+    for (id, chain) in [
+        ("dropped", json!([])),
+        ("reordered", json!([tenant, {"name": "pass"}])),
+        ("fail-open", json!([{"name": "pass", "fail_open": true}])),
+    ] {
+        let refused = osb.provision(id, PLAN_SHARED, Some(json!({ "plugins": chain }))).await;
+        refused.assert_error(400, Some("BadRequest"));
+        let description = refused.body["description"].as_str().unwrap();
+        assert!(description.contains("parameters.plugins") && description.contains("policy"), "{id}: {refused:?}");
+        let fetched = osb.call(reqwest::Method::GET, &format!("/v2/service_instances/{id}"), None).await;
+        assert_eq!(fetched.status, 404, "{id}: nothing was created");
+    }
+    // The policy's plugin kept in front, then the tenant's own (which rewrites eth_chainId into
+    // a denied method); and an instance with the plan's default chain.
+    osb.ready_instance("kept", PLAN_SHARED, Some(json!({"plugins": [{"name": "pass"}, tenant]}))).await;
+    osb.ready_instance("default", PLAN_SHARED, None).await;
+    let update = osb
+        .call(
+            reqwest::Method::PATCH,
+            "/v2/service_instances/default?accepts_incomplete=true",
+            Some(json!({"service_id": SERVICE, "parameters": {"plugins": []}})),
+        )
+        .await;
+    update.assert_error(400, Some("BadRequest"));
+    assert!(update.body["description"].as_str().unwrap().contains("parameters.plugins"), "{update:?}");
+
+    let victim = "0x000000000000000000000000000000000000dead";
+    for id in ["kept", "default"] {
+        let bound = osb.bind(id, "b", PLAN_SHARED).await;
+        let url = bound.body["credentials"]["uri"].as_str().unwrap().to_string();
+        for method in ["anvil_setBalance", "hardhat_setBalance", "evm_mine"] {
+            let refused = rpc(&url, method, json!([victim, "0xdead"])).await;
+            assert_eq!(refused["error"]["code"], -32052, "{id}: {method}: {refused}");
+            assert!(refused["error"]["message"].as_str().unwrap().contains("plan's denied_methods"), "{refused}");
+        }
+        assert_eq!(rpc(&url, "eth_getBalance", json!([victim, "latest"])).await["result"], "0x0", "{id}");
+    }
+    let bound = osb.bind("kept", "b2", PLAN_SHARED).await;
+    let url = bound.body["credentials"]["uri"].as_str().unwrap();
+    let refused = rpc(url, "eth_chainId", json!([])).await;
+    assert_eq!(refused["error"]["code"], -32052, "the tenant plugin's rewrite is checked too: {refused}");
+    assert_eq!(rpc(&node, "eth_getBalance", json!([victim, "latest"])).await["result"], "0x0", "the node is unchanged");
+}
+
+#[tokio::test]
+async fn the_quick_start_shared_plan_serves_standard_methods_and_refuses_the_rest() {
+    use support::broker::{Db, PLAN_SHARED, TestBroker};
+    let policy = quick_start_shared_policy();
+    assert!(policy.allowed_methods.contains(&"eth_call".to_string()));
+    let anvil = Anvil::start(&[]);
+    let node = anvil.http_url();
+    let broker = TestBroker::start(Db::Sqlite, &node, |config| config.services[0].plans[0].policy = policy).await;
+    let osb = &broker.osb;
+    // Even an instance that asks for no plugins at all.
+    osb.ready_instance("s1", PLAN_SHARED, Some(json!({"plugins": []}))).await;
+    let bound = osb.bind("s1", "b", PLAN_SHARED).await;
+    let url = bound.body["credentials"]["uri"].as_str().unwrap();
+    let victim = "0x000000000000000000000000000000000000dead";
+    for (method, params) in [
+        ("anvil_setBalance", json!([victim, "0xdead"])),
+        ("hardhat_setBalance", json!([victim, "0xdead"])),
+        ("debug_traceCall", json!([{"to": victim}, "latest", {}])),
+        ("admin_peers", json!([])),
+        ("trace_block", json!(["latest"])),
+        ("txpool_content", json!([])),
+        ("personal_listAccounts", json!([])),
+        ("miner_start", json!([])),
+        ("evm_mine", json!([])),
+        ("eth_sendTransaction", json!([{"from": DEV, "to": victim, "value": "0x1"}])),
+        ("eth_sign", json!([DEV, "0x00"])),
+    ] {
+        let refused = rpc(url, method, params).await;
+        assert_eq!(refused["error"]["code"], -32052, "{method}: {refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().contains("plan's allowed_methods"), "{refused}");
+    }
+    assert_eq!(rpc(&node, "eth_getBalance", json!([victim, "latest"])).await["result"], "0x0");
+    for (method, params) in [
+        ("eth_chainId", json!([])),
+        ("eth_blockNumber", json!([])),
+        ("eth_getBalance", json!([DEV, "latest"])),
+        ("eth_call", json!([{"to": victim}, "latest"])),
+        ("eth_getLogs", json!([{"fromBlock": "0x0"}])),
+        ("net_version", json!([])),
+        ("web3_clientVersion", json!([])),
+        ("eth_feeHistory", json!(["0x1", "latest", []])),
+    ] {
+        let answer = rpc(url, method, params).await;
+        assert!(answer["error"].is_null(), "{method}: {answer}");
+    }
+}

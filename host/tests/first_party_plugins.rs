@@ -136,6 +136,32 @@ async fn eth_extras_methods_equal_the_standard_calls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eth_extras_cannot_read_a_token_outside_the_keys_allowed_contracts() {
+    let (anvil, broker) = start().await;
+    let node = anvil.http_url();
+    let open = endpoint(&broker, "extras", json!([{"name": "eth-extras"}])).await;
+    // Two "tokens" whose balanceOf returns the owner's address as the balance.
+    let (listed, secret) = ("0x1000000000000000000000000000000000000001", "0x1000000000000000000000000000000000000002");
+    for token in [listed, secret] {
+        rpc(&node, "anvil_setCode", json!([token, "0x60043560005260206000f3"])).await;
+    }
+    let owner = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
+    let balance = format!("0x{}", owner.trim_start_matches("0x"));
+    let everything = rpc(&open, "ovsb_getTokenBalances", json!([owner, [listed, secret]])).await;
+    assert_eq!(everything["result"], json!([balance, balance]), "an unrestricted key reads both: {everything}");
+
+    let body = json!({"service_id": SERVICE, "plan_id": PLAN_SHARED, "parameters": {"allowed_contracts": [listed]}});
+    let bound =
+        broker.osb.call(Method::PUT, "/v2/service_instances/extras/service_bindings/restricted", Some(body)).await;
+    assert_eq!(bound.status, 201, "{bound:?}");
+    let restricted = bound.body["credentials"]["uri"].as_str().unwrap();
+    let got = rpc(restricted, "ovsb_getTokenBalances", json!([owner, [listed, secret]])).await;
+    assert_eq!(got["result"], json!([balance, null]), "the plugin's call to the other token is refused: {got}");
+    let direct = rpc(restricted, "eth_call", json!([{"to": secret, "data": "0x70a08231"}, "latest"])).await;
+    assert_eq!(direct["error"]["code"], -32053, "{direct}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_of_all_four_serves_and_bad_configs_are_refused_with_the_plugins_message() {
     let (_anvil, broker) = start().await;
     let chain = json!([

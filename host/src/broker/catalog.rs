@@ -98,6 +98,14 @@ impl Catalog {
                 if let Some(metadata) = &plan.metadata {
                     entry["metadata"] = json!(metadata);
                 }
+                // The operator's policy, binding on every instance (OSB leaves plan metadata
+                // free-form): its method rules and the names of the plugins every chain runs.
+                if let Some(policy) = plan.policy.published() {
+                    if !entry["metadata"].is_object() {
+                        entry["metadata"] = json!({});
+                    }
+                    entry["metadata"]["policy"] = policy;
+                }
                 plan_json.push(entry);
                 plans.insert(
                     plan.id.clone(),
@@ -425,8 +433,8 @@ fn binding_parameters_schema() -> Value {
             },
             "allowed_origins": list(
                 json!({"type": "string", "maxLength": 256,
-                       "pattern": "^(\\*|([a-z][a-z0-9+.-]*://)?\\*\\.[A-Za-z0-9.-]+|[a-z][a-z0-9+.-]*://[^/\\s*]+)$"}),
-                "Origins (https://app.example.com) or patterns (*.example.com, https://*.example.com) whose pages may use the key; empty: any",
+                       "pattern": "^(\\*|([a-z][a-z0-9+.-]*://)?\\*\\.[A-Za-z0-9.-]+(:([0-9]{1,5}|\\*))?|[a-z][a-z0-9+.-]*://[^/\\s*]+(:\\*)?)$"}),
+                "Origins (https://app.example.com) or patterns (*.example.com, https://*.example.com) whose pages may use the key, each with an optional port (:8443 that port, :* any; none: only origins without a port); empty: any",
             ),
             "allowed_methods": list(
                 json!({"type": "string", "minLength": 1, "maxLength": 128}),
@@ -434,11 +442,11 @@ fn binding_parameters_schema() -> Value {
             ),
             "denied_methods": list(
                 json!({"type": "string", "minLength": 1, "maxLength": 128}),
-                "Glob patterns of methods the key may not call",
+                "Glob patterns of methods the key may not call. A deny-list cannot know every alias a node has (anvil answers hardhat_* as anvil_*; eth_sendTransactionSync sends as eth_sendTransaction does): prefer allowed_methods",
             ),
             "allowed_contracts": list(
                 json!({"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}),
-                "Addresses that eth_call, eth_estimateGas, eth_sendRawTransaction (its to) and eth_getLogs (address) may touch; empty: any",
+                "The only contracts the key may touch: a call passes only when ovsb can name every contract it touches and each is listed (calls and transactions by their to, reads and log filters by their address; overrides, traces, creations, EIP-7702 authorizations and methods ovsb does not know are refused); empty: any",
             ),
         },
     })

@@ -28,14 +28,16 @@ fn id(path: IdPath) -> Result<String, ApiError> {
     checked_id(path.map(|p| p.0), "instance_id")
 }
 
-/// Runs `configure` of every plugin of the chain the parameters give (or the plan's default),
-/// so that a bad configuration is a 400 now rather than a broken endpoint later.
+/// Checks that the chain the parameters give keeps the plan's policy plugins, and runs
+/// `configure` of every plugin of the chain (or the plan's default), so that a bad
+/// configuration is a 400 now rather than a broken endpoint later.
 async fn check_chain(
     state: &BrokerState,
     instance_id: &str,
     plan_id: &str,
     parameters: Option<&Value>,
 ) -> Result<(), ApiError> {
+    state.routing.check_policy(plan_id, parameters).map_err(ApiError::bad_request)?;
     let elements = state.routing.opened_chain(plan_id, parameters).map_err(ApiError::bad_request)?;
     if elements.is_empty() {
         return Ok(());

@@ -1,39 +1,40 @@
-//! # Per-binding allowlists
+//! # Per-binding allowlists and plan method rules
 //!
-//! Owns what a binding's parameters may restrict its key to (a key shipped in a browser page is
-//! public): `allowed_origins` (exact origins or `*.example.com`, checked against `Origin` on
-//! HTTP and on the WebSocket upgrade), `allowed_methods` / `denied_methods` (globs, the SDK's
-//! `glob_matches`, checked before the plugin chain), and `allowed_contracts` (the addresses that
-//! `eth_call`, `eth_estimateGas`, `eth_sendRawTransaction` (its decoded `to`) and `eth_getLogs`
-//! (`address`) may touch). An empty or absent list is no restriction.
+//! Owns the decisions (pure functions of a call and the rules) that restrict what a key may do:
+//! - a binding's `allowed_origins` (exact origins or `*.example.com` patterns, ports matched as
+//!   described at [`valid_origin_pattern`]), checked against `Origin` on HTTP and on the WebSocket
+//!   upgrade;
+//! - [`MethodRules`]: `allowed_methods` / `denied_methods` globs (the SDK's `glob_matches`), a
+//!   binding's and a plan's (the plan's policy binds every instance of the plan);
+//! - a binding's `allowed_contracts`, **sound by construction**: a call passes only when this
+//!   module can name every contract it may touch and every one is on the list. Calls that name
+//!   contracts are read field by field (call objects, log filters, decoded signed transactions of
+//!   every type); state and block overrides, contract creations and EIP-7702 authorizations are
+//!   refused; so is every method this module does not know ([`Allowlist::check_node_call`]).
+//!   Answers that can carry logs of a filter made elsewhere (`eth_getFilterChanges`,
+//!   `eth_getFilterLogs`) are checked too ([`Allowlist::check_answer`]).
+//!
+//! The gateway checks each call on its way in ([`Allowlist::check_entry`]: a method the host
+//! does not know may still be answered by a plugin) and again for everything that reaches the
+//! node on the binding's behalf, the chain's forward and every plugin's `upstream` import alike
+//! ([`Allowlist::check_node_call`], strict).
 //!
 //! The rules are parsed once, when the binding's route is built; a refusal is a JSON-RPC error
 //! whose code and message name the rule, made without a store query or a plugin call.
 //!
-//! Must not: allocate for a binding without restrictions, or let a call through that it cannot
-//! read when a contract list applies (a contract creation, a transaction it cannot decode, logs
-//! of every address are refused then).
+//! Must not: allocate for a binding without restrictions, do I/O, panic on any input, or let a
+//! call through that it cannot read while a contract list applies.
 
 use std::collections::HashSet;
 
-use serde_json::Value;
-use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 /// The origin was not in the binding's `allowed_origins` (HTTP 403).
 pub const ORIGIN_NOT_ALLOWED: i32 = -32051;
-/// The method is not in `allowed_methods`, or is in `denied_methods`.
+/// The method is not in `allowed_methods`, or is in `denied_methods` (the binding's or the plan's).
 pub const METHOD_NOT_ALLOWED: i32 = -32052;
-/// The call touches an address not in `allowed_contracts`.
+/// The call touches an address not in `allowed_contracts`, or one the host cannot name.
 pub const CONTRACT_NOT_ALLOWED: i32 = -32053;
-
-/// A binding's restrictions, from its bind parameters.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Allowlist {
-    origins: Vec<String>,
-    allowed_methods: Vec<String>,
-    denied_methods: Vec<String>,
-    contracts: HashSet<[u8; 20]>,
-}
 
 /// Why a call or request was refused: its JSON-RPC code and message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,20 +45,136 @@ pub struct Refusal {
     pub message: &'static str,
 }
 
-const ORIGIN: Refusal = Refusal {
-    code: ORIGIN_NOT_ALLOWED,
-    message: "refused by the binding's allowed_origins: this origin may not use the key",
-};
-const NOT_ALLOWED_METHOD: Refusal = Refusal {
-    code: METHOD_NOT_ALLOWED,
-    message: "refused by the binding's allowed_methods: this method is not allowed",
-};
+const fn refusal(code: i32, message: &'static str) -> Refusal {
+    Refusal { code, message }
+}
+
+const ORIGIN: Refusal =
+    refusal(ORIGIN_NOT_ALLOWED, "refused by the binding's allowed_origins: this origin may not use the key");
+const NOT_ALLOWED_METHOD: Refusal =
+    refusal(METHOD_NOT_ALLOWED, "refused by the binding's allowed_methods: this method is not allowed");
 const DENIED_METHOD: Refusal =
-    Refusal { code: METHOD_NOT_ALLOWED, message: "refused by the binding's denied_methods: this method is denied" };
-const CONTRACT: Refusal = Refusal {
-    code: CONTRACT_NOT_ALLOWED,
-    message: "refused by the binding's allowed_contracts: the call touches an address not in the list",
-};
+    refusal(METHOD_NOT_ALLOWED, "refused by the binding's denied_methods: this method is denied");
+const PLAN_NOT_ALLOWED_METHOD: Refusal =
+    refusal(METHOD_NOT_ALLOWED, "refused by the plan's allowed_methods: this method is not allowed on this plan");
+const PLAN_DENIED_METHOD: Refusal =
+    refusal(METHOD_NOT_ALLOWED, "refused by the plan's denied_methods: this method is denied on this plan");
+
+const CONTRACT: Refusal = refusal(
+    CONTRACT_NOT_ALLOWED,
+    "refused by the binding's allowed_contracts: the call touches an address not in the list",
+);
+const CONTRACT_UNNAMED: Refusal = refusal(
+    CONTRACT_NOT_ALLOWED,
+    "refused by the binding's allowed_contracts: the call does not name the contract it touches (a `to` or an address is required)",
+);
+const CONTRACT_OVERRIDES: Refusal =
+    refusal(CONTRACT_NOT_ALLOWED, "refused by the binding's allowed_contracts: state and block overrides are refused");
+const CONTRACT_CREATION: Refusal =
+    refusal(CONTRACT_NOT_ALLOWED, "refused by the binding's allowed_contracts: a contract creation is refused");
+const CONTRACT_AUTHORIZATION: Refusal = refusal(
+    CONTRACT_NOT_ALLOWED,
+    "refused by the binding's allowed_contracts: EIP-7702 authorizations (set-code transactions) are refused",
+);
+const CONTRACT_UNDECODED: Refusal = refusal(
+    CONTRACT_NOT_ALLOWED,
+    "refused by the binding's allowed_contracts: the transaction cannot be decoded (legacy and EIP-2718 types 1, 2, 3 are read)",
+);
+const CONTRACT_UNREAD: Refusal = refusal(
+    CONTRACT_NOT_ALLOWED,
+    "refused by the binding's allowed_contracts: the parameters are not in a form the host can check",
+);
+const CONTRACT_TRACE: Refusal = refusal(
+    CONTRACT_NOT_ALLOWED,
+    "refused by the binding's allowed_contracts: debug_* and trace_* methods are refused",
+);
+const CONTRACT_UNKNOWN_METHOD: Refusal = refusal(
+    CONTRACT_NOT_ALLOWED,
+    "refused by the binding's allowed_contracts: the host does not know what this method touches",
+);
+const CONTRACT_ANSWER: Refusal = refusal(
+    CONTRACT_NOT_ALLOWED,
+    "refused by the binding's allowed_contracts: the answer holds logs of an address not in the list",
+);
+
+/// Glob rules on method names (`*`, `?`; the SDK's `glob_matches`): a method passes when no
+/// denied pattern matches it and, if there are allowed patterns, one of them does. Patterns
+/// without a wildcard are looked up in a set, so a long list of plain names (a plan's allowlist)
+/// costs one hash per check.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MethodRules {
+    allowed: Patterns,
+    denied: Patterns,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Patterns {
+    exact: HashSet<String>,
+    globs: Vec<String>,
+}
+
+impl Patterns {
+    fn new(patterns: Vec<String>) -> Self {
+        let mut rules = Patterns::default();
+        for pattern in patterns {
+            if pattern.contains(['*', '?']) {
+                rules.globs.push(pattern);
+            } else {
+                rules.exact.insert(pattern);
+            }
+        }
+        rules
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.globs.is_empty()
+    }
+
+    fn matches(&self, method: &str) -> bool {
+        self.exact.contains(method) || self.globs.iter().any(|p| ovsb_plugin_sdk::glob_matches(p, method))
+    }
+}
+
+impl MethodRules {
+    /// Rules from these patterns.
+    pub fn new(allowed: Vec<String>, denied: Vec<String>) -> Self {
+        MethodRules { allowed: Patterns::new(allowed), denied: Patterns::new(denied) }
+    }
+
+    /// Whether the rules restrict nothing.
+    pub fn is_empty(&self) -> bool {
+        self.allowed.is_empty() && self.denied.is_empty()
+    }
+
+    /// `Err(true)`: denied; `Err(false)`: not allowed.
+    fn decide(&self, method: &str) -> Result<(), bool> {
+        if self.denied.matches(method) {
+            return Err(true);
+        }
+        if !self.allowed.is_empty() && !self.allowed.matches(method) {
+            return Err(false);
+        }
+        Ok(())
+    }
+
+    /// Checks a method against a plan's rules.
+    pub fn check_plan(&self, method: &str) -> Result<(), Refusal> {
+        self.decide(method).map_err(|denied| if denied { PLAN_DENIED_METHOD } else { PLAN_NOT_ALLOWED_METHOD })
+    }
+
+    /// Checks a method against a binding's rules.
+    fn check_binding(&self, method: &str) -> Result<(), Refusal> {
+        self.decide(method).map_err(|denied| if denied { DENIED_METHOD } else { NOT_ALLOWED_METHOD })
+    }
+}
+
+/// A binding's restrictions, from its bind parameters.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    origins: Vec<String>,
+    methods: MethodRules,
+    contracts: HashSet<[u8; 20]>,
+}
 
 fn strings(parameters: &Value, name: &str) -> Vec<String> {
     parameters
@@ -74,9 +191,28 @@ fn address(text: &str) -> Option<[u8; 20]> {
     Some(out)
 }
 
+/// An origin's (or a pattern's) authority split into host and port: `a.b:8443` → (`a.b`,
+/// `Some("8443")`); `[::1]:80` → (`[::1]`, `Some("80")`); `a.b` → (`a.b`, `None`).
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && !host.ends_with(':') && (host.starts_with('[') == host.ends_with(']')) =>
+        {
+            (host, Some(port))
+        }
+        _ => (authority, None),
+    }
+}
+
+fn port_ok(port: &str) -> bool {
+    port == "*" || port.parse::<u16>().is_ok_and(|p| p > 0) && !port.starts_with('0')
+}
+
 /// Whether `text` is an allowed origin entry: `*`, an origin (`https://app.example.com`,
-/// `http://127.0.0.1:8080`) or a subdomain pattern (`*.example.com`, `https://*.example.com`).
-/// The binding schema in the catalog says the same.
+/// `http://127.0.0.1:8080`) or a subdomain pattern (`*.example.com`, `https://*.example.com`),
+/// each optionally with a port: an explicit port (`:8443`) matches that port only, `:*` any port,
+/// and no port matches only origins without one (the scheme's default port, which browsers leave
+/// out of `Origin`). The binding schema in the catalog says the same.
 pub fn valid_origin_pattern(text: &str) -> bool {
     let host_ok = |host: &str| {
         !host.is_empty()
@@ -95,9 +231,48 @@ pub fn valid_origin_pattern(text: &str) -> bool {
         Some(_) => return false,
         None => (None, text),
     };
-    match rest.strip_prefix("*.") {
-        Some(suffix) => host_ok(suffix),
-        None => scheme.is_some() && host_ok(rest),
+    let (host, port) = split_port(rest);
+    if port.is_some_and(|p| !port_ok(p)) {
+        return false;
+    }
+    match host.strip_prefix("*.") {
+        Some(suffix) => host_ok(suffix) && !suffix.contains(':'),
+        None => scheme.is_some() && host_ok(host) && (host.starts_with('[') || !host.contains(':')),
+    }
+}
+
+/// `https://app.example.com` against a pattern: an exact origin, or `*.example.com` /
+/// `https://*.example.com` (any subdomain, any or that scheme); ports as [`valid_origin_pattern`]
+/// says.
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    if pattern == "*" || pattern == origin {
+        return true;
+    }
+    let (pattern_scheme, pattern_rest) = match pattern.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, pattern),
+    };
+    let Some((origin_scheme, origin_rest)) = origin.split_once("://") else { return false };
+    if pattern_scheme.is_some_and(|scheme| scheme != origin_scheme) {
+        return false;
+    }
+    let (pattern_host, pattern_port) = split_port(pattern_rest);
+    let (origin_host, origin_port) = split_port(origin_rest);
+    let port_matches = match (pattern_port, origin_port) {
+        (Some("*"), _) | (None, None) => true,
+        (Some(want), Some(have)) => want == have,
+        _ => false,
+    };
+    if !port_matches {
+        return false;
+    }
+    match pattern_host.strip_prefix("*.") {
+        Some(suffix) => {
+            origin_host.len() > suffix.len() + 1
+                && origin_host.ends_with(suffix)
+                && origin_host.as_bytes()[origin_host.len() - suffix.len() - 1] == b'.'
+        }
+        None => pattern_scheme.is_some() && pattern_host == origin_host,
     }
 }
 
@@ -116,11 +291,15 @@ impl Allowlist {
     pub fn from_parameters(parameters: &Value) -> Option<Allowlist> {
         let list = Allowlist {
             origins: strings(parameters, "allowed_origins").into_iter().map(|o| o.to_ascii_lowercase()).collect(),
-            allowed_methods: strings(parameters, "allowed_methods"),
-            denied_methods: strings(parameters, "denied_methods"),
+            methods: MethodRules::new(strings(parameters, "allowed_methods"), strings(parameters, "denied_methods")),
             contracts: strings(parameters, "allowed_contracts").iter().filter_map(|a| address(a)).collect(),
         };
         (list != Allowlist::default()).then_some(list)
+    }
+
+    /// Whether the binding restricts its calls (methods or contracts), not only its origins.
+    pub fn restricts_calls(&self) -> bool {
+        !self.methods.is_empty() || !self.contracts.is_empty()
     }
 
     /// Checks a request's `Origin` header (absent: not a page, allowed).
@@ -133,63 +312,305 @@ impl Allowlist {
         if self.origins.iter().any(|pattern| origin_matches(pattern, &origin)) { Ok(()) } else { Err(ORIGIN) }
     }
 
-    /// Checks a call's method and, for the calls that name contracts, its addresses.
-    pub fn check_call(&self, method: &str, params: Option<&RawValue>) -> Result<(), Refusal> {
-        use ovsb_plugin_sdk::glob_matches;
-        if self.denied_methods.iter().any(|p| glob_matches(p, method)) {
-            return Err(DENIED_METHOD);
-        }
-        if !self.allowed_methods.is_empty() && !self.allowed_methods.iter().any(|p| glob_matches(p, method)) {
-            return Err(NOT_ALLOWED_METHOD);
-        }
+    /// Checks a call as it enters the gateway: the method rules and, for the methods the host
+    /// knows, the contracts. A method it does not know passes here (a plugin of the chain may
+    /// answer it); [`Allowlist::check_node_call`] refuses it if it reaches the node.
+    pub fn check_entry(&self, method: &str, params: Option<&str>) -> Result<(), Refusal> {
+        self.methods.check_binding(method)?;
         if self.contracts.is_empty() {
             return Ok(());
         }
-        let touched = match method {
-            "eth_call" | "eth_estimateGas" => first_param(params).and_then(|tx| call_target(&tx)),
-            "eth_sendRawTransaction" => first_param(params)
-                .and_then(|raw| raw.as_str().and_then(|h| hex::decode(h.trim_start_matches("0x")).ok()))
-                .and_then(|bytes| raw_transaction_to(&bytes))
-                .map(|to| vec![to]),
-            "eth_getLogs" => first_param(params).and_then(|filter| log_addresses(&filter)),
-            _ => return Ok(()),
-        };
-        match touched {
-            Some(addresses) if !addresses.is_empty() && addresses.iter().all(|a| self.contracts.contains(a)) => Ok(()),
-            _ => Err(CONTRACT),
+        match self.contracts_of(method, params) {
+            Ok(_) => Ok(()),
+            Err(refused) if refused == CONTRACT_UNKNOWN_METHOD => Ok(()),
+            Err(refused) => Err(refused),
+        }
+    }
+
+    /// Checks a call about to reach the node on the binding's behalf (the chain's forward, a
+    /// plugin's `upstream` import, a call of an empty chain): a method the host does not know is
+    /// refused while `allowed_contracts` is set.
+    pub fn check_node_call(&self, method: &str, params: Option<&str>) -> Result<(), Refusal> {
+        self.methods.check_binding(method)?;
+        if self.contracts.is_empty() {
+            return Ok(());
+        }
+        self.contracts_of(method, params).map(|_| ())
+    }
+
+    /// Whether the answer of `method` may be handed to the caller: the logs that filter methods
+    /// return must all come from listed addresses (a filter id may have been made elsewhere).
+    pub fn check_answer(&self, method: &str, result: &str) -> Result<(), Refusal> {
+        if self.contracts.is_empty() || !matches!(method, "eth_getFilterChanges" | "eth_getFilterLogs") {
+            return Ok(());
+        }
+        let Ok(items) = serde_json::from_str::<Vec<Value>>(result) else { return Err(CONTRACT_ANSWER) };
+        for item in &items {
+            match item {
+                // Block and transaction hashes (block and pending-transaction filters).
+                Value::String(_) => {}
+                Value::Object(log) => {
+                    let listed = log.get("address").and_then(Value::as_str).and_then(address);
+                    if !listed.is_some_and(|a| self.contracts.contains(&a)) {
+                        return Err(CONTRACT_ANSWER);
+                    }
+                }
+                _ => return Err(CONTRACT_ANSWER),
+            }
+        }
+        Ok(())
+    }
+
+    fn listed(&self, text: &Value) -> Result<(), Refusal> {
+        let address = text.as_str().and_then(address).ok_or(CONTRACT_UNREAD)?;
+        if self.contracts.contains(&address) { Ok(()) } else { Err(CONTRACT) }
+    }
+
+    /// Every contract the call may touch is listed (`Ok`), or why not. The method table of the
+    /// README's allowlist section.
+    fn contracts_of(&self, method: &str, params: Option<&str>) -> Result<(), Refusal> {
+        if method.starts_with("debug_") || method.starts_with("trace_") {
+            return Err(CONTRACT_TRACE);
+        }
+        match method {
+            // Chain data addressed by block or transaction, accounts' balances and nonces, node
+            // information: no contract code runs, no contract storage is read.
+            "eth_chainId"
+            | "eth_blockNumber"
+            | "eth_gasPrice"
+            | "eth_maxPriorityFeePerGas"
+            | "eth_blobBaseFee"
+            | "eth_feeHistory"
+            | "eth_syncing"
+            | "eth_protocolVersion"
+            | "eth_accounts"
+            | "eth_coinbase"
+            | "eth_mining"
+            | "eth_hashrate"
+            | "eth_getBlockByNumber"
+            | "eth_getBlockByHash"
+            | "eth_getHeaderByNumber"
+            | "eth_getHeaderByHash"
+            | "eth_getBlockTransactionCountByNumber"
+            | "eth_getBlockTransactionCountByHash"
+            | "eth_getUncleCountByBlockNumber"
+            | "eth_getUncleCountByBlockHash"
+            | "eth_getUncleByBlockNumberAndIndex"
+            | "eth_getUncleByBlockHashAndIndex"
+            | "eth_getTransactionByHash"
+            | "eth_getTransactionByBlockNumberAndIndex"
+            | "eth_getTransactionByBlockHashAndIndex"
+            | "eth_getTransactionReceipt"
+            | "eth_getBlockReceipts"
+            | "eth_getBalance"
+            | "eth_getTransactionCount"
+            | "eth_newBlockFilter"
+            | "eth_newPendingTransactionFilter"
+            | "eth_uninstallFilter"
+            | "eth_getFilterChanges"
+            | "eth_getFilterLogs"
+            | "eth_unsubscribe"
+            | "net_version"
+            | "net_listening"
+            | "net_peerCount"
+            | "web3_clientVersion"
+            | "web3_sha3" => Ok(()),
+            "eth_call" | "eth_estimateGas" | "eth_createAccessList" => {
+                let params = positional(params)?;
+                no_overrides(params.get(2..).unwrap_or_default())?;
+                self.call_object(params.first().ok_or(CONTRACT_UNNAMED)?)
+            }
+            "eth_sendTransaction" | "eth_sendTransactionSync" => {
+                let params = positional(params)?;
+                self.call_object(params.first().ok_or(CONTRACT_UNNAMED)?)
+            }
+            "eth_simulateV1" => self.simulation(positional(params)?.first().ok_or(CONTRACT_UNREAD)?),
+            "eth_getStorageAt" | "eth_getCode" | "eth_getProof" => {
+                self.listed(positional(params)?.first().ok_or(CONTRACT_UNNAMED)?)
+            }
+            "eth_sendRawTransaction" | "eth_sendRawTransactionSync" | "eth_sendRawTransactionConditional" => {
+                let params = positional(params)?;
+                let raw = params.first().and_then(Value::as_str).ok_or(CONTRACT_UNDECODED)?;
+                let hex_text = raw.strip_prefix("0x").ok_or(CONTRACT_UNDECODED)?;
+                let bytes = hex::decode(hex_text).map_err(|_| CONTRACT_UNDECODED)?;
+                match decode_raw_transaction(&bytes)? {
+                    Some(to) if self.contracts.contains(&to) => Ok(()),
+                    Some(_) => Err(CONTRACT),
+                    None => Err(CONTRACT_CREATION),
+                }
+            }
+            "eth_getLogs" | "eth_newFilter" => self.filter(positional(params)?.first().ok_or(CONTRACT_UNNAMED)?),
+            "eth_subscribe" => {
+                let params = positional(params)?;
+                match params.first().and_then(Value::as_str) {
+                    Some("newHeads" | "newPendingTransactions" | "syncing") if params.len() == 1 => Ok(()),
+                    Some("logs") if params.len() == 2 => self.filter(&params[1]),
+                    Some("logs") => Err(CONTRACT_UNNAMED),
+                    _ => Err(CONTRACT_UNREAD),
+                }
+            }
+            _ => Err(CONTRACT_UNKNOWN_METHOD),
+        }
+    }
+
+    /// A transaction or call object: every field known, a listed `to`, no creation, no
+    /// EIP-7702 authorizations.
+    fn call_object(&self, call: &Value) -> Result<(), Refusal> {
+        const FIELDS: &[&str] = &[
+            "from",
+            "to",
+            "gas",
+            "gasPrice",
+            "maxFeePerGas",
+            "maxPriorityFeePerGas",
+            "maxFeePerBlobGas",
+            "value",
+            "data",
+            "input",
+            "nonce",
+            "chainId",
+            "type",
+            "accessList",
+            "blobVersionedHashes",
+            "blobs",
+            "commitments",
+            "proofs",
+            "sidecar",
+            "authorizationList",
+        ];
+        let call = call.as_object().ok_or(CONTRACT_UNREAD)?;
+        if call.keys().any(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(CONTRACT_UNREAD);
+        }
+        match call.get("authorizationList") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(list)) if list.is_empty() => {}
+            Some(_) => return Err(CONTRACT_AUTHORIZATION),
+        }
+        match call.get("to") {
+            None | Some(Value::Null) => Err(CONTRACT_CREATION),
+            Some(to) => self.listed(to),
+        }
+    }
+
+    /// `eth_simulateV1`'s payload: every call of every block, no overrides.
+    fn simulation(&self, payload: &Value) -> Result<(), Refusal> {
+        let payload = payload.as_object().ok_or(CONTRACT_UNREAD)?;
+        const FIELDS: &[&str] = &["blockStateCalls", "traceTransfers", "validation", "returnFullTransactions"];
+        if payload.keys().any(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(CONTRACT_UNREAD);
+        }
+        let blocks = payload.get("blockStateCalls").and_then(Value::as_array).ok_or(CONTRACT_UNREAD)?;
+        for block in blocks {
+            let block = block.as_object().ok_or(CONTRACT_UNREAD)?;
+            for (key, value) in block {
+                match key.as_str() {
+                    "blockOverrides" | "stateOverrides" => no_overrides(std::slice::from_ref(value))?,
+                    "calls" => {
+                        for call in value.as_array().ok_or(CONTRACT_UNREAD)? {
+                            self.call_object(call)?;
+                        }
+                    }
+                    _ => return Err(CONTRACT_UNREAD),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A log filter: `address` (one or a non-empty list), every entry listed.
+    fn filter(&self, filter: &Value) -> Result<(), Refusal> {
+        let filter: &Map<String, Value> = filter.as_object().ok_or(CONTRACT_UNREAD)?;
+        if filter.keys().any(|k| !["address", "fromBlock", "toBlock", "blockHash", "topics"].contains(&k.as_str())) {
+            return Err(CONTRACT_UNREAD);
+        }
+        match filter.get("address") {
+            Some(Value::String(_)) => self.listed(&filter["address"]),
+            Some(Value::Array(many)) if !many.is_empty() => many.iter().try_for_each(|a| self.listed(a)),
+            _ => Err(CONTRACT_UNNAMED),
         }
     }
 }
 
-/// `https://app.example.com` against `https://app.example.com` (exact) or `*.example.com` /
-/// `https://*.example.com` (any subdomain, any or that scheme).
-fn origin_matches(pattern: &str, origin: &str) -> bool {
-    if pattern == "*" || pattern == origin {
-        return true;
+/// The params as a positional list (`null`/absent: none); anything else cannot be checked,
+/// nor can an object with a key twice (parsers disagree on which one counts, so the node might
+/// read another `to` than this module did).
+fn positional(params: Option<&str>) -> Result<Vec<Value>, Refusal> {
+    let Some(params) = params else { return Ok(Vec::new()) };
+    match serde_json::from_str::<Strict>(params) {
+        Ok(Strict(Value::Array(items))) => Ok(items),
+        Ok(Strict(Value::Null)) => Ok(Vec::new()),
+        _ => Err(CONTRACT_UNREAD),
     }
-    let Some((scheme, suffix)) = pattern.split_once("*.") else { return false };
-    let host = match origin.split_once("://") {
-        Some((origin_scheme, host)) if scheme.is_empty() || scheme.strip_suffix("://") == Some(origin_scheme) => host,
-        _ => return false,
-    };
-    host.len() > suffix.len() + 1 && host.ends_with(suffix) && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
 }
 
-fn first_param(params: Option<&RawValue>) -> Option<Value> {
-    let params: Vec<Value> = serde_json::from_str(params?.get()).ok()?;
-    params.into_iter().next()
-}
+/// A JSON value whose objects have each key once (parsing fails otherwise).
+struct Strict(Value);
 
-fn call_target(tx: &Value) -> Option<Vec<[u8; 20]>> {
-    Some(vec![address(tx.get("to")?.as_str()?)?])
-}
-
-fn log_addresses(filter: &Value) -> Option<Vec<[u8; 20]>> {
-    match filter.get("address")? {
-        Value::String(one) => Some(vec![address(one)?]),
-        Value::Array(many) => many.iter().map(|a| a.as_str().and_then(address)).collect(),
-        _ => None,
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
     }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON without duplicate object keys")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if object.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("an object has a key twice"));
+            }
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// Override parameters are allowed only when they override nothing (`null` or `{}`).
+fn no_overrides(overrides: &[Value]) -> Result<(), Refusal> {
+    for value in overrides {
+        match value {
+            Value::Null => {}
+            Value::Object(map) if map.is_empty() => {}
+            _ => return Err(CONTRACT_OVERRIDES),
+        }
+    }
+    Ok(())
 }
 
 /// One RLP item at the start of `data`: (is a list, its payload, the rest after it).
@@ -202,10 +623,13 @@ fn rlp_item(data: &[u8]) -> Option<(bool, &[u8], &[u8])> {
         _ => {
             let (list, len_of_len) = if first >= 0xf8 { (true, first - 0xf7) } else { (false, first - 0xb7) };
             let (len_bytes, rest) = rest.split_at_checked(usize::from(len_of_len))?;
-            if len_bytes.len() > 8 {
+            if len_bytes.len() > 8 || len_bytes.first() == Some(&0) {
                 return None;
             }
             let len = len_bytes.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
+            if len < 56 {
+                return None;
+            }
             (list, usize::try_from(len).ok()?, rest)
         }
     };
@@ -213,44 +637,65 @@ fn rlp_item(data: &[u8]) -> Option<(bool, &[u8], &[u8])> {
     Some((list, payload, rest))
 }
 
-/// The `index`-th item of an RLP list's payload.
-fn rlp_nth(mut list: &[u8], index: usize) -> Option<(bool, &[u8])> {
-    for _ in 0..index {
-        list = rlp_item(list)?.2;
+/// The items of an RLP list's payload: (is a list, payload) each.
+fn rlp_items(mut payload: &[u8]) -> Option<Vec<(bool, &[u8])>> {
+    let mut items = Vec::with_capacity(16);
+    while !payload.is_empty() {
+        let (is_list, item, rest) = rlp_item(payload)?;
+        items.push((is_list, item));
+        payload = rest;
     }
-    let (is_list, payload, _) = rlp_item(list)?;
-    Some((is_list, payload))
+    Some(items)
 }
 
-/// The `to` of a signed transaction (legacy, or typed per EIP-2718: 1, 2, 3 including the
-/// network form with blobs, and 4); `None` for a contract creation or what cannot be decoded.
-pub fn raw_transaction_to(raw: &[u8]) -> Option<[u8; 20]> {
-    let (&first, body) = raw.split_first()?;
-    let (fields, to_index) = if first >= 0xc0 {
-        (raw, 3)
-    } else {
-        let to_index = match first {
-            0x01 => 4,
-            0x02..=0x04 => 5,
-            _ => return None,
-        };
-        (body, to_index)
+/// A whole RLP list (nothing after it): its items.
+fn rlp_list(data: &[u8]) -> Option<Vec<(bool, &[u8])>> {
+    match rlp_item(data)? {
+        (true, payload, []) => rlp_items(payload),
+        _ => None,
+    }
+}
+
+/// The `to` of a signed transaction: legacy, or typed per EIP-2718 — 1 (EIP-2930), 2
+/// (EIP-1559), 3 (EIP-4844, with or without its blobs). `Ok(None)`: a contract creation. A set-code
+/// transaction (type 4, EIP-7702) is refused for its authorizations; anything that does not
+/// decode exactly (another type, a wrong number of fields, bytes after the transaction) is
+/// refused.
+pub fn decode_raw_transaction(raw: &[u8]) -> Result<Option<[u8; 20]>, Refusal> {
+    let (&first, body) = raw.split_first().ok_or(CONTRACT_UNDECODED)?;
+    let (fields, to_index) = match first {
+        0xc0..=0xff => (rlp_list(raw).filter(|f| f.len() == 9).ok_or(CONTRACT_UNDECODED)?, 3),
+        0x01 => (rlp_list(body).filter(|f| f.len() == 11).ok_or(CONTRACT_UNDECODED)?, 4),
+        0x02 => (rlp_list(body).filter(|f| f.len() == 12).ok_or(CONTRACT_UNDECODED)?, 5),
+        0x03 => {
+            let outer = rlp_list(body).ok_or(CONTRACT_UNDECODED)?;
+            // The network form: [tx_payload_body, blobs, commitments, proofs] (proofs: one
+            // per blob, or per cell since EIP-7594, which adds a version byte after the body).
+            let fields = match outer.as_slice() {
+                [(true, inner), rest @ ..] if (3..=4).contains(&rest.len()) => {
+                    rlp_items(inner).ok_or(CONTRACT_UNDECODED)?
+                }
+                _ => outer,
+            };
+            if fields.len() != 14 {
+                return Err(CONTRACT_UNDECODED);
+            }
+            (fields, 5)
+        }
+        0x04 => {
+            let fields = rlp_list(body).filter(|f| f.len() == 13).ok_or(CONTRACT_UNDECODED)?;
+            return match fields[9] {
+                (true, []) => Err(CONTRACT_UNDECODED),
+                _ => Err(CONTRACT_AUTHORIZATION),
+            };
+        }
+        _ => return Err(CONTRACT_UNDECODED),
     };
-    let (is_list, mut payload, _) = rlp_item(fields)?;
-    if !is_list {
-        return None;
+    match fields[to_index] {
+        (false, []) if first != 0x03 => Ok(None),
+        (false, to) => to.try_into().map(Some).map_err(|_| CONTRACT_UNDECODED),
+        (true, _) => Err(CONTRACT_UNDECODED),
     }
-    // A blob transaction in its network form: [tx_payload_body, blobs, commitments, proofs].
-    if first == 0x03
-        && let Some((true, inner)) = rlp_nth(payload, 0)
-    {
-        payload = inner;
-    }
-    let (to_is_list, to) = rlp_nth(payload, to_index)?;
-    if to_is_list {
-        return None;
-    }
-    to.try_into().ok()
 }
 
 #[cfg(test)]
@@ -258,8 +703,75 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn raw(text: &str) -> Box<RawValue> {
-        RawValue::from_string(text.to_string()).unwrap()
+    /// RLP of a byte string.
+    fn bytes(data: &[u8]) -> Vec<u8> {
+        match data {
+            [b] if *b < 0x80 => vec![*b],
+            _ => [length(0x80, data.len()), data.to_vec()].concat(),
+        }
+    }
+
+    /// RLP of a list of encoded items.
+    fn list(items: &[Vec<u8>]) -> Vec<u8> {
+        let payload = items.concat();
+        [length(0xc0, payload.len()), payload].concat()
+    }
+
+    fn length(offset: u8, len: usize) -> Vec<u8> {
+        if len < 56 {
+            return vec![offset + len as u8];
+        }
+        let be = (len as u64).to_be_bytes();
+        let be: Vec<u8> = be.iter().copied().skip_while(|b| *b == 0).collect();
+        [vec![offset + 55 + be.len() as u8], be].concat()
+    }
+
+    const TO: [u8; 20] = [0x70; 20];
+
+    fn typed(kind: u8, fields: Vec<Vec<u8>>) -> Vec<u8> {
+        [vec![kind], list(&fields)].concat()
+    }
+
+    fn n(v: u8) -> Vec<u8> {
+        bytes(if v == 0 { &[] } else { std::slice::from_ref(&v) })
+    }
+
+    fn legacy(to: &[u8]) -> Vec<u8> {
+        list(&[n(0), n(1), n(0x52), bytes(to), n(1), bytes(&[]), n(27), n(1), n(1)])
+    }
+
+    fn eip1559(to: &[u8]) -> Vec<u8> {
+        typed(2, vec![n(1), n(0), n(1), n(1), n(0x52), bytes(to), n(1), bytes(&[]), list(&[]), n(1), n(1), n(1)])
+    }
+
+    fn eip2930(to: &[u8]) -> Vec<u8> {
+        typed(1, vec![n(1), n(0), n(1), n(0x52), bytes(to), n(1), bytes(&[]), list(&[]), n(1), n(1), n(1)])
+    }
+
+    fn blob_fields(to: &[u8]) -> Vec<Vec<u8>> {
+        let hashes = list(&[bytes(&[1; 32])]);
+        vec![n(1), n(0), n(1), n(1), n(0x52), bytes(to), n(1), bytes(&[]), list(&[]), n(1), hashes, n(1), n(1), n(1)]
+    }
+
+    fn set_code(authorizations: Vec<u8>) -> Vec<u8> {
+        typed(
+            4,
+            vec![
+                n(1),
+                n(0),
+                n(1),
+                n(1),
+                n(0x52),
+                bytes(&TO),
+                n(1),
+                bytes(&[]),
+                list(&[]),
+                authorizations,
+                n(1),
+                n(1),
+                n(1),
+            ],
+        )
     }
 
     #[test]
@@ -283,9 +795,18 @@ mod tests {
     }
 
     #[test]
-    fn origin_entries_are_origins_or_subdomain_patterns() {
-        for good in ["*", "https://app.example.com", "http://127.0.0.1:8080", "*.example.com", "https://*.example.com"]
-        {
+    fn origin_entries_are_origins_or_subdomain_patterns_with_optional_ports() {
+        for good in [
+            "*",
+            "https://app.example.com",
+            "http://127.0.0.1:8080",
+            "*.example.com",
+            "https://*.example.com",
+            "https://*.example.com:*",
+            "https://*.example.com:8443",
+            "https://app.example.com:*",
+            "http://[::1]:8080",
+        ] {
             assert!(valid_origin_pattern(good), "{good}");
         }
         for bad in [
@@ -297,15 +818,22 @@ mod tests {
             "https://*",
             "1http://a.b",
             "*example.com",
+            "https://a.com:0",
+            "https://a.com:99999",
+            "https://a.com:x",
+            "https://a.com:",
         ] {
             assert!(!valid_origin_pattern(bad), "{bad}");
         }
     }
 
     #[test]
-    fn origins_match_exactly_or_by_subdomain_pattern() {
-        let list =
-            Allowlist::from_parameters(&json!({"allowed_origins": ["https://app.example.com", "*.dapp.io"]})).unwrap();
+    fn origins_match_exactly_or_by_subdomain_pattern_and_ports_only_when_named() {
+        let list = Allowlist::from_parameters(&json!({"allowed_origins": [
+            "https://app.example.com", "*.dapp.io", "https://*.ports.io:*", "https://*.one.io:8443",
+            "http://127.0.0.1:8080"
+        ]}))
+        .unwrap();
         let check = |o: &str| list.check_origin(Some(&http::HeaderValue::from_str(o).unwrap()));
         assert_eq!(check("https://app.example.com"), Ok(()));
         assert_eq!(check("https://APP.example.com"), Ok(()));
@@ -316,6 +844,18 @@ mod tests {
         assert_eq!(check("https://app.example.com.evil.io"), Err(ORIGIN));
         assert_eq!(check("null"), Err(ORIGIN));
         assert_eq!(list.check_origin(None), Ok(()), "not from a page");
+        // Ports: none in the pattern matches none in the origin; `:*` any; `:8443` that one.
+        assert_eq!(check("https://a.example.com:8443"), Err(ORIGIN));
+        assert_eq!(check("https://app.example.com:8443"), Err(ORIGIN));
+        assert_eq!(check("https://x.dapp.io:8443"), Err(ORIGIN));
+        assert_eq!(check("https://a.ports.io:8443"), Ok(()));
+        assert_eq!(check("https://a.ports.io"), Ok(()));
+        assert_eq!(check("http://a.ports.io:80"), Err(ORIGIN), "the scheme still matches");
+        assert_eq!(check("https://a.one.io:8443"), Ok(()));
+        assert_eq!(check("https://a.one.io:8444"), Err(ORIGIN));
+        assert_eq!(check("https://a.one.io"), Err(ORIGIN));
+        assert_eq!(check("http://127.0.0.1:8080"), Ok(()));
+        assert_eq!(check("http://127.0.0.1:8081"), Err(ORIGIN));
     }
 
     #[test]
@@ -324,48 +864,164 @@ mod tests {
             &json!({"allowed_methods": ["eth_*", "net_version"], "denied_methods": ["eth_send*"]}),
         )
         .unwrap();
-        assert_eq!(list.check_call("eth_chainId", None), Ok(()));
-        assert_eq!(list.check_call("net_version", None), Ok(()));
-        assert_eq!(list.check_call("eth_sendRawTransaction", None), Err(DENIED_METHOD));
-        assert_eq!(list.check_call("evm_mine", None), Err(NOT_ALLOWED_METHOD));
+        assert_eq!(list.check_entry("eth_chainId", None), Ok(()));
+        assert_eq!(list.check_entry("net_version", None), Ok(()));
+        assert_eq!(list.check_entry("eth_sendRawTransaction", None), Err(DENIED_METHOD));
+        assert_eq!(list.check_node_call("evm_mine", None), Err(NOT_ALLOWED_METHOD));
+        let plan = MethodRules::new(vec!["eth_*".into()], vec!["eth_sign*".into()]);
+        assert_eq!(plan.check_plan("eth_chainId"), Ok(()));
+        assert_eq!(plan.check_plan("eth_signTypedData"), Err(PLAN_DENIED_METHOD));
+        assert_eq!(plan.check_plan("anvil_setBalance"), Err(PLAN_NOT_ALLOWED_METHOD));
+        assert!(PLAN_DENIED_METHOD.message.contains("plan's denied_methods"));
     }
 
+    /// The method table, as the README states it, for a binding with one allowed contract.
     #[test]
-    fn contracts_are_checked_in_calls_and_log_filters() {
+    fn contracts_are_checked_by_construction_method_by_method() {
         let allowed = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
         let other = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
         let list = Allowlist::from_parameters(&json!({"allowed_contracts": [allowed]})).unwrap();
-        let call = |method: &str, params: Value| list.check_call(method, Some(&raw(&params.to_string())));
-        assert_eq!(call("eth_call", json!([{"to": allowed.to_lowercase(), "data": "0x"}, "latest"])), Ok(()));
-        assert_eq!(call("eth_estimateGas", json!([{"to": other}])), Err(CONTRACT));
-        assert_eq!(call("eth_call", json!([{"data": "0x60"}])), Err(CONTRACT), "a creation touches no listed contract");
-        assert_eq!(call("eth_getLogs", json!([{"address": allowed}])), Ok(()));
-        assert_eq!(call("eth_getLogs", json!([{"address": [allowed, other]}])), Err(CONTRACT));
-        assert_eq!(call("eth_getLogs", json!([{"fromBlock": "0x0"}])), Err(CONTRACT), "every address");
-        assert_eq!(call("eth_blockNumber", json!([])), Ok(()));
+        let allowed_bytes = address(allowed).unwrap();
+        let hex0x = |b: &[u8]| format!("0x{}", hex::encode(b));
+        let code = json!({other: {"code": "0x00"}});
+        let cases: Vec<(&str, Value, Result<(), Refusal>)> = vec![
+            ("eth_call", json!([{"to": allowed.to_lowercase(), "data": "0x"}, "latest"]), Ok(())),
+            ("eth_call", json!([{"to": allowed}, "latest", null, {}]), Ok(())),
+            ("eth_call", json!([{"to": other}]), Err(CONTRACT)),
+            ("eth_call", json!([{"data": "0x60"}]), Err(CONTRACT_CREATION)),
+            ("eth_call", json!([{"to": null, "data": "0x60"}]), Err(CONTRACT_CREATION)),
+            ("eth_call", json!([{"to": allowed}, "latest", code]), Err(CONTRACT_OVERRIDES)),
+            ("eth_call", json!([{"to": allowed}, "latest", {}, {"number": "0x1"}]), Err(CONTRACT_OVERRIDES)),
+            ("eth_call", json!([{"to": allowed, "authorizationList": [{}]}]), Err(CONTRACT_AUTHORIZATION)),
+            ("eth_call", json!([{"to": allowed, "unknownField": 1}]), Err(CONTRACT_UNREAD)),
+            ("eth_call", json!({"to": allowed}), Err(CONTRACT_UNREAD)),
+            ("eth_call", json!([]), Err(CONTRACT_UNNAMED)),
+            ("eth_call", json!([{"to": "0x12"}]), Err(CONTRACT_UNREAD)),
+            ("eth_call", json!([[1, 2.5, -3, true, null, "x", {"a": {}}]]), Err(CONTRACT_UNREAD)),
+            ("eth_estimateGas", json!([{"to": other}]), Err(CONTRACT)),
+            ("eth_estimateGas", json!([{"to": allowed}, "latest", code]), Err(CONTRACT_OVERRIDES)),
+            ("eth_createAccessList", json!([{"to": other}]), Err(CONTRACT)),
+            ("eth_createAccessList", json!([{"to": allowed}, "latest"]), Ok(())),
+            ("eth_simulateV1", json!([{"blockStateCalls": [{"calls": [{"to": allowed}]}]}, "latest"]), Ok(())),
+            (
+                "eth_simulateV1",
+                json!([{"blockStateCalls": [{"calls": [{"to": allowed}]}, {"calls": [{"to": other}]}]}]),
+                Err(CONTRACT),
+            ),
+            (
+                "eth_simulateV1",
+                json!([{"blockStateCalls": [{"stateOverrides": code, "calls": [{"to": allowed}]}]}]),
+                Err(CONTRACT_OVERRIDES),
+            ),
+            (
+                "eth_simulateV1",
+                json!([{"blockStateCalls": [{"blockOverrides": {"number": "0x9"}, "calls": []}]}]),
+                Err(CONTRACT_OVERRIDES),
+            ),
+            ("debug_traceCall", json!([{"to": allowed}, "latest"]), Err(CONTRACT_TRACE)),
+            ("trace_call", json!([{"to": allowed}, ["trace"], "latest"]), Err(CONTRACT_TRACE)),
+            ("eth_getStorageAt", json!([other, "0x0", "latest"]), Err(CONTRACT)),
+            ("eth_getStorageAt", json!([allowed, "0x0", "latest"]), Ok(())),
+            ("eth_getCode", json!([other, "latest"]), Err(CONTRACT)),
+            ("eth_getProof", json!([other, [], "latest"]), Err(CONTRACT)),
+            ("eth_sendTransaction", json!([{"from": other, "to": other}]), Err(CONTRACT)),
+            ("eth_sendTransaction", json!([{"from": other, "to": allowed}]), Ok(())),
+            ("eth_sendTransaction", json!([{"from": other, "data": "0x60"}]), Err(CONTRACT_CREATION)),
+            ("eth_sendTransactionSync", json!([{"from": other, "to": other}]), Err(CONTRACT)),
+            ("eth_sendRawTransaction", json!([hex0x(&eip1559(&allowed_bytes))]), Ok(())),
+            ("eth_sendRawTransactionSync", json!([hex0x(&eip1559(&TO))]), Err(CONTRACT)),
+            ("eth_sendRawTransactionConditional", json!([hex0x(&legacy(&TO)), {}]), Err(CONTRACT)),
+            ("eth_sendRawTransaction", json!([hex0x(&legacy(&[]))]), Err(CONTRACT_CREATION)),
+            ("eth_sendRawTransaction", json!(["not hex"]), Err(CONTRACT_UNDECODED)),
+            ("eth_sendRawTransaction", json!([]), Err(CONTRACT_UNDECODED)),
+            ("eth_getLogs", json!([{"address": allowed}]), Ok(())),
+            ("eth_getLogs", json!([{"address": [allowed, other]}]), Err(CONTRACT)),
+            ("eth_getLogs", json!([{"address": []}]), Err(CONTRACT_UNNAMED)),
+            ("eth_getLogs", json!([{"fromBlock": "0x0"}]), Err(CONTRACT_UNNAMED)),
+            ("eth_newFilter", json!([{"address": other}]), Err(CONTRACT)),
+            ("eth_newFilter", json!([{}]), Err(CONTRACT_UNNAMED)),
+            ("eth_newFilter", json!([{"address": [allowed], "topics": []}]), Ok(())),
+            ("eth_subscribe", json!(["logs", {"address": other}]), Err(CONTRACT)),
+            ("eth_subscribe", json!(["logs", {}]), Err(CONTRACT_UNNAMED)),
+            ("eth_subscribe", json!(["logs"]), Err(CONTRACT_UNNAMED)),
+            ("eth_subscribe", json!(["logs", {"address": allowed}]), Ok(())),
+            ("eth_subscribe", json!(["newHeads"]), Ok(())),
+            ("eth_subscribe", json!(["somethingNew"]), Err(CONTRACT_UNREAD)),
+            ("eth_blockNumber", json!([]), Ok(())),
+            ("eth_getBalance", json!([other, "latest"]), Ok(())),
+            ("ovsb_getTokenBalances", json!([other, [other]]), Err(CONTRACT_UNKNOWN_METHOD)),
+            ("eth_signTransaction", json!([{"to": other}]), Err(CONTRACT_UNKNOWN_METHOD)),
+            ("anvil_setBalance", json!([other, "0x1"]), Err(CONTRACT_UNKNOWN_METHOD)),
+        ];
+        for (method, params, expected) in cases {
+            let params = params.to_string();
+            assert_eq!(list.check_node_call(method, Some(&params)), expected, "{method} {params}");
+            let entry = if expected == Err(CONTRACT_UNKNOWN_METHOD) { Ok(()) } else { expected };
+            assert_eq!(list.check_entry(method, Some(&params)), entry, "entry: {method} {params}");
+            if let Err(refused) = expected {
+                assert!(refused.message.contains("allowed_contracts"), "{method}: the message names the rule");
+                assert_eq!(refused.code, CONTRACT_NOT_ALLOWED);
+            }
+        }
+        assert_eq!(list.check_node_call("eth_chainId", None), Ok(()), "no params");
+        // A key twice: serde_json would keep the last `to`, another parser the first.
+        let twice = format!(r#"[{{"to": "{other}", "to": "{allowed}"}}, "latest"]"#);
+        assert_eq!(list.check_node_call("eth_call", Some(&twice)), Err(CONTRACT_UNREAD));
+        let nested = format!(r#"[{{"to": "{allowed}"}}, "latest", {{"a": 1, "a": 2}}]"#);
+        assert_eq!(list.check_node_call("eth_call", Some(&nested)), Err(CONTRACT_UNREAD));
+        let once = format!(r#"[{{"to": "{allowed}", "value": 1e3, "nonce": -1}}, "latest"]"#);
+        assert_eq!(list.check_node_call("eth_call", Some(&once)), Ok(()));
     }
 
     #[test]
-    fn the_to_of_legacy_and_typed_transactions_is_decoded() {
-        // Signed by anvil's first account (cast mktx), to 0x7099…79c8.
-        let to: [u8; 20] = hex::decode("70997970c51812dc3a010c7d01b50e0d17dc79c8").unwrap().try_into().unwrap();
-        // Legacy: [nonce, gasPrice, gas, to, value, data, v, r, s].
-        let mut legacy = vec![0x80, 0x01, 0x82, 0x52, 0x08, 0x94];
-        legacy.extend_from_slice(&to);
-        legacy.extend_from_slice(&[0x01, 0x80, 0x1b, 0x01, 0x01]);
-        let legacy = [&[0xc0 + legacy.len() as u8][..], &legacy].concat();
-        assert_eq!(raw_transaction_to(&legacy), Some(to));
-        // EIP-1559: 0x02 || [chainId, nonce, maxPrio, maxFee, gas, to, value, data, accessList, y, r, s].
-        let mut typed = vec![0x01, 0x80, 0x01, 0x01, 0x82, 0x52, 0x08, 0x94];
-        typed.extend_from_slice(&to);
-        typed.extend_from_slice(&[0x01, 0x80, 0xc0, 0x01, 0x01, 0x01]);
-        let typed = [&[0x02, 0xc0 + typed.len() as u8][..], &typed].concat();
-        assert_eq!(raw_transaction_to(&typed), Some(to));
-        // A creation (empty to) and garbage.
-        let creation = [0xc9, 0x80, 0x01, 0x82, 0x52, 0x08, 0x80, 0x01, 0x80, 0x1b];
-        assert_eq!(raw_transaction_to(&creation), None);
-        for junk in [&[][..], &[0x02], &[0xff, 0xff], &[0x02, 0xf8, 0xff, 0x01], &[0x05, 0xc0]] {
-            assert_eq!(raw_transaction_to(junk), None, "{junk:?}");
+    fn filter_answers_hold_only_logs_of_listed_contracts() {
+        let allowed = "0x5fbdb2315678afecb367f032d93f642f64180aa3";
+        let list = Allowlist::from_parameters(&json!({"allowed_contracts": [allowed]})).unwrap();
+        let ok = json!([{"address": allowed, "data": "0x"}, "0xabc"]).to_string();
+        assert_eq!(list.check_answer("eth_getFilterChanges", &ok), Ok(()));
+        let leak = json!([{"address": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8"}]).to_string();
+        assert_eq!(list.check_answer("eth_getFilterLogs", &leak), Err(CONTRACT_ANSWER));
+        assert_eq!(list.check_answer("eth_getFilterLogs", "{}"), Err(CONTRACT_ANSWER));
+        assert_eq!(list.check_answer("eth_getLogs", &leak), Ok(()), "checked on the way in");
+    }
+
+    #[test]
+    fn every_transaction_type_is_decoded_exactly() {
+        assert_eq!(decode_raw_transaction(&legacy(&TO)), Ok(Some(TO)));
+        assert_eq!(decode_raw_transaction(&eip2930(&TO)), Ok(Some(TO)));
+        assert_eq!(decode_raw_transaction(&eip1559(&TO)), Ok(Some(TO)));
+        assert_eq!(decode_raw_transaction(&eip1559(&[])), Ok(None), "a creation");
+        assert_eq!(decode_raw_transaction(&typed(3, blob_fields(&TO))), Ok(Some(TO)));
+        let body = list(&blob_fields(&TO));
+        let network = [vec![3], list(&[body.clone(), list(&[]), list(&[]), list(&[])])].concat();
+        assert_eq!(decode_raw_transaction(&network), Ok(Some(TO)), "the network form, with blobs");
+        let cells = [vec![3], list(&[body, n(1), list(&[]), list(&[]), list(&[])])].concat();
+        assert_eq!(decode_raw_transaction(&cells), Ok(Some(TO)), "EIP-7594's network form");
+        assert_eq!(decode_raw_transaction(&typed(3, blob_fields(&[]))), Err(CONTRACT_UNDECODED));
+        let authorization = list(&[n(1), bytes(&TO), n(0), n(1), n(1), n(1)]);
+        assert_eq!(decode_raw_transaction(&set_code(list(&[authorization]))), Err(CONTRACT_AUTHORIZATION));
+        assert_eq!(decode_raw_transaction(&set_code(list(&[]))), Err(CONTRACT_UNDECODED));
+        // Trailing bytes, a field too many or too few, other types, garbage.
+        let trailing = [legacy(&TO), vec![0x80]].concat();
+        let mut long = eip1559(&TO);
+        long.push(0);
+        let eleven = typed(2, vec![n(1); 11]);
+        let long_bytes = bytes(&[7; 60]);
+        assert!(long_bytes.len() > 60, "a long string");
+        for junk in [
+            trailing,
+            long,
+            eleven,
+            typed(0x05, vec![n(1)]),
+            typed(0x7e, vec![n(1)]),
+            vec![],
+            vec![0x02],
+            vec![0xff, 0xff],
+            vec![0x02, 0xf8, 0xff, 0x01],
+            vec![0x02, 0xf8, 0x01, 0x01],
+            long_bytes,
+        ] {
+            assert!(decode_raw_transaction(&junk).is_err(), "{junk:?}");
         }
     }
 }

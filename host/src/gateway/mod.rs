@@ -21,9 +21,12 @@
 //!    cannot hold are answered there, not taken for notifications); `[]` gets -32600, and an
 //!    answer to notifications only becomes HTTP 204 with no body;
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
-//! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response;
-//!    `eth_subscribe` takes a slot and is relayed by [`subscriptions`] over the instance's one
-//!    node socket; subscriptions end when their key is revoked.
+//! 4. [`rpc`] middleware: route re-check per call (revocation), the plan's method rules and the
+//!    binding's allowlist ([`allowlist`]), chain, deadline, response; every call that reaches
+//!    the node on a binding's behalf (the chain's forward, plugins' `upstream` imports) passes
+//!    the same rules again at the node boundary ([`guard`]); `eth_subscribe` takes a slot and
+//!    is relayed by [`subscriptions`] over the instance's one node socket; subscriptions end
+//!    when their key is revoked.
 //!
 //! Validator instances also have their keymanager and beacon APIs here (`/keymanager/…`,
 //! `/beacon/<key>/…`), behind per-binding credentials: see [`validator_proxy`].
@@ -35,6 +38,7 @@ pub mod body;
 pub mod connections;
 mod cors;
 pub mod errors;
+mod guard;
 mod ids;
 pub mod revocable;
 pub mod routes;

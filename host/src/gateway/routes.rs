@@ -26,7 +26,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::allowlist::Allowlist;
+use super::allowlist::{Allowlist, MethodRules};
 use crate::plugins::Chain;
 use crate::upstream::UpstreamPool;
 
@@ -39,8 +39,11 @@ pub struct InstanceRoute {
     pub instance_id: Arc<str>,
     /// The plan id.
     pub plan: Arc<str>,
-    /// The instance's plugin chain.
+    /// The instance's plugin chain (the plan's policy plugins included).
     pub chain: Chain,
+    /// The plan's method rules (its `policy`), checked in the host before any plugin and on
+    /// every call to the node; `None` when the plan has none.
+    pub policy: Option<Arc<MethodRules>>,
     /// The instance's node(s).
     pub upstream: Arc<UpstreamPool>,
     /// The instance's validator client, for validator plans.
@@ -322,6 +325,7 @@ mod tests {
             instance_id: id.into(),
             plan: "p".into(),
             chain: Chain::new(Vec::new()),
+            policy: None,
             upstream: Arc::new(UpstreamPool::new(crate::upstream::UpstreamSettings {
                 http: Vec::new(),
                 ws: Vec::new(),

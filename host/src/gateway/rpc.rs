@@ -21,8 +21,9 @@ use jsonrpsee::server::{IdProvider, RpcModule};
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Request, SubscriptionId};
 use serde_json::value::RawValue;
 
-use super::allowlist::Allowlist;
+use super::allowlist::{Allowlist, Refusal};
 use super::errors;
+use super::guard::Guard;
 use super::revocable::RevocationWatch;
 use super::routes::{KeyDigest, Route, Routes};
 use super::subscriptions::{self, NodeSockets, SubscriptionSlots};
@@ -125,34 +126,47 @@ where
             return MethodResponse::error(req.id, error(errors::UNAUTHORIZED, "the key was revoked"));
         };
         let caller = req.extensions.get::<Caller>();
-        if let Some(allowlist) = caller.and_then(|caller| caller.allowlist.as_deref())
-            && let Err(refusal) = allowlist.check_call(&req.method, req.params.as_deref())
-        {
-            return MethodResponse::error(req.id, error(refusal.code, refusal.message));
-        }
+        let allowlist = caller.and_then(|caller| caller.allowlist.as_ref());
         // Over HTTP there are no subscriptions: the calls go to the node like any other, and get
         // the node's own answer.
         let websocket = caller.is_some_and(|caller| caller.websocket);
+        let subscription = websocket && matches!(req.method.as_ref(), "eth_subscribe" | "eth_unsubscribe");
+        // With an empty chain the guard checks the call just before the node, with the same
+        // rules and the same answers: checking it here too would read its params twice.
+        if (subscription || !route.instance.chain.entries().is_empty())
+            && let Err(refusal) = check_entry(&route, allowlist, &req.method, req.params.as_deref())
+        {
+            return MethodResponse::error(req.id, error(refusal.code, refusal.message));
+        }
         if websocket && req.method == "eth_unsubscribe" {
             return self.inner.call(req).await;
         }
+        let guard = Guard::new(&route.instance.upstream, route.instance.policy.as_ref(), allowlist);
         let call = Call { method: req.method.to_string(), params: req.params.as_ref().map(|p| p.get().to_string()) };
         if websocket && call.method == "eth_subscribe" {
             // Boxed: this rare path's state would otherwise sit in every call's future.
-            return Box::pin(self.subscribe(req, route, call)).await;
+            return Box::pin(self.subscribe(req, route, call, guard)).await;
         }
         let started = std::time::Instant::now();
-        let outcome = run(&self.state, &route, call).await;
+        let outcome = run(&self.state, &route, call, guard).await;
         record(&route, &req.method, &outcome, started);
         response(req.id, outcome, self.state.max_response_bytes)
     }
 
     /// `eth_subscribe` over WebSocket: plugins may refuse or rewrite a subscription; the
-    /// subscription itself is proxied.
-    async fn subscribe(self, req: Request<'_>, route: Arc<Route>, call: Call) -> MethodResponse {
+    /// subscription itself is proxied, once the call as the chain passes it on is checked as any
+    /// call to the node.
+    async fn subscribe(self, req: Request<'_>, route: Arc<Route>, call: Call, guard: Option<Guard>) -> MethodResponse {
         let ctx = self.state.context(&route);
-        match route.instance.chain.admit(&ctx, call, &upstream_of(&route)).await {
+        let guard = guard.map(Arc::new);
+        let upstream = guard_or_pool(&route, guard.as_ref());
+        match route.instance.chain.admit(&ctx, call, &upstream).await {
             Ok(call) => {
+                if let Some(guard) = &guard
+                    && let Err(refusal) = guard.check(&call)
+                {
+                    return MethodResponse::error(req.id, error(refusal.code, refusal.message));
+                }
                 let params = call.params.and_then(|p| RawValue::from_string(p).ok());
                 let req = Request { method: call.method.into(), params: params.map(std::borrow::Cow::Owned), ..req };
                 self.inner.call(req).await
@@ -170,15 +184,15 @@ where
         if caller.is_some_and(|caller| caller.websocket) {
             return Some(MethodResponse::error(Id::Null, error(errors::INVALID_REQUEST, WS_NOTIFICATION)));
         }
-        if let Some(allowlist) = caller.and_then(|caller| caller.allowlist.as_deref())
-            && allowlist.check_call(&n.method, n.params.as_deref()).is_err()
-        {
-            return None;
-        }
+        let allowlist = caller.and_then(|caller| caller.allowlist.as_ref());
         if let Some(route) = self.state.route(&n.extensions) {
+            if check_entry(&route, allowlist, &n.method, n.params.as_deref()).is_err() {
+                return None;
+            }
+            let guard = Guard::new(&route.instance.upstream, route.instance.policy.as_ref(), allowlist);
             let call = Call { method: n.method.to_string(), params: n.params.as_ref().map(|p| p.get().to_string()) };
             let started = std::time::Instant::now();
-            let outcome = run(&self.state, &route, call).await;
+            let outcome = run(&self.state, &route, call, guard).await;
             record(&route, &n.method, &outcome, started);
         }
         None
@@ -260,27 +274,53 @@ fn record(route: &Route, method: &str, outcome: &Outcome, started: std::time::In
     crate::telemetry::metrics().record_call(&route.instance.instance_id, method, class, started.elapsed());
 }
 
-fn upstream_of(route: &Route) -> Arc<dyn Upstream> {
-    route.instance.upstream.clone()
+/// The plan's method rules and the binding's checks of a call on its way in (see
+/// [`Allowlist::check_entry`]): before any plugin, without a store query.
+fn check_entry(
+    route: &Route,
+    allowlist: Option<&Arc<Allowlist>>,
+    method: &str,
+    params: Option<&RawValue>,
+) -> Result<(), Refusal> {
+    if let Some(plan) = route.instance.policy.as_deref() {
+        plan.check_plan(method)?;
+    }
+    if let Some(allowlist) = allowlist {
+        allowlist.check_entry(method, params.map(RawValue::get))?;
+    }
+    Ok(())
 }
 
-/// Runs a call through the route's chain under the instance's deadline. An empty chain goes straight to the upstream (which applies the deadline itself), without
-/// building the plugins' context.
-async fn run(state: &RpcState, route: &Route, call: Call) -> Outcome {
+/// What the chain calls the node through: the guard of the call's rules, else the pool itself.
+fn guard_or_pool(route: &Route, guard: Option<&Arc<Guard>>) -> Arc<dyn Upstream> {
+    match guard {
+        Some(guard) => guard.clone(),
+        None => route.instance.upstream.clone(),
+    }
+}
+
+/// Runs a call through the route's chain under the instance's deadline, every call to the node
+/// through the guard when there is one. An empty chain goes straight to the upstream (which
+/// applies the deadline itself), without building the plugins' context.
+async fn run(state: &RpcState, route: &Route, call: Call, guard: Option<Guard>) -> Outcome {
     use tracing::Instrument as _;
     let id: Arc<str> = state.request_id().into();
     let span =
         tracing::debug_span!("rpc", request_id = %id, instance = %route.instance.instance_id, method = %call.method);
-    REQUEST_ID.scope(id, run_call(state, route, call).instrument(span)).await
+    REQUEST_ID.scope(id, run_call(state, route, call, guard).instrument(span)).await
 }
 
-async fn run_call(state: &RpcState, route: &Route, call: Call) -> Outcome {
+async fn run_call(state: &RpcState, route: &Route, call: Call, guard: Option<Guard>) -> Outcome {
     let chain = &route.instance.chain;
     if chain.entries().is_empty() {
-        return route.instance.upstream.send(&call).await;
+        return match guard {
+            Some(guard) => guard.send(&call).await,
+            None => route.instance.upstream.send(&call).await,
+        };
     }
+    let upstream = guard_or_pool(route, guard.map(Arc::new).as_ref());
     let deadline = route.instance.upstream.deadline();
-    let outcome = tokio::time::timeout(deadline, chain.run(&state.context(route), call, &upstream_of(route))).await;
+    let outcome = tokio::time::timeout(deadline, chain.run(&state.context(route), call, &upstream)).await;
     match outcome {
         Ok(outcome) => outcome,
         Err(_) => Err(crate::plugins::RpcError {

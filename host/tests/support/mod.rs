@@ -151,6 +151,7 @@ impl TestGateway {
             instance_id: id.into(),
             plan: "devnet".into(),
             chain: Chain::with_share(entries, share),
+            policy: None,
             upstream: Arc::new(upstream),
             validator: None,
         })
