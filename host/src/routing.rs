@@ -607,6 +607,7 @@ impl RouteSync {
                     chain,
                     upstream,
                     validator,
+                    budget: crate::budget::InstanceBudget::new(self.config.gateway.instance_shares()),
                 }),
                 nodeless,
             )),

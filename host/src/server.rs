@@ -311,6 +311,10 @@ impl Server {
             header_timeout: Duration::from_millis(g.header_timeout_ms),
             body_timeout: Duration::from_millis(g.body_timeout_ms),
             fd_reserve: g.fd_reserve,
+            max_response_bytes: g.max_response_bytes,
+            answer_bytes_in_flight: usize::try_from(g.answer_bytes_in_flight).unwrap_or(usize::MAX),
+            batch_concurrency: g.batch_concurrency,
+            queue: Duration::from_millis(g.queue_ms),
             ..GatewayConfig::default()
         };
         {

@@ -128,6 +128,10 @@ pub struct Metrics {
     pub cache_misses: Family<InstanceLabels, Gauge>,
     /// `ovsb_gateway_connections_refused_total{reason}`.
     pub connections_refused: Family<RefusalLabels, Counter>,
+    /// `ovsb_call_refusals_total{reason}`: calls refused or cut by a gateway budget.
+    pub call_refusals: Family<RefusalLabels, Counter>,
+    /// `ovsb_log_lines_suppressed_total`: repeated warnings not written.
+    pub log_lines_suppressed: Counter,
     /// `ovsb_plugin_copies`: plugin copies alive (busy or idle).
     pub plugin_copies: Gauge,
     /// `ovsb_plugin_copy_evictions_total`: idle copies dropped (idle budget or idle time).
@@ -321,11 +325,25 @@ impl Metrics {
             plugin_copy_evictions.clone(),
         );
         registry.register("plugin_refusals", "Calls refused for plugin capacity, by limit", plugin_refusals.clone());
+        let call_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "call_refusals",
+            "Calls refused or cut by a gateway budget (answer bytes, node sockets, upstream calls), by limit",
+            call_refusals.clone(),
+        );
+        let log_lines_suppressed = Counter::default();
+        registry.register(
+            "log_lines_suppressed",
+            "Repeated warnings not written (rate-limited); each written one says how many it stands for",
+            log_lines_suppressed.clone(),
+        );
         Metrics {
             registry,
             plugin_copies,
             plugin_copy_evictions,
             plugin_refusals,
+            call_refusals,
+            log_lines_suppressed,
             plugin_loaded,
             plugin_instances,
             plugin_loads,
@@ -364,6 +382,16 @@ impl Metrics {
     /// Counts a call refused for plugin capacity.
     pub fn record_plugin_refusal(&self, reason: &'static str) {
         self.plugin_refusals.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts a call refused or cut by a gateway budget.
+    pub fn record_call_refusal(&self, reason: &'static str) {
+        self.call_refusals.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts warnings a [`LogThrottle`] kept out of the log.
+    pub fn record_suppressed_lines(&self, n: u64) {
+        self.log_lines_suppressed.inc_by(n);
     }
 
     /// Counts a refused gateway connection.
@@ -428,6 +456,42 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Rate-limits one kind of repeated log line: at most one per `every`, each written one carrying
+/// the count of those kept out since the last (also counted in `ovsb_log_lines_suppressed_total`),
+/// so one failure mode cannot fill the disk. One atomic load when a line is kept out.
+pub struct LogThrottle {
+    every_ms: u64,
+    /// Milliseconds since `started` of the last line written (`u64::MAX`: none yet).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl LogThrottle {
+    /// At most one line per `every`.
+    pub fn new(every: Duration) -> Self {
+        LogThrottle {
+            every_ms: every.as_millis() as u64,
+            last_ms: AtomicU64::new(u64::MAX),
+            suppressed: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// `Some(kept out since the last line)` when a line may be written now; else counts it out.
+    pub fn admit(&self) -> Option<u64> {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= self.every_ms;
+        if due && self.last_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        metrics().record_suppressed_lines(1);
+        None
     }
 }
 
@@ -497,6 +561,18 @@ pub fn escape_line(line: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_writes_the_first_line_then_counts_the_repeats() {
+        let throttle = LogThrottle::new(Duration::from_secs(3600));
+        assert_eq!(throttle.admit(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(throttle.admit(), None);
+        }
+        let open = LogThrottle::new(Duration::ZERO);
+        assert_eq!(open.admit(), Some(0));
+        assert_eq!(open.admit(), Some(0));
+    }
 
     #[test]
     fn method_labels_are_bounded_per_instance_and_shared() {

@@ -8,6 +8,16 @@
 //! refused); otherwise their outcome is reported as unknown. The node's own JSON-RPC errors are
 //! answers, passed through unchanged.
 //!
+//! Each node gets at most `max_sockets_per_node` calls in flight from one pool (and keeps as
+//! many idle keep-alive sockets), so the node sees a bounded number of sockets whatever the
+//! fan-out of batches; a call that finds the cap taken waits its turn (up to the request's
+//! queue time, see [`crate::budget`]) and is then refused with -32005 `node_sockets`. Inside a
+//! request, a call also takes a turn of its instance's share of upstream calls and charges the
+//! answer's bytes to the request's budget as they arrive (read only up to what is left). A call
+//! refused by a budget, or failing because the process is out of descriptors, is ovsb's failure,
+//! not the node's: the node stays in rotation. Repeated failures are logged through a
+//! [`LogThrottle`](crate::telemetry::LogThrottle), not once per call.
+//!
 //! Used by the drivers (which build and health-check pools) and by the gateway (which sends
 //! calls through them); it depends on neither. It owns the JSON-RPC codes of the failures it
 //! reports, which `gateway::errors` lists with the others.
@@ -20,14 +30,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::budget::{self, Refusal};
 use crate::plugins::{Call, Outcome, RpcError, Upstream};
+use crate::telemetry::LogThrottle;
 
 tokio::task_local! {
     /// The id of the call being served (set by the gateway): plugins see it in their context,
@@ -46,6 +58,13 @@ pub const SEND_OUTCOME_UNKNOWN: i32 = -32020;
 /// How long an upstream that failed is skipped (unless all are down).
 const DOWN_FOR: Duration = Duration::from_secs(2);
 
+/// Calls in flight to one node from one pool when nothing else is configured.
+pub const DEFAULT_SOCKETS_PER_NODE: usize = 64;
+
+/// "No upstream answered" and "a transaction's outcome is unknown": at most one line a second.
+static UPSTREAM_FAILURES: std::sync::LazyLock<LogThrottle> =
+    std::sync::LazyLock::new(|| LogThrottle::new(Duration::from_secs(1)));
+
 /// Methods whose repetition could do something twice.
 fn is_send(method: &str) -> bool {
     matches!(method, "eth_sendRawTransaction" | "eth_sendTransaction" | "eth_sendRawTransactionSync")
@@ -62,6 +81,8 @@ pub struct UpstreamSettings {
     pub deadline: Duration,
     /// Largest response body accepted from a node.
     pub max_response_bytes: usize,
+    /// Calls in flight to each node (and idle keep-alive sockets kept to it).
+    pub max_sockets_per_node: usize,
 }
 
 struct Endpoint {
@@ -70,6 +91,8 @@ struct Endpoint {
     healthy: AtomicBool,
     /// Milliseconds since the pool's start until which this endpoint is skipped.
     down_until_ms: AtomicU64,
+    /// Turns of the node's cap of calls in flight.
+    calls: Arc<tokio::sync::Semaphore>,
 }
 
 /// The node(s) behind one instance.
@@ -81,6 +104,8 @@ pub struct UpstreamPool {
     started: Instant,
     deadline: Duration,
     max_response_bytes: usize,
+    /// Calls in flight to each node.
+    sockets: usize,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -90,6 +115,8 @@ enum AttemptError {
     NotSent(String),
     /// The request may have reached the node.
     Failed(String),
+    /// A budget of ovsb's refused the call (not the node's fault).
+    Refused(Refusal),
 }
 
 impl UpstreamPool {
@@ -98,15 +125,21 @@ impl UpstreamPool {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.deadline));
+        let sockets = settings.max_sockets_per_node.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(sockets)
             .build(connector);
         UpstreamPool {
             endpoints: settings
                 .http
                 .into_iter()
-                .map(|uri| Endpoint { uri, healthy: AtomicBool::new(true), down_until_ms: AtomicU64::new(0) })
+                .map(|uri| Endpoint {
+                    uri,
+                    healthy: AtomicBool::new(true),
+                    down_until_ms: AtomicU64::new(0),
+                    calls: Arc::new(tokio::sync::Semaphore::new(sockets)),
+                })
                 .collect(),
             ws: settings.ws,
             next: AtomicUsize::new(0),
@@ -114,6 +147,7 @@ impl UpstreamPool {
             started: Instant::now(),
             deadline: settings.deadline,
             max_response_bytes: settings.max_response_bytes,
+            sockets,
             client,
         }
     }
@@ -176,15 +210,24 @@ impl UpstreamPool {
         self.endpoints[index].healthy.swap(healthy, Ordering::Relaxed)
     }
 
+    /// Calls in flight to endpoint `index` now (through this pool).
+    pub fn in_flight(&self, index: usize) -> usize {
+        self.sockets - self.endpoints[index].calls.available_permits()
+    }
+
     /// One call to endpoint `index` only, whatever its health, within the deadline (for health
-    /// checks and readiness probes).
+    /// checks and readiness probes). It does not wait for the node's cap of calls: a node busy
+    /// with the gateway's calls is not a node that fails its check. A budget's refusal (such as
+    /// the process being out of descriptors) is -32005, which health checks do not hold
+    /// against the node.
     pub async fn probe(&self, index: usize, call: &Call) -> Outcome {
         let body = self.encode(call);
-        match tokio::time::timeout(self.deadline, self.attempt(index, body)).await {
+        match tokio::time::timeout(self.deadline, self.attempt(index, body, false)).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(AttemptError::NotSent(reason) | AttemptError::Failed(reason))) => {
                 Err(rpc_error(UPSTREAM_UNAVAILABLE, reason))
             }
+            Ok(Err(AttemptError::Refused(refusal))) => Err(refusal.error()),
             Err(_) => Err(rpc_error(DEADLINE_EXCEEDED, "the node did not answer in time")),
         }
     }
@@ -211,8 +254,10 @@ impl UpstreamPool {
         let send = is_send(&call.method);
         let mut last = String::new();
         for index in self.order() {
-            match self.attempt(index, body.clone()).await {
+            match self.attempt(index, body.clone(), true).await {
                 Ok(outcome) => return outcome,
+                // Not the node's failure: no other node would do better.
+                Err(AttemptError::Refused(refusal)) => return Err(refusal.error()),
                 Err(AttemptError::NotSent(reason)) => {
                     crate::telemetry::metrics().upstream_error("connect");
                     self.mark_down(index);
@@ -222,7 +267,9 @@ impl UpstreamPool {
                     crate::telemetry::metrics().upstream_error("failed");
                     self.mark_down(index);
                     if send {
-                        tracing::warn!(method = %call.method, "upstream failed after a transaction was sent: {reason}");
+                        if let Some(suppressed) = UPSTREAM_FAILURES.admit() {
+                            tracing::warn!(method = %call.method, suppressed, "upstream failed after a transaction was sent: {reason}");
+                        }
                         return Err(rpc_error(
                             SEND_OUTCOME_UNKNOWN,
                             "the node failed while handling the transaction; it may or may not have been accepted",
@@ -232,7 +279,9 @@ impl UpstreamPool {
                 }
             }
         }
-        tracing::warn!(method = %call.method, "no upstream answered: {last}");
+        if let Some(suppressed) = UPSTREAM_FAILURES.admit() {
+            tracing::warn!(method = %call.method, suppressed, "no upstream answered: {last}");
+        }
         // The cause, for the caller: what the last try met (never the node's address).
         let cause: String = last.chars().take(300).collect();
         Err(RpcError {
@@ -258,28 +307,102 @@ impl UpstreamPool {
         Bytes::from(body)
     }
 
-    async fn attempt(&self, index: usize, body: Bytes) -> Result<Outcome, AttemptError> {
-        let mut request = http::Request::post(self.endpoints[index].uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/json");
+    /// One try at endpoint `index`. `capped`: within the node's cap of calls and the request's
+    /// budget (every call but probes).
+    async fn attempt(&self, index: usize, body: Bytes, capped: bool) -> Result<Outcome, AttemptError> {
+        let endpoint = &self.endpoints[index];
+        let _turns = if capped {
+            let turn = budget::upstream_turn().await.map_err(AttemptError::Refused)?;
+            let node = budget::node_turn(&endpoint.calls).await.map_err(AttemptError::Refused)?;
+            Some((turn, node))
+        } else {
+            None
+        };
+        let mut request =
+            http::Request::post(endpoint.uri.clone()).header(http::header::CONTENT_TYPE, "application/json");
         if let Ok(Ok(id)) = REQUEST_ID.try_with(|id| http::HeaderValue::from_str(id)) {
             request = request.header("x-request-id", id);
         }
         let request = request.body(Full::new(body)).map_err(|e| AttemptError::NotSent(e.to_string()))?;
         let response = self.client.request(request).await.map_err(|e| {
-            if e.is_connect() { AttemptError::NotSent(causes(&e)) } else { AttemptError::Failed(causes(&e)) }
+            if out_of_descriptors(&e) {
+                AttemptError::Refused(Refusal::Descriptors)
+            } else if e.is_connect() {
+                AttemptError::NotSent(causes(&e))
+            } else {
+                AttemptError::Failed(causes(&e))
+            }
         })?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), self.max_response_bytes)
-            .collect()
-            .await
-            .map_err(|e| AttemptError::Failed(format!("reading the answer: {e}")))?
-            .to_bytes();
+        let body = self.read_answer(response).await?;
         match decode(&body) {
             Some(outcome) => Ok(outcome),
             None if status.is_server_error() => Err(AttemptError::Failed(format!("HTTP {status}"))),
             None => Err(AttemptError::Failed(format!("HTTP {status} with a body that is not a JSON-RPC response"))),
         }
     }
+
+    /// The answer's body, read only up to the pool's limit and charged to the request's budget as
+    /// it arrives (at once when the node declares its length).
+    async fn read_answer(&self, response: http::Response<hyper::body::Incoming>) -> Result<Bytes, AttemptError> {
+        let too_large = || AttemptError::Refused(Refusal::Response(self.max_response_bytes));
+        let declared = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(declared) = declared {
+            if declared > self.max_response_bytes {
+                return Err(too_large());
+            }
+            budget::charge_answer(declared).await.map_err(AttemptError::Refused)?;
+        }
+        let mut body = response.into_body();
+        // One frame (the usual case) is kept as it is; more are gathered.
+        let mut first: Option<Bytes> = None;
+        let mut gathered: Vec<u8> = Vec::new();
+        let mut read = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| AttemptError::Failed(format!("reading the answer: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            read += data.len();
+            if read > self.max_response_bytes || declared.is_some_and(|declared| read > declared) {
+                return Err(too_large());
+            }
+            if declared.is_none() {
+                budget::charge_answer(data.len()).await.map_err(AttemptError::Refused)?;
+            }
+            match first.take() {
+                None if gathered.is_empty() => first = Some(data),
+                None => gathered.extend_from_slice(&data),
+                Some(earlier) => {
+                    gathered.reserve(declared.unwrap_or(earlier.len() + data.len()));
+                    gathered.extend_from_slice(&earlier);
+                    gathered.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(match first {
+            Some(only) => only,
+            None => Bytes::from(gathered),
+        })
+    }
+}
+
+/// Whether connecting failed because this process (or the system) is out of descriptors.
+fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(EMFILE | ENFILE))
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 impl Upstream for UpstreamPool {
@@ -367,6 +490,7 @@ mod tests {
             ws: vec![],
             deadline: Duration::from_secs(1),
             max_response_bytes: 1024,
+            max_sockets_per_node: 4,
         });
         let body = pool.encode(&Call { method: "we\"ird".into(), params: Some("[1, {\"a\":2}]".into()) });
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -10,7 +10,8 @@
 //! 1. accept loop: [`connections::Admission`] takes a ticket per connection for its whole life
 //!    (WebSocket included), per source address, per key and in all; past a limit the client
 //!    gets HTTP 429 with a JSON-RPC error. A connection without a valid key is closed after
-//!    `anonymous_timeout`, or earlier when a newcomer needs its slot. Headers must arrive
+//!    `anonymous_timeout`, or earlier when a newcomer (of the gateway, or of its source address)
+//!    needs its slot; a keyed one is closed when its key is revoked or expires. Headers must arrive
 //!    within `header_timeout` (also the keep-alive idle time), bodies within `body_timeout`,
 //!    and a declared `Content-Length` over the limit is refused (413) before the body is read;
 //!    The socket is a [`revocable::Revocable`]: once it carries a WebSocket, it closes it with
@@ -19,7 +20,9 @@
 //!    error if unknown); an HTTP JSON body is read and its ids checked ([`ids`]: ids jsonrpsee
 //!    cannot hold are answered there, not taken for notifications);
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
-//! 4. [`rpc`] middleware: route re-check per call (revocation), chain, deadline, response;
+//! 4. [`rpc`] middleware: route re-check per call (revocation), the request's budget
+//!    ([`crate::budget`]: answer bytes counted as they arrive, batches run a bounded number of
+//!    entries at a time and are cut short past the response limit), chain, deadline, response;
 //!    subscriptions end when their key is revoked.
 //!
 //! Validator instances also have their keymanager and beacon APIs here (`/keymanager/…`,
@@ -51,6 +54,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::{GatewayBudget, GatewayLimits, REQUEST_BUDGET};
 use body::{Clock, Timed};
 use connections::{Admission, AdmissionLimits, Counted, Refused, Ticket};
 use revocable::{Revocable, RevocationWatch};
@@ -86,6 +90,24 @@ pub struct GatewayConfig {
     pub fd_reserve: u32,
     /// Most subscriptions on one WebSocket connection.
     pub max_subscriptions_per_connection: u32,
+    /// Answer bytes all requests may hold at once (see [`crate::budget`]).
+    pub answer_bytes_in_flight: usize,
+    /// Entries of one batch running at once.
+    pub batch_concurrency: u32,
+    /// Longest a call waits for answer bytes in flight or an upstream turn.
+    pub queue: Duration,
+}
+
+impl GatewayConfig {
+    /// The limits of the gateway's [`GatewayBudget`], with `upstream_calls` calls to nodes at once.
+    pub fn budget_limits(&self, upstream_calls: usize) -> GatewayLimits {
+        GatewayLimits {
+            response_bytes: self.max_response_bytes as usize,
+            answer_bytes_in_flight: self.answer_bytes_in_flight,
+            upstream_calls,
+            queue: self.queue,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -102,6 +124,9 @@ impl Default for GatewayConfig {
             body_timeout: Duration::from_secs(10),
             fd_reserve: 256,
             max_subscriptions_per_connection: 64,
+            answer_bytes_in_flight: 128 << 20,
+            batch_concurrency: 16,
+            queue: Duration::from_secs(1),
         }
     }
 }
@@ -114,13 +139,40 @@ pub async fn serve(
     routes: Arc<Routes>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let local: SocketAddr = listener.local_addr()?;
     let budget = connections::connection_budget(config.max_connections, config.fd_reserve);
+    // Each connection may have one call at a node: what the descriptor budget set aside.
+    let requests = GatewayBudget::new(config.budget_limits(budget as usize));
+    serve_within(listener, config, routes, requests, budget, shutdown).await
+}
+
+/// [`serve`] with the requests' budget given (tests read its figures).
+pub async fn serve_with_budget(
+    listener: TcpListener,
+    config: GatewayConfig,
+    routes: Arc<Routes>,
+    requests: Arc<GatewayBudget>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let budget = connections::connection_budget(config.max_connections, config.fd_reserve);
+    serve_within(listener, config, routes, requests, budget, shutdown).await
+}
+
+async fn serve_within(
+    listener: TcpListener,
+    config: GatewayConfig,
+    routes: Arc<Routes>,
+    requests: Arc<GatewayBudget>,
+    budget: u32,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let local: SocketAddr = listener.local_addr()?;
     let state = Arc::new(RpcState {
         routes: routes.clone(),
         // Each proxied subscription holds a socket to the node: bounded like the connections.
         upstream_subscriptions: Arc::new(tokio::sync::Semaphore::new(budget as usize)),
         max_response_bytes: config.max_response_bytes as usize,
+        budget: requests.clone(),
+        batch_concurrency: config.batch_concurrency as usize,
         request_ids: AtomicU64::new(1),
         id_prefix: format!("{:x}", std::process::id()),
     });
@@ -153,6 +205,7 @@ pub async fn serve(
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     http.http1().timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
     let tracker = TaskTracker::new();
+    let accept_failures = crate::telemetry::LogThrottle::new(Duration::from_secs(1));
     tracing::info!(%local, max_connections = budget, "gateway listening");
 
     loop {
@@ -162,7 +215,9 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("gateway accept failed: {err}");
+                    if let Some(suppressed) = accept_failures.admit() {
+                        tracing::warn!(suppressed, "gateway accept failed: {err}");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -194,6 +249,8 @@ pub async fn serve(
                 max_response_bytes: config.max_response_bytes,
                 max_batch: config.max_batch,
                 body_timeout: config.body_timeout,
+                budget: requests.clone(),
+                batch_concurrency: config.batch_concurrency.max(1) as usize,
             }),
         };
         let stopped = stop_handle.clone().shutdown();
@@ -217,6 +274,14 @@ pub async fn serve(
                 }
                 // Closing: the connection is dropped, and its socket with it.
                 _ = ticket.evicted().cancelled() => Ok(()),
+                // Its key was revoked or expired: the request in progress (if any) is answered,
+                // then the connection closes and its slot comes back. (A WebSocket has left
+                // this task at its upgrade: its socket closes it, see `revocable`.)
+                _ = ticket.key_gone() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(revocable::CLOSE_GRACE, connection.as_mut()).await;
+                    Ok(())
+                }
                 _ = anonymous => Ok(()),
             };
             if let Err(err) = served {
@@ -276,6 +341,9 @@ struct FrontConnection {
     max_response_bytes: u32,
     max_batch: u32,
     body_timeout: Duration,
+    /// What requests may hold (the rare path of [`answer_each`] charges it as jsonrpsee does).
+    budget: Arc<GatewayBudget>,
+    batch_concurrency: usize,
 }
 
 /// The body jsonrpsee gets: the request's own (WebSocket upgrades, and what is not a JSON POST)
@@ -319,8 +387,13 @@ where
                 refusal.message,
             ))));
         }
+        let was_keyed = connection.ticket.keyed();
         if let Err(refused) = connection.ticket.present_key(&digest) {
             return Box::pin(std::future::ready(Ok(cors::allow(limit_error(refused), cors))));
+        }
+        if !was_keyed {
+            // Once per connection: it ends when the key it is counted under goes.
+            watch_key(&connection.ticket, &connection.routes, &digest);
         }
         // A WebSocket outlives this request: it waits on the key's revocation token.
         let revoked = if is_websocket_upgrade(&request) {
@@ -349,6 +422,18 @@ where
             Ok(cors::allow(http_call(jsonrpc, &connection, request).await?, cors))
         })
     }
+}
+
+/// Has the connection's ticket watch `digest`'s revocation and expiry (a key revoked a moment
+/// ago ends the connection at once).
+fn watch_key(ticket: &Ticket, routes: &Routes, digest: &KeyDigest) {
+    let Some(access) = routes.access(digest) else {
+        let gone = tokio_util::sync::CancellationToken::new();
+        gone.cancel();
+        ticket.watch_key(gone, None);
+        return;
+    };
+    ticket.watch_key(access.revoked, access.route.expires_ms);
 }
 
 async fn call<J>(mut jsonrpc: J, request: HttpRequest<FrontBody>) -> Result<HttpResponse, anyhow::Error>
@@ -415,6 +500,7 @@ where
     J: tower::Service<HttpRequest<FrontBody>, Response = HttpResponse> + Clone,
     J::Error: std::fmt::Display,
 {
+    use futures::StreamExt as _;
     let caller = parts.extensions.get::<Caller>();
     let answers = entries.into_iter().map(|(entry, raw)| {
         let (jsonrpc, caller) = (jsonrpc.clone(), caller.cloned());
@@ -441,7 +527,30 @@ where
             }
         }
     });
-    let answers: Vec<String> = futures::future::join_all(answers).await.into_iter().flatten().collect();
+    // As a batch through jsonrpsee: a bounded number at a time, within one request's budget, cut
+    // short once the answers pass the limit.
+    let gather = async {
+        let mut running = futures::stream::iter(answers).buffered(connection.batch_concurrency);
+        let mut gathered = Vec::new();
+        while let Some(answer) = running.next().await {
+            if batch && REQUEST_BUDGET.try_with(|budget| budget.is_over()).unwrap_or(false) {
+                return None;
+            }
+            gathered.extend(answer);
+        }
+        Some(gathered)
+    };
+    let route = caller.and_then(|caller| connection.routes.lookup_digest(&caller.digest));
+    let answers = match route {
+        Some(route) => REQUEST_BUDGET.scope(connection.budget.request(&route.instance.budget), gather).await,
+        None => gather.await,
+    };
+    let Some(answers) = answers else {
+        let limit = connection.max_response_bytes;
+        crate::telemetry::metrics().record_call_refusal("response_bytes");
+        let message = format!("the batch response is over the limit of {limit} bytes");
+        return json_error(http::StatusCode::OK, errors::OVERSIZED_BATCH_RESPONSE, &message);
+    };
     let body = if batch {
         if answers.is_empty() { String::new() } else { format!("[{}]", answers.join(",")) }
     } else {
