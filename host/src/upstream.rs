@@ -8,9 +8,10 @@
 //! refused); otherwise their outcome is reported as unknown. The node's own JSON-RPC errors are
 //! answers, passed through unchanged.
 //!
-//! Each node gets at most `max_sockets_per_node` calls in flight from one pool (and keeps as
-//! many idle keep-alive sockets), so the node sees a bounded number of sockets whatever the
-//! fan-out of batches; a call that finds the cap taken waits its turn (up to the request's
+//! Each node gets at most `max_sockets_per_node` calls in flight from one pool, and the pool
+//! holds at most as many sockets to it, open, idle or connecting (each socket carries a permit
+//! for its whole life, see [`CappedConnector`]), so the node sees a bounded number of sockets
+//! whatever the fan-out of batches; a call that finds the cap taken waits its turn (up to the request's
 //! queue time, see [`crate::budget`]) and is then refused with -32005 `node_sockets`. Inside a
 //! request, a call also takes a turn of its instance's share of upstream calls and charges the
 //! answer's bytes to the request's budget as they arrive (read only up to what is left). A call
@@ -106,7 +107,7 @@ pub struct UpstreamPool {
     max_response_bytes: usize,
     /// Calls in flight to each node.
     sockets: usize,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<CappedConnector, Full<Bytes>>,
 }
 
 /// Why a single attempt failed.
@@ -126,10 +127,20 @@ impl UpstreamPool {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.deadline));
         let sockets = settings.max_sockets_per_node.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let capped = CappedConnector {
+            inner: connector,
+            nodes: settings
+                .http
+                .iter()
+                .filter_map(|uri| uri.authority().cloned())
+                .map(|authority| (authority, Arc::new(tokio::sync::Semaphore::new(sockets))))
+                .collect(),
+            wait: settings.deadline,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(sockets)
-            .build(connector);
+            .build(capped);
         UpstreamPool {
             endpoints: settings
                 .http
@@ -327,6 +338,8 @@ impl UpstreamPool {
         let response = self.client.request(request).await.map_err(|e| {
             if out_of_descriptors(&e) {
                 AttemptError::Refused(Refusal::Descriptors)
+            } else if caused_by::<SocketsTaken>(&e) {
+                AttemptError::Refused(Refusal::NodeSockets)
             } else if e.is_connect() {
                 AttemptError::NotSent(causes(&e))
             } else {
@@ -387,6 +400,133 @@ impl UpstreamPool {
             None => Bytes::from(gathered),
         })
     }
+}
+
+/// The connector of a pool: a socket to a node is opened only with one of that node's permits,
+/// and keeps it until it closes, so the pool never holds more than the cap of sockets to a node,
+/// whatever hyper's pool does (it may finish a connection in the background for its idle list).
+#[derive(Clone)]
+struct CappedConnector {
+    inner: HttpConnector,
+    /// Each node's permits, by its `host:port`.
+    nodes: Arc<[(http::uri::Authority, Arc<tokio::sync::Semaphore>)]>,
+    /// Longest wait for a permit (the per-call deadline).
+    wait: Duration,
+}
+
+/// No socket to the node could be had within the wait: not the node's failure.
+#[derive(Debug)]
+struct SocketsTaken;
+
+impl std::fmt::Display for SocketsTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("every socket to the node allowed is in use")
+    }
+}
+
+impl std::error::Error for SocketsTaken {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Uri> for CappedConnector {
+    type Response = CappedIo<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        tower::Service::<http::Uri>::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let permits = self.nodes.iter().find(|(node, _)| Some(node) == uri.authority()).map(|(_, p)| p.clone());
+        let mut inner = self.inner.clone();
+        let wait = self.wait;
+        Box::pin(async move {
+            let permit = match permits {
+                Some(permits) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => Some(
+                        tokio::time::timeout(wait, permits.acquire_owned())
+                            .await
+                            .map_err(|_| SocketsTaken)?
+                            .map_err(|_| SocketsTaken)?,
+                    ),
+                },
+                None => None,
+            };
+            let io = tower::Service::call(&mut inner, uri).await?;
+            Ok(CappedIo { io, _permit: permit })
+        })
+    }
+}
+
+/// A socket to a node with its permit.
+struct CappedIo<T> {
+    io: T,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for CappedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for CappedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl<T: hyper_util::client::legacy::connect::Connection> hyper_util::client::legacy::connect::Connection
+    for CappedIo<T>
+{
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.io.connected()
+    }
+}
+
+/// Whether `E` is among the causes of `error`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<E>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Whether connecting failed because this process (or the system) is out of descriptors.

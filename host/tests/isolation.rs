@@ -404,6 +404,66 @@ async fn a_websocket_flood_under_a_low_descriptor_limit_gets_429_and_the_broker_
     drop(open);
 }
 
+/// Under a descriptor limit of 330, three connections send batches of 1000 to one shared node
+/// at once: the calls are answered (or refused with -32005 naming a limit), the node never sees
+/// more sockets than the gateway's budget of calls at nodes, the broker and admin listeners
+/// answer, and the log grows by a bounded number of lines. ovsb used to open a socket per entry,
+/// run out of descriptors, and write a warning per failed call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_1000_under_a_low_descriptor_limit_hold_few_node_sockets_and_the_broker_stays_up() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = support::free_port();
+    let config = process_config(dir.path(), &anvil.http_url(), admin);
+    let ports = (support::free_port(), support::free_port());
+    let launch = Launch { wrap: &["prlimit", "--nofile=330:330", "--"], ..Launch::default() };
+    let ovsb = Ovsb::start_with(dir.path(), "fan-out", &config, ports, launch);
+    let credentials = bind_shared(&ovsb, "fan-out", None).await;
+    let uri = credentials["uri"].as_str().unwrap().to_string();
+    let log_before = std::fs::read_to_string(dir.path().join("fan-out.log")).unwrap().lines().count();
+    let baseline = sockets_of(anvil.pid());
+
+    let batch = Value::Array(
+        (0..1000).map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "eth_blockNumber", "params": []})).collect(),
+    );
+    let mut batches = Vec::new();
+    for _ in 0..3 {
+        let (uri, batch) = (uri.clone(), batch.clone());
+        batches.push(tokio::spawn(async move { support::post(&uri, &batch).await }));
+    }
+    let mut peak = 0;
+    let mut rounds = 0;
+    while batches.iter().any(|b| !b.is_finished()) && rounds < 30_000 {
+        peak = peak.max(sockets_of(anvil.pid()).saturating_sub(baseline));
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let catalog = ovsb.osb.call(reqwest::Method::GET, "/v2/catalog", None).await;
+    assert_eq!(catalog.status, 200, "the broker answers");
+    let health = reqwest::get(format!("http://127.0.0.1:{admin}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "the admin listener answers");
+    let (mut answered, mut refused) = (0, 0);
+    for batch in batches {
+        let (status, answers) = batch.await.unwrap();
+        assert_eq!(status, 200, "{answers}");
+        for answer in answers.as_array().expect("a batch answer") {
+            if answer["result"].is_string() {
+                answered += 1;
+            } else {
+                assert_eq!(answer["error"]["code"], -32005, "{answer}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(answered + refused, 3000);
+    assert!(answered > 0, "calls are answered");
+    // (330 - 256) / 3 = 24: the gateway's budget of connections, and of calls at nodes.
+    assert!(peak <= 24, "the node saw {peak} sockets from ovsb under a budget of 24");
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x7a69", "the node is in rotation");
+    let log_after = std::fs::read_to_string(dir.path().join("fan-out.log")).unwrap().lines().count();
+    assert!(log_after - log_before < 50, "the log grew by {} lines", log_after - log_before);
+}
+
 fn environ(pid: u32) -> Vec<String> {
     let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     bytes.split(|b| *b == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
