@@ -365,11 +365,15 @@ pub struct AdminSettings {
     /// Address of `/healthz` and `/readyz`.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// Host names (besides IP addresses and `localhost`) the admin listener answers to, as
+    /// clients send them in `Host`; any other gets 421 (no DNS-rebinding page can reach it).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        AdminSettings { listen: default_admin_listen() }
+        AdminSettings { listen: default_admin_listen(), allowed_hosts: Vec::new() }
     }
 }
 

@@ -146,7 +146,7 @@ impl Server {
         let admin_state = Arc::new(crate::admin::AdminState::default());
         let starting = shutdown.child_token();
         {
-            let app = crate::admin::router(admin_state.clone());
+            let app = crate::admin::router(admin_state.clone(), &config.admin.allowed_hosts);
             let stop = starting.clone();
             tracker.spawn(async move {
                 let served = axum::serve(admin_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;

@@ -22,11 +22,39 @@ use prometheus_client::registry::Registry;
 /// Distinct method names given their own label value, per instance.
 pub const MAX_METHOD_LABELS: usize = 128;
 
+/// A label value that comes from outside (an instance id a platform chose): written escaped as
+/// the exposition format requires (`\\`, `\"`, `\n`), so no value can break a scrape.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Escaped(pub Arc<str>);
+
+impl From<&str> for Escaped {
+    fn from(value: &str) -> Self {
+        Escaped(value.into())
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        let mut rest: &str = &self.0;
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..at])?;
+            encoder.write_str(match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[at + 1..];
+        }
+        encoder.write_str(rest)
+    }
+}
+
 /// Labels of a JSON-RPC call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     /// The service instance.
-    pub instance: Arc<str>,
+    pub instance: Escaped,
     /// The method (or `other`).
     pub method: Arc<str>,
     /// `ok`, `error` (an answer with a JSON-RPC error), `plugin_failure`, `upstream_error`,
@@ -38,7 +66,7 @@ pub struct CallLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
     /// The service instance.
-    pub instance: Arc<str>,
+    pub instance: Escaped,
 }
 
 /// Labels keyed by plugin.
@@ -413,13 +441,13 @@ impl Metrics {
         entry.calls[index]
             .get_or_init(|| {
                 let labels =
-                    CallLabels { instance: instance.clone(), method: entry.label.clone(), outcome: OUTCOMES[index] };
+                    CallLabels { instance: Escaped(instance.clone()), method: entry.label.clone(), outcome: OUTCOMES[index] };
                 self.rpc_calls.get_or_create(&labels).clone()
             })
             .inc();
         metrics
             .duration
-            .get_or_init(|| self.rpc_duration.get_or_create(&InstanceLabels { instance: instance.clone() }).clone())
+            .get_or_init(|| self.rpc_duration.get_or_create(&InstanceLabels { instance: Escaped(instance.clone()) }).clone())
             .observe(elapsed.as_secs_f64());
         metrics.traffic.record(unix_seconds(), outcome != "ok");
     }
@@ -430,14 +458,47 @@ impl Metrics {
         metrics.map_or_else(Vec::new, |m| m.traffic.points(unix_seconds()))
     }
 
-    /// Drops what is kept about one instance that is gone.
+    /// Drops what is kept about one instance that is gone, its exported series included.
     pub fn forget_instance(&self, instance: &str) {
-        self.per_instance.write().unwrap_or_else(|p| p.into_inner()).remove(instance);
+        let gone = self.per_instance.write().unwrap_or_else(|p| p.into_inner()).remove_entry(instance);
+        if let Some((id, metrics)) = gone {
+            self.remove_series(&id, &metrics);
+        }
     }
 
-    /// Drops what is kept about instances that are gone.
+    /// Drops what is kept about instances that are gone, their exported series included.
     pub fn retain_instances(&self, live: impl Fn(&str) -> bool) {
-        self.per_instance.write().unwrap_or_else(|p| p.into_inner()).retain(|id, _| live(id));
+        let mut gone = Vec::new();
+        self.per_instance.write().unwrap_or_else(|p| p.into_inner()).retain(|id, metrics| {
+            let keep = live(id);
+            if !keep {
+                gone.push((id.clone(), metrics.clone()));
+            }
+            keep
+        });
+        for (id, metrics) in gone {
+            self.remove_series(&id, &metrics);
+        }
+    }
+
+    /// Removes every series labelled with `instance`: a deprovisioned instance's series go, and
+    /// one provisioned again under the same id starts from none.
+    fn remove_series(&self, instance: &Arc<str>, metrics: &InstanceMetrics) {
+        let escaped = Escaped(instance.clone());
+        let methods: Vec<Arc<MethodMetrics>> =
+            metrics.methods.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for method in methods.iter().chain(std::iter::once(&metrics.other)) {
+            for (index, outcome) in OUTCOMES.iter().enumerate() {
+                if method.calls[index].get().is_some() {
+                    let labels = CallLabels { instance: escaped.clone(), method: method.label.clone(), outcome };
+                    self.rpc_calls.remove(&labels);
+                }
+            }
+        }
+        let labels = InstanceLabels { instance: escaped };
+        self.rpc_duration.remove(&labels);
+        self.cache_hits.remove(&labels);
+        self.cache_misses.remove(&labels);
     }
 
     /// The series of `ovsb_plugin_hook_duration_seconds` for one plugin's hook: kept by the
@@ -572,6 +633,23 @@ mod tests {
         let open = LogThrottle::new(Duration::ZERO);
         assert_eq!(open.admit(), Some(0));
         assert_eq!(open.admit(), Some(0));
+    }
+
+    #[test]
+    fn instance_ids_are_escaped_and_a_forgotten_instance_leaves_no_series() {
+        let m = Metrics::new();
+        let odd: Arc<str> = Arc::from("rt\"q\\\nx");
+        m.record_call(&odd, "eth_chainId", "ok", Duration::from_millis(1));
+        m.record_call(&Arc::from("plain"), "eth_chainId", "ok", Duration::from_millis(1));
+        let text = m.encode();
+        assert!(text.contains(r#"instance="rt\"q\\\nx""#), "{text}");
+        assert!(text.lines().all(|line| !line.starts_with("x\"")), "no label value breaks a line: {text}");
+        m.forget_instance(&odd);
+        let text = m.encode();
+        assert!(!text.contains("rt\\\"q"), "the instance's series are gone: {text}");
+        assert!(text.contains(r#"instance="plain""#), "{text}");
+        m.retain_instances(|_| false);
+        assert!(!m.encode().contains("instance="), "{}", m.encode());
     }
 
     #[test]
