@@ -296,6 +296,7 @@ impl Server {
             secret,
             auth,
             identity,
+            auth_throttle: Default::default(),
         });
 
         tracker.spawn(operations.supervise(store.backend() == Backend::Sqlite));
@@ -333,6 +334,8 @@ impl Server {
             let app = crate::broker::router(state);
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
+                // With the peer's address: failed authentication is throttled per source.
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 let served = axum::serve(broker_listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
                 if let Err(err) = served {
                     tracing::error!("broker stopped: {err}");

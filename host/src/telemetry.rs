@@ -158,6 +158,8 @@ pub struct Metrics {
     pub connections_refused: Family<RefusalLabels, Counter>,
     /// `ovsb_call_refusals_total{reason}`: calls refused or cut by a gateway budget.
     pub call_refusals: Family<RefusalLabels, Counter>,
+    /// `ovsb_broker_auth_refusals_total{outcome}`: `failed` or `throttled`.
+    pub broker_auth: Family<OutcomeLabels, Counter>,
     /// `ovsb_log_lines_suppressed_total`: repeated warnings not written.
     pub log_lines_suppressed: Counter,
     /// `ovsb_plugin_copies`: plugin copies alive (busy or idle).
@@ -359,6 +361,12 @@ impl Metrics {
             "Calls refused or cut by a gateway budget (answer bytes, node sockets, upstream calls), by limit",
             call_refusals.clone(),
         );
+        let broker_auth = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "broker_auth_refusals",
+            "Broker requests refused for authentication: `failed` (wrong or missing credentials, 401), `throttled` (429)",
+            broker_auth.clone(),
+        );
         let log_lines_suppressed = Counter::default();
         registry.register(
             "log_lines_suppressed",
@@ -371,6 +379,7 @@ impl Metrics {
             plugin_copy_evictions,
             plugin_refusals,
             call_refusals,
+            broker_auth,
             log_lines_suppressed,
             plugin_loaded,
             plugin_instances,
@@ -415,6 +424,11 @@ impl Metrics {
     /// Counts a call refused or cut by a gateway budget.
     pub fn record_call_refusal(&self, reason: &'static str) {
         self.call_refusals.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts a broker request refused for authentication (`failed` or `throttled`).
+    pub fn record_broker_auth(&self, outcome: &'static str) {
+        self.broker_auth.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Counts warnings a [`LogThrottle`] kept out of the log.
