@@ -270,6 +270,9 @@ pub struct GatewaySettings {
     /// Most connections that carry one binding key.
     #[serde(default = "default_max_connections_per_key")]
     pub max_connections_per_key: u32,
+    /// Most connections that carry the keys of one instance together.
+    #[serde(default = "default_max_connections_per_instance")]
+    pub max_connections_per_instance: u32,
     /// A connection that has not sent a request with a valid key within this time is closed, in
     /// milliseconds. When the gateway is full, the oldest such connection is closed to make room.
     #[serde(default = "default_anonymous_timeout")]
@@ -341,6 +344,7 @@ impl Default for GatewaySettings {
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
             max_connections_per_key: default_max_connections_per_key(),
+            max_connections_per_instance: default_max_connections_per_instance(),
             anonymous_timeout_ms: default_anonymous_timeout(),
             header_timeout_ms: default_header_timeout(),
             body_timeout_ms: default_body_timeout(),
@@ -1070,9 +1074,11 @@ impl Config {
             return bad("gateway.upstream_deadline_ms must be between 1 and 600000".into());
         }
         let g = &self.gateway;
-        let ranges: [(&str, u64, u64, u64); 14] = [
+        let ranges: [(&str, u64, u64, u64); 15] = [
             ("max_connections_per_source", g.max_connections_per_source.into(), 1, g.max_connections.into()),
             ("max_connections_per_key", g.max_connections_per_key.into(), 1, g.max_connections.into()),
+            // Lowered to max_connections at start: a smaller gateway needs no change here.
+            ("max_connections_per_instance", g.max_connections_per_instance.into(), 1, 1 << 30),
             ("anonymous_timeout_ms", g.anonymous_timeout_ms, 100, 300_000),
             ("header_timeout_ms", g.header_timeout_ms, 100, 3_600_000),
             ("body_timeout_ms", g.body_timeout_ms, 100, 3_600_000),
@@ -1514,6 +1520,9 @@ fn default_max_connections_per_source() -> u32 {
 }
 fn default_max_connections_per_key() -> u32 {
     512
+}
+fn default_max_connections_per_instance() -> u32 {
+    2048
 }
 fn default_anonymous_timeout() -> u64 {
     5_000

@@ -308,6 +308,7 @@ impl Server {
             max_connections: g.max_connections,
             max_connections_per_source: g.max_connections_per_source,
             max_connections_per_key: g.max_connections_per_key,
+            max_connections_per_instance: g.max_connections_per_instance,
             anonymous_timeout: Duration::from_millis(g.anonymous_timeout_ms),
             header_timeout: Duration::from_millis(g.header_timeout_ms),
             body_timeout: Duration::from_millis(g.body_timeout_ms),

@@ -14,7 +14,9 @@
 //!   strangers can never lock out a keyed client; only when every connection is keyed is a
 //!   newcomer refused;
 //! - **per key**: a connection is counted under the first valid key it presents; at most
-//!   `per_key` connections carry one key.
+//!   `per_key` connections carry one key;
+//! - **per instance**: at most `per_instance` connections carry the keys of one instance
+//!   together (a tenant cannot take more by making more bindings).
 //!
 //! Anonymous connections also have a short life: the connection task closes one that presents no
 //! valid key within `anonymous_timeout` (see `gateway::serve`).
@@ -47,6 +49,8 @@ pub struct AdmissionLimits {
     pub per_source: u32,
     /// Connections carrying one key.
     pub per_key: u32,
+    /// Connections carrying the keys of one instance.
+    pub per_instance: u32,
 }
 
 /// Why a connection (or its first keyed request) was refused.
@@ -58,6 +62,8 @@ pub enum Refused {
     Source,
     /// This key's connections hold its share.
     Key,
+    /// The connections of this instance's keys hold its share.
+    Instance,
 }
 
 impl Refused {
@@ -67,6 +73,7 @@ impl Refused {
             Refused::Full => "too many connections; retry later",
             Refused::Source => "too many connections from this address; retry later",
             Refused::Key => "too many connections with this key; retry later",
+            Refused::Instance => "too many connections with this instance's keys; retry later",
         }
     }
 
@@ -76,6 +83,7 @@ impl Refused {
             Refused::Full => "connections",
             Refused::Source => "connections_per_source",
             Refused::Key => "connections_per_key",
+            Refused::Instance => "connections_per_instance",
         }
     }
 }
@@ -85,6 +93,7 @@ struct Counts {
     total: u32,
     by_source: HashMap<IpAddr, u32>,
     by_key: HashMap<KeyDigest, u32>,
+    by_instance: HashMap<Arc<str>, u32>,
     /// Anonymous connections, oldest first, with the token that closes each.
     anonymous: BTreeMap<u64, (IpAddr, CancellationToken)>,
     /// The same, by source.
@@ -200,6 +209,7 @@ impl Admission {
             id,
             source,
             key: OnceLock::new(),
+            instance: OnceLock::new(),
             close,
             watch: OnceLock::new(),
             watched: tokio::sync::Notify::new(),
@@ -217,6 +227,8 @@ pub struct Ticket {
     id: u64,
     source: IpAddr,
     key: OnceLock<KeyDigest>,
+    /// The instance whose share the connection counts against.
+    instance: OnceLock<Arc<str>>,
     close: CancellationToken,
     /// The key's revocation token and expiry (Unix ms), once the connection is keyed.
     watch: OnceLock<(CancellationToken, Option<i64>)>,
@@ -256,10 +268,15 @@ impl Ticket {
         }
     }
 
-    /// Counts the connection under `key` on its first valid key (later keys on the same
-    /// keep-alive connection are served, but the connection stays counted under the first).
-    /// Refused when the key holds its share of connections.
+    /// [`present_key_of`](Self::present_key_of) without an instance.
     pub fn present_key(&self, key: &KeyDigest) -> Result<(), Refused> {
+        self.present_key_of(key, None)
+    }
+
+    /// Counts the connection under `key` (and its instance's share, if given) on its first valid
+    /// key (later keys on the same keep-alive connection are served, but the connection stays
+    /// counted under the first). Refused when the key, or the instance, holds its share.
+    pub fn present_key_of(&self, key: &KeyDigest, instance: Option<&Arc<str>>) -> Result<(), Refused> {
         if self.key.get().is_some() {
             return Ok(());
         }
@@ -275,6 +292,14 @@ impl Ticket {
         if held >= self.admission.limits.per_key {
             counts.add_anonymous(self.id, self.source, self.close.clone());
             return Err(Refused::Key);
+        }
+        if let Some(instance) = instance {
+            if counts.by_instance.get(instance).copied().unwrap_or(0) >= self.admission.limits.per_instance {
+                counts.add_anonymous(self.id, self.source, self.close.clone());
+                return Err(Refused::Instance);
+            }
+            *counts.by_instance.entry(instance.clone()).or_insert(0) += 1;
+            let _ = self.instance.set(instance.clone());
         }
         *counts.by_key.entry(*key).or_insert(0) += 1;
         let _ = self.key.set(*key);
@@ -300,6 +325,14 @@ impl Drop for Ticket {
                 *n -= 1;
                 if *n == 0 {
                     counts.by_key.remove(key);
+                }
+            }
+            if let Some(instance) = self.instance.get()
+                && let Some(n) = counts.by_instance.get_mut(instance)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    counts.by_instance.remove(instance);
                 }
             }
             counts.release_source(self.source);
@@ -408,7 +441,20 @@ mod tests {
     }
 
     fn limits(total: u32, per_source: u32, per_key: u32) -> Arc<Admission> {
-        Admission::new(AdmissionLimits { total, per_source, per_key })
+        Admission::new(AdmissionLimits { total, per_source, per_key, per_instance: total })
+    }
+
+    #[test]
+    fn the_keys_of_one_instance_share_its_connections() {
+        let admission = Admission::new(AdmissionLimits { total: 100, per_source: 100, per_key: 100, per_instance: 2 });
+        let (tenant, other): (Arc<str>, Arc<str>) = (Arc::from("tenant"), Arc::from("other"));
+        let tickets: Vec<_> = (0..4).map(|_| admission.admit(A).unwrap()).collect();
+        tickets[0].present_key_of(&[1; 32], Some(&tenant)).unwrap();
+        tickets[1].present_key_of(&[2; 32], Some(&tenant)).unwrap();
+        assert_eq!(tickets[2].present_key_of(&[3; 32], Some(&tenant)), Err(Refused::Instance), "a third key");
+        tickets[3].present_key_of(&[4; 32], Some(&other)).unwrap();
+        drop(tickets);
+        assert!(admission.lock().by_instance.is_empty());
     }
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));

@@ -80,6 +80,8 @@ pub struct GatewayConfig {
     pub max_connections_per_source: u32,
     /// Most connections carrying one key.
     pub max_connections_per_key: u32,
+    /// Most connections carrying the keys of one instance together.
+    pub max_connections_per_instance: u32,
     /// Time a connection has to send a request with a valid key.
     pub anonymous_timeout: Duration,
     /// Time a client has to send a request's headers; also the keep-alive idle time.
@@ -119,6 +121,7 @@ impl Default for GatewayConfig {
             max_connections: 8192,
             max_connections_per_source: 512,
             max_connections_per_key: 512,
+            max_connections_per_instance: 2048,
             anonymous_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(10),
@@ -196,6 +199,7 @@ async fn serve_within(
         total: budget,
         per_source: config.max_connections_per_source.min(budget),
         per_key: config.max_connections_per_key.min(budget),
+        per_instance: config.max_connections_per_instance.min(budget),
     });
     // Refused connections get their 429 while few are being refused; past that they are closed
     // at once, so a flood of refusals cannot hold descriptors either.
@@ -387,13 +391,15 @@ where
                 refusal.message,
             ))));
         }
-        let was_keyed = connection.ticket.keyed();
-        if let Err(refused) = connection.ticket.present_key(&digest) {
-            return Box::pin(std::future::ready(Ok(cors::allow(limit_error(refused), cors))));
-        }
-        if !was_keyed {
-            // Once per connection: it ends when the key it is counted under goes.
-            watch_key(&connection.ticket, &connection.routes, &digest);
+        if !connection.ticket.keyed() {
+            // Once per connection: counted under the key and its instance, and ended when the
+            // key goes.
+            let access = connection.routes.access(&digest);
+            let instance = access.as_ref().map(|access| &access.route.instance.instance_id);
+            if let Err(refused) = connection.ticket.present_key_of(&digest, instance) {
+                return Box::pin(std::future::ready(Ok(cors::allow(limit_error(refused), cors))));
+            }
+            watch_key(&connection.ticket, access);
         }
         // A WebSocket outlives this request: it waits on the key's revocation token.
         let revoked = if is_websocket_upgrade(&request) {
@@ -426,8 +432,8 @@ where
 
 /// Has the connection's ticket watch `digest`'s revocation and expiry (a key revoked a moment
 /// ago ends the connection at once).
-fn watch_key(ticket: &Ticket, routes: &Routes, digest: &KeyDigest) {
-    let Some(access) = routes.access(digest) else {
+fn watch_key(ticket: &Ticket, access: Option<Access>) {
+    let Some(access) = access else {
         let gone = tokio_util::sync::CancellationToken::new();
         gone.cancel();
         ticket.watch_key(gone, None);
