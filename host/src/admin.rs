@@ -82,7 +82,9 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let name = match host.strip_prefix('[') {
         // [v6]:port or [v6]
         Some(rest) => return rest.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
-        None => host.rsplit_once(':').map_or(host, |(name, port)| if port.parse::<u16>().is_ok() { name } else { host }),
+        None => {
+            host.rsplit_once(':').map_or(host, |(name, port)| if port.parse::<u16>().is_ok() { name } else { host })
+        }
     };
     if name.parse::<std::net::IpAddr>().is_ok() {
         return true;
@@ -98,11 +100,20 @@ mod tests {
     #[test]
     fn only_addresses_localhost_and_configured_names_may_be_the_host() {
         let allowed = ["ovsb-admin.internal".to_string()];
-        for host in ["127.0.0.1:9090", "127.0.0.1", "[::1]:9090", "[::1]", "10.0.0.5:9090", "localhost:9090", "LocalHost"] {
+        for host in
+            ["127.0.0.1:9090", "127.0.0.1", "[::1]:9090", "[::1]", "10.0.0.5:9090", "localhost:9090", "LocalHost"]
+        {
             assert!(host_allowed(host, &allowed), "{host}");
         }
         assert!(host_allowed("OVSB-admin.internal:9090", &allowed));
-        for host in ["attacker.example:9090", "attacker.example", "localhost.attacker.example", "", "[evil]:1", "127.0.0.1.nip.io"] {
+        for host in [
+            "attacker.example:9090",
+            "attacker.example",
+            "localhost.attacker.example",
+            "",
+            "[evil]:1",
+            "127.0.0.1.nip.io",
+        ] {
             assert!(!host_allowed(host, &allowed), "{host}");
         }
     }

@@ -145,7 +145,6 @@ impl GatewayBudget {
 pub struct InstanceBudget {
     answers: Tally,
     upstream_calls: Arc<Semaphore>,
-    upstream_share: usize,
 }
 
 /// The shares an instance gets.
@@ -170,7 +169,6 @@ impl InstanceBudget {
         Arc::new(InstanceBudget {
             answers: Tally::new(shares.answer_bytes_in_flight),
             upstream_calls: Arc::new(Semaphore::new(calls)),
-            upstream_share: calls,
         })
     }
 
@@ -186,7 +184,6 @@ impl Default for InstanceBudget {
         InstanceBudget {
             answers: Tally::new(shares.answer_bytes_in_flight),
             upstream_calls: Arc::new(Semaphore::new(shares.upstream_calls)),
-            upstream_share: shares.upstream_calls,
         }
     }
 }
@@ -227,16 +224,24 @@ impl Refusal {
     /// The JSON-RPC error the call gets.
     pub fn error(self) -> RpcError {
         let (code, message) = match self {
-            Refusal::Response(limit) => (OVERSIZED_RESPONSE, format!("the response is over the limit of {limit} bytes")),
-            Refusal::InFlight => (LIMIT_EXCEEDED, "the gateway holds as many answer bytes as it may; retry later".into()),
+            Refusal::Response(limit) => {
+                (OVERSIZED_RESPONSE, format!("the response is over the limit of {limit} bytes"))
+            }
+            Refusal::InFlight => {
+                (LIMIT_EXCEEDED, "the gateway holds as many answer bytes as it may; retry later".into())
+            }
             Refusal::InstanceInFlight => {
                 (LIMIT_EXCEEDED, "this instance holds as many answer bytes as it may; retry later".into())
             }
             Refusal::InstanceUpstream => {
                 (LIMIT_EXCEEDED, "this instance has as many calls at its node as it may; retry later".into())
             }
-            Refusal::Upstream => (LIMIT_EXCEEDED, "the gateway has as many calls at nodes as it may; retry later".into()),
-            Refusal::NodeSockets => (LIMIT_EXCEEDED, "the node has as many calls from the gateway as it may; retry later".into()),
+            Refusal::Upstream => {
+                (LIMIT_EXCEEDED, "the gateway has as many calls at nodes as it may; retry later".into())
+            }
+            Refusal::NodeSockets => {
+                (LIMIT_EXCEEDED, "the node has as many calls from the gateway as it may; retry later".into())
+            }
             Refusal::Descriptors => (LIMIT_EXCEEDED, "the gateway is out of sockets; retry later".into()),
         };
         crate::telemetry::metrics().record_call_refusal(self.reason());
@@ -321,10 +326,10 @@ pub async fn charge_answer(n: usize) -> Result<(), Refusal> {
         Charge::Refused(refusal) => Err(Ok(refusal)),
         Charge::Full(refusal) => Err(Err((refusal, budget.gateway.clone()))),
     });
-    let (mut refusal, gateway) = match first {
+    let gateway = match first {
         Err(_) | Ok(Ok(())) => return Ok(()),
         Ok(Err(Ok(refusal))) => return Err(refusal),
-        Ok(Err(Err(full))) => full,
+        Ok(Err(Err((_, gateway)))) => gateway,
     };
     let deadline = tokio::time::Instant::now() + gateway.limits.queue;
     gateway.waiting.fetch_add(1, Ordering::AcqRel);
@@ -335,10 +340,11 @@ pub async fn charge_answer(n: usize) -> Result<(), Refusal> {
         match REQUEST_BUDGET.try_with(|budget| budget.try_charge(n)) {
             Ok(Charge::Taken) | Err(_) => break Ok(()),
             Ok(Charge::Refused(refused)) => break Err(refused),
-            Ok(Charge::Full(full)) => refusal = full,
-        }
-        if tokio::time::timeout_at(deadline, released).await.is_err() {
-            break Err(refusal);
+            Ok(Charge::Full(full)) => {
+                if tokio::time::timeout_at(deadline, released).await.is_err() {
+                    break Err(full);
+                }
+            }
         }
     };
     gateway.waiting.fetch_sub(1, Ordering::AcqRel);

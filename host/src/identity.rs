@@ -251,7 +251,10 @@ mod tests {
     fn redact_removes_secrets_as_they_are_and_as_json_quotes_them() {
         let secrets = vec!["hunter2".to_string(), "a\"b".to_string(), String::new()];
         let said = r#"bad api_key "hunter2" (expected 32 hex digits); also "a\"b" and a"b"#;
-        assert_eq!(redact(said, &secrets), r#"bad api_key "[sealed]" (expected 32 hex digits); also "[sealed]" and [sealed]"#);
+        assert_eq!(
+            redact(said, &secrets),
+            r#"bad api_key "[sealed]" (expected 32 hex digits); also "[sealed]" and [sealed]"#
+        );
         assert_eq!(redact("nothing secret", &secrets), "nothing secret");
     }
 

@@ -454,14 +454,19 @@ impl Metrics {
         let entry = method_in(&metrics, method);
         entry.calls[index]
             .get_or_init(|| {
-                let labels =
-                    CallLabels { instance: Escaped(instance.clone()), method: entry.label.clone(), outcome: OUTCOMES[index] };
+                let labels = CallLabels {
+                    instance: Escaped(instance.clone()),
+                    method: entry.label.clone(),
+                    outcome: OUTCOMES[index],
+                };
                 self.rpc_calls.get_or_create(&labels).clone()
             })
             .inc();
         metrics
             .duration
-            .get_or_init(|| self.rpc_duration.get_or_create(&InstanceLabels { instance: Escaped(instance.clone()) }).clone())
+            .get_or_init(|| {
+                self.rpc_duration.get_or_create(&InstanceLabels { instance: Escaped(instance.clone()) }).clone()
+            })
             .observe(elapsed.as_secs_f64());
         metrics.traffic.record(unix_seconds(), outcome != "ok");
     }

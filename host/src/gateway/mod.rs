@@ -535,6 +535,7 @@ where
     });
     // As a batch through jsonrpsee: a bounded number at a time, within one request's budget, cut
     // short once the answers pass the limit.
+    let answers: Vec<_> = answers.collect();
     let gather = async {
         let mut running = futures::stream::iter(answers).buffered(connection.batch_concurrency);
         let mut gathered = Vec::new();

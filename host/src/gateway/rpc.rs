@@ -191,15 +191,15 @@ where
         if let Some(route) = self.state.route(&n.extensions) {
             let call = Call { method: n.method.to_string(), params: n.params.as_ref().map(|p| p.get().to_string()) };
             let state = &self.state;
-            let run = async {
+            let work = async {
                 let started = std::time::Instant::now();
                 let outcome = run(state, &route, call).await;
                 record(&route, &n.method, &outcome, started);
             };
             if REQUEST_BUDGET.try_with(|_| ()).is_ok() {
-                run.await
+                work.await
             } else {
-                REQUEST_BUDGET.scope(state.budget.request(&route.instance.budget), run).await
+                REQUEST_BUDGET.scope(state.budget.request(&route.instance.budget), work).await
             }
         }
         None
@@ -226,19 +226,23 @@ where
             let limit = this.state.max_response_bytes;
             let concurrency = this.state.batch_concurrency.max(1);
             let answer = async {
-                let entries = batch.into_iter().map(|entry| {
-                    let this = this.clone();
-                    async move {
-                        match entry {
-                            Ok(BatchEntry::Call(req)) => Some(this.handle(req).await),
-                            Ok(BatchEntry::Notification(n)) => this.notify(n).await,
-                            Err(err) => {
-                                let (err, id) = err.into_parts();
-                                Some(MethodResponse::error(id, err))
+                // Collected first: the stream then holds the entries' futures, not the closure.
+                let entries: Vec<_> = batch
+                    .into_iter()
+                    .map(|entry| {
+                        let this = this.clone();
+                        async move {
+                            match entry {
+                                Ok(BatchEntry::Call(req)) => Some(this.handle(req).await),
+                                Ok(BatchEntry::Notification(n)) => this.notify(n).await,
+                                Err(err) => {
+                                    let (err, id) = err.into_parts();
+                                    Some(MethodResponse::error(id, err))
+                                }
                             }
                         }
-                    }
-                });
+                    })
+                    .collect();
                 // In order, a bounded number at a time, each appended as it completes.
                 let mut answers = futures::stream::iter(entries).buffered(concurrency);
                 let mut builder = BatchResponseBuilder::new_with_limit(limit);
