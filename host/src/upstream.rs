@@ -348,7 +348,7 @@ impl UpstreamPool {
         })?;
         let status = response.status();
         let body = self.read_answer(response).await?;
-        match decode(&body) {
+        match decode_owned(body) {
             Some(outcome) => Ok(outcome),
             None if status.is_server_error() => Err(AttemptError::Failed(format!("HTTP {status}"))),
             None => Err(AttemptError::Failed(format!("HTTP {status} with a body that is not a JSON-RPC response"))),
@@ -573,6 +573,22 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<&
     <&RawValue>::deserialize(deserializer).map(Some)
 }
 
+/// [`decode`], taking the body: a result is cut out of the body's own buffer (when the buffer is
+/// not shared) rather than copied, so a large answer is held once, not twice.
+fn decode_owned(body: Bytes) -> Option<Outcome> {
+    let (start, len) = {
+        let response: WireResponse = serde_json::from_slice(&body).ok()?;
+        match (response.result, &response.error) {
+            (Some(result), None) => (result.get().as_ptr() as usize - body.as_ptr() as usize, result.get().len()),
+            _ => return decode(&body),
+        }
+    };
+    let mut bytes = Vec::from(body);
+    bytes.truncate(start + len);
+    bytes.drain(..start);
+    Some(Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
+}
+
 /// The outcome in a node's JSON-RPC response; `None` if the body is not one.
 fn decode(body: &[u8]) -> Option<Outcome> {
     let response: WireResponse = serde_json::from_slice(body).ok()?;
@@ -621,6 +637,12 @@ mod tests {
         );
         assert_eq!(decode(b"<html>bad gateway</html>"), None);
         assert_eq!(decode(br#"{"jsonrpc":"2.0","id":1}"#), None);
+        let owned = |text: &'static [u8]| decode_owned(Bytes::from(text.to_vec()));
+        assert_eq!(owned(br#"{"jsonrpc":"2.0","id":1,"result":{"a": [1]}}"#), Some(Ok(r#"{"a": [1]}"#.into())));
+        assert_eq!(owned(br#"{"id":1,"result":"0x1","jsonrpc":"2.0"}"#), Some(Ok(r#""0x1""#.into())));
+        assert_eq!(owned(br#"{"jsonrpc":"2.0","id":1,"result":null}"#), Some(Ok("null".into())));
+        assert!(matches!(owned(br#"{"jsonrpc":"2.0","id":1,"error":{"code":3,"message":"m"}}"#), Some(Err(_))));
+        assert_eq!(owned(b"<html>"), None);
     }
 
     #[test]
