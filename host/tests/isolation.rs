@@ -469,6 +469,75 @@ async fn batches_of_1000_under_a_low_descriptor_limit_hold_few_node_sockets_and_
     assert!(log_after - log_before < 50, "the log grew by {} lines", log_after - log_before);
 }
 
+/// The series in `/metrics` text as a real exposition-format parser (Python's prometheus_client)
+/// reads it: one `name<TAB>labels as JSON` line each; the parser's error if it refuses the text.
+fn parse_metrics(text: &str) -> Result<Vec<(String, Value)>, String> {
+    use std::io::Write as _;
+    let script = "import json, sys\nfrom prometheus_client.parser import text_string_to_metric_families\n\
+                  for family in text_string_to_metric_families(sys.stdin.read()):\n\
+                  \x20   for s in family.samples:\n\
+                  \x20       print(s.name + '\\t' + json.dumps(s.labels))\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (with prometheus_client, see tests/run-all.sh)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(name, labels)| (name.to_string(), serde_json::from_str(labels).unwrap()))
+        .collect())
+}
+
+/// An instance id holding `"` and `\` (as a platform may choose) keeps `/metrics` parsable by a
+/// real Prometheus parser, with the id as its label; a deprovisioned instance leaves no series.
+/// The admin listener answers only a `Host` that names it: a DNS-rebinding page gets 421.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_stay_parsable_whatever_the_instance_ids_and_forget_gone_instances() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = support::free_port();
+    let config = process_config(dir.path(), &anvil.http_url(), admin);
+    let ovsb = Ovsb::start(dir.path(), "metrics", &config);
+    // `rt"q\` in the path, percent-encoded.
+    let odd = bind_shared(&ovsb, "rt%22q%5C", None).await;
+    let plain = bind_shared(&ovsb, "plain", None).await;
+    for credentials in [&odd, &plain] {
+        assert_eq!(rpc(credentials["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"], "0x7a69");
+    }
+    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    let scrape = || async { reqwest::get(&metrics_url).await.unwrap().text().await.unwrap() };
+    let series = parse_metrics(&scrape().await).expect("a scrape Prometheus can parse");
+    let of = |series: &[(String, Value)], id: &str| {
+        series.iter().filter(|(name, labels)| name.starts_with("ovsb_rpc_calls") && labels["instance"] == id).count()
+    };
+    assert!(of(&series, "rt\"q\\") > 0, "the odd id is a label as it is: {series:?}");
+    assert!(of(&series, "plain") > 0);
+
+    assert_eq!(ovsb.osb.deprovision("rt%22q%5C", PLAN_SHARED).await.status, 202);
+    assert_eq!(ovsb.osb.wait("rt%22q%5C").await["state"], "succeeded");
+    let series = parse_metrics(&scrape().await).expect("parsable");
+    assert!(series.iter().all(|(_, labels)| labels["instance"] != "rt\"q\\"), "no series of a gone instance");
+    assert!(of(&series, "plain") > 0, "the others stay");
+
+    let client = reqwest::Client::new();
+    let rebound = |method: reqwest::Method, path: &str| {
+        let request = client.request(method, format!("http://127.0.0.1:{admin}{path}"));
+        request.header("host", format!("attacker.example:{admin}")).header("x-ovsb-reload", "1").send()
+    };
+    assert_eq!(rebound(reqwest::Method::GET, "/metrics").await.unwrap().status(), 421);
+    assert_eq!(rebound(reqwest::Method::POST, "/reload").await.unwrap().status(), 421);
+    let health = client.get(format!("http://localhost:{admin}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "localhost is the listener's own name");
+}
+
 fn environ(pid: u32) -> Vec<String> {
     let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     bytes.split(|b| *b == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
