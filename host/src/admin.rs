@@ -93,32 +93,6 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
     name == "localhost" || allowed.iter().any(|a| a.trim_end_matches('.') == name)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::host_allowed;
-
-    #[test]
-    fn only_addresses_localhost_and_configured_names_may_be_the_host() {
-        let allowed = ["ovsb-admin.internal".to_string()];
-        for host in
-            ["127.0.0.1:9090", "127.0.0.1", "[::1]:9090", "[::1]", "10.0.0.5:9090", "localhost:9090", "LocalHost"]
-        {
-            assert!(host_allowed(host, &allowed), "{host}");
-        }
-        assert!(host_allowed("OVSB-admin.internal:9090", &allowed));
-        for host in [
-            "attacker.example:9090",
-            "attacker.example",
-            "localhost.attacker.example",
-            "",
-            "[evil]:1",
-            "127.0.0.1.nip.io",
-        ] {
-            assert!(!host_allowed(host, &allowed), "{host}");
-        }
-    }
-}
-
 async fn metrics(State(admin): State<Arc<AdminState>>) -> impl axum::response::IntoResponse {
     let m = crate::telemetry::metrics();
     if let Some(state) = admin.parts.get() {
@@ -212,6 +186,32 @@ async fn ready(State(admin): State<Arc<AdminState>>) -> (StatusCode, &'static st
         Err(err) => {
             tracing::warn!("readiness: the store does not answer: {err}");
             (StatusCode::SERVICE_UNAVAILABLE, "the store does not answer\n")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_addresses_localhost_and_configured_names_may_be_the_host() {
+        let allowed = ["ovsb-admin.internal".to_string()];
+        for host in
+            ["127.0.0.1:9090", "127.0.0.1", "[::1]:9090", "[::1]", "10.0.0.5:9090", "localhost:9090", "LocalHost"]
+        {
+            assert!(host_allowed(host, &allowed), "{host}");
+        }
+        assert!(host_allowed("OVSB-admin.internal:9090", &allowed));
+        for host in [
+            "attacker.example:9090",
+            "attacker.example",
+            "localhost.attacker.example",
+            "",
+            "[evil]:1",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!host_allowed(host, &allowed), "{host}");
         }
     }
 }
