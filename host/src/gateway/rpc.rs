@@ -218,10 +218,11 @@ where
         self.clone().handle(req)
     }
 
-    fn batch<'a>(&self, mut batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+    fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         use futures::StreamExt as _;
         let this = self.clone();
-        let route = this.state.route(batch.extensions());
+        // Every entry carries the request's extensions: the first says whose batch it is.
+        let route = batch.iter().find_map(|entry| entry.as_ref().ok()).and_then(|e| this.state.route(e.extensions()));
         async move {
             let limit = this.state.max_response_bytes;
             let concurrency = this.state.batch_concurrency.max(1);
