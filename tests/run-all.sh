@@ -36,6 +36,11 @@ if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("jsonsc
 fi
 python3 -c 'import importlib.metadata as m; print("jsonschema", m.version("jsonschema"))'
 
+step "Python's prometheus_client 0.26.0 (/metrics is parsed by a real exposition-format parser), from PyPI"
+if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("prometheus_client") != "0.26.0")' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check 'prometheus_client==0.26.0'
+fi
+
 step "viem and ethers (the dApp tests run real clients), ajv (strict schema checks), pinned in tests/dapp/package-lock.json"
 if [ ! -d tests/dapp/node_modules/viem ] || [ ! -d tests/dapp/node_modules/ethers ] || [ ! -d tests/dapp/node_modules/ajv-draft-04 ]; then
     (cd tests/dapp && npm ci --no-audit --no-fund --ignore-scripts)

@@ -9,6 +9,11 @@
 //! kept its running version, 409 when the configuration file is refused as a whole, 400 without
 //! the header). Must not: expose anything a
 //! platform or dApp could use; it carries no credentials and listens on loopback by default.
+//!
+//! Every request's `Host` must name the listener itself: an IP address (what a DNS-rebinding
+//! page cannot send, since it reaches the listener under its own name), `localhost`, or one of
+//! `admin.allowed_hosts`; others get 421, so a page that rebinds its name to 127.0.0.1 can
+//! neither reload plugins nor read `/metrics`.
 
 use std::sync::Arc;
 
@@ -47,14 +52,45 @@ impl AdminState {
     }
 }
 
-/// The admin router.
-pub fn router(state: Arc<AdminState>) -> Router {
+/// The admin router, answering requests whose `Host` is an IP address, `localhost` or one of
+/// `allowed_hosts` (names, matched without case, with or without a port).
+pub fn router(state: Arc<AdminState>, allowed_hosts: &[String]) -> Router {
+    let allowed: Arc<[String]> = allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/reload", post(reload))
         .with_state(state)
+        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let allowed = allowed.clone();
+            async move {
+                use axum::response::IntoResponse;
+                let host = request.headers().get(axum::http::header::HOST).and_then(|h| h.to_str().ok());
+                if !host.is_some_and(|host| host_allowed(host, &allowed)) {
+                    let message = "421: this Host is not the admin listener's (see admin.allowed_hosts)\n";
+                    return (StatusCode::MISDIRECTED_REQUEST, message).into_response();
+                }
+                next.run(request).await
+            }
+        }))
+}
+
+/// Whether `host` (a `Host` header: name or address, maybe a port) names the admin listener.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        // [v6]:port or [v6]
+        Some(rest) => return rest.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            host.rsplit_once(':').map_or(host, |(name, port)| if port.parse::<u16>().is_ok() { name } else { host })
+        }
+    };
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || allowed.iter().any(|a| a.trim_end_matches('.') == name)
 }
 
 async fn metrics(State(admin): State<Arc<AdminState>>) -> impl axum::response::IntoResponse {
@@ -97,7 +133,7 @@ async fn gauges(state: &Parts, m: &crate::telemetry::Metrics) {
         m.plugin_instances.get_or_create(&crate::telemetry::PluginVersionLabels { plugin, sha256 }).set(n);
     }
     for (instance, kv) in state.routing.kv_stores() {
-        let labels = InstanceLabels { instance: instance.as_str().into() };
+        let labels = InstanceLabels { instance: crate::telemetry::Escaped(instance.as_str().into()) };
         // Whatever name the operator gave the cache plugin: its counters live in its namespace.
         let sum = |key: &str| -> Option<i64> {
             let values: Vec<i64> =
@@ -150,6 +186,32 @@ async fn ready(State(admin): State<Arc<AdminState>>) -> (StatusCode, &'static st
         Err(err) => {
             tracing::warn!("readiness: the store does not answer: {err}");
             (StatusCode::SERVICE_UNAVAILABLE, "the store does not answer\n")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_addresses_localhost_and_configured_names_may_be_the_host() {
+        let allowed = ["ovsb-admin.internal".to_string()];
+        for host in
+            ["127.0.0.1:9090", "127.0.0.1", "[::1]:9090", "[::1]", "10.0.0.5:9090", "localhost:9090", "LocalHost"]
+        {
+            assert!(host_allowed(host, &allowed), "{host}");
+        }
+        assert!(host_allowed("OVSB-admin.internal:9090", &allowed));
+        for host in [
+            "attacker.example:9090",
+            "attacker.example",
+            "localhost.attacker.example",
+            "",
+            "[evil]:1",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!host_allowed(host, &allowed), "{host}");
         }
     }
 }

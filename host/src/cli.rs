@@ -367,6 +367,7 @@ async fn serve_endpoint(
         ws: upstream_ws.into_iter().collect(),
         deadline: std::time::Duration::from_secs(30),
         max_response_bytes: 32 << 20,
+        max_sockets_per_node: crate::upstream::DEFAULT_SOCKETS_PER_NODE,
     });
     let instance = Arc::new(InstanceRoute {
         instance_id: "local".into(),
@@ -375,6 +376,7 @@ async fn serve_endpoint(
         policy: None,
         upstream: Arc::new(upstream),
         validator: None,
+        budget: Default::default(),
     });
     let key = key.unwrap_or_else(gateway::new_key);
     let mut table = RouteTable::default();

@@ -270,6 +270,9 @@ pub struct GatewaySettings {
     /// Most connections that carry one binding key.
     #[serde(default = "default_max_connections_per_key")]
     pub max_connections_per_key: u32,
+    /// Most connections that carry the keys of one instance together.
+    #[serde(default = "default_max_connections_per_instance")]
+    pub max_connections_per_instance: u32,
     /// A connection that has not sent a request with a valid key within this time is closed, in
     /// milliseconds. When the gateway is full, the oldest such connection is closed to make room.
     #[serde(default = "default_anonymous_timeout")]
@@ -308,6 +311,40 @@ pub struct GatewaySettings {
     /// WebSocket is closed with code 4008 (a burst up to this size always arrives whole).
     #[serde(default = "default_subscription_buffer")]
     pub subscription_buffer: u32,
+    /// Largest response, in bytes: a call's answer, or a batch's answers together. Answers are
+    /// counted as they arrive from the node; a batch that passes it is cut short with -32011
+    /// (`data.reason = "response_bytes"`), a single call gets -32008.
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: u32,
+    /// Answer bytes all requests may hold at once; past it a request waits up to `queue_ms`,
+    /// then gets -32005 `answer_bytes_in_flight`.
+    #[serde(default = "default_answer_bytes_in_flight")]
+    pub answer_bytes_in_flight: u64,
+    /// Answer bytes the requests of one instance may hold at once (its share of the above);
+    /// past it -32005 `instance_answer_bytes_in_flight`.
+    #[serde(default = "default_answer_bytes_per_instance")]
+    pub answer_bytes_in_flight_per_instance: u64,
+    /// Calls of one instance in flight to its nodes at once (its share of the nodes' sockets);
+    /// past it a call waits up to `queue_ms`, then gets -32005 `instance_upstream_calls`.
+    #[serde(default = "default_upstream_calls_per_instance")]
+    pub upstream_calls_per_instance: u32,
+    /// Entries of one batch running at once; the others wait their turn in order.
+    #[serde(default = "default_batch_concurrency")]
+    pub batch_concurrency: u32,
+    /// Longest a call waits for answer bytes in flight, an upstream turn of its instance or a
+    /// node socket, in milliseconds.
+    #[serde(default = "default_queue_ms")]
+    pub queue_ms: u64,
+}
+
+impl GatewaySettings {
+    /// The shares each instance gets of what the gateway shares.
+    pub fn instance_shares(&self) -> crate::budget::InstanceShares {
+        crate::budget::InstanceShares {
+            answer_bytes_in_flight: usize::try_from(self.answer_bytes_in_flight_per_instance).unwrap_or(usize::MAX),
+            upstream_calls: self.upstream_calls_per_instance as usize,
+        }
+    }
 }
 
 impl Default for GatewaySettings {
@@ -320,6 +357,7 @@ impl Default for GatewaySettings {
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
             max_connections_per_key: default_max_connections_per_key(),
+            max_connections_per_instance: default_max_connections_per_instance(),
             anonymous_timeout_ms: default_anonymous_timeout(),
             header_timeout_ms: default_header_timeout(),
             body_timeout_ms: default_body_timeout(),
@@ -331,6 +369,12 @@ impl Default for GatewaySettings {
             max_subscriptions_per_instance: default_max_subscriptions_per_instance(),
             max_subscriptions_per_key: default_max_subscriptions_per_key(),
             subscription_buffer: default_subscription_buffer(),
+            max_response_bytes: default_max_response(),
+            answer_bytes_in_flight: default_answer_bytes_in_flight(),
+            answer_bytes_in_flight_per_instance: default_answer_bytes_per_instance(),
+            upstream_calls_per_instance: default_upstream_calls_per_instance(),
+            batch_concurrency: default_batch_concurrency(),
+            queue_ms: default_queue_ms(),
         }
     }
 }
@@ -342,11 +386,15 @@ pub struct AdminSettings {
     /// Address of `/healthz` and `/readyz`.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// Host names (besides IP addresses and `localhost`) the admin listener answers to, as
+    /// clients send them in `Host`; any other gets 421 (no DNS-rebinding page can reach it).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        AdminSettings { listen: default_admin_listen() }
+        AdminSettings { listen: default_admin_listen(), allowed_hosts: Vec::new() }
     }
 }
 
@@ -894,6 +942,11 @@ pub struct UpstreamDriverDecl {
     /// A node more than this many blocks behind the best one is taken out of rotation.
     #[serde(default = "default_max_lag")]
     pub max_lag_blocks: u64,
+    /// Calls in flight to each node (and idle keep-alive sockets kept to it), for all the plan's
+    /// instances together; past it calls queue for `gateway.queue_ms`, then get -32005
+    /// `node_sockets`.
+    #[serde(default = "default_node_sockets")]
+    pub max_sockets_per_node: u32,
 }
 
 /// Settings of the `process` driver.
@@ -925,6 +978,10 @@ pub struct ProcessDriverDecl {
     /// Largest node log kept (plus one older file of the same size), in bytes.
     #[serde(default = "default_log_max")]
     pub log_max_bytes: u64,
+    /// Calls in flight to each instance's node (and idle keep-alive sockets kept to it); past it
+    /// calls queue for `gateway.queue_ms`, then get -32005 `node_sockets`.
+    #[serde(default = "default_node_sockets")]
+    pub max_sockets_per_node: u32,
     /// The node's environment. Nothing else of ovsb's environment reaches it (never its
     /// secrets), but `PATH` when this does not set it, so that programs are found as from ovsb.
     #[serde(default)]
@@ -1152,9 +1209,11 @@ impl Config {
             return bad("gateway.upstream_deadline_ms must be between 1 and 600000".into());
         }
         let g = &self.gateway;
-        let ranges: [(&str, u64, u64, u64); 12] = [
+        let ranges: [(&str, u64, u64, u64); 19] = [
             ("max_connections_per_source", g.max_connections_per_source.into(), 1, g.max_connections.into()),
             ("max_connections_per_key", g.max_connections_per_key.into(), 1, g.max_connections.into()),
+            // Lowered to max_connections at start: a smaller gateway needs no change here.
+            ("max_connections_per_instance", g.max_connections_per_instance.into(), 1, 1 << 30),
             ("anonymous_timeout_ms", g.anonymous_timeout_ms, 100, 300_000),
             ("header_timeout_ms", g.header_timeout_ms, 100, 3_600_000),
             ("body_timeout_ms", g.body_timeout_ms, 100, 3_600_000),
@@ -1170,6 +1229,18 @@ impl Config {
                 g.max_subscriptions_per_instance.into(),
             ),
             ("subscription_buffer", g.subscription_buffer.into(), 16, 1 << 20),
+            ("max_response_bytes", g.max_response_bytes.into(), 1024, 1 << 31),
+            // An instance's share must hold one whole answer, and the whole must hold a share.
+            (
+                "answer_bytes_in_flight_per_instance",
+                g.answer_bytes_in_flight_per_instance,
+                g.max_response_bytes.into(),
+                g.answer_bytes_in_flight,
+            ),
+            ("answer_bytes_in_flight", g.answer_bytes_in_flight, g.max_response_bytes.into(), 1 << 40),
+            ("upstream_calls_per_instance", g.upstream_calls_per_instance.into(), 1, 65_536),
+            ("batch_concurrency", g.batch_concurrency.into(), 1, 4096),
+            ("queue_ms", g.queue_ms, 0, 60_000),
         ];
         for (name, value, low, high) in ranges {
             if !(low..=high).contains(&value) {
@@ -1273,6 +1344,9 @@ impl Config {
                             return bad(format!("{what}: the upstream driver needs at least one http URL"));
                         }
                         check_urls(&what, &decl.http, &decl.ws)?;
+                        if !(1..=65_536).contains(&decl.max_sockets_per_node) {
+                            return bad(format!("{what}: max_sockets_per_node must be between 1 and 65536"));
+                        }
                         if decl.health_interval_ms < 100 {
                             return bad(format!("{what}: health_interval_ms must be at least 100"));
                         }
@@ -1515,6 +1589,9 @@ fn check_process(what: &str, decl: &ProcessDriverDecl, template_names: &[&str]) 
     if decl.restart_backoff_ms[0] == 0 || decl.restart_backoff_ms[0] > decl.restart_backoff_ms[1] {
         return bad(format!("{what}: restart_backoff_ms must be [first, longest], first > 0"));
     }
+    if !(1..=65_536).contains(&decl.max_sockets_per_node) {
+        return bad(format!("{what}: max_sockets_per_node must be between 1 and 65536"));
+    }
     if decl.log_max_bytes < 4096 {
         return bad(format!("{what}: log_max_bytes must be at least 4096"));
     }
@@ -1602,6 +1679,9 @@ fn default_max_connections_per_source() -> u32 {
 fn default_max_connections_per_key() -> u32 {
     512
 }
+fn default_max_connections_per_instance() -> u32 {
+    2048
+}
 fn default_anonymous_timeout() -> u64 {
     5_000
 }
@@ -1634,6 +1714,27 @@ fn default_subscription_buffer() -> u32 {
 }
 fn default_upstream_deadline() -> u64 {
     30_000
+}
+fn default_max_response() -> u32 {
+    32 << 20
+}
+fn default_answer_bytes_in_flight() -> u64 {
+    128 << 20
+}
+fn default_answer_bytes_per_instance() -> u64 {
+    64 << 20
+}
+fn default_upstream_calls_per_instance() -> u32 {
+    32
+}
+fn default_batch_concurrency() -> u32 {
+    16
+}
+fn default_queue_ms() -> u64 {
+    1_000
+}
+fn default_node_sockets() -> u32 {
+    64
 }
 fn default_lease() -> u64 {
     15

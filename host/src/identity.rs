@@ -138,25 +138,49 @@ impl Identity {
 
     /// Replaces every sealed object inside `value` by its opened text.
     pub fn open_all(&self, value: &mut Value, path: &str) -> Result<(), String> {
+        self.open_all_noting(value, path, &mut Vec::new())
+    }
+
+    /// [`open_all`](Self::open_all), adding each opened text to `opened` (to [`redact`] them
+    /// from what a plugin says).
+    pub fn open_all_noting(&self, value: &mut Value, path: &str, opened: &mut Vec<String>) -> Result<(), String> {
         if let Some(text) = self.open_value(value, path)? {
+            opened.push(text.clone());
             *value = Value::String(text);
             return Ok(());
         }
         match value {
             Value::Array(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
-                    self.open_all(item, &format!("{path}[{i}]"))?;
+                    self.open_all_noting(item, &format!("{path}[{i}]"), opened)?;
                 }
             }
             Value::Object(map) => {
                 for (name, item) in map.iter_mut() {
-                    self.open_all(item, &format!("{path}.{name}"))?;
+                    self.open_all_noting(item, &format!("{path}.{name}"), opened)?;
                 }
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+/// `text` with every one of `secrets` (as it is, and as it reads inside a JSON string) replaced
+/// by `[sealed]`: what a plugin says about its settings never carries a sealed value it was
+/// given, to a response or to a log.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        let quoted = serde_json::to_string(secret).unwrap_or_default();
+        let escaped = quoted.trim_matches('"');
+        for form in [secret.as_str(), escaped] {
+            if !form.is_empty() && text.contains(form) {
+                text = text.replace(form, "[sealed]");
+            }
+        }
+    }
+    text
 }
 
 /// Seals `plaintext` to a wallet's encryption public key (base64), as eth-sig-util's `encrypt`.
@@ -222,6 +246,17 @@ fn random_bytes() -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_removes_secrets_as_they_are_and_as_json_quotes_them() {
+        let secrets = vec!["hunter2".to_string(), "a\"b".to_string(), String::new()];
+        let said = r#"bad api_key "hunter2" (expected 32 hex digits); also "a\"b" and a"b"#;
+        assert_eq!(
+            redact(said, &secrets),
+            r#"bad api_key "[sealed]" (expected 32 hex digits); also "[sealed]" and [sealed]"#
+        );
+        assert_eq!(redact("nothing secret", &secrets), "nothing secret");
+    }
 
     #[test]
     fn sealed_objects_open_with_current_and_older_keys_only() {

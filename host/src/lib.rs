@@ -18,8 +18,10 @@
 //! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
 //! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
 //! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
-//! - [`upstream`]: pools of an instance's node URLs (health, failover, rotation), built by the
-//!   drivers and called by the gateway.
+//! - [`upstream`]: pools of an instance's node URLs (health, failover, rotation, a cap of calls
+//!   per node), built by the drivers and called by the gateway.
+//! - [`budget`]: what one request may hold while it is served (answer bytes per request and in
+//!   flight, upstream calls per instance and in all), checked as it is taken.
 //! - [`gateway`]: the JSON-RPC data plane (jsonrpsee): auth, routing snapshot, middleware,
 //!   upstream forwarding and failover, subscriptions, limits, CORS, per-binding allowlists and
 //!   plan method rules (checked on the way in and at the node boundary),
@@ -34,7 +36,7 @@
 //!
 //! ## Who may depend on whom
 //! No cycle among these (each uses only those after it): `server` → `admin` → `reload` → `broker` → `routing` →
-//! `gateway` → `provision` → `upstream` → `plugins` → `config`; and `store`, `credentials`,
+//! `gateway` → `provision` → `upstream` → `budget` → `plugins` → `config`; and `store`, `credentials`,
 //! `identity`, `telemetry` below them all, and `interchange` below everything (they depend on none of the above). In particular
 //! `config` is data and validation only, `provision` reaches routing only through
 //! [`provision::RouteRefresh`], and neither the drivers nor the gateway import each other's
@@ -42,6 +44,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -208,9 +208,20 @@ impl RouteSync {
         plan_id: &str,
         parameters: Option<&serde_json::Value>,
     ) -> Result<Vec<ChainElement>, String> {
+        self.opened_chain_noting(plan_id, parameters, &mut Vec::new())
+    }
+
+    /// [`RouteSync::opened_chain`], adding every opened text to `opened` (for
+    /// [`crate::identity::redact`]).
+    pub fn opened_chain_noting(
+        &self,
+        plan_id: &str,
+        parameters: Option<&serde_json::Value>,
+        opened: &mut Vec<String>,
+    ) -> Result<Vec<ChainElement>, String> {
         let mut elements = self.chain_elements(plan_id, parameters);
         for (i, element) in elements.iter_mut().enumerate() {
-            self.identity.open_all(&mut element.config, &format!("parameters.plugins[{i}].config"))?;
+            self.identity.open_all_noting(&mut element.config, &format!("parameters.plugins[{i}].config"), opened)?;
         }
         Ok(elements)
     }
@@ -570,7 +581,8 @@ impl RouteSync {
     async fn build(&self, instance: &InstanceRow, node: Option<&NodeOwner>) -> Option<(Arc<InstanceRoute>, bool)> {
         let parameters: Option<serde_json::Value> =
             instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
-        let elements = match self.opened_chain(&instance.plan_id, parameters.as_ref()) {
+        let mut secrets = Vec::new();
+        let elements = match self.opened_chain_noting(&instance.plan_id, parameters.as_ref(), &mut secrets) {
             Ok(elements) => elements,
             Err(err) => {
                 tracing::error!(instance = %instance.id, "instance is not served: {err}");
@@ -636,10 +648,12 @@ impl RouteSync {
                     policy: self.plan_rules(&instance.plan_id),
                     upstream,
                     validator,
+                    budget: crate::budget::InstanceBudget::new(self.config.gateway.instance_shares()),
                 }),
                 nodeless,
             )),
             Err(err) => {
+                let err = crate::identity::redact(&err.to_string(), &secrets);
                 tracing::error!(instance = %instance.id, "the instance's chain cannot be built: {err}");
                 None
             }

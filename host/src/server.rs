@@ -149,7 +149,7 @@ impl Server {
         let admin_state = Arc::new(crate::admin::AdminState::default());
         let starting = shutdown.child_token();
         {
-            let app = crate::admin::router(admin_state.clone());
+            let app = crate::admin::router(admin_state.clone(), &config.admin.allowed_hosts);
             let stop = starting.clone();
             tracker.spawn(async move {
                 let served = axum::serve(admin_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
@@ -299,6 +299,7 @@ impl Server {
             secret,
             auth,
             identity,
+            auth_throttle: Default::default(),
         });
 
         tracker.spawn(operations.supervise(store.backend() == Backend::Sqlite));
@@ -310,6 +311,7 @@ impl Server {
             max_connections: g.max_connections,
             max_connections_per_source: g.max_connections_per_source,
             max_connections_per_key: g.max_connections_per_key,
+            max_connections_per_instance: g.max_connections_per_instance,
             anonymous_timeout: Duration::from_millis(g.anonymous_timeout_ms),
             header_timeout: Duration::from_millis(g.header_timeout_ms),
             body_timeout: Duration::from_millis(g.body_timeout_ms),
@@ -320,6 +322,10 @@ impl Server {
                 per_key: g.max_subscriptions_per_key,
                 buffer: g.subscription_buffer,
             },
+            max_response_bytes: g.max_response_bytes,
+            answer_bytes_in_flight: usize::try_from(g.answer_bytes_in_flight).unwrap_or(usize::MAX),
+            batch_concurrency: g.batch_concurrency,
+            queue: Duration::from_millis(g.queue_ms),
             ..GatewayConfig::default()
         };
         {
@@ -338,6 +344,8 @@ impl Server {
             let app = crate::broker::router(state);
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
+                // With the peer's address: failed authentication is throttled per source.
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 let served = axum::serve(broker_listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
                 if let Err(err) = served {
                     tracing::error!("broker stopped: {err}");

@@ -22,11 +22,39 @@ use prometheus_client::registry::Registry;
 /// Distinct method names given their own label value, per instance.
 pub const MAX_METHOD_LABELS: usize = 128;
 
+/// A label value that comes from outside (an instance id a platform chose): written escaped as
+/// the exposition format requires (`\\`, `\"`, `\n`), so no value can break a scrape.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Escaped(pub Arc<str>);
+
+impl From<&str> for Escaped {
+    fn from(value: &str) -> Self {
+        Escaped(value.into())
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        let mut rest: &str = &self.0;
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..at])?;
+            encoder.write_str(match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[at + 1..];
+        }
+        encoder.write_str(rest)
+    }
+}
+
 /// Labels of a JSON-RPC call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     /// The service instance.
-    pub instance: Arc<str>,
+    pub instance: Escaped,
     /// The method (or `other`).
     pub method: Arc<str>,
     /// `ok`, `error` (an answer with a JSON-RPC error), `plugin_failure`, `upstream_error`,
@@ -38,7 +66,7 @@ pub struct CallLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
     /// The service instance.
-    pub instance: Arc<str>,
+    pub instance: Escaped,
 }
 
 /// Labels keyed by plugin.
@@ -141,6 +169,12 @@ pub struct Metrics {
     /// `ovsb_gateway_subscriptions_ended_total{reason}`: subscriptions the gateway ended with a
     /// close code (`lagged`: 4008, `node_gone`: 1012).
     pub subscriptions_ended: Family<RefusalLabels, Counter>,
+    /// `ovsb_call_refusals_total{reason}`: calls refused or cut by a gateway budget.
+    pub call_refusals: Family<RefusalLabels, Counter>,
+    /// `ovsb_broker_auth_refusals_total{outcome}`: `failed` or `throttled`.
+    pub broker_auth: Family<OutcomeLabels, Counter>,
+    /// `ovsb_log_lines_suppressed_total`: repeated warnings not written.
+    pub log_lines_suppressed: Counter,
     /// `ovsb_plugin_copies`: plugin copies alive (busy or idle).
     pub plugin_copies: Gauge,
     /// `ovsb_plugin_copy_evictions_total`: idle copies dropped (idle budget or idle time).
@@ -357,11 +391,32 @@ impl Metrics {
             plugin_copy_evictions.clone(),
         );
         registry.register("plugin_refusals", "Calls refused for plugin capacity, by limit", plugin_refusals.clone());
+        let call_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "call_refusals",
+            "Calls refused or cut by a gateway budget (answer bytes, node sockets, upstream calls), by limit",
+            call_refusals.clone(),
+        );
+        let broker_auth = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "broker_auth_refusals",
+            "Broker requests refused for authentication: `failed` (wrong or missing credentials, 401), `throttled` (429)",
+            broker_auth.clone(),
+        );
+        let log_lines_suppressed = Counter::default();
+        registry.register(
+            "log_lines_suppressed",
+            "Repeated warnings not written (rate-limited); each written one says how many it stands for",
+            log_lines_suppressed.clone(),
+        );
         Metrics {
             registry,
             plugin_copies,
             plugin_copy_evictions,
             plugin_refusals,
+            call_refusals,
+            broker_auth,
+            log_lines_suppressed,
             plugin_loaded,
             plugin_instances,
             plugin_loads,
@@ -405,6 +460,21 @@ impl Metrics {
         self.plugin_refusals.get_or_create(&RefusalLabels { reason }).inc();
     }
 
+    /// Counts a call refused or cut by a gateway budget.
+    pub fn record_call_refusal(&self, reason: &'static str) {
+        self.call_refusals.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts a broker request refused for authentication (`failed` or `throttled`).
+    pub fn record_broker_auth(&self, outcome: &'static str) {
+        self.broker_auth.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts warnings a [`LogThrottle`] kept out of the log.
+    pub fn record_suppressed_lines(&self, n: u64) {
+        self.log_lines_suppressed.inc_by(n);
+    }
+
     /// Counts a refused gateway connection.
     pub fn record_connection_refused(&self, reason: &'static str) {
         self.connections_refused.get_or_create(&RefusalLabels { reason }).inc();
@@ -433,14 +503,19 @@ impl Metrics {
         let entry = method_in(&metrics, method);
         entry.calls[index]
             .get_or_init(|| {
-                let labels =
-                    CallLabels { instance: instance.clone(), method: entry.label.clone(), outcome: OUTCOMES[index] };
+                let labels = CallLabels {
+                    instance: Escaped(instance.clone()),
+                    method: entry.label.clone(),
+                    outcome: OUTCOMES[index],
+                };
                 self.rpc_calls.get_or_create(&labels).clone()
             })
             .inc();
         metrics
             .duration
-            .get_or_init(|| self.rpc_duration.get_or_create(&InstanceLabels { instance: instance.clone() }).clone())
+            .get_or_init(|| {
+                self.rpc_duration.get_or_create(&InstanceLabels { instance: Escaped(instance.clone()) }).clone()
+            })
             .observe(elapsed.as_secs_f64());
         metrics.traffic.record(unix_seconds(), outcome != "ok");
     }
@@ -451,14 +526,47 @@ impl Metrics {
         metrics.map_or_else(Vec::new, |m| m.traffic.points(unix_seconds()))
     }
 
-    /// Drops what is kept about one instance that is gone.
+    /// Drops what is kept about one instance that is gone, its exported series included.
     pub fn forget_instance(&self, instance: &str) {
-        self.per_instance.write().unwrap_or_else(|p| p.into_inner()).remove(instance);
+        let gone = self.per_instance.write().unwrap_or_else(|p| p.into_inner()).remove_entry(instance);
+        if let Some((id, metrics)) = gone {
+            self.remove_series(&id, &metrics);
+        }
     }
 
-    /// Drops what is kept about instances that are gone.
+    /// Drops what is kept about instances that are gone, their exported series included.
     pub fn retain_instances(&self, live: impl Fn(&str) -> bool) {
-        self.per_instance.write().unwrap_or_else(|p| p.into_inner()).retain(|id, _| live(id));
+        let mut gone = Vec::new();
+        self.per_instance.write().unwrap_or_else(|p| p.into_inner()).retain(|id, metrics| {
+            let keep = live(id);
+            if !keep {
+                gone.push((id.clone(), metrics.clone()));
+            }
+            keep
+        });
+        for (id, metrics) in gone {
+            self.remove_series(&id, &metrics);
+        }
+    }
+
+    /// Removes every series labelled with `instance`: a deprovisioned instance's series go, and
+    /// one provisioned again under the same id starts from none.
+    fn remove_series(&self, instance: &Arc<str>, metrics: &InstanceMetrics) {
+        let escaped = Escaped(instance.clone());
+        let methods: Vec<Arc<MethodMetrics>> =
+            metrics.methods.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for method in methods.iter().chain(std::iter::once(&metrics.other)) {
+            for (index, outcome) in OUTCOMES.iter().enumerate() {
+                if method.calls[index].get().is_some() {
+                    let labels = CallLabels { instance: escaped.clone(), method: method.label.clone(), outcome };
+                    self.rpc_calls.remove(&labels);
+                }
+            }
+        }
+        let labels = InstanceLabels { instance: escaped };
+        self.rpc_duration.remove(&labels);
+        self.cache_hits.remove(&labels);
+        self.cache_misses.remove(&labels);
     }
 
     /// The series of `ovsb_plugin_hook_duration_seconds` for one plugin's hook: kept by the
@@ -477,6 +585,42 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Rate-limits one kind of repeated log line: at most one per `every`, each written one carrying
+/// the count of those kept out since the last (also counted in `ovsb_log_lines_suppressed_total`),
+/// so one failure mode cannot fill the disk. One atomic load when a line is kept out.
+pub struct LogThrottle {
+    every_ms: u64,
+    /// Milliseconds since `started` of the last line written (`u64::MAX`: none yet).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl LogThrottle {
+    /// At most one line per `every`.
+    pub fn new(every: Duration) -> Self {
+        LogThrottle {
+            every_ms: every.as_millis() as u64,
+            last_ms: AtomicU64::new(u64::MAX),
+            suppressed: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// `Some(kept out since the last line)` when a line may be written now; else counts it out.
+    pub fn admit(&self) -> Option<u64> {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= self.every_ms;
+        if due && self.last_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        metrics().record_suppressed_lines(1);
+        None
     }
 }
 
@@ -546,6 +690,35 @@ pub fn escape_line(line: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_writes_the_first_line_then_counts_the_repeats() {
+        let throttle = LogThrottle::new(Duration::from_secs(3600));
+        assert_eq!(throttle.admit(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(throttle.admit(), None);
+        }
+        let open = LogThrottle::new(Duration::ZERO);
+        assert_eq!(open.admit(), Some(0));
+        assert_eq!(open.admit(), Some(0));
+    }
+
+    #[test]
+    fn instance_ids_are_escaped_and_a_forgotten_instance_leaves_no_series() {
+        let m = Metrics::new();
+        let odd: Arc<str> = Arc::from("rt\"q\\\nx");
+        m.record_call(&odd, "eth_chainId", "ok", Duration::from_millis(1));
+        m.record_call(&Arc::from("plain"), "eth_chainId", "ok", Duration::from_millis(1));
+        let text = m.encode();
+        assert!(text.contains(r#"instance="rt\"q\\\nx""#), "{text}");
+        assert!(text.lines().all(|line| !line.starts_with("x\"")), "no label value breaks a line: {text}");
+        m.forget_instance(&odd);
+        let text = m.encode();
+        assert!(!text.contains("rt\\\"q"), "the instance's series are gone: {text}");
+        assert!(text.contains(r#"instance="plain""#), "{text}");
+        m.retain_instances(|_| false);
+        assert!(!m.encode().contains("instance="), "{}", m.encode());
+    }
 
     #[test]
     fn method_labels_are_bounded_per_instance_and_shared() {

@@ -1444,3 +1444,49 @@ async fn expiring_credentials_carry_metadata_and_stop_at_their_expiry(db: Db) {
     assert_eq!(old.status, 200);
     assert!(old.body.get("metadata").is_none(), "{old:?}");
 }
+
+/// A stranger guessing the broker's password from one address gets 429 with `Retry-After` after
+/// a few failures, whatever it sends (the right password too), while the platform at another
+/// address is not affected; once the wait is over, the right password works again. It used to
+/// answer 401 at thousands of guesses a second. An oversized originating identity is a 400
+/// naming it, before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_broker_authentication_is_throttled_per_address_and_headers_are_bounded() {
+    let (_anvil, broker) = start(Db::Sqlite).await;
+    let catalog = format!("{}/v2/catalog", broker.osb.base);
+    let from =
+        |last: u8| reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 4, last])).build().unwrap();
+    let (guesser, platform) = (from(1), from(2));
+    let attempt = |client: &reqwest::Client, password: &str| {
+        client.get(&catalog).basic_auth(USER, Some(password)).header("X-Broker-API-Version", "2.17").send()
+    };
+    let mut statuses = Vec::new();
+    for n in 0..8 {
+        statuses.push(attempt(&guesser, &format!("guess-{n}")).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses[..5], [401; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "then throttled: {statuses:?}");
+    let throttled = attempt(&guesser, PASSWORD).await.unwrap();
+    assert_eq!(throttled.status(), 429, "the right password from that address waits too");
+    let wait: u64 = throttled.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(attempt(&platform, PASSWORD).await.unwrap().status(), 200, "another address is not affected");
+
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    assert_eq!(attempt(&guesser, PASSWORD).await.unwrap().status(), 200, "after the wait, the right password works");
+
+    let identity = format!("cloudfoundry {}", "A".repeat(200 * 1024));
+    let resp = broker
+        .osb
+        .send(
+            broker
+                .osb
+                .request(Method::PUT, &format!("{}?accepts_incomplete=true", inst("big-id")))
+                .header("X-Broker-API-Originating-Identity", identity)
+                .json(&provision_body(PLAN_SHARED)),
+        )
+        .await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert!(resp.body["description"].as_str().unwrap().contains("X-Broker-API-Originating-Identity"), "{resp:?}");
+    assert_eq!(broker.osb.call(Method::GET, &inst("big-id"), None).await.status, 404, "nothing was stored");
+}

@@ -390,12 +390,26 @@ async fn connections_over_the_cap_get_429_with_a_json_rpc_error() {
     let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], SECOND).await;
     let url = gw.url(&gw.bind(&instance, "b1"));
 
-    // Two connections held open (a request that never completes), the third is refused.
+    // Two keyed keep-alive connections held open, the third is refused. (Connections that never
+    // showed a key would be closed to make room: see isolation.rs.)
     let mut held = Vec::new();
+    let key = url.rsplit('/').next().unwrap().to_string();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#;
     for _ in 0..2 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        use tokio::io::AsyncWriteExt;
-        stream.write_all(b"POST / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        let request = format!(
+            "POST /v1/{key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("0x7a69") {
+            let n = tokio::time::timeout(5 * SECOND, stream.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed before answering");
+            seen.extend_from_slice(&buf[..n]);
+        }
         held.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;

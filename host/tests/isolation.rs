@@ -135,19 +135,47 @@ async fn one_source_address_cannot_take_every_connection() {
     let gw = TestGateway::start(config).await;
     let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
     let key = gw.bind(&instance, "b1");
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(connect_from([127, 0, 0, 4], gw.addr).await);
-    }
-    let mut fourth = connect_from([127, 0, 0, 4], gw.addr).await;
     let request = format!(
         "POST /v1/{key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
     );
+    // Three keyed keep-alive connections fill the source's share.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect_from([127, 0, 0, 4], gw.addr).await;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        read_response(&mut stream).await;
+        held.push(stream);
+    }
+    let mut fourth = connect_from([127, 0, 0, 4], gw.addr).await;
     fourth.write_all(request.as_bytes()).await.unwrap();
     let (seen, _) = read_until_closed(&mut fourth, 5 * SECOND).await;
     assert!(seen.starts_with("HTTP/1.1 429"), "{seen}");
     assert!(seen.contains("connections_per_source"), "{seen}");
     assert_eq!(rpc(&gw.url(&key), "eth_chainId", json!([])).await["result"], "0x7a69", "other addresses are served");
+}
+
+/// Behind one address (a NAT, a proxy), idle strangers fill the source's share: a keyed client
+/// from the same address is still served, in place of the oldest of them.
+#[tokio::test]
+async fn anonymous_connections_yield_to_a_keyed_client_of_the_same_source() {
+    let anvil = Anvil::start(&[]);
+    let config = GatewayConfig { max_connections: 64, max_connections_per_source: 3, ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        idle.push(connect_from([127, 0, 0, 6], gw.addr).await);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}).to_string();
+    let request = format!(
+        "POST /v1/{key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut keyed = connect_from([127, 0, 0, 6], gw.addr).await;
+    keyed.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_response(&mut keyed).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("0x7a69"), "{answer}");
 }
 
 #[tokio::test]
@@ -376,6 +404,140 @@ async fn a_websocket_flood_under_a_low_descriptor_limit_gets_429_and_the_broker_
     drop(open);
 }
 
+/// Under a descriptor limit of 330, three connections send batches of 1000 to one shared node
+/// at once: the calls are answered (or refused with -32005 naming a limit), the node never sees
+/// more sockets than the plan's `max_sockets_per_node`, the broker and admin listeners
+/// answer, and the log grows by a bounded number of lines. ovsb used to open a socket per entry,
+/// run out of descriptors, and write a warning per failed call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_1000_under_a_low_descriptor_limit_hold_few_node_sockets_and_the_broker_stays_up() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = support::free_port();
+    // The shared plan (the first) caps its node at 8 sockets.
+    let config = process_config(dir.path(), &anvil.http_url(), admin).replacen(
+        r#"driver = { kind = "upstream", http = ["#,
+        r#"driver = { kind = "upstream", max_sockets_per_node = 8, http = ["#,
+        1,
+    );
+    assert!(config.contains("max_sockets_per_node = 8"));
+    let ports = (support::free_port(), support::free_port());
+    let launch = Launch { wrap: &["prlimit", "--nofile=330:330", "--"], ..Launch::default() };
+    let ovsb = Ovsb::start_with(dir.path(), "fan-out", &config, ports, launch);
+    let credentials = bind_shared(&ovsb, "fan-out", None).await;
+    let uri = credentials["uri"].as_str().unwrap().to_string();
+    let log_before = std::fs::read_to_string(dir.path().join("fan-out.log")).unwrap().lines().count();
+    let baseline = sockets_of(anvil.pid());
+
+    let batch = Value::Array(
+        (0..1000).map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "eth_blockNumber", "params": []})).collect(),
+    );
+    let mut batches = Vec::new();
+    for _ in 0..3 {
+        let (uri, batch) = (uri.clone(), batch.clone());
+        batches.push(tokio::spawn(async move { support::post(&uri, &batch).await }));
+    }
+    let mut peak = 0;
+    let mut rounds = 0;
+    while batches.iter().any(|b| !b.is_finished()) && rounds < 30_000 {
+        peak = peak.max(sockets_of(anvil.pid()).saturating_sub(baseline));
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let catalog = ovsb.osb.call(reqwest::Method::GET, "/v2/catalog", None).await;
+    assert_eq!(catalog.status, 200, "the broker answers");
+    let health = reqwest::get(format!("http://127.0.0.1:{admin}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "the admin listener answers");
+    let (mut answered, mut refused) = (0, 0);
+    for batch in batches {
+        let (status, answers) = batch.await.unwrap();
+        assert_eq!(status, 200, "{answers}");
+        for answer in answers.as_array().expect("a batch answer") {
+            if answer["result"].is_string() {
+                answered += 1;
+            } else {
+                assert_eq!(answer["error"]["code"], -32005, "{answer}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(answered + refused, 3000);
+    assert!(answered > 0, "calls are answered");
+    assert!(peak <= 8, "the node saw {peak} sockets from ovsb under a cap of 8");
+    assert_eq!(rpc(&uri, "eth_chainId", json!([])).await["result"], "0x7a69", "the node is in rotation");
+    let log_after = std::fs::read_to_string(dir.path().join("fan-out.log")).unwrap().lines().count();
+    assert!(log_after - log_before < 50, "the log grew by {} lines", log_after - log_before);
+}
+
+/// The series in `/metrics` text as a real exposition-format parser (Python's prometheus_client)
+/// reads it: one `name<TAB>labels as JSON` line each; the parser's error if it refuses the text.
+fn parse_metrics(text: &str) -> Result<Vec<(String, Value)>, String> {
+    use std::io::Write as _;
+    let script = "import json, sys\nfrom prometheus_client.parser import text_string_to_metric_families\n\
+                  for family in text_string_to_metric_families(sys.stdin.read()):\n\
+                  \x20   for s in family.samples:\n\
+                  \x20       print(s.name + '\\t' + json.dumps(s.labels))\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (with prometheus_client, see tests/run-all.sh)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(name, labels)| (name.to_string(), serde_json::from_str(labels).unwrap()))
+        .collect())
+}
+
+/// An instance id holding `"` and `\` (as a platform may choose) keeps `/metrics` parsable by a
+/// real Prometheus parser, with the id as its label; a deprovisioned instance leaves no series.
+/// The admin listener answers only a `Host` that names it: a DNS-rebinding page gets 421.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_stay_parsable_whatever_the_instance_ids_and_forget_gone_instances() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = support::free_port();
+    let config = process_config(dir.path(), &anvil.http_url(), admin);
+    let ovsb = Ovsb::start(dir.path(), "metrics", &config);
+    // `rt"q\` in the path, percent-encoded.
+    let odd = bind_shared(&ovsb, "rt%22q%5C", None).await;
+    let plain = bind_shared(&ovsb, "plain", None).await;
+    for credentials in [&odd, &plain] {
+        assert_eq!(rpc(credentials["uri"].as_str().unwrap(), "eth_chainId", json!([])).await["result"], "0x7a69");
+    }
+    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    let scrape = || async { reqwest::get(&metrics_url).await.unwrap().text().await.unwrap() };
+    let series = parse_metrics(&scrape().await).expect("a scrape Prometheus can parse");
+    let of = |series: &[(String, Value)], id: &str| {
+        series.iter().filter(|(name, labels)| name.starts_with("ovsb_rpc_calls") && labels["instance"] == id).count()
+    };
+    assert!(of(&series, "rt\"q\\") > 0, "the odd id is a label as it is: {series:?}");
+    assert!(of(&series, "plain") > 0);
+
+    assert_eq!(ovsb.osb.deprovision("rt%22q%5C", PLAN_SHARED).await.status, 202);
+    assert_eq!(ovsb.osb.wait("rt%22q%5C").await["state"], "succeeded");
+    let series = parse_metrics(&scrape().await).expect("parsable");
+    assert!(series.iter().all(|(_, labels)| labels["instance"] != "rt\"q\\"), "no series of a gone instance");
+    assert!(of(&series, "plain") > 0, "the others stay");
+
+    let client = reqwest::Client::new();
+    let rebound = |method: reqwest::Method, path: &str| {
+        let request = client.request(method, format!("http://127.0.0.1:{admin}{path}"));
+        request.header("host", format!("attacker.example:{admin}")).header("x-ovsb-reload", "1").send()
+    };
+    assert_eq!(rebound(reqwest::Method::GET, "/metrics").await.unwrap().status(), 421);
+    assert_eq!(rebound(reqwest::Method::POST, "/reload").await.unwrap().status(), 421);
+    let health = client.get(format!("http://localhost:{admin}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "localhost is the listener's own name");
+}
+
 fn environ(pid: u32) -> Vec<String> {
     let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     bytes.split(|b| *b == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
@@ -448,4 +610,202 @@ async fn log_lines_escape_what_clients_and_plugins_put_in_them() {
     assert!(logged.contains(r"method=eth_chainId\n2026"), "the call's span names the method, escaped: {logged}");
     let failure = log.lines().find(|l| l.contains("provisioning failed")).expect("the failure is logged");
     assert!(failure.contains(" WARN "), "a failed provision is a warning: {failure}");
+}
+
+// ---- Budgets taken as they are taken: answer bytes, node sockets, revoked keys' slots. ----
+
+/// An `eth_call` whose answer is `bytes` zero bytes (hex: twice as many characters): a state
+/// override gives the called address code that returns that much memory.
+fn big_answer_call(id: usize, bytes: u32) -> Value {
+    let to = "0x00000000000000000000000000000000000b16a5";
+    let size = bytes.to_be_bytes();
+    // PUSH3 size, PUSH1 0, RETURN.
+    let code = format!("0x62{:02x}{:02x}{:02x}6000f3", size[1], size[2], size[3]);
+    json!({"jsonrpc": "2.0", "id": id, "method": "eth_call",
+           "params": [{"to": to, "data": "0x"}, "latest", {to: {"code": code}}]})
+}
+
+/// A batch of 40 answers of 200 KB each against a response limit of 1 MiB: refused with -32011
+/// naming the limit, and the gateway never held more than the limit of answers (its peak of
+/// answer bytes in flight), where it used to hold all 8 MB first. The node stays in rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_answers_pass_the_response_limit_is_cut_short_holding_at_most_the_limit() {
+    let anvil = Anvil::start(&[]);
+    let limit = 1 << 20;
+    let config = GatewayConfig { max_response_bytes: limit, ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("big", &[anvil.http_url()], &[], &[], 30 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b"));
+
+    let one = support::post(&url, &big_answer_call(1, 100_000)).await.1;
+    assert_eq!(one["result"].as_str().map(str::len), Some(200_002), "one answer fits: {}", &one.to_string()[..200]);
+    let batch = Value::Array((0..40).map(|i| big_answer_call(i, 100_000)).collect());
+    let (status, answer) = support::post(&url, &batch).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["error"]["code"], -32011, "{}", &answer.to_string()[..answer.to_string().len().min(300)]);
+    assert_eq!(answer["error"]["data"]["reason"], "response_bytes", "{answer}");
+    assert_eq!(answer["error"]["data"]["limit"], limit, "{answer}");
+    let peak = gw.budget.peak_answer_bytes();
+    assert!(peak <= limit as usize, "the gateway held {peak} bytes of answers for a request limited to {limit}");
+    assert_eq!(gw.budget.answer_bytes_in_flight(), 0, "everything was given back");
+
+    // One answer over the limit alone: -32008, and the node is not blamed for it.
+    let (_, alone) = support::post(&url, &big_answer_call(2, 600_000)).await;
+    assert_eq!(alone["error"]["code"], -32008, "{alone}");
+    assert_eq!(alone["error"]["data"]["reason"], "response_bytes", "{alone}");
+    assert_eq!(rpc(&url, "eth_chainId", json!([])).await["result"], "0x7a69", "the node is still in rotation");
+}
+
+/// Answers held at once across requests have a budget of their own: a request that finds it
+/// taken waits, then gets -32005 naming it, while small answers are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_in_flight_past_the_gateway_budget_get_32005_naming_it() {
+    let anvil = Anvil::start(&[]);
+    let config = GatewayConfig {
+        max_response_bytes: 1 << 20,
+        answer_bytes_in_flight: 1 << 20,
+        queue: Duration::from_millis(50),
+        ..GatewayConfig::default()
+    };
+    let gw = TestGateway::start(config).await;
+    let instance = gw.instance("big", &[anvil.http_url()], &[], &[], 30 * SECOND).await;
+    let url = gw.url(&gw.bind(&instance, "b"));
+    // Eight requests of 400 KB answers at once against 1 MiB in flight: some wait, some may be
+    // refused; none holds more than the budget, and every answer is whole or a -32005.
+    let mut requests = Vec::new();
+    for i in 0..8 {
+        let url = url.clone();
+        requests.push(tokio::spawn(async move { support::post(&url, &big_answer_call(i, 200_000)).await.1 }));
+    }
+    for request in requests {
+        let answer = request.await.unwrap();
+        if answer["error"].is_object() {
+            assert_eq!(answer["error"]["code"], -32005, "{answer}");
+            assert_eq!(answer["error"]["data"]["reason"], "answer_bytes_in_flight", "{answer}");
+        } else {
+            assert_eq!(answer["result"].as_str().map(str::len), Some(400_002));
+        }
+    }
+    assert!(gw.budget.peak_answer_bytes() <= 1 << 20, "peak {}", gw.budget.peak_answer_bytes());
+    assert_eq!(rpc(&url, "eth_chainId", json!([])).await["result"], "0x7a69");
+}
+
+/// Sockets of process `pid` (from its descriptor table).
+fn sockets_of(pid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|target| target.to_string_lossy().starts_with("socket:")))
+        .count()
+}
+
+/// Four batches of 250 at once, with a cap of 4 calls per node: every call is answered, the node
+/// never sees more than the cap of sockets in flight plus as many idle, and another tenant on
+/// the same node is served meanwhile. Without the cap, the batches opened dozens of sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_past_the_node_socket_cap_queue_and_the_node_sees_at_most_the_cap() {
+    let anvil = Anvil::start(&[]);
+    let mut gw = TestGateway::start(GatewayConfig::default()).await;
+    gw.node_sockets = 4;
+    let hog = gw.instance("hog", &[anvil.http_url()], &[], &[], 30 * SECOND).await;
+    let quiet = gw.instance("quiet", &[anvil.http_url()], &[], &[], 30 * SECOND).await;
+    let (hog_url, quiet_url) = (gw.url(&gw.bind(&hog, "h")), gw.url(&gw.bind(&quiet, "q")));
+    let baseline = sockets_of(anvil.pid());
+
+    let batch = Value::Array(
+        (0..250).map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "eth_blockNumber", "params": []})).collect(),
+    );
+    let mut batches = Vec::new();
+    for _ in 0..4 {
+        let (url, batch) = (hog_url.clone(), batch.clone());
+        batches.push(tokio::spawn(async move { support::post(&url, &batch).await }));
+    }
+    let mut peak = 0;
+    let mut rounds = 0;
+    while batches.iter().any(|b| !b.is_finished()) && rounds < 10_000 {
+        peak = peak.max(sockets_of(anvil.pid()).saturating_sub(baseline));
+        rounds += 1;
+        if rounds % 20 == 0 {
+            assert_eq!(rpc(&quiet_url, "eth_chainId", json!([])).await["result"], "0x7a69");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for batch in batches {
+        let (status, answers) = batch.await.unwrap();
+        assert_eq!(status, 200);
+        let answers = answers.as_array().expect("a batch answer").clone();
+        assert_eq!(answers.len(), 250);
+        assert!(answers.iter().all(|a| a["result"].is_string()), "every entry is answered");
+    }
+    // Each pool (hog, quiet) keeps at most 4 calls in flight and 4 idle sockets to the node.
+    assert!(peak <= 16, "the node saw {peak} sockets from two pools capped at 4 calls each");
+}
+
+/// Reads one HTTP response (headers and a Content-Length body) from a keep-alive connection.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(5 * SECOND, stream.read(&mut buf)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed before answering: {text}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Keep-alive connections that carried a key are closed when the key is revoked (or rotated
+/// and then unbound), so their slots come back: with every slot held by them, another tenant's
+/// key is served once they are revoked. They used to stay, keyed, answering 401 forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_keys_release_the_connection_slots_they_held() {
+    let anvil = Anvil::start(&[]);
+    let config = GatewayConfig { max_connections: 8, ..GatewayConfig::default() };
+    let gw = TestGateway::start(config).await;
+    let tenant = gw.instance("tenant", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let other = gw.instance("other", &[anvil.http_url()], &[], &[], 10 * SECOND).await;
+    let (k0, k1) = (gw.bind(&tenant, "k0"), gw.bind(&tenant, "k1"));
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}).to_string();
+    let request = |key: &str| {
+        format!(
+            "POST /v1/{key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut held = Vec::new();
+    for (i, key) in [&k0, &k0, &k0, &k0, &k1, &k1, &k1, &k1].into_iter().enumerate() {
+        let mut stream = connect_from([127, 0, 3, 1 + i as u8], gw.addr).await;
+        stream.write_all(request(key).as_bytes()).await.unwrap();
+        assert!(read_response(&mut stream).await.contains("0x7a69"));
+        held.push(stream);
+    }
+    let other_key = gw.bind(&other, "o");
+    let (status, _) =
+        support::post(&gw.url(&other_key), &json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})).await;
+    assert_eq!(status, 429, "every slot is held by a keyed connection");
+
+    gw.revoke(&k0);
+    gw.revoke(&k1);
+    for stream in &mut held {
+        let (_, closed) = read_until_closed(stream, 5 * SECOND).await;
+        assert!(closed, "a connection of a revoked key is closed");
+    }
+    let mut served = false;
+    for _ in 0..50 {
+        if rpc(&gw.url(&other_key), "eth_chainId", json!([])).await["result"] == "0x7a69" {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "the revoked keys' slots came back");
 }

@@ -185,3 +185,27 @@ async fn sealed_credentials_rotate_sealed() {
     }
     assert_ne!(tokens[0], tokens[1], "the rotation has new credentials");
 }
+
+/// A plugin that quotes a setting in its `configure` error never hands the platform the
+/// plaintext of a sealed one: the broker's 400 reads `[sealed]` where the plugin put it (the
+/// plugin itself got the opened value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_error_quoting_a_sealed_setting_reaches_the_platform_redacted() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::broker::test_config_toml_with(&anvil.http_url(), free_port(), "");
+    let ovsb = Ovsb::start(dir.path(), "redact", &config);
+    let osb = &ovsb.osb;
+    let catalog = osb.call(Method::GET, "/v2/catalog", None).await.body;
+    let published = catalog["services"][0]["metadata"]["encryptionPublicKey"].as_str().unwrap().to_string();
+    let secret = "api-key-5ec7e7-d0-not-share";
+    let chain = json!({"plugins": [{"name": "test", "config": {
+        "mode": "reject",
+        "message": ethsig::seal(&published, &format!("the upstream refused api key {secret}")),
+    }}]});
+    let resp = osb.provision("redacted", PLAN_SHARED, Some(chain)).await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    let description = resp.body["description"].as_str().unwrap();
+    assert!(!description.contains(secret), "the sealed value reached the platform: {description}");
+    assert!(description.contains("[sealed]"), "{description}");
+}

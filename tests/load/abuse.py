@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """The attacks of tests/load/abuse.sh, and the quiet tenant that is measured during each.
 
-    abuse.py GATEWAY_HOST:PORT QUIET_URL HOSTILE_KEY SECONDS
+    abuse.py GATEWAY_HOST:PORT QUIET_URL HOSTILE_KEY SECONDS [OVSB_PID BROKER_URL]
 
 QUIET_URL is the quiet tenant's endpoint (http://host:port/v1/<key>); HOSTILE_KEY is the key of
 the hostile tenant's instance, whose chain runs the test plugin in `hostile` mode (`test_loop`
 spins until the plugin's time budget ends). For each scenario (none, then each attack) the quiet
 tenant makes sequential eth_chainId calls on one keep-alive connection for SECONDS, and the script
-prints its p50, p99, max and errors. Every loop is bounded in count and time, every socket is on
-127.0.0.0/8, and every attack stops at the end of its scenario.
+prints its p50, p99, max and errors, and (given OVSB_PID) ovsb's peak RSS and descriptors. With
+BROKER_URL (http://user:password@host:port), the revoked-key attack binds and unbinds keys of the
+hostile instance. Every loop is bounded in count and time, every socket is on 127.0.0.0/8, and
+every attack stops at the end of its scenario.
 """
 
 import http.client
@@ -21,14 +23,17 @@ import time
 import urllib.parse
 
 GATEWAY, QUIET_URL, HOSTILE_KEY, SECONDS = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+OVSB_PID = int(sys.argv[5]) if len(sys.argv) > 5 else None
+BROKER_URL = sys.argv[6] if len(sys.argv) > 6 else None
 HOST, PORT = GATEWAY.rsplit(":", 1)
 PORT = int(PORT)
 # Attackers come from other loopback addresses than the quiet tenant (127.0.0.1).
 ATTACK_SOURCES = [f"127.0.0.{i}" for i in range(10, 30)]
 
 
-def quiet_run(seconds):
-    """Sequential calls on one keep-alive connection; latencies in ms and the error count."""
+def quiet_run(seconds, fresh=False):
+    """Sequential calls on one keep-alive connection (a new connection per call if `fresh`, as
+    clients behind the attacker's address that come and go); latencies in ms and errors."""
     url = urllib.parse.urlparse(QUIET_URL)
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
     headers = {"content-type": "application/json"}
@@ -47,6 +52,9 @@ def quiet_run(seconds):
             conn.close()
             conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
         elapsed = (time.perf_counter() - started) * 1000
+        if fresh:
+            conn.close()
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
         if ok:
             latencies.append(elapsed)
         else:
@@ -200,13 +208,184 @@ def slow_bodies(attack, i):
         s.close()
 
 
+def post_batch(i, key, batch, timeout=120):
+    conn = http.client.HTTPConnection(HOST, PORT, timeout=timeout, source_address=(source(i), 0))
+    try:
+        conn.request("POST", f"/v1/{key}", batch, {"content-type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+BIG = "0x00000000000000000000000000000000000b16a5"
+# PUSH3 0x2dc6c0 (3,000,000), PUSH1 0, RETURN: 3 MB of zeros, 6 MB as hex.
+BIG_CODE = "0x622dc6c06000f3"
+
+
+def batch_memory(attack, i):
+    """Batches of 40 eth_calls each answering 6 MB (a 9 KB request), back to back."""
+    batch = json.dumps(
+        [
+            {"jsonrpc": "2.0", "id": n, "method": "eth_call",
+             "params": [{"to": BIG, "data": "0x"}, "latest", {BIG: {"code": BIG_CODE}}]}
+            for n in range(40)
+        ]
+    )
+    try:
+        status, answer = post_batch(i, HOSTILE_KEY, batch)
+        attack.count("refused" if b"response_bytes" in answer or b"-32005" in answer else "sent")
+    except (OSError, http.client.HTTPException):
+        attack.count("failed")
+
+
+def batch_fanout(attack, i):
+    """Batches of 1000 eth_blockNumber calls, back to back (each entry used to open a socket)."""
+    batch = json.dumps([{"jsonrpc": "2.0", "id": n, "method": "eth_blockNumber", "params": []} for n in range(1000)])
+    try:
+        status, answer = post_batch(i, HOSTILE_KEY, batch)
+        attack.count("sent" if status == 200 else "refused")
+    except (OSError, http.client.HTTPException):
+        attack.count("failed")
+
+
+def broker(method, path, body=None):
+    url = urllib.parse.urlparse(BROKER_URL)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    import base64
+    auth = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
+    headers = {"Authorization": f"Basic {auth}", "X-Broker-API-Version": "2.17", "content-type": "application/json"}
+    conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+    response = conn.getresponse()
+    answer = response.read()
+    conn.close()
+    return response.status, json.loads(answer or b"null")
+
+
+def revoked_slots(attack, i):
+    """Two keys of the hostile instance, each on 512 keep-alive connections (its share) from its own
+    address; both keys unbound; the connections then send something every few seconds."""
+    keys = []
+    for n in range(2):
+        status, bound = broker(
+            "PUT", f"/v2/service_instances/hostile/service_bindings/revoked-{i}-{n}?accepts_incomplete=true",
+            {"service_id": "svc", "plan_id": "shared"},
+        )
+        keys.append((n, bound["credentials"]["uri"].rsplit("/", 1)[1]))
+    held = []
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
+    for n, key in keys:
+        for k in range(512):
+            try:
+                s = socket.socket()
+                s.bind((f"127.0.1.{10 + n}", 0))
+                s.settimeout(5)
+                s.connect((HOST, PORT))
+                s.sendall(f"POST /v1/{key} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n{body}".encode())
+                s.recv(4096)
+                held.append(s)
+                attack.count("sent")
+            except OSError:
+                attack.count("failed")
+    for n, _ in keys:
+        broker("DELETE", f"/v2/service_instances/hostile/service_bindings/revoked-{i}-{n}?service_id=svc&plan_id=shared&accepts_incomplete=true")
+    end = time.monotonic() + SECONDS + 5
+    while not attack.stop.is_set() and time.monotonic() < end:
+        for s in list(held):
+            try:
+                s.sendall(f"POST /v1/{keys[0][1]} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n{body}".encode())
+                if s.recv(4096) == b"":
+                    raise OSError("closed")
+            except OSError:
+                attack.count("refused")
+                held.remove(s)
+                s.close()
+        attack.stop.wait(3)
+    for s in held:
+        s.close()
+
+
+def same_source_flood(attack, i):
+    """600 idle connections from the quiet tenant's own address (127.0.0.1), reopened as closed."""
+    held = []
+    for n in range(600):
+        try:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5)
+            s.connect((HOST, PORT))
+            held.append(s)
+            attack.count("sent")
+        except OSError:
+            attack.count("failed")
+    end = time.monotonic() + SECONDS + 5
+    while not attack.stop.is_set() and time.monotonic() < end:
+        for k, s in enumerate(held):
+            s.setblocking(False)
+            try:
+                closed = s.recv(1) == b""
+            except BlockingIOError:
+                closed = False
+            except OSError:
+                closed = True
+            if closed:
+                s.close()
+                attack.count("refused")
+                try:
+                    fresh = socket.socket()
+                    fresh.bind(("127.0.0.1", 0))
+                    fresh.settimeout(5)
+                    fresh.connect((HOST, PORT))
+                    held[k] = fresh
+                except OSError:
+                    attack.count("failed")
+        attack.stop.wait(0.2)
+    for s in held:
+        s.close()
+
+
+class Sampler:
+    """ovsb's peak RSS (MiB) and descriptors while a scenario runs (every 50 ms)."""
+
+    def __init__(self):
+        self.rss, self.fds, self.stop = 0, 0, threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        deadline = time.monotonic() + 900
+        while OVSB_PID and not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{OVSB_PID}/status") as status:
+                    for line in status:
+                        if line.startswith("VmRSS:"):
+                            self.rss = max(self.rss, int(line.split()[1]) // 1024)
+                self.fds = max(self.fds, len(__import__("os").listdir(f"/proc/{OVSB_PID}/fd")))
+            except OSError:
+                pass
+            self.stop.wait(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
 SCENARIOS = [
     ("no attack", None, 0),
     ("WebSocket flood (3,000 on one key)", ws_flood, 20),
     ("looping-plugin batches (4 x 100 calls)", loop_batches, 4),
     ("idle connection flood (2,000, no key)", idle_flood, 20),
     ("slow bodies (400 at 0.5 byte/s)", slow_bodies, 20),
+    ("batch memory (2 x 40 answers of 6 MB)", batch_memory, 2),
+    ("batch fan-out (3 x 1000 calls)", batch_fanout, 3),
+    ("revoked-key slots (2 x 512, unbound)", revoked_slots, 1),
+    ("same-source anonymous flood (600)", same_source_flood, 1),
 ]
+# Scenarios whose quiet tenant opens a new connection per call (the attack takes slots).
+FRESH = {"revoked-key slots (2 x 512, unbound)", "same-source anonymous flood (600)"}
 
 
 def pct(values, p):
@@ -218,23 +397,30 @@ def pct(values, p):
 
 def main():
     rows = []
+    only = set(a for a in __import__("os").environ.get("ABUSE_ONLY", "").split(",") if a)
     for name, step, threads in SCENARIOS:
-        if step is None:
-            latencies, errors = quiet_run(SECONDS)
-            counts = {}
-        else:
-            with Attack(threads, step) as attack:
+        if only and step is not None and step.__name__ not in only:
+            continue
+        if step is revoked_slots and not BROKER_URL:
+            continue
+        fresh = name in FRESH
+        with Sampler() as sampler:
+            if step is None:
                 latencies, errors = quiet_run(SECONDS)
-                counts = dict(attack.counts)
-        rows.append((name, latencies, errors, counts))
+                counts = {}
+            else:
+                with Attack(threads, step) as attack:
+                    latencies, errors = quiet_run(SECONDS, fresh)
+                    counts = dict(attack.counts)
+        rows.append((name, latencies, errors, counts, sampler.rss, sampler.fds))
         print(f"{name}: {len(latencies)} calls, {errors} errors, attack {counts}", file=sys.stderr)
     base = statistics.median(rows[0][1]) if rows[0][1] else float("nan")
-    print(f"{'scenario':42} {'calls':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  attack (accepted/refused/failed)")
-    for name, latencies, errors, counts in rows:
+    print(f"{'scenario':42} {'calls':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'RSS MiB':>7} {'fds':>5}  attack (accepted/refused/failed)")
+    for name, latencies, errors, counts, rss, fds in rows:
         attack = "" if not counts else f"{counts['sent']}/{counts['refused']}/{counts['failed']}"
         print(
             f"{name:42} {len(latencies):>7} {errors:>6} {statistics.median(latencies) if latencies else float('nan'):>7.2f} "
-            f"{pct(latencies, 0.99):>7.2f} {max(latencies) if latencies else float('nan'):>7.2f}  {attack}"
+            f"{pct(latencies, 0.99):>7.2f} {max(latencies) if latencies else float('nan'):>7.2f} {rss:>7} {fds:>5}  {attack}"
         )
     worst = max(pct(r[1], 0.99) for r in rows)
     errors = sum(r[2] for r in rows)

@@ -4,9 +4,13 @@
 # the issue's probe) over one anvil, with two instances of a shared plan: the quiet tenant's (the
 # test plugin passing calls on) and the hostile tenant's (the test plugin in `hostile` mode).
 # tests/load/abuse.py then measures the quiet tenant's latency with no attack, and during each
-# attack: a WebSocket flood, looping-plugin batches, an idle-connection flood, slow bodies.
+# attack: a WebSocket flood, looping-plugin batches, an idle-connection flood, slow bodies, batches
+# whose answers take memory (40 x 6 MB), batches that fan out to the node (3 x 1000 calls), two
+# keys' keep-alive connections kept after the keys are unbound, and anonymous connections from
+# the quiet tenant's own address; for each, ovsb's peak RSS and descriptors.
 #
 #   tests/load/abuse.sh [SECONDS]      (default: 20 s per scenario)
+#   ABUSE_ONLY=batch_memory,batch_fanout tests/load/abuse.sh 10    (some attacks only)
 #
 # Everything listens on 127.0.0.1 (attackers connect from other 127.0.0.x addresses), every loop
 # is bounded, and every process is stopped by PID at the end.
@@ -52,6 +56,7 @@ description = "the shared anvil"
 driver = { kind = "upstream", http = ["http://127.0.0.1:$ANVIL"] }
 TOML
 "$OVSB" serve --config "$WORK/ovsb.toml" > "$WORK/ovsb.log" 2>&1 & PIDS+=($!)
+OVSB_PID=$!
 wait_port "$BROKER"; wait_port "$GATEWAY"
 
 osb() { # method path [body]
@@ -74,4 +79,6 @@ HOSTILE_KEY=${HOSTILE_URL##*/}
 curl -sf -H 'content-type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "$QUIET_URL" | grep -q 0x7a69
 
 ulimit -n 65536 2>/dev/null || true
-python3 tests/load/abuse.py "127.0.0.1:$GATEWAY" "$QUIET_URL" "$HOSTILE_KEY" "$SECS"
+python3 tests/load/abuse.py "127.0.0.1:$GATEWAY" "$QUIET_URL" "$HOSTILE_KEY" "$SECS" "$OVSB_PID" \
+    "http://ovsb:abuse-test@127.0.0.1:$BROKER"
+echo "ovsb log: $(wc -l < "$WORK/ovsb.log") lines, $(wc -c < "$WORK/ovsb.log") bytes"

@@ -38,7 +38,11 @@ async fn check_chain(
     parameters: Option<&Value>,
 ) -> Result<(), ApiError> {
     state.routing.check_policy(plan_id, parameters).map_err(ApiError::bad_request)?;
-    let elements = state.routing.opened_chain(plan_id, parameters).map_err(ApiError::bad_request)?;
+    let mut secrets = Vec::new();
+    let elements =
+        state.routing.opened_chain_noting(plan_id, parameters, &mut secrets).map_err(ApiError::bad_request)?;
+    // What a plugin says about its settings never quotes a sealed one back.
+    let redact = |text: String| crate::identity::redact(&text, &secrets);
     if elements.is_empty() {
         return Ok(());
     }
@@ -49,16 +53,19 @@ async fn check_chain(
         .await
     {
         Ok(_) => Ok(()),
-        Err(err @ ChainError::UnknownPlugin(_)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
+        Err(err @ ChainError::UnknownPlugin(_)) => {
+            Err(ApiError::bad_request(redact(format!("parameters.plugins: {err}"))))
+        }
         // The server is full, not the customer's parameters wrong: answered as a full plan is.
         Err(ChainError::Configure(err @ ConfigureError::Capacity { .. })) => {
+            let err = redact(err.to_string());
             tracing::warn!(instance = %instance_id, "provision refused for plugin capacity: {err}");
             Err(ApiError::unprocessable(
                 "InstanceLimitReached",
                 format!("ovsb cannot take another instance now: {err}"),
             ))
         }
-        Err(ChainError::Configure(err)) => Err(ApiError::bad_request(format!("parameters.plugins: {err}"))),
+        Err(ChainError::Configure(err)) => Err(ApiError::bad_request(redact(format!("parameters.plugins: {err}")))),
     }
 }
 

@@ -21,6 +21,7 @@ mod catalog;
 pub mod dashboard;
 mod history;
 mod instances;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,6 +73,8 @@ pub struct BrokerState {
     pub auth: BasicAuth,
     /// ovsb's identity: opens sealed parameters, published in the catalog.
     pub identity: crate::identity::Identity,
+    /// Failed authentication per source address.
+    pub auth_throttle: throttle::AuthThrottle,
 }
 
 /// The broker's router.
@@ -194,6 +197,29 @@ async fn guard(State(state): State<Arc<BrokerState>>, mut request: Request, next
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 1024)
         .map(str::to_string);
+    // The peer address is known when served with connect info (`ovsb serve`), not in-process.
+    let source = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let now = std::time::Instant::now();
+    if let Some(wait) = source.and_then(|source| state.auth_throttle.check(source, now).err()) {
+        crate::telemetry::metrics().record_broker_auth("throttled");
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            format!("too many failed authentications from this address; retry in {wait} s"),
+        )
+        .into_response();
+        if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    let authorized = state.auth.accepts(request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    if let Some(source) = source {
+        state.auth_throttle.record(source, authorized, now);
+    }
+    if !authorized {
+        crate::telemetry::metrics().record_broker_auth("failed");
+    }
     let mut response = match admit(&state, request.headers()) {
         Ok(mut meta) => {
             meta.request_identity = request_identity.clone();
@@ -230,6 +256,11 @@ fn admit(state: &BrokerState, headers: &HeaderMap) -> Result<RequestMeta, ApiErr
         })?;
     let mut meta = RequestMeta { minor_version: minor, ..RequestMeta::default() };
     if let Some(value) = headers.get("x-broker-api-originating-identity") {
+        if value.len() > MAX_ORIGINATING_IDENTITY {
+            return Err(ApiError::bad_request(format!(
+                "X-Broker-API-Originating-Identity is over the limit of {MAX_ORIGINATING_IDENTITY} bytes"
+            )));
+        }
         let (platform, identity) = value.to_str().ok().and_then(decode_originating_identity).ok_or_else(|| {
             ApiError::bad_request("X-Broker-API-Originating-Identity must be '<platform> <base64 of a JSON object>'")
         })?;
@@ -238,6 +269,9 @@ fn admit(state: &BrokerState, headers: &HeaderMap) -> Result<RequestMeta, ApiErr
     }
     Ok(meta)
 }
+
+/// The largest `X-Broker-API-Originating-Identity` header taken (it is stored in the audit log).
+pub const MAX_ORIGINATING_IDENTITY: usize = 4096;
 
 fn decode_originating_identity(value: &str) -> Option<(String, String)> {
     let (platform, encoded) = value.trim().split_once(' ')?;

@@ -13,8 +13,11 @@ pub use crate::upstream::{DEADLINE_EXCEEDED, SEND_OUTCOME_UNKNOWN, UPSTREAM_UNAV
 /// The request carried no key, or a key that is unknown or revoked (HTTP 401).
 pub const UNAUTHORIZED: i32 = -32001;
 /// A limit was exceeded (connections, an instance's share of plugin calls, upstream calls of a
-/// plugin); retry later. `data.reason` names the limit.
-pub const LIMIT_EXCEEDED: i32 = -32005;
+/// plugin, answer bytes in flight, node sockets); retry later. `data.reason` names the limit.
+pub const LIMIT_EXCEEDED: i32 = crate::budget::LIMIT_EXCEEDED;
+/// A batch's answers passed the response limit; the batch was cut short (jsonrpsee's own code
+/// for the same thing). `data.reason = "response_bytes"`.
+pub const OVERSIZED_BATCH_RESPONSE: i32 = jsonrpsee::types::error::TOO_BIG_BATCH_RESPONSE_CODE;
 /// The request body is over the limit (jsonrpsee's own code for the same thing).
 pub const OVERSIZE: i32 = jsonrpsee::types::error::OVERSIZED_REQUEST_CODE;
 /// The response is over the limit (jsonrpsee's own code for the same thing).

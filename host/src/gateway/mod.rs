@@ -10,7 +10,8 @@
 //! 1. accept loop: [`connections::Admission`] takes a ticket per connection for its whole life
 //!    (WebSocket included), per source address, per key and in all; past a limit the client
 //!    gets HTTP 429 with a JSON-RPC error. A connection without a valid key is closed after
-//!    `anonymous_timeout`, or earlier when a newcomer needs its slot. Headers must arrive
+//!    `anonymous_timeout`, or earlier when a newcomer (of the gateway, or of its source address)
+//!    needs its slot; a keyed one is closed when its key is revoked or expires. Headers must arrive
 //!    within `header_timeout` (also the keep-alive idle time), bodies within `body_timeout`,
 //!    and a declared `Content-Length` over the limit is refused (413) before the body is read;
 //!    The socket is a [`revocable::Revocable`]: once it carries a WebSocket, it closes it with
@@ -21,11 +22,13 @@
 //!    cannot hold are answered there, not taken for notifications); `[]` gets -32600, and an
 //!    answer to notifications only becomes HTTP 204 with no body;
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
-//! 4. [`rpc`] middleware: route re-check per call (revocation), the plan's method rules and the
-//!    binding's allowlist ([`allowlist`]), chain, deadline, response; every call that reaches
-//!    the node on a binding's behalf (the chain's forward, plugins' `upstream` imports) passes
-//!    the same rules again at the node boundary ([`guard`]); `eth_subscribe` takes a slot and
-//!    is relayed by [`subscriptions`] over the instance's one node socket; subscriptions end
+//! 4. [`rpc`] middleware: route re-check per call (revocation), the request's budget
+//!    ([`crate::budget`]: answer bytes counted as they arrive, batches run a bounded number of
+//!    entries at a time and are cut short past the response limit), the plan's method rules and
+//!    the binding's allowlist ([`allowlist`]), chain, deadline, response; every call that
+//!    reaches the node on a binding's behalf (the chain's forward, plugins' `upstream` imports)
+//!    passes the same rules again at the node boundary ([`guard`]); `eth_subscribe` takes a slot
+//!    and is relayed by [`subscriptions`] over the instance's one node socket; subscriptions end
 //!    when their key is revoked.
 //!
 //! Validator instances also have their keymanager and beacon APIs here (`/keymanager/…`,
@@ -59,6 +62,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::{GatewayBudget, GatewayLimits, REQUEST_BUDGET};
 use body::{Clock, Timed};
 use connections::{Admission, AdmissionLimits, Counted, Refused, Ticket};
 use revocable::{Revocable, RevocationWatch};
@@ -87,6 +91,8 @@ pub struct GatewayConfig {
     pub max_connections_per_source: u32,
     /// Most connections carrying one key.
     pub max_connections_per_key: u32,
+    /// Most connections carrying the keys of one instance together.
+    pub max_connections_per_instance: u32,
     /// Time a connection has to send a request with a valid key.
     pub anonymous_timeout: Duration,
     /// Time a client has to send a request's headers; also the keep-alive idle time.
@@ -99,6 +105,24 @@ pub struct GatewayConfig {
     pub max_subscriptions_per_connection: u32,
     /// Subscriptions in all, per instance and per key, and each one's buffer at the node socket.
     pub subscriptions: SubscriptionLimits,
+    /// Answer bytes all requests may hold at once (see [`crate::budget`]).
+    pub answer_bytes_in_flight: usize,
+    /// Entries of one batch running at once.
+    pub batch_concurrency: u32,
+    /// Longest a call waits for answer bytes in flight or an upstream turn.
+    pub queue: Duration,
+}
+
+impl GatewayConfig {
+    /// The limits of the gateway's [`GatewayBudget`], with `upstream_calls` calls to nodes at once.
+    pub fn budget_limits(&self, upstream_calls: usize) -> GatewayLimits {
+        GatewayLimits {
+            response_bytes: self.max_response_bytes as usize,
+            answer_bytes_in_flight: self.answer_bytes_in_flight,
+            upstream_calls,
+            queue: self.queue,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -110,12 +134,16 @@ impl Default for GatewayConfig {
             max_connections: 8192,
             max_connections_per_source: 512,
             max_connections_per_key: 512,
+            max_connections_per_instance: 2048,
             anonymous_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(10),
             fd_reserve: 256,
             max_subscriptions_per_connection: 64,
             subscriptions: SubscriptionLimits::default(),
+            answer_bytes_in_flight: 128 << 20,
+            batch_concurrency: 16,
+            queue: Duration::from_secs(1),
         }
     }
 }
@@ -128,13 +156,40 @@ pub async fn serve(
     routes: Arc<Routes>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let local: SocketAddr = listener.local_addr()?;
     let budget = connections::connection_budget(config.max_connections, config.fd_reserve);
+    // Each connection may have one call at a node: what the descriptor budget set aside.
+    let requests = GatewayBudget::new(config.budget_limits(budget as usize));
+    serve_within(listener, config, routes, requests, budget, shutdown).await
+}
+
+/// [`serve`] with the requests' budget given (tests read its figures).
+pub async fn serve_with_budget(
+    listener: TcpListener,
+    config: GatewayConfig,
+    routes: Arc<Routes>,
+    requests: Arc<GatewayBudget>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let budget = connections::connection_budget(config.max_connections, config.fd_reserve);
+    serve_within(listener, config, routes, requests, budget, shutdown).await
+}
+
+async fn serve_within(
+    listener: TcpListener,
+    config: GatewayConfig,
+    routes: Arc<Routes>,
+    requests: Arc<GatewayBudget>,
+    budget: u32,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let local: SocketAddr = listener.local_addr()?;
     let state = Arc::new(RpcState {
         routes: routes.clone(),
         subscription_slots: SubscriptionSlots::new(config.subscriptions),
         node_sockets: NodeSockets::new(config.subscriptions.buffer, config.max_response_bytes),
         max_response_bytes: config.max_response_bytes as usize,
+        budget: requests.clone(),
+        batch_concurrency: config.batch_concurrency as usize,
         request_ids: AtomicU64::new(1),
         id_prefix: format!("{:x}", std::process::id()),
     });
@@ -158,6 +213,7 @@ pub async fn serve(
         total: budget,
         per_source: config.max_connections_per_source.min(budget),
         per_key: config.max_connections_per_key.min(budget),
+        per_instance: config.max_connections_per_instance.min(budget),
     });
     // Refused connections get their 429 while few are being refused; past that they are closed
     // at once, so a flood of refusals cannot hold descriptors either.
@@ -167,6 +223,7 @@ pub async fn serve(
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     http.http1().timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
     let tracker = TaskTracker::new();
+    let accept_failures = crate::telemetry::LogThrottle::new(Duration::from_secs(1));
     tracing::info!(%local, max_connections = budget, "gateway listening");
 
     loop {
@@ -176,7 +233,9 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("gateway accept failed: {err}");
+                    if let Some(suppressed) = accept_failures.admit() {
+                        tracing::warn!(suppressed, "gateway accept failed: {err}");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -208,6 +267,8 @@ pub async fn serve(
                 max_response_bytes: config.max_response_bytes,
                 max_batch: config.max_batch,
                 body_timeout: config.body_timeout,
+                budget: requests.clone(),
+                batch_concurrency: config.batch_concurrency.max(1) as usize,
             }),
         };
         let stopped = stop_handle.clone().shutdown();
@@ -231,6 +292,14 @@ pub async fn serve(
                 }
                 // Closing: the connection is dropped, and its socket with it.
                 _ = ticket.evicted().cancelled() => Ok(()),
+                // Its key was revoked or expired: the request in progress (if any) is answered,
+                // then the connection closes and its slot comes back. (A WebSocket has left
+                // this task at its upgrade: its socket closes it, see `revocable`.)
+                _ = ticket.key_gone() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(revocable::CLOSE_GRACE, connection.as_mut()).await;
+                    Ok(())
+                }
                 _ = anonymous => Ok(()),
             };
             if let Err(err) = served {
@@ -290,6 +359,9 @@ struct FrontConnection {
     max_response_bytes: u32,
     max_batch: u32,
     body_timeout: Duration,
+    /// What requests may hold (the rare path of [`answer_each`] charges it as jsonrpsee does).
+    budget: Arc<GatewayBudget>,
+    batch_concurrency: usize,
 }
 
 /// The body jsonrpsee gets: the request's own (WebSocket upgrades, and what is not a JSON POST)
@@ -333,8 +405,15 @@ where
                 refusal.message,
             ))));
         }
-        if let Err(refused) = connection.ticket.present_key(&digest) {
-            return Box::pin(std::future::ready(Ok(cors::allow(limit_error(refused), cors))));
+        if !connection.ticket.keyed() {
+            // Once per connection: counted under the key and its instance, and ended when the
+            // key goes.
+            let access = connection.routes.access(&digest);
+            let instance = access.as_ref().map(|access| &access.route.instance.instance_id);
+            if let Err(refused) = connection.ticket.present_key_of(&digest, instance) {
+                return Box::pin(std::future::ready(Ok(cors::allow(limit_error(refused), cors))));
+            }
+            watch_key(&connection.ticket, access);
         }
         // A WebSocket outlives this request: it waits on the key's revocation token.
         let revoked = if is_websocket_upgrade(&request) {
@@ -364,6 +443,18 @@ where
             Ok(cors::allow(http_call(jsonrpc, &connection, request).await?, cors))
         })
     }
+}
+
+/// Has the connection's ticket watch `digest`'s revocation and expiry (a key revoked a moment
+/// ago ends the connection at once).
+fn watch_key(ticket: &Ticket, access: Option<Access>) {
+    let Some(access) = access else {
+        let gone = tokio_util::sync::CancellationToken::new();
+        gone.cancel();
+        ticket.watch_key(gone, None);
+        return;
+    };
+    ticket.watch_key(access.revoked, access.route.expires_ms);
 }
 
 async fn call<J>(mut jsonrpc: J, request: HttpRequest<FrontBody>) -> Result<HttpResponse, anyhow::Error>
@@ -466,6 +557,7 @@ where
     J: tower::Service<HttpRequest<FrontBody>, Response = HttpResponse> + Clone,
     J::Error: std::fmt::Display,
 {
+    use futures::StreamExt as _;
     let caller = parts.extensions.get::<Caller>();
     let answers = entries.into_iter().map(|(entry, raw)| {
         let (jsonrpc, caller) = (jsonrpc.clone(), caller.cloned());
@@ -492,7 +584,31 @@ where
             }
         }
     });
-    let answers: Vec<String> = futures::future::join_all(answers).await.into_iter().flatten().collect();
+    // As a batch through jsonrpsee: a bounded number at a time, within one request's budget, cut
+    // short once the answers pass the limit.
+    let answers: Vec<_> = answers.collect();
+    let gather = async {
+        let mut running = futures::stream::iter(answers).buffered(connection.batch_concurrency);
+        let mut gathered = Vec::new();
+        while let Some(answer) = running.next().await {
+            if batch && REQUEST_BUDGET.try_with(|budget| budget.is_over()).unwrap_or(false) {
+                return None;
+            }
+            gathered.extend(answer);
+        }
+        Some(gathered)
+    };
+    let route = caller.and_then(|caller| connection.routes.lookup_digest(&caller.digest));
+    let answers = match route {
+        Some(route) => REQUEST_BUDGET.scope(connection.budget.request(&route.instance.budget), gather).await,
+        None => gather.await,
+    };
+    let Some(answers) = answers else {
+        let limit = connection.max_response_bytes;
+        crate::telemetry::metrics().record_call_refusal("response_bytes");
+        let message = format!("the batch response is over the limit of {limit} bytes");
+        return json_error(http::StatusCode::OK, errors::OVERSIZED_BATCH_RESPONSE, &message);
+    };
     let body = if batch {
         if answers.is_empty() { String::new() } else { format!("[{}]", answers.join(",")) }
     } else {

@@ -48,6 +48,8 @@ pub struct InstanceRoute {
     pub upstream: Arc<UpstreamPool>,
     /// The instance's validator client, for validator plans.
     pub validator: Option<ValidatorRoute>,
+    /// The instance's shares of answer bytes in flight and of upstream calls.
+    pub budget: Arc<crate::budget::InstanceBudget>,
 }
 
 /// How the gateway reaches a validator instance's client.
@@ -331,8 +333,10 @@ mod tests {
                 ws: Vec::new(),
                 deadline: std::time::Duration::from_secs(1),
                 max_response_bytes: 1024,
+                max_sockets_per_node: 4,
             })),
             validator: None,
+            budget: Default::default(),
         })
     }
 

@@ -5,7 +5,12 @@
 //! middleware then handles every call itself, registered method or not: it finds the caller's
 //! route in the current snapshot (so a revoked key stops working for the next call, even on an
 //! open WebSocket), runs the chain under the per-call deadline, and turns the outcome into the
-//! response. Batch entries run concurrently and are answered in order; notifications over HTTP
+//! response. Every request (a call, or a whole batch) carries a [`RequestBudget`] in the
+//! task-local [`REQUEST_BUDGET`]: the nodes' answers are counted against the response limit as
+//! they arrive, and against the answer bytes the gateway and the instance may hold at once. Batch
+//! entries run at most `batch_concurrency` at a time and are answered in order, appended to the
+//! batch's answer as they complete; once the answers pass the limit, the batch is cut short with
+//! -32011 (`data.reason = "response_bytes"`), holding about the limit. Notifications over HTTP
 //! run the chain and get no answer (over WebSocket they are refused, see `notify`). Over
 //! WebSocket, `eth_subscribe` is the one registered method: plugins see its `on-call` (they may
 //! refuse or rewrite it), then it takes a slot and is relayed from the node by
@@ -27,6 +32,7 @@ use super::guard::Guard;
 use super::revocable::RevocationWatch;
 use super::routes::{KeyDigest, Route, Routes};
 use super::subscriptions::{self, NodeSockets, SubscriptionSlots};
+use crate::budget::{GatewayBudget, REQUEST_BUDGET};
 use crate::plugins::{Call, Context, Outcome, Upstream};
 
 use crate::upstream::REQUEST_ID;
@@ -51,6 +57,10 @@ pub(crate) struct RpcState {
     /// The sockets to nodes that carry the subscriptions.
     pub node_sockets: NodeSockets,
     pub max_response_bytes: usize,
+    /// What requests may hold, in all and per instance.
+    pub budget: Arc<GatewayBudget>,
+    /// Entries of one batch running at once.
+    pub batch_concurrency: usize,
     pub request_ids: AtomicU64,
     pub id_prefix: String,
 }
@@ -147,10 +157,19 @@ where
             // Boxed: this rare path's state would otherwise sit in every call's future.
             return Box::pin(self.subscribe(req, route, call, guard)).await;
         }
-        let started = std::time::Instant::now();
-        let outcome = run(&self.state, &route, call, guard).await;
-        record(&route, &req.method, &outcome, started);
-        response(req.id, outcome, self.state.max_response_bytes)
+        let state = &self.state;
+        let answer = async {
+            let started = std::time::Instant::now();
+            let outcome = run(state, &route, call, guard).await;
+            record(&route, &req.method, &outcome, started);
+            response(req.id, outcome, state.max_response_bytes)
+        };
+        // A batch entry runs within its batch's budget; a call alone gets its own.
+        if REQUEST_BUDGET.try_with(|_| ()).is_ok() {
+            answer.await
+        } else {
+            REQUEST_BUDGET.scope(state.budget.request(&route.instance.budget), answer).await
+        }
     }
 
     /// `eth_subscribe` over WebSocket: plugins may refuse or rewrite a subscription; the
@@ -191,9 +210,17 @@ where
             }
             let guard = Guard::new(&route.instance.upstream, route.instance.policy.as_ref(), allowlist);
             let call = Call { method: n.method.to_string(), params: n.params.as_ref().map(|p| p.get().to_string()) };
-            let started = std::time::Instant::now();
-            let outcome = run(&self.state, &route, call, guard).await;
-            record(&route, &n.method, &outcome, started);
+            let state = &self.state;
+            let work = async {
+                let started = std::time::Instant::now();
+                let outcome = run(state, &route, call, guard).await;
+                record(&route, &n.method, &outcome, started);
+            };
+            if REQUEST_BUDGET.try_with(|_| ()).is_ok() {
+                work.await
+            } else {
+                REQUEST_BUDGET.scope(state.budget.request(&route.instance.budget), work).await
+            }
         }
         None
     }
@@ -212,31 +239,54 @@ where
     }
 
     fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        use futures::StreamExt as _;
         let this = self.clone();
+        // Every entry carries the request's extensions: the first says whose batch it is.
+        let route = batch.iter().find_map(|entry| entry.as_ref().ok()).and_then(|e| this.state.route(e.extensions()));
         async move {
-            let entries = batch.into_iter().map(|entry| {
-                let this = this.clone();
-                async move {
-                    match entry {
-                        Ok(BatchEntry::Call(req)) => Some(this.handle(req).await),
-                        Ok(BatchEntry::Notification(n)) => this.notify(n).await,
-                        Err(err) => {
-                            let (err, id) = err.into_parts();
-                            Some(MethodResponse::error(id, err))
+            let limit = this.state.max_response_bytes;
+            let concurrency = this.state.batch_concurrency.max(1);
+            let answer = async {
+                // Collected first: the stream then holds the entries' futures, not the closure.
+                let entries: Vec<_> = batch
+                    .into_iter()
+                    .map(|entry| {
+                        let this = this.clone();
+                        async move {
+                            match entry {
+                                Ok(BatchEntry::Call(req)) => Some(this.handle(req).await),
+                                Ok(BatchEntry::Notification(n)) => this.notify(n).await,
+                                Err(err) => {
+                                    let (err, id) = err.into_parts();
+                                    Some(MethodResponse::error(id, err))
+                                }
+                            }
+                        }
+                    })
+                    .collect();
+                // In order, a bounded number at a time, each appended as it completes.
+                let mut answers = futures::stream::iter(entries).buffered(concurrency);
+                let mut builder = BatchResponseBuilder::new_with_limit(limit);
+                let mut answered = false;
+                while let Some(response) = answers.next().await {
+                    if REQUEST_BUDGET.try_with(|budget| budget.is_over()).unwrap_or(false) {
+                        // Dropping the stream cancels the entries still running.
+                        return batch_too_large(limit);
+                    }
+                    if let Some(response) = response {
+                        answered = true;
+                        if builder.append(response).is_err() {
+                            return batch_too_large(limit);
                         }
                     }
                 }
-            });
-            let responses = futures::future::join_all(entries).await;
-            let mut builder = BatchResponseBuilder::new_with_limit(this.state.max_response_bytes);
-            let mut answered = false;
-            for response in responses.into_iter().flatten() {
-                answered = true;
-                if let Err(too_large) = builder.append(response) {
-                    return too_large;
-                }
+                if answered { MethodResponse::from_batch(builder.finish()) } else { MethodResponse::notification() }
+            };
+            match route {
+                Some(route) => REQUEST_BUDGET.scope(this.state.budget.request(&route.instance.budget), answer).await,
+                // A revoked key: each entry is refused on its own.
+                None => answer.await,
             }
-            if answered { MethodResponse::from_batch(builder.finish()) } else { MethodResponse::notification() }
         }
     }
 
@@ -244,6 +294,14 @@ where
         let this = self.clone();
         async move { this.notify(n).await.unwrap_or_else(MethodResponse::notification) }
     }
+}
+
+/// The answer to a batch whose answers passed the response limit.
+pub(crate) fn batch_too_large(limit: usize) -> MethodResponse {
+    crate::telemetry::metrics().record_call_refusal("response_bytes");
+    let data = serde_json::json!({"reason": "response_bytes", "limit": limit});
+    let message = format!("the batch response is over the limit of {limit} bytes");
+    MethodResponse::error(Id::Null, ErrorObject::owned(errors::OVERSIZED_BATCH_RESPONSE, message, Some(data)))
 }
 
 /// The message of the answer to a WebSocket message jsonrpsee took for a notification.

@@ -204,7 +204,7 @@ impl Drivers {
         shutdown: &CancellationToken,
     ) -> Drivers {
         let deadline = Duration::from_millis(config.gateway.upstream_deadline_ms);
-        let max_response = config.gateway.max_request_bytes.max(32 << 20) as usize;
+        let max_response = config.gateway.max_request_bytes.max(config.gateway.max_response_bytes) as usize;
         let context = || KubernetesContext {
             secret: secret.clone(),
             store: store.clone(),
@@ -277,7 +277,14 @@ impl Drivers {
 
     fn pool(&self, http: Vec<http::Uri>, ws: Vec<String>) -> Arc<UpstreamPool> {
         let (deadline, max_response_bytes) = (self.deadline, self.max_response_bytes);
-        Arc::new(UpstreamPool::new(crate::upstream::UpstreamSettings { http, ws, deadline, max_response_bytes }))
+        let max_sockets_per_node = crate::upstream::DEFAULT_SOCKETS_PER_NODE;
+        Arc::new(UpstreamPool::new(crate::upstream::UpstreamSettings {
+            http,
+            ws,
+            deadline,
+            max_response_bytes,
+            max_sockets_per_node,
+        }))
     }
 
     /// An upstream pool to a node another replica runs, at the URLs it recorded.

@@ -267,6 +267,7 @@ impl ProcessDriver {
             ws: if self.decl.ws { vec![self.replica.node_url("ws", port)] } else { Vec::new() },
             deadline: self.deadline,
             max_response_bytes: self.max_response_bytes,
+            max_sockets_per_node: self.decl.max_sockets_per_node as usize,
         }))
     }
 
@@ -762,6 +763,7 @@ mod tests {
             restart_backoff_ms: [10, 20],
             deliberate_exit_codes: deliberate.to_vec(),
             log_max_bytes: 4096,
+            max_sockets_per_node: 64,
             env: Default::default(),
             parameters: toml::Table::new(),
         }

@@ -32,6 +32,7 @@ impl UpstreamDriver {
             ws: decl.ws.clone(),
             deadline,
             max_response_bytes,
+            max_sockets_per_node: decl.max_sockets_per_node as usize,
         };
         UpstreamDriver { pool: Arc::new(UpstreamPool::new(settings)), decl: decl.clone() }
     }
@@ -72,11 +73,13 @@ impl UpstreamDriver {
         let pool = &self.pool;
         let checks = (0..pool.len()).map(|index| async move { (index, head_of(pool, index).await) });
         let results = futures::future::join_all(checks).await;
-        let best = results.iter().filter_map(|(_, r)| r.as_ref().ok()).copied().max();
+        let best = results.iter().filter_map(|(_, r)| r.as_ref().ok().copied().flatten()).max();
         for (index, result) in results {
             let verdict = match (result, best) {
+                // ovsb could not check (out of descriptors): not the node's failure.
+                (Ok(None), _) => continue,
                 (Err(reason), _) => Err(reason),
-                (Ok(head), Some(best)) if best.saturating_sub(head) > self.decl.max_lag_blocks => {
+                (Ok(Some(head)), Some(best)) if best.saturating_sub(head) > self.decl.max_lag_blocks => {
                     Err(format!("lagging: block {head}, the best node is at {best}"))
                 }
                 (Ok(_), _) => Ok(()),
@@ -91,25 +94,28 @@ impl UpstreamDriver {
     }
 }
 
-/// The node's head block, or why it is not usable.
-async fn head_of(pool: &UpstreamPool, index: usize) -> Result<u64, String> {
-    let block = pool
-        .probe(index, &Call { method: "eth_blockNumber".into(), params: None })
-        .await
-        .map_err(|e| format!("eth_blockNumber failed: {}", e.message))?;
+/// The node's head block, or why it is not usable; `None` when ovsb itself could not check (a
+/// budget of its own refused the probe, such as the process being out of descriptors).
+async fn head_of(pool: &UpstreamPool, index: usize) -> Result<Option<u64>, String> {
+    let block = match pool.probe(index, &Call { method: "eth_blockNumber".into(), params: None }).await {
+        Ok(block) => block,
+        Err(e) if e.code == crate::budget::LIMIT_EXCEEDED => return Ok(None),
+        Err(e) => return Err(format!("eth_blockNumber failed: {}", e.message)),
+    };
     let head = block
         .trim_matches('"')
         .strip_prefix("0x")
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
         .ok_or_else(|| format!("eth_blockNumber answered {block}"))?;
-    let syncing = pool
-        .probe(index, &Call { method: "eth_syncing".into(), params: None })
-        .await
-        .map_err(|e| format!("eth_syncing failed: {}", e.message))?;
+    let syncing = match pool.probe(index, &Call { method: "eth_syncing".into(), params: None }).await {
+        Ok(syncing) => syncing,
+        Err(e) if e.code == crate::budget::LIMIT_EXCEEDED => return Ok(None),
+        Err(e) => return Err(format!("eth_syncing failed: {}", e.message)),
+    };
     if syncing.trim() != "false" {
         return Err("syncing".into());
     }
-    Ok(head)
+    Ok(Some(head))
 }
 
 impl Driver for UpstreamDriver {

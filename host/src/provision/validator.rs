@@ -441,6 +441,7 @@ impl ValidatorDriver {
             ws: rpc_ws.to_vec(),
             deadline,
             max_response_bytes,
+            max_sockets_per_node: crate::upstream::DEFAULT_SOCKETS_PER_NODE,
         }));
         let http = reqwest::Client::builder()
             .no_proxy()

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ovsb::budget::{GatewayBudget, InstanceBudget, InstanceShares};
 use ovsb::gateway::{self, GatewayConfig, InstanceRoute, Route, Routes, UpstreamPool, UpstreamSettings};
 use ovsb::plugins::{Chain, ChainEntry, KvLimits, KvStore, PluginLimits, PluginRuntime, RuntimeConfig, Share};
 use serde_json::{Value, json};
@@ -98,6 +99,12 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub routes: Arc<Routes>,
     pub runtime: PluginRuntime,
+    /// What the gateway's requests hold (its figures: answer bytes in flight, their peak).
+    pub budget: Arc<GatewayBudget>,
+    /// Calls in flight to each node, for the instances made from now on.
+    pub node_sockets: usize,
+    /// The shares of the instances made from now on.
+    pub shares: InstanceShares,
     shutdown: CancellationToken,
 }
 
@@ -107,8 +114,17 @@ impl TestGateway {
         let addr = listener.local_addr().unwrap();
         let routes = Arc::new(Routes::default());
         let shutdown = CancellationToken::new();
-        tokio::spawn(gateway::serve(listener, config, routes.clone(), shutdown.clone()));
-        TestGateway { addr, routes, runtime: PluginRuntime::new(RuntimeConfig::default()).unwrap(), shutdown }
+        let budget = GatewayBudget::new(config.budget_limits(4096));
+        tokio::spawn(gateway::serve_with_budget(listener, config, routes.clone(), budget.clone(), shutdown.clone()));
+        TestGateway {
+            addr,
+            routes,
+            runtime: PluginRuntime::new(RuntimeConfig::default()).unwrap(),
+            budget,
+            node_sockets: ovsb::upstream::DEFAULT_SOCKETS_PER_NODE,
+            shares: InstanceShares::default(),
+            shutdown,
+        }
     }
 
     /// An instance over these upstreams with these test-plugin configs as its chain.
@@ -146,6 +162,7 @@ impl TestGateway {
             ws: ws.to_vec(),
             deadline,
             max_response_bytes: 16 << 20,
+            max_sockets_per_node: self.node_sockets,
         });
         Arc::new(InstanceRoute {
             instance_id: id.into(),
@@ -154,6 +171,7 @@ impl TestGateway {
             policy: None,
             upstream: Arc::new(upstream),
             validator: None,
+            budget: InstanceBudget::new(self.shares),
         })
     }
 
