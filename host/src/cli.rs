@@ -283,7 +283,12 @@ fn config_show(file: Option<&std::path::Path>) -> anyhow::Result<String> {
         ),
     };
     let mut out = format!("# The configuration of `ovsb serve`: {source}.\n");
-    let overrides: Vec<String> = crate::server::process_env().into_keys().collect();
+    let env = crate::server::process_env();
+    let overrides: Vec<&str> = crate::config::Config::ENV_OVERRIDES
+        .iter()
+        .copied()
+        .filter(|name| env.get(*name).is_some_and(|v| !v.is_empty()))
+        .collect();
     if !overrides.is_empty() {
         out.push_str(&format!("# Overridden now by the environment: {}.\n", overrides.join(", ")));
     }

@@ -1103,6 +1103,21 @@ impl Config {
         }
     }
 
+    /// The `OVSB_*` variables [`Config::apply_env`] reads (each overrides one setting).
+    pub const ENV_OVERRIDES: &'static [&'static str] = &[
+        "OVSB_ADMIN_LISTEN",
+        "OVSB_BROKER_LISTEN",
+        "OVSB_BROKER_PASSWORD",
+        "OVSB_BROKER_USERNAME",
+        "OVSB_DATABASE_URL",
+        "OVSB_DATA_DIR",
+        "OVSB_GATEWAY_LISTEN",
+        "OVSB_IDENTITY_KEYS",
+        "OVSB_NODE_HOST",
+        "OVSB_PUBLIC_GATEWAY_URL",
+        "OVSB_SECRET_KEY",
+    ];
+
     /// Applies the `OVSB_*` variables found in `env` (pass `std::env::vars()` collected, or a map in tests).
     pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         let get = |name: &str| env.get(name).filter(|value| !value.is_empty());

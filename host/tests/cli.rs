@@ -182,6 +182,27 @@ fn config_check_passes_the_example_configurations() {
 /// as it is, and `ovsb config check` without a file checks that same built-in configuration.
 #[test]
 fn config_show_prints_the_built_in_configuration_and_it_round_trips_through_config_check() {
+    // Without the OVSB_* overrides of the test's environment (named in the output when set).
+    let ovsb = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ovsb"));
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("OVSB_")) {
+            command.env_remove(name);
+        }
+        command.args(args).output().expect("run ovsb")
+    };
+    let named = Command::new(env!("CARGO_BIN_EXE_ovsb"))
+        .args(["config", "show"])
+        .env("OVSB_GATEWAY_LISTEN", "127.0.0.1:1")
+        .env("OVSB_NOT_A_SETTING", "x")
+        .output()
+        .unwrap();
+    let header = String::from_utf8_lossy(&named.stdout).lines().nth(1).unwrap_or_default().to_string();
+    assert!(
+        header.starts_with("# Overridden now by the environment:")
+            && header.contains("OVSB_GATEWAY_LISTEN")
+            && !header.contains("OVSB_NOT_A_SETTING"),
+        "{header}"
+    );
     let out = ovsb(&["config", "show"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown = String::from_utf8(out.stdout).unwrap();
