@@ -13,23 +13,10 @@
 # is stopped by PID at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-
-ANVIL_BIN=tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
-OVSB=${1:-}
-if [ -z "$OVSB" ]; then
-    cargo build --profile production -p ovsb -q
-    OVSB=$(realpath "${CARGO_TARGET_DIR:-target}")/production/ovsb
-fi
+GIVEN=${1:-}
+if [ -n "$GIVEN" ]; then export OVSB_SKIP_BUILD=1; fi
+source tests/load/common.sh
+OVSB=${GIVEN:-$OVSB}
 
 ANVIL=$(free_port)
 "$ANVIL_BIN" --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
