@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use super::{ApiError, BrokerState, reply};
-use crate::interchange::{Interchange, Pubkey};
+use crate::interchange::Pubkey;
 use crate::store::StoreError;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -56,11 +56,7 @@ async fn answer(state: &BrokerState, headers: &HeaderMap, pubkey: &str) -> Resul
         return Err(ApiError::not_found(format!("ovsb holds no slashing-protection history of {pubkey}")));
     };
     let key = Pubkey::parse(&pubkey).expect("checked above");
-    let chain = newest.interchange.genesis_validators_root;
-    let mut merged = Interchange::empty(chain);
-    for row in rows.iter().filter(|row| row.interchange.genesis_validators_root == chain) {
-        merged.absorb(&row.interchange.only(&[key]));
-    }
+    let (mut merged, _) = crate::store::union_on_chain(&rows, newest.interchange.genesis_validators_root, key);
     merged.keys.entry(key).or_default();
     let mut response = reply(StatusCode::OK, merged.to_json());
     if let Some(holder) = state.store.validator_key_holder(&pubkey).await?

@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use super::{Driver, DriverError, InstanceSpec, ProcessDriver, Progress};
 use crate::config::ValidatorDriverDecl;
 use crate::interchange::{Interchange, Pubkey, Root};
-use crate::store::{KeptHistory, Store, StoreError};
+use crate::store::{KeptHistory, Store, StoreError, union_on_chain};
 use crate::upstream::{UpstreamPool, UpstreamSettings};
 
 pub use crate::config::{VALIDATOR_PARAMETERS, VALIDATOR_TEMPLATE_NAMES};
@@ -664,12 +664,7 @@ impl ValidatorDriver {
                 )),
                 other => store_error(other),
             })?;
-            let mut mine = Interchange::empty(chain);
-            let mut replaces = Vec::new();
-            for row in rows.iter().filter(|row| row.interchange.genesis_validators_root == chain) {
-                mine.absorb(&row.interchange.only(&[key]));
-                replaces.push(row.id.clone());
-            }
+            let (mut mine, replaces) = union_on_chain(&rows, chain, key);
             if let Some(given) = given {
                 mine.absorb(&given.only(&[key]));
             }
@@ -752,21 +747,16 @@ impl ValidatorDriver {
             }
             // The export joins what ovsb holds on that chain, as one row. A stored row that does
             // not decode is left as it is (and reported); the export is kept beside it.
-            let mut mine = exported.only(&[key]);
-            let mut replaces = Vec::new();
-            match self.store.history(text).await {
-                Ok(rows) => {
-                    let chain = mine.genesis_validators_root;
-                    for row in rows.iter().filter(|r| r.interchange.genesis_validators_root == chain) {
-                        mine.absorb(&row.interchange.only(&[key]));
-                        replaces.push(row.id.clone());
-                    }
-                }
+            let chain = exported.genesis_validators_root;
+            let (mut mine, replaces) = match self.store.history(text).await {
+                Ok(rows) => union_on_chain(&rows, chain, key),
                 Err(StoreError::Corrupt(reason)) => {
                     tracing::warn!(key = %text, "keeping the export beside a stored history that does not decode: {reason}");
+                    (Interchange::empty(chain), Vec::new())
                 }
                 Err(other) => return Err(store_error(other)),
-            }
+            };
+            mine.absorb(&exported.only(&[key]));
             histories.push(KeptHistory { pubkey: text.clone(), replaces, interchange: mine });
         }
         self.store.keep_histories(instance_id, &histories, true).await.map_err(store_error)?;

@@ -22,7 +22,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use nodes::{NodeClaim, NodeOwner, OwnedNode};
-pub use validators::{HistoryRow, KeptHistory};
+pub use validators::{HistoryRow, KeptHistory, union_on_chain};
 
 /// Records, in the transaction that bumped the generation, which instance the change touched.
 async fn log_change(tx: &mut sqlx::Transaction<'_, sqlx::Any>, instance_id: &str) -> Result<()> {

@@ -10,7 +10,7 @@
 use sqlx::Row as _;
 
 use super::{Result, Store, StoreError, now_ms, random_id};
-use crate::interchange::Interchange;
+use crate::interchange::{Interchange, Pubkey, Root};
 
 /// One stored history of a key.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +25,18 @@ pub struct HistoryRow {
     pub interchange: Interchange,
     /// When it was stored.
     pub exported_ms: i64,
+}
+
+/// The union of `rows`' histories of `key` on `chain` (rows of other chains left out), and the
+/// ids of the rows it holds every record of.
+pub fn union_on_chain(rows: &[HistoryRow], chain: Root, key: Pubkey) -> (Interchange, Vec<String>) {
+    let mut union = Interchange::empty(chain);
+    let mut ids = Vec::new();
+    for row in rows.iter().filter(|row| row.interchange.genesis_validators_root == chain) {
+        union.absorb(&row.interchange.only(&[key]));
+        ids.push(row.id.clone());
+    }
+    (union, ids)
 }
 
 /// A key's history to keep: the union of what it `replaces` (row ids, removed in the same
