@@ -28,12 +28,10 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::plugins::RpcError;
-
-/// A budget ran out; retry later. `data.reason` names the limit.
-pub const LIMIT_EXCEEDED: i32 = -32005;
-/// The response is over the request's limit (jsonrpsee's code for the same thing).
-pub const OVERSIZED_RESPONSE: i32 = -32008;
+use crate::call::RpcError;
+/// A budget ran out (-32005, `data.reason` names the limit), or the response is over the
+/// request's limit (-32008): codes of the call vocabulary.
+pub use crate::call::codes::{LIMIT_EXCEEDED, OVERSIZED_RESPONSE};
 
 tokio::task_local! {
     /// The budget of the request being served (set by the gateway around a call or a batch).
@@ -245,7 +243,8 @@ impl Refusal {
             Refusal::Descriptors => (LIMIT_EXCEEDED, "the gateway is out of sockets; retry later".into()),
         };
         crate::telemetry::metrics().record_call_refusal(self.reason());
-        RpcError { code, message, data: Some(format!(r#"{{"reason":"{}"}}"#, self.reason())) }
+        let error = RpcError { code, message, data: Some(format!(r#"{{"reason":"{}"}}"#, self.reason())) };
+        crate::call::blamed(error, crate::call::Blame::Limit)
     }
 }
 

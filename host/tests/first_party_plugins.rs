@@ -85,6 +85,42 @@ async fn rate_limit_holds_under_a_concurrent_burst() {
     assert!(refused[0]["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0, "{}", refused[0]);
 }
 
+/// `ovsb_rpc_calls_total` counts a failed call under the class of whoever failed it, never
+/// guessed from the code: the node's own -32003 (a transaction it rejects) is the caller's
+/// `error`, not an `upstream_error`; the rate-limit plugin's -32005 is a rule the customer set
+/// (`refused`), not one of ovsb's limits; a node that is gone is an `upstream_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_metrics_blame_whoever_failed_the_call_not_its_code() {
+    let (anvil, broker) = start().await;
+    let limited =
+        endpoint(&broker, "blame", json!([{"name": "rate-limit", "config": {"requests_per_second": 1, "burst": 1}}]))
+            .await;
+    let plain = endpoint(&broker, "blame2", json!([{"name": "hello"}])).await;
+    assert_eq!(rpc(&limited, "eth_chainId", json!([])).await["result"], "0x7a69");
+    let refused = rpc(&limited, "eth_chainId", json!([])).await;
+    assert_eq!(refused["error"]["code"], -32005, "{refused}");
+    let tx = json!([{"from": DEV_ACCOUNT, "to": "0x0000000000000000000000000000000000000002", "value": "0xffffffffffffffffffffffffffffffffffffffffffff"}]);
+    let rejected = rpc(&plain, "eth_sendTransaction", tx).await;
+    assert_eq!(rejected["error"]["code"], -32003, "the node's own 'insufficient funds': {rejected}");
+    // The node goes away: now the failure is the node's.
+    drop(anvil);
+    let gone = rpc(&plain, "eth_blockNumber", json!([])).await;
+    assert_eq!(gone["error"]["code"], -32002, "{gone}");
+
+    let admin = broker.server.as_ref().unwrap().admin_addr;
+    let text = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+    let count = |instance: &str, method: &str, outcome: &str| -> u64 {
+        let series = format!(r#"ovsb_rpc_calls_total{{instance="{instance}",method="{method}",outcome="{outcome}"}} "#);
+        text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert_eq!(count("blame", "eth_chainId", "ok"), 1, "{text}");
+    assert_eq!(count("blame", "eth_chainId", "refused"), 1, "the plugin's -32005 is its rule: {text}");
+    assert_eq!(count("blame", "eth_chainId", "limit"), 0, "{text}");
+    assert_eq!(count("blame2", "eth_sendTransaction", "error"), 1, "the node's -32003 is its answer: {text}");
+    assert_eq!(count("blame2", "eth_sendTransaction", "upstream_error"), 0, "{text}");
+    assert_eq!(count("blame2", "eth_blockNumber", "upstream_error"), 1, "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_hits_do_not_reach_the_node_and_latest_is_never_stale() {
     let (anvil, broker) = start().await;

@@ -29,12 +29,8 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-/// The origin was not in the binding's `allowed_origins` (HTTP 403).
-pub const ORIGIN_NOT_ALLOWED: i32 = -32051;
-/// The method is not in `allowed_methods`, or is in `denied_methods` (the binding's or the plan's).
-pub const METHOD_NOT_ALLOWED: i32 = -32052;
-/// The call touches an address not in `allowed_contracts`, or one the host cannot name.
-pub const CONTRACT_NOT_ALLOWED: i32 = -32053;
+/// The allowlists' codes (see [`crate::call::codes`]): origin, method, contract not allowed.
+pub use crate::call::codes::{CONTRACT_NOT_ALLOWED, METHOD_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
 
 /// Why a call or request was refused: its JSON-RPC code and message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

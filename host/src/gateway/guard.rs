@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::allowlist::{Allowlist, MethodRules, Refusal};
-use crate::plugins::{Call, Outcome, RpcError, Upstream};
+use crate::call::{Call, Outcome, RpcError, Upstream};
 use crate::upstream::UpstreamPool;
 
 /// An instance's upstream, behind its plan's method rules and one binding's allowlist.
@@ -66,7 +66,10 @@ impl Guard {
 
 /// The JSON-RPC error of a refusal.
 pub(crate) fn refused(refusal: Refusal) -> RpcError {
-    RpcError { code: refusal.code, message: refusal.message.to_string(), data: None }
+    crate::call::blamed(
+        RpcError { code: refusal.code, message: refusal.message.to_string(), data: None },
+        crate::call::Blame::Rule,
+    )
 }
 
 impl Upstream for Guard {

@@ -33,7 +33,7 @@ use super::revocable::RevocationWatch;
 use super::routes::{KeyDigest, Route, Routes};
 use super::subscriptions::{self, NodeSockets, SubscriptionSlots};
 use crate::budget::{GatewayBudget, REQUEST_BUDGET};
-use crate::plugins::{Call, Context, Outcome, Upstream};
+use crate::call::{Blame, Call, Context, Outcome, Upstream};
 
 use crate::upstream::REQUEST_ID;
 
@@ -146,6 +146,7 @@ where
         if (subscription || !route.instance.chain.entries().is_empty())
             && let Err(refusal) = check_entry(&route, allowlist, &req.method, req.params.as_deref())
         {
+            record(&route, &req.method, Some(Blame::Rule), std::time::Instant::now());
             return MethodResponse::error(req.id, error(refusal.code, refusal.message));
         }
         if websocket && req.method == "eth_unsubscribe" {
@@ -160,8 +161,8 @@ where
         let state = &self.state;
         let answer = async {
             let started = std::time::Instant::now();
-            let outcome = run(state, &route, call, guard).await;
-            record(&route, &req.method, &outcome, started);
+            let (outcome, blame) = run(state, &route, call, guard).await;
+            record(&route, &req.method, blame, started);
             response(req.id, outcome, state.max_response_bytes)
         };
         // A batch entry runs within its batch's budget; a call alone gets its own.
@@ -213,8 +214,8 @@ where
             let state = &self.state;
             let work = async {
                 let started = std::time::Instant::now();
-                let outcome = run(state, &route, call, guard).await;
-                record(&route, &n.method, &outcome, started);
+                let (_, blame) = run(state, &route, call, guard).await;
+                record(&route, &n.method, blame, started);
             };
             if REQUEST_BUDGET.try_with(|_| ()).is_ok() {
                 work.await
@@ -308,27 +309,10 @@ pub(crate) fn batch_too_large(limit: usize) -> MethodResponse {
 const WS_NOTIFICATION: &str =
     "Invalid request: over WebSocket every call needs an id that is a string, an unsigned integer or null";
 
-/// Counts a finished call in the metrics, classified by blame.
-fn record(route: &Route, method: &str, outcome: &Outcome, started: std::time::Instant) {
-    let class = match outcome {
-        Ok(_) => "ok",
-        Err(err)
-            if err.code == crate::plugins::PLUGIN_FAILURE_CODE
-                && err.data.as_deref().is_some_and(|d| d.contains("\"reason\"")) =>
-        {
-            "plugin_failure"
-        }
-        Err(err)
-            if matches!(
-                err.code,
-                errors::UPSTREAM_UNAVAILABLE | errors::DEADLINE_EXCEEDED | errors::SEND_OUTCOME_UNKNOWN
-            ) =>
-        {
-            "upstream_error"
-        }
-        Err(err) if err.code == errors::LIMIT_EXCEEDED => "limit",
-        Err(_) => "error",
-    };
+/// Counts a finished call in the metrics, by the blame its failer attached (`None`: it
+/// succeeded); see [`crate::call::Blame`].
+fn record(route: &Route, method: &str, blame: Option<Blame>, started: std::time::Instant) {
+    let class = blame.map_or("ok", Blame::class);
     crate::telemetry::metrics().record_call(&route.instance.instance_id, method, class, started.elapsed());
 }
 
@@ -359,13 +343,14 @@ fn guard_or_pool(route: &Route, guard: Option<&Arc<Guard>>) -> Arc<dyn Upstream>
 
 /// Runs a call through the route's chain under the instance's deadline, every call to the node
 /// through the guard when there is one. An empty chain goes straight to the upstream (which
-/// applies the deadline itself), without building the plugins' context.
-async fn run(state: &RpcState, route: &Route, call: Call, guard: Option<Guard>) -> Outcome {
+/// applies the deadline itself), without building the plugins' context. Gives the outcome and,
+/// when it failed, who is to blame.
+async fn run(state: &RpcState, route: &Route, call: Call, guard: Option<Guard>) -> (Outcome, Option<Blame>) {
     use tracing::Instrument as _;
     let id: Arc<str> = state.request_id().into();
     let span =
         tracing::debug_span!("rpc", request_id = %id, instance = %route.instance.instance_id, method = %call.method);
-    REQUEST_ID.scope(id, run_call(state, route, call, guard).instrument(span)).await
+    REQUEST_ID.scope(id, crate::call::judged(run_call(state, route, call, guard)).instrument(span)).await
 }
 
 async fn run_call(state: &RpcState, route: &Route, call: Call, guard: Option<Guard>) -> Outcome {
@@ -381,11 +366,14 @@ async fn run_call(state: &RpcState, route: &Route, call: Call, guard: Option<Gua
     let outcome = tokio::time::timeout(deadline, chain.run(&state.context(route), call, &upstream)).await;
     match outcome {
         Ok(outcome) => outcome,
-        Err(_) => Err(crate::plugins::RpcError {
-            code: errors::DEADLINE_EXCEEDED,
-            message: format!("the call did not finish within {} ms", deadline.as_millis()),
-            data: None,
-        }),
+        Err(_) => Err(crate::call::blamed(
+            crate::call::RpcError {
+                code: errors::DEADLINE_EXCEEDED,
+                message: format!("the call did not finish within {} ms", deadline.as_millis()),
+                data: None,
+            },
+            Blame::Node,
+        )),
     }
 }
 

@@ -8,5 +8,6 @@ wasmtime::component::bindgen!({
         "ovsb:plugin/host.upstream": async,
     },
     exports: { default: async },
-    additional_derives: [PartialEq, Eq],
+    // The data types are the call vocabulary's (`crate::call`), generated there once.
+    with: { "ovsb:plugin/types": crate::call::contract },
 });

@@ -29,9 +29,10 @@ use super::errors::PluginFailure;
 use super::pool::InstancePool;
 use super::state::Upstream;
 use super::{Call, Context, Decision, Hooks, Outcome, RpcError};
+use crate::call::Blame;
 
 /// JSON-RPC code of a call refused because its instance's share of plugin calls is taken.
-pub const SHARE_EXHAUSTED_CODE: i32 = -32005;
+pub const SHARE_EXHAUSTED_CODE: i32 = crate::call::codes::LIMIT_EXCEEDED;
 
 /// An instance's share of the plugin runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,17 +125,22 @@ impl Chain {
             Ok(Ok(permit)) => Ok(permit),
             _ => {
                 crate::telemetry::metrics().record_plugin_refusal("instance_plugin_calls");
+                let blame = crate::call::Blame::Limit;
                 tracing::debug!(instance = %ctx.instance_id, limit = self.share.calls, "plugin call refused: the instance's share is taken");
-                Err(RpcError {
-                    code: SHARE_EXHAUSTED_CODE,
-                    message: format!(
-                        "this instance already runs {} plugin calls at once (its share); retry later",
-                        self.share.calls
-                    ),
-                    data: Some(
-                        serde_json::json!({"reason": "instance_plugin_calls", "limit": self.share.calls}).to_string(),
-                    ),
-                })
+                Err(crate::call::blamed(
+                    RpcError {
+                        code: SHARE_EXHAUSTED_CODE,
+                        message: format!(
+                            "this instance already runs {} plugin calls at once (its share); retry later",
+                            self.share.calls
+                        ),
+                        data: Some(
+                            serde_json::json!({"reason": "instance_plugin_calls", "limit": self.share.calls})
+                                .to_string(),
+                        ),
+                    },
+                    blame,
+                ))
             }
         }
     }
@@ -161,9 +167,14 @@ impl Chain {
             drop(turn);
             entry.pool.record_hook("on_result", started.elapsed());
             match result {
-                Ok(next) => outcome = next,
+                Ok(next) => {
+                    if let Err(error) = &next {
+                        crate::call::claim(error, Blame::Rule);
+                    }
+                    outcome = next
+                }
                 Err(failure) if entry.fail_open => log_skipped(&failure, ctx),
-                Err(failure) => outcome = Err(failure.to_rpc_error()),
+                Err(failure) => outcome = Err(failure.to_blamed_rpc_error()),
             }
         }
         outcome
@@ -215,12 +226,15 @@ impl Chain {
                 }
                 Ok(Decision::Forward(next)) => inbound.rewritten = Some(next),
                 Ok(Decision::Respond(outcome)) => {
+                    if let Err(error) = &outcome {
+                        crate::call::claim(error, Blame::Rule);
+                    }
                     inbound.answer = Some(outcome);
                     break;
                 }
                 Err(failure) if entry.fail_open => log_skipped(&failure, ctx),
                 Err(failure) => {
-                    inbound.answer = Some(Err(failure.to_rpc_error()));
+                    inbound.answer = Some(Err(failure.to_blamed_rpc_error()));
                     break;
                 }
             }

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bindings::ovsb::plugin::types::RpcError;
+use crate::call::RpcError;
 
 /// JSON-RPC code of every plugin failure (trap, limit, overload). The class is in `data.reason`.
-pub const PLUGIN_FAILURE_CODE: i32 = -32603;
+pub const PLUGIN_FAILURE_CODE: i32 = crate::call::codes::INTERNAL_ERROR;
 
 /// A plugin file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +176,16 @@ impl PluginFailure {
             return RpcError { code: super::chain::SHARE_EXHAUSTED_CODE, message, data: Some(data.to_string()) };
         }
         RpcError { code: PLUGIN_FAILURE_CODE, message, data: Some(data.to_string()) }
+    }
+
+    /// [`Self::to_rpc_error`], blamed on the plugin (or, for the runtime's capacity, on a limit)
+    /// for the call running now.
+    pub fn to_blamed_rpc_error(&self) -> RpcError {
+        let blame = match self.kind {
+            FailureKind::Capacity(_) => crate::call::Blame::Limit,
+            _ => crate::call::Blame::Plugin,
+        };
+        crate::call::blamed(self.to_rpc_error(), blame)
     }
 }
 

@@ -5,8 +5,6 @@
 //! Per-call state (the upstream, the time budget bookkeeping) is set by the pool before each call
 //! and cleared after it.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,22 +13,16 @@ use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::ovsb::plugin::host::Host;
-use super::bindings::ovsb::plugin::types::{Call, Context, Hooks, Level, Outcome, RpcError};
 use super::kv::KvStore;
 use super::methods::MethodSelection;
+use crate::call::{Call, Context, Hooks, Level, Outcome, RpcError};
 
 /// Longest log line a plugin may write; longer ones are cut.
 const MAX_LOG_LINE: usize = 4096;
 /// JSON-RPC code of an upstream call a plugin may not make (cap reached).
-pub const UPSTREAM_CAP_CODE: i32 = -32005;
+pub const UPSTREAM_CAP_CODE: i32 = crate::call::codes::LIMIT_EXCEEDED;
 
-/// Where a plugin's `upstream` calls go: the instance's node, through the gateway's client.
-///
-/// Implementations must bound the call by a deadline of their own.
-pub trait Upstream: Send + Sync + 'static {
-    /// Sends one call to the node and returns its outcome; node errors pass through unchanged.
-    fn call<'a>(&'a self, call: &'a Call) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
-}
+pub use crate::call::Upstream;
 
 /// The plugin grew its memory past its cap (the error behind the trap).
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +267,7 @@ impl WasiView for StoreState {
     }
 }
 
-impl super::bindings::ovsb::plugin::types::Host for StoreState {}
+impl crate::call::contract::Host for StoreState {}
 
 impl Host for StoreState {
     fn log(&mut self, level: Level, message: String) {
@@ -321,14 +313,17 @@ impl Host for StoreState {
             });
         };
         if self.call.upstream_left == 0 {
-            return Err(RpcError {
-                code: UPSTREAM_CAP_CODE,
-                message: format!(
-                    "plugin `{}` exceeded its {} upstream calls per call",
-                    self.plugin, self.max_upstream_calls
-                ),
-                data: None,
-            });
+            return Err(crate::call::blamed(
+                RpcError {
+                    code: UPSTREAM_CAP_CODE,
+                    message: format!(
+                        "plugin `{}` exceeded its {} upstream calls per call",
+                        self.plugin, self.max_upstream_calls
+                    ),
+                    data: None,
+                },
+                crate::call::Blame::Limit,
+            ));
         }
         self.call.upstream_left -= 1;
         let waited = Instant::now();

@@ -8,9 +8,14 @@
 //! [`MAX_METHOD_LABELS`] distinct well-formed names, then as `other`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
+
+mod logs;
+mod traffic;
+
+pub use logs::{LogThrottle, OneLine, OneLineStderr, escape_line};
+pub use traffic::{TRAFFIC_SECONDS, Traffic};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -229,8 +234,9 @@ struct InstanceMetrics {
     duration: std::sync::OnceLock<Histogram>,
 }
 
-/// The outcome classes of `ovsb_rpc_calls_total`, in the order of [`MethodMetrics::calls`].
-const OUTCOMES: [&str; 5] = ["ok", "plugin_failure", "upstream_error", "limit", "error"];
+/// The outcome classes of `ovsb_rpc_calls_total`, in the order of [`MethodMetrics::calls`]:
+/// `ok` and the class of each blame (see [`crate::call::Blame::class`]).
+const OUTCOMES: [&str; 7] = crate::call::OUTCOME_CLASSES;
 
 /// One method label of one instance, and its `ovsb_rpc_calls_total` series by outcome (made at
 /// its first count: a series shows once it has counted).
@@ -242,57 +248,6 @@ struct MethodMetrics {
 impl MethodMetrics {
     fn new(label: Arc<str>) -> Arc<Self> {
         Arc::new(MethodMetrics { label, calls: Default::default() })
-    }
-}
-
-/// Seconds of traffic history kept per instance (for its dashboard).
-pub const TRAFFIC_SECONDS: u64 = 300;
-
-/// Calls and errors per second of one instance over the last [`TRAFFIC_SECONDS`]: a ring of
-/// per-second slots, each stamped with its second (approximate at a slot's turnover, by design:
-/// it feeds a chart).
-pub struct Traffic {
-    second: [AtomicU64; TRAFFIC_SECONDS as usize],
-    calls: [AtomicU64; TRAFFIC_SECONDS as usize],
-    errors: [AtomicU64; TRAFFIC_SECONDS as usize],
-}
-
-impl Traffic {
-    fn new() -> Traffic {
-        Traffic {
-            second: std::array::from_fn(|_| AtomicU64::new(0)),
-            calls: std::array::from_fn(|_| AtomicU64::new(0)),
-            errors: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-
-    fn record(&self, now: u64, error: bool) {
-        let slot = (now % TRAFFIC_SECONDS) as usize;
-        let stamped = self.second[slot].load(Ordering::Relaxed);
-        if stamped != now
-            && self.second[slot].compare_exchange(stamped, now, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-        {
-            self.calls[slot].store(0, Ordering::Relaxed);
-            self.errors[slot].store(0, Ordering::Relaxed);
-        }
-        self.calls[slot].fetch_add(1, Ordering::Relaxed);
-        if error {
-            self.errors[slot].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// `(unix second, calls, errors)` for each second with traffic in the window, oldest first.
-    pub fn points(&self, now: u64) -> Vec<(u64, u64, u64)> {
-        let mut points: Vec<(u64, u64, u64)> = (0..TRAFFIC_SECONDS as usize)
-            .filter_map(|slot| {
-                let second = self.second[slot].load(Ordering::Relaxed);
-                (second + TRAFFIC_SECONDS > now && second <= now).then(|| {
-                    (second, self.calls[slot].load(Ordering::Relaxed), self.errors[slot].load(Ordering::Relaxed))
-                })
-            })
-            .collect();
-        points.sort_unstable();
-        points
     }
 }
 
@@ -588,42 +543,6 @@ impl Metrics {
     }
 }
 
-/// Rate-limits one kind of repeated log line: at most one per `every`, each written one carrying
-/// the count of those kept out since the last (also counted in `ovsb_log_lines_suppressed_total`),
-/// so one failure mode cannot fill the disk. One atomic load when a line is kept out.
-pub struct LogThrottle {
-    every_ms: u64,
-    /// Milliseconds since `started` of the last line written (`u64::MAX`: none yet).
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-    started: std::time::Instant,
-}
-
-impl LogThrottle {
-    /// At most one line per `every`.
-    pub fn new(every: Duration) -> Self {
-        LogThrottle {
-            every_ms: every.as_millis() as u64,
-            last_ms: AtomicU64::new(u64::MAX),
-            suppressed: AtomicU64::new(0),
-            started: std::time::Instant::now(),
-        }
-    }
-
-    /// `Some(kept out since the last line)` when a line may be written now; else counts it out.
-    pub fn admit(&self) -> Option<u64> {
-        let now = self.started.elapsed().as_millis() as u64;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        let due = last == u64::MAX || now.saturating_sub(last) >= self.every_ms;
-        if due && self.last_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            return Some(self.suppressed.swap(0, Ordering::AcqRel));
-        }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
-        metrics().record_suppressed_lines(1);
-        None
-    }
-}
-
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -633,75 +552,9 @@ pub fn metrics() -> &'static Metrics {
 /// The content type of [`Metrics::encode`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The writer of the text log: each event is one line, whatever its fields hold. Control
-/// characters from clients or plugins (a method name with `\n` and a forged line, ANSI escapes,
-/// C1 controls) are written escaped (`\n`, `\x1b`, `\u{9b}`); only the newline that ends
-/// the event is written as is. (The JSON log needs none of this: JSON escapes them.)
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OneLineStderr;
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for OneLineStderr {
-    type Writer = OneLine<std::io::Stderr>;
-    fn make_writer(&'a self) -> Self::Writer {
-        OneLine(std::io::stderr())
-    }
-}
-
-/// See [`OneLineStderr`]: escapes what it is given, but a final newline, into `W`.
-pub struct OneLine<W>(pub W);
-
-impl<W: std::io::Write> std::io::Write for OneLine<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write_all(&escape_line(buf))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
-/// `line` with its control characters escaped, a final `\n` kept.
-pub fn escape_line(line: &[u8]) -> Vec<u8> {
-    let (body, end) = match line.split_last() {
-        Some((b'\n', body)) => (body, &b"\n"[..]),
-        _ => (line, &b""[..]),
-    };
-    let mut out = Vec::with_capacity(line.len() + 8);
-    let mut bytes = body.iter().copied().peekable();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.push(b),
-            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
-            // C1 controls (U+0080..U+009F) are 0xC2 0x80..0x9F in UTF-8.
-            0xc2 if bytes.peek().is_some_and(|next| (0x80..=0x9f).contains(next)) => {
-                let next = bytes.next().unwrap_or_default();
-                out.extend_from_slice(format!("\\u{{{next:x}}}").as_bytes());
-            }
-            _ => out.push(b),
-        }
-    }
-    out.extend_from_slice(end);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_throttle_writes_the_first_line_then_counts_the_repeats() {
-        let throttle = LogThrottle::new(Duration::from_secs(3600));
-        assert_eq!(throttle.admit(), Some(0));
-        for _ in 0..1000 {
-            assert_eq!(throttle.admit(), None);
-        }
-        let open = LogThrottle::new(Duration::ZERO);
-        assert_eq!(open.admit(), Some(0));
-        assert_eq!(open.admit(), Some(0));
-    }
 
     #[test]
     fn instance_ids_are_escaped_and_a_forgotten_instance_leaves_no_series() {
@@ -738,25 +591,5 @@ mod tests {
         let text = m.encode();
         assert!(text.contains(r#"ovsb_rpc_calls_total{instance="i-1",method="eth_call",outcome="ok"} 1"#), "{text}");
         assert!(text.contains("ovsb_rpc_call_duration_seconds_bucket"), "{text}");
-    }
-
-    #[test]
-    fn a_log_line_stays_one_line_whatever_its_fields_hold() {
-        let forged = "INFO method=eth_call\n2026-12-01T00:00:00Z  INFO ovsb: forged\x1b[31m\u{9b}\r\tend\n";
-        let escaped = String::from_utf8(escape_line(forged.as_bytes())).unwrap();
-        assert_eq!(escaped, "INFO method=eth_call\\n2026-12-01T00:00:00Z  INFO ovsb: forged\\x1b[31m\\u{9b}\\r\tend\n");
-        assert_eq!(escaped.matches('\n').count(), 1);
-        assert_eq!(escape_line("plain é ü\n".as_bytes()), "plain é ü\n".as_bytes(), "text is kept");
-    }
-
-    #[test]
-    fn traffic_keeps_five_minutes_of_calls_and_errors_per_second() {
-        let traffic = Traffic::new();
-        traffic.record(1000, false);
-        traffic.record(1000, true);
-        traffic.record(1001, false);
-        traffic.record(1000 + TRAFFIC_SECONDS, false); // same slot as 1000, a new second
-        assert_eq!(traffic.points(1000 + TRAFFIC_SECONDS), vec![(1001, 1, 0), (1300, 1, 0)]);
-        assert_eq!(traffic.points(1001), vec![(1001, 1, 0)], "nothing from the future");
     }
 }

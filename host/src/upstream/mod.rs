@@ -23,7 +23,6 @@
 //! calls through them); it depends on neither. It owns the JSON-RPC codes of the failures it
 //! reports, which `gateway::errors` lists with the others.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,11 +34,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
-use serde_json::value::RawValue;
+
+mod connector;
+mod wire;
+
+use connector::{CappedConnector, SocketsTaken, caused_by, causes, closed_before_answer, out_of_descriptors};
+use wire::decode_owned;
 
 use crate::budget::{self, Refusal};
-use crate::plugins::{Call, Outcome, RpcError, Upstream};
+use crate::call::{Blame, Call, Outcome, RpcError, Upstream, blamed};
 use crate::telemetry::LogThrottle;
 
 tokio::task_local! {
@@ -48,13 +51,9 @@ tokio::task_local! {
     pub static REQUEST_ID: Arc<str>;
 }
 
-/// No upstream node could be reached (connection refused, all down, bad answer).
-pub const UPSTREAM_UNAVAILABLE: i32 = -32002;
-/// The call did not finish within the per-call deadline.
-pub const DEADLINE_EXCEEDED: i32 = -32003;
-/// A transaction was sent but the node's answer was lost: it may or may not have been accepted,
-/// so it is not retried. Check with `eth_getTransactionByHash`.
-pub const SEND_OUTCOME_UNKNOWN: i32 = -32020;
+/// The pool's own codes (see [`crate::call::codes`]): no node reachable, the deadline passed, a
+/// transaction's fate unknown (it is then not retried).
+pub use crate::call::codes::{DEADLINE_EXCEEDED, SEND_OUTCOME_UNKNOWN, UPSTREAM_UNAVAILABLE};
 
 /// How long an upstream that failed is skipped (unless all are down).
 const DOWN_FOR: Duration = Duration::from_secs(2);
@@ -69,6 +68,29 @@ static UPSTREAM_FAILURES: std::sync::LazyLock<LogThrottle> =
 /// Methods whose repetition could do something twice.
 fn is_send(method: &str) -> bool {
     matches!(method, "eth_sendRawTransaction" | "eth_sendTransaction" | "eth_sendRawTransactionSync")
+}
+
+/// Methods that only read the node's state, so asking twice cannot do anything twice: the only
+/// ones tried again on the same node when a connection closes before its answer.
+fn is_read(method: &str) -> bool {
+    method.starts_with("eth_get")
+        || method.starts_with("net_")
+        || matches!(
+            method,
+            "eth_call"
+                | "eth_chainId"
+                | "eth_blockNumber"
+                | "eth_estimateGas"
+                | "eth_gasPrice"
+                | "eth_maxPriorityFeePerGas"
+                | "eth_feeHistory"
+                | "eth_blobBaseFee"
+                | "eth_syncing"
+                | "eth_accounts"
+                | "eth_createAccessList"
+                | "eth_simulateV1"
+                | "web3_clientVersion"
+        )
 }
 
 /// Settings of an upstream pool.
@@ -116,6 +138,10 @@ enum AttemptError {
     NotSent(String),
     /// The request may have reached the node.
     Failed(String),
+    /// The connection closed before any answer came. On a kept-alive connection that is most
+    /// often one the node closed while it sat idle (or a node that just died): a read is tried
+    /// once more on a new connection, which either answers or names the real cause (refused).
+    Dropped(String),
     /// A budget of ovsb's refused the call (not the node's fault).
     Refused(Refusal),
 }
@@ -235,7 +261,7 @@ impl UpstreamPool {
         let body = self.encode(call);
         match tokio::time::timeout(self.deadline, self.attempt(index, body, false)).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(AttemptError::NotSent(reason) | AttemptError::Failed(reason))) => {
+            Ok(Err(AttemptError::NotSent(reason) | AttemptError::Failed(reason) | AttemptError::Dropped(reason))) => {
                 Err(rpc_error(UPSTREAM_UNAVAILABLE, reason))
             }
             Ok(Err(AttemptError::Refused(refusal))) => Err(refusal.error()),
@@ -249,9 +275,12 @@ impl UpstreamPool {
             Ok(outcome) => outcome,
             Err(_) => {
                 crate::telemetry::metrics().upstream_error("timeout");
-                Err(rpc_error(
-                    DEADLINE_EXCEEDED,
-                    format!("the node did not answer within {} ms", self.deadline.as_millis()),
+                Err(blamed(
+                    rpc_error(
+                        DEADLINE_EXCEEDED,
+                        format!("the node did not answer within {} ms", self.deadline.as_millis()),
+                    ),
+                    Blame::Node,
                 ))
             }
         }
@@ -259,13 +288,17 @@ impl UpstreamPool {
 
     async fn send_with_failover(&self, call: &Call) -> Outcome {
         if self.endpoints.is_empty() {
-            return Err(rpc_error(UPSTREAM_UNAVAILABLE, "this instance has no upstream node"));
+            return Err(blamed(rpc_error(UPSTREAM_UNAVAILABLE, "this instance has no upstream node"), Blame::Node));
         }
         let body = self.encode(call);
         let send = is_send(&call.method);
         let mut last = String::new();
         for index in self.order() {
-            match self.attempt(index, body.clone(), true).await {
+            let mut outcome = self.attempt(index, body.clone(), true).await;
+            if is_read(&call.method) && matches!(outcome, Err(AttemptError::Dropped(_))) {
+                outcome = self.attempt(index, body.clone(), true).await;
+            }
+            match outcome {
                 Ok(outcome) => return outcome,
                 // Not the node's failure: no other node would do better.
                 Err(AttemptError::Refused(refusal)) => return Err(refusal.error()),
@@ -274,16 +307,19 @@ impl UpstreamPool {
                     self.mark_down(index);
                     last = reason;
                 }
-                Err(AttemptError::Failed(reason)) => {
+                Err(AttemptError::Failed(reason) | AttemptError::Dropped(reason)) => {
                     crate::telemetry::metrics().upstream_error("failed");
                     self.mark_down(index);
                     if send {
                         if let Some(suppressed) = UPSTREAM_FAILURES.admit() {
                             tracing::warn!(method = %call.method, suppressed, "upstream failed after a transaction was sent: {reason}");
                         }
-                        return Err(rpc_error(
-                            SEND_OUTCOME_UNKNOWN,
-                            "the node failed while handling the transaction; it may or may not have been accepted",
+                        return Err(blamed(
+                            rpc_error(
+                                SEND_OUTCOME_UNKNOWN,
+                                "the node failed while handling the transaction; it may or may not have been accepted",
+                            ),
+                            Blame::Node,
                         ));
                     }
                     last = reason;
@@ -295,11 +331,14 @@ impl UpstreamPool {
         }
         // The cause, for the caller: what the last try met (never the node's address).
         let cause: String = last.chars().take(300).collect();
-        Err(RpcError {
-            code: UPSTREAM_UNAVAILABLE,
-            message: "no upstream node is reachable".into(),
-            data: Some(serde_json::json!({ "cause": cause }).to_string()),
-        })
+        Err(blamed(
+            RpcError {
+                code: UPSTREAM_UNAVAILABLE,
+                message: "no upstream node is reachable".into(),
+                data: Some(serde_json::json!({ "cause": cause }).to_string()),
+            },
+            Blame::Node,
+        ))
     }
 
     /// The JSON-RPC request body, built around the raw params without re-encoding them.
@@ -342,6 +381,8 @@ impl UpstreamPool {
                 AttemptError::Refused(Refusal::NodeSockets)
             } else if e.is_connect() {
                 AttemptError::NotSent(causes(&e))
+            } else if closed_before_answer(&e) {
+                AttemptError::Dropped(causes(&e))
             } else {
                 AttemptError::Failed(causes(&e))
             }
@@ -402,218 +443,10 @@ impl UpstreamPool {
     }
 }
 
-/// The connector of a pool: a socket to a node is opened only with one of that node's permits,
-/// and keeps it until it closes, so the pool never holds more than the cap of sockets to a node,
-/// whatever hyper's pool does (it may finish a connection in the background for its idle list).
-#[derive(Clone)]
-struct CappedConnector {
-    inner: HttpConnector,
-    /// Each node's permits, by its `host:port`.
-    nodes: Arc<[(http::uri::Authority, Arc<tokio::sync::Semaphore>)]>,
-    /// Longest wait for a permit (the per-call deadline).
-    wait: Duration,
-}
-
-/// No socket to the node could be had within the wait: not the node's failure.
-#[derive(Debug)]
-struct SocketsTaken;
-
-impl std::fmt::Display for SocketsTaken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("every socket to the node allowed is in use")
-    }
-}
-
-impl std::error::Error for SocketsTaken {}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower::Service<http::Uri> for CappedConnector {
-    type Response = CappedIo<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
-        tower::Service::<http::Uri>::poll_ready(&mut self.inner, cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let permits = self.nodes.iter().find(|(node, _)| Some(node) == uri.authority()).map(|(_, p)| p.clone());
-        let mut inner = self.inner.clone();
-        let wait = self.wait;
-        Box::pin(async move {
-            let permit = match permits {
-                Some(permits) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => Some(permit),
-                    Err(_) => Some(
-                        tokio::time::timeout(wait, permits.acquire_owned())
-                            .await
-                            .map_err(|_| SocketsTaken)?
-                            .map_err(|_| SocketsTaken)?,
-                    ),
-                },
-                None => None,
-            };
-            let io = tower::Service::call(&mut inner, uri).await?;
-            Ok(CappedIo { io, _permit: permit })
-        })
-    }
-}
-
-/// A socket to a node with its permit.
-struct CappedIo<T> {
-    io: T,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for CappedIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for CappedIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-}
-
-impl<T: hyper_util::client::legacy::connect::Connection> hyper_util::client::legacy::connect::Connection
-    for CappedIo<T>
-{
-    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        self.io.connected()
-    }
-}
-
-/// Whether `E` is among the causes of `error`.
-fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(cause) = source {
-        if cause.is::<E>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
-
-/// Whether connecting failed because this process (or the system) is out of descriptors.
-fn out_of_descriptors(error: &(dyn std::error::Error + 'static)) -> bool {
-    const EMFILE: i32 = 24;
-    const ENFILE: i32 = 23;
-    let mut source = Some(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(EMFILE | ENFILE))
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
-
 impl Upstream for UpstreamPool {
     fn call<'a>(&'a self, call: &'a Call) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
         Box::pin(self.send(call))
     }
-}
-
-#[derive(Deserialize)]
-struct WireResponse<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    result: Option<&'a RawValue>,
-    #[serde(borrow)]
-    error: Option<WireError<'a>>,
-}
-
-#[derive(Deserialize)]
-struct WireError<'a> {
-    code: i32,
-    #[serde(borrow)]
-    message: Cow<'a, str>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-}
-
-/// Keeps `"result": null` as `Some(null)`: null is a valid result.
-fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(deserializer).map(Some)
-}
-
-/// [`decode`], taking the body: a result is cut out of the body's own buffer (when the buffer is
-/// not shared) rather than copied, so a large answer is held once, not twice.
-fn decode_owned(body: Bytes) -> Option<Outcome> {
-    let (start, len) = {
-        let response: WireResponse = serde_json::from_slice(&body).ok()?;
-        match (response.result, &response.error) {
-            (Some(result), None) => (result.get().as_ptr() as usize - body.as_ptr() as usize, result.get().len()),
-            _ => return decode(&body),
-        }
-    };
-    let mut bytes = Vec::from(body);
-    bytes.truncate(start + len);
-    bytes.drain(..start);
-    Some(Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())))
-}
-
-/// The outcome in a node's JSON-RPC response; `None` if the body is not one.
-fn decode(body: &[u8]) -> Option<Outcome> {
-    let response: WireResponse = serde_json::from_slice(body).ok()?;
-    match (response.result, response.error) {
-        (_, Some(error)) => Some(Err(RpcError {
-            code: error.code,
-            message: error.message.into_owned(),
-            data: error.data.map(|d| d.get().to_string()),
-        })),
-        (Some(result), None) => Some(Ok(result.get().to_string())),
-        (None, None) => None,
-    }
-}
-
-/// An error and its sources, `: `-joined ("client error (Connect): tcp connect error:
-/// Connection refused (os error 111)"): hyper's own text alone says only "client error".
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn rpc_error(code: i32, message: impl Into<String>) -> RpcError {
@@ -623,27 +456,6 @@ fn rpc_error(code: i32, message: impl Into<String>) -> RpcError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decode_keeps_null_results_and_node_errors_as_they_are() {
-        assert_eq!(decode(br#"{"jsonrpc":"2.0","id":1,"result":null}"#), Some(Ok("null".into())));
-        assert_eq!(decode(br#"{"jsonrpc":"2.0","id":1,"result":{"a": [1]}}"#), Some(Ok(r#"{"a": [1]}"#.into())));
-        let err = decode(
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":3,"message":"execution reverted","data":"0x08c379a0"}}"#,
-        );
-        assert_eq!(
-            err,
-            Some(Err(RpcError { code: 3, message: "execution reverted".into(), data: Some("\"0x08c379a0\"".into()) }))
-        );
-        assert_eq!(decode(b"<html>bad gateway</html>"), None);
-        assert_eq!(decode(br#"{"jsonrpc":"2.0","id":1}"#), None);
-        let owned = |text: &'static [u8]| decode_owned(Bytes::from(text.to_vec()));
-        assert_eq!(owned(br#"{"jsonrpc":"2.0","id":1,"result":{"a": [1]}}"#), Some(Ok(r#"{"a": [1]}"#.into())));
-        assert_eq!(owned(br#"{"id":1,"result":"0x1","jsonrpc":"2.0"}"#), Some(Ok(r#""0x1""#.into())));
-        assert_eq!(owned(br#"{"jsonrpc":"2.0","id":1,"result":null}"#), Some(Ok("null".into())));
-        assert!(matches!(owned(br#"{"jsonrpc":"2.0","id":1,"error":{"code":3,"message":"m"}}"#), Some(Err(_))));
-        assert_eq!(owned(b"<html>"), None);
-    }
 
     #[test]
     fn the_request_body_escapes_the_method_and_keeps_params_raw() {
@@ -658,5 +470,64 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed["method"], "we\"ird");
         assert_eq!(parsed["params"], serde_json::json!([1, {"a": 2}]));
+    }
+
+    /// A node that closes a connection after reading a call, without answering (a kept-alive
+    /// socket it dropped, or a node that just died): a read is asked again on a new connection and
+    /// answered; a transaction is not sent twice.
+    #[tokio::test]
+    async fn a_read_is_asked_again_once_when_the_connection_closes_before_the_answer() {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = connections.clone();
+        // Every odd connection reads the request and closes; every even one answers.
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let mut buf = vec![0u8; 4096];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf[read..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => read += k,
+                    }
+                }
+                if n % 2 == 1 {
+                    let body = r#"{"jsonrpc":"2.0","id":1,"result":"0x7a69"}"#;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(body.as_bytes()).await;
+                }
+            }
+        });
+        let pool = || {
+            UpstreamPool::new(UpstreamSettings {
+                http: vec![format!("http://127.0.0.1:{port}/").parse().unwrap()],
+                ws: vec![],
+                deadline: Duration::from_secs(5),
+                max_response_bytes: 1024,
+                max_sockets_per_node: 4,
+            })
+        };
+        let read = pool().send(&Call { method: "eth_chainId".into(), params: None }).await;
+        assert_eq!(read, Ok("\"0x7a69\"".into()));
+        assert_eq!(connections.load(Ordering::SeqCst), 2, "asked once more, on a new connection");
+
+        let sent =
+            pool().send(&Call { method: "eth_sendRawTransaction".into(), params: Some("[\"0x00\"]".into()) }).await;
+        assert_eq!(sent.unwrap_err().code, SEND_OUTCOME_UNKNOWN);
+        assert_eq!(connections.load(Ordering::SeqCst), 3, "a transaction is never sent twice");
+
+        let mined = pool().send(&Call { method: "evm_mine".into(), params: None }).await;
+        assert_eq!(mined, Ok("\"0x7a69\"".into()), "the fourth connection answers");
+        let again = pool().send(&Call { method: "evm_mine".into(), params: None }).await;
+        assert_eq!(again.unwrap_err().code, UPSTREAM_UNAVAILABLE, "a call that changes state is not asked twice");
+        assert_eq!(connections.load(Ordering::SeqCst), 5);
     }
 }
