@@ -1792,7 +1792,7 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// The configuration `ovsb serve` runs without `--config`.
-pub const QUICK_START: &str = include_str!("../../examples/quick-start.toml");
+pub const QUICK_START: &str = include_str!("../../../examples/quick-start.toml");
 
 /// Where the built-in configuration's relative plugin paths point from: `examples/` of the
 /// checkout ovsb was built from.
