@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::config::GatewaySettings;
 use crate::plugins::RpcError;
 
 /// A budget ran out; retry later. `data.reason` names the limit.
@@ -154,6 +155,16 @@ pub struct InstanceShares {
     pub answer_bytes_in_flight: usize,
     /// Calls of the instance to its nodes in flight at once.
     pub upstream_calls: usize,
+}
+
+impl From<&GatewaySettings> for InstanceShares {
+    /// The shares each instance gets of what the gateway shares.
+    fn from(gateway: &GatewaySettings) -> Self {
+        InstanceShares {
+            answer_bytes_in_flight: usize::try_from(gateway.answer_bytes_in_flight_per_instance).unwrap_or(usize::MAX),
+            upstream_calls: gateway.upstream_calls_per_instance as usize,
+        }
+    }
 }
 
 impl Default for InstanceShares {

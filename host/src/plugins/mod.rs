@@ -39,12 +39,13 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use crate::config::{Isolation, PluginLimits};
 pub use bindings::ovsb::plugin::types::{Call, Context, Decision, Hooks, Level, Outcome, RpcError};
 pub use chain::{Chain, ChainEntry, PLUGIN_CALLS_PARAMETER, SHARE_EXHAUSTED_CODE, Share};
 pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
 pub use kv::{KvLimits, KvStore};
 pub use methods::MethodSelection;
-pub use pool::{InstancePool, Isolation, PluginLimits};
+pub use pool::InstancePool;
 pub use registry::{Available, ChainError, PluginVersion, Registry, ReloadFailure, ReloadReport};
 pub use state::{UPSTREAM_CAP_CODE, Upstream};
 
