@@ -639,4 +639,25 @@ mod tests {
         let err = with_kubernetes_plan(&validator.replace("\"/data/", "\"data/")).unwrap_err();
         assert!(err.to_string().contains("token_path"), "{err}");
     }
+
+    #[test]
+    fn driver_keys_left_out_get_the_documented_defaults() {
+        let upstream: DriverDecl = toml::from_str("kind = \"upstream\"\nhttp = [\"http://127.0.0.1:8545\"]\n").unwrap();
+        let DriverDecl::Upstream(decl) = upstream else { panic!("an upstream driver") };
+        assert_eq!((decl.health_interval_ms, decl.max_lag_blocks, decl.max_sockets_per_node), (2000, 8, 64));
+        assert!(decl.ws.is_empty());
+        let process: DriverDecl = toml::from_str("kind = \"process\"\ncommand = [\"anvil\"]\n").unwrap();
+        let DriverDecl::Process(decl) = process else { panic!("a process driver") };
+        assert_eq!((decl.ports, decl.stop_grace_ms, decl.restart_backoff_ms), ([20000, 29999], 5000, [500, 30_000]));
+        assert_eq!((decl.log_max_bytes, decl.max_sockets_per_node, decl.ws), (1 << 20, 64, true));
+        let kubernetes: DriverDecl =
+            toml::from_str("kind = \"kubernetes\"\nnamespace = \"n\"\nimage = \"i\"\nport = 8545\n").unwrap();
+        let DriverDecl::Kubernetes(decl) = kubernetes else { panic!("a kubernetes driver") };
+        assert_eq!(
+            (decl.api_timeout_ms, decl.endpoint.as_str(), decl.ws),
+            (30_000, "http://{name}.{namespace}.svc:{port}", true)
+        );
+        let err = toml::from_str::<DriverDecl>("kind = \"process\"\n").unwrap_err().to_string();
+        assert!(err.contains("command"), "a required key stays required: {err}");
+    }
 }
