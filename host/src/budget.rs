@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::call::RpcError;
+use crate::config::GatewaySettings;
 /// A budget ran out (-32005, `data.reason` names the limit), or the response is over the
 /// request's limit (-32008): codes of the call vocabulary.
 pub use crate::call::codes::{LIMIT_EXCEEDED, OVERSIZED_RESPONSE};
@@ -152,6 +153,16 @@ pub struct InstanceShares {
     pub answer_bytes_in_flight: usize,
     /// Calls of the instance to its nodes in flight at once.
     pub upstream_calls: usize,
+}
+
+impl From<&GatewaySettings> for InstanceShares {
+    /// The shares each instance gets of what the gateway shares.
+    fn from(gateway: &GatewaySettings) -> Self {
+        InstanceShares {
+            answer_bytes_in_flight: usize::try_from(gateway.answer_bytes_in_flight_per_instance).unwrap_or(usize::MAX),
+            upstream_calls: gateway.upstream_calls_per_instance as usize,
+        }
+    }
 }
 
 impl Default for InstanceShares {

@@ -7,7 +7,8 @@
 //! ## Layout
 //! - [`cli`]: the `ovsb` command line.
 //! - [`scaffold`]: the template of `ovsb plugin new`.
-//! - [`config`]: the one configuration tree (TOML, `OVSB_*` overrides, validation, catalog).
+//! - [`config`]: the one configuration tree (TOML, `OVSB_*` overrides, validation): the service's
+//!   settings, the plugins and their limits, the catalog, the drivers' settings, origin syntax.
 //! - [`credentials`]: the broker's secret key and what derives from it (binding keys, tokens,
 //!   sealing), used by the broker, routing and the drivers.
 //! - [`server`]: start-up order and every long-running task (`ovsb serve`).

@@ -648,7 +648,7 @@ impl RouteSync {
                     policy: self.plan_rules(&instance.plan_id),
                     upstream,
                     validator,
-                    budget: crate::budget::InstanceBudget::new(self.config.gateway.instance_shares()),
+                    budget: crate::budget::InstanceBudget::new((&self.config.gateway).into()),
                 }),
                 nodeless,
             )),

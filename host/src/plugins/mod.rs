@@ -40,11 +40,12 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use crate::call::{Call, Context, Decision, Hooks, Level, Outcome, RpcError, Upstream};
+pub use crate::config::{Isolation, PluginLimits};
 pub use chain::{Chain, ChainEntry, PLUGIN_CALLS_PARAMETER, SHARE_EXHAUSTED_CODE, Share};
 pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
 pub use kv::{KvLimits, KvStore};
 pub use methods::MethodSelection;
-pub use pool::{InstancePool, Isolation, PluginLimits};
+pub use pool::InstancePool;
 pub use registry::{Available, ChainError, PluginVersion, Registry, ReloadFailure, ReloadReport};
 pub use state::UPSTREAM_CAP_CODE;
 

@@ -25,77 +25,7 @@ use super::kv::KvStore;
 use super::methods::MethodSelection;
 use super::state::{BudgetExceeded, CopySettings, MemoryCapExceeded, StoreState, Upstream};
 use super::{LoadedPlugin, RuntimeInner};
-
-/// Whether copies are reused between calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Isolation {
-    /// Warm copies are reused (the default; ~µs per call).
-    #[default]
-    Pooled,
-    /// A fresh copy (instantiate + configure) for every call, so no state survives a call;
-    /// tens of µs more per call.
-    PerCall,
-}
-
-/// Limits one plugin runs under. Every field is bounded; see [`PluginLimits::validate`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PluginLimits {
-    /// Linear memory cap of one copy, in bytes.
-    pub memory_bytes: u64,
-    /// Time one export call may run in the plugin, in milliseconds of wall-clock time (time
-    /// waiting for `upstream` excluded; time the OS takes the thread away counts).
-    pub call_budget_ms: u64,
-    /// Longest string (method, params, result, error text) a plugin may return, in bytes.
-    pub max_output_bytes: usize,
-    /// `upstream` calls one export call may make.
-    pub max_upstream_calls: u32,
-    /// Copies kept warm while idle.
-    pub max_idle: usize,
-    /// Copies running at once; further calls wait up to the call budget, then fail as overloaded.
-    pub max_concurrency: usize,
-    /// Log lines a copy may write per second.
-    pub log_lines_per_second: u32,
-    /// Reuse copies, or start a fresh one per call.
-    pub isolation: Isolation,
-}
-
-impl Default for PluginLimits {
-    fn default() -> Self {
-        PluginLimits {
-            memory_bytes: 64 << 20,
-            call_budget_ms: 50,
-            max_output_bytes: 4 << 20,
-            max_upstream_calls: 16,
-            max_idle: 16,
-            max_concurrency: 64,
-            log_lines_per_second: 20,
-            isolation: Isolation::Pooled,
-        }
-    }
-}
-
-impl PluginLimits {
-    /// Checks every limit against its allowed range.
-    pub fn validate(&self, max_memory_bytes: u64) -> Result<(), String> {
-        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
-        check(
-            (1 << 20..=max_memory_bytes).contains(&self.memory_bytes),
-            &format!("memory_bytes must be between 1 MiB and {max_memory_bytes}"),
-        )?;
-        check((1..=60_000).contains(&self.call_budget_ms), "call_budget_ms must be between 1 and 60000")?;
-        check((1024..=64 << 20).contains(&self.max_output_bytes), "max_output_bytes must be between 1 KiB and 64 MiB")?;
-        check(self.max_upstream_calls <= 1024, "max_upstream_calls must be at most 1024")?;
-        check(self.max_idle <= 1024, "max_idle must be at most 1024")?;
-        check((1..=4096).contains(&self.max_concurrency), "max_concurrency must be between 1 and 4096")?;
-        check(self.log_lines_per_second <= 10_000, "log_lines_per_second must be at most 10000")
-    }
-
-    fn budget(&self) -> Duration {
-        Duration::from_millis(self.call_budget_ms)
-    }
-}
+use crate::config::{Isolation, PluginLimits};
 
 struct PluginCopy {
     store: Store<StoreState>,
@@ -152,7 +82,7 @@ impl InstancePool {
             instance_id: instance_id.into(),
             kv,
             memory_cap: limits.memory_bytes,
-            budget: limits.budget(),
+            budget: limits.call_budget(),
             max_upstream_calls: limits.max_upstream_calls,
             log_lines_per_second: limits.log_lines_per_second,
         };
@@ -256,7 +186,7 @@ impl InstancePool {
         if let Ok(permit) = self.permits.try_acquire() {
             return Ok(permit);
         }
-        match tokio::time::timeout(self.limits.budget(), self.permits.acquire()).await {
+        match tokio::time::timeout(self.limits.call_budget(), self.permits.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(self.failure(FailureKind::Overloaded)),
         }
