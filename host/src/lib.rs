@@ -18,6 +18,8 @@
 //! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
 //! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
 //! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
+//! - [`chain_policy`]: which chain of plugins an instance runs (plan default, parameters, the
+//!   plan's policy plugins); asked by the broker and by routing.
 //! - [`upstream`]: pools of an instance's node URLs (health, failover, rotation, a cap of calls
 //!   per node), built by the drivers and called by the gateway.
 //! - [`budget`]: what one request may hold while it is served (answer bytes per request and in
@@ -36,7 +38,7 @@
 //!
 //! ## Who may depend on whom
 //! No cycle among these (each uses only those after it): `server` → `admin` → `reload` → `broker` → `routing` →
-//! `gateway` → `provision` → `upstream` → `budget` → `plugins` → `config`; and `store`, `credentials`,
+//! `gateway` → `provision` → `upstream` → `budget` → `plugins` → `chain_policy` → `config`; and `store`, `credentials`,
 //! `identity`, `telemetry` below them all, and `interchange` below everything (they depend on none of the above). In particular
 //! `config` is data and validation only, `provision` reaches routing only through
 //! [`provision::RouteRefresh`], and neither the drivers nor the gateway import each other's
@@ -45,6 +47,7 @@
 pub mod admin;
 pub mod broker;
 pub mod budget;
+pub mod chain_policy;
 pub mod cli;
 pub mod config;
 pub mod credentials;

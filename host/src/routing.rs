@@ -157,27 +157,9 @@ impl RouteSync {
         kv.iter().map(|(id, store)| (id.clone(), store.clone())).collect()
     }
 
-    /// The chain an instance runs: its parameters' `plugins`, or its plan's default, within the
-    /// plan's policy plugins (`plugins_before` + the tenant's + `plugins_after`, with the plan's
-    /// configurations). A chain given in parameters that breaks the policy (an instance made
-    /// before the policy was) still runs inside it: the policy plugins are never left out.
-    pub fn chain_elements(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Vec<ChainElement> {
-        let plan = self.config.plan_by_id(plan_id);
-        let policy = plan.map(|p| &p.policy);
-        if let Some(plugins) = parameters.and_then(|p| p.get("plugins"))
-            && let Ok(elements) = serde_json::from_value::<Vec<ChainElement>>(plugins.clone())
-        {
-            return match policy {
-                Some(policy) if policy.has_plugins() => {
-                    policy.compose(policy.tenant_part(&elements).unwrap_or(&elements))
-                }
-                _ => elements,
-            };
-        }
-        match plan {
-            Some(plan) => plan.policy.compose(&plan.plugins),
-            None => Vec::new(),
-        }
+    /// The chain an instance runs (see [`crate::chain_policy::chain_of`]).
+    fn chain_elements(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Vec<ChainElement> {
+        crate::chain_policy::chain_of(self.config.plan_by_id(plan_id), parameters)
     }
 
     /// The method rules of a plan's policy, as the gateway checks them; `None` when it has none.
@@ -188,58 +170,11 @@ impl RouteSync {
             .then(|| Arc::new(MethodRules::new(policy.allowed_methods.clone(), policy.denied_methods.clone())))
     }
 
-    /// Whether an instance's parameters keep its plan's policy plugins (provision and update
-    /// check it): the message of the 400 when they do not.
-    pub fn check_policy(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Result<(), String> {
-        let Some(policy) = self.config.plan_by_id(plan_id).map(|p| &p.policy).filter(|p| p.has_plugins()) else {
-            return Ok(());
-        };
-        let Some(plugins) = parameters.and_then(|p| p.get("plugins")) else { return Ok(()) };
-        let elements = serde_json::from_value::<Vec<ChainElement>>(plugins.clone())
-            .map_err(|err| format!("parameters.plugins: {err}"))?;
-        policy.tenant_part(&elements).map(|_| ())
-    }
-
-    /// [`RouteSync::chain_elements`] with every sealed value of the plugins' configs opened
-    /// (a plugin's secret settings): what the plugins are configured with. The error names the
-    /// config field and the reason.
-    pub fn opened_chain(
-        &self,
-        plan_id: &str,
-        parameters: Option<&serde_json::Value>,
-    ) -> Result<Vec<ChainElement>, String> {
-        self.opened_chain_noting(plan_id, parameters, &mut Vec::new())
-    }
-
-    /// [`RouteSync::opened_chain`], adding every opened text to `opened` (for
-    /// [`crate::identity::redact`]).
-    pub fn opened_chain_noting(
-        &self,
-        plan_id: &str,
-        parameters: Option<&serde_json::Value>,
-        opened: &mut Vec<String>,
-    ) -> Result<Vec<ChainElement>, String> {
-        let mut elements = self.chain_elements(plan_id, parameters);
-        for (i, element) in elements.iter_mut().enumerate() {
-            self.identity.open_all_noting(&mut element.config, &format!("parameters.plugins[{i}].config"), opened)?;
-        }
-        Ok(elements)
-    }
-
     /// Rebuilds the snapshot from the store. Errors are logged and the current snapshot kept.
     pub async fn sync(&self) {
         let mut built = self.built.lock().await;
         if let Err(err) = self.sync_locked(&mut built).await {
             tracing::error!("cannot refresh the routes from the store: {err}");
-        }
-    }
-
-    /// Syncs when the store changed since the last sync: a replica that reports an operation
-    /// as finished serves its outcome from then on.
-    pub async fn sync_if_stale(&self) {
-        match self.store.generation().await {
-            Ok(generation) if generation == self.generation.load(Ordering::Acquire) => {}
-            _ => self.catch_up().await,
         }
     }
 
@@ -582,7 +517,9 @@ impl RouteSync {
         let parameters: Option<serde_json::Value> =
             instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
         let mut secrets = Vec::new();
-        let elements = match self.opened_chain_noting(&instance.plan_id, parameters.as_ref(), &mut secrets) {
+        let plan = self.config.plan_by_id(&instance.plan_id);
+        let elements = match crate::chain_policy::opened_chain(&self.identity, plan, parameters.as_ref(), &mut secrets)
+        {
             Ok(elements) => elements,
             Err(err) => {
                 tracing::error!(instance = %instance.id, "instance is not served: {err}");
