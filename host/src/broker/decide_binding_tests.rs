@@ -2,6 +2,9 @@
 //! the case, the state the store holds, the request, the answer (status and OSB error code) and
 //! the changes written. A decision changed in [`super`] fails a row here.
 
+// Each table is a list of tuples, its fields named in the comment above it.
+#![allow(clippy::type_complexity)]
+
 use serde_json::{Value, json};
 
 use super::tests::{NOW, OTHER_PLAN, PLAN, SERVICE, audit, binding_answer, changes, instance};
@@ -43,7 +46,6 @@ fn bind_matrix() {
     let origins = || Some(json!({"allowed_origins": ["https://a.example"]}));
     let expired = BindingRow { expires_ms: Some(NOW), ..binding("b0", None, None) };
     // (case, instance state, existing binding, predecessor binding, request, the row's plan, answer, changes)
-    #[allow(clippy::type_complexity)]
     let rows: Vec<(
         &str,
         Option<InstanceState>,
@@ -233,7 +235,6 @@ fn unbind_matrix() {
     let on_old_plan = binding("b1", None, None);
     let moved = InstanceRow { plan_id: OTHER_PLAN.into(), ..instance(Ready) };
     // (case, instance, binding, query ids, answer, changes)
-    #[allow(clippy::type_complexity)]
     let rows: Vec<(&str, Option<InstanceRow>, Option<BindingRow>, (&str, &str), &str, &[&str])> = vec![
         (
             "an existing binding",

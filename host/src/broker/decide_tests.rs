@@ -3,6 +3,9 @@
 //! code) and the changes written. A decision changed in [`super`] fails a row here. The
 //! fixtures serve the bindings' matrix too (`decide_binding_tests.rs`).
 
+// Each table is a list of tuples, its fields named in the comment above it.
+#![allow(clippy::type_complexity)]
+
 use serde_json::{Value, json};
 
 use super::*;
@@ -402,7 +405,6 @@ fn deprovision_matrix() {
     let running = |kind, deadline_ms| operation("op-running", kind, OperationState::InProgress, deadline_ms);
     let (live, overdue) = (NOW + 1, NOW - 1);
     // (case, stored state, its latest operation, query ids, answer, changes)
-    #[allow(clippy::type_complexity)]
     let rows: Vec<(&str, Option<InstanceState>, Option<OperationRow>, (&str, &str), &str, &[&str])> = vec![
         ("no instance", None, None, (SERVICE, PLAN), "410 Gone", &[]),
         ("a tombstone", Some(Deleted), None, (SERVICE, PLAN), "410 Gone", &[]),
