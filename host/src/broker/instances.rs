@@ -321,7 +321,8 @@ pub async fn update(
         to_validator: is_validator(entry),
     };
     if !(plans.from_updateable && plans.to_updateable) {
-        // Refused before the parameters are looked at, as a plan change always was.
+        // A plan that cannot be left or taken is refused before the parameters are checked; a
+        // validator's plan change after them (below), in the order OSB platforms have seen.
         decide::plan_change(plans)?;
     }
     if let Some(parameters) = &parameters {
