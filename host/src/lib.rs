@@ -19,6 +19,8 @@
 //! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
 //! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
 //! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
+//! - [`chain_policy`]: which chain of plugins an instance runs (plan default, parameters, the
+//!   plan's policy plugins); asked by the broker and by routing.
 //! - [`upstream`]: pools of an instance's node URLs (health, failover, rotation, a cap of calls
 //!   per node), built by the drivers and called by the gateway.
 //! - [`budget`]: what one request may hold while it is served (answer bytes per request and in
@@ -39,7 +41,7 @@
 //! Each module uses only those below it in [`LAYERS`] (a unit test reads every `crate::` path
 //! outside tests and comments, and fails on any other edge):
 //! `cli` → `server` → `admin` → `reload` → `broker` → `routing` → `gateway` → `provision` →
-//! `upstream` → `budget` → `plugins` → `config`; below them all `store`, `identity`, `scaffold`,
+//! `upstream` → `budget` → `plugins` → `chain_policy` → `config`; below them all `store`, `identity`, `scaffold`,
 //! then `credentials`, `telemetry`, and at the bottom the leaves `interchange` and [`call`] (the
 //! call vocabulary: `Call`, `Outcome`, `RpcError`, `Upstream`, every JSON-RPC code, blame). In
 //! particular `config` is data and validation only, `provision` reaches routing only through
@@ -50,6 +52,7 @@ pub mod admin;
 pub mod broker;
 pub mod budget;
 pub mod call;
+pub mod chain_policy;
 pub mod cli;
 pub mod config;
 pub mod credentials;
@@ -79,6 +82,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["upstream"],
     &["budget"],
     &["plugins"],
+    &["chain_policy"],
     &["config"],
     &["store", "identity", "scaffold"],
     &["credentials", "telemetry"],

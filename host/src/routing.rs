@@ -60,11 +60,29 @@ impl Built {
     /// Whether this route was built for `instance` as it is now, with `node`, and has a node to
     /// reach: only its plugins' versions may differ.
     fn serves(&self, instance: &InstanceRow, node: &Option<NodeOwner>) -> bool {
-        self.plan_id == instance.plan_id
-            && self.parameters == instance.parameters
-            && self.node == *node
-            && !self.nodeless
+        keeps_route(
+            &self.plan_id,
+            self.parameters.as_deref(),
+            self.node.as_ref(),
+            self.nodeless,
+            instance,
+            node.as_ref(),
+        )
     }
+}
+
+/// Whether a route built for `plan_id` and `parameters` with `built_node` (and `nodeless`: no
+/// node to reach then) can be kept for `instance` run by `node` now: the same plan, parameters
+/// (as stored) and node owner and address, and a node to reach.
+fn keeps_route(
+    plan_id: &str,
+    parameters: Option<&str>,
+    built_node: Option<&NodeOwner>,
+    nodeless: bool,
+    instance: &InstanceRow,
+    node: Option<&NodeOwner>,
+) -> bool {
+    plan_id == instance.plan_id && parameters == instance.parameters.as_deref() && built_node == node && !nodeless
 }
 
 /// The plugins of a chain, by name, each with its version (`None`: no longer available).
@@ -157,27 +175,9 @@ impl RouteSync {
         kv.iter().map(|(id, store)| (id.clone(), store.clone())).collect()
     }
 
-    /// The chain an instance runs: its parameters' `plugins`, or its plan's default, within the
-    /// plan's policy plugins (`plugins_before` + the tenant's + `plugins_after`, with the plan's
-    /// configurations). A chain given in parameters that breaks the policy (an instance made
-    /// before the policy was) still runs inside it: the policy plugins are never left out.
-    pub fn chain_elements(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Vec<ChainElement> {
-        let plan = self.config.plan_by_id(plan_id);
-        let policy = plan.map(|p| &p.policy);
-        if let Some(plugins) = parameters.and_then(|p| p.get("plugins"))
-            && let Ok(elements) = serde_json::from_value::<Vec<ChainElement>>(plugins.clone())
-        {
-            return match policy {
-                Some(policy) if policy.has_plugins() => {
-                    policy.compose(policy.tenant_part(&elements).unwrap_or(&elements))
-                }
-                _ => elements,
-            };
-        }
-        match plan {
-            Some(plan) => plan.policy.compose(&plan.plugins),
-            None => Vec::new(),
-        }
+    /// The chain an instance runs (see [`crate::chain_policy::chain_of`]).
+    fn chain_elements(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Vec<ChainElement> {
+        crate::chain_policy::chain_of(self.config.plan_by_id(plan_id), parameters)
     }
 
     /// The method rules of a plan's policy, as the gateway checks them; `None` when it has none.
@@ -188,58 +188,11 @@ impl RouteSync {
             .then(|| Arc::new(MethodRules::new(policy.allowed_methods.clone(), policy.denied_methods.clone())))
     }
 
-    /// Whether an instance's parameters keep its plan's policy plugins (provision and update
-    /// check it): the message of the 400 when they do not.
-    pub fn check_policy(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Result<(), String> {
-        let Some(policy) = self.config.plan_by_id(plan_id).map(|p| &p.policy).filter(|p| p.has_plugins()) else {
-            return Ok(());
-        };
-        let Some(plugins) = parameters.and_then(|p| p.get("plugins")) else { return Ok(()) };
-        let elements = serde_json::from_value::<Vec<ChainElement>>(plugins.clone())
-            .map_err(|err| format!("parameters.plugins: {err}"))?;
-        policy.tenant_part(&elements).map(|_| ())
-    }
-
-    /// [`RouteSync::chain_elements`] with every sealed value of the plugins' configs opened
-    /// (a plugin's secret settings): what the plugins are configured with. The error names the
-    /// config field and the reason.
-    pub fn opened_chain(
-        &self,
-        plan_id: &str,
-        parameters: Option<&serde_json::Value>,
-    ) -> Result<Vec<ChainElement>, String> {
-        self.opened_chain_noting(plan_id, parameters, &mut Vec::new())
-    }
-
-    /// [`RouteSync::opened_chain`], adding every opened text to `opened` (for
-    /// [`crate::identity::redact`]).
-    pub fn opened_chain_noting(
-        &self,
-        plan_id: &str,
-        parameters: Option<&serde_json::Value>,
-        opened: &mut Vec<String>,
-    ) -> Result<Vec<ChainElement>, String> {
-        let mut elements = self.chain_elements(plan_id, parameters);
-        for (i, element) in elements.iter_mut().enumerate() {
-            self.identity.open_all_noting(&mut element.config, &format!("parameters.plugins[{i}].config"), opened)?;
-        }
-        Ok(elements)
-    }
-
     /// Rebuilds the snapshot from the store. Errors are logged and the current snapshot kept.
     pub async fn sync(&self) {
         let mut built = self.built.lock().await;
         if let Err(err) = self.sync_locked(&mut built).await {
             tracing::error!("cannot refresh the routes from the store: {err}");
-        }
-    }
-
-    /// Syncs when the store changed since the last sync: a replica that reports an operation
-    /// as finished serves its outcome from then on.
-    pub async fn sync_if_stale(&self) {
-        match self.store.generation().await {
-            Ok(generation) if generation == self.generation.load(Ordering::Acquire) => {}
-            _ => self.catch_up().await,
         }
     }
 
@@ -582,7 +535,9 @@ impl RouteSync {
         let parameters: Option<serde_json::Value> =
             instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
         let mut secrets = Vec::new();
-        let elements = match self.opened_chain_noting(&instance.plan_id, parameters.as_ref(), &mut secrets) {
+        let plan = self.config.plan_by_id(&instance.plan_id);
+        let elements = match crate::chain_policy::opened_chain(&self.identity, plan, parameters.as_ref(), &mut secrets)
+        {
             Ok(elements) => elements,
             Err(err) => {
                 tracing::error!(instance = %instance.id, "instance is not served: {err}");
@@ -706,3 +661,7 @@ fn decode_digest(hex_text: &str) -> Option<KeyDigest> {
     hex::decode_to_slice(hex_text, &mut digest).ok()?;
     Some(digest)
 }
+
+#[cfg(test)]
+#[path = "routing_tests.rs"]
+mod tests;

@@ -39,6 +39,7 @@ on_both_stores!(
     update_refuses_what_it_cannot_do,
     deprovision_is_asynchronous_idempotent_and_cascades_to_bindings,
     last_operation_reports_failures_and_tombstones,
+    last_operation_is_a_read_that_rebuilds_no_route,
     bind_returns_credentials_that_open_the_endpoint,
     bind_and_unbind_refuse_bad_requests,
     bad_input_gets_a_4xx_and_changes_nothing,
@@ -541,6 +542,27 @@ async fn last_operation_reports_failures_and_tombstones(db: Db) {
         last = osb.last_operation("l1").await;
     }
     last.assert_error(410, Some("Gone"));
+}
+
+/// `GET last_operation` is a read: it rebuilds no route, even when the store has moved on since
+/// this replica last followed its change log (a bind's change here, with the follower idle).
+async fn last_operation_is_a_read_that_rebuilds_no_route(db: Db) {
+    let anvil = Anvil::start(&[]);
+    // The follower polls the change log once at start, then not during the test: only requests
+    // could rebuild routes.
+    let broker =
+        TestBroker::start(db, &anvil.http_url(), |config| config.operations.sync_interval_ms = 3_600_000).await;
+    let osb = &broker.osb;
+    osb.ready_instance("q1", PLAN_SHARED, None).await;
+    // The bind rebuilds q1's routes; the change it commits leaves the follower behind the store.
+    assert_eq!(osb.bind("q1", "k", PLAN_SHARED).await.status, 201);
+    let routing = &broker.server.as_ref().unwrap().routing;
+    let before = routing.sync_counts();
+    for _ in 0..3 {
+        let polled = osb.last_operation("q1").await;
+        assert_eq!((polled.status, &polled.body["state"]), (200, &json!("succeeded")), "{polled:?}");
+    }
+    assert_eq!(routing.sync_counts(), before, "a poll rebuilt routes (full, single-instance)");
 }
 
 /// Matrix: bind 201 with credentials (uri, ws_uri, token, endpoints); 200 for an identical

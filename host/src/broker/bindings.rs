@@ -1,5 +1,9 @@
 //! Service bindings: bind (mint credentials), fetch, unbind (revoke), last_operation.
 //!
+//! Owns: the binding handlers (typed request, catalog and parameter checks, credentials, the
+//! answer). Must not: decide the state matrix (bind and unbind call their pure functions in
+//! [`super::decide`] inside the store's transition) or write SQL.
+//!
 //! Bindings are synchronous: the key exists, and opens the endpoint, when the 201 is sent; after
 //! an unbind's 200 the key is refused.
 //!
@@ -19,12 +23,11 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{
-    ApiError, BrokerState, Meta, checked_id, json_object, optional_object, optional_string, query, reply,
-    required_query, required_string, same_json,
-};
+use super::decide::{self, BindingOutcome as Outcome};
+use super::requests::BindRequest;
+use super::{ApiError, BrokerState, Meta, checked_id, json_object, query, reply, required_query};
 use crate::credentials::key_sha256;
-use crate::store::{BindingRow, Change, Decision, InstanceState, now_ms};
+use crate::store::{BindingRow, InstanceState, now_ms};
 
 type IdsPath = Result<Path<(String, String)>, PathRejection>;
 type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -121,13 +124,6 @@ pub fn timestamp(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{milli:03}Z")
 }
 
-enum Outcome {
-    Created(BindingRow),
-    Exists(BindingRow),
-    Deleted,
-    Refused(ApiError),
-}
-
 /// `PUT /v2/service_instances/:instance_id/service_bindings/:binding_id`
 pub async fn bind(
     State(state): State<Arc<BrokerState>>,
@@ -136,27 +132,21 @@ pub async fn bind(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (instance_id, binding_id) = ids(path)?;
-    let body = json_object(body)?;
-    let predecessor = optional_string(&body, "predecessor_binding_id")?;
-    let context = optional_object(&body, "context")?;
-    let parameters = optional_object(&body, "parameters")?;
-    let bind_resource =
-        optional_object(&body, "bind_resource")?.filter(|r| r.as_object().is_some_and(|o| !o.is_empty()));
-    let (service_id, plan_id) = if predecessor.is_some() {
-        // A rotation request (v2.17) may carry only `predecessor_binding_id`: the ids default to
-        // the instance's, the parameters and bind_resource to the predecessor's.
-        let given = (optional_string(&body, "service_id")?, optional_string(&body, "plan_id")?);
-        let instance = match given {
-            (Some(_), Some(_)) => None,
-            _ => state.store.instance(&instance_id).await?.filter(|i| i.state != InstanceState::Deleted),
-        };
-        let default = |pick: fn(&crate::store::InstanceRow) -> &String| instance.as_ref().map(|i| pick(i).clone());
-        match (given.0.or_else(|| default(|i| &i.service_id)), given.1.or_else(|| default(|i| &i.plan_id))) {
-            (Some(service_id), Some(plan_id)) => (service_id, plan_id),
-            _ => return Err(ApiError::not_found("no such instance")),
+    let request = BindRequest::parse(json_object(body)?)?;
+    let predecessor = request.predecessor.clone();
+    let (service_id, plan_id) = match (request.service_id.clone(), request.plan_id.clone()) {
+        (Some(service_id), Some(plan_id)) => (service_id, plan_id),
+        // Only a rotation request (v2.17) may leave them out ([`BindRequest::parse`] requires
+        // them otherwise): the ids default to the instance's, the parameters and bind_resource
+        // to the predecessor's.
+        given => {
+            let instance = state.store.instance(&instance_id).await?.filter(|i| i.state != InstanceState::Deleted);
+            let default = |pick: fn(&crate::store::InstanceRow) -> &String| instance.as_ref().map(|i| pick(i).clone());
+            match (given.0.or_else(|| default(|i| &i.service_id)), given.1.or_else(|| default(|i| &i.plan_id))) {
+                (Some(service_id), Some(plan_id)) => (service_id, plan_id),
+                _ => return Err(ApiError::not_found("no such instance")),
+            }
         }
-    } else {
-        (required_string(&body, "service_id")?, required_string(&body, "plan_id")?)
     };
     let entry = state.catalog.plan(&service_id, &plan_id)?;
     if predecessor.is_some() && !entry.binding_rotatable() {
@@ -167,8 +157,9 @@ pub async fn bind(
     if predecessor.as_deref() == Some(binding_id.as_str()) {
         return Err(ApiError::bad_request("predecessor_binding_id must name another binding than this one"));
     }
-    entry.check_binding_parameters(parameters.as_ref().unwrap_or(&json!({})))?;
-    if let Some(key) = parameters.as_ref().and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
+    let parameters = request.parameters.as_ref();
+    entry.check_binding_parameters(parameters.unwrap_or(&json!({})))?;
+    if let Some(key) = parameters.and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
         crate::identity::parse_public_key(key)
             .map_err(|reason| ApiError::bad_request(format!("parameters.encryption_public_key: {reason}")))?;
     }
@@ -181,11 +172,11 @@ pub async fn bind(
     let row = BindingRow {
         instance_id: instance_id.clone(),
         id: binding_id.clone(),
-        service_id: service_id.clone(),
-        plan_id: plan_id.clone(),
-        parameters: parameters.as_ref().map(Value::to_string),
-        bind_resource: bind_resource.as_ref().map(Value::to_string),
-        context: context.as_ref().map(Value::to_string),
+        service_id,
+        plan_id,
+        parameters: request.parameters.as_ref().map(Value::to_string),
+        bind_resource: request.bind_resource.as_ref().map(Value::to_string),
+        context: request.context.as_ref().map(Value::to_string),
         key_salt,
         key_sha256: key_sha256(&key),
         created_ms,
@@ -193,70 +184,11 @@ pub async fn bind(
         expires_ms: entry.plan.binding_ttl.map(|ttl| created_ms.saturating_add(ttl as i64 * 1000)),
     };
     let audit = meta.audit(if predecessor.is_some() { "rotate" } else { "bind" }, Some(&binding_id));
+    let bind = decide::Bind { request, row, audit, now_ms: created_ms };
     let outcome = state
         .store
         .rotation_transition(&instance_id, &binding_id, predecessor.as_deref(), |instance, existing, previous| {
-            let Some(instance) = instance.filter(|i| i.state != InstanceState::Deleted) else {
-                return Decision::answer(Outcome::Refused(ApiError::not_found("no such instance")));
-            };
-            if let Some(existing) = existing {
-                // A replayed rotation is the same binding (its predecessor may be gone by now);
-                // what a rotation did not give, it took from the predecessor.
-                let inherited = predecessor.is_some();
-                let identical = existing.service_id == service_id
-                    && existing.plan_id == plan_id
-                    && existing.predecessor_id == predecessor
-                    && (inherited && parameters.is_none()
-                        || same_json(existing.parameters.as_deref(), parameters.as_ref()))
-                    && (inherited && bind_resource.is_none()
-                        || same_json(existing.bind_resource.as_deref(), bind_resource.as_ref()));
-                return Decision::answer(if identical {
-                    Outcome::Exists(existing.clone())
-                } else {
-                    Outcome::Refused(ApiError::conflict("a binding with this id exists with different attributes"))
-                });
-            }
-            if instance.service_id != service_id || instance.plan_id != plan_id {
-                return Decision::answer(Outcome::Refused(ApiError::bad_request(
-                    "service_id and plan_id must be those of the instance",
-                )));
-            }
-            let mut row = row.clone();
-            if let Some(predecessor) = &predecessor {
-                // Only a live binding of this instance can be rotated (binding ids are the
-                // instance's own: another instance's binding is not found here).
-                let Some(previous) = previous else {
-                    return Decision::answer(Outcome::Refused(ApiError::bad_request(format!(
-                        "predecessor_binding_id {predecessor:?} is not a binding of this instance (unknown or unbound)"
-                    ))));
-                };
-                if previous.expires_ms.is_some_and(|expires| expires <= now_ms()) {
-                    return Decision::answer(Outcome::Refused(ApiError::bad_request(format!(
-                        "predecessor_binding_id {predecessor:?} has expired; create a new binding without a predecessor"
-                    ))));
-                }
-                if parameters.is_none() {
-                    row.parameters = previous.parameters.clone();
-                }
-                if bind_resource.is_none() {
-                    row.bind_resource = previous.bind_resource.clone();
-                }
-            }
-            match instance.state {
-                InstanceState::Ready | InstanceState::Updating => Decision {
-                    changes: vec![Change::InsertBinding(row.clone()), Change::Audit(audit)],
-                    answer: Outcome::Created(row),
-                },
-                InstanceState::Provisioning => {
-                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is still being provisioned")))
-                }
-                InstanceState::Deprovisioning => {
-                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is being deprovisioned")))
-                }
-                InstanceState::Failed | InstanceState::Deleted => Decision::answer(Outcome::Refused(
-                    ApiError::unprocessable("InstanceFailed", "the instance failed; it cannot be bound"),
-                )),
-            }
+            decide::bind(bind, instance, existing, previous)
         })
         .await?;
     match outcome {
@@ -296,19 +228,8 @@ pub async fn unbind(
     let audit = meta.audit("unbind", Some(&binding_id));
     let outcome = state
         .store
-        .binding_transition(&instance_id, &binding_id, |instance, existing| match (instance, existing) {
-            // The ids must be the instance's (its plan now, or the one it was bound on).
-            (Some(instance), Some(binding))
-                if instance.service_id != service_id || (instance.plan_id != plan_id && binding.plan_id != plan_id) =>
-            {
-                Decision::answer(Outcome::Refused(ApiError::bad_request(
-                    "service_id and plan_id must be those of the instance",
-                )))
-            }
-            (_, Some(_)) => {
-                Decision { changes: vec![Change::DeleteBinding, Change::Audit(audit)], answer: Outcome::Deleted }
-            }
-            (_, None) => Decision::answer(Outcome::Refused(ApiError::gone("no such binding"))),
+        .binding_transition(&instance_id, &binding_id, |instance, existing| {
+            decide::unbind(service_id, plan_id, audit, instance, existing)
         })
         .await?;
     match outcome {

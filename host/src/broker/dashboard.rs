@@ -83,12 +83,11 @@ async fn data(
     };
     let parameters: Option<serde_json::Value> =
         instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
-    let chain: Vec<serde_json::Value> = state
-        .routing
-        .chain_elements(&instance.plan_id, parameters.as_ref())
-        .iter()
-        .map(|e| json!({"name": e.name, "fail_open": e.fail_open}))
-        .collect();
+    let chain: Vec<serde_json::Value> =
+        crate::chain_policy::chain_of(state.config.plan_by_id(&instance.plan_id), parameters.as_ref())
+            .iter()
+            .map(|e| json!({"name": e.name, "fail_open": e.fail_open}))
+            .collect();
     let plan = state.catalog.plan_by_id(&instance.plan_id).map_or(instance.plan_id.clone(), |p| p.plan.name.clone());
     let traffic = crate::telemetry::metrics().traffic_of(&id);
     let body = json!({

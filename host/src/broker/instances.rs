@@ -1,4 +1,10 @@
 //! Service instances: provision, fetch, update, deprovision, last_operation.
+//!
+//! Owns: the instance handlers: the typed request ([`super::requests`]), the checks against the
+//! catalog, the parameter schema and the plugins' `configure`, the operation a request starts,
+//! and the answer. Must not: decide the state matrix (each handler calls its pure function in
+//! [`super::decide`] inside the store's transition), write SQL, or rebuild routes on a read
+//! (`last_operation` changes nothing).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,15 +17,12 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::catalog::PlanEntry;
-use super::{
-    ApiError, BrokerState, Meta, accepts_incomplete, checked_id, json_object, maintenance_version, optional_object,
-    optional_string, query, reply, required_query, required_string, same_json,
-};
+use super::decide::{self, InstanceOutcome as Outcome, PlanMove};
+use super::requests::{ProvisionRequest, UpdateBody};
+use super::{ApiError, BrokerState, Meta, accepts_incomplete, checked_id, json_object, query, reply, required_query};
 use crate::plugins::{ChainError, ConfigureError, KvLimits, KvStore};
 use crate::provision::{SealedRequest, UpdateRequest};
-use crate::store::{
-    Change, Decision, InstanceRow, InstanceState, OperationKind, OperationRow, OperationState, now_ms, random_id,
-};
+use crate::store::{InstanceState, OperationKind, OperationRow, OperationState, now_ms, random_id};
 
 type IdPath = Result<Path<String>, PathRejection>;
 type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -37,10 +40,11 @@ async fn check_chain(
     plan_id: &str,
     parameters: Option<&Value>,
 ) -> Result<(), ApiError> {
-    state.routing.check_policy(plan_id, parameters).map_err(ApiError::bad_request)?;
+    let plan = state.config.plan_by_id(plan_id);
+    crate::chain_policy::check(plan, parameters).map_err(ApiError::bad_request)?;
     let mut secrets = Vec::new();
-    let elements =
-        state.routing.opened_chain_noting(plan_id, parameters, &mut secrets).map_err(ApiError::bad_request)?;
+    let elements = crate::chain_policy::opened_chain(&state.identity, plan, parameters, &mut secrets)
+        .map_err(ApiError::bad_request)?;
     // What a plugin says about its settings never quotes a sealed one back.
     let redact = |text: String| crate::identity::redact(&text, &secrets);
     if elements.is_empty() {
@@ -134,17 +138,7 @@ fn seal(state: &BrokerState, secrets: Option<&crate::provision::KeySecrets>) -> 
 }
 
 fn check_maintenance(entry: &PlanEntry, requested: Option<&str>) -> Result<(), ApiError> {
-    let Some(requested) = requested else { return Ok(()) };
-    match entry.maintenance_info() {
-        Some(info) if info.version == requested => Ok(()),
-        Some(info) => Err(ApiError::maintenance_conflict(format!(
-            "maintenance_info.version {requested:?} is not the plan's current version {:?}",
-            info.version
-        ))),
-        None => Err(ApiError::maintenance_conflict(format!(
-            "maintenance_info.version {requested:?} given, but the plan has no maintenance_info"
-        ))),
-    }
+    decide::maintenance(entry.maintenance_info().map(|info| info.version.as_str()), requested)
 }
 
 fn new_operation(
@@ -210,13 +204,6 @@ fn provision_body(state: &BrokerState, instance_id: &str, operation: Option<&str
     body
 }
 
-enum Outcome {
-    Started(OperationRow),
-    InProgress(String),
-    Done,
-    Refused(ApiError),
-}
-
 /// `PUT /v2/service_instances/:instance_id`
 pub async fn provision(
     State(state): State<Arc<BrokerState>>,
@@ -227,97 +214,44 @@ pub async fn provision(
 ) -> Result<Response, ApiError> {
     let instance_id = id(path)?;
     let query = query(query_string)?;
-    let body = json_object(body)?;
-    let service_id = required_string(&body, "service_id")?;
-    let plan_id = required_string(&body, "plan_id")?;
-    let organization_guid = required_string(&body, "organization_guid")?;
-    let space_guid = required_string(&body, "space_guid")?;
-    let context = optional_object(&body, "context")?;
-    let parameters = optional_object(&body, "parameters")?;
-    let requested_version = maintenance_version(&body)?;
-    let entry = state.catalog.plan(&service_id, &plan_id)?;
+    let mut request = ProvisionRequest::parse(json_object(body)?)?;
+    let entry = state.catalog.plan(&request.service_id, &request.plan_id)?;
     if !accepts_incomplete(&query)? {
         return Err(ApiError::async_required());
     }
-    check_parameters(&state, entry, parameters.as_ref().unwrap_or(&json!({})))?;
-    check_maintenance(entry, requested_version.as_deref())?;
-    check_chain(&state, &instance_id, &plan_id, parameters.as_ref()).await?;
+    check_parameters(&state, entry, request.parameters.as_ref().unwrap_or(&json!({})))?;
+    check_maintenance(entry, request.maintenance_version.as_deref())?;
+    check_chain(&state, &instance_id, &request.plan_id, request.parameters.as_ref()).await?;
     // A validator's keys are sealed into the operation; the instance keeps the rest.
-    let (parameters, request) = if is_validator(entry) {
-        let mut opened = parameters.clone().unwrap_or_else(|| json!({}));
+    let operation_request = if is_validator(entry) {
+        let mut opened = request.parameters.clone().unwrap_or_else(|| json!({}));
         open_key_secrets(&state, &mut opened)?;
         let prepared = crate::provision::prepare_provision(&opened).map_err(ApiError::bad_request)?;
         check_history_chain(entry, prepared.secrets.as_ref())?;
-        let request = SealedRequest { sealed: seal(&state, prepared.secrets.as_ref()) };
-        (Some(prepared.public), serde_json::to_string(&request).expect("a request serializes"))
+        let sealed = SealedRequest { sealed: seal(&state, prepared.secrets.as_ref()) };
+        request.parameters = Some(prepared.public);
+        serde_json::to_string(&sealed).expect("a request serializes")
     } else {
-        (parameters, "{}".to_string())
+        "{}".to_string()
     };
-
-    let now = now_ms();
-    let operation =
-        new_operation(&state, &instance_id, OperationKind::Provision, request, entry.plan.maximum_polling_duration);
-    let row = InstanceRow {
-        id: instance_id.clone(),
-        service_id: service_id.clone(),
-        plan_id: plan_id.clone(),
-        organization_guid: organization_guid.clone(),
-        space_guid: space_guid.clone(),
-        parameters: parameters.as_ref().map(Value::to_string),
-        context: context.as_ref().map(Value::to_string),
-        maintenance_version: entry.maintenance_info().map(|m| m.version.clone()),
-        state: InstanceState::Provisioning,
-        operation_id: operation.id.clone(),
-        created_ms: now,
-        updated_ms: now,
+    let operation = new_operation(
+        &state,
+        &instance_id,
+        OperationKind::Provision,
+        operation_request,
+        entry.plan.maximum_polling_duration,
+    );
+    let plan_id = request.plan_id.clone();
+    let provision = decide::Provision {
+        request,
+        plan_version: entry.maintenance_info().map(|m| m.version.clone()),
+        cap: entry.plan.max_instances,
+        operation,
+        audit: meta.audit("provision", None),
     };
-    let cap = entry.plan.max_instances;
-    let audit = meta.audit("provision", None);
     let outcome = state
         .store
-        .instance_transition(&instance_id, Some(&plan_id), |view| {
-            let existing = view.instance.filter(|i| i.state != InstanceState::Deleted);
-            let Some(existing) = existing else {
-                if cap > 0 && view.plan_count >= cap {
-                    return Decision::answer(Outcome::Refused(ApiError::unprocessable(
-                        "InstanceLimitReached",
-                        format!("the plan allows at most {cap} instances"),
-                    )));
-                }
-                return Decision {
-                    changes: vec![
-                        Change::PutInstance(row),
-                        Change::InsertOperation(operation.clone()),
-                        Change::Audit(audit),
-                    ],
-                    answer: Outcome::Started(operation),
-                };
-            };
-            // `maintenance_info` is part of the request: naming another version than the
-            // instance runs is asking for another instance.
-            let identical = existing.service_id == service_id
-                && existing.plan_id == plan_id
-                && existing.organization_guid == organization_guid
-                && existing.space_guid == space_guid
-                && same_json(existing.parameters.as_deref(), parameters.as_ref())
-                && requested_version.as_ref().is_none_or(|v| existing.maintenance_version.as_ref() == Some(v));
-            if !identical {
-                return Decision::answer(Outcome::Refused(ApiError::conflict(
-                    "an instance with this id exists with different attributes",
-                )));
-            }
-            Decision::answer(match existing.state {
-                InstanceState::Provisioning => Outcome::InProgress(existing.operation_id.clone()),
-                InstanceState::Ready | InstanceState::Updating => Outcome::Done,
-                InstanceState::Failed => Outcome::Refused(ApiError::conflict(
-                    "an instance with this id exists but failed; deprovision it before provisioning it again",
-                )),
-                InstanceState::Deprovisioning => {
-                    Outcome::Refused(ApiError::concurrency("the instance is being deprovisioned"))
-                }
-                InstanceState::Deleted => unreachable!("filtered above"),
-            })
-        })
+        .instance_transition(&instance_id, Some(&plan_id), |view| decide::provision(provision, view))
         .await?;
     answer(&state, &instance_id, OperationKind::Provision, outcome, |op| provision_body(&state, &instance_id, op)).await
 }
@@ -359,12 +293,8 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     let instance_id = id(path)?;
     let query = query(query_string)?;
-    let body = json_object(body)?;
-    let service_id = required_string(&body, "service_id")?;
-    let plan_id = optional_string(&body, "plan_id")?;
-    let parameters = optional_object(&body, "parameters")?;
-    let _context = optional_object(&body, "context")?;
-    let requested_version = maintenance_version(&body)?;
+    let UpdateBody { service_id, plan_id, parameters, context: _, maintenance_version: requested_version } =
+        UpdateBody::parse(json_object(body)?)?;
     state.catalog.service(&service_id)?;
     if let Some(plan_id) = &plan_id {
         state.catalog.plan(&service_id, plan_id)?;
@@ -382,26 +312,24 @@ pub async fn update(
     let target_plan = plan_id.clone().unwrap_or_else(|| current.plan_id.clone());
     let plan_changes = target_plan != current.plan_id;
     let entry = state.catalog.plan(&service_id, &target_plan)?;
-    if plan_changes {
-        let from_updateable = state.catalog.plan_by_id(&current.plan_id).is_some_and(|p| p.plan_updateable);
-        if !(from_updateable && entry.plan_updateable) {
-            return Err(ApiError::unprocessable("PlanChangeNotSupported", "this instance's plan cannot be changed")
-                .with_update_repeatable(false));
-        }
+    let from = state.catalog.plan_by_id(&current.plan_id);
+    let plans = PlanMove {
+        changes: plan_changes,
+        from_updateable: from.is_some_and(|p| p.plan_updateable),
+        to_updateable: entry.plan_updateable,
+        from_validator: from.is_some_and(is_validator),
+        to_validator: is_validator(entry),
+    };
+    if !(plans.from_updateable && plans.to_updateable) {
+        // A plan that cannot be left or taken is refused before the parameters are checked; a
+        // validator's plan change after them (below), in the order OSB platforms have seen.
+        decide::plan_change(plans)?;
     }
     if let Some(parameters) = &parameters {
         check_parameters(&state, entry, parameters)?;
     }
     check_maintenance(entry, requested_version.as_deref())?;
-    let from_validator = state.catalog.plan_by_id(&current.plan_id).is_some_and(is_validator);
-    if plan_changes && (from_validator || is_validator(entry)) {
-        // Another plan is another client: the keys would have to move with their history.
-        return Err(ApiError::unprocessable(
-            "PlanChangeNotSupported",
-            "validator instances cannot change plan; deprovision (the keys' history is kept) and provision on the other plan",
-        )
-        .with_update_repeatable(false));
-    }
+    decide::plan_change(plans)?;
     let mut sealed = None;
     let new_parameters = match &parameters {
         Some(parameters) if is_validator(entry) => {
@@ -431,61 +359,8 @@ pub async fn update(
     let request_json = serde_json::to_string(&request).expect("an update request serializes");
     let operation =
         new_operation(&state, &instance_id, OperationKind::Update, request_json, entry.plan.maximum_polling_duration);
-    let audit = meta.audit("update", None);
-    let outcome = state
-        .store
-        .instance_transition(&instance_id, None, |view| {
-            let (Some(instance), operation_now) = (view.instance, view.operation) else {
-                return Decision::answer(Outcome::Refused(ApiError::not_found("no such instance")));
-            };
-            match instance.state {
-                InstanceState::Ready => {
-                    let unchanged = instance.plan_id == request.plan_id
-                        && instance.parameters.as_deref().map(serde_json::from_str::<Value>).and_then(Result::ok)
-                            == request.parameters.as_deref().map(serde_json::from_str::<Value>).and_then(Result::ok)
-                        && instance.maintenance_version == request.maintenance_version;
-                    if unchanged {
-                        return Decision::answer(Outcome::Done);
-                    }
-                    let row = InstanceRow {
-                        state: InstanceState::Updating,
-                        operation_id: operation.id.clone(),
-                        updated_ms: now_ms(),
-                        ..instance.clone()
-                    };
-                    Decision {
-                        changes: vec![
-                            Change::PutInstance(row),
-                            Change::InsertOperation(operation.clone()),
-                            Change::Audit(audit),
-                        ],
-                        answer: Outcome::Started(operation),
-                    }
-                }
-                InstanceState::Updating => {
-                    let same = operation_now
-                        .filter(|op| op.kind == OperationKind::Update)
-                        .and_then(|op| serde_json::from_str::<UpdateRequest>(&op.request).ok().map(|r| (op, r)))
-                        .filter(|(_, running)| *running == request);
-                    Decision::answer(match same {
-                        Some((op, _)) => Outcome::InProgress(op.id.clone()),
-                        None => Outcome::Refused(ApiError::concurrency("another update of this instance is running")),
-                    })
-                }
-                InstanceState::Provisioning => {
-                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is still being provisioned")))
-                }
-                InstanceState::Deprovisioning => {
-                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is being deprovisioned")))
-                }
-                InstanceState::Failed => Decision::answer(Outcome::Refused(ApiError::unprocessable(
-                    "InstanceFailed",
-                    "the instance failed; deprovision it",
-                ))),
-                InstanceState::Deleted => Decision::answer(Outcome::Refused(ApiError::not_found("no such instance"))),
-            }
-        })
-        .await?;
+    let update = decide::Update { request, operation, audit: meta.audit("update", None), now_ms: now_ms() };
+    let outcome = state.store.instance_transition(&instance_id, None, |view| decide::update(update, view)).await?;
     answer(&state, &instance_id, OperationKind::Update, outcome, operation_body).await
 }
 
@@ -515,73 +390,26 @@ pub async fn deprovision(
         return Err(ApiError::async_required());
     }
     let polling = |plan_id: &str| state.catalog.plan_by_id(plan_id).map_or(600, |p| p.plan.maximum_polling_duration);
-    let audit = meta.audit("deprovision", None);
+    let operation = |instance: &crate::store::InstanceRow| {
+        new_operation(&state, &instance_id, OperationKind::Deprovision, "{}".into(), polling(&instance.plan_id))
+    };
+    let deprovision =
+        decide::Deprovision { service_id, plan_id, audit: meta.audit("deprovision", None), now_ms: now_ms() };
     let outcome = state
         .store
-        .instance_transition(&instance_id, None, |view| {
-            let Some(instance) = view.instance.filter(|i| i.state != InstanceState::Deleted) else {
-                return Decision::answer(Outcome::Refused(ApiError::gone("no such instance")));
-            };
-            // An operation past its deadline (its runner is gone, or the store failed under it)
-            // no longer holds the instance: it ends as failed and the deprovision goes ahead.
-            let overdue = view
-                .operation
-                .filter(|op| op.state == OperationState::InProgress && op.deadline_ms < now_ms())
-                .map(|op| op.id.clone());
-            let start = |superseded: Option<String>| {
-                let operation = new_operation(
-                    &state,
-                    &instance_id,
-                    OperationKind::Deprovision,
-                    "{}".into(),
-                    polling(&instance.plan_id),
-                );
-                let row = InstanceRow {
-                    state: InstanceState::Deprovisioning,
-                    operation_id: operation.id.clone(),
-                    updated_ms: now_ms(),
-                    ..instance.clone()
-                };
-                let mut changes = Vec::with_capacity(5);
-                if let Some(id) = superseded {
-                    let description = "did not finish by its deadline; superseded by a deprovision".into();
-                    changes.push(Change::FailOperation { id, description });
-                }
-                changes.extend([
-                    Change::PutInstance(row),
-                    Change::InsertOperation(operation.clone()),
-                    // Cascade: the instance's credentials stop working now.
-                    Change::DeleteBindings,
-                    Change::Audit(audit),
-                ]);
-                Decision { changes, answer: Outcome::Started(operation) }
-            };
-            // The ids say which instance the platform means: another one's ids delete nothing,
-            // whatever the instance is doing (checked before its state, as on every request).
-            if instance.service_id != service_id || instance.plan_id != plan_id {
-                return Decision::answer(Outcome::Refused(ApiError::bad_request(
-                    "service_id and plan_id must be those of the instance",
-                )));
-            }
-            match instance.state {
-                InstanceState::Ready | InstanceState::Failed => start(None),
-                InstanceState::Provisioning | InstanceState::Updating | InstanceState::Deprovisioning
-                    if overdue.is_some() =>
-                {
-                    start(overdue)
-                }
-                InstanceState::Deprovisioning => Decision::answer(Outcome::InProgress(instance.operation_id.clone())),
-                InstanceState::Provisioning => Decision::answer(Outcome::Refused(ApiError::concurrency(
-                    "the instance is still being provisioned; deprovision it once last_operation reports the result",
-                ))),
-                InstanceState::Updating => {
-                    Decision::answer(Outcome::Refused(ApiError::concurrency("the instance is being updated")))
-                }
-                InstanceState::Deleted => unreachable!("filtered above"),
-            }
-        })
+        .instance_transition(&instance_id, None, |view| decide::deprovision(deprovision, operation, view))
         .await?;
     answer(&state, &instance_id, OperationKind::Deprovision, outcome, operation_body).await
+}
+
+/// The state `last_operation` reports of an operation in `stored` state: an operation this
+/// replica runs is still in progress until its runner has swapped the routes for its outcome
+/// (right after it commits it), so that a platform told "succeeded" here is served here.
+fn reported_state(stored: OperationState, running_here: bool) -> OperationState {
+    match running_here {
+        true => OperationState::InProgress,
+        false => stored,
+    }
 }
 
 /// `GET /v2/service_instances/:instance_id/last_operation`
@@ -614,13 +442,10 @@ pub async fn last_operation(
             return Err(ApiError::gone("the instance was deprovisioned"));
         }
     }
-    if operation.state != OperationState::InProgress {
-        // The runner swaps the routes right after it commits; make sure this replica serves
-        // the outcome before telling the platform it is there.
-        state.routing.sync_if_stale().await;
-    }
-    let mut body = json!({ "state": operation.state.as_str(), "description": operation.description });
-    if operation.state == OperationState::Failed {
+    // A read: it changes nothing, routes included (they follow the store on their own).
+    let reported = reported_state(operation.state, state.operations.running().contains(&operation.id));
+    let mut body = json!({ "state": reported.as_str(), "description": operation.description });
+    if reported == OperationState::Failed {
         match operation.kind {
             OperationKind::Update => body["instance_usable"] = json!(true),
             OperationKind::Deprovision => body["instance_usable"] = json!(false),
@@ -628,11 +453,32 @@ pub async fn last_operation(
         }
     }
     let mut response = reply(StatusCode::OK, body);
-    if operation.state == OperationState::InProgress {
+    if reported == OperationState::InProgress {
         let seconds = state.config.operations.retry_after_seconds.to_string();
         if let Ok(value) = HeaderValue::from_str(&seconds) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_still_finishing_here_is_reported_in_progress() {
+        use OperationState::*;
+        let cases = [
+            (InProgress, false, InProgress),
+            (InProgress, true, InProgress),
+            (Succeeded, false, Succeeded),
+            (Failed, false, Failed),
+            (Succeeded, true, InProgress),
+            (Failed, true, InProgress),
+        ];
+        for (stored, running_here, reported) in cases {
+            assert_eq!(reported_state(stored, running_here), reported, "{stored:?}, running here: {running_here}");
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! originating identities, parsing and validating requests, and turning every outcome into the
 //! OSB status and body ([`ApiError`] is the one translation point for failures). Must not: write
 //! SQL (the [`Store`] does, atomically, on the decision a handler makes) or do slow work in a
-//! request (the [`Operations`] runner does, in the background).
+//! request (the [`Operations`] runner does, in the background). Request bodies become typed
+//! values in `requests`; the OSB state matrix is pure functions in `decide`, table-tested.
 //!
 //! The order of checks, which satisfies the spec and the OSB checkers: auth (401) → version
 //! (412) → body, required fields and catalog ids (400) → `accepts_incomplete` (422
@@ -19,8 +20,10 @@
 mod bindings;
 mod catalog;
 pub mod dashboard;
+mod decide;
 mod history;
 mod instances;
+mod requests;
 pub mod throttle;
 
 use std::collections::HashMap;
@@ -365,6 +368,21 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The OSB `error` code, if the failure has one.
+    pub fn code(&self) -> Option<&'static str> {
+        self.error
+    }
+
+    /// The description the platform is shown.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// `update_repeatable`, if set.
+    pub fn update_repeatable(&self) -> Option<bool> {
+        self.update_repeatable
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -428,51 +446,6 @@ pub fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Va
     }
 }
 
-/// A string field; absent, null and empty are all "missing".
-pub fn optional_string(body: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(ApiError::bad_request(format!("{name} must be a string, not {}", kind(other)))),
-    }
-}
-
-/// A string field that must be there.
-pub fn required_string(body: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
-    optional_string(body, name)?.ok_or_else(|| ApiError::bad_request(format!("{name} is required")))
-}
-
-/// An object field; absent and null are "missing".
-pub fn optional_object(body: &Map<String, Value>, name: &str) -> Result<Option<Value>, ApiError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value @ Value::Object(_)) => Ok(Some(value.clone())),
-        Some(other) => Err(ApiError::bad_request(format!("{name} must be an object, not {}", kind(other)))),
-    }
-}
-
-/// `maintenance_info.version`, if given (`{}` counts as not given).
-pub fn maintenance_version(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
-    match optional_object(body, "maintenance_info")? {
-        None => Ok(None),
-        Some(Value::Object(info)) => optional_string(&info, "version")
-            .map_err(|_| ApiError::bad_request("maintenance_info.version must be a string")),
-        Some(_) => unreachable!("optional_object returns objects"),
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// The query string, or a 400.
 pub fn query(
     query: Result<axum::extract::Query<HashMap<String, String>>, QueryRejection>,
@@ -507,16 +480,6 @@ pub fn checked_id(path: Result<String, PathRejection>, what: &str) -> Result<Str
         )));
     }
     Ok(id)
-}
-
-/// Whether two optional JSON texts hold equal JSON (key order ignored).
-pub fn same_json(stored: Option<&str>, given: Option<&Value>) -> bool {
-    let stored: Option<Value> = stored.and_then(|s| serde_json::from_str(s).ok());
-    let empty = |v: &Option<&Value>| v.is_none_or(|v| v.as_object().is_some_and(Map::is_empty));
-    match (stored.as_ref(), given) {
-        (Some(a), Some(b)) => a == b,
-        (a, b) => empty(&a) && empty(&b),
-    }
 }
 
 /// The request metadata the guard attached.
