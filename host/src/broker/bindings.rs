@@ -72,7 +72,7 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         body["endpoints"] = json!([{ "host": host, "ports": [port.to_string()], "protocol": "tcp" }]);
     }
-    let parameters = binding.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok());
+    let parameters = binding.parameters.as_ref();
     // Sealed to the application's wallet key: the platform stores what it cannot read.
     if let Some(key) = parameters.as_ref().and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
         let plain = body["credentials"].to_string();
@@ -83,7 +83,7 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
         };
     }
     if with_parameters && let Some(parameters) = parameters {
-        body["parameters"] = parameters;
+        body["parameters"] = parameters.clone();
     }
     // `metadata` (expires_at, renew_before) arrived in OSB 2.16/2.17.
     if minor_version >= 16
@@ -183,9 +183,9 @@ pub async fn bind(
         id: binding_id.clone(),
         service_id: service_id.clone(),
         plan_id: plan_id.clone(),
-        parameters: parameters.as_ref().map(Value::to_string),
-        bind_resource: bind_resource.as_ref().map(Value::to_string),
-        context: context.as_ref().map(Value::to_string),
+        parameters: parameters.clone(),
+        bind_resource: bind_resource.clone(),
+        context,
         key_salt,
         key_sha256: key_sha256(&key),
         created_ms,
@@ -207,9 +207,9 @@ pub async fn bind(
                     && existing.plan_id == plan_id
                     && existing.predecessor_id == predecessor
                     && (inherited && parameters.is_none()
-                        || same_json(existing.parameters.as_deref(), parameters.as_ref()))
+                        || same_json(existing.parameters.as_ref(), parameters.as_ref()))
                     && (inherited && bind_resource.is_none()
-                        || same_json(existing.bind_resource.as_deref(), bind_resource.as_ref()));
+                        || same_json(existing.bind_resource.as_ref(), bind_resource.as_ref()));
                 return Decision::answer(if identical {
                     Outcome::Exists(existing.clone())
                 } else {

@@ -16,9 +16,9 @@ use super::{
     optional_string, query, reply, required_query, required_string, same_json,
 };
 use crate::plugins::{ChainError, ConfigureError, KvLimits, KvStore};
-use crate::provision::{SealedRequest, UpdateRequest};
 use crate::store::{
-    Change, Decision, InstanceRow, InstanceState, OperationKind, OperationRow, OperationState, now_ms, random_id,
+    Change, Decision, InstanceRow, InstanceState, OperationKind, OperationRequest, OperationRow, OperationState,
+    SealedRequest, UpdateRequest, now_ms, random_id,
 };
 
 type IdPath = Result<Path<String>, PathRejection>;
@@ -147,13 +147,8 @@ fn check_maintenance(entry: &PlanEntry, requested: Option<&str>) -> Result<(), A
     }
 }
 
-fn new_operation(
-    state: &BrokerState,
-    instance_id: &str,
-    kind: OperationKind,
-    request: String,
-    polling_s: u64,
-) -> OperationRow {
+fn new_operation(state: &BrokerState, instance_id: &str, request: OperationRequest, polling_s: u64) -> OperationRow {
+    let kind = request.kind();
     let now = now_ms();
     OperationRow {
         id: format!("{}-{}", kind.as_str(), random_id()),
@@ -249,22 +244,21 @@ pub async fn provision(
         let prepared = crate::provision::prepare_provision(&opened).map_err(ApiError::bad_request)?;
         check_history_chain(entry, prepared.secrets.as_ref())?;
         let request = SealedRequest { sealed: seal(&state, prepared.secrets.as_ref()) };
-        (Some(prepared.public), serde_json::to_string(&request).expect("a request serializes"))
+        (Some(prepared.public), OperationRequest::Provision(request))
     } else {
-        (parameters, "{}".to_string())
+        (parameters, OperationRequest::Provision(SealedRequest::default()))
     };
 
     let now = now_ms();
-    let operation =
-        new_operation(&state, &instance_id, OperationKind::Provision, request, entry.plan.maximum_polling_duration);
+    let operation = new_operation(&state, &instance_id, request, entry.plan.maximum_polling_duration);
     let row = InstanceRow {
         id: instance_id.clone(),
         service_id: service_id.clone(),
         plan_id: plan_id.clone(),
         organization_guid: organization_guid.clone(),
         space_guid: space_guid.clone(),
-        parameters: parameters.as_ref().map(Value::to_string),
-        context: context.as_ref().map(Value::to_string),
+        parameters: parameters.clone(),
+        context,
         maintenance_version: entry.maintenance_info().map(|m| m.version.clone()),
         state: InstanceState::Provisioning,
         operation_id: operation.id.clone(),
@@ -299,7 +293,7 @@ pub async fn provision(
                 && existing.plan_id == plan_id
                 && existing.organization_guid == organization_guid
                 && existing.space_guid == space_guid
-                && same_json(existing.parameters.as_deref(), parameters.as_ref())
+                && same_json(existing.parameters.as_ref(), parameters.as_ref())
                 && requested_version.as_ref().is_none_or(|v| existing.maintenance_version.as_ref() == Some(v));
             if !identical {
                 return Decision::answer(Outcome::Refused(ApiError::conflict(
@@ -340,7 +334,7 @@ pub async fn fetch(State(state): State<Arc<BrokerState>>, path: IdPath) -> Resul
         "plan_id": instance.plan_id,
         "dashboard_url": super::dashboard::url(&state, &instance.id),
     });
-    if let Some(parameters) = instance.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()) {
+    if let Some(parameters) = instance.parameters {
         body["parameters"] = parameters;
     }
     if let Some(version) = instance.maintenance_version {
@@ -406,21 +400,19 @@ pub async fn update(
     let new_parameters = match &parameters {
         Some(parameters) if is_validator(entry) => {
             // What the update names changes; keys are added (sealed) or removed.
-            let current_public: Value =
-                current.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or_else(|| json!({}));
+            let current_public: Value = current.parameters.clone().unwrap_or_else(|| json!({}));
             let mut opened = parameters.clone();
             open_key_secrets(&state, &mut opened)?;
             let prepared = crate::provision::prepare_update(&current_public, &opened).map_err(ApiError::bad_request)?;
             check_history_chain(entry, prepared.secrets.as_ref())?;
             sealed = seal(&state, prepared.secrets.as_ref());
-            Some(prepared.public.to_string())
+            Some(prepared.public)
         }
-        Some(parameters) => Some(parameters.to_string()),
+        Some(parameters) => Some(parameters.clone()),
         None => current.parameters.clone(),
     };
-    let parsed: Option<Value> = new_parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
     if parameters.is_some() || plan_changes {
-        check_chain(&state, &instance_id, &target_plan, parsed.as_ref()).await?;
+        check_chain(&state, &instance_id, &target_plan, new_parameters.as_ref()).await?;
     }
     let maintenance_version = match (&requested_version, plan_changes) {
         (Some(version), _) => Some(version.clone()),
@@ -428,9 +420,12 @@ pub async fn update(
         (None, false) => current.maintenance_version.clone(),
     };
     let request = UpdateRequest { plan_id: target_plan, parameters: new_parameters, maintenance_version, sealed };
-    let request_json = serde_json::to_string(&request).expect("an update request serializes");
-    let operation =
-        new_operation(&state, &instance_id, OperationKind::Update, request_json, entry.plan.maximum_polling_duration);
+    let operation = new_operation(
+        &state,
+        &instance_id,
+        OperationRequest::Update(request.clone()),
+        entry.plan.maximum_polling_duration,
+    );
     let audit = meta.audit("update", None);
     let outcome = state
         .store
@@ -441,8 +436,7 @@ pub async fn update(
             match instance.state {
                 InstanceState::Ready => {
                     let unchanged = instance.plan_id == request.plan_id
-                        && instance.parameters.as_deref().map(serde_json::from_str::<Value>).and_then(Result::ok)
-                            == request.parameters.as_deref().map(serde_json::from_str::<Value>).and_then(Result::ok)
+                        && instance.parameters == request.parameters
                         && instance.maintenance_version == request.maintenance_version;
                     if unchanged {
                         return Decision::answer(Outcome::Done);
@@ -465,8 +459,8 @@ pub async fn update(
                 InstanceState::Updating => {
                     let same = operation_now
                         .filter(|op| op.kind == OperationKind::Update)
-                        .and_then(|op| serde_json::from_str::<UpdateRequest>(&op.request).ok().map(|r| (op, r)))
-                        .filter(|(_, running)| *running == request);
+                        .and_then(|op| op.request.update().map(|r| (op, r)))
+                        .filter(|(_, running)| **running == request);
                     Decision::answer(match same {
                         Some((op, _)) => Outcome::InProgress(op.id.clone()),
                         None => Outcome::Refused(ApiError::concurrency("another update of this instance is running")),
@@ -529,13 +523,8 @@ pub async fn deprovision(
                 .filter(|op| op.state == OperationState::InProgress && op.deadline_ms < now_ms())
                 .map(|op| op.id.clone());
             let start = |superseded: Option<String>| {
-                let operation = new_operation(
-                    &state,
-                    &instance_id,
-                    OperationKind::Deprovision,
-                    "{}".into(),
-                    polling(&instance.plan_id),
-                );
+                let operation =
+                    new_operation(&state, &instance_id, OperationRequest::Deprovision, polling(&instance.plan_id));
                 let row = InstanceRow {
                     state: InstanceState::Deprovisioning,
                     operation_id: operation.id.clone(),

@@ -509,11 +509,10 @@ pub fn checked_id(path: Result<String, PathRejection>, what: &str) -> Result<Str
     Ok(id)
 }
 
-/// Whether two optional JSON texts hold equal JSON (key order ignored).
-pub fn same_json(stored: Option<&str>, given: Option<&Value>) -> bool {
-    let stored: Option<Value> = stored.and_then(|s| serde_json::from_str(s).ok());
+/// Whether two optional JSON values are equal, none and an empty object being the same.
+pub fn same_json(stored: Option<&Value>, given: Option<&Value>) -> bool {
     let empty = |v: &Option<&Value>| v.is_none_or(|v| v.as_object().is_some_and(Map::is_empty));
-    match (stored.as_ref(), given) {
+    match (stored, given) {
         (Some(a), Some(b)) => a == b,
         (a, b) => empty(&a) && empty(&b),
     }

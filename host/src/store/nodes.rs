@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use sqlx::Row as _;
 
+use super::rows::json_column;
 use super::{Result, Store, log_change, now_ms};
 
 /// What [`Store::claim_node`] found.
@@ -31,8 +32,8 @@ pub struct OwnedNode {
     pub instance_id: String,
     /// Its plan.
     pub plan_id: String,
-    /// Its parameters (JSON text).
-    pub parameters: Option<String>,
+    /// Its parameters, if given.
+    pub parameters: Option<serde_json::Value>,
     /// Whether the instance is ready or updating (its node should run).
     pub serving: bool,
 }
@@ -198,10 +199,11 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
+                let instance_id: String = row.try_get("id")?;
                 Ok(OwnedNode {
-                    instance_id: row.try_get("id")?,
+                    parameters: json_column(row, "instances", &instance_id, "parameters")?,
+                    instance_id,
                     plan_id: row.try_get("plan_id")?,
-                    parameters: row.try_get("parameters")?,
                     serving: matches!(row.try_get::<String, _>("state")?.as_str(), "ready" | "updating"),
                 })
             })
