@@ -74,7 +74,7 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
     }
     let parameters = binding.parameters.as_ref();
     // Sealed to the application's wallet key: the platform stores what it cannot read.
-    if let Some(key) = parameters.as_ref().and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
+    if let Some(key) = parameters.and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
         let plain = body["credentials"].to_string();
         body["credentials"] = match crate::identity::seal_to(key, plain.as_bytes()) {
             Ok(sealed) => json!(sealed),
