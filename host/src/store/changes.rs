@@ -19,7 +19,7 @@ pub(super) async fn begin_change(tx: &mut sqlx::Transaction<'_, sqlx::Any>, inst
 }
 
 /// Records, in the transaction that bumped the generation, which instance the change touched.
-pub(super) async fn log_change(tx: &mut sqlx::Transaction<'_, sqlx::Any>, instance_id: &str) -> Result<()> {
+async fn log_change(tx: &mut sqlx::Transaction<'_, sqlx::Any>, instance_id: &str) -> Result<()> {
     sqlx::query("INSERT INTO route_changes (generation, instance_id) SELECT generation, $1 FROM changes WHERE id = 1")
         .bind(instance_id)
         .execute(&mut **tx)

@@ -36,7 +36,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
-use changes::log_change;
 pub use instances::{Change, Decision, InstanceView};
 pub use nodes::{NodeClaim, NodeOwner, OwnedNode};
 pub use operations::Claimed;

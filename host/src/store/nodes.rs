@@ -11,8 +11,9 @@ use std::collections::HashMap;
 
 use sqlx::Row as _;
 
+use super::changes::begin_change;
 use super::rows::json_column;
-use super::{Result, Store, log_change, now_ms};
+use super::{Result, Store, now_ms};
 
 /// What [`Store::claim_node`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,8 +148,7 @@ impl Store {
         ws_url: Option<&str>,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE changes SET generation = generation + 1 WHERE id = 1").execute(&mut *tx).await?;
-        log_change(&mut tx, instance_id).await?;
+        begin_change(&mut tx, instance_id).await?;
         let set =
             sqlx::query("UPDATE node_owners SET http_url = $1, ws_url = $2 WHERE instance_id = $3 AND replica_id = $4")
                 .bind(http_url)
