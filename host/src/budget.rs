@@ -29,10 +29,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::call::RpcError;
-use crate::config::GatewaySettings;
 /// A budget ran out (-32005, `data.reason` names the limit), or the response is over the
 /// request's limit (-32008): codes of the call vocabulary.
 pub use crate::call::codes::{LIMIT_EXCEEDED, OVERSIZED_RESPONSE};
+use crate::config::GatewaySettings;
 
 tokio::task_local! {
     /// The budget of the request being served (set by the gateway around a call or a batch).

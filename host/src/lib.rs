@@ -16,7 +16,9 @@
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: every metric, its name and labels.
 //! - [`interchange`]: EIP-3076 slashing-protection documents as typed values (a leaf).
-//! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
+//! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL. Rows
+//!   are typed values, decoded once as read (a column that does not decode is an error); split into
+//!   rows, instances, operations, changes, nodes and validators.
 //! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
 //! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
 //! - [`chain_policy`]: which chain of plugins an instance runs (plan default, parameters, the

@@ -41,7 +41,7 @@ const CHANGE_LOG_WINDOW: i64 = 100_000;
 
 struct Built {
     plan_id: String,
-    parameters: Option<String>,
+    parameters: Option<serde_json::Value>,
     /// Who ran the node when the route was built (`process` plans).
     node: Option<NodeOwner>,
     /// Built without a node to reach (it is starting, or being taken over): calls get -32002
@@ -60,14 +60,7 @@ impl Built {
     /// Whether this route was built for `instance` as it is now, with `node`, and has a node to
     /// reach: only its plugins' versions may differ.
     fn serves(&self, instance: &InstanceRow, node: &Option<NodeOwner>) -> bool {
-        keeps_route(
-            &self.plan_id,
-            self.parameters.as_deref(),
-            self.node.as_ref(),
-            self.nodeless,
-            instance,
-            node.as_ref(),
-        )
+        keeps_route(&self.plan_id, self.parameters.as_ref(), self.node.as_ref(), self.nodeless, instance, node.as_ref())
     }
 }
 
@@ -76,13 +69,13 @@ impl Built {
 /// (as stored) and node owner and address, and a node to reach.
 fn keeps_route(
     plan_id: &str,
-    parameters: Option<&str>,
+    parameters: Option<&serde_json::Value>,
     built_node: Option<&NodeOwner>,
     nodeless: bool,
     instance: &InstanceRow,
     node: Option<&NodeOwner>,
 ) -> bool {
-    plan_id == instance.plan_id && parameters == instance.parameters.as_deref() && built_node == node && !nodeless
+    plan_id == instance.plan_id && parameters == instance.parameters.as_ref() && built_node == node && !nodeless
 }
 
 /// The plugins of a chain, by name, each with its version (`None`: no longer available).
@@ -348,9 +341,7 @@ impl RouteSync {
 
     /// The plugins of the instance's chain, each with the version the registry serves now.
     fn chain_plugins(&self, instance: &InstanceRow) -> ChainVersions {
-        let parameters: Option<serde_json::Value> =
-            instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
-        self.chain_elements(&instance.plan_id, parameters.as_ref())
+        self.chain_elements(&instance.plan_id, instance.parameters.as_ref())
             .into_iter()
             .map(|element| {
                 let version = self.registry.version_of(&element.name);
@@ -476,10 +467,8 @@ impl RouteSync {
     /// A binding's restrictions (its parameters' `allowed_origins` and the like, else its plan's
     /// `allowed_origins`: the plan of the instance, `plan_id`), if any.
     fn allowlist_of(&self, binding: &crate::store::BindingRow, plan_id: &str) -> Option<Arc<Allowlist>> {
-        let parameters: Option<serde_json::Value> =
-            binding.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
         let plan_origins = self.config.plan_by_id(plan_id).map_or(&[][..], |p| &p.allowed_origins[..]);
-        Allowlist::for_binding(parameters.as_ref(), plan_origins).map(Arc::new)
+        Allowlist::for_binding(binding.parameters.as_ref(), plan_origins).map(Arc::new)
     }
 
     /// A binding's key digest, id, (for validators) keymanager token digest, and expiry.
@@ -532,12 +521,10 @@ impl RouteSync {
 
     /// The instance's route, and whether it was built without a node to reach.
     async fn build(&self, instance: &InstanceRow, node: Option<&NodeOwner>) -> Option<(Arc<InstanceRoute>, bool)> {
-        let parameters: Option<serde_json::Value> =
-            instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let parameters = instance.parameters.as_ref();
         let mut secrets = Vec::new();
         let plan = self.config.plan_by_id(&instance.plan_id);
-        let elements = match crate::chain_policy::opened_chain(&self.identity, plan, parameters.as_ref(), &mut secrets)
-        {
+        let elements = match crate::chain_policy::opened_chain(&self.identity, plan, parameters, &mut secrets) {
             Ok(elements) => elements,
             Err(err) => {
                 tracing::error!(instance = %instance.id, "instance is not served: {err}");
@@ -573,12 +560,7 @@ impl RouteSync {
             let (driver, id) = (driver.clone(), instance.id.clone());
             ValidatorRoute {
                 access: Arc::new(move || driver.validator(&id)),
-                pubkeys: parameters
-                    .as_ref()
-                    .map(crate::provision::pubkeys_of)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
+                pubkeys: parameters.map(crate::provision::pubkeys_of).unwrap_or_default().into_iter().collect(),
             }
         });
         match self
@@ -590,7 +572,7 @@ impl RouteSync {
                 crate::plugins::Share::for_instance(
                     &self.config.gateway,
                     self.config.plan_by_id(&instance.plan_id),
-                    parameters.as_ref(),
+                    parameters,
                 ),
             )
             .await

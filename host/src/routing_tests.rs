@@ -10,7 +10,7 @@ fn instance(plan_id: &str, parameters: Option<&str>) -> InstanceRow {
         plan_id: plan_id.into(),
         organization_guid: "org".into(),
         space_guid: "space".into(),
-        parameters: parameters.map(str::to_string),
+        parameters: parameters.map(|text| serde_json::from_str(text).unwrap()),
         context: None,
         maintenance_version: None,
         state: InstanceState::Ready,
@@ -38,8 +38,9 @@ fn a_route_is_kept_only_for_the_plan_parameters_and_node_it_was_built_with() {
         ("no owner any more", instance("p", params), None, false, false),
         ("built without a node to reach", instance("p", params), Some(a.clone()), true, false),
     ];
+    let built: Option<serde_json::Value> = params.map(|text| serde_json::from_str(text).unwrap());
     for (case, now, node, nodeless, kept) in cases {
-        assert_eq!(keeps_route("p", params, Some(&a), *nodeless, now, node.as_ref()), *kept, "{case}");
+        assert_eq!(keeps_route("p", built.as_ref(), Some(&a), *nodeless, now, node.as_ref()), *kept, "{case}");
     }
     // Shared plans have no owner at all.
     assert!(keeps_route("p", None, None, false, &instance("p", None), None));

@@ -55,6 +55,7 @@ on_both_stores!(
     bindings_rotate_with_a_predecessor_that_keeps_working_until_unbound,
     rotation_refusals_create_nothing,
     expiring_credentials_carry_metadata_and_stop_at_their_expiry,
+    a_stored_column_that_does_not_decode_is_an_error_never_an_empty_value,
 );
 
 const INSTANCE: &str = "/v2/service_instances";
@@ -1511,4 +1512,69 @@ async fn failed_broker_authentication_is_throttled_per_address_and_headers_are_b
     assert_eq!(resp.status, 400, "{resp:?}");
     assert!(resp.body["description"].as_str().unwrap().contains("X-Broker-API-Originating-Identity"), "{resp:?}");
     assert_eq!(broker.osb.call(Method::GET, &inst("big-id"), None).await.status, 404, "nothing was stored");
+}
+
+/// Writes `sql` (one row, `$1` = `id`) straight into the broker's database, past the store:
+/// what a damaged database or a foreign writer leaves behind.
+async fn write_raw(broker: &TestBroker, sql: &str, id: &str) {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let url = &broker.db.as_ref().unwrap().url;
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let changed = sqlx::query(sql).bind(id).execute(&mut conn).await.unwrap();
+    assert_eq!(changed.rows_affected(), 1, "{sql}");
+    conn.close().await.unwrap();
+}
+
+fn corrupt_rows(table: &'static str) -> u64 {
+    ovsb::telemetry::metrics().store_corrupt_rows.get_or_create(&ovsb::telemetry::TableLabels { table }).get()
+}
+
+/// A JSON column that does not decode (instance parameters, binding parameters, an operation's
+/// request) fails every read of its row: the broker answers 500, the row is counted in
+/// `ovsb_store_corrupt_rows_total{table}`, and it is never served as if the column were empty.
+async fn a_stored_column_that_does_not_decode_is_an_error_never_an_empty_value(db: Db) {
+    let (_anvil, broker) = start(db).await;
+    let osb = &broker.osb;
+    let parameters = json!({"plugins": [{"name": "test", "config": {"mode": "tracer", "tag": "a"}}]});
+    osb.ready_instance("c1", PLAN_SHARED, Some(parameters.clone())).await;
+    assert_eq!(osb.call(Method::GET, &inst("c1"), None).await.body["parameters"], parameters);
+
+    // Instance parameters: the fetch fails, and so does an update decided on the row.
+    let before = corrupt_rows("instances");
+    write_raw(&broker, "UPDATE instances SET parameters = '{\"plugins\": [' WHERE id = $1", "c1").await;
+    let fetched = osb.call(Method::GET, &inst("c1"), None).await;
+    fetched.assert_error(500, Some("InternalError"));
+    assert!(fetched.body.get("parameters").is_none(), "{fetched:?}");
+    let update = json!({"service_id": SERVICE, "parameters": {"plugins": []}});
+    osb.call(Method::PATCH, &format!("{}?accepts_incomplete=true", inst("c1")), Some(update))
+        .await
+        .assert_error(500, Some("InternalError"));
+    assert!(corrupt_rows("instances") > before, "ovsb_store_corrupt_rows_total{{table=instances}} counts it");
+    let read = broker.store().instance("c1").await;
+    assert!(
+        matches!(read, Err(ovsb::store::StoreError::Corrupt(ref reason)) if reason.contains("parameters")),
+        "{read:?}"
+    );
+
+    // Binding parameters.
+    osb.ready_instance("c2", PLAN_SHARED, None).await;
+    assert_eq!(osb.bind("c2", "k1", PLAN_SHARED).await.status, 201);
+    let before = corrupt_rows("bindings");
+    write_raw(&broker, "UPDATE bindings SET parameters = 'not json' WHERE id = $1", "k1").await;
+    osb.call(Method::GET, &format!("{}/service_bindings/k1", inst("c2")), None)
+        .await
+        .assert_error(500, Some("InternalError"));
+    assert!(corrupt_rows("bindings") > before);
+
+    // An operation's request: last_operation fails rather than reporting on a request it
+    // cannot read.
+    osb.ready_instance("c3", PLAN_SHARED, None).await;
+    let operation = broker.store().instance("c3").await.unwrap().unwrap().operation_id;
+    let before = corrupt_rows("operations");
+    write_raw(&broker, "UPDATE operations SET request = '{\"sealed\": 5}' WHERE id = $1", &operation).await;
+    osb.last_operation("c3").await.assert_error(500, Some("InternalError"));
+    assert!(corrupt_rows("operations") > before);
+    let read = broker.store().operation(&operation).await;
+    assert!(matches!(read, Err(ovsb::store::StoreError::Corrupt(_))), "{read:?}");
 }

@@ -75,9 +75,9 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         body["endpoints"] = json!([{ "host": host, "ports": [port.to_string()], "protocol": "tcp" }]);
     }
-    let parameters = binding.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok());
+    let parameters = binding.parameters.as_ref();
     // Sealed to the application's wallet key: the platform stores what it cannot read.
-    if let Some(key) = parameters.as_ref().and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
+    if let Some(key) = parameters.and_then(|p| p.get("encryption_public_key")).and_then(Value::as_str) {
         let plain = body["credentials"].to_string();
         body["credentials"] = match crate::identity::seal_to(key, plain.as_bytes()) {
             Ok(sealed) => json!(sealed),
@@ -86,7 +86,7 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
         };
     }
     if with_parameters && let Some(parameters) = parameters {
-        body["parameters"] = parameters;
+        body["parameters"] = parameters.clone();
     }
     // `metadata` (expires_at, renew_before) arrived in OSB 2.16/2.17.
     if minor_version >= 16
@@ -174,9 +174,9 @@ pub async fn bind(
         id: binding_id.clone(),
         service_id,
         plan_id,
-        parameters: request.parameters.as_ref().map(Value::to_string),
-        bind_resource: request.bind_resource.as_ref().map(Value::to_string),
-        context: request.context.as_ref().map(Value::to_string),
+        parameters: request.parameters.clone(),
+        bind_resource: request.bind_resource.clone(),
+        context: request.context.clone(),
         key_salt,
         key_sha256: key_sha256(&key),
         created_ms,

@@ -81,10 +81,8 @@ async fn data(
         Ok(_) => return not_found(),
         Err(err) => return super::ApiError::from(err).into_response(),
     };
-    let parameters: Option<serde_json::Value> =
-        instance.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
     let chain: Vec<serde_json::Value> =
-        crate::chain_policy::chain_of(state.config.plan_by_id(&instance.plan_id), parameters.as_ref())
+        crate::chain_policy::chain_of(state.config.plan_by_id(&instance.plan_id), instance.parameters.as_ref())
             .iter()
             .map(|e| json!({"name": e.name, "fail_open": e.fail_open}))
             .collect();

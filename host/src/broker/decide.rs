@@ -48,19 +48,12 @@ pub enum BindingOutcome {
 
 /// Whether a stored JSON column holds the JSON a request gives (key order ignored; absent,
 /// `null` and `{}` alike). The one comparison of stored JSON with a request's.
-pub fn same_json(stored: Option<&str>, given: Option<&Value>) -> bool {
-    let stored: Option<Value> = stored.and_then(|s| serde_json::from_str(s).ok());
+pub fn same_json(stored: Option<&Value>, given: Option<&Value>) -> bool {
     let empty = |v: &Option<&Value>| v.is_none_or(|v| v.as_object().is_some_and(Map::is_empty));
-    match (stored.as_ref(), given) {
+    match (stored, given) {
         (Some(a), Some(b)) => a == b,
         (a, b) => empty(&a) && empty(&b),
     }
-}
-
-/// Whether two stored JSON columns hold equal JSON (an update's parameters against the instance's).
-fn same_stored_json(a: Option<&str>, b: Option<&str>) -> bool {
-    let parse = |s: Option<&str>| s.map(serde_json::from_str::<Value>).and_then(Result::ok);
-    parse(a) == parse(b)
 }
 
 /// `maintenance_info.version` of a request against the plan's: none given is fine, another than
@@ -148,8 +141,8 @@ pub fn provision(provision: Provision, view: InstanceView<'_>) -> Decision<Insta
             plan_id: request.plan_id,
             organization_guid: request.organization_guid,
             space_guid: request.space_guid,
-            parameters: request.parameters.as_ref().map(Value::to_string),
-            context: request.context.as_ref().map(Value::to_string),
+            parameters: request.parameters.clone(),
+            context: request.context.clone(),
             maintenance_version: plan_version,
             state: InstanceState::Provisioning,
             operation_id: operation.id.clone(),
@@ -167,7 +160,7 @@ pub fn provision(provision: Provision, view: InstanceView<'_>) -> Decision<Insta
         && existing.plan_id == request.plan_id
         && existing.organization_guid == request.organization_guid
         && existing.space_guid == request.space_guid
-        && same_json(existing.parameters.as_deref(), request.parameters.as_ref())
+        && same_json(existing.parameters.as_ref(), request.parameters.as_ref())
         && request.maintenance_version.as_ref().is_none_or(|v| existing.maintenance_version.as_ref() == Some(v));
     if !identical {
         return Decision::answer(InstanceOutcome::Refused(ApiError::conflict(
@@ -210,7 +203,7 @@ pub fn update(update: Update, view: InstanceView<'_>) -> Decision<InstanceOutcom
     match instance.state {
         InstanceState::Ready => {
             let unchanged = instance.plan_id == request.plan_id
-                && same_stored_json(instance.parameters.as_deref(), request.parameters.as_deref())
+                && instance.parameters == request.parameters
                 && instance.maintenance_version == request.maintenance_version;
             if unchanged {
                 return Decision::answer(InstanceOutcome::Done);
@@ -231,9 +224,10 @@ pub fn update(update: Update, view: InstanceView<'_>) -> Decision<InstanceOutcom
             }
         }
         InstanceState::Updating => {
-            let same = view.operation.filter(|op| op.kind == OperationKind::Update).filter(|op| {
-                serde_json::from_str::<UpdateRequest>(&op.request).is_ok_and(|running| running == request)
-            });
+            let same = view
+                .operation
+                .filter(|op| op.kind == OperationKind::Update)
+                .filter(|op| op.request.update().is_some_and(|running| *running == request));
             match same {
                 Some(op) => Decision::answer(InstanceOutcome::InProgress(op.id.clone())),
                 None => refuse(ApiError::concurrency("another update of this instance is running")),
@@ -362,9 +356,9 @@ pub fn bind(
             && existing.plan_id == row.plan_id
             && existing.predecessor_id == request.predecessor
             && (inherited && request.parameters.is_none()
-                || same_json(existing.parameters.as_deref(), request.parameters.as_ref()))
+                || same_json(existing.parameters.as_ref(), request.parameters.as_ref()))
             && (inherited && request.bind_resource.is_none()
-                || same_json(existing.bind_resource.as_deref(), request.bind_resource.as_ref()));
+                || same_json(existing.bind_resource.as_ref(), request.bind_resource.as_ref()));
         return Decision::answer(if identical {
             BindingOutcome::Exists(existing.clone())
         } else {

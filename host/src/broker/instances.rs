@@ -21,8 +21,10 @@ use super::decide::{self, InstanceOutcome as Outcome, PlanMove};
 use super::requests::{ProvisionRequest, UpdateBody};
 use super::{ApiError, BrokerState, Meta, accepts_incomplete, checked_id, json_object, query, reply, required_query};
 use crate::plugins::{ChainError, ConfigureError, KvLimits, KvStore};
-use crate::provision::{SealedRequest, UpdateRequest};
-use crate::store::{InstanceState, OperationKind, OperationRow, OperationState, now_ms, random_id};
+use crate::store::{
+    InstanceState, OperationKind, OperationRequest, OperationRow, OperationState, SealedRequest, UpdateRequest, now_ms,
+    random_id,
+};
 
 type IdPath = Result<Path<String>, PathRejection>;
 type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -141,13 +143,8 @@ fn check_maintenance(entry: &PlanEntry, requested: Option<&str>) -> Result<(), A
     decide::maintenance(entry.maintenance_info().map(|info| info.version.as_str()), requested)
 }
 
-fn new_operation(
-    state: &BrokerState,
-    instance_id: &str,
-    kind: OperationKind,
-    request: String,
-    polling_s: u64,
-) -> OperationRow {
+fn new_operation(state: &BrokerState, instance_id: &str, request: OperationRequest, polling_s: u64) -> OperationRow {
+    let kind = request.kind();
     let now = now_ms();
     OperationRow {
         id: format!("{}-{}", kind.as_str(), random_id()),
@@ -230,17 +227,11 @@ pub async fn provision(
         check_history_chain(entry, prepared.secrets.as_ref())?;
         let sealed = SealedRequest { sealed: seal(&state, prepared.secrets.as_ref()) };
         request.parameters = Some(prepared.public);
-        serde_json::to_string(&sealed).expect("a request serializes")
+        OperationRequest::Provision(sealed)
     } else {
-        "{}".to_string()
+        OperationRequest::Provision(SealedRequest::default())
     };
-    let operation = new_operation(
-        &state,
-        &instance_id,
-        OperationKind::Provision,
-        operation_request,
-        entry.plan.maximum_polling_duration,
-    );
+    let operation = new_operation(&state, &instance_id, operation_request, entry.plan.maximum_polling_duration);
     let plan_id = request.plan_id.clone();
     let provision = decide::Provision {
         request,
@@ -274,7 +265,7 @@ pub async fn fetch(State(state): State<Arc<BrokerState>>, path: IdPath) -> Resul
         "plan_id": instance.plan_id,
         "dashboard_url": super::dashboard::url(&state, &instance.id),
     });
-    if let Some(parameters) = instance.parameters.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()) {
+    if let Some(parameters) = instance.parameters {
         body["parameters"] = parameters;
     }
     if let Some(version) = instance.maintenance_version {
@@ -334,21 +325,19 @@ pub async fn update(
     let new_parameters = match &parameters {
         Some(parameters) if is_validator(entry) => {
             // What the update names changes; keys are added (sealed) or removed.
-            let current_public: Value =
-                current.parameters.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or_else(|| json!({}));
+            let current_public: Value = current.parameters.clone().unwrap_or_else(|| json!({}));
             let mut opened = parameters.clone();
             open_key_secrets(&state, &mut opened)?;
             let prepared = crate::provision::prepare_update(&current_public, &opened).map_err(ApiError::bad_request)?;
             check_history_chain(entry, prepared.secrets.as_ref())?;
             sealed = seal(&state, prepared.secrets.as_ref());
-            Some(prepared.public.to_string())
+            Some(prepared.public)
         }
-        Some(parameters) => Some(parameters.to_string()),
+        Some(parameters) => Some(parameters.clone()),
         None => current.parameters.clone(),
     };
-    let parsed: Option<Value> = new_parameters.as_deref().and_then(|p| serde_json::from_str(p).ok());
     if parameters.is_some() || plan_changes {
-        check_chain(&state, &instance_id, &target_plan, parsed.as_ref()).await?;
+        check_chain(&state, &instance_id, &target_plan, new_parameters.as_ref()).await?;
     }
     let maintenance_version = match (&requested_version, plan_changes) {
         (Some(version), _) => Some(version.clone()),
@@ -356,9 +345,12 @@ pub async fn update(
         (None, false) => current.maintenance_version.clone(),
     };
     let request = UpdateRequest { plan_id: target_plan, parameters: new_parameters, maintenance_version, sealed };
-    let request_json = serde_json::to_string(&request).expect("an update request serializes");
-    let operation =
-        new_operation(&state, &instance_id, OperationKind::Update, request_json, entry.plan.maximum_polling_duration);
+    let operation = new_operation(
+        &state,
+        &instance_id,
+        OperationRequest::Update(request.clone()),
+        entry.plan.maximum_polling_duration,
+    );
     let update = decide::Update { request, operation, audit: meta.audit("update", None), now_ms: now_ms() };
     let outcome = state.store.instance_transition(&instance_id, None, |view| decide::update(update, view)).await?;
     answer(&state, &instance_id, OperationKind::Update, outcome, operation_body).await
@@ -391,7 +383,7 @@ pub async fn deprovision(
     }
     let polling = |plan_id: &str| state.catalog.plan_by_id(plan_id).map_or(600, |p| p.plan.maximum_polling_duration);
     let operation = |instance: &crate::store::InstanceRow| {
-        new_operation(&state, &instance_id, OperationKind::Deprovision, "{}".into(), polling(&instance.plan_id))
+        new_operation(&state, &instance_id, OperationRequest::Deprovision, polling(&instance.plan_id))
     };
     let deprovision =
         decide::Deprovision { service_id, plan_id, audit: meta.audit("deprovision", None), now_ms: now_ms() };

@@ -92,13 +92,8 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// What an operation's `request` holds besides the update fields: the secrets, sealed.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SealedRequest {
-    /// [`crate::credentials::SecretKey::seal`] of the secrets' JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sealed: Option<String>,
-}
+/// What an operation's `request` holds (defined by the store, which decodes it as it is read).
+pub use crate::store::{SealedRequest, UpdateRequest};
 
 /// Why a driver could not do its work; the text is shown to users in `last_operation`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -322,7 +317,7 @@ impl Drivers {
             let mut live: Vec<InstanceSpec> = instances
                 .iter()
                 .filter(|i| &i.plan_id == plan_id && matches!(i.state, InstanceState::Ready | InstanceState::Updating))
-                .map(|i| spec_of(&i.id, &i.plan_id, i.parameters.as_deref(), None))
+                .map(|i| spec_of(&i.id, &i.plan_id, i.parameters.as_ref(), None))
                 .collect();
             let Some(process) = self.process.get(plan_id) else {
                 driver.recover(&live, &busy).await;
@@ -348,20 +343,6 @@ impl Drivers {
         }
         Ok(())
     }
-}
-
-/// What an update operation applies, stored as the operation's `request`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct UpdateRequest {
-    /// The plan after the update.
-    pub plan_id: String,
-    /// The parameters after the update (JSON text), if any.
-    pub parameters: Option<String>,
-    /// The maintenance version after the update.
-    pub maintenance_version: Option<String>,
-    /// Secrets the update brings (keys to add), sealed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sealed: Option<String>,
 }
 
 /// Runs operations: those this replica accepted, and those a dead replica left behind.
@@ -704,7 +685,7 @@ impl Operations {
             if !node.serving || self.running_instance(&node.instance_id) || process.runs(&node.instance_id) {
                 continue;
             }
-            let spec = spec_of(&node.instance_id, &node.plan_id, node.parameters.as_deref(), None);
+            let spec = spec_of(&node.instance_id, &node.plan_id, node.parameters.as_ref(), None);
             match process.ensure_running(&spec, None).await {
                 Ok(_) => {
                     self.record_node_address(process, &node.instance_id).await;
@@ -780,11 +761,8 @@ impl Operations {
             return Ok(());
         };
         // A node runs where its owner is: the owner runs the operation.
-        let target = match operation.kind {
-            OperationKind::Update => serde_json::from_str::<UpdateRequest>(&operation.request).ok().map(|u| u.plan_id),
-            _ => None,
-        };
-        let owned_node = self.drivers.process.get(target.as_deref().unwrap_or(&instance.plan_id)).cloned();
+        let target = operation.request.update().map(|u| u.plan_id.as_str());
+        let owned_node = self.drivers.process.get(target.unwrap_or(&instance.plan_id)).cloned();
         if owned_node.is_some() && !self.hold_node(operation).await? {
             return Ok(());
         }
@@ -795,31 +773,19 @@ impl Operations {
             owner: self.replica.id.clone(),
             summary: Default::default(),
         };
-        let update: Option<UpdateRequest> = match operation.kind {
-            OperationKind::Update => serde_json::from_str(&operation.request).ok(),
-            _ => None,
-        };
-        let sealed = match &update {
-            Some(update) => update.sealed.clone(),
-            None => serde_json::from_str::<SealedRequest>(&operation.request).ok().and_then(|r| r.sealed),
-        };
+        let update: Option<UpdateRequest> = operation.request.update().cloned();
+        let sealed = operation.request.sealed();
         let secrets = sealed
-            .as_ref()
             .and_then(|sealed| self.secret.open(sealed))
             .and_then(|plain| serde_json::from_slice(&plain).ok())
             .map(Secret);
         // Once the operation ends, the secrets are not kept, not even sealed.
-        let finished_request = match &update {
-            Some(update) => serde_json::to_string(&UpdateRequest { sealed: None, ..update.clone() })
-                .expect("an update request serializes"),
-            None if sealed.is_some() => "{}".to_string(),
-            None => operation.request.clone(),
-        };
+        let finished_request = operation.request.without_secrets();
         let unopened = sealed.is_some() && secrets.is_none();
         let spec = spec_of(
             &instance.id,
             &instance.plan_id,
-            instance.parameters.as_deref(),
+            instance.parameters.as_ref(),
             if operation.kind == OperationKind::Provision { secrets.clone() } else { None },
         );
         let target_plan = update.as_ref().map_or(instance.plan_id.as_str(), |u| u.plan_id.as_str());
@@ -837,7 +803,7 @@ impl Operations {
             match (operation.kind, &update) {
                 (OperationKind::Provision, _) => driver.provision(&spec, &progress).await,
                 (OperationKind::Update, Some(update)) => {
-                    let to = spec_of(&instance.id, &update.plan_id, update.parameters.as_deref(), secrets.clone());
+                    let to = spec_of(&instance.id, &update.plan_id, update.parameters.as_ref(), secrets.clone());
                     driver.update(&spec, &to, &progress).await
                 }
                 (OperationKind::Update, None) => Err(DriverError("the update request is unreadable".into())),
@@ -927,9 +893,7 @@ fn concluded(done: &str, progress: &Progress) -> String {
     }
 }
 
-fn spec_of(id: &str, plan_id: &str, parameters: Option<&str>, secrets: Option<Secret>) -> InstanceSpec {
-    let parameters = parameters
-        .and_then(|p| serde_json::from_str(p).ok())
-        .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+fn spec_of(id: &str, plan_id: &str, parameters: Option<&serde_json::Value>, secrets: Option<Secret>) -> InstanceSpec {
+    let parameters = parameters.cloned().unwrap_or_else(|| serde_json::Value::Object(Default::default()));
     InstanceSpec { id: id.to_string(), plan_id: plan_id.to_string(), parameters, secrets }
 }

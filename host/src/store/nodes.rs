@@ -11,7 +11,9 @@ use std::collections::HashMap;
 
 use sqlx::Row as _;
 
-use super::{Result, Store, log_change, now_ms};
+use super::changes::begin_change;
+use super::rows::json_column;
+use super::{Result, Store, now_ms};
 
 /// What [`Store::claim_node`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +33,8 @@ pub struct OwnedNode {
     pub instance_id: String,
     /// Its plan.
     pub plan_id: String,
-    /// Its parameters (JSON text).
-    pub parameters: Option<String>,
+    /// Its parameters, if given.
+    pub parameters: Option<serde_json::Value>,
     /// Whether the instance is ready or updating (its node should run).
     pub serving: bool,
 }
@@ -146,8 +148,7 @@ impl Store {
         ws_url: Option<&str>,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE changes SET generation = generation + 1 WHERE id = 1").execute(&mut *tx).await?;
-        log_change(&mut tx, instance_id).await?;
+        begin_change(&mut tx, instance_id).await?;
         let set =
             sqlx::query("UPDATE node_owners SET http_url = $1, ws_url = $2 WHERE instance_id = $3 AND replica_id = $4")
                 .bind(http_url)
@@ -198,10 +199,11 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
+                let instance_id: String = row.try_get("id")?;
                 Ok(OwnedNode {
-                    instance_id: row.try_get("id")?,
+                    parameters: json_column(row, "instances", &instance_id, "parameters")?,
+                    instance_id,
                     plan_id: row.try_get("plan_id")?,
-                    parameters: row.try_get("parameters")?,
                     serving: matches!(row.try_get::<String, _>("state")?.as_str(), "ready" | "updating"),
                 })
             })

@@ -3,13 +3,13 @@
 //! left them).
 //!
 //! A history row is decoded into an [`Interchange`] as it is read: a row that does not decode
-//! is a [`StoreError::Corrupt`] (logged, counted in `ovsb_store_corrupt_rows_total`), never
-//! skipped. Rows are kept compact: storing a key's history replaces the rows it was merged
+//! is a [`super::StoreError::Corrupt`] (logged, counted in `ovsb_store_corrupt_rows_total`),
+//! never skipped. Rows are kept compact: storing a key's history replaces the rows it was merged
 //! from by their union, in one transaction.
 
 use sqlx::Row as _;
 
-use super::{Result, Store, StoreError, now_ms, random_id};
+use super::{Result, Store, corrupt, now_ms, random_id};
 use crate::interchange::{Interchange, Pubkey, Root};
 
 /// One stored history of a key.
@@ -153,7 +153,8 @@ impl Store {
     }
 
     /// Every stored history of a key, oldest first. A row that does not decode fails the
-    /// read ([`StoreError::Corrupt`], logged and counted): a history is never returned narrowed.
+    /// read ([`super::StoreError::Corrupt`], logged and counted): a history is never returned
+    /// narrowed.
     pub async fn history(&self, pubkey: &str) -> Result<Vec<HistoryRow>> {
         let rows = sqlx::query(
             "SELECT id, pubkey, instance_id, interchange, exported_ms FROM slashing_protection \
@@ -167,15 +168,9 @@ impl Store {
                 let id: String = row.try_get("id")?;
                 let text: String = row.try_get("interchange")?;
                 let interchange = Interchange::from_text(&text).map_err(|err| {
-                    crate::telemetry::metrics()
-                        .store_corrupt_rows
-                        .get_or_create(&crate::telemetry::TableLabels { table: "slashing_protection" })
-                        .inc();
-                    let err = StoreError::Corrupt(format!(
-                        "slashing_protection row {id} (key {pubkey}) is not an EIP-3076 interchange ({err})"
-                    ));
-                    tracing::warn!("{err}");
-                    err
+                    let reason =
+                        format!("slashing_protection row {id} (key {pubkey}) is not an EIP-3076 interchange ({err})");
+                    corrupt("slashing_protection", reason)
                 })?;
                 Ok(HistoryRow {
                     id,
