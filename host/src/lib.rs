@@ -17,6 +17,8 @@
 //! - [`interchange`]: EIP-3076 slashing-protection documents as typed values (a leaf).
 //! - [`store`]: the durable state (sqlx: SQLite embedded, PostgreSQL for replicas); all SQL.
 //! - [`provision`]: drivers that give instances a node, and the asynchronous operation runner.
+//! - [`validator_params`]: the validator parameters (schema, checks, secrets apart), a leaf the
+//!   broker, catalog and validator driver use.
 //! - [`routing`]: keeps the gateway's routing snapshot in step with the store.
 //! - [`upstream`]: pools of an instance's node URLs (health, failover, rotation, a cap of calls
 //!   per node), built by the drivers and called by the gateway.
@@ -36,7 +38,7 @@
 //!
 //! ## Who may depend on whom
 //! No cycle among these (each uses only those after it): `server` → `admin` → `reload` → `broker` → `routing` →
-//! `gateway` → `provision` → `upstream` → `budget` → `plugins` → `config`; and `store`, `credentials`,
+//! `gateway` → `provision` → `upstream` → `budget` → `plugins` → `validator_params` → `config`; and `store`, `credentials`,
 //! `identity`, `telemetry` below them all, and `interchange` below everything (they depend on none of the above). In particular
 //! `config` is data and validation only, `provision` reaches routing only through
 //! [`provision::RouteRefresh`], and neither the drivers nor the gateway import each other's
@@ -60,3 +62,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod validator_params;

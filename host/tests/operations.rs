@@ -2,16 +2,18 @@
 //! does not strand it, a lease is renewed only by the replica that runs its operation, and an
 //! operation past its deadline does not hold the instance against a deprovision. Real
 //! PostgreSQL (reached through a relay the test cuts, never by stopping the shared server),
-//! real SQLite, real anvil.
+//! real SQLite, real anvil, real Lodestar.
 
 mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use support::broker::{Db, PLAN_PENDING, TestBroker, TestDb, postgres_admin_url};
 use support::cut_proxy::CutProxy;
-use support::{Anvil, free_port};
+use support::lodestar::{KEYSTORE_PASSWORD, PLAN_VALIDATOR, keystore, pubkey, validator_plan};
+use support::{Anvil, NodeReaper, free_port};
 
 fn postgres_address() -> std::net::SocketAddr {
     let url = reqwest::Url::parse(&postgres_admin_url()).unwrap();
@@ -99,4 +101,78 @@ async fn a_deprovision_supersedes_an_operation_past_its_deadline() {
     let old = broker.store().operation(&stuck).await.unwrap().unwrap();
     assert_eq!(old.state.as_str(), "failed");
     assert!(old.description.contains("deadline"), "{}", old.description);
+}
+
+/// The directory of the one validator client under `clients`, once the driver wrote its record.
+fn client_dir(clients: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(clients).ok()?.flatten().map(|e| e.path()).find(|dir| dir.join("node.json").exists())
+}
+
+/// A store outage while a validator provision is inside the driver: the client runs, and the
+/// driver's next store call (claiming the key) fails. That failure is retried as the runner's
+/// own store failures are, and the provision succeeds once the store is back, the key in the
+/// client; it does not fail the provision (and stop the client) as a real failure would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_during_a_validator_provision_is_retried_and_the_provision_succeeds() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = NodeReaper(dir.path().to_path_buf());
+    let clients = dir.path().join("data").join("validators");
+    let keys = tempfile::tempdir().unwrap();
+    let key3 = keystore(3, keys.path());
+    let db = TestDb::new(Db::Postgres, dir.path()).await;
+    let proxy = CutProxy::start(postgres_address()).await;
+    let through = proxy.url_through(&db.url);
+    let plan = validator_plan(&anvil.http_url());
+    let broker =
+        TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &plan, |c| c.database_url = through)
+            .await;
+
+    let fee = "0x00000000000000000000000000000000000000bb";
+    let params = json!({"keystores": [key3], "passwords": [KEYSTORE_PASSWORD], "fee_recipient": fee});
+    let accepted = broker.osb.provision("v-cut", PLAN_VALIDATOR, Some(params)).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    // The driver writes the client's record before it starts the client: from then on the
+    // runner is inside the driver. The store goes away there.
+    let started = tokio::time::Instant::now();
+    let client = loop {
+        if let Some(client) = client_dir(&clients) {
+            break client;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the driver did not start a client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    proxy.cut();
+    // Until the client's keymanager answers (the driver then goes on to claim the key in the
+    // store), and long enough after that for the claim to fail (the pool gives up after 10 s,
+    // and a progress report before it may wait as long).
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(client.join("node.json")).unwrap()).unwrap();
+    let keymanager = format!("http://127.0.0.1:{}", record["extra_ports"]["keymanager_port"]);
+    let http = reqwest::Client::new();
+    while http.get(format!("{keymanager}/eth/v1/keystores")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the client's keymanager did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    proxy.restore();
+
+    let done = broker.osb.finished("v-cut").await;
+    assert_eq!(done["state"], "succeeded", "the provision went on once the store was back: {done}");
+    assert!(done["description"].as_str().unwrap().contains("imported"), "{done}");
+    let token = std::fs::read_to_string(client.join("data").join("validator-db").join("api-token.txt")).unwrap();
+    let list: Value = http
+        .get(format!("{keymanager}/eth/v1/keystores"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"][0]["validating_pubkey"], pubkey(&key3).as_str(), "the key is in the client: {list}");
+    assert_eq!(broker.store().validator_key_holder(&pubkey(&key3)).await.unwrap().as_deref(), Some("v-cut"));
+
+    assert_eq!(broker.osb.deprovision("v-cut", PLAN_VALIDATOR).await.status, 202);
+    assert_eq!(broker.osb.finished("v-cut").await["state"], "succeeded");
+    broker.stop().await;
 }
