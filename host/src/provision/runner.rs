@@ -498,132 +498,68 @@ mod tests {
         let summarised = || Outcome::Done { summary: Some("keys 0xa3a3…4a9b: imported".into()) };
         let late = || Outcome::PastDeadline { maximum_polling_duration: 180 };
         let failed = || Outcome::Failed("the node did not start".into());
+        let missing = || Outcome::InstanceMissing;
         let deadline = "did not finish within the plan's maximum_polling_duration (180 s)";
-        // (kind, outcome) → (instance state, operation state, description, apply update, forget, clean up)
-        let table: Vec<(K, Outcome, Option<I>, O, String, bool, bool, bool)> = vec![
-            (K::Provision, done(), Some(I::Ready), O::Succeeded, "provisioned".into(), false, false, false),
-            (
-                K::Provision,
-                summarised(),
-                Some(I::Ready),
-                O::Succeeded,
-                "provisioned: keys 0xa3a3…4a9b: imported".into(),
-                false,
-                false,
-                false,
-            ),
+        let keeps = "update failed, the instance keeps its previous settings";
+        // The decision with no instance change beyond its state.
+        let to = |instance: Option<I>, operation: O, description: &str| Decision {
+            instance,
+            operation,
+            description: description.to_string(),
+            apply_update: false,
+            forget: false,
+            clean_up: false,
+        };
+        let no_record = to(None, O::Failed, "the instance's record is missing");
+        let table: Vec<(K, Outcome, Decision)> = vec![
+            (K::Provision, done(), to(Some(I::Ready), O::Succeeded, "provisioned")),
+            (K::Provision, summarised(), to(Some(I::Ready), O::Succeeded, "provisioned: keys 0xa3a3…4a9b: imported")),
             (
                 K::Provision,
                 failed(),
-                Some(I::Failed),
-                O::Failed,
-                "provisioning failed: the node did not start".into(),
-                false,
-                false,
-                true,
+                Decision {
+                    clean_up: true,
+                    ..to(Some(I::Failed), O::Failed, "provisioning failed: the node did not start")
+                },
             ),
             (
                 K::Provision,
                 late(),
-                Some(I::Failed),
-                O::Failed,
-                format!("provisioning failed: {deadline}"),
-                false,
-                false,
-                true,
+                Decision {
+                    clean_up: true,
+                    ..to(Some(I::Failed), O::Failed, &format!("provisioning failed: {deadline}"))
+                },
             ),
-            (
-                K::Provision,
-                Outcome::InstanceMissing,
-                None,
-                O::Failed,
-                "the instance's record is missing".into(),
-                false,
-                false,
-                false,
-            ),
-            (K::Update, done(), Some(I::Ready), O::Succeeded, "updated".into(), true, false, false),
+            (K::Provision, missing(), no_record.clone()),
+            (K::Update, done(), Decision { apply_update: true, ..to(Some(I::Ready), O::Succeeded, "updated") }),
             (
                 K::Update,
                 summarised(),
-                Some(I::Ready),
-                O::Succeeded,
-                "updated: keys 0xa3a3…4a9b: imported".into(),
-                true,
-                false,
-                false,
+                Decision {
+                    apply_update: true,
+                    ..to(Some(I::Ready), O::Succeeded, "updated: keys 0xa3a3…4a9b: imported")
+                },
             ),
-            (
-                K::Update,
-                failed(),
-                Some(I::Ready),
-                O::Failed,
-                "update failed, the instance keeps its previous settings: the node did not start".into(),
-                false,
-                false,
-                false,
-            ),
-            (
-                K::Update,
-                late(),
-                Some(I::Ready),
-                O::Failed,
-                format!("update failed, the instance keeps its previous settings: {deadline}"),
-                false,
-                false,
-                false,
-            ),
-            (
-                K::Update,
-                Outcome::InstanceMissing,
-                None,
-                O::Failed,
-                "the instance's record is missing".into(),
-                false,
-                false,
-                false,
-            ),
-            (K::Deprovision, done(), Some(I::Deleted), O::Succeeded, "deprovisioned".into(), false, true, false),
+            (K::Update, failed(), to(Some(I::Ready), O::Failed, &format!("{keeps}: the node did not start"))),
+            (K::Update, late(), to(Some(I::Ready), O::Failed, &format!("{keeps}: {deadline}"))),
+            (K::Update, missing(), no_record.clone()),
+            (K::Deprovision, done(), Decision { forget: true, ..to(Some(I::Deleted), O::Succeeded, "deprovisioned") }),
             // A deprovision's description is fixed: a driver's summary does not show.
-            (K::Deprovision, summarised(), Some(I::Deleted), O::Succeeded, "deprovisioned".into(), false, true, false),
             (
                 K::Deprovision,
-                failed(),
-                Some(I::Failed),
-                O::Failed,
-                "deprovisioning failed: the node did not start".into(),
-                false,
-                false,
-                false,
+                summarised(),
+                Decision { forget: true, ..to(Some(I::Deleted), O::Succeeded, "deprovisioned") },
             ),
-            (
-                K::Deprovision,
-                late(),
-                Some(I::Failed),
-                O::Failed,
-                format!("deprovisioning failed: {deadline}"),
-                false,
-                false,
-                false,
-            ),
-            (
-                K::Deprovision,
-                Outcome::InstanceMissing,
-                None,
-                O::Failed,
-                "the instance's record is missing".into(),
-                false,
-                false,
-                false,
-            ),
+            (K::Deprovision, failed(), to(Some(I::Failed), O::Failed, "deprovisioning failed: the node did not start")),
+            (K::Deprovision, late(), to(Some(I::Failed), O::Failed, &format!("deprovisioning failed: {deadline}"))),
+            (K::Deprovision, missing(), no_record),
         ];
         for kind in KINDS {
             let rows = table.iter().filter(|row| row.0 == kind).count();
             assert_eq!(rows, 5, "{kind:?}: done, done with a summary, failed, past deadline, instance missing");
         }
-        for (kind, outcome, instance, operation, description, apply_update, forget, clean_up) in table {
+        for (kind, outcome, expected) in table {
             let case = format!("{kind:?} × {outcome:?}");
-            let expected = Decision { instance, operation, description, apply_update, forget, clean_up };
             assert_eq!(decide(kind, outcome), expected, "{case}");
         }
     }
