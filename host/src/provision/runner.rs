@@ -346,6 +346,7 @@ impl Operations {
         {
             self.record_node_address(process, &instance.id).await;
         }
+        let now = now_ms();
         let decision = decide(operation.kind, outcome);
         if decision.clean_up
             && let Some(driver) = &driver
@@ -359,7 +360,7 @@ impl Operations {
                 Err(_) => tracing::warn!(instance = %instance.id, "cleanup after a failed provision timed out"),
             }
         }
-        let mut row = InstanceRow { updated_ms: now_ms(), ..instance.clone() };
+        let mut row = InstanceRow { updated_ms: now, ..instance.clone() };
         if let Some(state) = decision.instance {
             row.state = state;
         }
