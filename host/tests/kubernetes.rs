@@ -177,7 +177,7 @@ fn an_instance_parameter_that_would_become_an_option_is_refused() {
     let DriverDecl::Kubernetes(decl) = &plan.driver else { panic!("a kubernetes plan") };
     let spec = InstanceSpec { parameters: json!({"chain_id": "--fork-url"}), ..golden_spec(false) };
     let err = render(decl, &plan.id, &[], &spec, None).unwrap_err();
-    assert!(err.0.contains("chain_id"), "{err}");
+    assert!(err.to_string().contains("chain_id"), "{err}");
 }
 
 /// A node plan on the fake cluster: anvil as the container, reached on 127.0.0.1:`port`.

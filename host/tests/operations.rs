@@ -1,17 +1,20 @@
 //! Operations are never stuck: a store that goes away under a running operation delays it but
 //! does not strand it, a lease is renewed only by the replica that runs its operation, and an
 //! operation past its deadline does not hold the instance against a deprovision. Real
-//! PostgreSQL (reached through a relay the test cuts, never by stopping the shared server),
-//! real SQLite, real anvil.
+//! PostgreSQL (reached through a relay the test cuts, or whose connection the test has the
+//! server drop; never by stopping the shared server), real SQLite, real anvil, real Lodestar.
+//! A store failure under a driver is retried like one under the runner.
 
 mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use support::broker::{Db, PLAN_PENDING, TestBroker, TestDb, postgres_admin_url};
 use support::cut_proxy::CutProxy;
-use support::{Anvil, free_port};
+use support::lodestar::{KEYSTORE_PASSWORD, PLAN_VALIDATOR, keystore, pubkey, validator_plan};
+use support::{Anvil, NodeReaper, free_port};
 
 fn postgres_address() -> std::net::SocketAddr {
     let url = reqwest::Url::parse(&postgres_admin_url()).unwrap();
@@ -99,4 +102,73 @@ async fn a_deprovision_supersedes_an_operation_past_its_deadline() {
     let old = broker.store().operation(&stuck).await.unwrap().unwrap();
     assert_eq!(old.state.as_str(), "failed");
     assert!(old.description.contains("deadline"), "{}", old.description);
+}
+
+/// The directory of the one validator client under `clients`, once the driver wrote its record.
+fn client_dir(clients: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(clients).ok()?.flatten().map(|e| e.path()).find(|dir| dir.join("node.json").exists())
+}
+
+/// The store fails under the validator driver, not under the runner: the driver's claim of the
+/// key waits on a lock the test holds, and PostgreSQL then drops that connection (as a restart
+/// or a fail-over does). The runner tries the operation again, as it does when its own store
+/// calls fail, and the provision succeeds once the store answers, with the key in the client.
+/// (Before, the driver turned the store's failure into text, and the provision failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_during_a_validator_provision_is_retried_and_the_provision_succeeds() {
+    use sqlx::Connection as _;
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = NodeReaper(dir.path().to_path_buf());
+    let clients = dir.path().join("data").join("validators");
+    let keys = tempfile::tempdir().unwrap();
+    let key3 = keystore(3, keys.path());
+    let db = TestDb::new(Db::Postgres, dir.path()).await;
+    let url = db.url.clone();
+    let plan = validator_plan(&anvil.http_url());
+    let broker = TestBroker::start_with_plans(dir, db, &anvil.http_url(), free_port(), &plan, |_| {}).await;
+
+    let fee = "0x00000000000000000000000000000000000000bb";
+    let params = json!({"keystores": [key3], "passwords": [KEYSTORE_PASSWORD], "fee_recipient": fee});
+    let accepted = broker.osb.provision("v-cut", PLAN_VALIDATOR, Some(params)).await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    // The driver claims the key (its first store call) once the client is ready: the claim
+    // waits on this lock.
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut lock = holder.begin().await.unwrap();
+    sqlx::query("LOCK TABLE validator_keys IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let mut watcher = sqlx::PgConnection::connect(&url).await.unwrap();
+    let waiting = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                   AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO validator_keys%'";
+    let started = tokio::time::Instant::now();
+    let claim: i32 = loop {
+        if let Some(pid) = sqlx::query_scalar(waiting).fetch_optional(&mut watcher).await.unwrap() {
+            break pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the driver did not claim the key");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let dropped: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(claim).fetch_one(&mut watcher).await.unwrap();
+    assert!(dropped, "the claim's connection is dropped");
+    lock.rollback().await.unwrap();
+
+    let done = broker.osb.finished("v-cut").await;
+    assert_eq!(done["state"], "succeeded", "the provision went on once the store answered: {done}");
+    assert!(done["description"].as_str().unwrap().contains("imported"), "{done}");
+    let client = client_dir(&clients).expect("the client's directory");
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(client.join("node.json")).unwrap()).unwrap();
+    let keymanager = format!("http://127.0.0.1:{}/eth/v1/keystores", record["extra_ports"]["keymanager_port"]);
+    let token = std::fs::read_to_string(client.join("data").join("validator-db").join("api-token.txt")).unwrap();
+    let list: Value =
+        reqwest::Client::new().get(keymanager).bearer_auth(token.trim()).send().await.unwrap().json().await.unwrap();
+    // The raw keymanager lists the dev chain's own validators too; the gateway shows only the instance's.
+    let loaded: Vec<&str> =
+        list["data"].as_array().unwrap().iter().filter_map(|k| k["validating_pubkey"].as_str()).collect();
+    assert!(loaded.contains(&pubkey(&key3).as_str()), "the key is in the client: {list}");
+    assert_eq!(broker.store().validator_key_holder(&pubkey(&key3)).await.unwrap().as_deref(), Some("v-cut"));
+
+    assert_eq!(broker.osb.deprovision("v-cut", PLAN_VALIDATOR).await.status, 202);
+    assert_eq!(broker.osb.finished("v-cut").await["state"], "succeeded");
+    broker.stop().await;
 }

@@ -55,7 +55,7 @@ pub struct InstanceRoute {
 /// How the gateway reaches a validator instance's client.
 pub struct ValidatorRoute {
     /// Where the client is now (asks its driver; `None` while the client is not up).
-    pub access: Arc<dyn Fn() -> Option<crate::provision::ValidatorAccess> + Send + Sync>,
+    pub access: Arc<dyn Fn() -> Option<crate::upstream::ValidatorAccess> + Send + Sync>,
     /// The instance's keys (`0x` + lowercase hex).
     pub pubkeys: std::collections::HashSet<String>,
 }

@@ -93,6 +93,18 @@ fn is_read(method: &str) -> bool {
         )
 }
 
+/// How to reach a validator instance's client: given by its driver, used by the gateway's
+/// keymanager and beacon proxy.
+#[derive(Clone)]
+pub struct ValidatorAccess {
+    /// The beacon node's REST API, `http://127.0.0.1:<port>`.
+    pub beacon: String,
+    /// The keymanager API, `http://127.0.0.1:<port>`.
+    pub keymanager: String,
+    /// The client's own keymanager token (never leaves ovsb).
+    pub token: String,
+}
+
 /// Settings of an upstream pool.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {

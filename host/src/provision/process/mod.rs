@@ -12,6 +12,12 @@
 //! nodes of instances that no longer exist: never two nodes for one instance, never a leak.
 //! Nodes run in their own process group and outlive ovsb, so a restart of ovsb does not
 //! restart them.
+//!
+//! A node's process is `supervisor`'s (start, adopt, restart, stop); its command's
+//! placeholders are `templates`'s.
+
+mod supervisor;
+mod templates;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,6 +35,9 @@ use super::{Driver, DriverError, InstanceSpec, Progress};
 use crate::config::ProcessDriverDecl;
 use crate::plugins::Call;
 use crate::upstream::{UpstreamPool, UpstreamSettings};
+use supervisor::{Supervisor, find_marked, stop_pid};
+pub use templates::placeholders;
+pub(super) use templates::{fill, fill_arguments, parameter_values};
 
 /// The environment variable that marks a node process as ovsb's.
 pub const NODE_MARKER: &str = "OVSB_NODE";
@@ -140,7 +149,7 @@ impl ProcessDriver {
         match std::fs::remove_dir_all(self.dir(instance_id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DriverError(format!("cannot remove the node's directory: {e}"))),
+            Err(e) => Err(DriverError::Failed(format!("cannot remove the node's directory: {e}"))),
         }
     }
 
@@ -201,11 +210,11 @@ impl ProcessDriver {
     fn write_record(&self, record: &NodeRecord) -> Result<(), DriverError> {
         let dir = self.dir(&record.instance_id);
         std::fs::create_dir_all(dir.join("data"))
-            .map_err(|e| DriverError(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| DriverError::Failed(format!("cannot create {}: {e}", dir.display())))?;
         let tmp = dir.join("node.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(record).expect("a record serializes"))
             .and_then(|()| std::fs::rename(&tmp, dir.join("node.json")))
-            .map_err(|e| DriverError(format!("cannot write the node record: {e}")))
+            .map_err(|e| DriverError::Failed(format!("cannot write the node record: {e}")))
     }
 
     /// A new node record for an instance: free ports of the plan's range that no node of this
@@ -251,7 +260,7 @@ impl ProcessDriver {
                 return Ok(port);
             }
         }
-        Err(DriverError(format!("no free port left in {low}-{high}")))
+        Err(DriverError::Failed(format!("no free port left in {low}-{high}")))
     }
 
     /// Where this replica's nodes listen: `replica.node_host` (an IP address, checked).
@@ -316,8 +325,9 @@ impl ProcessDriver {
             stop: node.stop.clone(),
             pid: node.pid.clone(),
         };
-        let first_start =
-            supervisor.start_or_adopt(adopted).map_err(|e| DriverError(format!("cannot start the node: {e}")))?;
+        let first_start = supervisor
+            .start_or_adopt(adopted)
+            .map_err(|e| DriverError::Failed(format!("cannot start the node: {e}")))?;
         self.tracker.spawn(supervisor.run(first_start));
         self.nodes().insert(spec.id.clone(), node);
         Ok(pool)
@@ -465,295 +475,11 @@ impl Driver for ProcessDriver {
     }
 }
 
-/// The placeholder values an instance's parameters give: the `template_names` it sets, and
-/// each of the driver's `parameters` (its default when the instance does not set it).
-pub(super) fn parameter_values(
-    spec: &InstanceSpec,
-    template_names: &[&str],
-    parameters: &toml::Table,
-) -> HashMap<String, String> {
-    let mut values = HashMap::new();
-    for name in template_names {
-        if let Some(value) = spec.parameters.get(*name) {
-            values.insert(name.to_string(), placeholder_text(value.clone()));
-        }
-    }
-    for (name, schema) in parameters {
-        let value =
-            spec.parameters.get(name).cloned().or_else(|| {
-                schema.as_table().and_then(|t| t.get("default")).and_then(|d| serde_json::to_value(d).ok())
-            });
-        if let Some(value) = value {
-            values.insert(name.clone(), placeholder_text(value));
-        }
-    }
-    values
-}
-
-/// Fills each argument template; `from_parameters` tells which names an instance sets. An
-/// instance's parameter that is a whole argument must not become an option (start with '-').
-pub(super) fn fill_arguments(
-    templates: &[String],
-    values: &HashMap<String, String>,
-    from_parameters: impl Fn(&str) -> bool,
-) -> Result<Vec<String>, DriverError> {
-    templates
-        .iter()
-        .map(|arg| {
-            let filled =
-                fill(arg, values).map_err(|name| DriverError(format!("the command needs a value for {{{name}}}")))?;
-            if let Some(name) = arg.strip_prefix('{').and_then(|a| a.strip_suffix('}'))
-                && from_parameters(name)
-                && filled.starts_with('-')
-            {
-                return Err(DriverError(format!("parameter {name} must not start with '-'")));
-            }
-            Ok(filled)
-        })
-        .collect()
-}
-
-/// A parameter's value as a command-line argument: a string as it is, anything else as JSON.
-fn placeholder_text(value: serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s,
-        other => other.to_string(),
-    }
-}
-
-/// Fills `{name}` placeholders; an unknown name is an error carrying it.
-pub(super) fn fill(template: &str, values: &HashMap<String, String>) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            out.push_str(&rest[open..]);
-            return Ok(out);
-        };
-        let name = &after[..close];
-        out.push_str(values.get(name).ok_or_else(|| name.to_string())?);
-        rest = &after[close + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-pub use crate::config::placeholders;
-
-/// Process ids whose environment carries `OVSB_NODE=<marker>`.
-fn find_marked(marker: &str) -> Vec<u32> {
-    let needle = format!("{NODE_MARKER}={marker}");
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) && is_alive(pid) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn is_alive(pid: u32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return false };
-    if rustix::process::test_kill_process(pid).is_err() {
-        return false;
-    }
-    // A zombie has exited; only its parent's wait is missing.
-    std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
-        .map(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
-}
-
-fn signal(pid: u32, signal: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(pid, signal);
-    }
-}
-
-/// SIGTERM, then SIGKILL once `grace` has passed.
-async fn stop_pid(pid: u32, grace: Duration) {
-    signal(pid, rustix::process::Signal::TERM);
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        if !is_alive(pid) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    signal(pid, rustix::process::Signal::KILL);
-    for _ in 0..100 {
-        if !is_alive(pid) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Keeps one node alive.
-struct Supervisor {
-    decl: ProcessDriverDecl,
-    record: NodeRecord,
-    dir: PathBuf,
-    marker: String,
-    stop: CancellationToken,
-    pid: Arc<Mutex<Option<u32>>>,
-}
-
-enum Running {
-    Child(tokio::process::Child),
-    Adopted(u32),
-}
-
-impl Supervisor {
-    fn set_pid(&self, pid: Option<u32>) {
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = pid;
-    }
-
-    fn start_or_adopt(&self, adopted: Option<u32>) -> std::io::Result<Running> {
-        match adopted {
-            Some(pid) => {
-                tracing::info!(instance = %self.record.instance_id, pid, port = self.record.port, "adopted a running node");
-                Ok(Running::Adopted(pid))
-            }
-            None => self.spawn(),
-        }
-    }
-
-    fn spawn(&self) -> std::io::Result<Running> {
-        let log_path = self.dir.join("node.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let (program, args) = self.record.argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(args)
-            // A clean environment: the plan's declared `env` only (and PATH), never ovsb's
-            // secrets (OVSB_SECRET_KEY, the broker password, identity keys, the database URL).
-            .env_clear()
-            .envs(child_env(&self.decl.env))
-            .env(NODE_MARKER, &self.marker)
-            // The node's directory lies under ovsb's data directory, often in a git checkout: a
-            // node that asks git about itself (Lodestar's `node/version` does) must not find and
-            // publish ovsb's own commit.
-            // (git never walks up into a ceiling directory: the parent of the node's own.)
-            .env("GIT_CEILING_DIRECTORIES", self.dir.parent().unwrap_or(&self.dir))
-            .current_dir(&self.dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C or SIGTERM meant for ovsb does not reach it.
-            .process_group(0)
-            .kill_on_drop(false);
-        let child = command.spawn()?;
-        let pid = child.id();
-        self.set_pid(pid);
-        tracing::info!(instance = %self.record.instance_id, pid, port = self.record.port, "node started");
-        Ok(Running::Child(child))
-    }
-
-    async fn run(self, first: Running) {
-        let mut running = first;
-        let mut backoff = Duration::from_millis(self.decl.restart_backoff_ms[0]);
-        let max_backoff = Duration::from_millis(self.decl.restart_backoff_ms[1]);
-        loop {
-            let started = tokio::time::Instant::now();
-            let exit = tokio::select! {
-                _ = self.stop.cancelled() => {
-                    // Our own child must be reaped; the driver sends the signals.
-                    if let Running::Child(mut child) = running {
-                        tokio::spawn(async move { let _ = child.wait().await; });
-                    }
-                    return;
-                }
-                exit = self.wait_exit(&mut running) => exit,
-            };
-            self.set_pid(None);
-            if self.stop.is_cancelled() {
-                return;
-            }
-            if let Some(code) = exit
-                && self.decl.deliberate_exit_codes.contains(&code)
-            {
-                tracing::info!(instance = %self.record.instance_id, code, "node exited deliberately; not restarting");
-                return;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff = Duration::from_millis(self.decl.restart_backoff_ms[0]);
-            }
-            tracing::warn!(instance = %self.record.instance_id, ?exit, ?backoff, "node exited; restarting");
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(max_backoff);
-            match self.spawn() {
-                Ok(next) => running = next,
-                Err(err) => {
-                    tracing::error!(instance = %self.record.instance_id, "cannot restart the node: {err}");
-                    running = Running::Adopted(0);
-                }
-            }
-        }
-    }
-
-    /// Waits for the node to exit, keeping its log within bounds meanwhile; the exit code if known.
-    async fn wait_exit(&self, running: &mut Running) -> Option<i32> {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            match running {
-                Running::Child(child) => {
-                    tokio::select! {
-                        status = child.wait() => return status.ok().and_then(|s| s.code()),
-                        _ = tick.tick() => self.bound_log(),
-                    }
-                }
-                Running::Adopted(pid) => {
-                    tick.tick().await;
-                    self.bound_log();
-                    if *pid == 0 || !is_alive(*pid) {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Keeps `node.log` under `log_max_bytes`: the older half moves to `node.log.1`.
-    fn bound_log(&self) {
-        let path = self.dir.join("node.log");
-        let Ok(meta) = std::fs::metadata(&path) else { return };
-        if meta.len() <= self.decl.log_max_bytes {
-            return;
-        }
-        if let Ok(content) = std::fs::read(&path) {
-            let _ = std::fs::write(self.dir.join("node.log.1"), &content);
-            // The node appends (O_APPEND): after truncation its writes start at the new end.
-            if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) {
-                let _ = file.set_len(0);
-            }
-        }
-    }
-}
-
-/// A node's whole environment: the plan's `env`, and ovsb's `PATH` unless the plan sets one.
-fn child_env(declared: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = declared.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    if !declared.contains_key("PATH")
-        && let Some(path) = std::env::var_os("PATH")
-    {
-        env.push(("PATH".into(), path.to_string_lossy().into_owned()));
-    }
-    env
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn decl(command: &[&str], deliberate: &[i32]) -> ProcessDriverDecl {
+    pub(super) fn decl(command: &[&str], deliberate: &[i32]) -> ProcessDriverDecl {
         ProcessDriverDecl {
             command: command.iter().map(|s| s.to_string()).collect(),
             ports: [40000, 40999],
@@ -766,22 +492,6 @@ mod tests {
             max_sockets_per_node: 64,
             env: Default::default(),
             parameters: toml::Table::new(),
-        }
-    }
-
-    fn supervisor(dir: &Path, decl: ProcessDriverDecl) -> Supervisor {
-        Supervisor {
-            record: NodeRecord {
-                instance_id: "i".into(),
-                port: 40000,
-                extra_ports: BTreeMap::new(),
-                argv: decl.command.clone(),
-            },
-            decl,
-            dir: dir.to_path_buf(),
-            marker: format!("unit-test-{}", crate::store::random_id()),
-            stop: CancellationToken::new(),
-            pid: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -810,50 +520,5 @@ mod tests {
         let pool = driver.pool_for(40001);
         assert_eq!(pool.url(0), "http://10.9.8.7:40001/", "its own gateway reaches the node where it listens");
         assert_eq!(driver.bind_address(), "10.9.8.7".parse::<std::net::IpAddr>().unwrap());
-    }
-
-    #[tokio::test]
-    async fn a_node_that_exits_is_restarted_unless_its_exit_code_is_deliberate() {
-        let dir = tempfile::tempdir().unwrap();
-        // Exits 1 each time: restarted again and again (the count file grows).
-        let crashing = supervisor(dir.path(), decl(&["sh", "-c", "echo run >> count; exit 1"], &[3]));
-        let stop = crashing.stop.clone();
-        let first = crashing.spawn().unwrap();
-        let task = tokio::spawn(crashing.run(first));
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        stop.cancel();
-        task.await.unwrap();
-        let runs = std::fs::read_to_string(dir.path().join("count")).unwrap().lines().count();
-        assert!(runs >= 3, "restarted with backoff: {runs} runs");
-        // Exits 3, marked deliberate: run once, not restarted, the supervisor ends by itself.
-        let dir = tempfile::tempdir().unwrap();
-        let deliberate = supervisor(dir.path(), decl(&["sh", "-c", "echo run >> count; exit 3"], &[3]));
-        let first = deliberate.spawn().unwrap();
-        tokio::time::timeout(Duration::from_secs(5), deliberate.run(first)).await.expect("the supervisor stops");
-        assert_eq!(std::fs::read_to_string(dir.path().join("count")).unwrap().lines().count(), 1);
-    }
-
-    #[test]
-    fn the_node_log_is_kept_within_its_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let supervisor = supervisor(dir.path(), decl(&["true"], &[]));
-        std::fs::write(dir.path().join("node.log"), vec![b'x'; 3000]).unwrap();
-        supervisor.bound_log();
-        assert_eq!(std::fs::metadata(dir.path().join("node.log")).unwrap().len(), 3000, "under the bound: kept");
-        std::fs::write(dir.path().join("node.log"), vec![b'y'; 5000]).unwrap();
-        supervisor.bound_log();
-        assert_eq!(std::fs::metadata(dir.path().join("node.log")).unwrap().len(), 0);
-        assert_eq!(std::fs::metadata(dir.path().join("node.log.1")).unwrap().len(), 5000, "the older part moved aside");
-    }
-
-    #[test]
-    fn placeholders_are_filled_and_unknown_ones_named() {
-        let values: HashMap<String, String> =
-            [("port", "8545"), ("chain_id", "7")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        assert_eq!(fill("--port={port}", &values).unwrap(), "--port=8545");
-        assert_eq!(fill("{chain_id}{port}", &values).unwrap(), "78545");
-        assert_eq!(fill("plain", &values).unwrap(), "plain");
-        assert_eq!(fill("{nope}", &values).unwrap_err(), "nope");
-        assert_eq!(placeholders("a {x} b {y}"), vec!["x", "y"]);
     }
 }
