@@ -21,9 +21,8 @@ source tests/load/common.sh
 cargo build --release --target wasm32-wasip2 -p ovsb-test-plugin -q
 PLUGIN=$TARGET/wasm32-wasip2/release/ovsb_test_plugin.wasm
 
-ANVIL=$(free_port); BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
-"$ANVIL_BIN" --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
-wait_port "$ANVIL"
+start_anvil
+BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
 
 cat > "$WORK/ovsb.toml" <<TOML
 data_dir = "$WORK/data"
@@ -44,16 +43,7 @@ listen = "127.0.0.1:$ADMIN"
 name = "test"
 path = "$PLUGIN"
 
-[[services]]
-id = "svc"
-name = "ethereum-rpc"
-description = "shared anvil"
-
-[[services.plans]]
-id = "shared"
-name = "shared"
-description = "the shared anvil"
-driver = { kind = "upstream", http = ["http://127.0.0.1:$ANVIL"] }
+$(shared_anvil_service shared)
 TOML
 "$OVSB" serve --config "$WORK/ovsb.toml" > "$WORK/ovsb.log" 2>&1 & PIDS+=($!)
 OVSB_PID=$!

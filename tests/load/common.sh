@@ -1,17 +1,7 @@
-# Sourced by the load scripts: a work directory and the PIDs of what the script starts (in PIDS,
-# or in $WORK/pids for processes started in a subshell), both cleaned up on exit; a free loopback
-# port; waiting until a port answers.
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}" $(cat "$WORK/pids" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+# Sourced by the scripts that measure one `ovsb serve` over anvil: processes.sh (a work directory,
+# PIDs cleaned up on exit, free_port, wait_port), then the builds below, anvil and the TOML of the
+# one service they offer.
+source tests/load/processes.sh
 
 # anvil, the wasm target, and the production build of ovsb (not built with OVSB_SKIP_BUILD set:
 # a script measuring a given binary).
@@ -21,3 +11,28 @@ rustup target add wasm32-wasip2 >/dev/null 2>&1
 TARGET=$(realpath "${CARGO_TARGET_DIR:-target}")
 OVSB=$TARGET/production/ovsb
 ANVIL_BIN=tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+
+# Starts anvil on a free port: sets ANVIL (its port) and ANVIL_PID, and waits until it answers.
+start_anvil() {
+    ANVIL=$(free_port)
+    "$ANVIL_BIN" --host 127.0.0.1 --port "$ANVIL" --silent &
+    ANVIL_PID=$!
+    PIDS+=("$ANVIL_PID")
+    wait_port "$ANVIL"
+}
+
+# The TOML of the one service: plan $1 (its id and name) with the shared anvil as its upstream.
+shared_anvil_service() {
+    cat <<TOML
+[[services]]
+id = "svc"
+name = "ethereum-rpc"
+description = "shared anvil"
+
+[[services.plans]]
+id = "$1"
+name = "$1"
+description = "the shared anvil"
+driver = { kind = "upstream", http = ["http://127.0.0.1:$ANVIL"] }
+TOML
+}

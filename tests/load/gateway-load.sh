@@ -21,15 +21,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-5}
 SECS=${2:-10}
-WORK=$(mktemp -d)
-PIDS=()
-# Servers started inside $(...) run in a subshell: their PIDs go to a file, not to PIDS.
-cleanup() {
-    for pid in "${PIDS[@]}" $(cat "$WORK/pids" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# Servers started inside $(...) run in a subshell: their PIDs go to $WORK/pids, not to PIDS.
+WAIT_PORT_TRIES=100
+source tests/load/processes.sh
 
 command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null; }
 [ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
@@ -39,9 +33,6 @@ cargo build --release --target wasm32-wasip2 -q -p ovsb-plugin-method-filter -p 
 W=target/wasm32-wasip2/release
 OVSB=target/production/ovsb
 export BODY='{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 ANVIL=$(free_port); STATIC=$(free_port); NGX_ANVIL=$(free_port); NGX_STATIC=$(free_port)
 taskset -c 0 tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)

@@ -15,9 +15,7 @@ DB=ovsb_replicas_$$
 psql -q postgres://postgres@127.0.0.1:5432/postgres -c "CREATE DATABASE $DB"
 trap 'cleanup; psql -q postgres://postgres@127.0.0.1:5432/postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null' EXIT
 
-ANVIL=$(free_port)
-"$ANVIL_BIN" --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
-wait_port "$ANVIL"
+start_anvil
 SECRET=$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')
 start_replica() { # name -> "broker gateway"
     local broker gateway admin; broker=$(free_port); gateway=$(free_port); admin=$(free_port)
@@ -40,16 +38,7 @@ listen = "127.0.0.1:$admin"
 [operations]
 sync_interval_ms = 100
 
-[[services]]
-id = "svc"
-name = "ethereum-rpc"
-description = "shared anvil"
-
-[[services.plans]]
-id = "plain"
-name = "plain"
-description = "the shared anvil"
-driver = { kind = "upstream", http = ["http://127.0.0.1:$ANVIL"] }
+$(shared_anvil_service plain)
 TOML
     "$OVSB" serve --config "$WORK/$1.toml" > "$WORK/$1.log" 2>&1 & echo $! >> "$WORK/pids"  # a subshell: not PIDS
     wait_port "$broker"; wait_port "$gateway"

@@ -18,10 +18,7 @@ if [ -n "$GIVEN" ]; then export OVSB_SKIP_BUILD=1; fi
 source tests/load/common.sh
 OVSB=${GIVEN:-$OVSB}
 
-ANVIL=$(free_port)
-"$ANVIL_BIN" --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
-ANVIL_PID=$!
-wait_port "$ANVIL"
+start_anvil
 
 # Starts ovsb (config $1, name $2, wrapper words after) and sets BROKER, ADMIN, OVSB_PID, URL.
 start_ovsb() {
@@ -41,16 +38,7 @@ listen = "127.0.0.1:$GATEWAY"
 [admin]
 listen = "127.0.0.1:$ADMIN"
 
-[[services]]
-id = "svc"
-name = "ethereum-rpc"
-description = "shared anvil"
-
-[[services.plans]]
-id = "shared"
-name = "shared"
-description = "the shared anvil"
-driver = { kind = "upstream", http = ["http://127.0.0.1:$ANVIL"] }
+$(shared_anvil_service shared)
 TOML
     "$@" "$OVSB" serve --config "$WORK/$name.toml" > "$WORK/$name.log" 2>&1 &
     OVSB_PID=$!

@@ -15,9 +15,8 @@ source tests/load/common.sh
 cargo build --release --target wasm32-wasip2 -q -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache
 W=$TARGET/wasm32-wasip2/release
 
-ANVIL=$(free_port); BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
-"$ANVIL_BIN" --host 127.0.0.1 --port "$ANVIL" --silent & PIDS+=($!)
-wait_port "$ANVIL"
+start_anvil
+BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
 
 cat > "$WORK/ovsb.toml" <<TOML
 data_dir = "$WORK/data"
