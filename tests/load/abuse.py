@@ -149,12 +149,14 @@ def loop_batches(attack, i):
         attack.count("failed")
 
 
-def idle_flood(attack, i):
-    """Connections that never send a byte (100 per thread), reopened as the gateway closes them."""
+def hold_idle(attack, count, open_connection, pause):
+    """Opens `count` connections (`open_connection(n)`) that never send a byte and holds them until
+    the attack stops (or SECONDS + 5 s), looking every `pause` seconds and reopening each one the
+    gateway has closed."""
     held = []
-    for n in range(100):
+    for n in range(count):
         try:
-            held.append(connect(i * 100 + n))
+            held.append(open_connection(n))
             attack.count("sent")
         except OSError:
             attack.count("failed")
@@ -172,12 +174,17 @@ def idle_flood(attack, i):
                 s.close()
                 attack.count("refused")
                 try:
-                    held[k] = connect(i * 100 + k)
+                    held[k] = open_connection(k)
                 except OSError:
                     attack.count("failed")
-        attack.stop.wait(0.5)
+        attack.stop.wait(pause)
     for s in held:
         s.close()
+
+
+def idle_flood(attack, i):
+    """Connections that never send a byte (100 per thread), reopened as the gateway closes them."""
+    hold_idle(attack, 100, lambda n: connect(i * 100 + n), 0.5)
 
 
 def slow_bodies(attack, i):
@@ -307,41 +314,15 @@ def revoked_slots(attack, i):
 
 def same_source_flood(attack, i):
     """600 idle connections from the quiet tenant's own address (127.0.0.1), reopened as closed."""
-    held = []
-    for n in range(600):
-        try:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            s.settimeout(5)
-            s.connect((HOST, PORT))
-            held.append(s)
-            attack.count("sent")
-        except OSError:
-            attack.count("failed")
-    end = time.monotonic() + SECONDS + 5
-    while not attack.stop.is_set() and time.monotonic() < end:
-        for k, s in enumerate(held):
-            s.setblocking(False)
-            try:
-                closed = s.recv(1) == b""
-            except BlockingIOError:
-                closed = False
-            except OSError:
-                closed = True
-            if closed:
-                s.close()
-                attack.count("refused")
-                try:
-                    fresh = socket.socket()
-                    fresh.bind(("127.0.0.1", 0))
-                    fresh.settimeout(5)
-                    fresh.connect((HOST, PORT))
-                    held[k] = fresh
-                except OSError:
-                    attack.count("failed")
-        attack.stop.wait(0.2)
-    for s in held:
-        s.close()
+
+    def open_connection(_n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        s.connect((HOST, PORT))
+        return s
+
+    hold_idle(attack, 600, open_connection, 0.2)
 
 
 class Sampler:
