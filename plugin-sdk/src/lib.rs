@@ -41,7 +41,8 @@
 //!   [`glob_matches`] (which calls a plugin sees), [`export_plugin!`];
 //! - [`kv`], [`log`], [`upstream`], [`now_ms`]: the host functions, the only capabilities a
 //!   plugin has;
-//! - [`testing`]: the mock host and a harness that runs a plugin the way ovsb does;
+//! - [`testing`]: the mock host, a harness that runs a plugin the way ovsb does, and
+//!   [`testing::check_schema_fields`], which holds a `schema.json` to the fields a plugin reads;
 //! - `bindings`: generated from the WIT file (not for direct use).
 
 // The generated bindings and the export macro name this crate by its absolute path.

@@ -248,6 +248,36 @@ pub fn context() -> CallContext {
     }
 }
 
+/// Checks a plugin's configuration schema (the text of its `schema.json`) against the fields its
+/// configuration reads: a JSON Schema draft-04 object that allows no other property
+/// (`additionalProperties: false`) and whose `properties` are exactly `fields`, in any order.
+/// Returns the parsed schema, for the plugin's own checks of defaults and limits.
+///
+/// ```
+/// let schema = ovsb_plugin_sdk::testing::check_schema_fields(
+///     r#"{"$schema": "http://json-schema.org/draft-04/schema#", "type": "object",
+///         "additionalProperties": false, "properties": {"ttl": {"maximum": 60}}}"#,
+///     &["ttl"],
+/// );
+/// assert_eq!(schema["properties"]["ttl"]["maximum"], 60);
+/// ```
+///
+/// # Panics
+///
+/// As a failed test assertion, when the schema is not JSON or does not match.
+pub fn check_schema_fields(schema: &str, fields: &[&str]) -> serde_json::Value {
+    let schema: serde_json::Value = serde_json::from_str(schema).expect("the schema is JSON");
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-04/schema#");
+    assert_eq!(schema["additionalProperties"], false);
+    let mut properties: Vec<&str> =
+        schema["properties"].as_object().expect("the schema has properties").keys().map(String::as_str).collect();
+    properties.sort_unstable();
+    let mut expected = fields.to_vec();
+    expected.sort_unstable();
+    assert_eq!(properties, expected);
+    schema
+}
+
 /// Runs one plugin the way ovsb runs a one-plugin chain: `on_call`, then (when forwarded) the
 /// mock host's upstream, then `on_result`.
 pub struct Harness<P: Plugin> {

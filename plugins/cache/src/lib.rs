@@ -381,7 +381,7 @@ ovsb_plugin_sdk::export_plugin!(Cache);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ovsb_plugin_sdk::testing::{Harness, MockHost};
+    use ovsb_plugin_sdk::testing::{Harness, MockHost, check_schema_fields};
     use ovsb_plugin_sdk::{Hooks, Level, RpcError, codes};
     use serde_json::json;
     use std::cell::Cell;
@@ -771,14 +771,7 @@ mod tests {
 
     #[test]
     fn the_schema_describes_the_same_fields_and_limits() {
-        let schema: Value = serde_json::from_str(include_str!("../schema.json")).unwrap();
-        assert_eq!(schema["$schema"], "http://json-schema.org/draft-04/schema#");
-        assert_eq!(schema["additionalProperties"], false);
-        let mut fields: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
-        fields.sort_unstable();
-        let mut expected = FIELDS;
-        expected.sort_unstable();
-        assert_eq!(fields, expected);
+        let schema = check_schema_fields(include_str!("../schema.json"), &FIELDS);
         assert_eq!(schema["properties"]["ttl_seconds"]["default"], DEFAULT_TTL_SECONDS);
         assert_eq!(schema["properties"]["ttl_seconds"]["maximum"], MAX_TTL_SECONDS);
         assert_eq!(schema["properties"]["max_entry_bytes"]["default"], DEFAULT_MAX_ENTRY_BYTES);

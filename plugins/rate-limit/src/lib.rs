@@ -271,7 +271,7 @@ ovsb_plugin_sdk::export_plugin!(RateLimit);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ovsb_plugin_sdk::testing::{self, Harness, MockHost};
+    use ovsb_plugin_sdk::testing::{self, Harness, MockHost, check_schema_fields};
     use ovsb_plugin_sdk::{CallContext, Outcome};
 
     fn harness(config: &str) -> Harness<RateLimit> {
@@ -572,14 +572,7 @@ mod tests {
 
     #[test]
     fn the_schema_describes_the_same_fields_and_limits() {
-        let schema: Value = serde_json::from_str(include_str!("../schema.json")).unwrap();
-        assert_eq!(schema["$schema"], "http://json-schema.org/draft-04/schema#");
-        assert_eq!(schema["additionalProperties"], false);
-        let mut fields: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
-        fields.sort_unstable();
-        let mut expected = FIELDS;
-        expected.sort_unstable();
-        assert_eq!(fields, expected);
+        let schema = check_schema_fields(include_str!("../schema.json"), &FIELDS);
         assert_eq!(schema["required"], json!(["requests_per_second"]));
         assert_eq!(schema["properties"]["requests_per_second"]["minimum"].as_f64(), Some(MIN_RATE));
         assert_eq!(schema["properties"]["requests_per_second"]["maximum"].as_f64(), Some(MAX_RATE));
