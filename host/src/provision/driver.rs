@@ -109,28 +109,18 @@ impl Progress {
     }
 }
 
+/// What a driver's provision, update and deprovision return: the work, done when the future is.
+pub type DriverFuture<'a> = BoxFuture<'a, Result<(), DriverError>>;
+
 /// How instances of a plan get a node. Every method must be idempotent: after a crash an
 /// operation runs again from the start.
 pub trait Driver: Send + Sync {
     /// Makes the instance's node ready to serve.
-    fn provision<'a>(
-        &'a self,
-        instance: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    fn provision<'a>(&'a self, instance: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a>;
     /// Moves an instance from one spec to another (a plan or parameter change).
-    fn update<'a>(
-        &'a self,
-        from: &'a InstanceSpec,
-        to: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    fn update<'a>(&'a self, from: &'a InstanceSpec, to: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a>;
     /// Removes everything provisioning made. Succeeds when there is nothing to remove.
-    fn deprovision<'a>(
-        &'a self,
-        instance: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    fn deprovision<'a>(&'a self, instance: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a>;
     /// Where the instance's calls go; `None` while the driver has no node for it.
     fn upstream(&self, instance_id: &str) -> Option<Arc<UpstreamPool>>;
     /// How the gateway reaches the instance's validator client, for validator plans.

@@ -53,7 +53,7 @@ mod runner;
 mod upstream;
 mod validator;
 
-pub use driver::{Driver, DriverError, InstanceSpec, Progress, Secret};
+pub use driver::{Driver, DriverError, DriverFuture, InstanceSpec, Progress, Secret};
 pub use drivers::Drivers;
 pub use kubernetes::{KubernetesContext, KubernetesDriver};
 pub use process::{NODE_MARKER, ProcessDriver, placeholders};

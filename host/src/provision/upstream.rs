@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
-use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::{Driver, DriverError, InstanceSpec, Progress};
+use super::{Driver, DriverError, DriverFuture, InstanceSpec, Progress};
 use crate::config::UpstreamDriverDecl;
 use crate::plugins::Call;
 use crate::upstream::{UpstreamPool, UpstreamSettings};
@@ -119,20 +118,15 @@ async fn head_of(pool: &UpstreamPool, index: usize) -> Result<Option<u64>, Strin
 }
 
 impl Driver for UpstreamDriver {
-    fn provision<'a>(&'a self, _: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn provision<'a>(&'a self, _: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         self.wait_until_serving(progress).boxed()
     }
 
-    fn update<'a>(
-        &'a self,
-        _: &'a InstanceSpec,
-        _: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn update<'a>(&'a self, _: &'a InstanceSpec, _: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         self.wait_until_serving(progress).boxed()
     }
 
-    fn deprovision<'a>(&'a self, _: &'a InstanceSpec, _: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn deprovision<'a>(&'a self, _: &'a InstanceSpec, _: &'a Progress) -> DriverFuture<'a> {
         async { Ok(()) }.boxed()
     }
 

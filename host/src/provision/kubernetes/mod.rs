@@ -39,7 +39,7 @@ use serde_json::json;
 
 use super::process::fill;
 use super::validator::{ClientHost, ValidatorAccess};
-use super::{Driver, DriverError, InstanceSpec, Progress};
+use super::{Driver, DriverError, DriverFuture, InstanceSpec, Progress};
 use crate::config::KubernetesDriverDecl;
 use crate::credentials::SecretKey;
 use crate::store::{InstanceState, Store};
@@ -457,11 +457,7 @@ fn pod_state(pod: &Pod) -> String {
 }
 
 impl Driver for KubernetesDriver {
-    fn provision<'a>(
-        &'a self,
-        spec: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn provision<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         async move {
             progress.report("applying the workload").await;
             self.workload(&spec.id).await?;
@@ -471,22 +467,13 @@ impl Driver for KubernetesDriver {
         .boxed()
     }
 
-    fn update<'a>(
-        &'a self,
-        _from: &'a InstanceSpec,
-        to: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn update<'a>(&'a self, _from: &'a InstanceSpec, to: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         // A changed template rolls the pod (the StatefulSet controller does it); wait until the
         // new one is Ready.
         self.provision(to, progress)
     }
 
-    fn deprovision<'a>(
-        &'a self,
-        spec: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn deprovision<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         self.remove_objects(spec, progress).boxed()
     }
 
@@ -502,7 +489,7 @@ impl Driver for KubernetesDriver {
 impl ClientHost for KubernetesDriver {
     /// Creates the client's workload if it has none, or scales it back to one; never re-applies
     /// an existing one, so a client is not restarted under its keys.
-    fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         async move {
             self.ensure_exists(spec).await?;
             self.wait_ready(&spec.id, progress).await
@@ -535,7 +522,7 @@ impl ClientHost for KubernetesDriver {
         })
     }
 
-    fn remove<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn remove<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         self.remove_objects(spec, progress).boxed()
     }
 

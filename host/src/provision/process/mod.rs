@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Driver, DriverError, InstanceSpec, Progress};
+use super::{Driver, DriverError, DriverFuture, InstanceSpec, Progress};
 use crate::config::ProcessDriverDecl;
 use crate::plugins::Call;
 use crate::upstream::{UpstreamPool, UpstreamSettings};
@@ -426,11 +426,7 @@ impl ProcessDriver {
 }
 
 impl Driver for ProcessDriver {
-    fn provision<'a>(
-        &'a self,
-        spec: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn provision<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         async move {
             let pool = self.ensure_running(spec, Some(progress)).await?;
             let port = self.nodes().get(&spec.id).map_or(0, |n| n.record.port);
@@ -439,12 +435,7 @@ impl Driver for ProcessDriver {
         .boxed()
     }
 
-    fn update<'a>(
-        &'a self,
-        _from: &'a InstanceSpec,
-        to: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn update<'a>(&'a self, _from: &'a InstanceSpec, to: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         async move {
             self.restart_if_changed(to, progress).await?;
             let pool = self.ensure_running(to, Some(progress)).await?;
@@ -454,11 +445,7 @@ impl Driver for ProcessDriver {
         .boxed()
     }
 
-    fn deprovision<'a>(
-        &'a self,
-        spec: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn deprovision<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         async move {
             progress.report("stopping the node").await;
             self.remove_node(&spec.id).await

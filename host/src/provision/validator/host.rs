@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
-use super::super::{Driver as _, DriverError, InstanceSpec, ProcessDriver, Progress};
+use super::super::{Driver as _, DriverError, DriverFuture, InstanceSpec, ProcessDriver, Progress};
 
 /// How the gateway reaches an instance's client (defined beside the node pools, which the
 /// gateway and the drivers both use).
@@ -19,7 +19,7 @@ pub use crate::upstream::ValidatorAccess;
 /// [`ValidatorDriver`] does everything about keys through the [`ValidatorAccess`] it gives.
 pub trait ClientHost: Send + Sync {
     /// Makes the instance's client run (idempotent).
-    fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>>;
+    fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a>;
     /// Whether a client of the instance exists (it may hold keys).
     fn exists<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<bool, DriverError>>;
     /// Whether the instance has a client as far as this replica knows, without asking anyone:
@@ -29,7 +29,7 @@ pub trait ClientHost: Send + Sync {
     /// request, so it must be cheap.
     fn access(&self, instance_id: &str) -> Option<ValidatorAccess>;
     /// Stops and removes the client and everything of it. Succeeds when there is nothing.
-    fn remove<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>>;
+    fn remove<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a>;
     /// After an ovsb restart: keeps the clients of `live` instances running, and removes the
     /// others except those named in `keep`.
     fn recover<'a>(&'a self, live: &'a [InstanceSpec], keep: &'a [String]) -> BoxFuture<'a, ()>;
@@ -45,7 +45,7 @@ pub(super) struct ProcessClients {
 }
 
 impl ClientHost for ProcessClients {
-    fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn start<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         async move { self.process.ensure_running(spec, Some(progress)).await.map(|_| ()) }.boxed()
     }
 
@@ -84,7 +84,7 @@ impl ClientHost for ProcessClients {
         Some(access)
     }
 
-    fn remove<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn remove<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         self.known.lock().unwrap_or_else(|p| p.into_inner()).remove(&spec.id);
         self.process.deprovision(spec, progress)
     }

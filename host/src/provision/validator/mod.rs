@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Driver, DriverError, InstanceSpec, ProcessDriver, Progress};
+use super::{Driver, DriverError, DriverFuture, InstanceSpec, ProcessDriver, Progress};
 use crate::config::ValidatorDriverDecl;
 use crate::interchange::{Interchange, Pubkey, Root};
 use crate::store::{KeptHistory, Store, StoreError, union_on_chain};
@@ -392,11 +392,7 @@ fn short(key: &str) -> String {
 }
 
 impl Driver for ValidatorDriver {
-    fn provision<'a>(
-        &'a self,
-        spec: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn provision<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         async move {
             let secrets = Self::secrets(spec)?.ok_or_else(|| {
                 DriverError::Failed("the keys to import cannot be opened (was the broker's secret key changed?)".into())
@@ -411,12 +407,7 @@ impl Driver for ValidatorDriver {
         .boxed()
     }
 
-    fn update<'a>(
-        &'a self,
-        from: &'a InstanceSpec,
-        to: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn update<'a>(&'a self, from: &'a InstanceSpec, to: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         async move {
             // No restart here, ever: a restarted `lodestar dev` drops its keys and history. The
             // client keeps the command line it was started with (start options are refused in
@@ -457,11 +448,7 @@ impl Driver for ValidatorDriver {
         .boxed()
     }
 
-    fn deprovision<'a>(
-        &'a self,
-        spec: &'a InstanceSpec,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn deprovision<'a>(&'a self, spec: &'a InstanceSpec, progress: &'a Progress) -> DriverFuture<'a> {
         async move {
             // The keys this instance holds: those it may have loaded (not those of its
             // parameters that another instance holds, when claiming them failed).
