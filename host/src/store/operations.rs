@@ -30,15 +30,13 @@ impl Store {
 
     /// Updates a running operation's progress text, if `owner` still holds it.
     pub async fn set_progress(&self, operation_id: &str, owner: &str, description: &str) -> Result<()> {
-        sqlx::query(
+        self.update_held_operation(
             "UPDATE operations SET description = $1, updated_ms = $2 \
              WHERE id = $3 AND lease_owner = $4 AND state = 'in progress'",
+            operation_id,
+            owner,
+            description,
         )
-        .bind(description)
-        .bind(now_ms())
-        .bind(operation_id)
-        .bind(owner)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -86,17 +84,35 @@ impl Store {
     /// Ends a running operation that `owner` holds as failed, touching nothing else (an
     /// operation whose instance row is missing).
     pub async fn fail_operation(&self, operation_id: &str, owner: &str, description: &str) -> Result<bool> {
-        let failed = sqlx::query(
-            "UPDATE operations SET state = 'failed', description = $1, updated_ms = $2 \
-             WHERE id = $3 AND lease_owner = $4 AND state = 'in progress'",
-        )
-        .bind(description)
-        .bind(now_ms())
-        .bind(operation_id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(failed.rows_affected() == 1)
+        let failed = self
+            .update_held_operation(
+                "UPDATE operations SET state = 'failed', description = $1, updated_ms = $2 \
+                 WHERE id = $3 AND lease_owner = $4 AND state = 'in progress'",
+                operation_id,
+                owner,
+                description,
+            )
+            .await?;
+        Ok(failed == 1)
+    }
+
+    /// Runs `sql`, an update of a running operation that `owner` holds, with its description
+    /// ($1), now ($2), the operation's id ($3) and the owner ($4). Returns the rows it changed.
+    async fn update_held_operation(
+        &self,
+        sql: &'static str,
+        operation_id: &str,
+        owner: &str,
+        description: &str,
+    ) -> Result<u64> {
+        let done = sqlx::query(sql)
+            .bind(description)
+            .bind(now_ms())
+            .bind(operation_id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Hands a running operation that `from` holds to replica `to` (the owner of the
