@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -41,18 +42,27 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "no such dashboard\n").into_response()
 }
 
-fn authorized(state: &BrokerState, instance_id: &str, query: &TokenQuery) -> bool {
-    query.token.as_deref().is_some_and(|token| state.secret.check_dashboard_token(instance_id, token))
+/// The instance id of a dashboard request whose token opens that instance's dashboard. A wrong
+/// or missing token is a 404, as an unknown instance is; a path or query that does not decode is
+/// axum's rejection.
+struct Authorized(String);
+
+impl FromRequestParts<Arc<BrokerState>> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<BrokerState>) -> Result<Self, Response> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        let Query(query) =
+            Query::<TokenQuery>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        if query.token.as_deref().is_some_and(|token| state.secret.check_dashboard_token(&id, token)) {
+            Ok(Authorized(id))
+        } else {
+            Err(not_found())
+        }
+    }
 }
 
-async fn page(
-    State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
-    Query(query): Query<TokenQuery>,
-) -> Response {
-    if !authorized(&state, &id, &query) {
-        return not_found();
-    }
+async fn page(Authorized(id): Authorized) -> Response {
     let html = PAGE.replace("{{TITLE}}", &html_escape(&id));
     (
         [
@@ -68,14 +78,7 @@ async fn page(
         .into_response()
 }
 
-async fn data(
-    State(state): State<Arc<BrokerState>>,
-    Path(id): Path<String>,
-    Query(query): Query<TokenQuery>,
-) -> Response {
-    if !authorized(&state, &id, &query) {
-        return not_found();
-    }
+async fn data(State(state): State<Arc<BrokerState>>, Authorized(id): Authorized) -> Response {
     let instance = match state.store.instance(&id).await {
         Ok(Some(instance)) if instance.state != InstanceState::Deleted => instance,
         Ok(_) => return not_found(),
