@@ -22,8 +22,7 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${1:-5}
 SECS=${2:-10}
 # Servers started inside $(...) run in a subshell: their PIDs go to $WORK/pids, not to PIDS.
-WAIT_PORT_TRIES=100
-source tests/load/processes.sh
+source tests/load/wrk.sh
 
 command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null; }
 [ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
@@ -106,41 +105,13 @@ if [ -n "${OVSB_BASELINE:-}" ]; then
            static-direct static-nginx static-floor-hyper static-floor-rpc static-ovsb-0 static-ovsb-3)
 fi
 
-for t in "${ORDER[@]}"; do # every target must answer a real result before it is measured
-    curl -sf -H 'content-type: application/json' -d "$BODY" "${URL[$t]}" | grep -q '"result"' \
-        || { echo "$t does not answer"; exit 1; }
-done
-
-for round in $(seq "$ROUNDS"); do
-    for t in "${ORDER[@]}"; do
-        taskset -c 1 wrk -t1 -c32 -d"${SECS}s" --latency -s tests/load/post.lua "${URL[$t]}" > "$WORK/$t.$round.txt"
-        echo "round $round $t: $(grep Requests/sec "$WORK/$t.$round.txt" | awk '{print $2}') req/s" >&2
-    done
-done
+measure tests/load/post.lua
 
 python3 - "$WORK" "$ROUNDS" "${ORDER[@]}" <<'PY'
-import re, statistics, sys
-work, rounds, order = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-def ms(v):
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
-    if not m:
-        return float("nan")
-    return float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3, "m": 6e4}[m.group(2)]
-rows = {}
-for t in order:
-    rps, p50, p99 = [], [], []
-    for r in range(1, rounds + 1):
-        text = open(f"{work}/{t}.{r}.txt").read()
-        rps.append(float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)))
-        p50.append(ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1)))
-        p99.append(ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1)))
-    rows[t] = (statistics.median(rps), statistics.median(p50), statistics.median(p99))
-print(f"{'target':16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'added µs/call vs direct':>24}")
-for t in order:
-    rps, p50, p99 = rows[t]
-    direct = rows[t.split("-")[0] + "-direct"][0]
-    added = "" if t.endswith("direct") else f"{1e6 / rps - 1e6 / direct:.1f}"
-    print(f"{t:16} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {added:>24}")
+import sys
+sys.path.insert(0, "tests/load")
+from wrk_report import report
+rows = report(sys.argv[1:], lambda t: None if t.endswith("direct") else t.split("-")[0] + "-direct")
 for up in ("anvil", "static"):
     ng, o3 = rows[f"{up}-nginx"], rows[f"{up}-ovsb-3"]
     o0 = rows[f"{up}-ovsb-0"]
