@@ -182,6 +182,23 @@ def hold_idle(attack, count, open_connection, pause):
         s.close()
 
 
+def keep_poking(attack, held, poke, pause):
+    """Every `pause` seconds, until the attack stops (or SECONDS + 5 s), `poke(s)` on each held
+    connection; one that fails (OSError) is counted as refused, dropped and closed."""
+    end = time.monotonic() + SECONDS + 5
+    while not attack.stop.is_set() and time.monotonic() < end:
+        for s in list(held):
+            try:
+                poke(s)
+            except OSError:
+                attack.count("refused")
+                held.remove(s)
+                s.close()
+        attack.stop.wait(pause)
+    for s in held:
+        s.close()
+
+
 def idle_flood(attack, i):
     """Connections that never send a byte (100 per thread), reopened as the gateway closes them."""
     hold_idle(attack, 100, lambda n: connect(i * 100 + n), 0.5)
@@ -201,18 +218,7 @@ def slow_bodies(attack, i):
             attack.count("sent")
         except OSError:
             attack.count("failed")
-    end = time.monotonic() + SECONDS + 5
-    while not attack.stop.is_set() and time.monotonic() < end:
-        for s in list(held):
-            try:
-                s.sendall(b" ")
-            except OSError:
-                attack.count("refused")
-                held.remove(s)
-                s.close()
-        attack.stop.wait(2)
-    for s in held:
-        s.close()
+    keep_poking(attack, held, lambda s: s.sendall(b" "), 2)
 
 
 def post_batch(i, key, batch, timeout=120):
@@ -296,20 +302,13 @@ def revoked_slots(attack, i):
                 attack.count("failed")
     for n, _ in keys:
         broker("DELETE", f"/v2/service_instances/hostile/service_bindings/revoked-{i}-{n}?service_id=svc&plan_id=shared&accepts_incomplete=true")
-    end = time.monotonic() + SECONDS + 5
-    while not attack.stop.is_set() and time.monotonic() < end:
-        for s in list(held):
-            try:
-                s.sendall(f"POST /v1/{keys[0][1]} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n{body}".encode())
-                if s.recv(4096) == b"":
-                    raise OSError("closed")
-            except OSError:
-                attack.count("refused")
-                held.remove(s)
-                s.close()
-        attack.stop.wait(3)
-    for s in held:
-        s.close()
+
+    def poke(s):
+        s.sendall(f"POST /v1/{keys[0][1]} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n{body}".encode())
+        if s.recv(4096) == b"":
+            raise OSError("closed")
+
+    keep_poking(attack, held, poke, 3)
 
 
 def same_source_flood(attack, i):
