@@ -25,19 +25,7 @@ start_anvil
 BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
 
 cat > "$WORK/ovsb.toml" <<TOML
-data_dir = "$WORK/data"
-
-[broker]
-listen = "127.0.0.1:$BROKER"
-username = "ovsb"
-password = "abuse-test"
-
-[gateway]
-listen = "127.0.0.1:$GATEWAY"
-max_connections = 1024
-
-[admin]
-listen = "127.0.0.1:$ADMIN"
+$(listeners_toml data abuse-test 'max_connections = 1024')
 
 [[plugins]]
 name = "test"

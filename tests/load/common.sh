@@ -21,6 +21,28 @@ start_anvil() {
     wait_port "$ANVIL"
 }
 
+# The TOML of ovsb's data directory $WORK/$1 and its listeners on the ports BROKER, GATEWAY and
+# ADMIN, the broker's user `ovsb` with the password $2; $3, when given, adds lines to [gateway].
+listeners_toml() {
+    cat <<TOML
+data_dir = "$WORK/$1"
+
+[broker]
+listen = "127.0.0.1:$BROKER"
+username = "ovsb"
+password = "$2"
+
+[gateway]
+listen = "127.0.0.1:$GATEWAY"
+TOML
+    [ -z "${3:-}" ] || echo "$3"
+    cat <<TOML
+
+[admin]
+listen = "127.0.0.1:$ADMIN"
+TOML
+}
+
 # The TOML of the one service: plan $1 (its id and name) with the shared anvil as its upstream.
 shared_anvil_service() {
     cat <<TOML

@@ -25,18 +25,7 @@ start_ovsb() {
     local name=$1; shift
     BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
     cat > "$WORK/$name.toml" <<TOML
-data_dir = "$WORK/$name-data"
-
-[broker]
-listen = "127.0.0.1:$BROKER"
-username = "ovsb"
-password = "resources-test"
-
-[gateway]
-listen = "127.0.0.1:$GATEWAY"
-
-[admin]
-listen = "127.0.0.1:$ADMIN"
+$(listeners_toml "$name-data" resources-test)
 
 $(shared_anvil_service shared)
 TOML

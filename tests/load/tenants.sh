@@ -19,18 +19,7 @@ start_anvil
 BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
 
 cat > "$WORK/ovsb.toml" <<TOML
-data_dir = "$WORK/data"
-
-[broker]
-listen = "127.0.0.1:$BROKER"
-username = "ovsb"
-password = "tenants-test"
-
-[gateway]
-listen = "127.0.0.1:$GATEWAY"
-
-[admin]
-listen = "127.0.0.1:$ADMIN"
+$(listeners_toml data tenants-test)
 
 [runtime]
 idle_ms = 10000
