@@ -43,7 +43,8 @@ listen = "127.0.0.1:$ADMIN"
 TOML
 }
 
-# The TOML of the one service: plan $1 (its id and name) with the shared anvil as its upstream.
+# The TOML of the one service: plan $1 (its id and name) with the shared anvil as its upstream;
+# $2, when given, describes the plan (else "the shared anvil"), and $3 adds lines to it.
 shared_anvil_service() {
     cat <<TOML
 [[services]]
@@ -54,7 +55,8 @@ description = "shared anvil"
 [[services.plans]]
 id = "$1"
 name = "$1"
-description = "the shared anvil"
-driver = { kind = "upstream", http = ["http://127.0.0.1:$ANVIL"] }
+description = "${2:-the shared anvil}"
 TOML
+    [ -z "${3:-}" ] || echo "$3"
+    echo "driver = { kind = \"upstream\", http = [\"http://127.0.0.1:$ANVIL\"] }"
 }

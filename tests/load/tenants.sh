@@ -36,21 +36,11 @@ path = "$W/ovsb_plugin_rate_limit.wasm"
 name = "cache"
 path = "$W/ovsb_plugin_cache.wasm"
 
-[[services]]
-id = "svc"
-name = "ethereum-rpc"
-description = "shared anvil"
-
-[[services.plans]]
-id = "chain3"
-name = "chain3"
-description = "the shared anvil behind three first-party plugins"
-plugins = [
+$(shared_anvil_service chain3 "the shared anvil behind three first-party plugins" 'plugins = [
   { name = "method-filter", config = { deny = ["debug_*", "eth_send*"] } },
   { name = "rate-limit", config = { requests_per_second = 1000000, burst = 1000000 } },
   { name = "cache" },
-]
-driver = { kind = "upstream", http = ["http://127.0.0.1:$ANVIL"] }
+]')
 TOML
 "$OVSB" serve --config "$WORK/ovsb.toml" > "$WORK/ovsb.log" 2>&1 & OVSB_PID=$!; PIDS+=($OVSB_PID)
 wait_port "$BROKER"; wait_port "$GATEWAY"; wait_port "$ADMIN"
