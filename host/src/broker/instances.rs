@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -27,10 +28,26 @@ use crate::store::{
 };
 
 type IdPath = Result<Path<String>, PathRejection>;
-type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 fn id(path: IdPath) -> Result<String, ApiError> {
     checked_id(path.map(|p| p.0), "instance_id")
+}
+
+/// The instance a request names (its checked id) and the request's query string: a bad id or
+/// a malformed query string is the handlers' 400, the id's first.
+pub(super) struct Addressed {
+    instance_id: String,
+    query: HashMap<String, String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Addressed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let instance_id = id(Path::from_request_parts(parts, state).await)?;
+        let query = query(Query::from_request_parts(parts, state).await)?;
+        Ok(Addressed { instance_id, query })
+    }
 }
 
 /// Checks that the chain the parameters give keeps the plan's policy plugins, and runs
@@ -119,9 +136,12 @@ fn is_validator(entry: &PlanEntry) -> bool {
 
 /// A given slashing-protection history must be of the chain the plan's operator fixed, if
 /// one is fixed (else the driver checks it against the client's beacon node).
-fn check_history_chain(entry: &PlanEntry, secrets: Option<&crate::provision::KeySecrets>) -> Result<(), ApiError> {
+fn check_history_chain(
+    entry: &PlanEntry,
+    secrets: Option<&crate::validator_params::KeySecrets>,
+) -> Result<(), ApiError> {
     let (Some(fixed), Some(given)) =
-        (entry.plan.driver.genesis_validators_root(), secrets.and_then(crate::provision::given_history_root))
+        (entry.plan.driver.genesis_validators_root(), secrets.and_then(crate::validator_params::given_history_root))
     else {
         return Ok(());
     };
@@ -135,7 +155,7 @@ fn check_history_chain(entry: &PlanEntry, secrets: Option<&crate::provision::Key
 }
 
 /// The secrets of a request, sealed under the broker's secret key (see [`SealedRequest`]).
-fn seal(state: &BrokerState, secrets: Option<&crate::provision::KeySecrets>) -> Option<String> {
+fn seal(state: &BrokerState, secrets: Option<&crate::validator_params::KeySecrets>) -> Option<String> {
     secrets.map(|secrets| state.secret.seal(&serde_json::to_vec(secrets).expect("secrets serialize")))
 }
 
@@ -205,12 +225,9 @@ fn provision_body(state: &BrokerState, instance_id: &str, operation: Option<&str
 pub async fn provision(
     State(state): State<Arc<BrokerState>>,
     meta: Meta,
-    path: IdPath,
-    query_string: QueryMap,
+    Addressed { instance_id, query }: Addressed,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let instance_id = id(path)?;
-    let query = query(query_string)?;
     let mut request = ProvisionRequest::parse(json_object(body)?)?;
     let entry = state.catalog.plan(&request.service_id, &request.plan_id)?;
     if !accepts_incomplete(&query)? {
@@ -223,7 +240,7 @@ pub async fn provision(
     let operation_request = if is_validator(entry) {
         let mut opened = request.parameters.clone().unwrap_or_else(|| json!({}));
         open_key_secrets(&state, &mut opened)?;
-        let prepared = crate::provision::prepare_provision(&opened).map_err(ApiError::bad_request)?;
+        let prepared = crate::validator_params::prepare_provision(&opened).map_err(ApiError::bad_request)?;
         check_history_chain(entry, prepared.secrets.as_ref())?;
         let sealed = SealedRequest { sealed: seal(&state, prepared.secrets.as_ref()) };
         request.parameters = Some(prepared.public);
@@ -278,12 +295,9 @@ pub async fn fetch(State(state): State<Arc<BrokerState>>, path: IdPath) -> Resul
 pub async fn update(
     State(state): State<Arc<BrokerState>>,
     meta: Meta,
-    path: IdPath,
-    query_string: QueryMap,
+    Addressed { instance_id, query }: Addressed,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let instance_id = id(path)?;
-    let query = query(query_string)?;
     let UpdateBody { service_id, plan_id, parameters, context: _, maintenance_version: requested_version } =
         UpdateBody::parse(json_object(body)?)?;
     state.catalog.service(&service_id)?;
@@ -328,7 +342,8 @@ pub async fn update(
             let current_public: Value = current.parameters.clone().unwrap_or_else(|| json!({}));
             let mut opened = parameters.clone();
             open_key_secrets(&state, &mut opened)?;
-            let prepared = crate::provision::prepare_update(&current_public, &opened).map_err(ApiError::bad_request)?;
+            let prepared =
+                crate::validator_params::prepare_update(&current_public, &opened).map_err(ApiError::bad_request)?;
             check_history_chain(entry, prepared.secrets.as_ref())?;
             sealed = seal(&state, prepared.secrets.as_ref());
             Some(prepared.public)
@@ -360,11 +375,8 @@ pub async fn update(
 pub async fn deprovision(
     State(state): State<Arc<BrokerState>>,
     meta: Meta,
-    path: IdPath,
-    query_string: QueryMap,
+    Addressed { instance_id, query }: Addressed,
 ) -> Result<Response, ApiError> {
-    let instance_id = id(path)?;
-    let query = query(query_string)?;
     let service_id = required_query(&query, "service_id")?.to_string();
     let plan_id = required_query(&query, "plan_id")?.to_string();
     // Ids first (400 naming them), as for every other request: a plan no longer in the catalog
@@ -407,11 +419,8 @@ fn reported_state(stored: OperationState, running_here: bool) -> OperationState 
 /// `GET /v2/service_instances/:instance_id/last_operation`
 pub async fn last_operation(
     State(state): State<Arc<BrokerState>>,
-    path: IdPath,
-    query_string: QueryMap,
+    Addressed { instance_id, query }: Addressed,
 ) -> Result<Response, ApiError> {
-    let instance_id = id(path)?;
-    let query = query(query_string)?;
     let Some(instance) = state.store.instance(&instance_id).await? else {
         return Err(ApiError::not_found("no such instance"));
     };
