@@ -560,7 +560,7 @@ impl RouteSync {
             let (driver, id) = (driver.clone(), instance.id.clone());
             ValidatorRoute {
                 access: Arc::new(move || driver.validator(&id)),
-                pubkeys: parameters.map(crate::provision::pubkeys_of).unwrap_or_default().into_iter().collect(),
+                pubkeys: parameters.map(crate::validator_params::pubkeys_of).unwrap_or_default().into_iter().collect(),
             }
         });
         match self

@@ -1,5 +1,5 @@
 // viem's webSocket transport (reconnects and resubscribes on its own), printing one JSON line
-// per event, for host/tests/dapp.rs:
+// per event, for host/tests/all/dapp.rs:
 //   node viem-watch.mjs <ws_url> heads            watchBlocks: {"head": n} per block, {"error": name}
 //   node viem-watch.mjs <ws_url> logs <address> <n>
 //                                                 eth_subscribe logs: {"ready": true} once subscribed,

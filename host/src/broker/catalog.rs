@@ -63,8 +63,11 @@ impl Catalog {
             let mut plan_json = Vec::new();
             for plan in &service.plans {
                 let driver_parameters = plan.driver.parameters();
-                let mut builtin =
-                    if plan.driver.is_validator() { crate::provision::validator_parameter_schema() } else { json!({}) };
+                let mut builtin = if plan.driver.is_validator() {
+                    crate::validator_params::validator_parameter_schema()
+                } else {
+                    json!({})
+                };
                 let bound = plan.plugin_calls_per_instance.unwrap_or(config.gateway.plugin_calls_per_instance);
                 builtin[crate::plugins::PLUGIN_CALLS_PARAMETER] = json!({
                     "type": "integer",

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::ApiError;
 use super::requests::{BindRequest, ProvisionRequest};
-use crate::provision::UpdateRequest;
+use crate::store::UpdateRequest;
 use crate::store::{
     AuditEntry, BindingRow, Change, Decision, InstanceRow, InstanceState, InstanceView, OperationKind, OperationRow,
     OperationState,

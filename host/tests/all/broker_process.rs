@@ -1,7 +1,7 @@
 //! The `ovsb serve` binary as separate processes: `kill -9` in the middle of an asynchronous
 //! operation, and two replicas sharing one PostgreSQL database.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

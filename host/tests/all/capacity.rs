@@ -3,7 +3,7 @@
 //! setting) rather than blamed on the customer's parameters, and calls get -32005 naming the
 //! limit; `/metrics` shows copies alive, evictions and refusals by reason.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The `ovsb plugin` commands, run as the real binary.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output};
 

@@ -5,7 +5,7 @@
 //! server drop; never by stopping the shared server), real SQLite, real anvil, real Lodestar.
 //! A store failure under a driver is retried like one under the runner.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! streams (issue #29): a burst delivered whole or ended with 4008, 1012 when the node restarts,
 //! subscription shares, one node socket per instance.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! The first-party plugins and the example plugin, loaded from their real `.wasm` files, doing
 //! their job on a live endpoint in front of a real anvil.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 

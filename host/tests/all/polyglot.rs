@@ -2,7 +2,7 @@
 //! SDKs pin (`componentize-py`, `componentize-js`): the hostile cases against the runtime, and
 //! the examples in a chain with a Rust plugin in front of a real anvil, served by `ovsb serve`.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::pin::Pin;

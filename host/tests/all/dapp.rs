@@ -4,7 +4,7 @@
 //! in headless Chromium (plain `fetch` and ethers' `JsonRpcProvider`), and streams through viem
 //! (issue #29: a burst of 3000 logs whole, `watchBlocks` across a node restart).
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! exported into the store before a client stops, and a restart of ovsb in the middle of a
 //! provision.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,11 +1,11 @@
 //! The `kubernetes` and `kubernetes-validator` drivers, and the manifests that run ovsb itself on
 //! Kubernetes. No API server can run on these machines, so the drivers talk to
-//! `FakeKubeApiServer` (tests/support/fake_kube.rs), a fake that serves apply/get/list/delete
+//! `FakeKubeApiServer` (tests/all/support/fake_kube.rs), a fake that serves apply/get/list/delete
 //! and runs each pod's container as a local process: a real anvil for node plans, a real
 //! Lodestar for validator plans. The rendered objects of every plan of the shipped manifest are
 //! compared with golden files (`OVSB_UPDATE_GOLDEN=1` rewrites them).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -8,7 +8,7 @@
 //! `renew_before`, published schemas that standard validators compile, `update_repeatable`,
 //! `maintenance_info` on replays, and ids checked on deletes.
 
-mod support;
+use crate::support;
 
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! repository root, as `examples/quick-start.sh` does), then the README's walkthrough
 //! (`examples/walkthrough.sh`) against it.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

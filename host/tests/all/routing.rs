@@ -2,7 +2,7 @@
 //! touched, and another replica follows through the store's change log, one instance at a time,
 //! reloading everything only when it has fallen behind the log. Real PostgreSQL and SQLite.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Drivers with real anvil processes: a node per `devnet` instance (the `process` driver), and a
 //! shared pool of nodes with health checks (the `upstream` driver).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Each instance's dashboard: reachable only with its token, fed with the instance's state,
 //! chain and traffic, and rendered by a real browser (headless Chromium, Debian's `chromium`).
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! Swapping plugins without a restart: a real `ovsb serve` process, a real anvil, a plugin file
 //! replaced on disk, then SIGHUP or `POST /reload` on the admin listener.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

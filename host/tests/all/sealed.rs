@@ -4,7 +4,7 @@
 //! wrongly addressed sealed objects refused; and no plaintext secret in the store's files or
 //! in ovsb's (debug) log.
 
-mod support;
+use crate::support;
 
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 //! tenant whose plugin loops, each against a quiet tenant that must keep being served.
 //! Real anvil behind a real gateway; the attackers are raw sockets on other loopback addresses.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! its owner, and every replica serves its keys and acts on it. Real `ovsb serve` processes on
 //! one real PostgreSQL database, real anvil nodes, counted by their `OVSB_NODE` marker.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
