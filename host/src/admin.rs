@@ -34,21 +34,13 @@ pub struct AdminState {
 struct Parts {
     store: Store,
     routing: Arc<RouteSync>,
-    /// Names of the configured plugins (a plugin's key-value namespace is `<name>/`).
-    plugin_names: Vec<String>,
     reloader: Arc<crate::reload::Reloader>,
 }
 
 impl AdminState {
     /// Start-up has opened the store and loaded the routes.
-    pub fn ready(
-        &self,
-        store: Store,
-        routing: Arc<RouteSync>,
-        plugin_names: Vec<String>,
-        reloader: Arc<crate::reload::Reloader>,
-    ) {
-        let _ = self.parts.set(Parts { store, routing, plugin_names, reloader });
+    pub fn ready(&self, store: Store, routing: Arc<RouteSync>, reloader: Arc<crate::reload::Reloader>) {
+        let _ = self.parts.set(Parts { store, routing, reloader });
     }
 }
 
@@ -111,9 +103,6 @@ async fn gauges(state: &Parts, m: &crate::telemetry::Metrics) {
         }
         Err(err) => tracing::warn!("metrics: cannot count instances: {err}"),
     }
-    let number = |kv: &crate::plugins::KvStore, key: &str| {
-        kv.get(key).and_then(|v| String::from_utf8(v).ok()).and_then(|s| s.parse::<i64>().ok())
-    };
     m.plugin_loaded.clear();
     for (name, available) in state.routing.registry().available().iter() {
         let labels = crate::telemetry::PluginVersionLabels { plugin: name.clone(), sha256: available.plugin.sha256() };
@@ -132,22 +121,33 @@ async fn gauges(state: &Parts, m: &crate::telemetry::Metrics) {
     for ((plugin, sha256), n) in state.routing.plugin_versions_in_use().await {
         m.plugin_instances.get_or_create(&crate::telemetry::PluginVersionLabels { plugin, sha256 }).set(n);
     }
-    for (instance, kv) in state.routing.kv_stores() {
-        let labels = InstanceLabels { instance: crate::telemetry::Escaped(instance.as_str().into()) };
-        // Whatever name the operator gave the cache plugin: its counters live in its namespace.
-        let sum = |key: &str| -> Option<i64> {
-            let values: Vec<i64> =
-                state.plugin_names.iter().filter_map(|name| number(&kv, &format!("{name}/{key}"))).collect();
-            (!values.is_empty()).then(|| values.iter().sum())
-        };
-        if let Some(hits) = sum("cache:hits") {
-            m.cache_hits.get_or_create(&labels).set(hits);
+    // What the plugins decided, as the host counted it (never read from a plugin's own keys).
+    m.plugin_decisions.clear();
+    let mut cache: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for (instance, plugin, [answered, refused, forwarded]) in state.routing.plugin_decisions().await {
+        let escaped = crate::telemetry::Escaped(instance.as_str().into());
+        let plugin: std::sync::Arc<str> = plugin.into();
+        for (decision, n) in [("answered", answered), ("refused", refused), ("forwarded", forwarded)] {
+            let labels =
+                crate::telemetry::DecisionLabels { instance: escaped.clone(), plugin: plugin.clone(), decision };
+            m.plugin_decisions.get_or_create(&labels).set(n as i64);
         }
-        if let Some(misses) = sum("cache:misses") {
-            m.cache_misses.get_or_create(&labels).set(misses);
+        if &*plugin == CACHE_PLUGIN {
+            let counts = cache.entry(instance).or_default();
+            counts.0 += answered as i64;
+            counts.1 += forwarded as i64;
         }
     }
+    for (instance, (hits, misses)) in cache {
+        let labels = InstanceLabels { instance: crate::telemetry::Escaped(instance.as_str().into()) };
+        m.cache_hits.get_or_create(&labels).set(hits);
+        m.cache_misses.get_or_create(&labels).set(misses);
+    }
 }
+
+/// The name under which a plugin's answers and passes count as `ovsb_cache_hits` and
+/// `ovsb_cache_misses` (the first-party cache, as the example configurations name it).
+const CACHE_PLUGIN: &str = "cache";
 
 /// The header `POST /reload` must carry: a web page the operator's browser shows cannot send it
 /// to the loopback admin listener without a CORS preflight, which is never answered.

@@ -162,6 +162,22 @@ impl RouteSync {
         kv.entry(instance_id.to_string()).or_insert_with(|| Arc::new(KvStore::new(KvLimits::default()))).clone()
     }
 
+    /// What the `on-call` of each plugin of each live instance's chain decided so far, counted
+    /// by the host: `(instance, plugin, [answered, refused, forwarded])`.
+    pub async fn plugin_decisions(&self) -> Vec<(String, String, [u64; 3])> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let built = self.built.lock().await;
+        let mut out = Vec::new();
+        for (instance, entry) in built.iter() {
+            for plugin in entry.route.chain.entries() {
+                let d = plugin.pool.decisions();
+                let counts = [d.answered.load(Relaxed), d.refused.load(Relaxed), d.forwarded.load(Relaxed)];
+                out.push((instance.clone(), plugin.pool.plugin_name().to_string(), counts));
+            }
+        }
+        out
+    }
+
     /// Every live instance's key-value store.
     pub fn kv_stores(&self) -> Vec<(String, Arc<KvStore>)> {
         let kv = self.kv.lock().unwrap_or_else(|poison| poison.into_inner());

@@ -339,7 +339,7 @@ impl Server {
         let reloader =
             Arc::new(crate::reload::Reloader::new(&config, process_env(), state.registry.clone(), routing.clone()));
         tracker.spawn(reloader.clone().on_sighup(hangups, shutdown.clone()));
-        admin_state.ready(store.clone(), routing.clone(), plugin_names, reloader);
+        admin_state.ready(store.clone(), routing.clone(), reloader);
         {
             let app = crate::broker::router(state);
             let shutdown = shutdown.clone();

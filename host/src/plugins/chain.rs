@@ -21,6 +21,7 @@
 //! A share refusal is not a plugin failure: fail-open does not skip it.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -219,6 +220,13 @@ impl Chain {
             let result = entry.pool.on_call(ctx, current, upstream).await;
             drop(turn);
             entry.pool.record_hook("on_call", started.elapsed());
+            let decisions = entry.pool.decisions();
+            match &result {
+                Ok(Decision::Forward(_)) => decisions.forwarded.fetch_add(1, Ordering::Relaxed),
+                Ok(Decision::Respond(Ok(_))) => decisions.answered.fetch_add(1, Ordering::Relaxed),
+                Ok(Decision::Respond(Err(_))) => decisions.refused.fetch_add(1, Ordering::Relaxed),
+                Err(_) => 0,
+            };
             match result {
                 Ok(Decision::Forward(next)) if hooks.contains(Hooks::ON_RESULT) => {
                     inbound.rewritten = None;

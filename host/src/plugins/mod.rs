@@ -45,7 +45,7 @@ pub use chain::{Chain, ChainEntry, PLUGIN_CALLS_PARAMETER, SHARE_EXHAUSTED_CODE,
 pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};
 pub use kv::{KvLimits, KvStore};
 pub use methods::MethodSelection;
-pub use pool::InstancePool;
+pub use pool::{Decisions, InstancePool};
 pub use registry::{Available, ChainError, PluginVersion, Registry, ReloadFailure, ReloadReport};
 pub use state::UPSTREAM_CAP_CODE;
 

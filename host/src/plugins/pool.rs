@@ -66,6 +66,20 @@ pub struct InstancePool {
     hooks: AtomicU8,
     /// The calls the plugin selected in `configure` (`None`: every call); set by the first copy.
     selection: OnceLock<Option<MethodSelection>>,
+    /// What its `on-call` decided for this instance, counted by the host (a cache's hits and
+    /// misses, a filter's refusals), never read from the plugin's own keys.
+    decisions: Decisions,
+}
+
+/// The decisions of one plugin's `on-call` for one instance, counted by the chain.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    /// Answered with a result itself: the node was not asked (a cache hit).
+    pub answered: std::sync::atomic::AtomicU64,
+    /// Answered with an error of its own (a refusal).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Passed on, possibly rewritten (a cache miss).
+    pub forwarded: std::sync::atomic::AtomicU64,
 }
 
 impl InstancePool {
@@ -97,11 +111,17 @@ impl InstancePool {
             permits: tokio::sync::Semaphore::new(limits.max_concurrency),
             hooks: AtomicU8::new(hook_bits(Hooks::all())),
             selection: OnceLock::new(),
+            decisions: Decisions::default(),
         });
         // `configure` runs now, so that a bad configuration is refused at provision time; the
         // copy is then released: calls make their own.
         drop(pool.instantiate().await?);
         Ok(pool)
+    }
+
+    /// What the plugin's `on-call` decided for this instance so far.
+    pub fn decisions(&self) -> &Decisions {
+        &self.decisions
     }
 
     /// The plugin's name.

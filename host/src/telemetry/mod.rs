@@ -74,6 +74,18 @@ pub struct InstanceLabels {
     pub instance: Escaped,
 }
 
+/// Labels of a plugin's decisions in one instance's chain.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// The service instance.
+    pub instance: Escaped,
+    /// The plugin's configured name.
+    pub plugin: Arc<str>,
+    /// `answered` (a result of its own, the node not asked), `refused` (an error of its own),
+    /// `forwarded` (passed on).
+    pub decision: &'static str,
+}
+
 /// Labels keyed by plugin.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
@@ -161,8 +173,11 @@ pub struct Metrics {
     pub broker_requests: Family<BrokerLabels, Counter>,
     /// `ovsb_instances{state}`, set at scrape time from the store.
     pub instances: Family<StateLabels, Gauge>,
-    /// `ovsb_cache_hits{instance}` / `ovsb_cache_misses{instance}`: the `cache` plugin's
-    /// counters, read at scrape time from the instance's key-value store.
+    /// `ovsb_plugin_decisions{instance, plugin, decision}`: what each plugin's `on-call` decided,
+    /// counted by the host, set at scrape time.
+    pub plugin_decisions: Family<DecisionLabels, Gauge>,
+    /// `ovsb_cache_hits{instance}` / `ovsb_cache_misses{instance}`: the decisions of the plugin
+    /// named `cache` (answered, forwarded), counted by the host and set at scrape time.
     pub cache_hits: Family<InstanceLabels, Gauge>,
     /// See `cache_hits`.
     pub cache_misses: Family<InstanceLabels, Gauge>,
@@ -292,6 +307,12 @@ impl Metrics {
         registry.register("upstream_errors", "Failed attempts to reach a node, by kind", upstream_errors.clone());
         registry.register("broker_requests", "OSB requests by endpoint, method and status", broker_requests.clone());
         registry.register("instances", "Service instances by state", instances.clone());
+        let plugin_decisions = Family::<DecisionLabels, Gauge>::default();
+        registry.register(
+            "plugin_decisions",
+            "What each plugin's on-call decided (answered, refused, forwarded), by instance and plugin",
+            plugin_decisions.clone(),
+        );
         registry.register("cache_hits", "Answers the cache plugin served, by instance", cache_hits.clone());
         registry.register("cache_misses", "Calls the cache plugin passed on, by instance", cache_misses.clone());
         let connections_refused = Family::<RefusalLabels, Counter>::default();
@@ -383,6 +404,7 @@ impl Metrics {
             upstream_errors,
             broker_requests,
             instances,
+            plugin_decisions,
             cache_hits,
             cache_misses,
             connections_refused,

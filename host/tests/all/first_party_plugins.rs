@@ -119,6 +119,14 @@ async fn call_metrics_blame_whoever_failed_the_call_not_its_code() {
     assert_eq!(count("blame2", "eth_sendTransaction", "error"), 1, "the node's -32003 is its answer: {text}");
     assert_eq!(count("blame2", "eth_sendTransaction", "upstream_error"), 0, "{text}");
     assert_eq!(count("blame2", "eth_blockNumber", "upstream_error"), 1, "{text}");
+    // What the rate limit decided, as the host counted it: one call passed on, one refused.
+    let decided = |decision: &str| {
+        let series = format!(r#"ovsb_plugin_decisions{{instance="blame",plugin="rate-limit",decision="{decision}"}} "#);
+        text.lines().find_map(|l| l.strip_prefix(&series)).map(|n| n.trim().to_string())
+    };
+    assert_eq!(decided("forwarded").as_deref(), Some("1"), "{text}");
+    assert_eq!(decided("refused").as_deref(), Some("1"), "{text}");
+    assert_eq!(decided("answered").as_deref(), Some("0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,6 +148,8 @@ async fn cache_hits_do_not_reach_the_node_and_latest_is_never_stale() {
     let admin = broker.server.as_ref().unwrap().admin_addr;
     let text = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
     assert!(text.contains(r#"ovsb_cache_hits{instance="cache"} 1"#), "{text}");
+    let answered = r#"ovsb_plugin_decisions{instance="cache",plugin="cache",decision="answered"} 1"#;
+    assert!(text.lines().any(|l| l == answered), "the host counted the hit: {text}");
     assert!(text.contains(r#"ovsb_cache_misses{instance="cache"}"#), "{text}");
 }
 
