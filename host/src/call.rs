@@ -151,26 +151,38 @@ impl Blame {
 pub const OUTCOME_CLASSES: [&str; 7] =
     ["ok", "error", "refused", "limit", "plugin_failure", "upstream_error", "internal"];
 
+/// What is kept about the call running in a scope: one task-local for the two, since each
+/// scope costs a swap of a thread-local at every poll of the call's future.
+struct CallScope {
+    /// The call's id: plugins see it in their context, the node gets it as `X-Request-Id`.
+    request_id: std::sync::Arc<str>,
+    /// The verdict on the call: the code of the error it was failed with, and by whom.
+    verdict: Cell<Option<(i32, Blame)>>,
+}
+
 tokio::task_local! {
-    /// The verdict on the call running in this scope: the code of the error it was failed
-    /// with, and by whom.
-    static VERDICT: Cell<Option<(i32, Blame)>>;
+    static CALL: CallScope;
+}
+
+/// `f` of the id of the call running in this scope (`None` out of a call's scope).
+pub fn with_request_id<R>(f: impl FnOnce(&str) -> R) -> Option<R> {
+    CALL.try_with(|call| f(&call.request_id)).ok()
 }
 
 /// Says who failed the call running in this scope, and with which error. The last word
 /// counts: a plugin that answers with its own error after the node failed takes the blame. Out
 /// of a call's scope (a health check, a test) it does nothing.
 pub fn blame(error: &RpcError, who: Blame) {
-    let _ = VERDICT.try_with(|verdict| verdict.set(Some((error.code, who))));
+    let _ = CALL.try_with(|call| call.verdict.set(Some((error.code, who))));
 }
 
 /// Blames `who` for `error` unless someone already claimed an error with its code: a plugin that
 /// passes on the node's failure (the same code) leaves the node to blame, one that answers with
 /// its own error takes it.
 pub fn claim(error: &RpcError, who: Blame) {
-    let _ = VERDICT.try_with(|verdict| {
-        if verdict.get().is_none_or(|(code, _)| code != error.code) {
-            verdict.set(Some((error.code, who)));
+    let _ = CALL.try_with(|call| {
+        if call.verdict.get().is_none_or(|(code, _)| code != error.code) {
+            call.verdict.set(Some((error.code, who)));
         }
     });
 }
@@ -181,13 +193,14 @@ pub fn blamed(error: RpcError, who: Blame) -> RpcError {
     error
 }
 
-/// Runs one call's work in a scope of its own, and gives its outcome with who is to blame when
-/// it failed ([`verdict`]).
-pub async fn judged<F: Future<Output = Outcome>>(work: F) -> (Outcome, Option<Blame>) {
-    let (outcome, said) = VERDICT
-        .scope(Cell::new(None), async {
+/// Runs one call's work in a scope of its own, under its request id, and gives its outcome with
+/// who is to blame when it failed ([`verdict`]).
+pub async fn judged<F: Future<Output = Outcome>>(request_id: std::sync::Arc<str>, work: F) -> (Outcome, Option<Blame>) {
+    let scope = CallScope { request_id, verdict: Cell::new(None) };
+    let (outcome, said) = CALL
+        .scope(scope, async {
             let outcome = work.await;
-            (outcome, VERDICT.with(Cell::get))
+            (outcome, CALL.with(|call| call.verdict.get()))
         })
         .await;
     let blame = verdict(&outcome, said);
@@ -230,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn blame_is_scoped_to_one_call_and_the_last_word_counts() {
-        let (outcome, blame_of) = judged(async {
+        let (outcome, blame_of) = judged("a".into(), async {
             super::blame(&err(codes::UPSTREAM_UNAVAILABLE), Blame::Node);
             super::blame(&err(codes::LIMIT_EXCEEDED), Blame::Rule);
             Err(err(codes::LIMIT_EXCEEDED))
@@ -238,11 +251,11 @@ mod tests {
         .await;
         assert_eq!((outcome.unwrap_err().code, blame_of), (codes::LIMIT_EXCEEDED, Some(Blame::Rule)));
         // Two calls side by side in one task (a batch) keep their own verdicts.
-        let one = judged(async {
+        let one = judged("b".into(), async {
             tokio::task::yield_now().await;
             Err(err(codes::UPSTREAM_UNAVAILABLE))
         });
-        let two = judged(async {
+        let two = judged("c".into(), async {
             super::blame(&err(codes::UPSTREAM_UNAVAILABLE), Blame::Node);
             tokio::task::yield_now().await;
             Err(err(codes::UPSTREAM_UNAVAILABLE))

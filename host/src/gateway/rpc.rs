@@ -35,8 +35,6 @@ use super::subscriptions::{self, NodeSockets, SubscriptionSlots};
 use crate::budget::{GatewayBudget, REQUEST_BUDGET};
 use crate::call::{Blame, Call, Context, Outcome, Upstream};
 
-use crate::upstream::REQUEST_ID;
-
 /// Put into request extensions by the front service: the caller's key, by digest, whether the
 /// calls come over a WebSocket, and the binding's allowlist.
 #[derive(Clone)]
@@ -82,7 +80,7 @@ impl RpcState {
             instance_id: route.instance.instance_id.to_string(),
             binding_id: Some(route.binding_id.to_string()),
             plan: route.instance.plan.to_string(),
-            request_id: REQUEST_ID.try_with(|id| id.to_string()).unwrap_or_else(|_| self.request_id()),
+            request_id: crate::call::with_request_id(str::to_string).unwrap_or_else(|| self.request_id()),
         })
     }
 }
@@ -350,7 +348,7 @@ async fn run(state: &RpcState, route: &Route, call: Call, guard: Option<Guard>) 
     let id: Arc<str> = state.request_id().into();
     let span =
         tracing::debug_span!("rpc", request_id = %id, instance = %route.instance.instance_id, method = %call.method);
-    REQUEST_ID.scope(id, crate::call::judged(run_call(state, route, call, guard)).instrument(span)).await
+    crate::call::judged(id, run_call(state, route, call, guard)).instrument(span).await
 }
 
 async fn run_call(state: &RpcState, route: &Route, call: Call, guard: Option<Guard>) -> Outcome {

@@ -45,12 +45,6 @@ use crate::budget::{self, Refusal};
 use crate::call::{Blame, Call, Outcome, RpcError, Upstream, blamed};
 use crate::telemetry::LogThrottle;
 
-tokio::task_local! {
-    /// The id of the call being served (set by the gateway): plugins see it in their context,
-    /// the node gets it as `X-Request-Id`, and log lines under the call's `rpc` span carry it.
-    pub static REQUEST_ID: Arc<str>;
-}
-
 /// The pool's own codes (see [`crate::call::codes`]): no node reachable, the deadline passed, a
 /// transaction's fate unknown (it is then not retried).
 pub use crate::call::codes::{DEADLINE_EXCEEDED, SEND_OUTCOME_UNKNOWN, UPSTREAM_UNAVAILABLE};
@@ -382,7 +376,7 @@ impl UpstreamPool {
         };
         let mut request =
             http::Request::post(endpoint.uri.clone()).header(http::header::CONTENT_TYPE, "application/json");
-        if let Ok(Ok(id)) = REQUEST_ID.try_with(|id| http::HeaderValue::from_str(id)) {
+        if let Some(Ok(id)) = crate::call::with_request_id(http::HeaderValue::from_str) {
             request = request.header("x-request-id", id);
         }
         let request = request.body(Full::new(body)).map_err(|e| AttemptError::NotSent(e.to_string()))?;
