@@ -193,7 +193,12 @@ async fn sealed_credentials_rotate_sealed() {
 async fn a_plugin_error_quoting_a_sealed_setting_reaches_the_platform_redacted() {
     let anvil = Anvil::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let config = support::broker::test_config_toml_with(&anvil.http_url(), free_port(), "");
+    // Its own data directory: without one, ovsb would use `.ovsb` in the test's working directory.
+    let config = format!(
+        "data_dir = \"{}\"\n{}",
+        dir.path().join("data").display(),
+        support::broker::test_config_toml_with(&anvil.http_url(), free_port(), "")
+    );
     let ovsb = Ovsb::start(dir.path(), "redact", &config);
     let osb = &ovsb.osb;
     let catalog = osb.call(Method::GET, "/v2/catalog", None).await.body;

@@ -48,6 +48,10 @@ impl Ovsb {
 
     /// The same, as `launch` says: under a wrapper command (`prlimit …`), with more environment.
     pub fn start_with(dir: &Path, name: &str, config: &str, (broker, gateway): (u16, u16), launch: Launch<'_>) -> Ovsb {
+        // Without one, ovsb would keep its store and keys in `.ovsb` of the test's working
+        // directory (the repository), shared by every such test.
+        let own_data_dir = config.lines().any(|line| line.trim_start().starts_with("data_dir"));
+        assert!(own_data_dir, "give the test's ovsb a data_dir of its own (in a temporary directory)");
         let config = config
             .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{broker}\""), 1)
             .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{gateway}\""), 1);
