@@ -125,6 +125,10 @@ enum PluginCommand {
         /// What the stand-in node answers, as JSON.
         #[arg(long, default_value = "null")]
         upstream_result: String,
+        /// The plugin's time budget per call (and for `configure`), in milliseconds: the
+        /// gateway's default unless given (raise it to try a plugin on a busy machine).
+        #[arg(long, default_value_t = PluginLimits::default().call_budget_ms)]
+        budget_ms: u64,
     },
     /// Serve one JSON-RPC endpoint in front of a real node, with a chain of plugins, to try
     /// plugins by hand or measure them. Prints the endpoint URL; stops on Ctrl-C or SIGTERM.
@@ -223,16 +227,18 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             serve_endpoint(plugins, configs, upstreams, upstream_ws, listen, key).await
         }
         Command::Plugin(PluginCommand::Check { file, config }) => {
-            let chain = load_chain(&file, &config).await?;
+            let chain = load_chain(&file, &config, PluginLimits::default()).await?;
             let pool = &chain.entries()[0].pool;
             Ok(format!("ok: plugin `{}` loaded and accepted its configuration", pool.plugin_name()))
         }
-        Command::Plugin(PluginCommand::Call { file, config, method, params, upstream_result }) => {
+        Command::Plugin(PluginCommand::Call { file, config, method, params, upstream_result, budget_ms }) => {
             serde_json::from_str::<serde_json::Value>(&upstream_result).context("--upstream-result is not JSON")?;
             if let Some(params) = &params {
                 serde_json::from_str::<serde_json::Value>(params).context("--params is not JSON")?;
             }
-            let chain = load_chain(&file, &config).await?;
+            anyhow::ensure!((1..=60_000).contains(&budget_ms), "--budget-ms must be between 1 and 60000");
+            let limits = PluginLimits { call_budget_ms: budget_ms, ..PluginLimits::default() };
+            let chain = load_chain(&file, &config, limits).await?;
             let ctx = Arc::new(Context {
                 instance_id: "cli".into(),
                 binding_id: None,
@@ -428,7 +434,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn load_chain(file: &std::path::Path, config: &str) -> anyhow::Result<Chain> {
+async fn load_chain(file: &std::path::Path, config: &str, limits: PluginLimits) -> anyhow::Result<Chain> {
     let runtime = PluginRuntime::new(RuntimeConfig::default())?;
     let name = file.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
     let plugin = {
@@ -436,7 +442,7 @@ async fn load_chain(file: &std::path::Path, config: &str) -> anyhow::Result<Chai
         tokio::task::spawn_blocking(move || runtime.load_file(&name, &file)).await??
     };
     let kv = Arc::new(KvStore::new(KvLimits::default()));
-    let pool = runtime.pool(&plugin, config, PluginLimits::default(), "cli", kv).await?;
+    let pool = runtime.pool(&plugin, config, limits, "cli", kv).await?;
     Ok(Chain::new(vec![ChainEntry { pool, fail_open: false }]))
 }
 

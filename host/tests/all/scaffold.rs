@@ -31,12 +31,14 @@ fn run(line: &str, env: &[(&str, &str)]) {
     );
 }
 
-/// `ovsb plugin call FILE --method hello_world`: what the plugin answers.
+/// `ovsb plugin call FILE --method hello_world`: what the plugin answers. With a generous time
+/// budget: this checks what the scaffold makes, not how fast an interpreter starts on a machine
+/// busy with the other tests (the gateway's 50 ms is measured by the benchmarks).
 fn hello_world(wasm: &Path, config: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_ovsb"))
         .args(["plugin", "call"])
         .arg(wasm)
-        .args(["--config", config, "--method", "hello_world"])
+        .args(["--config", config, "--method", "hello_world", "--budget-ms", "5000"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
