@@ -178,12 +178,6 @@ impl RouteSync {
         out
     }
 
-    /// Every live instance's key-value store.
-    pub fn kv_stores(&self) -> Vec<(String, Arc<KvStore>)> {
-        let kv = self.kv.lock().unwrap_or_else(|poison| poison.into_inner());
-        kv.iter().map(|(id, store)| (id.clone(), store.clone())).collect()
-    }
-
     /// The chain an instance runs (see [`crate::chain_policy::chain_of`]).
     fn chain_elements(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Vec<ChainElement> {
         crate::chain_policy::chain_of(self.config.plan_by_id(plan_id), parameters)

@@ -126,7 +126,6 @@ impl Chain {
             Ok(Ok(permit)) => Ok(permit),
             _ => {
                 crate::telemetry::metrics().record_plugin_refusal("instance_plugin_calls");
-                let blame = crate::call::Blame::Limit;
                 tracing::debug!(instance = %ctx.instance_id, limit = self.share.calls, "plugin call refused: the instance's share is taken");
                 Err(crate::call::blamed(
                     RpcError {
@@ -140,7 +139,7 @@ impl Chain {
                                 .to_string(),
                         ),
                     },
-                    blame,
+                    Blame::Limit,
                 ))
             }
         }
@@ -221,22 +220,24 @@ impl Chain {
             drop(turn);
             entry.pool.record_hook("on_call", started.elapsed());
             let decisions = entry.pool.decisions();
-            match &result {
-                Ok(Decision::Forward(_)) => decisions.forwarded.fetch_add(1, Ordering::Relaxed),
-                Ok(Decision::Respond(Ok(_))) => decisions.answered.fetch_add(1, Ordering::Relaxed),
-                Ok(Decision::Respond(Err(_))) => decisions.refused.fetch_add(1, Ordering::Relaxed),
-                Err(_) => 0,
-            };
             match result {
-                Ok(Decision::Forward(next)) if hooks.contains(Hooks::ON_RESULT) => {
-                    inbound.rewritten = None;
-                    inbound.forwarded.push((index, next));
-                }
-                Ok(Decision::Forward(next)) => inbound.rewritten = Some(next),
-                Ok(Decision::Respond(outcome)) => {
-                    if let Err(error) = &outcome {
-                        crate::call::claim(error, Blame::Rule);
+                Ok(Decision::Forward(next)) => {
+                    decisions.forwarded.fetch_add(1, Ordering::Relaxed);
+                    if hooks.contains(Hooks::ON_RESULT) {
+                        inbound.rewritten = None;
+                        inbound.forwarded.push((index, next));
+                    } else {
+                        inbound.rewritten = Some(next);
                     }
+                }
+                Ok(Decision::Respond(outcome)) => {
+                    match &outcome {
+                        Ok(_) => decisions.answered.fetch_add(1, Ordering::Relaxed),
+                        Err(error) => {
+                            crate::call::claim(error, Blame::Rule);
+                            decisions.refused.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
                     inbound.answer = Some(outcome);
                     break;
                 }
