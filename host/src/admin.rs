@@ -162,14 +162,15 @@ async fn reload(State(admin): State<Arc<AdminState>>, headers: axum::http::Heade
     let Some(state) = admin.parts.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting: nothing to reload yet\n").into_response();
     };
+    // `reload` logs what it did, in the fields answered here.
     match state.reloader.reload().await {
         Ok(reloaded) => {
             let status = if reloaded.complete() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
             (status, axum::Json(reloaded)).into_response()
         }
-        Err(error) => {
-            tracing::error!("plugin reload refused, nothing changed: {error}");
-            (StatusCode::CONFLICT, axum::Json(serde_json::json!({ "error": error }))).into_response()
+        Err(refused) => {
+            let status = StatusCode::from_u16(refused.status()).unwrap_or(StatusCode::CONFLICT);
+            (status, axum::Json(refused.body())).into_response()
         }
     }
 }

@@ -96,9 +96,18 @@ enum PluginCommand {
         /// Where to create it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The plugin-sdk directory of an ovsb clone (default: the one this ovsb was built from).
-        #[arg(long)]
+        /// The plugin-sdk directory of an ovsb clone. Default: the plugin-sdk of the ovsb clone
+        /// that --dir lies in (the project then names it by a relative path).
+        #[arg(long, env = "OVSB_PLUGIN_SDK")]
         sdk: Option<PathBuf>,
+    },
+    /// Compile the plugins a configuration declares into the compile cache `ovsb serve` reads
+    /// (`runtime.cache_dir`, or `plugin-cache` in the data directory), checking each `sha256`
+    /// pin, so that a start or an `ovsb reload` that adds them does not wait for compiling.
+    Compile {
+        /// The TOML configuration file; the built-in one when not given.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Load a plugin, check that it implements ovsb:plugin@0.1.0, and run its `configure`.
     Check {
@@ -217,11 +226,28 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Reload { config } => reload(config).await,
         Command::Identity { config, action } => identity(config, &action),
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
-            let sdk = sdk.unwrap_or_else(crate::scaffold::default_sdk_path);
             let lang: crate::scaffold::Lang = lang.parse()?;
-            let root = crate::scaffold::new_project(&name, lang, &dir, &sdk)?;
+            let made = crate::scaffold::new_project(&name, lang, &dir, sdk.as_deref())?;
             let (build, test) = lang.commands();
-            Ok(format!("created {0}\n  build: cd {0} && {build}\n  test:  cd {0} && {test}", root.display()))
+            let mut said = format!(
+                "created {0} (SDK: {1})\n  build: cd {0} && {build}\n  test:  cd {0} && {test}",
+                made.root.display(),
+                made.sdk
+            );
+            if let Some(note) = made.note {
+                said.push_str(&format!("\nnote: {note}"));
+            }
+            Ok(said)
+        }
+        Command::Plugin(PluginCommand::Compile { config }) => {
+            let mut config = match &config {
+                Some(file) => crate::config::Config::load(file)?,
+                None => crate::config::Config::quick_start(),
+            };
+            config.apply_env(&crate::server::process_env())?;
+            config.validate()?;
+            let runtime = tokio::task::spawn_blocking(move || crate::server::compile_plugins(&config));
+            Ok(runtime.await??)
         }
         Command::Plugin(PluginCommand::Serve { plugins, configs, upstreams, upstream_ws, listen, key }) => {
             serve_endpoint(plugins, configs, upstreams, upstream_ws, listen, key).await

@@ -33,7 +33,7 @@
 //!   upstream forwarding and failover, subscriptions, limits, CORS, per-binding allowlists and
 //!   plan method rules (checked on the way in and at the node boundary),
 //!   revocation of open WebSockets.
-//! - [`reload`]: swapping plugins without a restart (SIGHUP, `POST /reload`).
+//! - [`reload`]: adding, removing and swapping plugins without a restart (SIGHUP, `POST /reload`).
 //! - [`plugins`]: the wasm plugin runtime (wasmtime, component model): compile cache, warm
 //!   instance pools, limits, host functions, chain execution, the plugin registry.
 //!

@@ -6,6 +6,11 @@
 //! its files in `FILES`). Every template makes the same plugin: it answers a new method,
 //! `hello_world`, and passes every other call through; its tests run natively against the
 //! SDK's mock host (`cargo test`, `pytest`, `node --test`).
+//!
+//! The SDK is the one `--sdk` names, or the `plugin-sdk` of the ovsb clone the project is made
+//! in; never a path fixed when ovsb was built. A project inside the clone names it by a relative
+//! path, so it moves with the clone. The Rust crate gets a `Cargo.lock` with the versions the
+//! clone locks.
 
 use std::path::{Path, PathBuf};
 
@@ -24,9 +29,17 @@ pub enum ScaffoldError {
     /// A template cannot be used as it is.
     #[error("the project template cannot be used: {0}")]
     Template(String),
-    /// The SDK was not found.
-    #[error("the plugin SDK is not at {0}; pass --sdk PATH (the plugin-sdk directory of an ovsb clone)")]
+    /// The SDK given is not one.
+    #[error(
+        "the plugin SDK is not at {0}: pass --sdk PATH, the plugin-sdk directory of an ovsb clone (beside its wit/)"
+    )]
     Sdk(PathBuf),
+    /// No SDK was given and the directory is not inside an ovsb checkout.
+    #[error(
+        "{0} is not inside an ovsb clone, so the plugin SDK was not found: pass --sdk PATH (the plugin-sdk \
+         directory of an ovsb clone) or set OVSB_PLUGIN_SDK, or make the project inside the clone"
+    )]
+    NoSdk(PathBuf),
     /// Writing failed.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -72,25 +85,157 @@ impl Lang {
     }
 }
 
-/// Creates the project `dir/name` in `lang`; returns its directory.
-pub fn new_project(name: &str, lang: Lang, dir: &Path, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
-    match lang {
-        Lang::Rust => new_plugin(name, dir, sdk),
-        Lang::Python => from_template(name, dir, sdk, "python"),
-        Lang::Js => from_template(name, dir, sdk, "js"),
+/// A project [`new_project`] made.
+#[derive(Debug)]
+pub struct Created {
+    /// Its directory.
+    pub root: PathBuf,
+    /// How it refers to the SDK: a path relative to the project when it is inside the SDK's
+    /// checkout, else the SDK's absolute path.
+    pub sdk: String,
+    /// Something the operator should know (a `Cargo.lock` that could not be trimmed, say).
+    pub note: Option<String>,
+}
+
+/// Creates the project `dir/name` in `lang` with the SDK `sdk` (`--sdk`), or, when `None`, the
+/// `plugin-sdk` of the ovsb checkout `dir` lies in ([`find_sdk`]).
+pub fn new_project(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Result<Created, ScaffoldError> {
+    check_name(name)?;
+    let dir = absolute(dir)?;
+    let root = dir.join(name);
+    if root.exists() {
+        return Err(ScaffoldError::Exists(root));
+    }
+    let sdk = find_sdk(&dir, sdk)?;
+    let paths = SdkPaths::new(&root, &sdk, lang)?;
+    let made = match lang {
+        Lang::Rust => new_plugin(name, &root, &paths).map(|()| write_lock(&root, &paths.checkout)),
+        Lang::Python | Lang::Js => from_template(name, &root, &paths).map(|()| None),
+    };
+    match made {
+        Ok(note) => Ok(Created { root, sdk: paths.sdk, note }),
+        Err(err) => {
+            // No half-made project left behind (it would be "exists already" on the next try).
+            let _ = std::fs::remove_dir_all(&root);
+            Err(err)
+        }
     }
 }
 
-/// Copies `<sdk>/<lang>/template`'s files (those its `FILES` lists) to `dir/name`, replacing
+/// Whether `dir` is the `plugin-sdk` directory of an ovsb checkout: the Rust crate, beside the
+/// checkout's `wit/`.
+fn is_sdk(dir: &Path) -> bool {
+    dir.join("Cargo.toml").is_file() && dir.join("../wit/plugin.wit").is_file()
+}
+
+/// The SDK a project made in `dir` uses: `given` (`--sdk`, `OVSB_PLUGIN_SDK`) when set, else the
+/// `plugin-sdk` of the nearest directory above `dir` (or `dir` itself) that is an ovsb checkout.
+/// Never a path fixed when ovsb was built: a binary runs on machines and in images where its
+/// builder's checkout does not exist.
+pub fn find_sdk(dir: &Path, given: Option<&Path>) -> Result<PathBuf, ScaffoldError> {
+    if let Some(given) = given {
+        let sdk = given.canonicalize().map_err(|_| ScaffoldError::Sdk(given.to_path_buf()))?;
+        return if is_sdk(&sdk) { Ok(sdk) } else { Err(ScaffoldError::Sdk(given.to_path_buf())) };
+    }
+    let dir = absolute(dir)?;
+    dir.ancestors()
+        .map(|at| at.join("plugin-sdk"))
+        .find(|sdk| is_sdk(sdk))
+        .and_then(|sdk| sdk.canonicalize().ok())
+        .ok_or_else(|| ScaffoldError::NoSdk(dir.clone()))
+}
+
+/// `dir` as an absolute path, its existing part with symbolic links resolved (so that it
+/// compares with a canonical SDK path), the rest appended as written.
+fn absolute(dir: &Path) -> Result<PathBuf, ScaffoldError> {
+    let dir = std::path::absolute(dir).map_err(|source| ScaffoldError::Write { path: dir.to_path_buf(), source })?;
+    let mut rest = Vec::new();
+    let mut existing = dir.as_path();
+    let base = loop {
+        if let Ok(found) = existing.canonicalize() {
+            break found;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break existing.to_path_buf(),
+        }
+    };
+    let mut path = base;
+    for part in rest.iter().rev() {
+        if part == ".." {
+            path.pop();
+        } else if part != "." {
+            path.push(part);
+        }
+    }
+    Ok(path)
+}
+
+/// The SDK's places as a new project's files name them.
+struct SdkPaths {
+    /// The ovsb checkout the SDK belongs to (absolute).
+    checkout: PathBuf,
+    /// The language's SDK directory (absolute), where its template is.
+    lang_dir: PathBuf,
+    /// The `plugin-sdk` directory (the Rust crate).
+    sdk: String,
+    /// The language's SDK directory (`plugin-sdk/python`, `plugin-sdk/js`; the crate for Rust).
+    lang_sdk: String,
+    /// The contract, `wit/`.
+    wit: String,
+}
+
+impl SdkPaths {
+    /// Relative to `root` when the project lies inside the SDK's checkout (the project then
+    /// moves with it), else absolute.
+    fn new(root: &Path, sdk: &Path, lang: Lang) -> Result<SdkPaths, ScaffoldError> {
+        let checkout = sdk.parent().unwrap_or(sdk).to_path_buf();
+        let name = |path: &Path| match (root.strip_prefix(&checkout), path.strip_prefix(&checkout)) {
+            (Ok(up), Ok(down)) => {
+                let mut text = vec![".."; up.components().count()].join("/");
+                for part in down.components() {
+                    text.push('/');
+                    text.push_str(&part.as_os_str().to_string_lossy());
+                }
+                text
+            }
+            _ => path.display().to_string(),
+        };
+        let lang_sdk = match lang {
+            Lang::Rust => sdk.to_path_buf(),
+            Lang::Python => sdk.join("python"),
+            Lang::Js => sdk.join("js"),
+        };
+        let paths = SdkPaths {
+            sdk: name(sdk),
+            lang_sdk: name(&lang_sdk),
+            wit: name(&checkout.join("wit")),
+            checkout,
+            lang_dir: lang_sdk,
+        };
+        // The paths are written into shell scripts, JSON and TOML: refuse what would need quoting.
+        for text in [&paths.sdk, &paths.lang_sdk, &paths.wit] {
+            if text.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '$' | '`' | '\n' | '\r')) {
+                return Err(ScaffoldError::Template(format!(
+                    "{text} holds a quote, backslash, `$`, backquote or line break, which the project's files cannot carry: \
+                     use an ovsb clone at a plainer path"
+                )));
+            }
+        }
+        Ok(paths)
+    }
+}
+
+/// Copies `<sdk>/<lang>/template`'s files (those its `FILES` lists) to `root`, replacing
 /// `{{name}}`, `{{module}}` (the name as an identifier), `{{sdk}}` (the language's SDK
 /// directory) and `{{wit}}` (the contract's directory) in each.
-fn from_template(name: &str, dir: &Path, sdk: &Path, lang: &str) -> Result<PathBuf, ScaffoldError> {
-    check_name(name)?;
-    let sdk = sdk.canonicalize().map_err(|_| ScaffoldError::Sdk(sdk.to_path_buf()))?;
-    let lang_sdk = sdk.join(lang);
-    let template = lang_sdk.join("template");
-    let wit = sdk.join("../wit").canonicalize().map_err(|_| ScaffoldError::Sdk(sdk.clone()))?;
-    let list = std::fs::read_to_string(template.join("FILES")).map_err(|_| ScaffoldError::Sdk(sdk.clone()))?;
+fn from_template(name: &str, root: &Path, paths: &SdkPaths) -> Result<(), ScaffoldError> {
+    let template = paths.lang_dir.join("template");
+    let sdk_error = || ScaffoldError::Sdk(paths.lang_dir.clone());
+    let list = std::fs::read_to_string(template.join("FILES")).map_err(|_| sdk_error())?;
     let files: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     // Every file stays inside the project: plain relative names only.
     if let Some(bad) =
@@ -98,26 +243,7 @@ fn from_template(name: &str, dir: &Path, sdk: &Path, lang: &str) -> Result<PathB
     {
         return Err(ScaffoldError::Template(format!("{}: {bad:?} is not a plain relative path", template.display())));
     }
-    // The paths are written into shell scripts and JSON: refuse what would need quoting there.
-    for path in [&lang_sdk, &wit] {
-        let text = path.display().to_string();
-        if text.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '$' | '`' | '\n' | '\r')) {
-            return Err(ScaffoldError::Template(format!(
-                "{text} holds a quote, backslash, `$`, backquote or line break, which the project's scripts cannot carry: \
-                 use an ovsb clone at a plainer path"
-            )));
-        }
-    }
-    let root = dir.join(name);
-    if root.exists() {
-        return Err(ScaffoldError::Exists(root));
-    }
-    let written = write_template(&root, &template, &files, name, &lang_sdk, &wit);
-    if written.is_err() {
-        // No half-made project left behind (it would be "exists already" on the next try).
-        let _ = std::fs::remove_dir_all(&root);
-    }
-    written.map(|()| root)
+    write_template(root, &template, &files, name, paths)
 }
 
 fn write_template(
@@ -125,8 +251,7 @@ fn write_template(
     template: &Path,
     files: &[&str],
     name: &str,
-    lang_sdk: &Path,
-    wit: &Path,
+    paths: &SdkPaths,
 ) -> Result<(), ScaffoldError> {
     let module = name.replace('-', "_");
     for &file in files {
@@ -135,8 +260,8 @@ fn write_template(
         let text = text
             .replace("{{name}}", name)
             .replace("{{module}}", &module)
-            .replace("{{sdk}}", &lang_sdk.display().to_string())
-            .replace("{{wit}}", &wit.display().to_string());
+            .replace("{{sdk}}", &paths.lang_sdk)
+            .replace("{{wit}}", &paths.wit);
         write_file(&root.join(file), &text)?;
     }
     Ok(())
@@ -166,22 +291,8 @@ fn check_name(name: &str) -> Result<(), ScaffoldError> {
     if valid { Ok(()) } else { Err(ScaffoldError::Name(name.to_string())) }
 }
 
-/// The SDK this binary was built with (the `plugin-sdk` directory next to `host`).
-pub fn default_sdk_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk")
-}
-
-/// Creates the Rust crate `dir/name`; returns its directory.
-pub fn new_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, ScaffoldError> {
-    check_name(name)?;
-    let sdk = sdk.canonicalize().map_err(|_| ScaffoldError::Sdk(sdk.to_path_buf()))?;
-    if !sdk.join("Cargo.toml").exists() {
-        return Err(ScaffoldError::Sdk(sdk));
-    }
-    let root = dir.join(name);
-    if root.exists() {
-        return Err(ScaffoldError::Exists(root));
-    }
+/// Writes the Rust crate at `root`.
+fn new_plugin(name: &str, root: &Path, paths: &SdkPaths) -> Result<(), ScaffoldError> {
     let type_name: String = name
         .split(['-', '_'])
         .filter(|part| !part.is_empty())
@@ -191,17 +302,51 @@ pub fn new_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, Scaffol
         })
         .collect();
     let files = [
-        ("Cargo.toml", cargo_toml(name, &sdk)),
+        ("Cargo.toml", cargo_toml(name, &paths.sdk)),
         ("src/lib.rs", LIB_RS.replace("{name}", name).replace("{Type}", &type_name)),
         (".gitignore", "/target\n".to_string()),
     ];
     for (file, content) in files {
         write_file(&root.join(file), &content)?;
     }
-    Ok(root)
+    Ok(())
 }
 
-fn cargo_toml(name: &str, sdk: &Path) -> String {
+/// Writes the crate's `Cargo.lock`: the checkout's own lock (the versions ovsb is built and
+/// tested with, which an offline registry cache that built ovsb holds), trimmed to what the
+/// plugin uses by `cargo update --workspace --offline` (which keeps every locked version).
+/// Without the checkout's lock, `cargo generate-lockfile --offline`. A note when cargo could
+/// not run: the untrimmed lock still pins the versions (cargo trims it at the first build).
+fn write_lock(root: &Path, checkout: &Path) -> Option<String> {
+    let seed = checkout.join("Cargo.lock");
+    let seeded = std::fs::copy(&seed, root.join("Cargo.lock")).is_ok();
+    let args: &[&str] = if seeded {
+        &["update", "--workspace", "--offline", "--quiet"]
+    } else {
+        &["generate-lockfile", "--offline", "--quiet"]
+    };
+    let ran = std::process::Command::new("cargo")
+        .args(args)
+        .current_dir(root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .output();
+    let failed = match ran {
+        Ok(out) if out.status.success() => return None,
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(err) => format!("cannot run cargo: {err}"),
+    };
+    Some(if seeded {
+        format!(
+            "Cargo.lock is the checkout's lock, untrimmed (`cargo {}` failed: {failed}); it pins the same versions",
+            args.join(" ")
+        )
+    } else {
+        format!("no Cargo.lock written (`cargo {}` failed: {failed}); run `cargo generate-lockfile`", args.join(" "))
+    })
+}
+
+fn cargo_toml(name: &str, sdk: &str) -> String {
     format!(
         r#"[package]
 name = "{name}"
@@ -224,8 +369,7 @@ serde = {{ version = "1", features = ["derive"] }}
 opt-level = "s"
 lto = true
 strip = true
-"#,
-        sdk = sdk.display()
+"#
     )
 }
 

@@ -1,6 +1,6 @@
 //! # ovsb-plugin-sdk
 //!
-//! Write plugins for [ovsb](https://example.invalid/ovsb)'s JSON-RPC endpoints in Rust. A plugin
+//! Write plugins for ovsb's JSON-RPC endpoints in Rust (see "Write a plugin" in ovsb's README). A plugin
 //! sees every call to an instance's endpoint and may pass it on (possibly rewritten), answer it
 //! itself, or post-process the node's answer. The contract is the WIT package `ovsb:plugin` in
 //! the repository's `wit/` folder; this crate wraps it in plain Rust.

@@ -60,7 +60,7 @@ fn binding_body(state: &BrokerState, binding: &BindingRow, minor_version: u32, w
         },
     });
     // Validator instances: their keymanager and beacon APIs, through the gateway.
-    let validator = state.catalog.plan_by_id(&binding.plan_id).is_some_and(|p| p.plan.driver.is_validator());
+    let validator = state.catalog.load().plan_by_id(&binding.plan_id).is_some_and(|p| p.plan.driver.is_validator());
     if validator {
         let token = state.secret.keymanager_token(&binding.instance_id, &binding.id, &binding.key_salt);
         body["credentials"]["keymanager_uri"] = json!(format!("{base}/keymanager"));
@@ -148,7 +148,8 @@ pub async fn bind(
             }
         }
     };
-    let entry = state.catalog.plan(&service_id, &plan_id)?;
+    let catalog = state.catalog.load_full();
+    let entry = catalog.plan(&service_id, &plan_id)?;
     if predecessor.is_some() && !entry.binding_rotatable() {
         return Err(ApiError::bad_request(
             "binding rotation is not supported by this plan (binding_rotatable is false)",

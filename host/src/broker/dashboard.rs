@@ -89,7 +89,8 @@ async fn data(State(state): State<Arc<BrokerState>>, Authorized(id): Authorized)
             .iter()
             .map(|e| json!({"name": e.name, "fail_open": e.fail_open}))
             .collect();
-    let plan = state.catalog.plan_by_id(&instance.plan_id).map_or(instance.plan_id.clone(), |p| p.plan.name.clone());
+    let plan =
+        state.catalog.load().plan_by_id(&instance.plan_id).map_or(instance.plan_id.clone(), |p| p.plan.name.clone());
     let traffic = crate::telemetry::metrics().traffic_of(&id);
     let body = json!({
         "instance": instance.id,

@@ -229,7 +229,10 @@ pub async fn provision(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let mut request = ProvisionRequest::parse(json_object(body)?)?;
-    let entry = state.catalog.plan(&request.service_id, &request.plan_id)?;
+    // The plugins the chain names stay available until the instance is committed.
+    let _names = state.registry.hold_names().await;
+    let catalog = state.catalog.load_full();
+    let entry = catalog.plan(&request.service_id, &request.plan_id)?;
     if !accepts_incomplete(&query)? {
         return Err(ApiError::async_required());
     }
@@ -300,9 +303,12 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     let UpdateBody { service_id, plan_id, parameters, context: _, maintenance_version: requested_version } =
         UpdateBody::parse(json_object(body)?)?;
-    state.catalog.service(&service_id)?;
+    // The plugins the chain names stay available until the update is committed.
+    let _names = state.registry.hold_names().await;
+    let catalog = state.catalog.load_full();
+    catalog.service(&service_id)?;
     if let Some(plan_id) = &plan_id {
-        state.catalog.plan(&service_id, plan_id)?;
+        catalog.plan(&service_id, plan_id)?;
     }
     if !accepts_incomplete(&query)? {
         return Err(ApiError::async_required());
@@ -316,8 +322,8 @@ pub async fn update(
     }
     let target_plan = plan_id.clone().unwrap_or_else(|| current.plan_id.clone());
     let plan_changes = target_plan != current.plan_id;
-    let entry = state.catalog.plan(&service_id, &target_plan)?;
-    let from = state.catalog.plan_by_id(&current.plan_id);
+    let entry = catalog.plan(&service_id, &target_plan)?;
+    let from = catalog.plan_by_id(&current.plan_id);
     let plans = PlanMove {
         changes: plan_changes,
         from_updateable: from.is_some_and(|p| p.plan_updateable),
@@ -381,7 +387,8 @@ pub async fn deprovision(
     let plan_id = required_query(&query, "plan_id")?.to_string();
     // Ids first (400 naming them), as for every other request: a plan no longer in the catalog
     // is still accepted for an instance of that plan, so that it can be deprovisioned.
-    if let Err(unknown) = state.catalog.plan(&service_id, &plan_id) {
+    let catalog = state.catalog.load_full();
+    if let Err(unknown) = catalog.plan(&service_id, &plan_id) {
         let of_instance =
             state.store.instance(&instance_id).await?.is_some_and(|i| {
                 i.state != InstanceState::Deleted && i.service_id == service_id && i.plan_id == plan_id
@@ -393,7 +400,7 @@ pub async fn deprovision(
     if !accepts_incomplete(&query)? {
         return Err(ApiError::async_required());
     }
-    let polling = |plan_id: &str| state.catalog.plan_by_id(plan_id).map_or(600, |p| p.plan.maximum_polling_duration);
+    let polling = |plan_id: &str| catalog.plan_by_id(plan_id).map_or(600, |p| p.plan.maximum_polling_duration);
     let operation = |instance: &crate::store::InstanceRow| {
         new_operation(&state, &instance_id, OperationRequest::Deprovision, polling(&instance.plan_id))
     };

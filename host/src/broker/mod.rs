@@ -60,8 +60,9 @@ pub const MAX_ID_BYTES: usize = 255;
 pub struct BrokerState {
     /// The configuration.
     pub config: Arc<Config>,
-    /// The catalog and its schemas.
-    pub catalog: Catalog,
+    /// The catalog and its schemas; a reload that adds or removes plugins swaps it (with the
+    /// registry, under [`Registry::change_names`]).
+    pub catalog: arc_swap::ArcSwap<Catalog>,
     /// The store.
     pub store: Store,
     /// The available plugins (to check an instance's chain at provision and update).
@@ -112,9 +113,9 @@ pub fn router(state: Arc<BrokerState>) -> Router {
 
 async fn catalog(State(state): State<Arc<BrokerState>>, meta: Meta) -> Response {
     let body = if meta.minor_version >= 17 {
-        state.catalog.body().to_string()
+        state.catalog.load().body().to_string()
     } else {
-        catalog_for(state.catalog.body(), meta.minor_version)
+        catalog_for(state.catalog.load().body(), meta.minor_version)
     };
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

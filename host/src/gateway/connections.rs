@@ -407,21 +407,58 @@ pub fn connection_budget(configured: u32, reserve: u32) -> u32 {
     let Some(soft) = limit.current else { return configured };
     let usable = soft.saturating_sub(u64::from(reserve)) / 3;
     let budget = configured.min(u32::try_from(usable).unwrap_or(u32::MAX)).max(1);
-    if budget < configured {
-        tracing::warn!(
+    let default = crate::config::GatewaySettings::default().max_connections;
+    match lowered(configured, budget, default) {
+        Some(Lowered::Setting) => tracing::warn!(
             configured,
             budget,
             descriptor_limit = soft,
             reserve,
             "gateway.max_connections lowered to fit the descriptor limit (each connection may also open one upstream socket)"
-        );
+        ),
+        Some(Lowered::Default) => tracing::info!(
+            default = configured,
+            budget,
+            descriptor_limit = soft,
+            reserve,
+            "the gateway takes {budget} connections at once (the descriptor limit; raise `ulimit -n` for more)"
+        ),
+        None => {}
     }
     budget
+}
+
+/// What lowering the connection budget is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lowered {
+    /// The operator's own `gateway.max_connections`: worth a warning.
+    Setting,
+    /// The default: the descriptor limit is the real bound, said once at info.
+    Default,
+}
+
+/// Whether `budget` lowers `configured`, and whether that was the operator's setting (anything
+/// but `default`).
+fn lowered(configured: u32, budget: u32, default: u32) -> Option<Lowered> {
+    match (budget < configured, configured == default) {
+        (false, _) => None,
+        (true, true) => Some(Lowered::Default),
+        (true, false) => Some(Lowered::Setting),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_operators_own_max_connections_lowered_is_a_warning() {
+        assert_eq!(lowered(8192, 8192, 8192), None);
+        assert_eq!(lowered(100, 100, 8192), None);
+        assert_eq!(lowered(8192, 300, 8192), Some(Lowered::Default));
+        assert_eq!(lowered(20000, 300, 8192), Some(Lowered::Setting));
+        assert_eq!(lowered(1000, 300, 8192), Some(Lowered::Setting));
+    }
 
     #[tokio::test]
     async fn a_keyed_ticket_learns_when_its_key_is_revoked_or_expires() {

@@ -211,6 +211,7 @@ async fn serve_within(
         .to_service_builder();
     let proxy = validator_proxy::Proxy::new(routes.clone(), config.max_response_bytes as usize, config.body_timeout);
     let (stop_handle, server_handle) = stop_channel();
+    let sockets = OpenSockets::default();
     let admission = Admission::new(AdmissionLimits {
         total: budget,
         per_source: config.max_connections_per_source.min(budget),
@@ -258,6 +259,7 @@ async fn serve_within(
             }
         };
         let watch = Arc::new(RevocationWatch::default());
+        sockets.add(&watch);
         let front = Front {
             jsonrpc: builder.clone().build(methods.clone(), stop_handle.clone()),
             connection: Arc::new(FrontConnection {
@@ -310,10 +312,49 @@ async fn serve_within(
         });
     }
 
+    // WebSockets end with 1001 "going away" and a reason (jsonrpsee's own close is 1000 with
+    // none), before the server stops; the frames get a moment to go out first.
+    let going_away = sockets.end_websockets();
+    if going_away > 0 {
+        tracing::info!(websockets = going_away, "shutting down: closing the open WebSockets with 1001 (going away)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = server_handle.stop();
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// The sockets of the gateway's live connections, to end their WebSockets at shutdown.
+#[derive(Default)]
+struct OpenSockets {
+    watches: std::sync::Mutex<Vec<std::sync::Weak<RevocationWatch>>>,
+}
+
+impl OpenSockets {
+    /// Adds a connection's watch; forgets the ended ones whenever the list has doubled.
+    fn add(&self, watch: &Arc<RevocationWatch>) {
+        let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        if watches.len() >= 64 && watches.len().is_power_of_two() {
+            watches.retain(|w| w.strong_count() > 0);
+        }
+        watches.push(Arc::downgrade(watch));
+    }
+
+    /// Ends every open WebSocket with [`revocable::GOING_AWAY_CLOSE_CODE`]; how many.
+    fn end_websockets(&self) -> usize {
+        let watches = std::mem::take(&mut *self.watches.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut ended = 0;
+        for watch in watches.iter().filter_map(std::sync::Weak::upgrade).filter(|w| w.armed()) {
+            watch.end(revocable::Ending {
+                code: revocable::GOING_AWAY_CLOSE_CODE,
+                reason: revocable::GOING_AWAY_CLOSE_REASON.to_string(),
+                grace: revocable::CLOSE_GRACE,
+            });
+            ended += 1;
+        }
+        ended
+    }
 }
 
 /// Answers a refused connection's first request with 429 and closes it, within a second or two.

@@ -37,6 +37,11 @@ pub const REVOKED_CLOSE_CODE: u16 = 4001;
 pub const REVOKED_CLOSE_REASON: &str = "the API key was revoked";
 /// How long a revoked WebSocket may take to close before its socket is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The WebSocket close code sent to every open WebSocket when ovsb shuts down (RFC 6455's
+/// "going away": the client may reconnect to the next ovsb).
+pub const GOING_AWAY_CLOSE_CODE: u16 = 1001;
+/// The WebSocket close reason sent when ovsb shuts down.
+pub const GOING_AWAY_CLOSE_REASON: &str = "ovsb is shutting down; reconnect";
 
 /// Why the gateway ends a WebSocket, other than a revocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +84,11 @@ impl RevocationWatch {
     /// one does. Only the first call counts.
     pub fn arm(&self, revoked: CancellationToken, expires_ms: Option<i64>) {
         let _ = self.key.set((revoked, expires_ms));
+    }
+
+    /// Whether the socket carries a WebSocket ([`arm`](Self::arm) was called).
+    pub fn armed(&self) -> bool {
+        self.key.get().is_some()
     }
 }
 

@@ -46,7 +46,9 @@ pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, Pl
 pub use kv::{KvLimits, KvStore};
 pub use methods::MethodSelection;
 pub use pool::{Decisions, InstancePool};
-pub use registry::{Available, ChainError, PluginVersion, Registry, ReloadFailure, ReloadReport};
+pub use registry::{
+    Available, ChainError, Compiled, PluginVersion, Prepared, Registry, ReloadFailure, ReloadReport, compile_all,
+};
 pub use state::UPSTREAM_CAP_CODE;
 
 use state::StoreState;

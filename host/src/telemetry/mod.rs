@@ -385,6 +385,28 @@ impl Metrics {
             "Repeated warnings not written (rate-limited); each written one says how many it stands for",
             log_lines_suppressed.clone(),
         );
+        // Series with a finite set of labels are present from the start, at 0: a dashboard or
+        // an alert (a rate, an absence) needs them before their first event.
+        for (family, reasons) in [
+            (&connections_refused, CONNECTION_REFUSALS),
+            (&subscriptions_refused, SUBSCRIPTION_REFUSALS),
+            (&subscriptions_ended, SUBSCRIPTION_ENDINGS),
+            (&plugin_refusals, PLUGIN_REFUSALS),
+            (&call_refusals, CALL_REFUSALS),
+        ] {
+            for &reason in reasons {
+                drop(family.get_or_create(&RefusalLabels { reason }));
+            }
+        }
+        for &kind in UPSTREAM_ERROR_KINDS {
+            drop(upstream_errors.get_or_create(&UpstreamLabels { kind }));
+        }
+        for &outcome in AUTH_REFUSALS {
+            drop(broker_auth.get_or_create(&OutcomeLabels { outcome }));
+        }
+        for &outcome in RELOAD_OUTCOMES {
+            drop(plugin_reloads.get_or_create(&OutcomeLabels { outcome }));
+        }
         Metrics {
             registry,
             plugin_copies,
@@ -565,6 +587,32 @@ impl Metrics {
     }
 }
 
+/// `ovsb_gateway_connections_refused_total`'s reasons.
+pub const CONNECTION_REFUSALS: &[&str] =
+    &["connections", "connections_per_source", "connections_per_key", "connections_per_instance"];
+/// `ovsb_gateway_subscriptions_refused_total`'s reasons.
+pub const SUBSCRIPTION_REFUSALS: &[&str] = &["subscriptions", "subscriptions_per_instance", "subscriptions_per_key"];
+/// `ovsb_gateway_subscriptions_ended_total`'s reasons.
+pub const SUBSCRIPTION_ENDINGS: &[&str] = &["lagged", "node_gone"];
+/// `ovsb_plugin_refusals_total`'s reasons.
+pub const PLUGIN_REFUSALS: &[&str] = &["instance_plugin_calls", "runtime_copies"];
+/// `ovsb_call_refusals_total`'s reasons.
+pub const CALL_REFUSALS: &[&str] = &[
+    "response_bytes",
+    "answer_bytes_in_flight",
+    "instance_answer_bytes_in_flight",
+    "instance_upstream_calls",
+    "upstream_calls",
+    "node_sockets",
+    "descriptors",
+];
+/// `ovsb_upstream_errors_total`'s kinds.
+pub const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "failed", "timeout"];
+/// `ovsb_broker_auth_refusals_total`'s outcomes.
+pub const AUTH_REFUSALS: &[&str] = &["failed", "throttled"];
+/// `ovsb_plugin_reloads_total`'s outcomes.
+pub const RELOAD_OUTCOMES: &[&str] = &["added", "removed", "changed", "unchanged", "failed"];
+
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -577,6 +625,26 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_with_a_finite_label_set_are_there_at_zero_before_any_event() {
+        let text = Metrics::new().encode();
+        for line in [
+            r#"ovsb_gateway_connections_refused_total{reason="connections_per_key"} 0"#,
+            r#"ovsb_gateway_subscriptions_refused_total{reason="subscriptions"} 0"#,
+            r#"ovsb_gateway_subscriptions_ended_total{reason="lagged"} 0"#,
+            r#"ovsb_plugin_refusals_total{reason="runtime_copies"} 0"#,
+            r#"ovsb_call_refusals_total{reason="descriptors"} 0"#,
+            r#"ovsb_upstream_errors_total{kind="timeout"} 0"#,
+            r#"ovsb_broker_auth_refusals_total{outcome="throttled"} 0"#,
+            r#"ovsb_plugin_reloads_total{outcome="added"} 0"#,
+            r#"ovsb_store_corrupt_rows_total{table="slashing_protection"} 0"#,
+            "ovsb_plugin_copy_evictions_total 0",
+            "ovsb_log_lines_suppressed_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn instance_ids_are_escaped_and_a_forgotten_instance_leaves_no_series() {

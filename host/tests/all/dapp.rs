@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use ovsb::gateway::GatewayConfig;
 use ovsb::gateway::allowlist::Allowlist;
-use ovsb::gateway::revocable::{REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON};
+use ovsb::gateway::revocable::{
+    GOING_AWAY_CLOSE_CODE, GOING_AWAY_CLOSE_REASON, REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON,
+};
 use serde_json::{Value, json};
 use support::{Anvil, TestGateway, rpc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -269,6 +271,19 @@ async fn a_deprovision_ends_the_instances_subscriptions_within_a_second() {
     gw.routes.update(|table| table.remove_instance("i1"));
     assert_eq!(close_within(&mut ws, SECOND).await, (REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON.to_string()));
     assert_eq!(wait_for_zero(&open, SECOND).await, 0, "the node-side subscription is gone");
+}
+
+/// At shutdown every open WebSocket is closed with 1001 "going away" and a reason, so that
+/// clients know to reconnect (jsonrpsee alone closes with 1000 and no reason).
+#[tokio::test]
+async fn a_shutdown_closes_websockets_with_going_away_and_a_reason() {
+    let anvil = Anvil::start(&["--block-time", "1"]);
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let instance = gw.instance("i1", &[anvil.http_url()], &[anvil.ws_url()], &[], 10 * SECOND).await;
+    let key = gw.bind(&instance, "b1");
+    let mut ws = subscribed(&gw.ws_url(&key)).await;
+    gw.shut_down();
+    assert_eq!(close_within(&mut ws, 2 * SECOND).await, (GOING_AWAY_CLOSE_CODE, GOING_AWAY_CLOSE_REASON.to_string()));
 }
 
 #[tokio::test]

@@ -276,13 +276,15 @@ async fn the_example_plugin_registered_by_path_and_digest_changes_what_the_endpo
 #[test]
 fn the_scaffold_makes_the_example_plugin() {
     let dir = tempfile::tempdir().unwrap();
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-plugin");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ovsb"))
         .args(["plugin", "new", "hello-plugin", "--dir"])
         .arg(dir.path())
+        .arg("--sdk")
+        .arg(example.join("../../plugin-sdk"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-plugin");
     let made = dir.path().join("hello-plugin");
     assert_eq!(
         std::fs::read_to_string(made.join("src/lib.rs")).unwrap(),
@@ -294,9 +296,16 @@ fn the_scaffold_makes_the_example_plugin() {
         manifest.replace(&sdk.display().to_string(), "../../plugin-sdk"),
         std::fs::read_to_string(example.join("Cargo.toml")).unwrap()
     );
+    // The lock file too: the versions the repository locks, trimmed to the plugin.
+    assert_eq!(
+        std::fs::read_to_string(made.join("Cargo.lock")).unwrap(),
+        std::fs::read_to_string(example.join("Cargo.lock")).unwrap()
+    );
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_ovsb"))
         .args(["plugin", "new", "hello-plugin", "--dir"])
         .arg(dir.path())
+        .arg("--sdk")
+        .arg(example.join("../../plugin-sdk"))
         .output()
         .unwrap();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists already"));

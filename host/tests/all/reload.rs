@@ -182,7 +182,8 @@ async fn post_reload_reports_what_it_took_and_what_kept_running() {
     // Without the header (what a web page could send): refused, nothing reloaded.
     let bare = reqwest::Client::new().post(format!("http://127.0.0.1:{admin}/reload")).send().await.unwrap();
     assert_eq!(bare.status().as_u16(), 400);
-    assert!(!metrics(admin).await.contains("ovsb_plugin_reloads_total"), "nothing was reloaded");
+    let page = metrics(admin).await;
+    assert!(page.contains("ovsb_plugin_reloads_total{outcome=\"unchanged\"} 0"), "nothing was reloaded: {page}");
 
     let (status, body) = reload().await;
     assert_eq!(status, 200, "{body}");
@@ -259,4 +260,134 @@ async fn post_reload_reports_what_it_took_and_what_kept_running() {
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Not A Slug"), "{body}");
     assert_eq!(rpc(&url, "hello_world", json!([])).await["result"], "hello from r2");
+}
+
+/// `POST /reload` with the admin header: its status and body.
+async fn post_reload(admin: u16) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{admin}/reload"))
+        .header("X-Ovsb-Reload", "1")
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+}
+
+/// A plugin declared anew is added by a reload, with no restart: one client calls through a
+/// binding in a loop and another provisions and binds in a loop throughout, and not one call or
+/// request fails; the new plugin is then in the catalog and usable in a provision.
+/// `ovsb plugin compile` filled the compile cache first, so the reload loads it from there.
+/// Removing a plugin that an instance or a plan uses is refused (422, naming them) and changes
+/// nothing; once its instance is gone, a reload removes it. The log says what the answer says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_a_plugin_under_load_and_removes_one_no_longer_used() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let swap = dir.path().join("swap.wasm");
+    std::fs::write(&swap, std::fs::read(ovsb_test_artifacts::PASS_PLUGIN).unwrap()).unwrap();
+    let admin = free_port();
+    let mut config = config(&anvil.http_url(), &swap, admin);
+    config.insert_str(0, &format!("data_dir = \"{}\"\n", dir.path().join("data").display()));
+    let ovsb = Ovsb::start(dir.path(), "ovsb", &config);
+    let url = endpoint(&ovsb, "steady").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, failures, workers) = steady_load(&url, &stop);
+    // The second client: provisions and binds, one instance after the other, until stopped.
+    let provisioner = {
+        let (osb, stop) = (ovsb.osb.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut made = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("p{made}");
+                osb.ready_instance(&id, PLAN_SHARED, None).await;
+                let bound = osb.bind(&id, &format!("{id}-b"), PLAN_SHARED).await;
+                assert_eq!(bound.status, 201, "{bound:?}");
+                made += 1;
+            }
+            made
+        })
+    };
+    eventually("the load is running", async || calls.load(Ordering::Relaxed) > 20).await;
+
+    // A new plugin in the file, compiled ahead into the cache the server reads.
+    let file = dir.path().join("ovsb.toml");
+    let without = std::fs::read_to_string(&file).unwrap();
+    let with = without.replacen(
+        "[[plugins]]\nname = \"pass\"",
+        &format!(
+            "[[plugins]]\nname = \"hello\"\npath = \"{}\"\n\n[[plugins]]\nname = \"pass\"",
+            ovsb_test_artifacts::HELLO_PLUGIN
+        ),
+        1,
+    );
+    std::fs::write(&file, &with).unwrap();
+    let compile = |file: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ovsb"))
+            .args(["plugin", "compile", "--config"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = compile(&file);
+    assert!(said.contains("hello: compiled") && said.contains("swap: already in the compile cache"), "{said}");
+    assert!(compile(&file).contains("hello: already in the compile cache"));
+
+    let (status, body) = post_reload(admin).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["outcome"].clone(), body["plugins"]["added"].clone()), (json!("complete"), json!(["hello"])));
+    let log = std::fs::read_to_string(dir.path().join("ovsb.log")).unwrap();
+    let loaded = log.lines().find(|l| l.contains("plugin=hello") && l.contains("plugin loaded from the compile cache"));
+    assert!(loaded.is_some(), "the reload read the compiled plugin from the cache:\n{log}");
+    assert!(log.lines().any(|l| l.contains("plugins reloaded") && l.contains("added=hello")), "{log}");
+    let catalog = ovsb.osb.call(reqwest::Method::GET, "/v2/catalog", None).await;
+    assert!(catalog.body.to_string().contains("\"hello\""), "the catalog names the new plugin");
+
+    // Usable at once, while the load goes on.
+    ovsb.osb.ready_instance("with-hello", PLAN_SHARED, Some(json!({"plugins": [{"name": "hello"}]}))).await;
+    let bound = ovsb.osb.bind("with-hello", "with-hello-b", PLAN_SHARED).await;
+    let hello_url = bound.body["credentials"]["uri"].as_str().unwrap().to_string();
+    assert_eq!(rpc(&hello_url, "hello_world", json!([])).await["result"], "hello from with-hello");
+    let at_add = calls.load(Ordering::Relaxed);
+    eventually("calls went on after the reload", async || calls.load(Ordering::Relaxed) > at_add + 20).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let made = provisioner.await.unwrap();
+    assert!(made >= 1, "the second client provisioned and bound throughout");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {} calls", calls.load(Ordering::Relaxed));
+
+    // Removing a plugin still in use is refused as a whole, naming who uses it.
+    std::fs::write(&file, &without).unwrap();
+    let (status, body) = post_reload(admin).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["outcome"], "refused", "{body}");
+    assert_eq!(body["in_use"], json!([{"plugin": "hello", "by": "instance", "id": "with-hello"}]), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("with-hello"), "{body}");
+    assert_eq!(rpc(&hello_url, "hello_world", json!([])).await["result"], "hello from with-hello");
+    // The plan `other` runs `test`: a file without both validates, but the running plan keeps it.
+    let test_block = format!("[[plugins]]\nname = \"test\"\npath = \"{}\"\n", ovsb_test_artifacts::TEST_PLUGIN);
+    let plan_chain = "plugins = [{ name = \"test\", config = { mode = \"respond\", tag = \"plan-default\" } }]\n";
+    assert!(with.contains(&test_block) && with.contains(plan_chain));
+    std::fs::write(&file, with.replacen(&test_block, "", 1).replacen(plan_chain, "", 1)).unwrap();
+    let (status, body) = post_reload(admin).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["in_use"].as_array().unwrap().iter().any(|u| u["plugin"] == "test" && u["by"] == "plan"), "{body}");
+    let log = std::fs::read_to_string(dir.path().join("ovsb.log")).unwrap();
+    assert!(log.lines().any(|l| l.contains("plugin reload refused") && l.contains("with-hello")), "{log}");
+
+    // Once nothing uses it, a reload removes it: no longer in the catalog or a provision.
+    assert_eq!(ovsb.osb.deprovision("with-hello", PLAN_SHARED).await.status, 202);
+    assert_eq!(ovsb.osb.wait("with-hello").await["state"], "succeeded");
+    std::fs::write(&file, &without).unwrap();
+    let (status, body) = post_reload(admin).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plugins"]["removed"], json!(["hello"]), "{body}");
+    let refused = ovsb.osb.provision("again", PLAN_SHARED, Some(json!({"plugins": [{"name": "hello"}]}))).await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let catalog = ovsb.osb.call(reqwest::Method::GET, "/v2/catalog", None).await;
+    assert!(!catalog.body.to_string().contains("\"hello\""), "the catalog no longer names it");
 }

@@ -324,6 +324,7 @@ impl ProcessDriver {
             marker,
             stop: node.stop.clone(),
             pid: node.pid.clone(),
+            shutdown: self.shutdown.clone(),
         };
         let first_start = supervisor
             .start_or_adopt(adopted)
@@ -342,12 +343,7 @@ impl ProcessDriver {
                 Ok(_) => return Ok(()),
                 Err(err) => {
                     if attempt % 20 == 1 {
-                        progress
-                            .report(&format!(
-                                "waiting for the node on port {port} to answer (attempt {attempt}: {})",
-                                err.message
-                            ))
-                            .await;
+                        progress.report(&waiting_for_node(port, attempt, &err.message)).await;
                     }
                 }
             }
@@ -462,9 +458,33 @@ impl Driver for ProcessDriver {
     }
 }
 
+/// What `last_operation` says while a started node does not answer yet: a node that is not
+/// listening yet is starting, as every node does for a moment, not an error to show.
+fn waiting_for_node(port: u16, attempt: u32, error: &str) -> String {
+    let refused = error.contains("Connection refused") || error.contains("os error 111");
+    if refused {
+        format!("waiting for the node on port {port} to start (attempt {attempt}: not listening yet)")
+    } else {
+        format!("waiting for the node on port {port} to answer (attempt {attempt}: {error})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_not_listening_yet_is_starting_not_failing() {
+        let refused = "error trying to connect: tcp connect error: Connection refused (os error 111)";
+        assert_eq!(
+            waiting_for_node(8545, 1, refused),
+            "waiting for the node on port 8545 to start (attempt 1: not listening yet)"
+        );
+        assert_eq!(
+            waiting_for_node(8545, 21, "the node answered 503"),
+            "waiting for the node on port 8545 to answer (attempt 21: the node answered 503)"
+        );
+    }
 
     pub(super) fn decl(command: &[&str], deliberate: &[i32]) -> ProcessDriverDecl {
         ProcessDriverDecl {

@@ -73,6 +73,9 @@ pub(super) struct Supervisor {
     pub(super) marker: String,
     pub(super) stop: CancellationToken,
     pub(super) pid: Arc<Mutex<Option<u32>>>,
+    /// ovsb's shutdown (the parent of `stop`): a node is left running then, for the next start
+    /// to adopt.
+    pub(super) shutdown: CancellationToken,
 }
 
 pub(super) enum Running {
@@ -134,6 +137,15 @@ impl Supervisor {
             let started = tokio::time::Instant::now();
             let exit = tokio::select! {
                 _ = self.stop.cancelled() => {
+                    if self.shutdown.is_cancelled() {
+                        let pid = *self.pid.lock().unwrap_or_else(|p| p.into_inner());
+                        tracing::info!(
+                            instance = %self.record.instance_id,
+                            pid,
+                            port = self.record.port,
+                            "shutting down: the node is left running for the next start to adopt"
+                        );
+                    }
                     // Our own child must be reaped; the driver sends the signals.
                     if let Running::Child(mut child) = running {
                         tokio::spawn(async move { let _ = child.wait().await; });
@@ -242,6 +254,7 @@ mod tests {
             marker: format!("unit-test-{}", crate::store::random_id()),
             stop: CancellationToken::new(),
             pid: Arc::new(Mutex::new(None)),
+            shutdown: CancellationToken::new(),
         }
     }
 

@@ -204,6 +204,11 @@ impl TestGateway {
     pub fn ws_url(&self, key: &str) -> String {
         format!("ws://{}/v1/{key}", self.addr)
     }
+
+    /// Shuts the gateway down (as `ovsb serve` does on SIGTERM).
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl Drop for TestGateway {
