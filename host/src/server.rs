@@ -449,7 +449,6 @@ async fn open_store(url: &str, shutdown: &CancellationToken) -> Result<Store, St
     }
 }
 
-/// The `OVSB_*` variables of this process (the one place the environment is read).
 /// The plugin runtime `ovsb serve` runs `config`'s plugins in, with its compile cache on disk
 /// (`runtime.cache_dir`, or `plugin-cache` in the data directory).
 fn plugin_runtime(config: &Config) -> Result<PluginRuntime, StartError> {
@@ -477,6 +476,7 @@ pub fn compile_plugins(config: &Config) -> Result<String, StartError> {
     Ok(lines.join("\n"))
 }
 
+/// The `OVSB_*` variables of this process (the one place the environment is read).
 pub fn process_env() -> HashMap<String, String> {
     std::env::vars().filter(|(name, _)| name.starts_with("OVSB_")).collect()
 }

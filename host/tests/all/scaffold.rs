@@ -225,7 +225,10 @@ fn a_plugin_made_by_a_moved_ovsb_finds_its_sdk_from_the_project_or_sdk_and_build
     let clone_lock = std::fs::read_to_string(clone.join("Cargo.lock")).unwrap();
     assert!(lock.contains("name = \"wit-bindgen\"") && !lock.contains("name = \"wasmtime\""), "{lock}");
     for package in lock.split("[[package]]").skip(1).filter(|p| p.contains("source = ")) {
-        assert!(clone_lock.contains(package.trim()), "not as the clone locks it: {package}");
+        // Name, version, source and checksum (the dependency lists differ: features unify
+        // differently in the clone's larger graph).
+        let pinned: Vec<&str> = package.trim().lines().take_while(|l| !l.starts_with("dependencies")).collect();
+        assert!(clone_lock.contains(&pinned.join("\n")), "not as the clone locks it: {package}");
     }
 
     // The clone moves: the projects in it still build (Rust) and pass their tests (JavaScript).
