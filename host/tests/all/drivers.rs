@@ -280,6 +280,28 @@ async fn after_kill_9_of_ovsb_every_instance_serves_again_without_duplicates_or_
     assert!(nodes_under(&dir.path().join("data")).is_empty());
 }
 
+/// A SIGTERM leaves each node running for the next start to adopt, and the log says so, node
+/// by node (instance, pid, port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_logs_each_node_it_leaves_running_for_the_next_start() {
+    let anvil = Anvil::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = support::NodeReaper(dir.path().to_path_buf());
+    let plan = toml::to_string(&devnet_plan_table()).unwrap().replace("[driver]", "[services.plans.driver]");
+    let config = test_config_toml_with(&anvil.http_url(), support::free_port(), &format!("[[services.plans]]\n{plan}"));
+    let config = format!("data_dir = \"{}\"\n{config}", dir.path().join("data").display());
+    let mut ovsb = support::process::Ovsb::start(dir.path(), "left", &config);
+    ovsb.osb.ready_instance("kept", PLAN_DEVNET, None).await;
+    let nodes = nodes_under(&dir.path().join("data"));
+    assert_eq!(nodes.len(), 1);
+    assert!(ovsb.terminate(Duration::from_secs(60)).success());
+    assert_eq!(nodes_under(&dir.path().join("data")), nodes, "the node is still running");
+    let log = std::fs::read_to_string(dir.path().join("left.log")).unwrap();
+    let line = log.lines().find(|l| l.contains("left running for the next start to adopt"));
+    let line = line.unwrap_or_else(|| panic!("no line about the node left running:\n{log}"));
+    assert!(line.contains("instance=kept") && line.contains(&format!("pid={}", nodes[0])), "{line}");
+}
+
 fn devnet_plan_table() -> toml::Table {
     let anvil = anvil_binary();
     toml::from_str(&format!(
