@@ -184,7 +184,9 @@ pub fn main() -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let runtime = match builder.enable_all().build() {
+    // A worker about to sleep gives back what other threads freed of its memory (plugin copies
+    // dropped by the sweeper after the calls stopped): see `crate::memory`.
+    let runtime = match builder.enable_all().on_thread_park(crate::memory::collect_before_sleep).build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -46,7 +46,8 @@
 //! outside tests and comments, and fails on any other edge):
 //! `cli` → `server` → `admin` → `reload` → `broker` → `routing` → `gateway` → `provision` →
 //! `upstream` → `budget` → `plugins` → `chain_policy`, `validator_params` → `config`; below them all `store`, `identity`, `scaffold`,
-//! then `credentials`, `telemetry`, and at the bottom the leaves `interchange` and [`call`] (the
+//! then `credentials`, `telemetry`, and at the bottom the leaves `interchange`, [`memory`] (freed
+//! memory back to the system) and [`call`] (the
 //! call vocabulary: `Call`, `Outcome`, `RpcError`, `Upstream`, every JSON-RPC code, blame). In
 //! particular `config` is data and validation only, `provision` reaches routing only through
 //! [`provision::RouteRefresh`], and neither the drivers nor the gateway import each other
@@ -63,6 +64,7 @@ pub mod credentials;
 pub mod gateway;
 pub mod identity;
 pub mod interchange;
+pub mod memory;
 pub mod plugins;
 pub mod provision;
 pub mod reload;
@@ -91,7 +93,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["config"],
     &["store", "identity", "scaffold"],
     &["credentials", "telemetry"],
-    &["interchange", "call"],
+    &["interchange", "call", "memory"],
 ];
 
 /// Edges the layers would allow but the design forbids: the data plane and the drivers meet

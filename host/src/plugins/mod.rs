@@ -11,7 +11,8 @@
 //!   process, or one serving empty chains, takes no timer wake-ups.
 //! - [`LoadedPlugin`]: a compiled plugin checked against the world, ready to instantiate.
 //! - [`InstancePool`]: copies of one plugin with one configuration, for one instance, made on
-//!   demand: an instance that serves no calls holds none.
+//!   demand: an instance that serves no calls holds none. A configuration this version of the
+//!   plugin already took is not configured again to make a pool (`configured`).
 //! - The runtime's idle copies: warm copies kept after a call, at most `idle_budget` across all
 //!   instances (least recently used dropped first), each for at most `idle_time`.
 //! - [`Chain`]: runs a call through an instance's pools in order and back, skipping the
@@ -22,6 +23,7 @@
 mod bindings;
 mod cache;
 mod chain;
+mod configured;
 mod errors;
 mod kv;
 mod methods;
@@ -280,6 +282,8 @@ pub struct LoadedPlugin {
     pre: bindings::PluginPre<StoreState>,
     /// Its `on_call` and `on_result` series of the hook-duration histogram, made at first use.
     hook_timers: [OnceLock<prometheus_client::metrics::histogram::Histogram>; 2],
+    /// What its `configure` answered for the configurations it took (see [`configured`]).
+    configured: configured::ConfiguredCache,
 }
 
 impl LoadedPlugin {
@@ -434,7 +438,13 @@ impl PluginRuntime {
             |e: wasmtime::Error| LoadError::WrongWorld { name: name.to_string(), reason: format!("{e:#}") };
         let pre = inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::PluginPre::new(pre).map_err(wrong_world)?;
-        Ok(Arc::new(LoadedPlugin { name: name.into(), digest, pre, hook_timers: Default::default() }))
+        Ok(Arc::new(LoadedPlugin {
+            name: name.into(),
+            digest,
+            pre,
+            hook_timers: Default::default(),
+            configured: Default::default(),
+        }))
     }
 
     /// [`load`](Self::load) from a file.

@@ -65,7 +65,7 @@ pub struct InstancePool {
     /// The hooks to call: what `configure` declared, less those a copy declined since.
     hooks: AtomicU8,
     /// The calls the plugin selected in `configure` (`None`: every call); set by the first copy.
-    selection: OnceLock<Option<MethodSelection>>,
+    selection: OnceLock<Option<Arc<MethodSelection>>>,
     /// What its `on-call` decided for this instance, counted by the host (a cache's hits and
     /// misses, a filter's refusals), never read from the plugin's own keys.
     decisions: Decisions,
@@ -114,8 +114,19 @@ impl InstancePool {
             decisions: Decisions::default(),
         });
         // `configure` runs now, so that a bad configuration is refused at provision time; the
-        // copy is then released: calls make their own.
+        // copy is then released: calls make their own. A configuration this version of the
+        // plugin already took is not asked again (see `super::configured`).
+        if let Some(known) = pool.plugin.configured.get(config, &limits) {
+            pool.hooks.store(known.hooks, Ordering::Relaxed);
+            let _ = pool.selection.set(known.selection);
+            return Ok(pool);
+        }
         drop(pool.instantiate().await?);
+        let answer = super::configured::Configured {
+            hooks: pool.hooks.load(Ordering::Relaxed),
+            selection: pool.selection.get().cloned().flatten(),
+        };
+        pool.plugin.configured.insert(config, limits, answer);
         Ok(pool)
     }
 
@@ -286,7 +297,7 @@ impl InstancePool {
                 store.data_mut().end_call();
                 self.hooks.fetch_and(hook_bits(hooks), Ordering::Relaxed);
                 // Every copy is configured alike: the first copy's selection is the pool's.
-                let _ = self.selection.set((!selection.is_empty()).then_some(selection));
+                let _ = self.selection.set((!selection.is_empty()).then(|| Arc::new(selection)));
                 Ok(PluginCopy { store, exports, _alive: alive })
             }
             (Err(message), _) | (Ok(_), Err(message)) => {
@@ -348,7 +359,13 @@ impl InstancePool {
     pub(crate) fn drop_idle(&self, seq: u64) -> bool {
         let copy = {
             let mut idle = self.lock_idle();
-            idle.iter().position(|(s, _)| *s == seq).map(|at| idle.remove(at))
+            let copy = idle.iter().position(|(s, _)| *s == seq).map(|at| idle.remove(at));
+            if idle.is_empty() {
+                // An idle instance holds no room for copies either (a copy's entry is a few
+                // hundred bytes; pools of instances that went quiet would keep them all).
+                *idle = Vec::new();
+            }
+            copy
         };
         copy.is_some()
     }

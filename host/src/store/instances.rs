@@ -10,8 +10,8 @@ use sqlx::Row as _;
 
 use super::changes::{begin_change, insert_audit};
 use super::rows::{
-    AuditEntry, BINDING_COLUMNS, BindingRow, INSTANCE_COLUMNS, InstanceRow, OPERATION_COLUMNS, OperationRow,
-    binding_from, instance_from, json_text, operation_from,
+    AuditEntry, BINDING_COLUMNS, BindingRow, INSTANCE_COLUMNS, InstanceRow, InstanceState, OPERATION_COLUMNS,
+    OperationRow, binding_from, instance_from, json_text, operation_from,
 };
 use super::{Result, Store, now_ms};
 
@@ -61,7 +61,8 @@ pub struct InstanceView<'a> {
     pub instance: Option<&'a InstanceRow>,
     /// The instance's latest operation.
     pub operation: Option<&'a OperationRow>,
-    /// Instances of the requested plan that are not deleted (when asked for).
+    /// Instances of the requested plan that are not deleted (when asked for; one row read,
+    /// see `plan_instances`).
     pub plan_count: u64,
 }
 
@@ -153,13 +154,15 @@ impl Store {
             None => None,
         };
         let plan_count = match plan_id {
-            Some(plan_id) => {
-                let row = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE plan_id = $1 AND state <> 'deleted'")
-                    .bind(plan_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                row.try_get::<i64, _>("n")? as u64
-            }
+            // One row, kept by `put_instance`: counting the plan's instances here grew with them.
+            Some(plan_id) => sqlx::query("SELECT live FROM plan_instances WHERE plan_id = $1")
+                .bind(plan_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get::<i64, _>("live"))
+                .transpose()?
+                .unwrap_or(0)
+                .max(0) as u64,
             None => 0,
         };
         let decision = decide(InstanceView { instance: instance.as_ref(), operation: operation.as_ref(), plan_count });
@@ -167,8 +170,11 @@ impl Store {
             tx.rollback().await?;
             return Ok(decision.answer);
         }
+        // The instance row as it stands in this transaction (read above, then as each change
+        // writes it): `put_instance` need not read it again.
+        let mut current = Known(instance.map(|row| (row.plan_id, row.state)));
         for change in decision.changes {
-            apply(&mut tx, id, None, change).await?;
+            apply(&mut tx, id, None, change, &mut current).await?;
         }
         tx.commit().await?;
         Ok(decision.answer)
@@ -227,15 +233,58 @@ impl Store {
             return Ok(decision.answer);
         }
         for change in decision.changes {
-            apply(&mut tx, instance_id, Some(binding_id), change).await?;
+            apply(&mut tx, instance_id, Some(binding_id), change, &mut Unknown).await?;
         }
         tx.commit().await?;
         Ok(decision.answer)
     }
 }
 
-/// Writes `row` (insert or replace).
-pub(super) async fn put_instance(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: InstanceRow) -> Result<()> {
+/// The plan and state of an instance row before a write, when the transaction knows them
+/// (`None` inside: no row).
+pub(super) enum Previous {
+    /// Read in this transaction already.
+    Known(Option<(String, InstanceState)>),
+    /// Not read: `put_instance` reads it.
+    Unknown,
+}
+use Previous::{Known, Unknown};
+
+/// Writes `row` (insert or replace), and keeps `plan_instances` (the live instances of each
+/// plan) in step: a row that enters or leaves a plan, or becomes a tombstone, moves the counts.
+/// `previous` becomes the row written.
+pub(super) async fn put_instance(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    row: InstanceRow,
+    previous: &mut Previous,
+) -> Result<()> {
+    let before = match std::mem::replace(previous, Known(Some((row.plan_id.clone(), row.state)))) {
+        Known(before) => before.map(|(plan, state)| (plan, state != InstanceState::Deleted)),
+        Unknown => sqlx::query("SELECT plan_id, state FROM instances WHERE id = $1")
+            .bind(row.id.as_str())
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| {
+                let live = r.try_get::<String, _>("state")? != InstanceState::Deleted.as_str();
+                Ok::<_, sqlx::Error>((r.try_get::<String, _>("plan_id")?, live))
+            })
+            .transpose()?,
+    };
+    let was = before.filter(|(_, live)| *live).map(|(plan, _)| plan);
+    let is = (row.state != InstanceState::Deleted).then(|| row.plan_id.clone());
+    if was != is {
+        for (plan_id, delta) in [(was, -1i64), (is, 1)] {
+            let Some(plan_id) = plan_id else { continue };
+            sqlx::query(
+                "INSERT INTO plan_instances (plan_id, live) VALUES ($1, $2) \
+                 ON CONFLICT (plan_id) DO UPDATE SET live = plan_instances.live + excluded.live",
+            )
+            .bind(plan_id)
+            .bind(delta)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
     sqlx::query(
         "INSERT INTO instances (id, service_id, plan_id, organization_guid, space_guid, parameters, context, \
          maintenance_version, state, operation_id, created_ms, updated_ms) \
@@ -269,9 +318,10 @@ async fn apply(
     instance_id: &str,
     binding_id: Option<&str>,
     change: Change,
+    current: &mut Previous,
 ) -> Result<()> {
     match change {
-        Change::PutInstance(row) => put_instance(tx, row).await?,
+        Change::PutInstance(row) => put_instance(tx, row, current).await?,
         Change::InsertOperation(op) => {
             sqlx::query(
                 "INSERT INTO operations (id, instance_id, kind, state, description, request, deadline_ms, \

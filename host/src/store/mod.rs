@@ -21,6 +21,9 @@
 //! - `changes`: the generation, the change log other replicas follow, its pruning, the audit.
 //! - `nodes`: replicas and which of them runs each node.
 //! - `validators`: validator keys and their slashing-protection history.
+//! - `plan_instances` (a table, kept by `instances`): the live instances of each plan, so that a
+//!   plan's cap is checked by reading one row (`work_tests` shows that a provision's store work
+//!   does not grow with the number of instances).
 //!
 //! This file: [`Store`] itself, opening it, the backend, settings and [`StoreError`].
 
@@ -30,6 +33,8 @@ mod nodes;
 mod operations;
 mod rows;
 mod validators;
+#[cfg(test)]
+mod work_tests;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

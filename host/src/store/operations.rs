@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row as _;
 
 use super::changes::begin_change;
-use super::instances::put_instance;
+use super::instances::{Previous, put_instance};
 use super::rows::{
     InstanceRow, InstanceState, OPERATION_COLUMNS, OperationRequest, OperationRow, OperationState, operation_from,
 };
@@ -76,7 +76,7 @@ impl Store {
             // Its node is gone: nobody runs it any more.
             sqlx::query("DELETE FROM node_owners WHERE instance_id = $1").bind(&instance.id).execute(&mut *tx).await?;
         }
-        put_instance(&mut tx, instance).await?;
+        put_instance(&mut tx, instance, &mut Previous::Unknown).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -84,8 +84,13 @@ async fn a_provision_beyond_the_runtime_capacity_gets_422_naming_the_setting_and
     assert_eq!(answer["error"]["data"]["reason"], "runtime_copies", "{answer}");
     assert_eq!(answer["error"]["data"]["limit"], 1, "{answer}");
 
+    // A configuration the plugin already took needs no copy to provision: an instance holds
+    // none until it is called.
+    osb.ready_instance("same-config", PLAN_SHARED, Some(fanout_chain())).await;
+    // A new configuration must be configured, which needs a slot.
+    let new_config = json!({"plugins": [{"name": "test", "config": {"mode": "fanout", "count": 2}}]});
     let before = broker.fingerprint().await;
-    let refused = osb.provision("third", PLAN_SHARED, Some(fanout_chain())).await;
+    let refused = osb.provision("third", PLAN_SHARED, Some(new_config.clone())).await;
     refused.assert_error(422, Some("InstanceLimitReached"));
     let description = refused.body["description"].as_str().unwrap();
     assert!(description.contains("runtime.max_copies"), "the description names the setting: {description}");
@@ -111,7 +116,7 @@ async fn a_provision_beyond_the_runtime_capacity_gets_422_naming_the_setting_and
     assert_eq!(done["result"][0], "0x1", "the hog's own call finished: {done}");
     // With the slot free again, everything works as before.
     assert_eq!(rpc(&quiet, "eth_chainId", json!([])).await["result"][0], "0x7a69");
-    assert_eq!(osb.provision("third", PLAN_SHARED, Some(fanout_chain())).await.status, 202);
+    assert_eq!(osb.provision("third", PLAN_SHARED, Some(new_config)).await.status, 202);
 }
 
 const PLAN_CAPPED_SHARE: &str = "plan-capped-share";

@@ -514,6 +514,38 @@ async fn hooks_a_plugin_does_not_declare_are_skipped() {
     );
 }
 
+/// A provision checks its chain, and the instance's route builds it again: a configuration this
+/// version of the plugin already took makes a pool without a copy made only to be dropped.
+#[tokio::test]
+async fn a_configuration_already_taken_makes_a_new_pool_without_a_copy_and_it_behaves_alike() {
+    let fx = Fixture::new();
+    let made = || fx.runtime.stats().instantiations.load(Ordering::SeqCst);
+    let configs = [
+        json!({"mode": "tracer", "tag": "b", "hooks": ["on-call"], "methods": ["eth_*"]}),
+        json!({"mode": "tracer", "tag": "c", "hooks": ["on-result"]}),
+    ];
+    let first = fx.chain(&configs).await;
+    assert_eq!(made(), 2, "each configuration was configured once");
+    let second = fx.chain(&configs).await;
+    assert_eq!(made(), 2, "the same configurations again: no copy made to ask");
+    for chain in [&first, &second] {
+        let result = json_of(fx.run(chain, "eth_x", None).await);
+        assert_eq!(result["params"], json!(["call:b"]), "b's hook and selection, c has no on-call");
+        assert_eq!(result["trail"], json!(["result:c"]), "b has no on-result");
+        let result = json_of(fx.run(chain, "net_version", None).await);
+        assert_eq!(result["params"], json!(null), "b selected eth_* only");
+    }
+    // Configurations not taken before are still configured, and a bad one refused.
+    let before = made();
+    fx.chain(&[json!({"mode": "tracer", "tag": "d"})]).await;
+    assert_eq!(made(), before + 1);
+    let bad = json!({"mode": "reject", "message": "no"}).to_string();
+    for _ in 0..2 {
+        let refused = fx.runtime.pool(&fx.plugin, &bad, PluginLimits::default(), "inst-2", fx.kv.clone()).await;
+        assert!(matches!(refused, Err(ConfigureError::Rejected { .. })));
+    }
+}
+
 #[tokio::test]
 async fn a_plugin_that_did_not_select_a_method_is_passed_by_without_a_wasm_call() {
     let fx = Fixture::new();
