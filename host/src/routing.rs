@@ -31,7 +31,7 @@ use crate::credentials::SecretKey;
 use crate::gateway::allowlist::{Allowlist, MethodRules};
 use crate::gateway::{InstanceRoute, KeyDigest, Route, RouteTable, Routes, ValidatorRoute, key_digest};
 use crate::identity::Identity;
-use crate::plugins::{KvLimits, KvStore, PluginVersion, Registry};
+use crate::plugins::{KvStore, PluginVersion, Registry};
 use crate::provision::Drivers;
 use crate::store::{InstanceRow, NodeOwner, Store};
 
@@ -159,7 +159,8 @@ impl RouteSync {
     /// The key-value store of an instance (created on first use).
     pub fn kv(&self, instance_id: &str) -> Arc<KvStore> {
         let mut kv = self.kv.lock().unwrap_or_else(|poison| poison.into_inner());
-        kv.entry(instance_id.to_string()).or_insert_with(|| Arc::new(KvStore::new(KvLimits::default()))).clone()
+        let limits = self.config.runtime.kv;
+        kv.entry(instance_id.to_string()).or_insert_with(|| Arc::new(KvStore::new(limits))).clone()
     }
 
     /// What the `on-call` of each plugin of each live instance's chain decided so far, counted

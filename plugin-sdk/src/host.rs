@@ -128,7 +128,8 @@ pub mod kv {
 
     /// Stores a value, replacing any previous one; with `ttl_ms` it expires after that long.
     /// Fails when the key or value is too large, or the store (or this plugin's share of it) is
-    /// full.
+    /// full: [`is_full`] tells that error apart, so that a plugin can make room (delete some of
+    /// its own entries) and try again.
     pub fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), String> {
         #[cfg(target_arch = "wasm32")]
         {
@@ -170,6 +171,17 @@ pub mod kv {
             crate::testing::with_mock_host(|host| host.kv_compare_and_swap(key, expected, new, ttl_ms))
         }
     }
+
+    /// Whether `error`, returned by [`set`], [`incr`] or [`compare_and_swap`], says that the
+    /// store or this plugin's share of it is full (the host's message then contains `is full`),
+    /// rather than that the key or value is too large or the value is not an integer. Room
+    /// comes back when entries expire or are deleted.
+    pub fn is_full(error: &str) -> bool {
+        error.contains(FULL)
+    }
+
+    /// What the host's error says when the store, or a plugin's share of it, is full.
+    pub const FULL: &str = "is full";
 
     /// Removes a key; returns whether it was present.
     pub fn delete(key: &str) -> bool {

@@ -43,6 +43,7 @@ struct State {
     upstream_calls: Vec<Call>,
     logs: Vec<(Level, String)>,
     kv: HashMap<String, Entry>,
+    kv_max_entries: Option<usize>,
 }
 
 /// A stand-in for ovsb on native targets: a settable clock, a scripted upstream, an in-memory
@@ -75,6 +76,7 @@ impl MockHost {
                 upstream_calls: Vec::new(),
                 logs: Vec::new(),
                 kv: HashMap::new(),
+                kv_max_entries: None,
             })),
         }
     }
@@ -136,6 +138,36 @@ impl MockHost {
         self.state.borrow_mut().now_ms += ms;
     }
 
+    /// Caps the key-value store at `max_entries` live entries (`None`: no cap, the default):
+    /// past it, creating a key fails with the host's "this plugin's share of the key-value
+    /// store is full" error ([`crate::kv::is_full`]), while replacing or deleting one works.
+    pub fn set_kv_max_entries(&self, max_entries: Option<usize>) {
+        self.state.borrow_mut().kv_max_entries = max_entries;
+    }
+
+    /// The number of live entries in the key-value store.
+    pub fn kv_len(&self) -> usize {
+        let state = self.state.borrow();
+        let now = state.now_ms;
+        state.kv.values().filter(|e| e.expires_at_ms.is_none_or(|t| t > now)).count()
+    }
+
+    /// Refuses to create `key` when the store is at its cap (expired entries are dropped first).
+    fn room_for(state: &mut State, key: &str) -> Result<(), String> {
+        let Some(max) = state.kv_max_entries else {
+            return Ok(());
+        };
+        if Self::live(state, key).is_some() {
+            return Ok(());
+        }
+        let now = state.now_ms;
+        state.kv.retain(|_, e| e.expires_at_ms.is_none_or(|t| t > now));
+        if state.kv.len() >= max {
+            return Err(format!("this plugin's share of the key-value store {} ({max} entries)", crate::kv::FULL));
+        }
+        Ok(())
+    }
+
     /// Forgets the key-value store, the recorded calls and logs; keeps clock and upstream.
     pub fn reset(&self) {
         let mut state = self.state.borrow_mut();
@@ -186,6 +218,7 @@ impl MockHost {
 
     pub(crate) fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), String> {
         let mut state = self.state.borrow_mut();
+        Self::room_for(&mut state, key)?;
         let expires_at_ms = ttl_ms.map(|ttl| state.now_ms.saturating_add(ttl));
         state.kv.insert(key.to_string(), Entry { value: value.to_vec(), expires_at_ms });
         Ok(())
@@ -206,6 +239,7 @@ impl MockHost {
         match Self::live(&mut state, key) {
             Some(entry) => entry.value = value,
             None => {
+                Self::room_for(&mut state, key)?;
                 let expires_at_ms = ttl_ms.map(|ttl| now.saturating_add(ttl));
                 state.kv.insert(key.to_string(), Entry { value, expires_at_ms });
             }
@@ -225,6 +259,7 @@ impl MockHost {
         if current != expected {
             return Ok(false);
         }
+        Self::room_for(&mut state, key)?;
         let expires_at_ms = ttl_ms.map(|ttl| state.now_ms.saturating_add(ttl));
         state.kv.insert(key.to_string(), Entry { value: new.to_vec(), expires_at_ms });
         Ok(true)
@@ -360,6 +395,26 @@ mod tests {
         assert_eq!(crate::kv::get("k"), Some(b"v".to_vec()));
         host.advance_ms(1);
         assert_eq!(crate::kv::get("k"), None);
+    }
+
+    #[test]
+    fn a_capped_kv_refuses_new_keys_with_the_full_error_and_accepts_replacements() {
+        let host = MockHost::current();
+        host.set_kv_max_entries(Some(2));
+        crate::kv::set("a", b"1", Some(100)).unwrap();
+        crate::kv::set("b", b"1", None).unwrap();
+        let err = crate::kv::set("c", b"1", None).unwrap_err();
+        assert!(crate::kv::is_full(&err), "{err}");
+        assert!(crate::kv::is_full(&crate::kv::incr("n", 1, None).unwrap_err()));
+        assert!(crate::kv::is_full(&crate::kv::compare_and_swap("c", None, b"1", None).unwrap_err()));
+        assert!(!crate::kv::is_full("value at `s` is not an integer"));
+        crate::kv::set("b", b"2", None).expect("replacing needs no room");
+        assert_eq!(crate::kv::incr("b", 1, None), Ok(3));
+        host.advance_ms(100);
+        crate::kv::set("c", b"1", None).expect("the expired `a` made room");
+        assert_eq!(host.kv_len(), 2);
+        assert!(crate::kv::delete("b"));
+        crate::kv::set("d", b"1", None).expect("a deletion made room");
     }
 
     #[test]

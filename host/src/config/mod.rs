@@ -37,7 +37,7 @@ pub use drivers::{
     ProcessDriverDecl, UpstreamDriverDecl, VALIDATOR_PARAMETERS, VALIDATOR_TEMPLATE_NAMES, ValidatorDriverDecl,
     placeholders,
 };
-pub use plugins::{Isolation, PluginDecl, PluginLimits};
+pub use plugins::{Isolation, KvLimits, PluginDecl, PluginLimits};
 pub use settings::{
     AdminSettings, BrokerSettings, GatewaySettings, MAX_PLUGIN_ADDRESS_SPACE, OperationSettings, ReplicaSettings,
     RuntimeSettings, slot_address_space,
@@ -532,6 +532,7 @@ mod tests {
             "{what}: runtime"
         );
         assert_eq!(r.cache_dir, None, "{what}: runtime.cache_dir");
+        assert_eq!(r.kv, KvLimits::default(), "{what}: runtime.kv");
         assert_eq!(config.replica.node_host, "127.0.0.1", "{what}: replica.node_host");
     }
 
@@ -560,5 +561,23 @@ mod tests {
         // A key that is not a setting is still refused inside a defaulted section.
         let err = Config::from_toml("[operations]\nlease = 3\n", "t.toml").unwrap_err().to_string();
         assert!(err.contains("unknown field `lease`") && err.contains("lease_seconds"), "{err}");
+    }
+
+    #[test]
+    fn the_key_value_bounds_are_set_in_runtime_kv_and_a_share_must_fit_the_store() {
+        let config = Config::from_toml("[runtime.kv]\nmax_entries_per_plugin = 500\n", "t.toml").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.runtime.kv, KvLimits { max_entries_per_plugin: 500, ..KvLimits::default() });
+        for (toml, named) in [
+            ("[runtime.kv]\nmax_entries_per_plugin = 0\n", "runtime.kv.max_entries_per_plugin is 0"),
+            ("[runtime.kv]\nmax_entries_per_plugin = 100001\n", "runtime.kv.max_entries_per_plugin is 100001"),
+            ("[runtime.kv]\nmax_bytes_per_plugin = 1000\n", "runtime.kv.max_bytes_per_plugin is 1000"),
+        ] {
+            let config = Config::from_toml(toml, "t.toml").unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(named), "{toml}: {err}");
+        }
+        let err = Config::from_toml("[runtime.kv]\nmax_entrys = 3\n", "t.toml").unwrap_err().to_string();
+        assert!(err.contains("max_entrys"), "{err}");
     }
 }

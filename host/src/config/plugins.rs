@@ -109,6 +109,61 @@ impl PluginLimits {
     }
 }
 
+/// Bounds of one instance's key-value store (`[runtime.kv]`), which its plugins share, each
+/// plugin in its own share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvLimits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most entries held at once.
+    pub max_entries: usize,
+    /// Most bytes (keys + values) held at once.
+    pub max_total_bytes: usize,
+    /// Most entries one plugin (one namespace) holds at once.
+    pub max_entries_per_plugin: usize,
+    /// Most bytes one plugin (one namespace) holds at once.
+    pub max_bytes_per_plugin: usize,
+}
+
+impl Default for KvLimits {
+    /// A quarter of the store per plugin: up to four plugins that fill their share still leave
+    /// room for the rest of the chain.
+    fn default() -> Self {
+        KvLimits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_entries: 100_000,
+            max_total_bytes: 64 << 20,
+            max_entries_per_plugin: 25_000,
+            max_bytes_per_plugin: 16 << 20,
+        }
+    }
+}
+
+impl KvLimits {
+    /// Checks every bound against its allowed range (the message names the key).
+    pub fn validate(&self) -> Result<(), String> {
+        let ranges: [(&str, usize, usize, usize); 6] = [
+            ("max_key_bytes", self.max_key_bytes, 16, 64 << 10),
+            ("max_value_bytes", self.max_value_bytes, 16, 64 << 20),
+            ("max_entries", self.max_entries, 1, 100_000_000),
+            ("max_total_bytes", self.max_total_bytes, self.max_value_bytes, 1 << 40),
+            // A plugin's share holds one whole entry, and the store holds a share.
+            ("max_entries_per_plugin", self.max_entries_per_plugin, 1, self.max_entries),
+            ("max_bytes_per_plugin", self.max_bytes_per_plugin, self.max_value_bytes, self.max_total_bytes),
+        ];
+        for (name, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return Err(format!("runtime.kv.{name} is {value}; it must be between {low} and {high}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks the declared plugins (names, digests, limits within the runtime's `max_memory_bytes`)
 /// and returns their names.
 pub(super) fn check_plugins(plugins: &[PluginDecl], max_memory_bytes: u64) -> Result<HashSet<&str>, ConfigError> {

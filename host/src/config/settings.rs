@@ -37,6 +37,8 @@ pub struct RuntimeSettings {
     /// from here instead. Must be writable by ovsb alone (it is created mode 0700): loading a
     /// compiled plugin trusts its contents.
     pub cache_dir: Option<PathBuf>,
+    /// Bounds of each instance's plugin key-value store (`[runtime.kv]`).
+    pub kv: super::KvLimits,
 }
 
 impl Default for RuntimeSettings {
@@ -48,6 +50,7 @@ impl Default for RuntimeSettings {
             idle_ms: 30_000,
             copy_wait_ms: 500,
             cache_dir: None,
+            kv: super::KvLimits::default(),
         }
     }
 }
@@ -91,7 +94,7 @@ impl RuntimeSettings {
         if !(100..=86_400_000).contains(&self.idle_ms) || self.copy_wait_ms > 60_000 {
             return bad("runtime.idle_ms must be between 100 and 86400000, copy_wait_ms at most 60000".into());
         }
-        Ok(())
+        self.kv.validate().map_err(ConfigError::Invalid)
     }
 }
 

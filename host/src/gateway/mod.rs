@@ -28,7 +28,8 @@
 //!    the binding's allowlist ([`allowlist`]), chain, deadline, response; every call that
 //!    reaches the node on a binding's behalf (the chain's forward, plugins' `upstream` imports)
 //!    passes the same rules again at the node boundary ([`guard`]); `eth_subscribe` takes a slot
-//!    and is relayed by [`subscriptions`] over the instance's one node socket; subscriptions end
+//!    and is relayed by [`subscriptions`] over the instance's one node socket, identical ones
+//!    sharing one subscription at the node ([`fanout`]); subscriptions end
 //!    when their key is revoked.
 //!
 //! Validator instances also have their keymanager and beacon APIs here (`/keymanager/…`,
@@ -41,6 +42,7 @@ pub mod body;
 pub mod connections;
 mod cors;
 pub mod errors;
+mod fanout;
 mod guard;
 mod ids;
 mod post;
@@ -185,10 +187,12 @@ async fn serve_within(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let local: SocketAddr = listener.local_addr()?;
+    // Every task of the gateway: connections, refusals, the node subscriptions' pumps.
+    let tracker = TaskTracker::new();
     let state = Arc::new(RpcState {
         routes: routes.clone(),
         subscription_slots: SubscriptionSlots::new(config.subscriptions),
-        node_sockets: NodeSockets::new(config.subscriptions.buffer, config.max_response_bytes),
+        node_sockets: NodeSockets::new(config.subscriptions.buffer, config.max_response_bytes, tracker.clone()),
         max_response_bytes: config.max_response_bytes as usize,
         budget: requests.clone(),
         batch_concurrency: config.batch_concurrency as usize,
@@ -225,7 +229,6 @@ async fn serve_within(
     // at once, each with its own upstream socket, past the descriptor budget.
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     http.http1().timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
-    let tracker = TaskTracker::new();
     let accept_failures = crate::telemetry::LogThrottle::new(Duration::from_secs(1));
     tracing::info!(%local, max_connections = budget, "gateway listening");
 

@@ -7,14 +7,16 @@
 //!   `subscriptions`, `subscriptions_per_instance` or `subscriptions_per_key` (and `data.limit`);
 //! - **node sockets** ([`NodeSockets`]): the subscriptions of one instance share one WebSocket to
 //!   its node (the first WebSocket URL of its pool that answers), opened by the first
-//!   subscription and closed with the last; each subscription has its own bounded buffer there
-//!   ([`SubscriptionLimits::buffer`] notifications);
+//!   subscription and closed with the last; identical subscriptions of the instance (the same
+//!   params) share one subscription at the node, fanned out to each subscriber (see `fanout`),
+//!   and each subscriber has its own bounded queue ([`SubscriptionLimits::buffer`]
+//!   notifications): a slow one never holds up the others;
 //! - **the relay** ([`relay`]): notifications go to the client with backpressure (jsonrpsee's
 //!   sink waits for room), in order, never skipped. A subscription ends *quietly* only when the
 //!   client unsubscribes or leaves. Every other end closes the client's WebSocket with a code and
 //!   reason (through [`RevocationWatch::end`], after what was already queued):
 //!   - [`LAGGED_CLOSE_CODE`]: the client fell behind by more than its buffer (the node's
-//!     notifications cannot wait: the socket is shared);
+//!     notifications cannot wait: the socket and the node's subscription are shared);
 //!   - [`NODE_GONE_CLOSE_CODE`] (1012, "service restart"): the node's side ended (the node
 //!     restarted, the socket to it dropped); clients reconnect and resubscribe. Subscriptions are
 //!     not re-established behind the client's back: a node that restarts may have lost blocks or
@@ -28,7 +30,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use jsonrpsee::core::client::{Subscription, SubscriptionClientT, SubscriptionCloseReason};
+use jsonrpsee::core::client::SubscriptionClientT;
 use jsonrpsee::core::server::TrySendError;
 use jsonrpsee::core::traits::ToRpcParams;
 use jsonrpsee::server::{PendingSubscriptionSink, SubscriptionMessage, SubscriptionSink};
@@ -38,6 +40,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::errors;
+use super::fanout::{FeedEnd, Feeds, Subscriber, params_key};
 use super::revocable::{Ending, RevocationWatch};
 use super::routes::{KeyDigest, Route};
 
@@ -194,12 +197,21 @@ pub struct NodeSockets {
     buffer: usize,
     max_response_bytes: u32,
     clients: Mutex<Sockets>,
+    /// The subscriptions at the nodes, each shared by identical client subscriptions.
+    feeds: Feeds,
 }
 
 impl NodeSockets {
-    /// Sockets whose subscriptions each buffer `buffer` notifications.
-    pub fn new(buffer: u32, max_response_bytes: u32) -> Self {
-        NodeSockets { buffer: buffer.max(1) as usize, max_response_bytes, clients: Mutex::new(HashMap::new()) }
+    /// Sockets whose subscribers each queue `buffer` notifications; the node subscriptions'
+    /// pumps run in `tasks`.
+    pub fn new(buffer: u32, max_response_bytes: u32, tasks: tokio_util::task::TaskTracker) -> Self {
+        let buffer = buffer.max(1) as usize;
+        NodeSockets {
+            buffer,
+            max_response_bytes,
+            clients: Mutex::new(HashMap::new()),
+            feeds: Feeds::new(buffer, tasks),
+        }
     }
 
     /// The open socket of `instance` to `url`, or a new one whose calls (`eth_subscribe`,
@@ -294,39 +306,23 @@ pub async fn relay(
         pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "this instance has no WebSocket upstream")).await;
         return;
     }
-    // The first node of the pool that answers (a pool's nodes are equivalent).
-    let mut client = None;
-    for url in urls {
-        match sockets.client(instance, url, route.instance.upstream.deadline()).await {
-            Ok(open) => {
-                client = Some(open);
-                break;
-            }
-            Err(err) => tracing::warn!(%instance, "cannot reach a node's WebSocket: {err}"),
-        }
-    }
-    let Some(client) = client else {
-        pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "the node's WebSocket is unreachable")).await;
-        return;
-    };
-    let mut upstream =
-        match client.subscribe::<Box<RawValue>, _>("eth_subscribe", RawParams(params), "eth_unsubscribe").await {
-            Ok(subscription) => subscription,
-            Err(jsonrpsee::core::client::Error::Call(err)) => {
+    // An identical subscription of this instance at one of its nodes: share it.
+    let key = params_key(params.as_deref());
+    let joined = urls.iter().find_map(|url| sockets.feeds.join(&(instance.clone(), url.to_string(), key.clone())));
+    let mut subscriber = match joined {
+        Some(subscriber) => subscriber,
+        None => match subscribe(sockets, &route, params, key).await {
+            Ok(subscriber) => subscriber,
+            Err(err) => {
                 pending.reject(err).await;
                 return;
             }
-            Err(err) => {
-                tracing::warn!(%instance, "subscription at the node failed: {err}");
-                pending.reject(error(errors::UPSTREAM_UNAVAILABLE, "the node refused the subscription")).await;
-                return;
-            }
-        };
+        },
+    };
     let Ok(mut sink) = pending.accept().await else {
-        let _ = upstream.unsubscribe().await;
         return;
     };
-    let end = forward(&mut upstream, &mut sink, &revoked).await;
+    let end = forward(&mut subscriber, &mut sink, &revoked).await;
     let ending = match end {
         End::Quiet => None,
         End::Lagged => Some(Ending {
@@ -349,9 +345,36 @@ pub async fn relay(
             None => drop(sink),
         }
     }
-    if end != End::NodeGone {
-        let _ = upstream.unsubscribe().await;
+    // Leaving the feed (dropping `subscriber`) unsubscribes at the node if it was the last.
+}
+
+/// Opens a subscription at the first node of the instance's pool that answers (a pool's nodes
+/// are equivalent) and starts its feed, of which the caller is the first subscriber.
+async fn subscribe(
+    sockets: &NodeSockets,
+    route: &Route,
+    params: Option<Box<RawValue>>,
+    key: String,
+) -> Result<Subscriber, ErrorObject<'static>> {
+    let instance = &route.instance.instance_id;
+    for url in route.instance.upstream.ws_urls() {
+        let client = match sockets.client(instance, url, route.instance.upstream.deadline()).await {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::warn!(%instance, "cannot reach a node's WebSocket: {err}");
+                continue;
+            }
+        };
+        return match client.subscribe::<Box<RawValue>, _>("eth_subscribe", RawParams(params), "eth_unsubscribe").await {
+            Ok(upstream) => Ok(sockets.feeds.start((instance.clone(), url.to_string(), key), client, upstream)),
+            Err(jsonrpsee::core::client::Error::Call(err)) => Err(err),
+            Err(err) => {
+                tracing::warn!(%instance, "subscription at the node failed: {err}");
+                Err(error(errors::UPSTREAM_UNAVAILABLE, "the node refused the subscription"))
+            }
+        };
     }
+    Err(error(errors::UPSTREAM_UNAVAILABLE, "the node's WebSocket is unreachable"))
 }
 
 fn id_of(sink: &SubscriptionSink) -> String {
@@ -362,38 +385,29 @@ fn id_of(sink: &SubscriptionSink) -> String {
 }
 
 /// Relays until the subscription ends; how it ended.
-async fn forward(
-    upstream: &mut Subscription<Box<RawValue>>,
-    sink: &mut SubscriptionSink,
-    revoked: &CancellationToken,
-) -> End {
+async fn forward(subscriber: &mut Subscriber, sink: &mut SubscriptionSink, revoked: &CancellationToken) -> End {
     loop {
         let item = tokio::select! {
             biased;
             _ = revoked.cancelled() => return End::Quiet,
             _ = sink.closed() => return End::Quiet,
-            item = upstream.next() => item,
+            item = subscriber.next() => item,
         };
         let notification = match item {
-            Some(Ok(notification)) => notification,
-            // A notification that is not JSON cannot be skipped silently either.
-            Some(Err(_)) => return End::NodeGone,
-            None => {
-                return match upstream.close_reason() {
-                    Some(SubscriptionCloseReason::Lagged) => End::Lagged,
-                    _ => End::NodeGone,
-                };
-            }
+            Ok(notification) => notification,
+            Err(FeedEnd::Lagged) => return End::Lagged,
+            Err(FeedEnd::NodeGone) => return End::NodeGone,
         };
+        let message = SubscriptionMessage::from(notification);
         // Room at the client: on at once (the usual case: no timer, no wait).
-        let message = match sink.try_send(SubscriptionMessage::from(notification)) {
+        let message = match sink.try_send(message) {
             Ok(()) => continue,
             Err(TrySendError::Closed(_)) => return End::Quiet,
             Err(TrySendError::Full(message)) => message,
         };
-        // Else wait for room; meanwhile the node's notifications pile up in this subscription's
-        // buffer, and past it the subscription has lagged: end it now rather than wait on a
-        // client that does not read.
+        // Else wait for room; meanwhile the node's notifications pile up in this subscriber's
+        // queue, and past it the subscriber is dropped from the feed: end it then rather than
+        // wait on a client that does not read.
         let send = sink.send(message);
         tokio::pin!(send);
         let mut check = tokio::time::interval(Duration::from_millis(100));
@@ -408,7 +422,7 @@ async fn forward(
                 }
                 _ = revoked.cancelled() => return End::Quiet,
                 _ = check.tick() => {
-                    if matches!(upstream.close_reason(), Some(SubscriptionCloseReason::Lagged)) {
+                    if subscriber.dropped() {
                         return End::Lagged;
                     }
                 }

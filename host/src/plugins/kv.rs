@@ -5,7 +5,9 @@
 //! number of entries and the bytes held, in all and **per plugin**, so that one plugin (a cache
 //! that fills up) cannot take the space another one needs (a rate limiter's buckets): a plugin at
 //! its share gets an error naming it, and the others keep writing. Expired entries are dropped
-//! when touched and swept when the store or a share is full. The store lives in memory:
+//! when touched and swept when the store or a share is full. Every "full" refusal says `is full`
+//! (the plugin SDK's `kv::is_full` reads it), so that a plugin can tell it from a value over the
+//! size limit and make room from its own entries. The store lives in memory:
 //! it is a cache for counters, buckets and answers, not a database.
 
 use std::collections::HashMap;
@@ -16,38 +18,7 @@ use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
 
-/// Bounds of one instance's store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KvLimits {
-    /// Longest key, in bytes.
-    pub max_key_bytes: usize,
-    /// Largest value, in bytes.
-    pub max_value_bytes: usize,
-    /// Most entries held at once.
-    pub max_entries: usize,
-    /// Most bytes (keys + values) held at once.
-    pub max_total_bytes: usize,
-    /// Most entries one plugin (one namespace) holds at once.
-    pub max_entries_per_plugin: usize,
-    /// Most bytes one plugin (one namespace) holds at once.
-    pub max_bytes_per_plugin: usize,
-}
-
-impl Default for KvLimits {
-    /// A quarter of the store per plugin: up to four plugins that fill their share still leave
-    /// room for the rest of the chain.
-    fn default() -> Self {
-        KvLimits {
-            max_key_bytes: 1024,
-            max_value_bytes: 1 << 20,
-            max_entries: 100_000,
-            max_total_bytes: 64 << 20,
-            max_entries_per_plugin: 25_000,
-            max_bytes_per_plugin: 16 << 20,
-        }
-    }
-}
+pub use crate::config::KvLimits;
 
 /// A namespace's usage: entries and bytes.
 #[derive(Default, Clone, Copy)]
@@ -334,7 +305,7 @@ mod tests {
             kv.set(&format!("cache/{n}"), b"answer", None).unwrap();
         }
         let err = kv.set("cache/5", b"answer", None).unwrap_err();
-        assert!(err.contains("this plugin's share"), "{err}");
+        assert!(err.contains("this plugin's share") && err.contains("is full"), "{err}");
         kv.set("cache/0", b"replaced", None).expect("replacing within the share");
         for n in 0..4 {
             kv.incr(&format!("rate-limit/bucket:{n}"), 1, None).expect("the other plugin's share is untouched");
@@ -387,7 +358,7 @@ mod tests {
         kv.set("d", b"1", None).expect("the expired `a` is swept to make room");
         assert_eq!(kv.len(), 3);
         let err = kv.set("e", b"1", None).unwrap_err();
-        assert!(err.contains("full"), "{err}");
+        assert!(err.contains("is full"), "the SDK's kv::is_full reads this: {err}");
         assert_eq!(kv.get("e"), None);
     }
 

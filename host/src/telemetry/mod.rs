@@ -189,6 +189,9 @@ pub struct Metrics {
     /// `ovsb_gateway_subscriptions_ended_total{reason}`: subscriptions the gateway ended with a
     /// close code (`lagged`: 4008, `node_gone`: 1012).
     pub subscriptions_ended: Family<RefusalLabels, Counter>,
+    /// `ovsb_gateway_node_subscriptions{instance}`: subscriptions held at the instance's nodes
+    /// (identical client subscriptions share one).
+    pub node_subscriptions: Family<InstanceLabels, Gauge>,
     /// `ovsb_call_refusals_total{reason}`: calls refused or cut by a gateway budget.
     pub call_refusals: Family<RefusalLabels, Counter>,
     /// `ovsb_broker_auth_refusals_total{outcome}`: `failed` or `throttled`.
@@ -335,6 +338,12 @@ impl Metrics {
             "Subscriptions the gateway ended with a close code, by reason (lagged: 4008, node_gone: 1012)",
             subscriptions_ended.clone(),
         );
+        let node_subscriptions = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "gateway_node_subscriptions",
+            "Subscriptions held at the nodes, by instance (identical client subscriptions share one)",
+            node_subscriptions.clone(),
+        );
         let plugin_copies = Gauge::default();
         let plugin_copy_evictions = Counter::default();
         let plugin_refusals = Family::<RefusalLabels, Counter>::default();
@@ -439,6 +448,7 @@ impl Metrics {
             connections_refused,
             subscriptions_refused,
             subscriptions_ended,
+            node_subscriptions,
             other: Arc::from("other"),
             per_instance: RwLock::new(HashMap::new()),
         }
@@ -489,6 +499,11 @@ impl Metrics {
     /// Counts an `eth_subscribe` refused a slot.
     pub fn record_subscription_refused(&self, reason: &'static str) {
         self.subscriptions_refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts a subscription opened (`1`) or ended (`-1`) at one of `instance`'s nodes.
+    pub fn record_node_subscription(&self, instance: &Arc<str>, delta: i64) {
+        self.node_subscriptions.get_or_create(&InstanceLabels { instance: Escaped(instance.clone()) }).inc_by(delta);
     }
 
     /// Counts a subscription the gateway ended with a close code.

@@ -3,6 +3,8 @@
 
 use crate::support;
 
+mod state;
+
 use std::path::PathBuf;
 
 use ovsb::config::{Config, PluginDecl};

@@ -5,6 +5,8 @@
 
 use crate::support;
 
+mod merged;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

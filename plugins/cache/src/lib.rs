@@ -6,22 +6,24 @@
 //! ## Configuration
 //!
 //! ```json
-//! {"ttl_seconds": 300, "max_entry_bytes": 262144}
+//! {"ttl_seconds": 300, "max_entry_bytes": 262144, "finality_depth": 64}
 //! ```
 //!
 //! | field | type | default | meaning |
 //! |---|---|---|---|
 //! | `ttl_seconds` | integer | `300` | how long an answer is kept: 1 to 604800 (a week) |
 //! | `max_entry_bytes` | integer | `262144` | larger answers (JSON text of `result`) are not kept: 1 to 16777216; the host's key-value store also caps values (`max_value_bytes`, 1 MiB by default) |
+//! | `finality_depth` | integer | `64` | on a node without the `finalized` block tag, a block this many blocks below `latest` counts as final: 1 to 1000000 |
 //!
-//! Both fields are optional and no configuration (`null`) means the defaults. Unknown fields are
+//! All fields are optional and no configuration (`null`) means the defaults. Unknown fields are
 //! rejected.
 //!
 //! ## Errors
 //!
 //! None of its own: a hit answers with the stored result, everything else goes to the node and
-//! its answer (or error) comes back unchanged. When the key-value store refuses an entry (full,
-//! or the value over its limit) the answer is simply not kept.
+//! its answer (or error) comes back unchanged. When the key-value store (or the cache's share of
+//! it) is full, the oldest answers are evicted to make room (see `room`); an answer the store
+//! still refuses (a value over its limit, say) is simply not kept.
 //!
 //! ## What is cached
 //!
@@ -37,22 +39,31 @@
 //! Never cached: the tags `latest`, `pending`, `safe` and `finalized` (they move), a missing block
 //! parameter (the node reads it as `latest`), `null` results, errors, and every other method.
 //!
-//! The finalized block is the `number` of the node's answer to
-//! `eth_getBlockByNumber(["finalized", false])`, asked through `upstream` when an answer is about
-//! to be stored and kept for 1 second in the key-value store (key `cache:finalized`), so the
-//! node sees at most about one such call per second per instance. If the node does not support
-//! the `finalized` tag (an error or `null` answer), nothing counts as finalized except block 0
-//! (`earliest`): number-addressed calls and transactions are then not cached, while hash-addressed
-//! calls, `eth_chainId` and `net_version` still are. A failed lookup (node unreachable, deadline,
-//! upstream cap) is not remembered.
+//! ## Finality and reorgs
 //!
-//! Beware of chains that rewind: on a devnet reset (`anvil_reset`, `evm_revert`, a node restarted
-//! with a fresh chain, or with another chain id, which changes even `eth_chainId`) the cache keeps
-//! serving what it stored for up to `ttl_seconds`. Use a short TTL, or no cache, on such plans.
+//! The finalized block is the node's: the answer to `eth_getBlockByNumber(["finalized", false])`.
+//! On a node without the `finalized` tag (an error or a `null` answer) it is the block
+//! `finality_depth` below `latest` (and nothing but block 0 while the chain is shorter). It is
+//! asked through `upstream` by the first call that needs it, and kept for 1 second in the
+//! key-value store (key `cache:finalized`), so the node sees at most one check (one to three
+//! calls) per second per instance. A check that cannot reach the node (unreachable, deadline,
+//! upstream cap) is not remembered, and counts nothing but block 0 as final.
+//!
+//! Every check also makes sure the chain did not reorganize below the last final block it saw
+//! (its hash at that height, or the new final block's parent hash, must match; see `chain`).
+//! If it did, which on a node with real finality means finality was broken, and on a devnet
+//! means `evm_revert`, `anvil_reorg`, `anvil_reset` or a node restarted with a fresh chain,
+//! every answer read at a block number or about a transaction is dropped at once (it is keyed
+//! by a chain epoch that the reorg advances, so none of them is served again), and the event is
+//! logged at level `warn`. The reorg is noticed by the first call at most 1 second after the
+//! node reports it. Answers that a reorg cannot change (by block hash, `eth_chainId`,
+//! `net_version`) stay; a node restarted with another chain id still changes even
+//! `eth_chainId`, which this cache serves until `ttl_seconds` pass.
 //!
 //! ## Keys, hits and misses
 //!
-//! The key of an answer is `cache:entry:<method>:<SHA-256 of the params>`, where the params are
+//! The key of an answer is `cache:entry:<method>:<SHA-256 of the params>` (followed by
+//! `@<epoch>` for answers read at a block number or about a transaction), where the params are
 //! in canonical JSON (object keys sorted, no whitespace): the same call with its object members
 //! in another order is the same entry. Anything else that differs (`"0xA"` against `"0xa"`,
 //! extra parameters) is a different entry.
@@ -62,15 +73,26 @@
 //! stored), and each is also logged at level `debug`. The counters are how hit and miss counts
 //! are observed (the host may expose them as metrics); other calls are not counted.
 //!
+//! ## Room
+//!
+//! The answers live in the cache's share of the key-value store. When it is full, the oldest
+//! answers are evicted, 16 at a time, to make room for the new one (see `room`): a full cache
+//! keeps caching, and never takes the room of another plugin of the chain.
+//!
 //! Hooks: `on-call` (answers hits, forwards misses) and `on-result` (stores answers). The plugin
 //! selects the methods of the table above (`CACHEABLE_METHODS`): ovsb passes every other call by
 //! without entering the plugin, so a cache in the chain costs other calls nothing.
 
 use std::fmt::Write as _;
 
-use ovsb_plugin_sdk::{Call, Config, Context, Decision, Methods, Outcome, Plugin, kv, log, ok_raw, upstream};
+use ovsb_plugin_sdk::{Call, Config, Context, Decision, Methods, Outcome, Plugin, kv, log, ok_raw};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+pub mod chain;
+pub mod room;
+
+pub use chain::{ChainState, DEFAULT_FINALITY_DEPTH, FINALIZED_KEY, MAX_FINALITY_DEPTH, chain_state, in_epoch};
 
 /// Default `ttl_seconds`.
 pub const DEFAULT_TTL_SECONDS: u64 = 300;
@@ -80,21 +102,13 @@ pub const MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 256 << 10;
 /// Highest `max_entry_bytes`.
 pub const MAX_MAX_ENTRY_BYTES: u64 = 16 << 20;
-/// How long the finalized block number is kept, in milliseconds.
-pub const FINALIZED_TTL_MS: u64 = 1000;
 
 /// Key-value counter of hits.
 pub const HITS_KEY: &str = "cache:hits";
 /// Key-value counter of misses.
 pub const MISSES_KEY: &str = "cache:misses";
-/// Key-value entry holding the finalized block number (or `none`).
-pub const FINALIZED_KEY: &str = "cache:finalized";
 
-const FIELDS: [&str; 2] = ["ttl_seconds", "max_entry_bytes"];
-
-/// Error codes of upstream failures that say nothing about the node's support for `finalized`:
-/// no node reachable, deadline passed, a limit (such as the host's cap on upstream calls).
-const TRANSIENT_CODES: [i32; 3] = [-32002, -32003, -32005];
+const FIELDS: [&str; 3] = ["ttl_seconds", "max_entry_bytes", "finality_depth"];
 
 /// When the answer to a call may be kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +208,7 @@ fn is_hash(text: &str) -> bool {
 }
 
 /// A hex quantity (`0x1b4`) that fits a u64.
-fn parse_quantity(text: &str) -> Option<u64> {
+pub(crate) fn parse_quantity(text: &str) -> Option<u64> {
     let digits = text.strip_prefix("0x")?;
     if digits.is_empty() || digits.len() > 16 {
         return None;
@@ -245,46 +259,28 @@ pub fn canonical_json(value: &Value, out: &mut String) {
     }
 }
 
-/// The finalized block number: from the key-value store, else asked of the node (and kept for
-/// [`FINALIZED_TTL_MS`]). `None` when the node does not say.
-pub fn finalized_block() -> Option<u64> {
-    if let Some(stored) = kv::get(FINALIZED_KEY) {
-        return std::str::from_utf8(&stored).ok().and_then(|text| text.parse().ok());
-    }
-    let finalized = match upstream(&Call::new("eth_getBlockByNumber", Some(r#"["finalized",false]"#.to_string()))) {
-        Ok(json) => serde_json::from_str::<Value>(&json)
-            .ok()
-            .and_then(|block| block.get("number").and_then(Value::as_str).and_then(parse_quantity)),
-        Err(err) if TRANSIENT_CODES.contains(&err.code) => {
-            log::debug(&format!("cannot learn the finalized block: {} ({})", err.message, err.code));
-            return None;
-        }
-        Err(err) => {
-            log::debug(&format!("the node does not report a finalized block: {} ({})", err.message, err.code));
-            None
-        }
-    };
-    let stored = finalized.map_or_else(|| "none".to_string(), |number| number.to_string());
-    if let Err(err) = kv::set(FINALIZED_KEY, stored.as_bytes(), Some(FINALIZED_TTL_MS)) {
-        log::debug(&format!("cannot keep the finalized block number: {err}"));
-    }
-    finalized
-}
-
-/// Whether block `number` is at or below the finalized block (block 0 always is).
-fn is_final(number: u64) -> bool {
-    number == 0 || finalized_block().is_some_and(|finalized| number <= finalized)
-}
-
 /// The plugin: see the module docs.
 pub struct Cache {
     ttl_ms: u64,
     max_entry_bytes: usize,
+    finality_depth: u64,
 }
 
 impl Cache {
-    /// Whether the answer `json` to a call classified as `rule` may be kept.
-    fn keepable(&self, rule: Rule, json: &str) -> Result<(), String> {
+    /// The key of `cacheable`'s answer now: in the chain's epoch unless no reorg can change it.
+    fn key(&self, cacheable: &Cacheable) -> (String, Option<ChainState>) {
+        match cacheable.rule {
+            Rule::Always => (cacheable.key.clone(), None),
+            Rule::Mined | Rule::AtBlock(_) => {
+                let state = chain_state(self.finality_depth);
+                (in_epoch(&cacheable.key, state.epoch), Some(state))
+            }
+        }
+    }
+
+    /// Whether the answer `json` to a call classified as `rule` may be kept, the chain being
+    /// `state` (`None` for [`Rule::Always`]).
+    fn keepable(&self, rule: Rule, json: &str, state: Option<ChainState>) -> Result<(), String> {
         if json.len() > self.max_entry_bytes {
             return Err(format!("{} bytes, over max_entry_bytes ({})", json.len(), self.max_entry_bytes));
         }
@@ -302,12 +298,16 @@ impl Cache {
                 }
             }
         };
-        if is_final(block) { Ok(()) } else { Err(format!("block {block} is not finalized")) }
+        if state.is_some_and(|state| state.is_final(block)) {
+            Ok(())
+        } else {
+            Err(format!("block {block} is not finalized"))
+        }
     }
 }
 
 fn count(key: &str) {
-    if let Err(err) = kv::incr(key, 1, None) {
+    if let Err(err) = room::with_room(|| kv::incr(key, 1, None)) {
         log::debug(&format!("cannot count in {key}: {err}"));
     }
 }
@@ -317,7 +317,8 @@ impl Plugin for Cache {
         let settings = settings(&config)?;
         let ttl_seconds = integer(&settings, "ttl_seconds", DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS)?;
         let max_entry_bytes = integer(&settings, "max_entry_bytes", DEFAULT_MAX_ENTRY_BYTES, MAX_MAX_ENTRY_BYTES)?;
-        Ok(Cache { ttl_ms: ttl_seconds * 1000, max_entry_bytes: max_entry_bytes as usize })
+        let finality_depth = integer(&settings, "finality_depth", DEFAULT_FINALITY_DEPTH, MAX_FINALITY_DEPTH)?;
+        Ok(Cache { ttl_ms: ttl_seconds * 1000, max_entry_bytes: max_entry_bytes as usize, finality_depth })
     }
 
     fn methods(&self) -> Methods {
@@ -328,7 +329,8 @@ impl Plugin for Cache {
         let Some(cacheable) = classify(&call) else {
             return Decision::Forward(call);
         };
-        match kv::get(&cacheable.key).map(String::from_utf8) {
+        let (key, _) = self.key(&cacheable);
+        match kv::get(&key).map(String::from_utf8) {
             Some(Ok(json)) => {
                 count(HITS_KEY);
                 log::debug(&format!("cache hit: {}", call.method));
@@ -346,9 +348,13 @@ impl Plugin for Cache {
         let (Ok(json), Some(cacheable)) = (&outcome, classify(call)) else {
             return outcome;
         };
-        match self.keepable(cacheable.rule, json) {
+        // The chain as it is now. (A reorg noticed between the call and its answer could let one
+        // answer of the old chain into the new epoch: the node would have to answer from the
+        // old chain after reporting the new one.)
+        let (key, state) = self.key(&cacheable);
+        match self.keepable(cacheable.rule, json, state) {
             Ok(()) => {
-                if let Err(err) = kv::set(&cacheable.key, json.as_bytes(), Some(self.ttl_ms)) {
+                if let Err(err) = room::keep(&key, json.as_bytes(), self.ttl_ms) {
                     log::debug(&format!("cannot keep the answer to {}: {err}", call.method));
                 }
             }
@@ -360,7 +366,7 @@ impl Plugin for Cache {
 
 /// The configuration as an object (`null` reads as `{}`), refusing unknown fields.
 fn settings(config: &Config) -> Result<Map<String, Value>, String> {
-    config.object(r#"{"ttl_seconds": 300, "max_entry_bytes": 262144}"#, &FIELDS)
+    config.object(r#"{"ttl_seconds": 300, "max_entry_bytes": 262144, "finality_depth": 64}"#, &FIELDS)
 }
 
 /// The whole number at `field`, between 1 and `max`, or `default` when absent.
@@ -402,7 +408,12 @@ mod tests {
         MockHost::current().set_upstream(move |call| {
             if call.method == "eth_getBlockByNumber" && call.params.as_deref() == Some(r#"["finalized",false]"#) {
                 return match shared.get() {
-                    Some(number) => Ok(json!({"number": format!("0x{number:x}"), "hash": HASH}).to_string()),
+                    Some(number) => Ok(json!({
+                        "number": format!("0x{number:x}"),
+                        "hash": format!("0x{number:064x}"),
+                        "parentHash": format!("0x{:064x}", number.saturating_sub(1)),
+                    })
+                    .to_string()),
                     None => Err(RpcError::new(codes::INVALID_PARAMS, "invalid block number: finalized")),
                 };
             }
@@ -418,12 +429,12 @@ mod tests {
         Harness::new("null").unwrap()
     }
 
-    /// The calls that reached the node, other than finalized lookups.
+    /// The calls that reached the node, other than the finality checks' lookups.
     fn node_calls() -> Vec<String> {
         MockHost::current()
             .upstream_calls()
             .into_iter()
-            .filter(|call| call.params.as_deref() != Some(r#"["finalized",false]"#))
+            .filter(|call| !matches!(call.params.as_deref(), Some(r#"["finalized",false]"# | r#"["latest",false]"#)))
             .map(|call| format!("{} {}", call.method, call.params.unwrap_or_default()))
             .collect()
     }
@@ -553,7 +564,7 @@ mod tests {
 
         // Once the chain finalizes block 101, its answers are kept too.
         node.finalized.set(Some(101));
-        MockHost::current().advance_ms(FINALIZED_TTL_MS);
+        MockHost::current().advance_ms(chain::CHECK_MS);
         assert!(cached_on_second_call(&mut harness, "eth_getBalance", Some(&at("0x65"))));
     }
 
@@ -566,7 +577,7 @@ mod tests {
             harness.call("eth_getBalance", Some(&format!(r#"["{ADDRESS}","0x{block:x}"]"#))).unwrap();
         }
         assert_eq!(finalized_lookups(), 1);
-        host.advance_ms(FINALIZED_TTL_MS - 1);
+        host.advance_ms(chain::CHECK_MS - 1);
         harness.call("eth_getBalance", Some(&format!(r#"["{ADDRESS}","0x6"]"#))).unwrap();
         assert_eq!(finalized_lookups(), 1);
         host.advance_ms(1);
@@ -586,7 +597,7 @@ mod tests {
         assert!(cached_on_second_call(&mut harness, "eth_getBalance", Some(&format!(r#"["{ADDRESS}","{HASH}"]"#))));
         assert!(cached_on_second_call(&mut harness, "eth_getBlockByHash", Some(&format!(r#"["{HASH}",false]"#))));
         assert_eq!(finalized_lookups(), 1);
-        host.advance_ms(FINALIZED_TTL_MS);
+        host.advance_ms(chain::CHECK_MS);
         assert!(!cached_on_second_call(&mut harness, "eth_getCode", Some(&format!(r#"["{ADDRESS}","0x1"]"#))));
         assert_eq!(finalized_lookups(), 2);
     }
@@ -601,7 +612,7 @@ mod tests {
                 return Err(RpcError::new(-32002, "no upstream node is reachable"));
             }
             if call.params.as_deref() == Some(r#"["finalized",false]"#) {
-                return Ok(r#"{"number":"0x64"}"#.to_string());
+                return Ok(format!(r#"{{"number":"0x64","hash":"{HASH}"}}"#));
             }
             Ok("\"0x1\"".to_string())
         });
@@ -652,9 +663,9 @@ mod tests {
         ] {
             host.reset();
             let answer_for_node = answer.clone();
-            let finalized = r#"{"number":"0x64"}"#;
+            let finalized = format!(r#"{{"number":"0x64","hash":"{HASH}"}}"#);
             host.set_upstream(move |call| {
-                Ok(if call.method == "eth_getBlockByNumber" { finalized.to_string() } else { answer_for_node.clone() })
+                Ok(if call.method == "eth_getBlockByNumber" { finalized.clone() } else { answer_for_node.clone() })
             });
             for method in ["eth_getTransactionReceipt", "eth_getTransactionByHash"] {
                 assert_eq!(cached_on_second_call(&mut harness, method, Some(&params)), cached, "{method} {answer}");
@@ -689,6 +700,106 @@ mod tests {
         let mut text = String::new();
         canonical_json(&serde_json::from_str(same).unwrap(), &mut text);
         assert_eq!(text, r#"[{"data":"0x01","to":"0xaa","value":{"a":2,"b":1}},"0x10"]"#);
+    }
+
+    #[test]
+    fn a_reorg_below_the_final_block_drops_answers_read_at_numbers_but_not_by_hash() {
+        // A node whose blocks' hashes depend on `fork`: a reorg rewrites every one of them.
+        let fork = Rc::new(Cell::new(0u64));
+        let node_fork = fork.clone();
+        MockHost::current().set_upstream(move |call| {
+            let fork = node_fork.get();
+            Ok(match call.params.as_deref() {
+                Some(r#"["finalized",false]"#) => {
+                    json!({"number": "0x64", "hash": format!("0x{fork:064x}")}).to_string()
+                }
+                Some(params) => json!(format!("{} {params} on fork {fork}", call.method)).to_string(),
+                None => json!(format!("{} on fork {fork}", call.method)).to_string(),
+            })
+        });
+        let mut harness = harness();
+        let at_number = format!(r#"["{ADDRESS}","0x40"]"#);
+        let by_hash = format!(r#"["{HASH}",false]"#);
+        let receipt = format!(r#"["{HASH}"]"#);
+        harness.call("eth_getBlockByHash", Some(&by_hash)).unwrap();
+        assert!(cached_on_second_call(&mut harness, "eth_getBalance", Some(&at_number)));
+
+        fork.set(1);
+        // Until the next check (1 s), the cache cannot know.
+        MockHost::current().advance_ms(chain::CHECK_MS);
+        assert_eq!(
+            harness.call("eth_getBalance", Some(&at_number)),
+            Ok(json!(format!("eth_getBalance {at_number} on fork 1")).to_string()),
+            "the answer of the old chain is not served"
+        );
+        assert!(
+            MockHost::current()
+                .logs()
+                .iter()
+                .any(|(level, line)| *level == Level::Warn && line.contains("reorganized"))
+        );
+        let calls = node_calls().len();
+        harness.call("eth_getBalance", Some(&at_number)).unwrap();
+        assert_eq!(node_calls().len(), calls, "the new chain's answer is kept");
+        assert_eq!(
+            harness.call("eth_getBlockByHash", Some(&by_hash)),
+            Ok(json!(format!("eth_getBlockByHash {by_hash} on fork 0")).to_string()),
+            "a block hash names the same block on any fork"
+        );
+        // A transaction's answer depends on its block: kept per epoch too.
+        let calls = node_calls().len();
+        MockHost::current().set_upstream(move |call| {
+            Ok(match call.params.as_deref() {
+                Some(r#"["finalized",false]"#) => {
+                    json!({"number": "0x64", "hash": format!("0x{:064x}", 1)}).to_string()
+                }
+                _ => json!({"blockNumber": "0x10"}).to_string(),
+            })
+        });
+        assert!(cached_on_second_call(&mut harness, "eth_getTransactionReceipt", Some(&receipt)));
+        assert_eq!(node_calls().len(), calls + 1);
+        let key = classify(&Call::new("eth_getTransactionReceipt", Some(receipt.clone()))).unwrap().key;
+        assert!(kv::get(&in_epoch(&key, 1)).is_some(), "stored in epoch 1");
+    }
+
+    #[test]
+    fn without_the_finalized_tag_blocks_finality_depth_below_latest_are_final() {
+        MockHost::current().set_upstream(|call| match call.params.as_deref() {
+            Some(r#"["finalized",false]"#) => Err(RpcError::new(-32602, "unknown block tag")),
+            Some(r#"["latest",false]"#) => Ok(json!({"number": "0x64", "hash": HASH}).to_string()),
+            Some(r#"["0x5a",false]"#) => Ok(json!({"number": "0x5a", "hash": HASH}).to_string()),
+            _ => Ok("\"0x1\"".to_string()),
+        });
+        let mut harness = Harness::<Cache>::new(r#"{"finality_depth": 10}"#).unwrap();
+        let balance_calls =
+            || MockHost::current().upstream_calls().iter().filter(|c| c.method == "eth_getBalance").count();
+        for (block, cached) in [("0x5a", true), ("0x5b", false)] {
+            let params = format!(r#"["{ADDRESS}","{block}"]"#);
+            harness.call("eth_getBalance", Some(&params)).unwrap();
+            harness.call("eth_getBalance", Some(&params)).unwrap();
+            assert_eq!(balance_calls(), if cached { 1 } else { 3 }, "{block}: 100 - 10 = 0x5a is final, 0x5b is not");
+        }
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_oldest_answers_and_the_cache_keeps_caching() {
+        node(Some(100_000), None);
+        let host = MockHost::current();
+        let mut harness = harness();
+        host.set_kv_max_entries(Some(200));
+        let at = |n: u64| format!(r#"["{ADDRESS}","0x{n:x}"]"#);
+        for n in 1..=500 {
+            harness.call("eth_getBalance", Some(&at(n))).unwrap();
+        }
+        assert!(host.kv_len() <= 200);
+        let before = node_calls().len();
+        harness.call("eth_getBalance", Some(&at(500))).unwrap();
+        assert_eq!(node_calls().len(), before, "the newest answer is served from the cache");
+        harness.call("eth_getBalance", Some(&at(1))).unwrap();
+        assert_eq!(node_calls().len(), before + 1, "the oldest was evicted");
+        assert!(cached_on_second_call(&mut harness, "eth_getBalance", Some(&at(501))), "new answers are kept");
+        assert_eq!(counter(MISSES_KEY).as_deref(), Some("502"), "the counters survive a full store");
+        assert_eq!(counter(HITS_KEY).as_deref(), Some("2"));
     }
 
     #[test]
@@ -741,6 +852,7 @@ mod tests {
         let mut harness = harness();
         assert_eq!(harness.plugin().ttl_ms, 300_000);
         assert_eq!(harness.plugin().max_entry_bytes, 262_144);
+        assert_eq!(harness.plugin().finality_depth, 64);
         let mut harness = Harness::<Cache>::new(r#"{"ttl_seconds": 604800, "max_entry_bytes": 16777216}"#).unwrap();
         assert_eq!(harness.plugin().ttl_ms, 604_800_000);
         assert!(Harness::<Cache>::new("{}").is_ok());
@@ -757,9 +869,11 @@ mod tests {
             ),
             (r#"{"max_entry_bytes": 0}"#, "invalid configuration: max_entry_bytes must be at least 1"),
             (r#"{"max_entry_bytes": 16777217}"#, "invalid configuration: max_entry_bytes must be at most 16777216"),
+            (r#"{"finality_depth": 0}"#, "invalid configuration: finality_depth must be at least 1"),
+            (r#"{"finality_depth": 1000001}"#, "invalid configuration: finality_depth must be at most 1000000"),
             (
                 r#"{"ttl": 5}"#,
-                "invalid configuration: unknown field `ttl`, expected `ttl_seconds` or `max_entry_bytes`",
+                "invalid configuration: unknown field `ttl`, expected `ttl_seconds`, `max_entry_bytes` or `finality_depth`",
             ),
             ("[]", "invalid configuration: expected an object like"),
         ];
@@ -776,5 +890,7 @@ mod tests {
         assert_eq!(schema["properties"]["ttl_seconds"]["maximum"], MAX_TTL_SECONDS);
         assert_eq!(schema["properties"]["max_entry_bytes"]["default"], DEFAULT_MAX_ENTRY_BYTES);
         assert_eq!(schema["properties"]["max_entry_bytes"]["maximum"], MAX_MAX_ENTRY_BYTES);
+        assert_eq!(schema["properties"]["finality_depth"]["default"], DEFAULT_FINALITY_DEPTH);
+        assert_eq!(schema["properties"]["finality_depth"]["maximum"], MAX_FINALITY_DEPTH);
     }
 }

@@ -21,7 +21,8 @@
 //! | code | when | `data` |
 //! |---|---|---|
 //! | -32005 (limit exceeded) | the caller's bucket is empty | `{"retry_after_ms": N}`: milliseconds until a token is available |
-//! | -32005 (limit exceeded) | the bucket could not be read or updated (the instance's key-value store is full or refused the write), or 16 attempts to update it lost to concurrent calls | `{"retry_after_ms": N}`: a guess (one token's time, at least 1 ms) |
+//! | -32005 (limit exceeded) | 16 attempts to update the bucket lost to concurrent calls | `{"retry_after_ms": N}`: one token's time, at least 50 ms (`CONTENDED_RETRY_MS`) |
+//! | -32005 (limit exceeded) | the bucket could not be updated (the key-value store, or this plugin's share of it, is full or refused the write) | `{"retry_after_ms": N}`: one token's time, at least 1000 ms (`STORE_RETRY_MS`): room comes back as idle buckets expire, not within milliseconds, so clients must not retry at once |
 //!
 //! The limiter fails closed: a call it cannot account for is refused, not let through. The
 //! refused call never reaches the node.
@@ -57,6 +58,11 @@ pub const MAX_RATE: f64 = 1_000_000.0;
 pub const MIN_RATE: f64 = 0.000_001;
 /// Largest `burst`.
 pub const MAX_BURST: u64 = 1_000_000;
+/// Least `retry_after_ms` of a call refused because the bucket could not be updated (the
+/// key-value store is full or refused the write).
+pub const STORE_RETRY_MS: u64 = 1000;
+/// Least `retry_after_ms` of a call refused because every attempt lost to concurrent calls.
+pub const CONTENDED_RETRY_MS: u64 = 50;
 
 const NANOS_PER_SECOND: f64 = 1e9;
 const NANOS_PER_MS: u128 = 1_000_000;
@@ -248,13 +254,15 @@ impl Plugin for RateLimit {
             }
             Verdict::Contended => {
                 log::warn(&format!("refused a call: {MAX_ATTEMPTS} attempts to update {key} lost to concurrent calls"));
-                limit_error("limit exceeded: too many concurrent requests, retry later", self.limiter.interval_ms())
+                let retry_after_ms = self.limiter.interval_ms().max(CONTENDED_RETRY_MS);
+                limit_error("limit exceeded: too many concurrent requests, retry later", retry_after_ms)
             }
             Verdict::StoreFailed(err) => {
                 log::warn(&format!("refused a call: cannot update {key} in the key-value store: {err}"));
+                let retry_after_ms = self.limiter.interval_ms().max(STORE_RETRY_MS);
                 limit_error(
-                    "limit exceeded: the rate limit could not be checked, retry later",
-                    self.limiter.interval_ms(),
+                    &format!("limit exceeded: the rate limit could not be checked, retry in {retry_after_ms} ms"),
+                    retry_after_ms,
                 )
             }
         }
@@ -510,6 +518,23 @@ mod tests {
         );
         assert_eq!(store.attempts, 1);
         assert_eq!(limiter.interval_ms(), 250);
+    }
+
+    #[test]
+    fn a_full_store_refuses_with_a_retry_hint_of_at_least_a_second_not_a_millisecond() {
+        let host = MockHost::current();
+        // 1000 calls a second: one token's time is 1 ms.
+        let mut harness = harness(r#"{"requests_per_second": 1000}"#);
+        host.set_kv_max_entries(Some(0));
+        let err = harness.call("m", None).unwrap_err();
+        assert_eq!(err.message, "limit exceeded: the rate limit could not be checked, retry in 1000 ms");
+        assert_eq!(retry_after(Err(err)), STORE_RETRY_MS);
+        assert!(host.upstream_calls().is_empty(), "it fails closed");
+        // A slow bucket: its token's time is the longer wait.
+        let mut slow = Harness::<RateLimit>::new(r#"{"requests_per_second": 0.2}"#).unwrap();
+        assert_eq!(retry_after(slow.call("m", None)), 5000);
+        host.set_kv_max_entries(None);
+        assert!(slow.call("m", None).is_ok(), "room back, calls pass again");
     }
 
     #[test]
