@@ -139,14 +139,19 @@ impl Registry {
         elements: &[ChainElement],
         kv: &Arc<KvStore>,
         share: Share,
+        sealed: &[String],
     ) -> Result<Chain, ChainError> {
+        let sealed: Arc<[String]> = sealed.iter().filter(|s| !s.is_empty()).cloned().collect();
         let plugins = self.plugins.load_full();
         let mut entries = Vec::with_capacity(elements.len());
         for element in elements {
             let available =
                 plugins.get(&element.name).ok_or_else(|| ChainError::UnknownPlugin(element.name.clone()))?;
             let config = element.config.to_string();
-            let pool = self.runtime.pool(&available.plugin, &config, available.limits, instance_id, kv.clone()).await?;
+            let pool = self
+                .runtime
+                .pool_sealed(&available.plugin, &config, available.limits, instance_id, kv.clone(), sealed.clone())
+                .await?;
             entries.push(ChainEntry { pool, fail_open: element.fail_open });
         }
         Ok(Chain::with_share(entries, share))
