@@ -173,6 +173,7 @@ impl From<&GatewaySettings> for InstanceShares {
                 slow: Duration::from_millis(gateway.slow_call_ms),
                 floor: gateway.slow_calls_per_instance as usize,
                 duty_percent: gateway.slow_call_duty_percent,
+                ..PaceSettings::default()
             },
         }
     }
@@ -288,10 +289,9 @@ impl Refusal {
             Refusal::InstanceUpstream => {
                 (LIMIT_EXCEEDED, "this instance has as many calls at its node as it may; retry later".into())
             }
-            Refusal::NodeTime => (
-                LIMIT_EXCEEDED,
-                "this instance's calls keep its node busy: they are paced; retry later".into(),
-            ),
+            Refusal::NodeTime => {
+                (LIMIT_EXCEEDED, "this instance's calls keep its node busy: they are paced; retry later".into())
+            }
             Refusal::Upstream => {
                 (LIMIT_EXCEEDED, "the gateway has as many calls at nodes as it may; retry later".into())
             }
@@ -421,13 +421,18 @@ pub struct UpstreamTurn {
 /// time. Without a request budget, a turn that holds nothing.
 pub async fn upstream_turn(node: &Arc<RoundTrip>) -> Result<UpstreamTurn, Refusal> {
     let Ok((gateway, instance, pace, queue)) = REQUEST_BUDGET.try_with(|b| {
-        (b.gateway.upstream_calls.clone(), b.instance.upstream_calls.clone(), b.instance.pace.clone(), b.gateway.limits.queue)
+        (
+            b.gateway.upstream_calls.clone(),
+            b.instance.upstream_calls.clone(),
+            b.instance.pace.clone(),
+            b.gateway.limits.queue,
+        )
     }) else {
         return Ok(UpstreamTurn { _instance: None, _gateway: None, _pace: None });
     };
     let deadline = tokio::time::Instant::now() + queue;
-    let pace = pace.turn(node, deadline).await.ok_or(Refusal::NodeTime)?;
     let instance = acquire(instance, deadline).await.ok_or(Refusal::InstanceUpstream)?;
+    let pace = pace.turn(node, deadline).await.ok_or(Refusal::NodeTime)?;
     let gateway = acquire(gateway, deadline).await.ok_or(Refusal::Upstream)?;
     Ok(UpstreamTurn { _instance: Some(instance), _gateway: Some(gateway), _pace: Some(pace) })
 }
@@ -485,7 +490,11 @@ mod tests {
     #[tokio::test]
     async fn a_request_is_refused_at_the_charge_that_passes_its_limit_and_gives_back_what_it_held() {
         let gw = gateway(100, 1000);
-        let instance = InstanceBudget::new(InstanceShares { answer_bytes_in_flight: 1000, upstream_calls: 2, pace: PaceSettings::default() });
+        let instance = InstanceBudget::new(InstanceShares {
+            answer_bytes_in_flight: 1000,
+            upstream_calls: 2,
+            pace: PaceSettings::default(),
+        });
         let request = gw.request(&instance);
         let outcome = REQUEST_BUDGET
             .scope(request, async {
@@ -528,7 +537,11 @@ mod tests {
         tx.send(()).unwrap();
         holder.await.unwrap();
         assert_eq!(waiter.await.unwrap(), Ok(()));
-        let small = InstanceBudget::new(InstanceShares { answer_bytes_in_flight: 10, upstream_calls: 1, pace: PaceSettings::default() });
+        let small = InstanceBudget::new(InstanceShares {
+            answer_bytes_in_flight: 10,
+            upstream_calls: 1,
+            pace: PaceSettings::default(),
+        });
         let refused = REQUEST_BUDGET.scope(gw.request(&small), charge_answer(20)).await;
         assert_eq!(refused, Err(Refusal::InstanceInFlight));
     }
@@ -537,7 +550,11 @@ mod tests {
     async fn upstream_turns_are_bounded_by_the_instance_share() {
         let node = Arc::new(RoundTrip::default());
         let gw = gateway(100, 100);
-        let instance = InstanceBudget::new(InstanceShares { answer_bytes_in_flight: 10, upstream_calls: 1, pace: PaceSettings::default() });
+        let instance = InstanceBudget::new(InstanceShares {
+            answer_bytes_in_flight: 10,
+            upstream_calls: 1,
+            pace: PaceSettings::default(),
+        });
         REQUEST_BUDGET
             .scope(gw.request(&instance), async {
                 let turn = upstream_turn(&node).await.unwrap();

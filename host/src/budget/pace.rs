@@ -13,7 +13,7 @@
 //!   and grows by one with each quick answer, up to the instance's share of upstream calls (the
 //!   semaphore of [`super::InstanceBudget`]), so a batch of quick calls reaches its full width
 //!   within its first answers.
-//! - A slow call sets the limit back to `floor`, where it stays for `HOLD`; and the instance keeps
+//! - A slow call sets the limit back to `floor`, where it stays for `hold`; and the instance keeps
 //!   its node busy at most `duty` of the time: after a slow call of `d`, its next call starts no
 //!   sooner than `d × (1 − duty) / duty` later.
 //!
@@ -23,15 +23,13 @@
 //! Must not: lock (atomics and one `Notify`), or wait past a deadline.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// How long an instance's limit stays at its floor after its last slow call.
-const HOLD: Duration = Duration::from_millis(500);
 /// The fastest turn is remembered for about this long (two windows).
 const FLOOR_WINDOW: Duration = Duration::from_secs(10);
 
@@ -44,11 +42,13 @@ pub struct PaceSettings {
     pub floor: usize,
     /// Share of the time, in percent (1..=100), a paced instance may keep the node busy.
     pub duty_percent: u32,
+    /// How long the limit stays at its floor after the last slow call.
+    pub hold: Duration,
 }
 
 impl Default for PaceSettings {
     fn default() -> Self {
-        PaceSettings { slow: Duration::from_millis(25), floor: 1, duty_percent: 50 }
+        PaceSettings { slow: Duration::from_millis(25), floor: 1, duty_percent: 50, hold: Duration::from_millis(500) }
     }
 }
 
@@ -128,7 +128,8 @@ impl RoundTrip {
         let half = (FLOOR_WINDOW / 2).as_micros() as u64;
         let window = u64::try_from(at.saturating_duration_since(self.origin).as_micros()).unwrap_or(u64::MAX) / half;
         let current = self.window.load(Ordering::Relaxed);
-        if window != current && self.window.compare_exchange(current, window, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        if window != current
+            && self.window.compare_exchange(current, window, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
             // A new window forgets the older of the two.
             self.fastest[(window % 2) as usize].store(u64::MAX, Ordering::Relaxed);
@@ -171,7 +172,7 @@ impl NodePace {
     /// Whether the instance is paced now (a slow call within the hold).
     pub fn is_paced(&self) -> bool {
         let last = self.last_slow.load(Ordering::Acquire);
-        last != 0 && self.micros(Instant::now()) < last - 1 + HOLD.as_micros() as u64
+        last != 0 && self.micros(Instant::now()) < last - 1 + self.settings.hold.as_micros() as u64
     }
 
     /// Waits for a turn at the node whose round trip is `node` until `deadline`; `None` past it.
@@ -214,8 +215,7 @@ impl NodePace {
             if in_flight >= limit {
                 return None;
             }
-            match self.in_flight.compare_exchange_weak(in_flight, in_flight + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.in_flight.compare_exchange_weak(in_flight, in_flight + 1, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Some(PaceTurn { pace: self.clone(), node: node.clone(), started, answered: false }),
                 Err(now) => in_flight = now,
             }
@@ -266,14 +266,19 @@ impl Drop for PaceTurn {
 mod tests {
     use super::*;
 
+    const SLOW: Duration = Duration::from_millis(50);
+
     /// Ends a turn whose answer the node gave whole.
     fn done(mut turn: PaceTurn) {
         turn.answered = true;
     }
 
+    fn settings(floor: usize, duty_percent: u32) -> PaceSettings {
+        PaceSettings { slow: SLOW, floor, duty_percent, hold: Duration::from_millis(100) }
+    }
+
     fn pace(floor: usize, duty_percent: u32) -> (Arc<NodePace>, Arc<RoundTrip>) {
-        let pace = NodePace::new(PaceSettings { slow: Duration::from_millis(20), floor, duty_percent }, 32);
-        (Arc::new(pace), Arc::default())
+        (Arc::new(NodePace::new(settings(floor, duty_percent), 32)), Arc::default())
     }
 
     /// `n` quick calls one after another (each grows the limit by one).
@@ -283,7 +288,14 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
+    /// A call that keeps the node busy for `busy`.
+    async fn busy(pace: &Arc<NodePace>, node: &Arc<RoundTrip>, busy: Duration) {
+        let turn = pace.turn(node, Instant::now() + Duration::from_secs(5)).await.expect("a turn");
+        tokio::time::sleep(busy).await;
+        done(turn);
+    }
+
+    #[tokio::test]
     async fn quick_answers_widen_the_limit_up_to_the_share() {
         let (pace, node) = pace(1, 50);
         assert_eq!(pace.limit(), 1, "a new instance starts at its floor");
@@ -297,70 +309,68 @@ mod tests {
         assert!(!pace.is_paced());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_slow_call_sets_the_limit_back_to_the_floor_for_the_hold() {
         let (pace, node) = pace(2, 100);
         quick(&pace, &node, 20).await;
-        let slow = pace.turn(&node, Instant::now()).await.unwrap();
-        tokio::time::advance(Duration::from_millis(50)).await;
-        done(slow);
-        assert!(pace.is_paced());
+        busy(&pace, &node, SLOW * 3).await;
         assert_eq!(pace.limit(), 2);
         let a = pace.turn(&node, Instant::now()).await.expect("within the floor");
         let b = pace.turn(&node, Instant::now()).await.expect("within the floor");
-        assert!(pace.turn(&node, Instant::now() + Duration::from_millis(10)).await.is_none(), "a third waits, then is refused");
+        assert!(
+            pace.turn(&node, Instant::now() + Duration::from_millis(10)).await.is_none(),
+            "a third waits, then is refused"
+        );
         done(a);
         done(b);
-        assert_eq!(pace.limit(), 2, "quick answers within the hold do not widen it");
-        tokio::time::advance(HOLD).await;
+        if pace.is_paced() {
+            assert_eq!(pace.limit(), 2, "quick answers within the hold do not widen it");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(!pace.is_paced());
         quick(&pace, &node, 3).await;
         assert_eq!(pace.limit(), 5, "after the hold, quick answers widen it again");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_paced_instance_keeps_its_node_busy_at_most_its_duty() {
         let (pace, node) = pace(1, 25);
         quick(&pace, &node, 1).await;
-        let slow = pace.turn(&node, Instant::now()).await.unwrap();
-        tokio::time::advance(Duration::from_millis(40)).await;
-        done(slow);
-        // 40 ms at 25%: 120 ms of rest before the next call starts.
-        let waited = Instant::now();
-        assert!(pace.turn(&node, Instant::now() + Duration::from_millis(100)).await.is_none());
-        let turn = pace.turn(&node, waited + Duration::from_millis(200)).await.expect("after the rest");
-        assert_eq!(waited.elapsed(), Duration::from_millis(120));
-        done(turn);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_far_node_is_not_slow_for_its_round_trip() {
-        let (pace, node) = pace(1, 50);
-        for _ in 0..5 {
-            let turn = pace.turn(&node, Instant::now()).await.unwrap();
-            tokio::time::advance(Duration::from_millis(80)).await;
-            done(turn);
-        }
-        assert!(!pace.is_paced(), "80 ms every time is the node's round trip");
         let turn = pace.turn(&node, Instant::now()).await.unwrap();
-        tokio::time::advance(Duration::from_millis(150)).await;
+        let started = Instant::now();
+        tokio::time::sleep(SLOW * 2).await;
         done(turn);
-        assert!(pace.is_paced(), "70 ms over the round trip is slow");
+        let took = started.elapsed();
+        // At 25%, three times as long again before the next call starts.
+        assert!(pace.turn(&node, Instant::now() + Duration::from_millis(10)).await.is_none());
+        let turn = pace.turn(&node, Instant::now() + Duration::from_secs(5)).await.expect("after the rest");
+        assert!(started.elapsed() >= took * 3, "the next call started {:?} after a {took:?} call", started.elapsed());
+        done(turn);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
+    async fn a_far_node_is_not_slow_for_its_round_trip() {
+        let (pace, node) = pace(1, 100);
+        for _ in 0..3 {
+            busy(&pace, &node, Duration::from_millis(40)).await;
+        }
+        assert!(pace.limit() > 1, "40 ms every time is the node's round trip: each widened the limit");
+        busy(&pace, &node, Duration::from_millis(40) + SLOW * 3).await;
+        assert_eq!(pace.limit(), 1, "far over the round trip is slow");
+    }
+
+    #[tokio::test]
     async fn a_tenant_whose_every_call_is_heavy_is_measured_against_the_others() {
-        let (quiet, node) = pace(1, 50);
-        let heavy = Arc::new(NodePace::new(PaceSettings { slow: Duration::from_millis(20), floor: 1, duty_percent: 50 }, 32));
-        quick(&quiet, &node, 1).await;
-        let turn = heavy.turn(&node, Instant::now()).await.unwrap();
-        tokio::time::advance(Duration::from_millis(40)).await;
-        done(turn);
+        let (quiet, node) = pace(1, 100);
+        let heavy = Arc::new(NodePace::new(settings(1, 100), 32));
+        quick(&quiet, &node, 3).await;
+        busy(&heavy, &node, SLOW * 3).await;
         assert!(heavy.is_paced(), "its first call is slow next to the quiet tenant's");
         assert!(!quiet.is_paced());
+        assert_eq!(quiet.limit(), 4);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_cancelled_call_is_no_sample_of_the_round_trip() {
         let (pace, node) = pace(1, 50);
         drop(pace.turn(&node, Instant::now()).await.unwrap());

@@ -305,7 +305,12 @@ impl GatewaySettings {
             ("upstream_calls_per_instance", self.upstream_calls_per_instance.into(), 1, 65_536),
             ("batch_concurrency", self.batch_concurrency.into(), 1, 4096),
             ("slow_call_ms", self.slow_call_ms, 1, 600_000),
-            ("slow_calls_per_instance", self.slow_calls_per_instance.into(), 1, self.upstream_calls_per_instance.into()),
+            (
+                "slow_calls_per_instance",
+                self.slow_calls_per_instance.into(),
+                1,
+                self.upstream_calls_per_instance.into(),
+            ),
             ("slow_call_duty_percent", self.slow_call_duty_percent.into(), 1, 100),
             ("queue_ms", self.queue_ms, 0, 60_000),
         ];

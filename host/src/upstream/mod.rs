@@ -403,10 +403,9 @@ impl UpstreamPool {
         match &mut turns {
             Some((turn, _)) => turn.answered(),
             // A probe's round trip is the node's too (the quickest calls there are).
-            None => endpoint.round_trip.observe(
-                u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX),
-                tokio::time::Instant::now(),
-            ),
+            None => endpoint
+                .round_trip
+                .observe(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX), tokio::time::Instant::now()),
         }
         match decode_owned(body) {
             Some(outcome) => Ok(outcome),

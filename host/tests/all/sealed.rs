@@ -218,18 +218,18 @@ async fn a_plugin_error_quoting_a_sealed_setting_reaches_the_platform_redacted()
     // `[sealed]`, for the broker's check and for the route's chain alike.
     let chain = json!({"plugins": [{"name": "test", "config": {
         "mode": "pass",
-        "log_at_configure": ethsig::seal(&published, &format!("configured with api key {secret}")),
+        "log_at_configure": ethsig::seal(&published, secret),
     }}]});
     let resp = osb.provision("logged", PLAN_SHARED, Some(chain)).await;
-    assert!(resp.status.is_success(), "{resp:?}");
+    assert!((200..300).contains(&resp.status), "{resp:?}");
     let mut log = String::new();
     for _ in 0..300 {
         log = std::fs::read_to_string(dir.path().join("redact.log")).unwrap_or_default();
-        if log.contains("configured with api key") {
+        if log.contains("configured with") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(log.contains("configured with api key [sealed]"), "{log}");
+    assert!(log.contains("configured with [sealed]"), "{log}");
     assert!(!log.contains(secret), "the sealed value reached the log");
 }
