@@ -10,7 +10,9 @@
 //!   `queue` for bytes to be given back, then is refused;
 //! - **upstream calls in flight per instance**: an instance's share of the sockets to its nodes
 //!   (each node's own cap is the upstream pool's);
-//! - **upstream calls in flight in all**: what the descriptor budget leaves for node sockets.
+//! - **upstream calls in flight in all**: what the descriptor budget leaves for node sockets;
+//! - **node time per instance** ([`pace`]): an instance whose calls keep its node busy (slow
+//!   answers) runs fewer of them at once, and keeps the node busy at most a share of the time.
 //!
 //! The gateway lends each request a [`RequestBudget`] through the task-local [`REQUEST_BUDGET`];
 //! the upstream pool charges it while it reads a node's answer. Calls made outside a request
@@ -33,6 +35,9 @@ use crate::call::RpcError;
 /// request's limit (-32008): codes of the call vocabulary.
 pub use crate::call::codes::{LIMIT_EXCEEDED, OVERSIZED_RESPONSE};
 use crate::config::GatewaySettings;
+
+pub mod pace;
+pub use pace::{NodePace, PaceSettings, RoundTrip};
 
 tokio::task_local! {
     /// The budget of the request being served (set by the gateway around a call or a batch).
@@ -144,6 +149,7 @@ impl GatewayBudget {
 pub struct InstanceBudget {
     answers: Tally,
     upstream_calls: Arc<Semaphore>,
+    pace: Arc<NodePace>,
 }
 
 /// The shares an instance gets.
@@ -153,6 +159,8 @@ pub struct InstanceShares {
     pub answer_bytes_in_flight: usize,
     /// Calls of the instance to its nodes in flight at once.
     pub upstream_calls: usize,
+    /// How the instance is paced when its calls are slow.
+    pub pace: PaceSettings,
 }
 
 impl From<&GatewaySettings> for InstanceShares {
@@ -161,13 +169,34 @@ impl From<&GatewaySettings> for InstanceShares {
         InstanceShares {
             answer_bytes_in_flight: usize::try_from(gateway.answer_bytes_in_flight_per_instance).unwrap_or(usize::MAX),
             upstream_calls: gateway.upstream_calls_per_instance as usize,
+            pace: PaceSettings {
+                slow: Duration::from_millis(gateway.slow_call_ms),
+                floor: gateway.slow_calls_per_instance as usize,
+                duty_percent: gateway.slow_call_duty_percent,
+                ..PaceSettings::default()
+            },
         }
+    }
+}
+
+impl InstanceShares {
+    /// The shares of an instance of `plan`: the gateway's, or the plan's own where it sets them.
+    pub fn for_plan(gateway: &GatewaySettings, plan: Option<&crate::config::PlanDecl>) -> Self {
+        let mut shares = InstanceShares::from(gateway);
+        if let Some(calls) = plan.and_then(|p| p.upstream_calls_per_instance) {
+            shares.upstream_calls = calls as usize;
+        }
+        if let Some(calls) = plan.and_then(|p| p.slow_calls_per_instance) {
+            shares.pace.floor = calls as usize;
+        }
+        shares.pace.floor = shares.pace.floor.min(shares.upstream_calls).max(1);
+        shares
     }
 }
 
 impl Default for InstanceShares {
     fn default() -> Self {
-        InstanceShares { answer_bytes_in_flight: 64 << 20, upstream_calls: 32 }
+        InstanceShares { answer_bytes_in_flight: 64 << 20, upstream_calls: 32, pace: PaceSettings::default() }
     }
 }
 
@@ -178,12 +207,23 @@ impl InstanceBudget {
         Arc::new(InstanceBudget {
             answers: Tally::new(shares.answer_bytes_in_flight),
             upstream_calls: Arc::new(Semaphore::new(calls)),
+            pace: Arc::new(NodePace::new(shares.pace, calls)),
         })
     }
 
     /// Answer bytes the instance's requests hold now.
     pub fn answer_bytes_in_flight(&self) -> usize {
         self.answers.used()
+    }
+
+    /// Whether the instance is paced now for slow calls.
+    pub fn is_paced(&self) -> bool {
+        self.pace.is_paced()
+    }
+
+    /// Calls the instance may have at its nodes at once now (see [`pace`]).
+    pub fn node_calls_limit(&self) -> usize {
+        self.pace.limit()
     }
 }
 
@@ -193,6 +233,7 @@ impl Default for InstanceBudget {
         InstanceBudget {
             answers: Tally::new(shares.answer_bytes_in_flight),
             upstream_calls: Arc::new(Semaphore::new(shares.upstream_calls)),
+            pace: Arc::new(NodePace::new(shares.pace, shares.upstream_calls)),
         }
     }
 }
@@ -208,6 +249,8 @@ pub enum Refusal {
     InstanceInFlight,
     /// The instance's share of upstream calls stayed taken.
     InstanceUpstream,
+    /// The instance is paced for slow calls, and no turn came in time.
+    NodeTime,
     /// The gateway's upstream calls stayed taken.
     Upstream,
     /// The node's cap of sockets stayed taken.
@@ -224,6 +267,7 @@ impl Refusal {
             Refusal::InFlight => "answer_bytes_in_flight",
             Refusal::InstanceInFlight => "instance_answer_bytes_in_flight",
             Refusal::InstanceUpstream => "instance_upstream_calls",
+            Refusal::NodeTime => "node_time",
             Refusal::Upstream => "upstream_calls",
             Refusal::NodeSockets => "node_sockets",
             Refusal::Descriptors => "descriptors",
@@ -244,6 +288,9 @@ impl Refusal {
             }
             Refusal::InstanceUpstream => {
                 (LIMIT_EXCEEDED, "this instance has as many calls at its node as it may; retry later".into())
+            }
+            Refusal::NodeTime => {
+                (LIMIT_EXCEEDED, "this instance's calls keep its node busy: they are paced; retry later".into())
             }
             Refusal::Upstream => {
                 (LIMIT_EXCEEDED, "the gateway has as many calls at nodes as it may; retry later".into())
@@ -361,25 +408,50 @@ pub async fn charge_answer(n: usize) -> Result<(), Refusal> {
     result
 }
 
-/// Turns the current request holds at the upstream: its instance's share and the gateway's.
+/// Turns the current request holds at the upstream: its instance's pace and share, and the
+/// gateway's. The pace turn measures the call's time at the node when dropped.
 pub struct UpstreamTurn {
     _instance: Option<OwnedSemaphorePermit>,
     _gateway: Option<OwnedSemaphorePermit>,
+    _pace: Option<pace::PaceTurn>,
 }
 
-/// Takes a turn for one call to a node within the current request's instance share and the
-/// gateway's upstream calls, waiting up to the queue time. Without a request budget, a turn
-/// that holds nothing.
-pub async fn upstream_turn() -> Result<UpstreamTurn, Refusal> {
-    let Ok((gateway, instance, queue)) = REQUEST_BUDGET
-        .try_with(|b| (b.gateway.upstream_calls.clone(), b.instance.upstream_calls.clone(), b.gateway.limits.queue))
-    else {
-        return Ok(UpstreamTurn { _instance: None, _gateway: None });
+/// Takes a turn for one call to the node whose round trip is `node`, within the current
+/// request's instance pace and share and the gateway's upstream calls, waiting up to the queue
+/// time. Without a request budget, a turn that holds nothing.
+pub async fn upstream_turn(node: &Arc<RoundTrip>) -> Result<UpstreamTurn, Refusal> {
+    let Ok((gateway, instance, pace, queue)) = REQUEST_BUDGET.try_with(|b| {
+        (
+            b.gateway.upstream_calls.clone(),
+            b.instance.upstream_calls.clone(),
+            b.instance.pace.clone(),
+            b.gateway.limits.queue,
+        )
+    }) else {
+        return Ok(UpstreamTurn { _instance: None, _gateway: None, _pace: None });
     };
     let deadline = tokio::time::Instant::now() + queue;
     let instance = acquire(instance, deadline).await.ok_or(Refusal::InstanceUpstream)?;
+    let pace = pace.turn(node, deadline).await.ok_or(Refusal::NodeTime)?;
     let gateway = acquire(gateway, deadline).await.ok_or(Refusal::Upstream)?;
-    Ok(UpstreamTurn { _instance: Some(instance), _gateway: Some(gateway) })
+    Ok(UpstreamTurn { _instance: Some(instance), _gateway: Some(gateway), _pace: Some(pace) })
+}
+
+impl UpstreamTurn {
+    /// The call is sent now: its time at the node counts from here, not from the waits before.
+    pub fn sent(&mut self) {
+        if let Some(pace) = &mut self._pace {
+            pace.restart();
+        }
+    }
+
+    /// The node's whole answer is read: the turn's time is also a sample of the node's round
+    /// trip (a failed or cancelled call's is not).
+    pub fn answered(&mut self) {
+        if let Some(pace) = &mut self._pace {
+            pace.answered = true;
+        }
+    }
 }
 
 /// A turn of a node's cap of calls (`calls`), waiting up to the current request's queue time
@@ -418,7 +490,11 @@ mod tests {
     #[tokio::test]
     async fn a_request_is_refused_at_the_charge_that_passes_its_limit_and_gives_back_what_it_held() {
         let gw = gateway(100, 1000);
-        let instance = InstanceBudget::new(InstanceShares { answer_bytes_in_flight: 1000, upstream_calls: 2 });
+        let instance = InstanceBudget::new(InstanceShares {
+            answer_bytes_in_flight: 1000,
+            upstream_calls: 2,
+            pace: PaceSettings::default(),
+        });
         let request = gw.request(&instance);
         let outcome = REQUEST_BUDGET
             .scope(request, async {
@@ -461,23 +537,32 @@ mod tests {
         tx.send(()).unwrap();
         holder.await.unwrap();
         assert_eq!(waiter.await.unwrap(), Ok(()));
-        let small = InstanceBudget::new(InstanceShares { answer_bytes_in_flight: 10, upstream_calls: 1 });
+        let small = InstanceBudget::new(InstanceShares {
+            answer_bytes_in_flight: 10,
+            upstream_calls: 1,
+            pace: PaceSettings::default(),
+        });
         let refused = REQUEST_BUDGET.scope(gw.request(&small), charge_answer(20)).await;
         assert_eq!(refused, Err(Refusal::InstanceInFlight));
     }
 
     #[tokio::test]
     async fn upstream_turns_are_bounded_by_the_instance_share() {
+        let node = Arc::new(RoundTrip::default());
         let gw = gateway(100, 100);
-        let instance = InstanceBudget::new(InstanceShares { answer_bytes_in_flight: 10, upstream_calls: 1 });
+        let instance = InstanceBudget::new(InstanceShares {
+            answer_bytes_in_flight: 10,
+            upstream_calls: 1,
+            pace: PaceSettings::default(),
+        });
         REQUEST_BUDGET
             .scope(gw.request(&instance), async {
-                let turn = upstream_turn().await.unwrap();
-                assert_eq!(upstream_turn().await.err(), Some(Refusal::InstanceUpstream));
+                let turn = upstream_turn(&node).await.unwrap();
+                assert_eq!(upstream_turn(&node).await.err(), Some(Refusal::InstanceUpstream));
                 drop(turn);
-                assert!(upstream_turn().await.is_ok());
+                assert!(upstream_turn(&node).await.is_ok());
             })
             .await;
-        assert!(upstream_turn().await.is_ok(), "no request budget: nothing to take");
+        assert!(upstream_turn(&node).await.is_ok(), "no request budget: nothing to take");
     }
 }

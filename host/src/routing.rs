@@ -585,6 +585,7 @@ impl RouteSync {
                     self.config.plan_by_id(&instance.plan_id),
                     parameters,
                 ),
+                &secrets,
             )
             .await
         {
@@ -596,7 +597,10 @@ impl RouteSync {
                     policy: self.plan_rules(&instance.plan_id),
                     upstream,
                     validator,
-                    budget: crate::budget::InstanceBudget::new((&self.config.gateway).into()),
+                    budget: crate::budget::InstanceBudget::new(crate::budget::InstanceShares::for_plan(
+                        &self.config.gateway,
+                        self.config.plan_by_id(&instance.plan_id),
+                    )),
                 }),
                 nodeless,
             )),

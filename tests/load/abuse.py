@@ -15,6 +15,7 @@ every attack stops at the end of its scenario.
 
 import http.client
 import json
+import os
 import socket
 import statistics
 import sys
@@ -31,10 +32,11 @@ PORT = int(PORT)
 ATTACK_SOURCES = [f"127.0.0.{i}" for i in range(10, 30)]
 
 
-def quiet_run(seconds, fresh=False):
+def quiet_run(seconds, fresh=False, target=None):
     """Sequential calls on one keep-alive connection (a new connection per call if `fresh`, as
-    clients behind the attacker's address that come and go); latencies in ms and errors."""
-    url = urllib.parse.urlparse(QUIET_URL)
+    clients behind the attacker's address that come and go); latencies in ms and errors.
+    `target` (default: the quiet tenant's endpoint) may be the node itself, for reference."""
+    url = urllib.parse.urlparse(target or QUIET_URL)
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
     headers = {"content-type": "application/json"}
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
@@ -43,7 +45,7 @@ def quiet_run(seconds, fresh=False):
     while time.monotonic() < end and len(latencies) + errors < 200_000:
         started = time.perf_counter()
         try:
-            conn.request("POST", url.path, body, headers)
+            conn.request("POST", url.path or "/", body, headers)
             response = conn.getresponse()
             answer = response.read()
             ok = response.status == 200 and b'"result":"0x7a69"' in answer
@@ -324,12 +326,31 @@ def same_source_flood(attack, i):
     hold_idle(attack, 600, open_connection, 0.2)
 
 
+# The node itself (ABUSE_NODE_URL, ABUSE_NODE_PID): the same quiet calls straight to it during
+# each scenario, and the CPU time ovsb and the node each spent, tell the gateway's share of a
+# slow quiet tenant from the node's.
+NODE_URL = os.environ.get("ABUSE_NODE_URL")
+NODE_PID = int(os.environ["ABUSE_NODE_PID"]) if os.environ.get("ABUSE_NODE_PID") else None
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (0 if unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, TypeError, ValueError, IndexError):
+        return 0.0
+
+
 class Sampler:
-    """ovsb's peak RSS (MiB) and descriptors while a scenario runs (every 50 ms)."""
+    """ovsb's peak RSS (MiB) and descriptors while a scenario runs (every 50 ms), and the CPU
+    seconds ovsb and the node spent in it."""
 
     def __init__(self):
         self.rss, self.fds, self.stop = 0, 0, threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.cpu = {}
 
     def loop(self):
         deadline = time.monotonic() + 900
@@ -345,12 +366,14 @@ class Sampler:
             self.stop.wait(0.05)
 
     def __enter__(self):
+        self.started = {"ovsb": cpu_seconds(OVSB_PID), "node": cpu_seconds(NODE_PID)}
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join(timeout=5)
+        self.cpu = {k: cpu_seconds(p) - self.started[k] for k, p in (("ovsb", OVSB_PID), ("node", NODE_PID))}
 
 
 SCENARIOS = [
@@ -375,9 +398,26 @@ def pct(values, p):
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
+def probe_node(seconds, out):
+    """The quiet tenant's calls straight to the node, beside the gateway's (see NODE_URL)."""
+    out["latencies"], out["errors"] = quiet_run(seconds, target=NODE_URL)
+
+
+def measure(seconds, fresh):
+    """The quiet tenant through ovsb, and (with NODE_URL) straight to the node at the same time."""
+    node = {}
+    thread = threading.Thread(target=probe_node, args=(seconds, node), daemon=True) if NODE_URL else None
+    if thread:
+        thread.start()
+    latencies, errors = quiet_run(seconds, fresh)
+    if thread:
+        thread.join(timeout=seconds + 30)
+    return latencies, errors, node.get("latencies", [])
+
+
 def main():
     rows = []
-    only = set(a for a in __import__("os").environ.get("ABUSE_ONLY", "").split(",") if a)
+    only = set(a for a in os.environ.get("ABUSE_ONLY", "").split(",") if a)
     for name, step, threads in SCENARIOS:
         if only and step is not None and step.__name__ not in only:
             continue
@@ -386,21 +426,28 @@ def main():
         fresh = name in FRESH
         with Sampler() as sampler:
             if step is None:
-                latencies, errors = quiet_run(SECONDS)
+                latencies, errors, direct = measure(SECONDS, False)
                 counts = {}
             else:
                 with Attack(threads, step) as attack:
-                    latencies, errors = quiet_run(SECONDS, fresh)
+                    latencies, errors, direct = measure(SECONDS, fresh)
                     counts = dict(attack.counts)
-        rows.append((name, latencies, errors, counts, sampler.rss, sampler.fds))
+        rows.append((name, latencies, errors, counts, sampler.rss, sampler.fds, direct, sampler.cpu))
         print(f"{name}: {len(latencies)} calls, {errors} errors, attack {counts}", file=sys.stderr)
     base = statistics.median(rows[0][1]) if rows[0][1] else float("nan")
-    print(f"{'scenario':42} {'calls':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'RSS MiB':>7} {'fds':>5}  attack (accepted/refused/failed)")
-    for name, latencies, errors, counts, rss, fds in rows:
+    extra = f" {'node p50':>8} {'node p99':>8} {'ovsb cpu s':>10} {'node cpu s':>10}" if NODE_URL else ""
+    print(f"{'scenario':42} {'calls':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'RSS MiB':>7} {'fds':>5}{extra}  attack (accepted/refused/failed)")
+    for name, latencies, errors, counts, rss, fds, direct, cpu in rows:
         attack = "" if not counts else f"{counts['sent']}/{counts['refused']}/{counts['failed']}"
+        node = ""
+        if NODE_URL:
+            node = (
+                f" {statistics.median(direct) if direct else float('nan'):>8.2f} {pct(direct, 0.99):>8.2f}"
+                f" {cpu.get('ovsb', 0):>10.2f} {cpu.get('node', 0):>10.2f}"
+            )
         print(
             f"{name:42} {len(latencies):>7} {errors:>6} {statistics.median(latencies) if latencies else float('nan'):>7.2f} "
-            f"{pct(latencies, 0.99):>7.2f} {max(latencies) if latencies else float('nan'):>7.2f} {rss:>7} {fds:>5}  {attack}"
+            f"{pct(latencies, 0.99):>7.2f} {max(latencies) if latencies else float('nan'):>7.2f} {rss:>7} {fds:>5}{node}  {attack}"
         )
     worst = max(pct(r[1], 0.99) for r in rows)
     errors = sum(r[2] for r in rows)

@@ -7,7 +7,8 @@
 # attack: a WebSocket flood, looping-plugin batches, an idle-connection flood, slow bodies, batches
 # whose answers take memory (40 x 6 MB), batches that fan out to the node (3 x 1000 calls), two
 # keys' keep-alive connections kept after the keys are unbound, and anonymous connections from
-# the quiet tenant's own address; for each, ovsb's peak RSS and descriptors.
+# the quiet tenant's own address; for each, ovsb's peak RSS and descriptors, and, as reference, the
+# same quiet calls straight to anvil at the same time and the CPU seconds ovsb and anvil spent.
 #
 #   tests/load/abuse.sh [SECONDS]      (default: 20 s per scenario)
 #   ABUSE_ONLY=batch_memory,batch_fanout tests/load/abuse.sh 10    (some attacks only)
@@ -57,6 +58,7 @@ HOSTILE_KEY=${HOSTILE_URL##*/}
 curl -sf -H 'content-type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "$QUIET_URL" | grep -q 0x7a69
 
 ulimit -n 65536 2>/dev/null || true
-python3 tests/load/abuse.py "127.0.0.1:$GATEWAY" "$QUIET_URL" "$HOSTILE_KEY" "$SECS" "$OVSB_PID" \
+ABUSE_NODE_URL="http://127.0.0.1:$ANVIL/" ABUSE_NODE_PID=$ANVIL_PID \
+    python3 tests/load/abuse.py "127.0.0.1:$GATEWAY" "$QUIET_URL" "$HOSTILE_KEY" "$SECS" "$OVSB_PID" \
     "http://ovsb:abuse-test@127.0.0.1:$BROKER"
 echo "ovsb log: $(wc -l < "$WORK/ovsb.log") lines, $(wc -c < "$WORK/ovsb.log") bytes"

@@ -72,7 +72,13 @@ async fn check_chain(
     let scratch = Arc::new(KvStore::new(KvLimits::default()));
     match state
         .registry
-        .build_chain(instance_id, &elements, &scratch, crate::plugins::Share::from_settings(&state.config.gateway))
+        .build_chain(
+            instance_id,
+            &elements,
+            &scratch,
+            crate::plugins::Share::from_settings(&state.config.gateway),
+            &secrets,
+        )
         .await
     {
         Ok(_) => Ok(()),

@@ -79,6 +79,14 @@ pub struct PlanDecl {
     /// `gateway.plugin_calls_per_instance`.
     #[serde(default)]
     pub plugin_calls_per_instance: Option<u32>,
+    /// Calls one instance of this plan may have at its nodes at once. Default:
+    /// `gateway.upstream_calls_per_instance`.
+    #[serde(default)]
+    pub upstream_calls_per_instance: Option<u32>,
+    /// Calls a paced instance of this plan runs at its nodes at once (after a slow call). Default:
+    /// `gateway.slow_calls_per_instance`.
+    #[serde(default)]
+    pub slow_calls_per_instance: Option<u32>,
     /// The chain an instance gets when its parameters name none.
     #[serde(default)]
     pub plugins: Vec<ChainElement>,
@@ -213,16 +221,24 @@ pub struct ChainElement {
     pub fail_open: bool,
 }
 
-/// Checks each plan's own share of the plugin runtime.
+/// Checks each plan's own shares of the plugin runtime and of its nodes.
 pub(super) fn check_plan_shares(services: &[ServiceDecl]) -> Result<(), ConfigError> {
     for plan in services.iter().flat_map(|s| &s.plans) {
-        if let Some(calls) = plan.plugin_calls_per_instance
-            && !(1..=4096).contains(&calls)
-        {
-            return Err(ConfigError::Invalid(format!(
-                "plan {}: plugin_calls_per_instance is {calls}; it must be between 1 and 4096",
-                plan.id
-            )));
+        let upstream = plan.upstream_calls_per_instance.unwrap_or(65_536);
+        let shares = [
+            ("plugin_calls_per_instance", plan.plugin_calls_per_instance, 4096),
+            ("upstream_calls_per_instance", plan.upstream_calls_per_instance, 65_536),
+            ("slow_calls_per_instance", plan.slow_calls_per_instance, upstream),
+        ];
+        for (name, value, high) in shares {
+            if let Some(value) = value
+                && !(1..=high).contains(&value)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "plan {}: {name} is {value}; it must be between 1 and {high}",
+                    plan.id
+                )));
+            }
         }
     }
     Ok(())

@@ -517,6 +517,11 @@ mod tests {
             (32, 16, 1_000),
             "{what}: calls at the nodes"
         );
+        assert_eq!(
+            (g.slow_call_ms, g.slow_calls_per_instance, g.slow_call_duty_percent),
+            (25, 1, 50),
+            "{what}: slow calls"
+        );
         assert_eq!(config.admin.listen, local(9090), "{what}: admin.listen");
         assert!(config.admin.allowed_hosts.is_empty(), "{what}: admin.allowed_hosts");
         let o = &config.operations;

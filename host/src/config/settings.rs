@@ -211,6 +211,16 @@ pub struct GatewaySettings {
     pub upstream_calls_per_instance: u32,
     /// Entries of one batch running at once; the others wait their turn in order.
     pub batch_concurrency: u32,
+    /// A call whose turn at its node takes this many milliseconds more than the node's quickest
+    /// recent turn is slow: its instance is then paced for a second (see
+    /// `slow_calls_per_instance` and `slow_call_duty_percent`), so that one tenant's heavy calls
+    /// cannot take the node from the others.
+    pub slow_call_ms: u64,
+    /// Calls a paced instance runs at its nodes at once.
+    pub slow_calls_per_instance: u32,
+    /// Share of the time, in percent, a paced instance may keep its node busy: after a slow call
+    /// of `d`, its next call starts `d × (100 − p) / p` later.
+    pub slow_call_duty_percent: u32,
     /// Longest a call waits for answer bytes in flight, an upstream turn of its instance or a
     /// node socket, in milliseconds.
     pub queue_ms: u64,
@@ -243,6 +253,9 @@ impl Default for GatewaySettings {
             answer_bytes_in_flight_per_instance: 64 << 20,
             upstream_calls_per_instance: 32,
             batch_concurrency: 16,
+            slow_call_ms: 25,
+            slow_calls_per_instance: 1,
+            slow_call_duty_percent: 50,
             queue_ms: 1_000,
         }
     }
@@ -258,7 +271,7 @@ impl GatewaySettings {
         if self.upstream_deadline_ms == 0 || self.upstream_deadline_ms > 600_000 {
             return bad("gateway.upstream_deadline_ms must be between 1 and 600000".into());
         }
-        let ranges: [(&str, u64, u64, u64); 19] = [
+        let ranges: [(&str, u64, u64, u64); 22] = [
             ("max_connections_per_source", self.max_connections_per_source.into(), 1, self.max_connections.into()),
             ("max_connections_per_key", self.max_connections_per_key.into(), 1, self.max_connections.into()),
             // Lowered to max_connections at start: a smaller gateway needs no change here.
@@ -294,6 +307,14 @@ impl GatewaySettings {
             ("answer_bytes_in_flight", self.answer_bytes_in_flight, self.max_response_bytes.into(), 1 << 40),
             ("upstream_calls_per_instance", self.upstream_calls_per_instance.into(), 1, 65_536),
             ("batch_concurrency", self.batch_concurrency.into(), 1, 4096),
+            ("slow_call_ms", self.slow_call_ms, 1, 600_000),
+            (
+                "slow_calls_per_instance",
+                self.slow_calls_per_instance.into(),
+                1,
+                self.upstream_calls_per_instance.into(),
+            ),
+            ("slow_call_duty_percent", self.slow_call_duty_percent.into(), 1, 100),
             ("queue_ms", self.queue_ms, 0, 60_000),
         ];
         for (name, value, low, high) in ranges {

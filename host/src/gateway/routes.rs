@@ -144,10 +144,16 @@ impl RouteTable {
         }
     }
 
-    /// Adds a validator binding's keymanager token (by digest) for `route`.
+    /// Adds a validator binding's keymanager token (by digest) for `route`. The token has a
+    /// revocation token of its own, as keys do: the keep-alive connections it keyed close when
+    /// it goes.
     pub fn insert_keymanager_token(&mut self, token: KeyDigest, route: Arc<Route>) {
         self.index(&route, Entry::KeymanagerToken(token));
         self.by_keymanager_token.insert(token, route);
+        if !self.revocations.contains_key(&token) {
+            let revoked = self.dropped.remove(&token).unwrap_or_default();
+            self.revocations.insert(token, revoked);
+        }
     }
 
     fn index(&mut self, route: &Route, entry: Entry) {
@@ -168,6 +174,7 @@ impl RouteTable {
                     if self.by_keymanager_token.get(&t).is_some_and(|r| Arc::ptr_eq(r, &route)) =>
                 {
                     self.by_keymanager_token.remove(&t);
+                    self.drop_revocation(&t);
                 }
                 other => kept.push_back(other),
             }
@@ -192,6 +199,7 @@ impl RouteTable {
                 }
                 Entry::KeymanagerToken(token) if ours(self.by_keymanager_token.get(&token)) => {
                     self.by_keymanager_token.remove(&token);
+                    self.drop_revocation(&token);
                 }
                 _ => {}
             }

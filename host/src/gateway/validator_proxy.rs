@@ -29,7 +29,8 @@ use serde_json::{Value, json};
 
 use super::body::{Clock, Timed, TimedOut, UntilRevoked};
 use super::connections::Ticket;
-use super::routes::{KeyDigest, Routes, key_digest};
+use super::routes::{KeyDigest, Route, Routes, key_digest};
+use tokio_util::sync::CancellationToken;
 
 /// Largest request body forwarded to a keymanager (per-key settings are tiny).
 const MAX_REQUEST_BYTES: usize = 64 << 10;
@@ -79,7 +80,7 @@ impl Proxy {
         let digest = key_digest(key);
         let super::Access { route, revoked, .. } =
             self.routes.access(&digest).ok_or((StatusCode::UNAUTHORIZED, "unknown or revoked key".to_string()))?;
-        present(ticket, &digest)?;
+        present(ticket, &digest, &route, revoked.clone())?;
         let validator = route.instance.validator.as_ref().ok_or((StatusCode::NOT_FOUND, not_validator()))?;
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return Err((StatusCode::METHOD_NOT_ALLOWED, "the beacon API is read-only here (GET)".into()));
@@ -146,7 +147,11 @@ impl Proxy {
             .routes
             .lookup_keymanager(&digest)
             .ok_or((StatusCode::FORBIDDEN, "unknown or revoked keymanager token".to_string()))?;
-        present(ticket, &digest)?;
+        let revoked = self
+            .routes
+            .revocation(&digest)
+            .ok_or((StatusCode::FORBIDDEN, "unknown or revoked keymanager token".to_string()))?;
+        present(ticket, &digest, &route, revoked)?;
         let validator = route.instance.validator.as_ref().ok_or((StatusCode::NOT_FOUND, not_validator()))?;
         let method = request.method().clone();
         let segments: Vec<&str> = api_path.trim_matches('/').split('/').collect();
@@ -240,9 +245,18 @@ impl Proxy {
 
 type Failure = (StatusCode, String);
 
-/// Keys the connection with a valid credential, or refuses it (429) past the key's share.
-fn present(ticket: &Ticket, digest: &KeyDigest) -> Result<(), Failure> {
-    ticket.present_key(digest).map_err(|refused| (StatusCode::TOO_MANY_REQUESTS, refused.message().to_string()))
+/// Keys the connection with a valid credential (counted under it and its instance's share, and
+/// closed when it is revoked or expires, as a JSON-RPC connection is), or refuses it (429) past
+/// the key's or the instance's share.
+fn present(ticket: &Ticket, digest: &KeyDigest, route: &Route, revoked: CancellationToken) -> Result<(), Failure> {
+    if ticket.keyed() {
+        return Ok(());
+    }
+    ticket
+        .present_key_of(digest, Some(&route.instance.instance_id))
+        .map_err(|refused| (StatusCode::TOO_MANY_REQUESTS, refused.message().to_string()))?;
+    ticket.watch_key(revoked, route.expires_ms);
+    Ok(())
 }
 
 fn query<B>(request: &HttpRequest<B>) -> String {

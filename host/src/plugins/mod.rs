@@ -468,9 +468,23 @@ impl PluginRuntime {
         instance_id: &str,
         kv: Arc<KvStore>,
     ) -> Result<Arc<InstancePool>, ConfigureError> {
+        self.pool_sealed(plugin, config, limits, instance_id, kv, Arc::from([])).await
+    }
+
+    /// [`pool`](Self::pool) for a configuration that holds the opened `sealed` values: every
+    /// one is replaced by `[sealed]` in what the plugin logs, at `configure` and at every call.
+    pub async fn pool_sealed(
+        &self,
+        plugin: &Arc<LoadedPlugin>,
+        config: &str,
+        limits: PluginLimits,
+        instance_id: &str,
+        kv: Arc<KvStore>,
+        sealed: Arc<[String]>,
+    ) -> Result<Arc<InstancePool>, ConfigureError> {
         limits
             .validate(self.inner.max_memory_bytes)
             .map_err(|reason| ConfigureError::Failed { plugin: plugin.name.to_string(), reason })?;
-        InstancePool::create(self.inner.clone(), plugin.clone(), config, limits, instance_id, kv).await
+        InstancePool::create(self.inner.clone(), plugin.clone(), config, limits, instance_id, kv, sealed).await
     }
 }

@@ -90,8 +90,10 @@ impl InstancePool {
         limits: PluginLimits,
         instance_id: &str,
         kv: Arc<KvStore>,
+        sealed: Arc<[String]>,
     ) -> Result<Arc<Self>, ConfigureError> {
         let settings = CopySettings {
+            sealed,
             plugin: plugin.name.clone(),
             instance_id: instance_id.into(),
             kv,

@@ -175,14 +175,19 @@ impl Registry {
         elements: &[ChainElement],
         kv: &Arc<KvStore>,
         share: Share,
+        sealed: &[String],
     ) -> Result<Chain, ChainError> {
         let set = self.set.load_full();
+        let sealed: Arc<[String]> = sealed.iter().filter(|s| !s.is_empty()).cloned().collect();
         let mut entries = Vec::with_capacity(elements.len());
         for element in elements {
             let available =
                 set.plugins.get(&element.name).ok_or_else(|| ChainError::UnknownPlugin(element.name.clone()))?;
             let config = element.config.to_string();
-            let pool = self.runtime.pool(&available.plugin, &config, available.limits, instance_id, kv.clone()).await?;
+            let pool = self
+                .runtime
+                .pool_sealed(&available.plugin, &config, available.limits, instance_id, kv.clone(), sealed.clone())
+                .await?;
             entries.push(ChainEntry { pool, fail_open: element.fail_open });
         }
         Ok(Chain::with_share(entries, share))

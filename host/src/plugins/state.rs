@@ -126,6 +126,8 @@ impl CallState {
 
 /// The fixed identity and limits of a plugin copy.
 pub(crate) struct CopySettings {
+    /// Sealed values opened for the plugin's configuration: never in its log lines.
+    pub sealed: Arc<[String]>,
     pub plugin: Arc<str>,
     pub instance_id: Arc<str>,
     pub kv: Arc<KvStore>,
@@ -142,6 +144,8 @@ pub(crate) struct StoreState {
     pub memory: MemoryCap,
     plugin: Arc<str>,
     instance_id: Arc<str>,
+    /// See [`CopySettings::sealed`].
+    sealed: Arc<[String]>,
     kv: Arc<KvStore>,
     /// `<plugin name>/`: every key this plugin uses is prefixed with it.
     kv_prefix: String,
@@ -166,6 +170,7 @@ impl StoreState {
             memory: MemoryCap { cap: settings.memory_cap, high_water: 0 },
             plugin: settings.plugin.clone(),
             instance_id: settings.instance_id.clone(),
+            sealed: settings.sealed.clone(),
             kv: settings.kv.clone(),
             kv_prefix: format!("{}/", settings.plugin),
             log: LogLimiter::new(settings.log_lines_per_second),
@@ -276,6 +281,10 @@ impl Host for StoreState {
         }
         let dropped = std::mem::take(&mut self.log.dropped);
         let mut message = message;
+        // Before the cut: a sealed value cut in half would no longer be found.
+        if !self.sealed.is_empty() {
+            message = crate::identity::redact(&message, &self.sealed);
+        }
         if message.len() > MAX_LOG_LINE {
             let mut cut = MAX_LOG_LINE;
             while !message.is_char_boundary(cut) {
@@ -284,6 +293,7 @@ impl Host for StoreState {
             message.truncate(cut);
             message.push('…');
         }
+
         let (plugin, instance) = (&*self.plugin, &*self.instance_id);
         match level {
             Level::Trace => {

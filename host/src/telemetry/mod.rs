@@ -628,6 +628,7 @@ pub const CALL_REFUSALS: &[&str] = &[
     "upstream_calls",
     "node_sockets",
     "descriptors",
+    "node_time",
 ];
 /// `ovsb_upstream_errors_total`'s kinds.
 pub const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "failed", "timeout"];

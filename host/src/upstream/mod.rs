@@ -122,6 +122,8 @@ struct Endpoint {
     down_until_ms: AtomicU64,
     /// Turns of the node's cap of calls in flight.
     calls: Arc<tokio::sync::Semaphore>,
+    /// The node's round trip, against which an instance's call is slow (see [`budget::pace`]).
+    round_trip: Arc<budget::RoundTrip>,
 }
 
 /// The node(s) behind one instance.
@@ -178,6 +180,7 @@ impl UpstreamPool {
                 .http
                 .into_iter()
                 .map(|uri| Endpoint {
+                    round_trip: budget::RoundTrip::of(&uri.to_string()),
                     uri,
                     healthy: AtomicBool::new(true),
                     down_until_ms: AtomicU64::new(0),
@@ -367,13 +370,15 @@ impl UpstreamPool {
     /// budget (every call but probes).
     async fn attempt(&self, index: usize, body: Bytes, capped: bool) -> Result<Outcome, AttemptError> {
         let endpoint = &self.endpoints[index];
-        let _turns = if capped {
-            let turn = budget::upstream_turn().await.map_err(AttemptError::Refused)?;
+        let mut turns = if capped {
+            let mut turn = budget::upstream_turn(&endpoint.round_trip).await.map_err(AttemptError::Refused)?;
             let node = budget::node_turn(&endpoint.calls).await.map_err(AttemptError::Refused)?;
+            turn.sent();
             Some((turn, node))
         } else {
             None
         };
+        let sent = tokio::time::Instant::now();
         let mut request =
             http::Request::post(endpoint.uri.clone()).header(http::header::CONTENT_TYPE, "application/json");
         if let Some(Ok(id)) = crate::call::with_request_id(http::HeaderValue::from_str) {
@@ -395,6 +400,13 @@ impl UpstreamPool {
         })?;
         let status = response.status();
         let body = self.read_answer(response).await?;
+        match &mut turns {
+            Some((turn, _)) => turn.answered(),
+            // A probe's round trip is the node's too (the quickest calls there are).
+            None => endpoint
+                .round_trip
+                .observe(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX), tokio::time::Instant::now()),
+        }
         match decode_owned(body) {
             Some(outcome) => Ok(outcome),
             None if status.is_server_error() => Err(AttemptError::Failed(format!("HTTP {status}"))),

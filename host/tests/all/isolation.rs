@@ -8,6 +8,7 @@ use crate::support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ovsb::budget::PaceSettings;
 use ovsb::gateway::GatewayConfig;
 use ovsb::plugins::Share;
 use serde_json::{Value, json};
@@ -808,4 +809,52 @@ async fn revoked_keys_release_the_connection_slots_they_held() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(served, "the revoked keys' slots came back");
+}
+
+/// A tenant whose calls keep the node busy (answers of 6 MB each, a state override away) is
+/// paced: once its first calls come back slow, it runs one call at a time, and the rest of its
+/// batch waits its turn, past the queue time with -32005 `node_time`. A quiet tenant of the same
+/// node and a tenant making quick calls are never paced. Without the pace, the whole batch ran
+/// 16 entries at a time at the node and nothing was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_calls_keep_the_node_busy_is_paced_and_the_others_are_not() {
+    let anvil = Anvil::start(&[]);
+    // Room for every answer: the pace, not the response limit, is what this test meets.
+    let config =
+        GatewayConfig { max_response_bytes: 1 << 30, answer_bytes_in_flight: 1 << 30, ..GatewayConfig::default() };
+    let mut gw = TestGateway::start(config).await;
+    gw.shares.answer_bytes_in_flight = 1 << 30;
+    gw.shares.pace = PaceSettings { slow: Duration::from_millis(20), ..PaceSettings::default() };
+    let hog = gw.instance("hog", &[anvil.http_url()], &[], &[], 30 * SECOND).await;
+    let quiet = gw.instance("quiet", &[anvil.http_url()], &[], &[], 30 * SECOND).await;
+    let busy = gw.instance("busy", &[anvil.http_url()], &[], &[], 30 * SECOND).await;
+    let (hog_url, quiet_url, busy_url) =
+        (gw.url(&gw.bind(&hog, "h")), gw.url(&gw.bind(&quiet, "q")), gw.url(&gw.bind(&busy, "b")));
+    // The node's round trip, from quick calls.
+    for _ in 0..5 {
+        assert_eq!(rpc(&quiet_url, "eth_chainId", json!([])).await["result"], "0x7a69");
+    }
+
+    // 6 MB answers: tens of milliseconds of the node's time each.
+    let batch = Value::Array((0..40).map(|i| big_answer_call(i, 3_000_000)).collect());
+    let (status, answers) = support::post(&hog_url, &batch).await;
+    assert_eq!(status, 200);
+    let answers = answers.as_array().expect("a batch answer").clone();
+    let answered = answers.iter().filter(|a| a["result"].is_string()).count();
+    let paced: Vec<_> = answers.iter().filter(|a| a["error"]["data"]["reason"] == "node_time").collect();
+    assert!(answered >= 1, "the first calls are answered");
+    assert!(!paced.is_empty(), "the heavy tenant is paced: {answered} of 40 answered, none refused");
+    assert!(paced.iter().all(|a| a["error"]["code"] == -32005), "{paced:?}");
+    assert_eq!(answered + paced.len(), 40, "every entry is answered or paced");
+    assert_eq!(hog.budget.node_calls_limit(), 1, "the hog runs one call at a time");
+
+    // The quiet tenant and a tenant of quick calls are served in full, and never paced.
+    assert_eq!(rpc(&quiet_url, "eth_chainId", json!([])).await["result"], "0x7a69");
+    let quick = Value::Array(
+        (0..200).map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "eth_blockNumber", "params": []})).collect(),
+    );
+    let (_, quick) = support::post(&busy_url, &quick).await;
+    let quick = quick.as_array().expect("a batch answer").clone();
+    let refused: Vec<_> = quick.iter().filter(|a| !a["result"].is_string()).collect();
+    assert!(refused.is_empty(), "every quick call is answered: {:?}", refused.first());
 }

@@ -213,4 +213,23 @@ async fn a_plugin_error_quoting_a_sealed_setting_reaches_the_platform_redacted()
     let description = resp.body["description"].as_str().unwrap();
     assert!(!description.contains(secret), "the sealed value reached the platform: {description}");
     assert!(description.contains("[sealed]"), "{description}");
+
+    // A plugin that writes a sealed setting in its log, at `configure`: the log line reads
+    // `[sealed]`, for the broker's check and for the route's chain alike.
+    let chain = json!({"plugins": [{"name": "test", "config": {
+        "mode": "pass",
+        "log_at_configure": ethsig::seal(&published, secret),
+    }}]});
+    let resp = osb.provision("logged", PLAN_SHARED, Some(chain)).await;
+    assert!((200..300).contains(&resp.status), "{resp:?}");
+    let mut log = String::new();
+    for _ in 0..300 {
+        log = std::fs::read_to_string(dir.path().join("redact.log")).unwrap_or_default();
+        if log.contains("configured with") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(log.contains("configured with [sealed]"), "{log}");
+    assert!(!log.contains(secret), "the sealed value reached the log");
 }

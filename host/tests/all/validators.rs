@@ -74,6 +74,35 @@ async fn history(osb: &OsbClient, key: &str) -> (u16, Value) {
 /// Lodestar's server-sent event stream of heads, through the beacon proxy: the first event
 /// arrives while the stream stays open (a proxy that waits for the end of the body shows nothing).
 /// The stream, still open.
+/// A keep-alive connection that has had one `GET url` answered with `token` (200).
+async fn keep_alive_get(url: &str, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = reqwest::Url::parse(url).unwrap();
+    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let request = format!("GET {} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n", url.path());
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed before the answer");
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .expect("a Content-Length");
+            if body.len() >= length {
+                return stream;
+            }
+        }
+    }
+}
+
 async fn first_head_event(beacon: &str) -> reqwest::Response {
     let mut events = reqwest::Client::new()
         .get(format!("{beacon}/eth/v1/events?topics=head"))
@@ -281,8 +310,18 @@ async fn keys_move_in_and_out(db: Db) {
         assert_eq!(keymanager(Method::GET, &list_url, Some(token), None).await.0, 200);
     }
 
+    // A keep-alive connection keyed by b1's keymanager token.
+    let mut kept = keep_alive_get(&list_url, &token).await;
+
     // Unbind revokes the keymanager token and the beacon URL at once; the successor's stays.
     assert_eq!(osb.unbind("v1", "b1", PLAN_VALIDATOR).await.status, 200);
+    // The keep-alive connection the revoked token keyed is closed, and its slot comes back.
+    let mut rest = [0u8; 256];
+    match tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut kept, &mut rest)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("unexpected bytes on the revoked connection: {:?}", String::from_utf8_lossy(&rest[..n])),
+        Err(_) => panic!("the keymanager connection outlived its token's unbind by 3 s"),
+    }
     // The event stream opened with the key ends with it (heads already on their way may come).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     loop {

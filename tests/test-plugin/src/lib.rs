@@ -15,7 +15,8 @@
 //! | `wasi-probe` | tries WASI environment, filesystem and clock and answers what it saw |
 //! | `whoami` | answers the call's context |
 //!
-//! Every mode honours `"hooks": ["on-call", "on-result"]` (default both) to declare fewer hooks,
+//! Every mode honours `"log_at_configure": "<value>"` (writes the log line `configured with
+//! <value>` in `configure`, as a plugin that quotes its settings would), `"hooks": ["on-call", "on-result"]` (default both) to declare fewer hooks,
 //! and `"methods": [patterns]` / `"except_methods": [patterns]` to select the calls it sees
 //! (`Plugin::methods`; both given: their union).
 
@@ -42,6 +43,9 @@ impl TestPlugin {
 impl Plugin for TestPlugin {
     fn configure(config: Config) -> Result<Self, String> {
         let config: Value = config.parse()?;
+        if let Some(line) = config["log_at_configure"].as_str() {
+            log::warn(&format!("configured with {line}"));
+        }
         if config["mode"] == "reject" {
             return Err(config["message"].as_str().unwrap_or("rejected").to_string());
         }
