@@ -9,13 +9,15 @@
 //! at the node took longer than `slow` above the fastest turn any call had at that node lately
 //! ([`RoundTrip`]: the node's own round trip, so a remote node is not slow for being far, and a
 //! tenant whose every call is heavy is measured against the others') is a *slow* call.
-//! - An instance runs at most `limit` calls at its nodes at once. The limit starts at `floor`
-//!   and grows by one with each quick answer, up to the instance's share of upstream calls (the
-//!   semaphore of [`super::InstanceBudget`]), so a batch of quick calls reaches its full width
-//!   within its first answers.
-//! - A slow call sets the limit back to `floor`, where it stays for `hold`; and the instance keeps
-//!   its node busy at most `duty` of the time: after a slow call of `d`, its next call starts no
-//!   sooner than `d × (1 − duty) / duty` later.
+//! - An instance runs at most `limit` calls at its nodes at once: at first its whole share of
+//!   upstream calls (the semaphore of [`super::InstanceBudget`]).
+//! - A slow answer sets the limit back to `floor`, where it stays for `hold`; and the instance
+//!   keeps its node busy at most `duty` of the time: after a slow call of `d`, its next call
+//!   starts no sooner than `d × (1 − duty) / duty` later. After the hold, each quick answer
+//!   widens the limit by one, up to the share.
+//!
+//! Off when `slow` is zero (the default: a legitimately slow tenant, an indexer's wide
+//! `eth_getLogs` on a real node, is paced too, so a provider turns it on knowingly).
 //!
 //! A node that is slow for everyone paces every instance alike, which is fair too. Waiting is
 //! bounded by the request's queue time; past it the call gets -32005 `node_time`.
@@ -48,7 +50,7 @@ pub struct PaceSettings {
 
 impl Default for PaceSettings {
     fn default() -> Self {
-        PaceSettings { slow: Duration::from_millis(25), floor: 1, duty_percent: 50, hold: Duration::from_millis(500) }
+        PaceSettings { slow: Duration::ZERO, floor: 1, duty_percent: 50, hold: Duration::from_millis(500) }
     }
 }
 
@@ -152,7 +154,7 @@ impl NodePace {
             ceiling,
             origin: Instant::now(),
             in_flight: AtomicUsize::new(0),
-            limit: AtomicUsize::new(settings.floor),
+            limit: AtomicUsize::new(ceiling),
             last_slow: AtomicU64::new(0),
             next_start: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
@@ -230,7 +232,13 @@ impl NodePace {
         if answered {
             node.observe(took, ended);
         }
-        let slow = fastest != u64::MAX && took > fastest.saturating_add(self.settings.slow.as_micros() as u64);
+        // Only an answered call tells the node's time: a node that never answered (a dead one, a
+        // deadline) is the pool's failure to handle, not the instance's cost.
+        let enabled = !self.settings.slow.is_zero();
+        let slow = enabled
+            && answered
+            && fastest != u64::MAX
+            && took > fastest.saturating_add(self.settings.slow.as_micros() as u64);
         if slow {
             self.last_slow.fetch_max(now + 1, Ordering::AcqRel);
             self.limit.store(self.settings.floor, Ordering::Release);
@@ -297,10 +305,14 @@ mod tests {
 
     #[tokio::test]
     async fn quick_answers_widen_the_limit_up_to_the_share() {
-        let (pace, node) = pace(1, 50);
-        assert_eq!(pace.limit(), 1, "a new instance starts at its floor");
+        let (pace, node) = pace(1, 100);
+        assert_eq!(pace.limit(), 32, "a new instance has its whole share");
+        quick(&pace, &node, 1).await;
+        busy(&pace, &node, SLOW * 3).await;
+        assert_eq!(pace.limit(), 1, "a slow answer sets it back to the floor");
+        tokio::time::sleep(Duration::from_millis(150)).await;
         quick(&pace, &node, 10).await;
-        assert_eq!(pace.limit(), 11);
+        assert_eq!(pace.limit(), 11, "after the hold, each quick answer widens it by one");
         quick(&pace, &node, 100).await;
         assert_eq!(pace.limit(), 32, "never past the instance's share");
         let turns: Vec<_> = futures::future::join_all((0..32).map(|_| pace.turn(&node, Instant::now()))).await;
@@ -367,14 +379,28 @@ mod tests {
         busy(&heavy, &node, SLOW * 3).await;
         assert!(heavy.is_paced(), "its first call is slow next to the quiet tenant's");
         assert!(!quiet.is_paced());
-        assert_eq!(quiet.limit(), 4);
+        assert_eq!(quiet.limit(), 32);
     }
 
     #[tokio::test]
-    async fn a_cancelled_call_is_no_sample_of_the_round_trip() {
+    async fn an_unanswered_call_is_neither_a_round_trip_nor_slow() {
         let (pace, node) = pace(1, 50);
-        drop(pace.turn(&node, Instant::now()).await.unwrap());
-        assert_eq!(node.fastest(), u64::MAX);
-        assert_eq!(pace.limit(), 1, "nor does it widen the limit");
+        quick(&pace, &node, 1).await;
+        let fastest = node.fastest();
+        let turn = pace.turn(&node, Instant::now()).await.unwrap();
+        tokio::time::sleep(SLOW * 2).await;
+        drop(turn);
+        assert_eq!(node.fastest(), fastest);
+        assert!(!pace.is_paced(), "a node that did not answer is not this instance's cost");
+    }
+
+    #[tokio::test]
+    async fn off_when_slow_is_zero() {
+        let pace = Arc::new(NodePace::new(PaceSettings::default(), 4));
+        let node = Arc::new(RoundTrip::default());
+        quick(&pace, &node, 1).await;
+        busy(&pace, &node, SLOW * 2).await;
+        assert!(!pace.is_paced());
+        assert_eq!(pace.limit(), 4);
     }
 }

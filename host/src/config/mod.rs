@@ -519,7 +519,7 @@ mod tests {
         );
         assert_eq!(
             (g.slow_call_ms, g.slow_calls_per_instance, g.slow_call_duty_percent),
-            (25, 1, 50),
+            (0, 1, 50),
             "{what}: slow calls"
         );
         assert_eq!(config.admin.listen, local(9090), "{what}: admin.listen");

@@ -212,9 +212,9 @@ pub struct GatewaySettings {
     /// Entries of one batch running at once; the others wait their turn in order.
     pub batch_concurrency: u32,
     /// A call whose turn at its node takes this many milliseconds more than the node's quickest
-    /// recent turn is slow: its instance is then paced for a second (see
-    /// `slow_calls_per_instance` and `slow_call_duty_percent`), so that one tenant's heavy calls
-    /// cannot take the node from the others.
+    /// recent turn is slow: its instance is then paced (see `slow_calls_per_instance` and
+    /// `slow_call_duty_percent`), so that one tenant's heavy calls cannot take the node from the
+    /// others. 0 (the default): off.
     pub slow_call_ms: u64,
     /// Calls a paced instance runs at its nodes at once.
     pub slow_calls_per_instance: u32,
@@ -253,7 +253,7 @@ impl Default for GatewaySettings {
             answer_bytes_in_flight_per_instance: 64 << 20,
             upstream_calls_per_instance: 32,
             batch_concurrency: 16,
-            slow_call_ms: 25,
+            slow_call_ms: 0,
             slow_calls_per_instance: 1,
             slow_call_duty_percent: 50,
             queue_ms: 1_000,
@@ -307,7 +307,7 @@ impl GatewaySettings {
             ("answer_bytes_in_flight", self.answer_bytes_in_flight, self.max_response_bytes.into(), 1 << 40),
             ("upstream_calls_per_instance", self.upstream_calls_per_instance.into(), 1, 65_536),
             ("batch_concurrency", self.batch_concurrency.into(), 1, 4096),
-            ("slow_call_ms", self.slow_call_ms, 1, 600_000),
+            ("slow_call_ms", self.slow_call_ms, 0, 600_000),
             (
                 "slow_calls_per_instance",
                 self.slow_calls_per_instance.into(),
