@@ -145,7 +145,7 @@ TOML
             '{"service_id":"svc","plan_id":"shared"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["credentials"]["uri"])'
     }
     SERVE_0=$(provision empty '[]')
-    SERVE_3=$(provision three '[{"name":"method-filter","config":{"deny":["debug_*","eth_send*"]}},{"name":"rate-limit","config":{"requests_per_second":1000000,"burst":1000000}},{"name":"cache","config":null}]')
+    SERVE_3=$(provision three '[{"name":"method-filter","config":{"deny":["debug_*","eth_send*"]}},{"name":"rate-limit","config":{"requests_per_second":1000000,"burst":1000000}},{"name":"cache","config":{}}]')
 }
 wait_port "$ANVIL"; wait_port "$STATIC"
 declare -A URL BODY_OF
@@ -201,6 +201,7 @@ for floor, what in (("static-floor-hyper", "hyper server + client"), ("static-fl
 if "anvil-bserve-0" in rows:
     for b, n in (("bserve-0", "serve-0"), ("bserve-3", "serve-3"), ("bhit-3", "hit-3")):
         base, now = rows[f"anvil-{b}"][0], rows[f"anvil-{n}"][0]
+        ng = rows["anvil-nginx"]
         print(f"through a binding, {n}: baseline {base:.0f} req/s ({base / ng[0]:.2f}x nginx), "
               f"this build {now:.0f} req/s ({now / ng[0]:.2f}x nginx): {100 * (now / base - 1):+.1f}%")
 PY
