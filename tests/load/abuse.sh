@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What one hostile tenant, or a stranger with no key, does to a quiet tenant of the same gateway.
-# One `ovsb serve` (production build, the provider's defaults but max_connections = 1024 as in
+# One `ovsb serve` (release build, the provider's defaults but max_connections = 1024 as in
 # the probe) over one anvil, with two instances of a shared plan: the quiet tenant's (the
 # test plugin passing calls on) and the hostile tenant's (the test plugin in `hostile` mode).
 # tests/load/abuse.py then measures the quiet tenant's latency with no attack, and during each

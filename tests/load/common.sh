@@ -3,13 +3,13 @@
 # one service they offer.
 source tests/load/processes.sh
 
-# anvil, the wasm target, and the production build of ovsb (not built with OVSB_SKIP_BUILD or
+# anvil, the wasm target, and the release build of ovsb (not built with OVSB_SKIP_BUILD or
 # OVSB_BIN set: a script measuring a given binary).
 [ -x tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
 rustup target add wasm32-wasip2 >/dev/null 2>&1
-[ -n "${OVSB_SKIP_BUILD:-}${OVSB_BIN:-}" ] || cargo build --profile production -p ovsb -q
+[ -n "${OVSB_SKIP_BUILD:-}${OVSB_BIN:-}" ] || cargo build --release -p ovsb -q
 TARGET=$(realpath "${CARGO_TARGET_DIR:-target}")
-OVSB=${OVSB_BIN:-$TARGET/production/ovsb}   # OVSB_BIN: another build (a baseline, a release build)
+OVSB=${OVSB_BIN:-$TARGET/release/ovsb}   # OVSB_BIN: another build (a baseline)
 ANVIL_BIN=tests/node/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 
 # Starts anvil on a free port: sets ANVIL (its port) and ANVIL_PID, and waits until it answers.

@@ -7,7 +7,7 @@
 #      1000 eth_blockNumber at once -> ovsb's peak descriptors, the node's peak sockets, log lines
 #      written, "Too many open files" lines, and whether the broker and admin answered meanwhile.
 #
-#   tests/load/resources.sh [OVSB_BINARY]     (default: the production build, built if needed)
+#   tests/load/resources.sh [OVSB_BINARY]     (default: the release build, built if needed)
 #
 # Everything listens on 127.0.0.1 on ports from the OS, every loop is bounded, and every process
 # is stopped by PID at the end.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provider scale: N instances (default 10,000) of a shared plan whose chain is the three
 # first-party plugins (method-filter, rate-limit with a limit out of reach, cache), two bindings
-# each, in one `ovsb serve` (production build, SQLite, the default runtime capacity; idle copies
+# each, in one `ovsb serve` (release build, SQLite, the default runtime capacity; idle copies
 # dropped after 10 s so that the script need not wait the default 30 s), then one call on every
 # instance. tests/load/tenants.py reports latencies, RSS and copies alive; then ovsb is started
 # again on the same store, and the time to /readyz 200 is reported (with RSS, descriptors and

@@ -20,9 +20,12 @@
 //! 2. front service: CORS preflights ([`cors`]), key from path or header (401 with a JSON-RPC
 //!    error if unknown); an HTTP JSON body is read and its ids checked ([`ids`]: ids jsonrpsee
 //!    cannot hold are answered there, not taken for notifications); `[]` gets -32600, and an
-//!    answer to notifications only becomes HTTP 204 with no body;
+//!    answer to notifications only becomes HTTP 204 with no body; a single call (not a batch,
+//!    not a notification, not a subscription method) is answered there, on the lean path
+//!    ([`post`]), by the same per-call work as 4., and never reaches jsonrpsee;
 //! 3. jsonrpsee: HTTP/WS, parsing (-32700, -32600), body-size (413) and batch-size limits;
-//! 4. [`rpc`] middleware: route re-check per call (revocation), the request's budget
+//! 4. [`rpc`] middleware (its [`rpc::answer`], shared with the lean path): route re-check per
+//!    call (revocation), the request's budget
 //!    ([`crate::budget`]: answer bytes counted as they arrive, batches run a bounded number of
 //!    entries at a time and are cut short past the response limit), the plan's method rules and
 //!    the binding's allowlist ([`allowlist`]), chain, deadline, response; every call that
@@ -45,6 +48,7 @@ pub mod errors;
 mod fanout;
 mod guard;
 mod ids;
+mod in_process;
 mod post;
 pub mod revocable;
 pub mod routes;
@@ -54,7 +58,6 @@ mod validator_proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -70,8 +73,8 @@ use body::{Clock, Timed};
 use connections::{Admission, AdmissionLimits, Counted, Refused, Ticket};
 use post::{call, http_call};
 use revocable::{Revocable, RevocationWatch};
-use subscriptions::{NodeSockets, SubscriptionSlots};
 
+pub use in_process::InProcess;
 pub use subscriptions::SubscriptionLimits;
 
 pub use crate::upstream::{UpstreamPool, UpstreamSettings};
@@ -115,6 +118,9 @@ pub struct GatewayConfig {
     pub batch_concurrency: u32,
     /// Longest a call waits for answer bytes in flight or an upstream turn.
     pub queue: Duration,
+    /// Whether a single call over HTTP is answered by the gateway's lean path (see `post`) rather
+    /// than through jsonrpsee's server; both give the same answers. Off only to compare them.
+    pub lean_single_calls: bool,
 }
 
 impl GatewayConfig {
@@ -148,6 +154,7 @@ impl Default for GatewayConfig {
             answer_bytes_in_flight: 128 << 20,
             batch_concurrency: 16,
             queue: Duration::from_secs(1),
+            lean_single_calls: true,
         }
     }
 }
@@ -189,17 +196,9 @@ async fn serve_within(
     let local: SocketAddr = listener.local_addr()?;
     // Every task of the gateway: connections, refusals, the node subscriptions' pumps.
     let tracker = TaskTracker::new();
-    let state = Arc::new(RpcState {
-        routes: routes.clone(),
-        subscription_slots: SubscriptionSlots::new(config.subscriptions),
-        node_sockets: NodeSockets::new(config.subscriptions.buffer, config.max_response_bytes, tracker.clone()),
-        max_response_bytes: config.max_response_bytes as usize,
-        budget: requests.clone(),
-        batch_concurrency: config.batch_concurrency as usize,
-        request_ids: AtomicU64::new(1),
-        id_prefix: format!("{:x}", std::process::id()),
-    });
+    let state = RpcState::new(routes.clone(), &config, requests.clone(), tracker.clone());
     let methods = rpc::subscription_module(state.clone());
+    let rpc_state = state.clone();
     let server_config = ServerConfig::builder()
         .max_request_body_size(config.max_request_bytes)
         .max_response_body_size(config.max_response_bytes)
@@ -276,6 +275,8 @@ async fn serve_within(
                 body_timeout: config.body_timeout,
                 budget: requests.clone(),
                 batch_concurrency: config.batch_concurrency.max(1) as usize,
+                rpc: rpc_state.clone(),
+                lean: config.lean_single_calls,
             }),
         };
         let stopped = stop_handle.clone().shutdown();
@@ -408,6 +409,10 @@ struct FrontConnection {
     /// What requests may hold (the rare path of [`answer_each`] charges it as jsonrpsee does).
     budget: Arc<GatewayBudget>,
     batch_concurrency: usize,
+    /// What jsonrpsee's middleware has, for the lean path of a single call ([`post`]).
+    rpc: Arc<RpcState>,
+    /// Whether single calls take the lean path.
+    lean: bool,
 }
 
 /// The body jsonrpsee gets: the request's own (WebSocket upgrades, and what is not a JSON POST)

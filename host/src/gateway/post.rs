@@ -1,12 +1,22 @@
 //! A POST to the endpoint over HTTP: the JSON body read whole within its limit, `[]` answered
-//! -32600, ids jsonrpsee cannot carry answered here entry by entry ([`super::ids`]), and an
-//! answer to notifications only turned into HTTP 204. Everything else is jsonrpsee's. Must
-//! not: parse a body that jsonrpsee will parse anyway, beyond the id scan.
+//! -32600, a single call answered on the lean path ([`single_call`]), ids jsonrpsee cannot carry
+//! answered here entry by entry ([`super::ids`]), and an answer to notifications only turned
+//! into HTTP 204. Everything else is jsonrpsee's.
+//!
+//! The lean path: a body that jsonrpsee would take as one call (a JSON object that parses as its
+//! `Request`, so with an id it carries), for a method that is not a subscription's, is parsed
+//! once here and given to [`rpc::answer`], the same per-call work jsonrpsee's middleware runs,
+//! and its answer is written as jsonrpsee writes it ([`response::from_method_response`]: same
+//! status, `Content-Type` and body). Batches, notifications, subscription methods, bodies
+//! jsonrpsee would refuse (-32700, -32600) and ids it cannot carry go the other ways, unchanged.
+//! Must not: parse a body that jsonrpsee will parse anyway, beyond the id scan.
 
+use jsonrpsee::server::http::response;
 use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
+use jsonrpsee::types::Request;
 
 use super::body::Timed;
-use super::rpc::Caller;
+use super::rpc::{self, Caller};
 use super::{FrontBody, FrontConnection, errors, ids, json_error};
 use crate::budget::REQUEST_BUDGET;
 
@@ -51,6 +61,13 @@ where
     if is_empty_batch(&body) {
         return Ok(json_error(http::StatusCode::OK, errors::INVALID_REQUEST, "Invalid request: an empty batch"));
     }
+    if connection.lean
+        && let Some(mut request) = single_call(&body)
+    {
+        // The request's extensions (the caller) move to the call, as jsonrpsee clones them there.
+        request.extensions = parts.extensions;
+        return Ok(response::from_method_response(rpc::answer(&connection.rpc, request).await));
+    }
     let response = match ids::scan(&body) {
         Some((entries, batch)) if !batch || entries.len() <= connection.max_batch as usize => {
             // Boxed: the rare path's state would otherwise sit in every call's future.
@@ -63,6 +80,21 @@ where
         }
     };
     Ok(no_content_for_notifications(response).await)
+}
+
+/// The call in `body` when the lean path answers it: a body jsonrpsee would take as a single
+/// call (its first non-blank byte, within the first 128 as jsonrpsee looks, is `{`, and it
+/// parses as jsonrpsee's `Request`: a `"jsonrpc":"2.0"`, a method and an id jsonrpsee carries,
+/// so [`ids::scan`] would let it pass), for a method other than a subscription's. `None`:
+/// jsonrpsee's path.
+pub(super) fn single_call(body: &[u8]) -> Option<Request<'_>> {
+    let first = body.iter().take(128).find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return None;
+    }
+    let request: Request<'_> = serde_json::from_slice(body).ok()?;
+    let method = request.method.as_ref();
+    (!method.ends_with("_subscribe") && !method.ends_with("_unsubscribe")).then_some(request)
 }
 
 /// Whether a body is `[]` (with any whitespace): JSON-RPC 2.0 answers it with one -32600 error.
@@ -198,4 +230,38 @@ where
     }
     let response = call(jsonrpc, request).await.ok()?;
     response.into_body().collect().await.ok().map(|body| body.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lean_path_takes_only_what_jsonrpsee_takes_for_one_call_with_an_id_it_carries() {
+        let lean = |body: &str| single_call(body.as_bytes()).map(|r| (r.id.to_string(), r.method.to_string()));
+        for id in ["1", "0", "18446744073709551615", r#""abc""#, r#""a\"b""#, "null"] {
+            let body = format!(r#"  {{"jsonrpc":"2.0","id":{id},"method":"eth_chainId","params":[]}}"#);
+            assert!(lean(&body).is_some(), "{body}");
+            assert!(ids::scan(body.as_bytes()).is_none(), "the id scan lets it pass too: {body}");
+        }
+        for id in ["-1", "1.5", "1e3", "123456789012345678901234567890", "true", "[1]", r#"{"a":1}"#] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_chainId"}}"#);
+            assert_eq!(lean(&body), None, "ids jsonrpsee cannot carry go to the id scan: {body}");
+        }
+        for body in [
+            r#"{"jsonrpc":"2.0","method":"eth_chainId"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"eth_chainId"}"#,
+            r#"{"id":1,"method":"eth_chainId"}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId""#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}]"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_unsubscribe","params":["0x1"]}"#,
+            "not json",
+        ] {
+            assert_eq!(lean(body), None, "jsonrpsee's: {body}");
+        }
+        let far = format!("{}{}", " ".repeat(130), r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#);
+        assert_eq!(lean(&far), None, "jsonrpsee refuses a body that starts past 128 blanks");
+    }
 }

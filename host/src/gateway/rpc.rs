@@ -64,6 +64,25 @@ pub(crate) struct RpcState {
 }
 
 impl RpcState {
+    /// The state of a gateway with `config`, whose requests hold `budget`.
+    pub fn new(
+        routes: Arc<Routes>,
+        config: &super::GatewayConfig,
+        budget: Arc<GatewayBudget>,
+        tracker: tokio_util::task::TaskTracker,
+    ) -> Arc<RpcState> {
+        Arc::new(RpcState {
+            routes,
+            subscription_slots: SubscriptionSlots::new(config.subscriptions),
+            node_sockets: NodeSockets::new(config.subscriptions.buffer, config.max_response_bytes, tracker),
+            max_response_bytes: config.max_response_bytes as usize,
+            budget,
+            batch_concurrency: config.batch_concurrency as usize,
+            request_ids: AtomicU64::new(1),
+            id_prefix: format!("{:x}", std::process::id()),
+        })
+    }
+
     fn route(&self, extensions: &http::Extensions) -> Option<Arc<Route>> {
         let caller = extensions.get::<Caller>()?;
         self.routes.lookup_digest(&caller.digest)
@@ -130,45 +149,32 @@ where
     S: InnerService,
 {
     async fn handle(self, req: Request<'_>) -> MethodResponse {
+        // Over HTTP there are no subscriptions: the calls go to the node like any other, and get
+        // the node's own answer.
+        let websocket = req.extensions.get::<Caller>().is_some_and(|caller| caller.websocket);
+        if websocket && matches!(req.method.as_ref(), "eth_subscribe" | "eth_unsubscribe") {
+            // Boxed: this rare path's state would otherwise sit in every call's future.
+            return Box::pin(self.subscription_call(req)).await;
+        }
+        answer(&self.state, req).await
+    }
+
+    /// `eth_subscribe` or `eth_unsubscribe` over WebSocket.
+    async fn subscription_call(self, req: Request<'_>) -> MethodResponse {
         let Some(route) = self.state.route(&req.extensions) else {
             return MethodResponse::error(req.id, error(errors::UNAUTHORIZED, "the key was revoked"));
         };
-        let caller = req.extensions.get::<Caller>();
-        let allowlist = caller.and_then(|caller| caller.allowlist.as_ref());
-        // Over HTTP there are no subscriptions: the calls go to the node like any other, and get
-        // the node's own answer.
-        let websocket = caller.is_some_and(|caller| caller.websocket);
-        let subscription = websocket && matches!(req.method.as_ref(), "eth_subscribe" | "eth_unsubscribe");
-        // With an empty chain the guard checks the call just before the node, with the same
-        // rules and the same answers: checking it here too would read its params twice.
-        if (subscription || !route.instance.chain.entries().is_empty())
-            && let Err(refusal) = check_entry(&route, allowlist, &req.method, req.params.as_deref())
-        {
+        let allowlist = req.extensions.get::<Caller>().and_then(|caller| caller.allowlist.as_ref());
+        if let Err(refusal) = check_entry(&route, allowlist, &req.method, req.params.as_deref()) {
             record(&route, &req.method, Some(Blame::Rule), std::time::Instant::now());
             return MethodResponse::error(req.id, error(refusal.code, refusal.message));
         }
-        if websocket && req.method == "eth_unsubscribe" {
+        if req.method == "eth_unsubscribe" {
             return self.inner.call(req).await;
         }
         let guard = Guard::new(&route.instance.upstream, route.instance.policy.as_ref(), allowlist);
         let call = Call { method: req.method.to_string(), params: req.params.as_ref().map(|p| p.get().to_string()) };
-        if websocket && call.method == "eth_subscribe" {
-            // Boxed: this rare path's state would otherwise sit in every call's future.
-            return Box::pin(self.subscribe(req, route, call, guard)).await;
-        }
-        let state = &self.state;
-        let answer = async {
-            let started = std::time::Instant::now();
-            let (outcome, blame) = run(state, &route, call, guard).await;
-            record(&route, &req.method, blame, started);
-            response(req.id, outcome, state.max_response_bytes)
-        };
-        // A batch entry runs within its batch's budget; a call alone gets its own.
-        if REQUEST_BUDGET.try_with(|_| ()).is_ok() {
-            answer.await
-        } else {
-            REQUEST_BUDGET.scope(state.budget.request(&route.instance.budget), answer).await
-        }
+        self.subscribe(req, route, call, guard).await
     }
 
     /// `eth_subscribe` over WebSocket: plugins may refuse or rewrite a subscription; the
@@ -292,6 +298,39 @@ where
     fn notification<'a>(&self, n: Notification<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let this = self.clone();
         async move { this.notify(n).await.unwrap_or_else(MethodResponse::notification) }
+    }
+}
+
+/// The work of one call that is not a WebSocket subscription, wherever it came from (jsonrpsee's
+/// middleware above, or the lean path of a single call over HTTP in `post`): the route re-checked
+/// (revocation), the plan's method rules and the binding's allowlist, the chain under the
+/// deadline, the metrics, the answer within the response limit; all within the request's budget
+/// (a batch's, when the call is one of its entries; else its own).
+pub(crate) async fn answer(state: &RpcState, req: Request<'_>) -> MethodResponse {
+    let Some(route) = state.route(&req.extensions) else {
+        return MethodResponse::error(req.id, error(errors::UNAUTHORIZED, "the key was revoked"));
+    };
+    let allowlist = req.extensions.get::<Caller>().and_then(|caller| caller.allowlist.as_ref());
+    // With an empty chain the guard checks the call just before the node, with the same
+    // rules and the same answers: checking it here too would read its params twice.
+    if !route.instance.chain.entries().is_empty()
+        && let Err(refusal) = check_entry(&route, allowlist, &req.method, req.params.as_deref())
+    {
+        record(&route, &req.method, Some(Blame::Rule), std::time::Instant::now());
+        return MethodResponse::error(req.id, error(refusal.code, refusal.message));
+    }
+    let guard = Guard::new(&route.instance.upstream, route.instance.policy.as_ref(), allowlist);
+    let call = Call { method: req.method.to_string(), params: req.params.as_ref().map(|p| p.get().to_string()) };
+    let answer = async {
+        let started = std::time::Instant::now();
+        let (outcome, blame) = run(state, &route, call, guard).await;
+        record(&route, &req.method, blame, started);
+        response(req.id, outcome, state.max_response_bytes)
+    };
+    if REQUEST_BUDGET.try_with(|_| ()).is_ok() {
+        answer.await
+    } else {
+        REQUEST_BUDGET.scope(state.budget.request(&route.instance.budget), answer).await
     }
 }
 

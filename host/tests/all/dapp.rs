@@ -318,7 +318,7 @@ async fn a_preflight_is_answered_and_answers_allow_any_origin() {
     assert_eq!(answer.headers()["access-control-allow-origin"], "*");
     // A preflight whose path holds no key (or an unknown one) is answered alike: it carries no
     // credentials, and the browser sends the call itself only after it.
-    for path in [gw.url("").trim_end_matches('/').to_string(), gw.url("nope")] {
+    for path in [gw.url_once("").trim_end_matches('/').to_string(), gw.url_once("nope")] {
         let keyless = client
             .request(reqwest::Method::OPTIONS, &path)
             .header("origin", "http://127.0.0.1:9")

@@ -3,6 +3,8 @@
 //! streams (issue #29): a burst delivered whole or ended with 4008, 1012 when the node restarts,
 //! subscription shares, one node socket per instance.
 
+mod paths;
+
 use crate::support;
 
 mod merged;
@@ -259,7 +261,7 @@ async fn a_key_of_one_instance_never_reaches_another() {
     let ib = gw.instance("ib", &[b.http_url()], &[], &[], 10 * SECOND).await;
     let (ka, kb) = (gw.bind(&ia, "ba"), gw.bind(&ib, "bb"));
 
-    let who = rpc(&gw.url(&ka), "eth_chainId", json!([])).await["result"].clone();
+    let who = rpc(&gw.url_once(&ka), "eth_chainId", json!([])).await["result"].clone();
     assert_eq!(who["instance_id"], "ia");
     assert_eq!(who["binding_id"], "ba");
     assert_eq!(rpc(&gw.url(&kb), "eth_chainId", json!([])).await["result"], "0x8ae");
@@ -304,7 +306,7 @@ async fn a_dead_upstream_gives_a_clear_error_within_the_deadline_while_other_ins
     assert_eq!(answer["error"]["message"], "no upstream node is reachable");
 
     let started = Instant::now();
-    let (hung_url, ok_url) = (gw.url(&kh), gw.url(&ok));
+    let (hung_url, ok_url) = (gw.url_once(&kh), gw.url(&ok));
     let (hung, served) =
         tokio::join!(rpc(&hung_url, "eth_blockNumber", json!([])), rpc(&ok_url, "eth_blockNumber", json!([])));
     assert_eq!(hung["error"]["code"], -32003, "{hung}");

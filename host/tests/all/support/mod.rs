@@ -197,7 +197,15 @@ impl TestGateway {
         });
     }
 
+    /// The endpoint of `key`, marked for [`both`]: every side-effect-free single call a test
+    /// sends there is also sent as a batch of one, and the answers compared.
     pub fn url(&self, key: &str) -> String {
+        both(&format!("http://{}/v1/{key}", self.addr))
+    }
+
+    /// The endpoint of `key`, each call sent once (for tests that count calls: rate limits,
+    /// metrics).
+    pub fn url_once(&self, key: &str) -> String {
         format!("http://{}/v1/{key}", self.addr)
     }
 
@@ -222,7 +230,68 @@ pub async fn post(url: &str, body: &Value) -> (u16, Value) {
     post_raw(url, body.to_string(), None).await
 }
 
+/// `url` marked so that [`post_raw`] (and so [`post`] and [`rpc`]) sends each single call with an
+/// id and a side-effect-free method twice: as it is, and as a batch of one, and asserts that both
+/// get the same answer (HTTP status, and the call's answer alone or as the batch's one entry).
+/// A single call is answered by the gateway's lean path, a batch by jsonrpsee: tests that use
+/// such a URL check both paths. (A URL fragment: never sent.)
+pub fn both(url: &str) -> String {
+    format!("{}{BOTH}", url.trim_end_matches(BOTH))
+}
+
+const BOTH: &str = "#both";
+
+/// `url` without the mark of [`both`]: each call sent once.
+pub fn once(url: &str) -> String {
+    url.trim_end_matches(BOTH).to_string()
+}
+
+/// Methods that change the node or a plugin's state, or whose answer changes by itself (a receipt
+/// that appears, a filter's changes since the last poll): never sent twice.
+fn has_effects(method: &str) -> bool {
+    const EFFECTS: [&str; 14] = [
+        "eth_getFilterChanges",
+        "eth_getTransactionReceipt",
+        "eth_send",
+        "eth_sign",
+        "evm_",
+        "anvil_",
+        "hardhat_",
+        "miner_",
+        "personal_",
+        "debug_",
+        "eth_subscribe",
+        "eth_unsubscribe",
+        "eth_newFilter",
+        "eth_uninstallFilter",
+    ];
+    EFFECTS.iter().any(|prefix| method.starts_with(prefix))
+}
+
 pub async fn post_raw(url: &str, body: String, bearer: Option<&str>) -> (u16, Value) {
+    let Some(url) = url.strip_suffix(BOTH) else { return post_once(url, body, bearer).await };
+    let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let mirrored = parsed.get("id").is_some()
+        && parsed.get("method").and_then(Value::as_str).is_some_and(|method| !has_effects(method));
+    let single = post_once(url, body.clone(), bearer).await;
+    if mirrored {
+        let (status, batch) = post_once(url, format!("[{body}]"), bearer).await;
+        let entry = match &batch {
+            Value::Array(entries) if entries.len() == 1 && status == 200 => entries[0].clone(),
+            other => other.clone(),
+        };
+        assert_eq!(
+            (single.0, &single.1),
+            (status, &entry),
+            "a single call and the same call in a batch of one: {body}"
+        );
+    }
+    single
+}
+
+/// POSTs a JSON body once, whatever the URL's mark.
+pub async fn post_once(url: &str, body: String, bearer: Option<&str>) -> (u16, Value) {
+    let url = url.strip_suffix(BOTH).unwrap_or(url);
     let client = reqwest::Client::new();
     let mut request = client.post(url).header("content-type", "application/json").body(body);
     if let Some(key) = bearer {
