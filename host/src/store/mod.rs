@@ -21,6 +21,7 @@
 //! - `changes`: the generation, the change log other replicas follow, its pruning, the audit.
 //! - `nodes`: replicas and which of them runs each node.
 //! - `validators`: validator keys and their slashing-protection history.
+//! - `usage`: metered usage per replica, binding, method and minute, and its reports.
 //!
 //! This file: [`Store`] itself, opening it, the backend, settings and [`StoreError`].
 
@@ -29,6 +30,7 @@ mod instances;
 mod nodes;
 mod operations;
 mod rows;
+mod usage;
 mod validators;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,6 +45,7 @@ pub use rows::{
     AuditEntry, BindingRow, InstanceRow, InstanceState, OperationKind, OperationRequest, OperationRow, OperationState,
     SealedRequest, UpdateRequest,
 };
+pub use usage::{UsageCounts, UsageGrouping, UsageQuery, UsageReportRow, UsageRow};
 pub use validators::{HistoryRow, KeptHistory, union_on_chain};
 
 /// Why a PostgreSQL server is not reachable: its `host:port` and the error of one direct
