@@ -245,12 +245,18 @@ pub fn meter(instance: &InstanceUsage, meter: &BindingMeter, method: &str, class
     }
 }
 
+/// A binding by (instance id, binding id).
+type BindingKey = (Arc<str>, Arc<str>);
+
+/// One row's key while a flush merges: (instance, binding, minute, method).
+type RowKey = (Arc<str>, Arc<str>, i64, Box<str>);
+
 /// Every meter of the process, the plans' weights, and the flush.
 pub struct Usage {
     replica_id: String,
     settings: UsageSettings,
     plans: HashMap<String, Arc<PlanUsage>>,
-    meters: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<BindingMeter>>>,
+    meters: Mutex<HashMap<BindingKey, Arc<BindingMeter>>>,
     instance_quotas: Mutex<HashMap<Arc<str>, Arc<QuotaCounter>>>,
     /// Rows a failed flush left, written first by the next; the lock serializes flushes.
     unwritten: tokio::sync::Mutex<Vec<UsageRow>>,
@@ -346,7 +352,7 @@ impl Usage {
         let mut unwritten = self.unwritten.lock().await;
         let meters: Vec<Arc<BindingMeter>> =
             self.meters.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        let mut merged: HashMap<(Arc<str>, Arc<str>, i64, Box<str>), UsageCounts> = HashMap::new();
+        let mut merged: HashMap<RowKey, UsageCounts> = HashMap::new();
         let metrics = crate::telemetry::metrics();
         for meter in &meters {
             for entry in meter.take() {
