@@ -470,6 +470,50 @@ mod tests {
         assert_eq!(c.outcomes, [1, 1, 1, 1, 0, 0, 0]);
     }
 
+    /// A restart does not hand out a fresh quota: the counters start from what the store holds
+    /// for the current window (a day here), and a flush writes what was metered.
+    #[tokio::test]
+    async fn quota_counters_are_seeded_from_the_store_and_flushes_write_the_meters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("u.db").display())).await.unwrap();
+        let mut config = Config::quick_start();
+        let plan = &mut config.services[0].plans[0];
+        plan.usage.quota =
+            Some(QuotaDecl { compute_units: 100, window: crate::config::QuotaWindow::Day, per: QuotaScope::Binding });
+        let plan_id = plan.id.clone();
+        let minute = now_ms() / 60_000;
+        let counts = UsageCounts { calls: 4, compute_units: 100, bytes_out: 0, outcomes: [4, 0, 0, 0, 0, 0, 0] };
+        let row = |binding: &str| UsageRow {
+            instance_id: "i".into(),
+            binding_id: binding.into(),
+            minute,
+            method: "eth_call".into(),
+            counts,
+        };
+        store.add_usage("another-replica", &[row("used")]).await.unwrap();
+        let usage = Usage::new(&config, "me");
+        let instance = usage.instance("i", &plan_id);
+        let (used, fresh) = (usage.binding("i", "used"), usage.binding("i", "fresh"));
+        usage.seed(&store).await.unwrap();
+        assert_eq!(admit(&instance, &used).unwrap_err().limit, 100);
+        assert!(admit(&instance, &fresh).is_ok());
+        meter(&instance, &fresh, "eth_call", "ok", 10);
+        assert_eq!(usage.flush(&store).await.unwrap(), 1);
+        let query = crate::store::UsageQuery {
+            instance_id: Some("i".into()),
+            binding_id: None,
+            from_minute: 0,
+            to_minute: minute + 10,
+            by: crate::store::UsageGrouping::Binding,
+            max_rows: 10,
+        };
+        let report = store.usage_report(&query).await.unwrap();
+        let sums: Vec<(&str, u64)> = report.iter().map(|r| (r.binding_id.as_str(), r.counts.compute_units)).collect();
+        assert_eq!(sums, vec![("fresh", 26), ("used", 100)]);
+        // Nothing left to write: the next flush writes nothing.
+        assert_eq!(usage.flush(&store).await.unwrap(), 0);
+    }
+
     #[test]
     fn made_up_method_names_are_capped_per_minute() {
         let instance = instance();
