@@ -416,10 +416,19 @@ async fn serve_endpoint(
         upstream: Arc::new(upstream),
         validator: None,
         budget: Default::default(),
+        usage: crate::usage::InstanceUsage::unmetered("local"),
     });
     let key = key.unwrap_or_else(gateway::new_key);
     let mut table = RouteTable::default();
-    table.insert(gateway::key_digest(&key), Route { instance, binding_id: "local".into(), expires_ms: None });
+    table.insert(
+        gateway::key_digest(&key),
+        Route {
+            instance,
+            binding_id: "local".into(),
+            expires_ms: None,
+            meter: crate::usage::BindingMeter::detached("local", "local"),
+        },
+    );
     let routes = Arc::new(Routes::default());
     routes.replace(table);
 

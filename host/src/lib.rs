@@ -27,6 +27,8 @@
 //!   plan's policy plugins); asked by the broker and by routing.
 //! - [`upstream`]: pools of an instance's node URLs (health, failover, rotation, a cap of calls
 //!   per node), built by the drivers and called by the gateway.
+//! - [`usage`]: usage per binding (calls, compute units, outcome classes, bytes), metered in
+//!   memory and flushed to the store; quotas, checked without a store query.
 //! - [`budget`]: what one request may hold while it is served (answer bytes per request and in
 //!   flight, upstream calls per instance and in all), checked as it is taken.
 //! - [`gateway`]: the JSON-RPC data plane (jsonrpsee): auth, routing snapshot, middleware,
@@ -45,7 +47,7 @@
 //! Each module uses only those below it in [`LAYERS`] (a unit test reads every `crate::` path
 //! outside tests and comments, and fails on any other edge):
 //! `cli` → `server` → `admin` → `reload` → `broker` → `routing` → `gateway` → `provision` →
-//! `upstream` → `budget` → `plugins` → `chain_policy`, `validator_params` → `config`; below them all `store`, `identity`, `scaffold`,
+//! `upstream` → `budget`, `usage` → `plugins` → `chain_policy`, `validator_params` → `config`; below them all `store`, `identity`, `scaffold`,
 //! then `credentials`, `telemetry`, and at the bottom the leaves `interchange`, [`memory`] (freed
 //! memory back to the system) and [`call`] (the
 //! call vocabulary: `Call`, `Outcome`, `RpcError`, `Upstream`, every JSON-RPC code, blame). In
@@ -74,6 +76,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod usage;
 pub mod validator_params;
 
 /// The layers of the crate, top first: a module may use only modules of later layers.
@@ -87,7 +90,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["gateway"],
     &["provision"],
     &["upstream"],
-    &["budget"],
+    &["budget", "usage"],
     &["plugins"],
     &["chain_policy", "validator_params"],
     &["config"],

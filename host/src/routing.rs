@@ -102,6 +102,8 @@ pub struct RouteSync {
     identity: Identity,
     /// This replica's id: nodes it owns are reached through its own drivers.
     replica_id: String,
+    /// The usage meters: each route holds its binding's.
+    usage: Arc<crate::usage::Usage>,
     built: tokio::sync::Mutex<HashMap<String, Built>>,
     kv: std::sync::Mutex<HashMap<String, Arc<KvStore>>>,
     generation: AtomicI64,
@@ -125,6 +127,7 @@ impl RouteSync {
         secret: SecretKey,
         identity: Identity,
         replica_id: String,
+        usage: Arc<crate::usage::Usage>,
     ) -> Self {
         RouteSync {
             store,
@@ -135,6 +138,7 @@ impl RouteSync {
             secret,
             identity,
             replica_id,
+            usage,
             built: Default::default(),
             kv: Default::default(),
             generation: AtomicI64::new(-1),
@@ -279,9 +283,15 @@ impl RouteSync {
         self.routes.update(|table| {
             table.remove_instance(id);
             for keys in &keys {
+                let meter = self.usage.binding(id, &keys.binding_id);
                 let added = table.insert(
                     keys.digest,
-                    Route { instance: route.clone(), binding_id: keys.binding_id.clone(), expires_ms: keys.expires_ms },
+                    Route {
+                        instance: route.clone(),
+                        binding_id: keys.binding_id.clone(),
+                        expires_ms: keys.expires_ms,
+                        meter,
+                    },
                 );
                 if let Some(token) = keys.token {
                     table.insert_keymanager_token(token, added);
@@ -507,9 +517,15 @@ impl RouteSync {
         for binding in bindings {
             let Some(entry) = next.get(&binding.instance_id) else { continue };
             let Some(keys) = self.binding_keys(&binding, entry.route.validator.is_some()) else { continue };
+            let meter = self.usage.binding(&binding.instance_id, &keys.binding_id);
             let route = table.insert(
                 keys.digest,
-                Route { instance: entry.route.clone(), binding_id: keys.binding_id, expires_ms: keys.expires_ms },
+                Route {
+                    instance: entry.route.clone(),
+                    binding_id: keys.binding_id,
+                    expires_ms: keys.expires_ms,
+                    meter,
+                },
             );
             if let Some(token) = keys.token {
                 table.insert_keymanager_token(token, route);
@@ -601,6 +617,7 @@ impl RouteSync {
                         &self.config.gateway,
                         self.config.plan_by_id(&instance.plan_id),
                     )),
+                    usage: self.usage.instance(&instance.id, &instance.plan_id),
                 }),
                 nodeless,
             )),

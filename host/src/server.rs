@@ -101,6 +101,8 @@ pub struct Server {
     pub routing: Arc<RouteSync>,
     /// This replica's id (its operation leases carry it).
     pub replica: String,
+    /// The usage meters (tests and benchmarks read them).
+    pub usage: Arc<crate::usage::Usage>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     data_dir: PathBuf,
@@ -262,6 +264,7 @@ impl Server {
             lease: Duration::from_secs(config.operations.lease_seconds),
         };
         let routes = Arc::new(Routes::default());
+        let usage = crate::usage::Usage::new(&config, &replica.id);
         let drivers = Drivers::new(&config, &store, &secret, &tracker, &shutdown);
         drivers.recover(&store, &replica).await?;
         let routing = Arc::new(RouteSync::new(
@@ -273,8 +276,14 @@ impl Server {
             secret.clone(),
             identity.clone(),
             replica.id.clone(),
+            usage.clone(),
         ));
         routing.sync().await;
+        // Before the gateway serves: quotas count what the store holds for their window.
+        if let Err(err) = usage.seed(&store).await {
+            tracing::warn!("usage: cannot read the quotas' use from the store; they count from now: {err}");
+        }
+        tracker.spawn(usage.clone().flush_periodically(store.clone(), shutdown.clone()));
         let operations = Operations::new(
             store.clone(),
             secret.clone(),
@@ -296,6 +305,7 @@ impl Server {
             auth,
             identity,
             auth_throttle: Default::default(),
+            usage: usage.clone(),
         });
 
         tracker.spawn(operations.supervise(store.backend() == Backend::Sqlite));
@@ -356,6 +366,7 @@ impl Server {
             routes,
             routing,
             replica: replica.id,
+            usage,
             shutdown,
             tracker,
             data_dir,
@@ -373,6 +384,13 @@ impl Server {
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             tracing::warn!("some tasks did not stop within {grace:?}");
+        }
+        // The gateway has stopped: what it metered goes to the store before the store closes.
+        match self.usage.flush(&self.store).await {
+            Ok(rows) => tracing::info!(rows, "usage flushed"),
+            Err(err) => {
+                tracing::error!("usage: the last flush failed; what was metered since the previous one is lost: {err}")
+            }
         }
         self.store.close().await;
         remove_run_files(&self.data_dir);

@@ -25,6 +25,7 @@ mod history;
 mod instances;
 mod requests;
 pub mod throttle;
+mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub struct BrokerState {
     pub identity: crate::identity::Identity,
     /// Failed authentication per source address.
     pub auth_throttle: throttle::AuthThrottle,
+    /// The usage meters (flushed before a usage report is read).
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 /// The broker's router.
@@ -108,7 +111,8 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state.clone())
         .merge(dashboard::router(state.clone()))
-        .merge(history::router(state))
+        .merge(history::router(state.clone()))
+        .merge(usage::router(state))
 }
 
 async fn catalog(State(state): State<Arc<BrokerState>>, meta: Meta) -> Response {

@@ -101,6 +101,9 @@ pub struct PlanDecl {
     /// Free-form catalog metadata.
     #[serde(default)]
     pub metadata: Option<toml::Table>,
+    /// The plan's compute-unit weights and quota (see the README's "Usage and quotas").
+    #[serde(default)]
+    pub usage: super::PlanUsageDecl,
     /// How an instance of this plan gets a node.
     pub driver: DriverDecl,
 }

@@ -30,6 +30,7 @@ mod drivers;
 pub mod origins;
 mod plugins;
 mod settings;
+mod usage;
 
 pub use catalog::{ChainElement, MAX_BINDING_TTL, MaintenanceInfo, PlanDecl, PlanPolicy, ServiceDecl};
 pub use drivers::{
@@ -41,6 +42,9 @@ pub use plugins::{Isolation, KvLimits, PluginDecl, PluginLimits};
 pub use settings::{
     AdminSettings, BrokerSettings, GatewaySettings, MAX_PLUGIN_ADDRESS_SPACE, OperationSettings, ReplicaSettings,
     RuntimeSettings, slot_address_space,
+};
+pub use usage::{
+    DEFAULT_UNKNOWN_WEIGHT, DEFAULT_WEIGHTS, PlanUsageDecl, QuotaDecl, QuotaScope, QuotaWindow, UsageSettings,
 };
 
 /// Environment variables that override the file, by name.
@@ -77,6 +81,8 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     /// This replica among others on one PostgreSQL database.
     pub replica: ReplicaSettings,
+    /// Metering: compute-unit weights and the flush to the store.
+    pub usage: UsageSettings,
     /// Plugins operators make available to instances, by name.
     pub plugins: Vec<PluginDecl>,
     /// The catalog.
@@ -98,6 +104,7 @@ impl Default for Config {
             operations: OperationSettings::default(),
             runtime: RuntimeSettings::default(),
             replica: ReplicaSettings::default(),
+            usage: UsageSettings::default(),
             plugins: Vec::new(),
             services: Vec::new(),
             source: None,
@@ -319,6 +326,7 @@ impl Config {
         }
         self.gateway.validate()?;
         self.operations.validate()?;
+        self.usage.validate()?;
         let plugin_names = plugins::check_plugins(&self.plugins, self.runtime.max_memory_bytes)?;
         catalog::check_services(&self.services, &plugin_names)
     }
@@ -539,6 +547,13 @@ mod tests {
         assert_eq!(r.cache_dir, None, "{what}: runtime.cache_dir");
         assert_eq!(r.kv, KvLimits::default(), "{what}: runtime.kv");
         assert_eq!(config.replica.node_host, "127.0.0.1", "{what}: replica.node_host");
+        let u = &config.usage;
+        assert_eq!(
+            (u.flush_interval_ms, u.flush_batch_rows, u.unknown_method_weight),
+            (10_000, 500, 20),
+            "{what}: usage"
+        );
+        assert!(u.weights.is_empty(), "{what}: usage.weights");
     }
 
     #[test]

@@ -29,7 +29,7 @@ impl InProcess {
         let digest = key_digest(key);
         let allowlist = self.state.routes.lookup_allowlist(&digest)?;
         let mut request = super::post::single_call(body)?;
-        request.extensions.insert(Caller { digest, websocket: false, allowlist, watch: None });
+        request.extensions.insert(Caller { digest, websocket: false, allowlist, watch: None, quota: None });
         let answer = response::from_method_response(rpc::answer(&self.state, request).await);
         let body = http_body_util::BodyExt::collect(answer.into_body()).await.ok()?.to_bytes();
         String::from_utf8(body.to_vec()).ok()

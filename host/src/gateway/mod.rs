@@ -477,7 +477,11 @@ where
         };
         let websocket = revoked.is_some();
         let watch = websocket.then(|| connection.watch.clone());
-        request.extensions_mut().insert(Caller { digest, websocket, allowlist, watch });
+        // Over HTTP, under a quota: the calls say whether they were all refused for it (429).
+        let quota = (!websocket
+            && connection.routes.lookup_digest(&digest).is_some_and(|route| route.instance.usage.plan.quota.is_some()))
+        .then(|| Arc::new(rpc::QuotaSignal::default()));
+        request.extensions_mut().insert(Caller { digest, websocket, allowlist, watch, quota: quota.clone() });
         let timeout = connection.body_timeout;
         let request =
             request.map(|body| Timed::new(body, Clock::Total(timeout), "the request body did not arrive in time"));
@@ -491,7 +495,13 @@ where
                 }
                 return Ok(response);
             }
-            Ok(cors::allow(http_call(jsonrpc, &connection, request).await?, cors))
+            let mut response = http_call(jsonrpc, &connection, request).await?;
+            if let Some(retry_after_ms) = quota.and_then(|quota| quota.all_refused()) {
+                *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+                let seconds = retry_after_ms.div_ceil(1000).max(1);
+                response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+            }
+            Ok(cors::allow(response, cors))
         })
     }
 }

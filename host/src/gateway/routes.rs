@@ -50,6 +50,8 @@ pub struct InstanceRoute {
     pub validator: Option<ValidatorRoute>,
     /// The instance's shares of answer bytes in flight and of upstream calls.
     pub budget: Arc<crate::budget::InstanceBudget>,
+    /// The plan's compute-unit weights and quota (and the instance's quota counter).
+    pub usage: Arc<crate::usage::InstanceUsage>,
 }
 
 /// How the gateway reaches a validator instance's client.
@@ -68,6 +70,8 @@ pub struct Route {
     pub binding_id: Arc<str>,
     /// When the binding's credentials stop working (ms since the Unix epoch), if they expire.
     pub expires_ms: Option<i64>,
+    /// The binding's usage meter (and its quota counter).
+    pub meter: Arc<crate::usage::BindingMeter>,
 }
 
 impl Route {
@@ -345,6 +349,7 @@ mod tests {
             })),
             validator: None,
             budget: Default::default(),
+            usage: crate::usage::InstanceUsage::unmetered("p"),
         })
     }
 
@@ -358,13 +363,28 @@ mod tests {
         routes.update(|table| {
             table.insert(
                 key_digest(&lasting),
-                Route { instance: inst.clone(), binding_id: "a".into(), expires_ms: None },
+                Route {
+                    instance: inst.clone(),
+                    binding_id: "a".into(),
+                    expires_ms: None,
+                    meter: crate::usage::BindingMeter::detached("i", "a"),
+                },
             );
-            let route = Route { instance: inst.clone(), binding_id: "b".into(), expires_ms: Some(now + 600_000) };
+            let route = Route {
+                instance: inst.clone(),
+                binding_id: "b".into(),
+                expires_ms: Some(now + 600_000),
+                meter: crate::usage::BindingMeter::detached("i", "b"),
+            };
             let route = table.insert(key_digest(&live), route);
             table.insert_keymanager_token(live_token, route);
             // A second ago: past any lag of the coarse clock.
-            let route = Route { instance: inst.clone(), binding_id: "c".into(), expires_ms: Some(now - 1000) };
+            let route = Route {
+                instance: inst.clone(),
+                binding_id: "c".into(),
+                expires_ms: Some(now - 1000),
+                meter: crate::usage::BindingMeter::detached("i", "c"),
+            };
             let route = table.insert(key_digest(&expired), route);
             table.insert_keymanager_token(expired_token, route);
         });
@@ -387,7 +407,12 @@ mod tests {
     }
 
     fn route(instance: &Arc<InstanceRoute>, binding: &str) -> Route {
-        Route { instance: instance.clone(), binding_id: binding.into(), expires_ms: None }
+        Route {
+            instance: instance.clone(),
+            binding_id: binding.into(),
+            expires_ms: None,
+            meter: crate::usage::BindingMeter::detached("i", binding),
+        }
     }
 
     #[test]

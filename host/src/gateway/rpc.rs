@@ -45,6 +45,27 @@ pub(crate) struct Caller {
     /// Over WebSocket: the socket's watch, through which a subscription closes it with a code
     /// and a reason.
     pub watch: Option<Arc<RevocationWatch>>,
+    /// Over HTTP: whether every call of the request was refused for its quota (then the answer
+    /// is HTTP 429 with `Retry-After`).
+    pub quota: Option<Arc<QuotaSignal>>,
+}
+
+/// What the calls of one HTTP request tell its answer about quotas: how many ran, how many
+/// were refused for a quota, and the longest wait until a quota resets.
+#[derive(Default)]
+pub(crate) struct QuotaSignal {
+    calls: AtomicU64,
+    refused: AtomicU64,
+    retry_after_ms: AtomicU64,
+}
+
+impl QuotaSignal {
+    /// Milliseconds until the quota resets when every call of the request was refused for it.
+    pub fn all_refused(&self) -> Option<u64> {
+        let refused = self.refused.load(Ordering::Acquire);
+        (refused > 0 && refused == self.calls.load(Ordering::Acquire))
+            .then(|| self.retry_after_ms.load(Ordering::Acquire))
+    }
 }
 
 /// What the middleware needs besides the request.
@@ -164,13 +185,18 @@ where
         let Some(route) = self.state.route(&req.extensions) else {
             return MethodResponse::error(req.id, error(errors::UNAUTHORIZED, "the key was revoked"));
         };
-        let allowlist = req.extensions.get::<Caller>().and_then(|caller| caller.allowlist.as_ref());
+        let caller = req.extensions.get::<Caller>();
+        let allowlist = caller.and_then(|caller| caller.allowlist.as_ref());
         if let Err(refusal) = check_entry(&route, allowlist, &req.method, req.params.as_deref()) {
-            record(&route, &req.method, Some(Blame::Rule), std::time::Instant::now());
-            return MethodResponse::error(req.id, error(refusal.code, refusal.message));
+            let answer = MethodResponse::error(req.id, error(refusal.code, refusal.message));
+            record(&route, &req.method, Some(Blame::Rule), std::time::Instant::now(), &answer);
+            return answer;
         }
         if req.method == "eth_unsubscribe" {
             return self.inner.call(req).await;
+        }
+        if let Some(refused) = over_quota(&route, caller, &req.method, Some(&req.id)) {
+            return refused;
         }
         let guard = Guard::new(&route.instance.upstream, route.instance.policy.as_ref(), allowlist);
         let call = Call { method: req.method.to_string(), params: req.params.as_ref().map(|p| p.get().to_string()) };
@@ -210,7 +236,9 @@ where
         }
         let allowlist = caller.and_then(|caller| caller.allowlist.as_ref());
         if let Some(route) = self.state.route(&n.extensions) {
-            if check_entry(&route, allowlist, &n.method, n.params.as_deref()).is_err() {
+            if check_entry(&route, allowlist, &n.method, n.params.as_deref()).is_err()
+                || over_quota(&route, caller, &n.method, None).is_some()
+            {
                 return None;
             }
             let guard = Guard::new(&route.instance.upstream, route.instance.policy.as_ref(), allowlist);
@@ -219,7 +247,7 @@ where
             let work = async {
                 let started = std::time::Instant::now();
                 let (_, blame) = run(state, &route, call, guard).await;
-                record(&route, &n.method, blame, started);
+                record_bytes(&route, &n.method, blame, started, 0);
             };
             if REQUEST_BUDGET.try_with(|_| ()).is_ok() {
                 work.await
@@ -310,22 +338,28 @@ pub(crate) async fn answer(state: &RpcState, req: Request<'_>) -> MethodResponse
     let Some(route) = state.route(&req.extensions) else {
         return MethodResponse::error(req.id, error(errors::UNAUTHORIZED, "the key was revoked"));
     };
-    let allowlist = req.extensions.get::<Caller>().and_then(|caller| caller.allowlist.as_ref());
+    let caller = req.extensions.get::<Caller>();
+    let allowlist = caller.and_then(|caller| caller.allowlist.as_ref());
     // With an empty chain the guard checks the call just before the node, with the same
     // rules and the same answers: checking it here too would read its params twice.
     if !route.instance.chain.entries().is_empty()
         && let Err(refusal) = check_entry(&route, allowlist, &req.method, req.params.as_deref())
     {
-        record(&route, &req.method, Some(Blame::Rule), std::time::Instant::now());
-        return MethodResponse::error(req.id, error(refusal.code, refusal.message));
+        let answer = MethodResponse::error(req.id, error(refusal.code, refusal.message));
+        record(&route, &req.method, Some(Blame::Rule), std::time::Instant::now(), &answer);
+        return answer;
+    }
+    if let Some(refused) = over_quota(&route, caller, &req.method, Some(&req.id)) {
+        return refused;
     }
     let guard = Guard::new(&route.instance.upstream, route.instance.policy.as_ref(), allowlist);
     let call = Call { method: req.method.to_string(), params: req.params.as_ref().map(|p| p.get().to_string()) };
     let answer = async {
         let started = std::time::Instant::now();
         let (outcome, blame) = run(state, &route, call, guard).await;
-        record(&route, &req.method, blame, started);
-        response(req.id, outcome, state.max_response_bytes)
+        let answer = response(req.id, outcome, state.max_response_bytes);
+        record(&route, &req.method, blame, started, &answer);
+        answer
     };
     if REQUEST_BUDGET.try_with(|_| ()).is_ok() {
         answer.await
@@ -346,11 +380,38 @@ pub(crate) fn batch_too_large(limit: usize) -> MethodResponse {
 const WS_NOTIFICATION: &str =
     "Invalid request: over WebSocket every call needs an id that is a string, an unsigned integer or null";
 
-/// Counts a finished call in the metrics, by the blame its failer attached (`None`: it
-/// succeeded); see [`crate::call::Blame`].
-fn record(route: &Route, method: &str, blame: Option<Blame>, started: std::time::Instant) {
+/// Counts a finished call in the metrics and in its binding's usage (method, compute units,
+/// outcome class, answer bytes), by the blame its failer attached (`None`: it succeeded); see
+/// [`crate::call::Blame`]. Every path that answers a call ends here.
+fn record(route: &Route, method: &str, blame: Option<Blame>, started: std::time::Instant, answer: &MethodResponse) {
+    record_bytes(route, method, blame, started, answer.as_json().get().len());
+}
+
+/// [`record`], for a call answered with `bytes` (a notification: none).
+fn record_bytes(route: &Route, method: &str, blame: Option<Blame>, started: std::time::Instant, bytes: usize) {
     let class = blame.map_or("ok", Blame::class);
     crate::telemetry::metrics().record_call(&route.instance.instance_id, method, class, started.elapsed());
+    crate::usage::meter(&route.instance.usage, &route.meter, method, class, bytes);
+}
+
+/// The answer to a call over its binding's or instance's quota (-32005, `data.reason =
+/// "quota"`), metered as refused by a limit; `None` when the call may run. Tells the HTTP
+/// request whether its calls were refused for a quota (for its 429). No lock, no store query.
+fn over_quota(route: &Route, caller: Option<&Caller>, method: &str, id: Option<&Id<'_>>) -> Option<MethodResponse> {
+    let signal = caller.and_then(|caller| caller.quota.as_deref());
+    if let Some(signal) = signal {
+        signal.calls.fetch_add(1, Ordering::AcqRel);
+    }
+    let refusal = crate::usage::admit(&route.instance.usage, &route.meter).err()?;
+    if let Some(signal) = signal {
+        signal.refused.fetch_add(1, Ordering::AcqRel);
+        signal.retry_after_ms.fetch_max(refusal.retry_after_ms, Ordering::AcqRel);
+    }
+    let error = ErrorObject::owned(errors::LIMIT_EXCEEDED, refusal.message(), Some(refusal.data()));
+    let answer = MethodResponse::error(id.cloned().unwrap_or(Id::Null), error);
+    let bytes = if id.is_some() { answer.as_json().get().len() } else { 0 };
+    record_bytes(route, method, Some(Blame::Limit), std::time::Instant::now(), bytes);
+    Some(answer)
 }
 
 /// The plan's method rules and the binding's checks of a call on its way in (see

@@ -24,6 +24,7 @@
 //! - `plan_instances` (a table, kept by `instances`): the live instances of each plan, so that a
 //!   plan's cap is checked by reading one row (`work_tests` shows that a provision's store work
 //!   does not grow with the number of instances).
+//! - `usage`: metered usage per replica, binding, method and minute, and its reports.
 //!
 //! This file: [`Store`] itself, opening it, the backend, settings and [`StoreError`].
 
@@ -32,6 +33,7 @@ mod instances;
 mod nodes;
 mod operations;
 mod rows;
+mod usage;
 mod validators;
 #[cfg(test)]
 mod work_tests;
@@ -48,6 +50,7 @@ pub use rows::{
     AuditEntry, BindingRow, InstanceRow, InstanceState, OperationKind, OperationRequest, OperationRow, OperationState,
     SealedRequest, UpdateRequest,
 };
+pub use usage::{UsageCounts, UsageGrouping, UsageQuery, UsageReportRow, UsageRow};
 pub use validators::{HistoryRow, KeptHistory, union_on_chain};
 
 /// Why a PostgreSQL server is not reachable: its `host:port` and the error of one direct

@@ -144,6 +144,22 @@ pub struct BrokerLabels {
     pub status: u16,
 }
 
+/// Labels of a per-plan figure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanLabels {
+    /// The plan id.
+    pub plan: Arc<str>,
+}
+
+/// Labels of a per-plan count by outcome class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanOutcomeLabels {
+    /// The plan id.
+    pub plan: Arc<str>,
+    /// The outcome class (`call::OUTCOME_CLASSES`).
+    pub outcome: &'static str,
+}
+
 /// Labels of the corrupt-row counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -222,6 +238,15 @@ pub struct Metrics {
     /// `ovsb_store_corrupt_rows_total{table}`: rows read from the store that did not decode
     /// (each failed what read it, loudly; none is skipped).
     pub store_corrupt_rows: Family<TableLabels, Counter>,
+    /// `ovsb_usage_calls_total{plan, outcome}`: metered calls per plan (never per binding),
+    /// counted as the meters are flushed.
+    pub usage_calls: Family<PlanOutcomeLabels, Counter>,
+    /// `ovsb_usage_compute_units_total{plan}`: compute units per plan, counted at flush.
+    pub usage_compute_units: Family<PlanLabels, Counter>,
+    /// `ovsb_usage_quota_refusals_total{plan}`: calls refused for a quota, per plan.
+    pub usage_quota_refusals: Family<PlanLabels, Counter>,
+    /// `ovsb_usage_flush_failures_total`: flushes of usage to the store that failed (kept and retried).
+    pub usage_flush_failures: Counter,
     other: Arc<str>,
     per_instance: RwLock<HashMap<Arc<str>, Arc<InstanceMetrics>>>,
 }
@@ -394,6 +419,18 @@ impl Metrics {
             "Broker requests refused for authentication: `failed` (wrong or missing credentials, 401), `throttled` (429)",
             broker_auth.clone(),
         );
+        let usage_calls = Family::<PlanOutcomeLabels, Counter>::default();
+        registry.register("usage_calls", "Metered calls per plan and outcome class", usage_calls.clone());
+        let usage_compute_units = Family::<PlanLabels, Counter>::default();
+        registry.register("usage_compute_units", "Metered compute units per plan", usage_compute_units.clone());
+        let usage_quota_refusals = Family::<PlanLabels, Counter>::default();
+        registry.register("usage_quota_refusals", "Calls refused for a quota, per plan", usage_quota_refusals.clone());
+        let usage_flush_failures = Counter::default();
+        registry.register(
+            "usage_flush_failures",
+            "Flushes of usage to the store that failed (the rows are kept and retried)",
+            usage_flush_failures.clone(),
+        );
         let log_lines_suppressed = Counter::default();
         registry.register(
             "log_lines_suppressed",
@@ -436,6 +473,10 @@ impl Metrics {
             plugin_loads,
             plugin_reloads,
             store_corrupt_rows,
+            usage_calls,
+            usage_compute_units,
+            usage_quota_refusals,
+            usage_flush_failures,
             rpc_calls,
             rpc_duration,
             plugin_duration,

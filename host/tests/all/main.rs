@@ -28,4 +28,5 @@ mod replicas;
 mod routing;
 mod scaffold;
 mod sealed;
+mod usage;
 mod validators;

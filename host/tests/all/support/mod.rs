@@ -172,6 +172,7 @@ impl TestGateway {
             upstream: Arc::new(upstream),
             validator: None,
             budget: InstanceBudget::new(self.shares),
+            usage: ovsb::usage::InstanceUsage::unmetered("devnet"),
         })
     }
 
@@ -184,7 +185,12 @@ impl TestGateway {
         self.routes.update(|table| {
             table.insert(
                 digest,
-                Route { instance: route_instance.clone(), binding_id: binding.clone(), expires_ms: None },
+                Route {
+                    instance: route_instance.clone(),
+                    binding_id: binding.clone(),
+                    expires_ms: None,
+                    meter: ovsb::usage::BindingMeter::detached(&route_instance.instance_id, binding_id),
+                },
             );
         });
         key
