@@ -103,7 +103,6 @@ pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 256 << 10;
 /// Highest `max_entry_bytes`.
 pub const MAX_MAX_ENTRY_BYTES: u64 = 16 << 20;
 
-
 const FIELDS: [&str; 3] = ["ttl_seconds", "max_entry_bytes", "finality_depth"];
 
 /// When the answer to a call may be kept.
