@@ -118,10 +118,16 @@ fn bench(c: &mut Criterion) {
             upstream: Arc::new(upstream),
             validator: None,
             budget: InstanceBudget::new(InstanceShares::default()),
+            usage: ovsb::usage::InstanceUsage::unmetered("shared"),
         });
         let key = gateway::new_key();
         routes.update(|table| {
-            let route = Route { instance: instance.clone(), binding_id: "b".into(), expires_ms: None };
+            let route = Route {
+                instance: instance.clone(),
+                binding_id: "b".into(),
+                expires_ms: None,
+                meter: ovsb::usage::BindingMeter::detached(&instance.instance_id, "b"),
+            };
             table.insert(gateway::key_digest(&key), route);
         });
         key
