@@ -156,15 +156,29 @@ fn files_naming(root: &Path, path: &Path) -> Vec<PathBuf> {
 /// `ovsb` (a copy of the binary, away from the checkout it was built in) runs `plugin new` in
 /// `cwd` with `args`; its stdout, or its stderr when it failed.
 fn moved_ovsb(ovsb: &Path, cwd: &Path, args: &[&str], dir: &Path) -> Result<String, String> {
-    let out = Command::new(ovsb)
-        .args(["plugin", "new"])
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .current_dir(cwd)
-        .env_remove("OVSB_PLUGIN_SDK")
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new(ovsb)
+            .args(["plugin", "new"])
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .current_dir(cwd)
+            .env_remove("OVSB_PLUGIN_SDK")
+            .output()
+    };
+    // A binary copied a moment ago can be "busy" for a while: a process another test forked
+    // meanwhile holds the copy's write descriptor until it execs (ETXTBSY). Bounded retries.
+    let mut out = run();
+    for _ in 0..50 {
+        match &out {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                out = run();
+            }
+            _ => break,
+        }
+    }
+    let out = out.unwrap();
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     if out.status.success() { Ok(text(&out.stdout)) } else { Err(text(&out.stderr)) }
 }
