@@ -12,6 +12,7 @@
 #
 #   tests/load/abuse.sh [SECONDS]      (default: 20 s per scenario)
 #   ABUSE_ONLY=batch_memory,batch_fanout tests/load/abuse.sh 10    (some attacks only)
+#   ABUSE_GATEWAY='slow_call_ms = 25' tests/load/abuse.sh 8   (more [gateway] settings: node time on)
 #
 # Everything listens on 127.0.0.1 (attackers connect from other 127.0.0.x addresses), every loop
 # is bounded, and every process is stopped by PID at the end.
@@ -26,7 +27,8 @@ start_anvil
 BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
 
 cat > "$WORK/ovsb.toml" <<TOML
-$(listeners_toml data abuse-test 'max_connections = 1024')
+$(listeners_toml data abuse-test "max_connections = 1024
+${ABUSE_GATEWAY:-}")
 
 [[plugins]]
 name = "test"
