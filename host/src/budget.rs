@@ -189,7 +189,6 @@ impl InstanceShares {
         if let Some(calls) = plan.and_then(|p| p.slow_calls_per_instance) {
             shares.pace.floor = calls as usize;
         }
-        shares.pace.floor = shares.pace.floor.min(shares.upstream_calls).max(1);
         shares
     }
 }
@@ -424,7 +423,8 @@ pub async fn upstream_turn(node: &Arc<RoundTrip>) -> Result<UpstreamTurn, Refusa
         (
             b.gateway.upstream_calls.clone(),
             b.instance.upstream_calls.clone(),
-            b.instance.pace.clone(),
+            // Off (the default), the pace takes no turn: nothing is counted or measured per call.
+            b.instance.pace.is_on().then(|| b.instance.pace.clone()),
             b.gateway.limits.queue,
         )
     }) else {
@@ -432,9 +432,12 @@ pub async fn upstream_turn(node: &Arc<RoundTrip>) -> Result<UpstreamTurn, Refusa
     };
     let deadline = tokio::time::Instant::now() + queue;
     let instance = acquire(instance, deadline).await.ok_or(Refusal::InstanceUpstream)?;
-    let pace = pace.turn(node, deadline).await.ok_or(Refusal::NodeTime)?;
+    let pace = match pace {
+        Some(pace) => Some(pace.turn(node, deadline).await.ok_or(Refusal::NodeTime)?),
+        None => None,
+    };
     let gateway = acquire(gateway, deadline).await.ok_or(Refusal::Upstream)?;
-    Ok(UpstreamTurn { _instance: Some(instance), _gateway: Some(gateway), _pace: Some(pace) })
+    Ok(UpstreamTurn { _instance: Some(instance), _gateway: Some(gateway), _pace: pace })
 }
 
 impl UpstreamTurn {
@@ -446,10 +449,15 @@ impl UpstreamTurn {
     }
 
     /// The node's whole answer is read: the turn's time is also a sample of the node's round
-    /// trip (a failed or cancelled call's is not).
-    pub fn answered(&mut self) {
-        if let Some(pace) = &mut self._pace {
-            pace.answered = true;
+    /// trip (a failed or cancelled call's is not), taken when the turn ends. `false` when the
+    /// turn holds no pace (pacing off, or no request): the caller samples the round trip itself.
+    pub fn answered(&mut self) -> bool {
+        match &mut self._pace {
+            Some(pace) => {
+                pace.answered = true;
+                true
+            }
+            None => false,
         }
     }
 }

@@ -171,6 +171,11 @@ impl NodePace {
         self.limit.load(Ordering::Acquire)
     }
 
+    /// Whether pacing is on (`slow` is not zero).
+    pub fn is_on(&self) -> bool {
+        !self.settings.slow.is_zero()
+    }
+
     /// Whether the instance is paced now (a slow call within the hold).
     pub fn is_paced(&self) -> bool {
         let last = self.last_slow.load(Ordering::Acquire);
@@ -234,8 +239,7 @@ impl NodePace {
         }
         // Only an answered call tells the node's time: a node that never answered (a dead one, a
         // deadline) is the pool's failure to handle, not the instance's cost.
-        let enabled = !self.settings.slow.is_zero();
-        let slow = enabled
+        let slow = self.is_on()
             && answered
             && fastest != u64::MAX
             && took > fastest.saturating_add(self.settings.slow.as_micros() as u64);

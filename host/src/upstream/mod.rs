@@ -400,12 +400,12 @@ impl UpstreamPool {
         })?;
         let status = response.status();
         let body = self.read_answer(response).await?;
-        match &mut turns {
-            Some((turn, _)) => turn.answered(),
-            // A probe's round trip is the node's too (the quickest calls there are).
-            None => endpoint
+        // Every answered call is a sample of the node's round trip (a probe's too: the quickest
+        // calls there are), whether or not its instance is paced.
+        if !turns.as_mut().is_some_and(|(turn, _)| turn.answered()) {
+            endpoint
                 .round_trip
-                .observe(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX), tokio::time::Instant::now()),
+                .observe(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX), tokio::time::Instant::now());
         }
         match decode_owned(body) {
             Some(outcome) => Ok(outcome),
