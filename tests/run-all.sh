@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# A fresh clone gains nothing from incremental compilation, and its caches are the largest part of
+# target/ after debug info (a CI machine once ran out of disk). Set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+disk() { df -h . | awk 'NR==2 {print "disk: " $4 " free of " $2 " (" $5 " used); target/: " t}' t="$(du -sh target 2>/dev/null | cut -f1)"; }
+disk
+
 step "wasm32-wasip2 target (test plugins are built to it by tests/artifacts/build.rs)"
 rustup target add wasm32-wasip2
 
@@ -91,4 +97,6 @@ fi
 tests/lodestar/node_modules/.bin/lodestar --version 2>/dev/null | head -1 || true
 
 step "tests"
+disk
 cargo test --workspace --locked
+disk
