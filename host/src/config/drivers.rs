@@ -110,9 +110,7 @@ impl DriverDecl {
                     return bad(format!("{what}: the upstream driver needs at least one http URL"));
                 }
                 check_urls(what, &decl.http, &decl.ws)?;
-                if !(1..=65_536).contains(&decl.max_sockets_per_node) {
-                    return bad(format!("{what}: max_sockets_per_node must be between 1 and 65536"));
-                }
+                check_node_sockets(what, decl.max_sockets_per_node)?;
                 if decl.health_interval_ms < 100 {
                     return bad(format!("{what}: health_interval_ms must be at least 100"));
                 }
@@ -132,6 +130,7 @@ impl DriverDecl {
                     return bad(format!("{what}: token_file must be a path inside the client's data directory"));
                 }
                 check_validator(what, &decl.rpc_http, &decl.rpc_ws, &decl.client.parameters)?;
+                check_node_sockets(what, decl.max_sockets_per_node)?;
             }
             DriverDecl::Kubernetes(decl) => check_kubernetes(what, plan_id, decl, &[])?,
             DriverDecl::KubernetesValidator(decl) => {
@@ -146,6 +145,7 @@ impl DriverDecl {
                 }
                 check_urls(what, decl.beacon_url.as_slice(), &[])?;
                 check_validator(what, &decl.rpc_http, &decl.rpc_ws, &decl.client.parameters)?;
+                check_node_sockets(what, decl.max_sockets_per_node)?;
             }
         }
         Ok(())
@@ -206,6 +206,10 @@ pub struct KubernetesDriverDecl {
     /// Instance parameters the args use, as JSON Schema properties (each with a `default`).
     #[serde(default)]
     pub parameters: toml::Table,
+    /// Calls in flight (and sockets held) to each instance's node from ovsb; past it a call
+    /// waits its turn, then gets -32005 `node_sockets`.
+    #[serde(default = "default_node_sockets")]
+    pub max_sockets_per_node: u32,
 }
 
 /// Resource requests and limits of a container, as Kubernetes quantities.
@@ -257,6 +261,10 @@ pub struct KubernetesValidatorDecl {
     /// WebSocket URLs of the same nodes.
     #[serde(default)]
     pub rpc_ws: Vec<String>,
+    /// Calls in flight (and sockets held) to each of `rpc_http`'s nodes from the plan's
+    /// instances together; past it a call waits its turn, then gets -32005 `node_sockets`.
+    #[serde(default = "default_node_sockets")]
+    pub max_sockets_per_node: u32,
 }
 
 fn default_api_timeout() -> u64 {
@@ -287,6 +295,10 @@ pub struct ValidatorDriverDecl {
     /// WebSocket URLs of the same nodes.
     #[serde(default)]
     pub rpc_ws: Vec<String>,
+    /// Calls in flight (and sockets held) to each of `rpc_http`'s nodes from the plan's
+    /// instances together; past it a call waits its turn, then gets -32005 `node_sockets`.
+    #[serde(default = "default_node_sockets")]
+    pub max_sockets_per_node: u32,
 }
 
 /// Settings of the `upstream` driver.
@@ -406,6 +418,7 @@ fn check_kubernetes(
     template_names: &[&str],
 ) -> Result<(), ConfigError> {
     let bad = |message: String| Err(ConfigError::Invalid(message));
+    check_node_sockets(what, decl.max_sockets_per_node)?;
     if !is_dns_label(&decl.namespace) {
         return bad(format!("{what}: namespace {:?} is not a Kubernetes namespace name", decl.namespace));
     }
@@ -528,9 +541,7 @@ fn check_process(what: &str, decl: &ProcessDriverDecl, template_names: &[&str]) 
     if decl.restart_backoff_ms[0] == 0 || decl.restart_backoff_ms[0] > decl.restart_backoff_ms[1] {
         return bad(format!("{what}: restart_backoff_ms must be [first, longest], first > 0"));
     }
-    if !(1..=65_536).contains(&decl.max_sockets_per_node) {
-        return bad(format!("{what}: max_sockets_per_node must be between 1 and 65536"));
-    }
+    check_node_sockets(what, decl.max_sockets_per_node)?;
     if decl.log_max_bytes < 4096 {
         return bad(format!("{what}: log_max_bytes must be at least 4096"));
     }
@@ -565,7 +576,16 @@ fn default_max_lag() -> u64 {
     8
 }
 
-/// `max_sockets_per_node` left out (`upstream` and `process`).
+/// A driver's `max_sockets_per_node`: at least one, at most 65536.
+fn check_node_sockets(what: &str, sockets: u32) -> Result<(), ConfigError> {
+    if (1..=65_536).contains(&sockets) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!("{what}: max_sockets_per_node must be between 1 and 65536")))
+    }
+}
+
+/// `max_sockets_per_node` left out (every driver).
 fn default_node_sockets() -> u32 {
     64
 }
@@ -638,6 +658,14 @@ mod tests {
         assert!(err.to_string().contains("keymanager_port"), "{err}");
         let err = with_kubernetes_plan(&validator.replace("\"/data/", "\"data/")).unwrap_err();
         assert!(err.to_string().contains("token_path"), "{err}");
+        for (sockets, placement) in [("0", "top"), ("65537", "top"), ("0", "client")] {
+            let changed = match placement {
+                "top" => validator.replace("[client]", &format!("max_sockets_per_node = {sockets}\n[client]")),
+                _ => format!("{validator}\nmax_sockets_per_node = {sockets}"),
+            };
+            let err = with_kubernetes_plan(&changed).unwrap_err().to_string();
+            assert!(err.contains("max_sockets_per_node must be between 1 and 65536"), "{sockets} {placement}: {err}");
+        }
     }
 
     #[test]
@@ -657,6 +685,7 @@ mod tests {
             (decl.api_timeout_ms, decl.endpoint.as_str(), decl.ws),
             (30_000, "http://{name}.{namespace}.svc:{port}", true)
         );
+        assert_eq!(decl.max_sockets_per_node, 64);
         let err = toml::from_str::<DriverDecl>("kind = \"process\"\n").unwrap_err().to_string();
         assert!(err.contains("command"), "a required key stays required: {err}");
     }

@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use super::driver::spec_of;
 use super::{
-    Driver, InstanceSpec, KubernetesContext, KubernetesDriver, ProcessDriver, Replica, UpstreamDriver, ValidatorDriver,
+    Driver, InstanceSpec, KubernetesContext, KubernetesDriver, ProcessDriver, Replica, RpcNodes, UpstreamDriver,
+    ValidatorDriver,
 };
 use crate::config::{Config, DriverDecl};
 use crate::credentials::SecretKey;
@@ -94,14 +95,9 @@ impl Drivers {
                         decl.beacon_url.clone(),
                         context(),
                     );
-                    Arc::new(ValidatorDriver::with_host(
-                        Box::new(host),
-                        &decl.rpc_http,
-                        &decl.rpc_ws,
-                        store.clone(),
-                        deadline,
-                        max_response,
-                    ))
+                    let rpc =
+                        RpcNodes { http: &decl.rpc_http, ws: &decl.rpc_ws, max_sockets: decl.max_sockets_per_node };
+                    Arc::new(ValidatorDriver::with_host(Box::new(host), rpc, store.clone(), deadline, max_response))
                 }
             };
             by_plan.insert(plan.id.clone(), driver);

@@ -60,7 +60,7 @@ pub use process::{NODE_MARKER, ProcessDriver, placeholders};
 pub use replicas::Replica;
 pub use runner::{Operations, RouteRefresh, STORE_RETRY_MAX, SealedRequest, UpdateRequest};
 pub use upstream::UpstreamDriver;
-pub use validator::{ClientHost, ValidatorAccess, ValidatorDriver};
+pub use validator::{ClientHost, RpcNodes, ValidatorAccess, ValidatorDriver};
 // The validator parameters live in a leaf; their callers (broker, catalog, routing) keep these paths.
 pub use crate::validator_params::{
     KeySecrets, Prepared, VALIDATOR_PARAMETERS, VALIDATOR_TEMPLATE_NAMES, given_history_root, prepare_provision,

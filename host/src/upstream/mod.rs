@@ -212,7 +212,9 @@ impl UpstreamPool {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Endpoint indexes in the order to try them: round-robin, healthy ones first.
+    /// Endpoint indexes in the order to try them: round-robin, healthy ones first, and among
+    /// those that are up, the ones with a free turn of their cap of calls before the ones at
+    /// their cap (a call waits for a busy node only when every node is busy).
     fn order(&self) -> Vec<usize> {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -221,6 +223,10 @@ impl UpstreamPool {
             .map(|i| (start + i) % n)
             .filter(|&i| self.endpoints[i].healthy.load(Ordering::Relaxed))
             .partition(|&i| self.endpoints[i].down_until_ms.load(Ordering::Relaxed) <= now);
+        if up.len() > 1 {
+            // A stable sort: round-robin order is kept within each group.
+            up.sort_by_key(|&i| self.endpoints[i].calls.available_permits() == 0);
+        }
         up.append(&mut down);
         up
     }
@@ -302,13 +308,20 @@ impl UpstreamPool {
         let body = self.encode(call);
         let send = is_send(&call.method);
         let mut last = String::new();
-        for index in self.order() {
+        let order = self.order();
+        let mut at_cap = None;
+        for (tried, &index) in order.iter().enumerate() {
             let mut outcome = self.attempt(index, body.clone(), true).await;
             if is_read(&call.method) && matches!(outcome, Err(AttemptError::Dropped(_))) {
                 outcome = self.attempt(index, body.clone(), true).await;
             }
             match outcome {
                 Ok(outcome) => return outcome,
+                // This node's cap of sockets is taken (not its failure: it stays in rotation);
+                // another node may have room.
+                Err(AttemptError::Refused(refusal @ Refusal::NodeSockets)) if tried + 1 < order.len() => {
+                    at_cap = Some(refusal);
+                }
                 // Not the node's failure: no other node would do better.
                 Err(AttemptError::Refused(refusal)) => return Err(refusal.error()),
                 Err(AttemptError::NotSent(reason)) => {
@@ -334,6 +347,9 @@ impl UpstreamPool {
                     last = reason;
                 }
             }
+        }
+        if let Some(refusal) = at_cap.filter(|_| last.is_empty()) {
+            return Err(refusal.error());
         }
         if let Some(suppressed) = UPSTREAM_FAILURES.admit() {
             tracing::warn!(method = %call.method, suppressed, "no upstream answered: {last}");
@@ -488,6 +504,73 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed["method"], "we\"ird");
         assert_eq!(parsed["params"], serde_json::json!([1, {"a": 2}]));
+    }
+
+    /// A test double of a node (anvil cannot hold a call open on demand): it reads each call and
+    /// answers `result` once `release` is notified (at once when `release` is `None`).
+    async fn node_double(result: &'static str, release: Option<Arc<tokio::sync::Notify>>) -> http::Uri {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://127.0.0.1:{}/", listener.local_addr().unwrap().port()).parse().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let release = release.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut buf = vec![0u8; 4096];
+                        let mut read = 0;
+                        while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                            match socket.read(&mut buf[read..]).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => read += k,
+                            }
+                        }
+                        if let Some(release) = &release {
+                            release.notified().await;
+                        }
+                        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{result}"}}"#);
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if socket.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        uri
+    }
+
+    /// With two nodes and a cap of one call each, a call whose round-robin turn names the node
+    /// that is busy goes to the free one, instead of waiting for the busy node's turn.
+    #[tokio::test]
+    async fn a_call_goes_to_a_node_with_room_before_one_at_its_cap() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let busy = node_double("busy", Some(release.clone())).await;
+        let free = node_double("free", None).await;
+        let pool = Arc::new(UpstreamPool::new(UpstreamSettings {
+            http: vec![busy, free],
+            ws: vec![],
+            deadline: Duration::from_secs(3),
+            max_response_bytes: 1024,
+            max_sockets_per_node: 1,
+        }));
+        let held = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.send(&Call { method: "eth_blockNumber".into(), params: None }).await })
+        };
+        while pool.in_flight(0) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Round-robin names the free node next, then the busy one: both calls go to the free one.
+        for _ in 0..2 {
+            let answer = pool.send(&Call { method: "eth_blockNumber".into(), params: None }).await;
+            assert_eq!(answer, Ok("\"free\"".into()), "the busy node is at its cap");
+        }
+        release.notify_one();
+        assert_eq!(held.await.unwrap(), Ok("\"busy\"".into()));
     }
 
     /// A node that closes a connection after reading a call, without answering (a kept-alive

@@ -177,7 +177,7 @@ impl KubernetesDriver {
                     ws,
                     deadline: self.deadline,
                     max_response_bytes: self.max_response_bytes,
-                    max_sockets_per_node: crate::upstream::DEFAULT_SOCKETS_PER_NODE,
+                    max_sockets_per_node: self.decl.max_sockets_per_node as usize,
                 }))
             })
             .clone()

@@ -56,6 +56,17 @@ pub struct ValidatorDriver {
     rpc: Arc<UpstreamPool>,
 }
 
+/// The execution nodes a validator plan's JSON-RPC endpoints forward to (the driver's
+/// `rpc_http`, `rpc_ws` and `max_sockets_per_node`).
+pub struct RpcNodes<'a> {
+    /// HTTP JSON-RPC URLs.
+    pub http: &'a [String],
+    /// WebSocket URLs of the same nodes.
+    pub ws: &'a [String],
+    /// Calls in flight to each node from the plan's instances together.
+    pub max_sockets: u32,
+}
+
 impl ValidatorDriver {
     /// A driver whose clients are processes living under `root`.
     #[allow(clippy::too_many_arguments)]
@@ -73,24 +84,24 @@ impl ValidatorDriver {
             ProcessDriver::new(decl.client.clone(), plan_id, root, deadline, max_response_bytes, tracker, shutdown)
                 .with_template_names(VALIDATOR_TEMPLATE_NAMES);
         let host = ProcessClients { process, token_file: decl.token_file.clone(), known: Default::default() };
-        Self::with_host(Box::new(host), &decl.rpc_http, &decl.rpc_ws, store, deadline, max_response_bytes)
+        let rpc = RpcNodes { http: &decl.rpc_http, ws: &decl.rpc_ws, max_sockets: decl.max_sockets_per_node };
+        Self::with_host(Box::new(host), rpc, store, deadline, max_response_bytes)
     }
 
-    /// A driver whose clients run on `host`; the instances' JSON-RPC endpoints forward to `rpc_http`.
+    /// A driver whose clients run on `host`; the instances' JSON-RPC endpoints forward to `rpc`.
     pub fn with_host(
         host: Box<dyn ClientHost>,
-        rpc_http: &[String],
-        rpc_ws: &[String],
+        rpc: RpcNodes<'_>,
         store: Store,
         deadline: Duration,
         max_response_bytes: usize,
     ) -> Self {
         let rpc = Arc::new(UpstreamPool::new(UpstreamSettings {
-            http: rpc_http.iter().filter_map(|u| u.parse().ok()).collect(),
-            ws: rpc_ws.to_vec(),
+            http: rpc.http.iter().filter_map(|u| u.parse().ok()).collect(),
+            ws: rpc.ws.to_vec(),
             deadline,
             max_response_bytes,
-            max_sockets_per_node: crate::upstream::DEFAULT_SOCKETS_PER_NODE,
+            max_sockets_per_node: rpc.max_sockets as usize,
         }));
         ValidatorDriver { host, store, client: Keymanager::new(), rpc }
     }
