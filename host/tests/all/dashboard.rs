@@ -71,11 +71,8 @@ fn screenshot(dir: &Path, profile: &str, url: &str, (width, height): (u32, u32),
 async fn fetch(url: &str) -> (u16, String, String) {
     let response = reqwest::get(url).await.unwrap();
     let status = response.status().as_u16();
-    let csp = response
-        .headers()
-        .get("content-security-policy")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let csp =
+        response.headers().get("content-security-policy").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (status, csp, response.text().await.unwrap())
 }
 
@@ -121,7 +118,10 @@ async fn the_dashboard_shows_state_chain_and_traffic_and_renders_in_chromium() {
     let errors: u64 = data["traffic"].as_array().unwrap().iter().map(|p| p[2].as_u64().unwrap()).sum();
     assert_eq!((calls, errors), (26, 1), "{data}");
     let day = &data["usage"]["last_24h"];
-    assert_eq!((day["calls"].as_u64(), day["answered"].as_u64(), day["call_errors"].as_u64()), (Some(26), Some(25), Some(1)));
+    assert_eq!(
+        (day["calls"].as_u64(), day["answered"].as_u64(), day["call_errors"].as_u64()),
+        (Some(26), Some(25), Some(1))
+    );
     assert_eq!(data["node"]["state"], "in_sync", "{data}");
     // No token, a wrong token, another instance's token: nothing.
     for bad in [path.to_string(), format!("{path}?token=x"), format!("{}/dashboard/other?{query}", osb.base)] {
@@ -283,11 +283,16 @@ async fn a_busy_rpc_dashboard_shows_its_figures_at_first_paint_the_same_after_a_
 
     // At phone width nothing is cut off: the document is no wider than the 375 px window. The
     // page, as served, with a probe that writes the widths into the DOM.
-    let probe = "<script>document.body.dataset.widths = innerWidth + ' ' + document.documentElement.scrollWidth;</script>";
+    let probe =
+        "<script>document.body.dataset.widths = innerWidth + ' ' + document.documentElement.scrollWidth;</script>";
     let file = shots.path().join("phone.html");
     std::fs::write(&file, page.replace("</body>", &format!("{probe}</body>"))).unwrap();
     let file_url = format!("file://{}", file.display());
-    let dom = headless(shots.path(), "phone", &["--window-size=375,800", "--virtual-time-budget=2000", "--dump-dom", &file_url]);
+    let dom = headless(
+        shots.path(),
+        "phone",
+        &["--window-size=375,800", "--virtual-time-budget=2000", "--dump-dom", &file_url],
+    );
     let widths = dom.split(r#"data-widths=""#).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default();
     let widths: Vec<u32> = widths.split(' ').filter_map(|w| w.parse().ok()).collect();
     assert_eq!(widths.len(), 2, "the probe ran: {dom}");

@@ -206,25 +206,29 @@ async fn node_of(route: Option<&crate::gateway::InstanceRoute>, bound: Duration)
     let Some(index) = (0..pool.len()).find(|i| pool.is_healthy(*i)).or((!pool.is_empty()).then_some(0)) else {
         return NodeStatus::Unreachable;
     };
-    let ask = async {
-        let block = pool.probe(index, &Call { method: "eth_blockNumber".into(), params: None });
-        let syncing = pool.probe(index, &Call { method: "eth_syncing".into(), params: None });
-        let (block, syncing) = tokio::join!(block, syncing);
-        let block = block.ok().and_then(|text| quantity(serde_json::from_str(&text).ok()?.as_str()?))?;
-        let syncing = match serde_json::from_str::<serde_json::Value>(&syncing.ok()?).ok()? {
-            serde_json::Value::Bool(false) => None,
-            progress => Some((
-                progress["currentBlock"].as_str().and_then(quantity).unwrap_or(block),
-                progress["highestBlock"].as_str().and_then(quantity).unwrap_or(block),
-            )),
-        };
-        Some(NodeStatus::Head { block, syncing })
-    };
-    match tokio::time::timeout(bound, ask).await {
+    match tokio::time::timeout(bound, head_of(pool, index)).await {
         Ok(Some(status)) => status,
         Ok(None) => NodeStatus::Unreachable,
         Err(_) => NodeStatus::TimedOut { ms: bound.as_millis() as u64 },
     }
+}
+
+/// The head block and sync progress of node `index` of `pool`; `None` when it does not say.
+async fn head_of(pool: &crate::upstream::UpstreamPool, index: usize) -> Option<NodeStatus> {
+    use serde_json::Value;
+    let block = pool.probe(index, &Call { method: "eth_blockNumber".into(), params: None });
+    let syncing = pool.probe(index, &Call { method: "eth_syncing".into(), params: None });
+    let (block, syncing) = tokio::join!(block, syncing);
+    let block: Value = serde_json::from_str(&block.ok()?).ok()?;
+    let block = quantity(block.as_str()?)?;
+    let syncing = match serde_json::from_str::<Value>(&syncing.ok()?).ok()? {
+        Value::Bool(false) => None,
+        progress => Some((
+            progress["currentBlock"].as_str().and_then(quantity).unwrap_or(block),
+            progress["highestBlock"].as_str().and_then(quantity).unwrap_or(block),
+        )),
+    };
+    Some(NodeStatus::Head { block, syncing })
 }
 
 /// A JSON-RPC quantity (`0x1a`).

@@ -982,16 +982,17 @@ mod tests {
     /// minute and hour they fall in; rows outside the windows are left out.
     #[test]
     fn stored_and_unflushed_usage_add_up_once_per_bucket() {
-        let now_minute = 29_000_000 + 30; // half past an hour
+        let hour = 483_333 * 60;
+        let now_minute = hour + 30; // half past an hour
         let (minute_from, hour_from, _) = windows(now_minute);
         assert_eq!(minute_from, now_minute - 59);
-        assert_eq!(hour_from, 29_000_000 - 23 * 60);
+        assert_eq!(hour_from, hour - 23 * 60);
         let a = counts([2, 0, 0, 0, 0, 0, 0], 20);
         let b = counts([0, 0, 1, 0, 0, 0, 0], 0);
         let stored = StoredUsage {
             per_minute: vec![(now_minute - 2, a)],
             // The hour holds the same minute's row, and one of an earlier minute.
-            per_hour: vec![(29_000_000, counts([3, 0, 0, 0, 0, 0, 0], 30)), (hour_from - 60, a)],
+            per_hour: vec![(hour, counts([3, 0, 0, 0, 0, 0, 0], 30)), (hour_from - 60, a)],
             bindings: vec![("web".into(), counts([3, 0, 0, 0, 0, 0, 0], 30))],
             methods: vec![("eth_call".into(), counts([3, 0, 0, 0, 0, 0, 0], 30))],
         };
