@@ -216,9 +216,9 @@ async fn node_of(route: Option<&crate::gateway::InstanceRoute>, bound: Duration)
 /// The head block and sync progress of node `index` of `pool`; `None` when it does not say.
 async fn head_of(pool: &crate::upstream::UpstreamPool, index: usize) -> Option<NodeStatus> {
     use serde_json::Value;
-    let block = pool.probe(index, &Call { method: "eth_blockNumber".into(), params: None });
-    let syncing = pool.probe(index, &Call { method: "eth_syncing".into(), params: None });
-    let (block, syncing) = tokio::join!(block, syncing);
+    let (block_call, syncing_call) =
+        (Call { method: "eth_blockNumber".into(), params: None }, Call { method: "eth_syncing".into(), params: None });
+    let (block, syncing) = tokio::join!(pool.probe(index, &block_call), pool.probe(index, &syncing_call));
     let block: Value = serde_json::from_str(&block.ok()?).ok()?;
     let block = quantity(block.as_str()?)?;
     let syncing = match serde_json::from_str::<Value>(&syncing.ok()?).ok()? {
