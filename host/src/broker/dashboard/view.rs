@@ -339,8 +339,8 @@ fn clock(minute: i64) -> String {
 fn chart(buckets: &[UsageCounts], from: i64, step: i64, label_every: i64, what: &str) -> String {
     const W: f64 = 640.0;
     const H: f64 = 210.0;
-    const LEFT: f64 = 44.0;
-    const RIGHT: f64 = 8.0;
+    const LEFT: f64 = 48.0;
+    const RIGHT: f64 = 24.0;
     const TOP: f64 = 10.0;
     const BOTTOM: f64 = 24.0;
     let plot_w = W - LEFT - RIGHT;
@@ -433,7 +433,7 @@ fn legend(buckets: &[UsageCounts]) -> String {
 /// A table of usage rows (bindings or methods).
 fn usage_table(title: &str, column: &str, rows: &[(String, UsageCounts)], more: bool, class: &str) -> String {
     let mut out = format!(
-        r#"<section class="wide"><h2>{}</h2><div class="scroll"><table class="{class}"><thead><tr><th>{}</th><th>Calls</th><th>Compute units</th><th>Answered</th><th>Refused</th><th>Failed</th></tr></thead><tbody>"#,
+        r#"<section class="wide"><h2>{}</h2><div class="scroll"><table class="usage {class}"><thead><tr><th>{}</th><th>Calls</th><th>Compute units</th><th>Answered</th><th>Refused</th><th>Failed</th></tr></thead><tbody>"#,
         escape(title),
         escape(column)
     );
@@ -873,7 +873,20 @@ td{font-variant-numeric:tabular-nums}
 ol{margin:0;padding-left:20px}li{margin:3px 0;font-family:ui-monospace,monospace}
 .legend li{font-family:inherit}
 .footer{text-align:center}
-@media (max-width:480px){main{padding:10px;gap:10px}.value{font-size:17px}th,td{padding-right:6px}}
+@media (max-width:480px){
+main{padding:10px;gap:10px}.value{font-size:17px}th,td{padding-right:6px}
+.chart text{font-size:21px}
+table.usage thead{display:none}
+table.usage tr{display:grid;grid-template-columns:repeat(5,1fr);gap:0 6px;padding:6px 0;border-bottom:1px solid #eef0f3}
+table.usage td{border:0;padding:0}
+table.usage td.id{grid-column:1/-1;font-weight:600;word-break:normal}
+table.usage td:not(.id)::before{display:block;color:#667;font-size:11px}
+table.usage td:nth-child(2)::before{content:"Calls"}
+table.usage td:nth-child(3)::before{content:"Units"}
+table.usage td:nth-child(4)::before{content:"Answered"}
+table.usage td:nth-child(5)::before{content:"Refused"}
+table.usage td:nth-child(6)::before{content:"Failed"}
+}
 "#;
 
 const SCRIPT: &str = r#"
@@ -1032,7 +1045,7 @@ mod tests {
         assert!(page.contains(r#"<td id="refused-rule">1</td>"#), "{page}");
         assert!(page.contains(r#"<td id="failed-node">1</td>"#), "{page}");
         assert!(page.contains(r#"<td id="answered">3</td>"#), "{page}");
-        assert!(page.contains(r#"<text class="y" x="38" y="190.0">0</text>"#), "{page}");
+        assert!(page.contains(r#"<text class="y" x="42" y="190.0">0</text>"#), "{page}");
         assert!(page.contains(r#"class="x""#) && page.contains(r#"class="legend""#));
         assert!(page.contains("Refused by rules and limits"));
         let mut empty = sample();
