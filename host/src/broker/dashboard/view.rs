@@ -341,7 +341,7 @@ fn chart(buckets: &[UsageCounts], from: i64, step: i64, label_every: i64, what: 
     const H: f64 = 210.0;
     const LEFT: f64 = 48.0;
     const RIGHT: f64 = 24.0;
-    const TOP: f64 = 10.0;
+    const TOP: f64 = 16.0;
     const BOTTOM: f64 = 24.0;
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
