@@ -191,7 +191,7 @@ logo_url = "{LOGO}"
 "#,
         data = dir.join("data").display(),
         plugin = ovsb_test_artifacts::RATE_LIMIT_PLUGIN,
-        schema = format!("{}/../plugins/rate-limit/schema.json", env!("CARGO_MANIFEST_DIR")),
+        schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/rate-limit/schema.json").display(),
         provider = PROVIDER.replace('"', "\\\""),
     )
 }

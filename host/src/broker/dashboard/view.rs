@@ -282,7 +282,7 @@ pub(super) fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -522,9 +522,9 @@ impl View {
         page.push_str("<main>");
         page.push_str(&self.main());
         page.push_str("</main>");
-        let _ = write!(
+        let _ = writeln!(
             page,
-            "<script>{}</script></body></html>\n",
+            "<script>{}</script></body></html>",
             SCRIPT.replace("{{REFRESH_MS}}", &(REFRESH_SECONDS * 1000).to_string())
         );
         page
