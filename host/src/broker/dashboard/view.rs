@@ -321,7 +321,7 @@ pub(super) fn ticks(max: u64) -> Vec<u64> {
             }
         }
         if let Some(step) = found {
-            let top = max.div_ceil(step) * step;
+            let top = max.div_ceil(step).saturating_mul(step);
             return (0..=top / step).map(|i| i * step).collect();
         }
         step = step.saturating_mul(10);
@@ -921,10 +921,10 @@ mod tests {
         assert_eq!(ticks(3), vec![0, 1, 2, 3]);
         assert_eq!(ticks(7), vec![0, 2, 4, 6, 8]);
         assert_eq!(ticks(100), vec![0, 20, 40, 60, 80, 100]);
-        for max in (0..2000).chain([u64::from(u32::MAX), 987_654_321]) {
+        for max in (0..2000).chain([u64::from(u32::MAX), 987_654_321, u64::MAX]) {
             let t = ticks(max);
             assert!(t.windows(2).all(|w| w[0] < w[1]), "{max}: {t:?}");
-            assert!(*t.last().unwrap() >= max && t.len() <= 7, "{max}: {t:?}");
+            assert!(*t.last().unwrap() >= max.min(u64::MAX - u64::MAX % t[1]) && t.len() <= 7, "{max}: {t:?}");
             let labels: Vec<String> = t.iter().map(|n| compact(*n)).collect();
             let mut unique = labels.clone();
             unique.dedup();
