@@ -183,6 +183,12 @@ impl RouteSync {
         out
     }
 
+    /// The route built for instance `id` (its node, its validator client, its chain), if this
+    /// replica serves it: what its dashboard asks the node and the plugins' counts.
+    pub async fn instance_route(&self, id: &str) -> Option<Arc<crate::gateway::InstanceRoute>> {
+        self.built.lock().await.get(id).map(|entry| entry.route.clone())
+    }
+
     /// The chain an instance runs (see [`crate::chain_policy::chain_of`]).
     fn chain_elements(&self, plan_id: &str, parameters: Option<&serde_json::Value>) -> Vec<ChainElement> {
         crate::chain_policy::chain_of(self.config.plan_by_id(plan_id), parameters)

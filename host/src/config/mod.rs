@@ -40,8 +40,8 @@ pub use drivers::{
 };
 pub use plugins::{Isolation, KvLimits, PluginDecl, PluginLimits};
 pub use settings::{
-    AdminSettings, BrokerSettings, GatewaySettings, MAX_PLUGIN_ADDRESS_SPACE, OperationSettings, ReplicaSettings,
-    RuntimeSettings, slot_address_space,
+    AdminSettings, BrokerSettings, DashboardSettings, GatewaySettings, MAX_PLUGIN_ADDRESS_SPACE,
+    MAX_PROVIDER_NAME_CHARS, OperationSettings, ReplicaSettings, RuntimeSettings, slot_address_space,
 };
 pub use usage::{
     DEFAULT_UNKNOWN_WEIGHT, DEFAULT_WEIGHTS, PlanUsageDecl, QuotaDecl, QuotaScope, QuotaWindow, UsageSettings,
@@ -419,6 +419,32 @@ mod tests {
                 .to_string();
         assert!(err.contains("line 4") && err.contains("pasword"), "{err}");
         assert!(err.contains("did you mean `password`?"), "{err}");
+    }
+
+    #[test]
+    fn the_dashboard_section_takes_a_provider_and_a_logo_and_refuses_what_cannot_work() {
+        let base = "data_dir = \"x\"\n[broker.dashboard]\n";
+        let config = Config::from_toml(
+            &format!("{base}provider_name = \"Acme RPC\"\nlogo_url = \"https://cdn.acme.test:8443/l.svg\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        config.broker.validate().unwrap();
+        assert_eq!(config.broker.dashboard.provider_name, "Acme RPC");
+        assert_eq!(config.broker.dashboard.logo_origin().as_deref(), Some("https://cdn.acme.test:8443"));
+        assert_eq!(Config::quick_start().broker.dashboard.logo_origin(), None);
+        for (line, named) in [
+            ("logo_url = \"javascript:alert(1)\"", "logo_url"),
+            ("logo_url = \"https://user:pw@cdn.acme.test/l.png\"", "logo_url"),
+            ("logo_url = \"data:image/png;base64,AA\"", "logo_url"),
+            ("provider_name = \"\"", "provider_name"),
+            ("provider_name = \"a\\nb\"", "provider_name"),
+            ("node_timeout_ms = 5", "node_timeout_ms"),
+        ] {
+            let config = Config::from_toml(&format!("{base}{line}\n"), "t.toml").unwrap();
+            let err = config.broker.validate().unwrap_err().to_string();
+            assert!(err.contains(named), "{line}: {err}");
+        }
     }
 
     #[test]

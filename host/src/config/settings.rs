@@ -118,6 +118,76 @@ pub struct BrokerSettings {
     /// ovsb's X25519 identity keys (base64 secret keys, the current one first, older ones
     /// after it). Empty: created and kept in `<data_dir>/identity.keys`.
     pub identity_keys: Vec<String>,
+    /// What the instances' dashboards show of the provider (`[broker.dashboard]`).
+    pub dashboard: DashboardSettings,
+}
+
+/// The provider's name and logo on every instance's dashboard, and how long the dashboard
+/// waits for an instance's node or validator client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSettings {
+    /// The name in the dashboard's header and title.
+    pub provider_name: String,
+    /// An `https://` (or `http://`) URL of a logo image shown beside the name; empty: none. The
+    /// page's Content-Security-Policy allows images from this URL's origin only.
+    pub logo_url: String,
+    /// Longest wait for the instance's node (head block, sync state) or validator client (keys'
+    /// status and balance) while a dashboard is served, in milliseconds; past it the page says
+    /// the node did not answer.
+    pub node_timeout_ms: u64,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        DashboardSettings { provider_name: "ovsb".into(), logo_url: String::new(), node_timeout_ms: 1500 }
+    }
+}
+
+/// Longest provider name, in characters.
+pub const MAX_PROVIDER_NAME_CHARS: usize = 80;
+
+impl DashboardSettings {
+    /// The origin (`scheme://host[:port]`) of the logo URL, `None` without a logo.
+    pub fn logo_origin(&self) -> Option<String> {
+        if self.logo_url.is_empty() {
+            return None;
+        }
+        let url = reqwest::Url::parse(&self.logo_url).ok()?;
+        Some(url.origin().ascii_serialization())
+    }
+
+    /// Checks the section's values (the message names the key).
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Invalid(message));
+        let name = self.provider_name.trim();
+        if name.is_empty() || name.chars().count() > MAX_PROVIDER_NAME_CHARS || name.chars().any(char::is_control) {
+            return bad(format!(
+                "broker.dashboard.provider_name must be 1 to {MAX_PROVIDER_NAME_CHARS} characters, without control \
+                 characters"
+            ));
+        }
+        if !self.logo_url.is_empty() {
+            let parsed = reqwest::Url::parse(&self.logo_url);
+            let fine = parsed.as_ref().is_ok_and(|url| {
+                matches!(url.scheme(), "https" | "http")
+                    && url.host_str().is_some()
+                    && url.username().is_empty()
+                    && url.password().is_none()
+            });
+            if !fine || self.logo_url.len() > 2048 {
+                return bad(format!(
+                    "broker.dashboard.logo_url {:?} must be an https:// or http:// URL with a host and no credentials \
+                     (at most 2048 bytes)",
+                    self.logo_url
+                ));
+            }
+        }
+        if !(100..=30_000).contains(&self.node_timeout_ms) {
+            return bad("broker.dashboard.node_timeout_ms must be between 100 and 30000".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for BrokerSettings {
@@ -130,6 +200,7 @@ impl Default for BrokerSettings {
             max_body_bytes: 256 << 10,
             secret_key: String::new(),
             identity_keys: Vec::new(),
+            dashboard: DashboardSettings::default(),
         }
     }
 }
@@ -144,7 +215,7 @@ impl BrokerSettings {
         if !(1024..=64 << 20).contains(&self.max_body_bytes) {
             return bad("broker.max_body_bytes must be between 1 KiB and 64 MiB".into());
         }
-        Ok(())
+        self.dashboard.validate()
     }
 }
 

@@ -50,7 +50,7 @@ pub use rows::{
     AuditEntry, BindingRow, InstanceRow, InstanceState, OperationKind, OperationRequest, OperationRow, OperationState,
     SealedRequest, UpdateRequest,
 };
-pub use usage::{UsageCounts, UsageGrouping, UsageQuery, UsageReportRow, UsageRow};
+pub use usage::{UsageCounts, UsageGrouping, UsageQuery, UsageReportRow, UsageRow, UsageTop};
 pub use validators::{HistoryRow, KeptHistory, union_on_chain};
 
 /// Why a PostgreSQL server is not reachable: its `host:port` and the error of one direct

@@ -94,6 +94,15 @@ pub struct UsageReportRow {
     pub counts: UsageCounts,
 }
 
+/// What [`Store::instance_usage_top`] ranks one instance's usage by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageTop {
+    /// Its bindings.
+    Binding,
+    /// Its methods.
+    Method,
+}
+
 const COLUMNS: &str = "calls, compute_units, bytes_out, n_ok, n_error, n_refused, n_limit, n_plugin_failure, \
                        n_upstream_error, n_internal";
 const SUMS: &str = "CAST(SUM(calls) AS BIGINT) AS calls, CAST(SUM(compute_units) AS BIGINT) AS compute_units, \
@@ -211,6 +220,50 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// One instance's usage from `from_minute` (included) to `to_minute` (excluded), summed over
+    /// replicas, bindings and methods per bucket of `bucket_minutes` minutes (keyed by the
+    /// bucket's first minute), oldest first; at most `max_rows` buckets.
+    pub async fn instance_usage_series(
+        &self,
+        instance_id: &str,
+        from_minute: i64,
+        to_minute: i64,
+        bucket_minutes: i64,
+        max_rows: usize,
+    ) -> Result<Vec<(i64, UsageCounts)>> {
+        let bucket = bucket_minutes.max(1);
+        let sql = format!(
+            "SELECT (minute / {bucket}) * {bucket} AS bucket, {SUMS} FROM usage_minutes \
+             WHERE instance_id = $1 AND minute >= $2 AND minute < $3 GROUP BY bucket ORDER BY bucket LIMIT {max_rows}"
+        );
+        let rows = sqlx::query(&sql).bind(instance_id).bind(from_minute).bind(to_minute).fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok((row.try_get::<i64, _>("bucket")?, counts_of(row)?))).collect()
+    }
+
+    /// The `max_rows` bindings or methods of one instance with the most calls from
+    /// `from_minute` (included) to `to_minute` (excluded), summed over replicas, most calls
+    /// first (ties by name).
+    pub async fn instance_usage_top(
+        &self,
+        instance_id: &str,
+        from_minute: i64,
+        to_minute: i64,
+        by: UsageTop,
+        max_rows: usize,
+    ) -> Result<Vec<(String, UsageCounts)>> {
+        let column = match by {
+            UsageTop::Binding => "binding_id",
+            UsageTop::Method => "method",
+        };
+        let sql = format!(
+            "SELECT {column} AS name, {SUMS} FROM usage_minutes \
+             WHERE instance_id = $1 AND minute >= $2 AND minute < $3 \
+             GROUP BY {column} ORDER BY SUM(calls) DESC, {column} LIMIT {max_rows}"
+        );
+        let rows = sqlx::query(&sql).bind(instance_id).bind(from_minute).bind(to_minute).fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok((row.try_get::<String, _>("name")?, counts_of(row)?))).collect()
     }
 
     /// Compute units per (instance, binding) since `from_minute`, summed over replicas (to seed

@@ -588,6 +588,20 @@ impl Metrics {
         metrics.map_or_else(Vec::new, |m| m.traffic.points(unix_seconds()))
     }
 
+    /// The latency of an instance's calls since this process started counting them (the
+    /// `ovsb_rpc_duration_seconds` histogram), `None` before its first call.
+    pub fn latency_of(&self, instance: &str) -> Option<Latency> {
+        let metrics = self.per_instance.read().unwrap_or_else(|p| p.into_inner()).get(instance).cloned()?;
+        let histogram = metrics.duration.get()?.clone();
+        // prometheus-client shows a histogram's buckets only through an encoder: one instance's
+        // histogram, in a registry of its own, read back as text.
+        let mut registry = Registry::default();
+        registry.register("d", "", histogram);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).ok()?;
+        Latency::from_buckets(&buckets_of(&text))
+    }
+
     /// Drops what is kept about one instance that is gone, its exported series included.
     pub fn forget_instance(&self, instance: &str) {
         let gone = self.per_instance.write().unwrap_or_else(|p| p.into_inner()).remove_entry(instance);
@@ -651,6 +665,57 @@ impl Metrics {
     }
 }
 
+/// `(upper bound in seconds, cumulative count)` of each `d_bucket` line of an encoded histogram.
+fn buckets_of(text: &str) -> Vec<(f64, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("d_bucket{le=\"")?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+            Some((bound, count.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Latency quantiles of an instance's calls, estimated from its histogram's buckets as
+/// Prometheus' `histogram_quantile` does (linear within a bucket).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// Calls counted.
+    pub calls: u64,
+    /// The median, in seconds.
+    pub p50: f64,
+    /// The 99th percentile, in seconds.
+    pub p99: f64,
+}
+
+impl Latency {
+    /// From `(upper bound, cumulative count)` buckets in increasing order; `None` when empty.
+    pub fn from_buckets(buckets: &[(f64, u64)]) -> Option<Latency> {
+        let calls = buckets.last()?.1;
+        if calls == 0 {
+            return None;
+        }
+        let quantile = |q: f64| -> f64 {
+            let rank = q * calls as f64;
+            let mut lower = (0.0, 0u64);
+            for &(bound, count) in buckets {
+                if count as f64 >= rank {
+                    if bound.is_infinite() {
+                        return lower.0;
+                    }
+                    let inside = count.saturating_sub(lower.1) as f64;
+                    let fraction = if inside > 0.0 { (rank - lower.1 as f64) / inside } else { 1.0 };
+                    return lower.0 + (bound - lower.0) * fraction.clamp(0.0, 1.0);
+                }
+                lower = (bound, count);
+            }
+            lower.0
+        };
+        Some(Latency { calls, p50: quantile(0.5), p99: quantile(0.99) })
+    }
+}
+
 /// `ovsb_gateway_connections_refused_total`'s reasons.
 pub const CONNECTION_REFUSALS: &[&str] =
     &["connections", "connections_per_source", "connections_per_key", "connections_per_instance"];
@@ -695,6 +760,28 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dashboard's p50 and p99 come from the instance's own histogram: 98 calls of ~1 ms
+    /// and 2 of ~1 s put the median near 1 ms and the 99th percentile near 1 s.
+    #[test]
+    fn latency_quantiles_are_read_from_an_instance_s_histogram() {
+        let metrics = Metrics::new();
+        let instance: Arc<str> = "latency-test".into();
+        assert_eq!(metrics.latency_of("latency-test"), None, "no call yet");
+        for _ in 0..98 {
+            metrics.record_call(&instance, "eth_call", "ok", Duration::from_micros(1000));
+        }
+        for _ in 0..2 {
+            metrics.record_call(&instance, "eth_call", "upstream_error", Duration::from_millis(1000));
+        }
+        let latency = metrics.latency_of("latency-test").unwrap();
+        assert_eq!(latency.calls, 100);
+        assert!((0.0008..=0.0016).contains(&latency.p50), "{latency:?}");
+        assert!((0.4..=1.7).contains(&latency.p99), "{latency:?}");
+        assert_eq!(Latency::from_buckets(&[(1.0, 0), (f64::INFINITY, 0)]), None);
+        let all_past_the_last = Latency::from_buckets(&[(1.0, 0), (f64::INFINITY, 4)]).unwrap();
+        assert_eq!(all_past_the_last.p99, 1.0, "at least the last finite bound");
+    }
 
     #[test]
     fn series_with_a_finite_label_set_are_there_at_zero_before_any_event() {

@@ -410,6 +410,34 @@ impl Usage {
         Ok(total)
     }
 
+    /// What this replica metered for instance `instance_id` and has not flushed yet, one row
+    /// per (binding, minute, method), for its dashboard (which adds them to what the store
+    /// holds). Locks the meters' map once and each of the instance's meters briefly; copies
+    /// nothing of other instances.
+    pub fn pending_of(&self, instance_id: &str) -> Vec<UsageRow> {
+        let meters: Vec<Arc<BindingMeter>> = self
+            .meters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((instance, _), _)| &**instance == instance_id)
+            .map(|(_, meter)| meter.clone())
+            .collect();
+        let mut rows = Vec::new();
+        for meter in meters {
+            for entry in meter.lock().iter() {
+                rows.push(UsageRow {
+                    instance_id: instance_id.to_string(),
+                    binding_id: meter.binding_id.to_string(),
+                    minute: entry.minute,
+                    method: entry.method.to_string(),
+                    counts: entry.counts,
+                });
+            }
+        }
+        rows
+    }
+
     /// Drops meters and counters no route holds any more once they have nothing to flush.
     fn forget_idle(&self) {
         self.meters
@@ -512,6 +540,52 @@ mod tests {
         assert_eq!(sums, vec![("fresh", 26), ("used", 100)]);
         // Nothing left to write: the next flush writes nothing.
         assert_eq!(usage.flush(&store).await.unwrap(), 0);
+    }
+
+    /// What a dashboard reads: one instance's buckets and its top bindings and methods from the
+    /// store (summed over replicas, other instances left out), and what this replica has not
+    /// flushed yet.
+    #[tokio::test]
+    async fn an_instance_s_usage_is_read_per_bucket_and_ranked_and_its_unflushed_rows_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("u.db").display())).await.unwrap();
+        let row = |instance: &str, binding: &str, minute: i64, method: &str, calls: u64| UsageRow {
+            instance_id: instance.into(),
+            binding_id: binding.into(),
+            minute,
+            method: method.into(),
+            counts: UsageCounts { calls, compute_units: 10 * calls, bytes_out: 0, outcomes: [calls, 0, 0, 0, 0, 0, 0] },
+        };
+        let hour = 29_000_000 / 60 * 60;
+        store
+            .add_usage("r1", &[row("i", "a", hour, "eth_call", 2), row("i", "b", hour + 59, "eth_blockNumber", 5)])
+            .await
+            .unwrap();
+        store
+            .add_usage("r2", &[row("i", "a", hour + 61, "eth_call", 1), row("other", "a", hour, "eth_call", 100)])
+            .await
+            .unwrap();
+        let series = store.instance_usage_series("i", hour, hour + 120, 60, 10).await.unwrap();
+        let calls: Vec<(i64, u64)> = series.iter().map(|(m, c)| (*m, c.calls)).collect();
+        assert_eq!(calls, vec![(hour, 7), (hour + 60, 1)]);
+        let per_minute = store.instance_usage_series("i", hour + 1, hour + 120, 1, 10).await.unwrap();
+        assert_eq!(per_minute.iter().map(|(m, _)| *m).collect::<Vec<_>>(), vec![hour + 59, hour + 61]);
+        let bindings = store.instance_usage_top("i", hour, hour + 120, crate::store::UsageTop::Binding, 10).await;
+        let bindings: Vec<(String, u64, u64)> =
+            bindings.unwrap().into_iter().map(|(b, c)| (b, c.calls, c.compute_units)).collect();
+        assert_eq!(bindings, vec![("b".into(), 5, 50), ("a".into(), 3, 30)]);
+        let top = store.instance_usage_top("i", hour, hour + 120, crate::store::UsageTop::Method, 1).await.unwrap();
+        assert_eq!(top.len(), 1, "bounded");
+        assert_eq!((top[0].0.as_str(), top[0].1.calls), ("eth_blockNumber", 5));
+
+        let usage = Usage::new(&Config::quick_start(), "me");
+        let plan = instance();
+        meter(&plan, &usage.binding("i", "a"), "eth_call", "refused", 3);
+        meter(&plan, &usage.binding("other", "x"), "eth_call", "ok", 3);
+        let pending = usage.pending_of("i");
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].binding_id.as_str(), pending[0].counts.outcomes[2]), ("a", 1));
+        assert_eq!(usage.pending_of("i").len(), 1, "seeing them does not take them");
     }
 
     #[test]
