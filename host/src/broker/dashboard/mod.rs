@@ -55,8 +55,17 @@ pub(super) fn router(state: Arc<BrokerState>) -> Router {
 
 /// The dashboard URL of an instance.
 pub fn url(state: &BrokerState, instance_id: &str) -> String {
-    let id = percent_encoding::utf8_percent_encode(instance_id, percent_encoding::NON_ALPHANUMERIC);
+    let id = path_segment(instance_id);
     format!("{}/dashboard/{id}?token={}", state.config.public_broker_url(), state.secret.dashboard_token(instance_id))
+}
+
+/// An instance id as one segment of a URL's path: letters, digits, `-`, `_` and `~` as they are
+/// (a GUID reads as itself), every other byte percent-encoded, `.` too (so that an id `..` is not
+/// a step up the path).
+fn path_segment(instance_id: &str) -> String {
+    const KEPT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+    percent_encoding::utf8_percent_encode(instance_id, KEPT).to_string()
 }
 
 fn not_found() -> Response {
@@ -260,4 +269,17 @@ fn cache_of(route: &crate::gateway::InstanceRoute) -> Option<(u64, u64)> {
     let cache = route.chain.entries().iter().find(|e| e.pool.plugin_name() == CACHE_PLUGIN)?;
     let decisions = cache.pool.decisions();
     Some((decisions.answered.load(Relaxed), decisions.forwarded.load(Relaxed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_segment;
+
+    #[test]
+    fn an_instance_id_keeps_its_unreserved_characters_in_the_dashboard_path() {
+        assert_eq!(path_segment("6f1c2a3e-6d3b-4a7e_x~y"), "6f1c2a3e-6d3b-4a7e_x~y");
+        assert_eq!(path_segment("my-node"), "my-node");
+        assert_eq!(path_segment(".."), "%2E%2E");
+        assert_eq!(path_segment("a/b?c#d e\"é"), "a%2Fb%3Fc%23d%20e%22%C3%A9");
+    }
 }
