@@ -40,6 +40,30 @@ const CACHE_PLUGIN: &str = "cache";
 /// Longest wait for the store's answers while a dashboard is served.
 const STORE_BOUND: Duration = Duration::from_secs(5);
 
+/// Dashboards gathered at once, all instances together: each runs a few store queries and may
+/// ask a node, so a token holder who reloads in a loop (or many at once) cannot take the store's
+/// connections from the broker, nor hold more than this many node requests.
+const GATHERED_AT_ONCE: usize = 4;
+
+/// How long a dashboard request waits for a turn before it gets 503 with `Retry-After`.
+const TURN_WAIT: Duration = Duration::from_secs(1);
+
+static TURNS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(GATHERED_AT_ONCE)));
+
+/// A turn to gather a dashboard, or the 503 to answer when none came within [`TURN_WAIT`].
+async fn turn() -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    match tokio::time::timeout(TURN_WAIT, TURNS.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "2"), (header::CONTENT_TYPE, "text/plain")],
+            "dashboards are busy, retry in a few seconds\n",
+        )
+            .into_response()),
+    }
+}
+
 #[derive(serde::Deserialize)]
 pub(super) struct TokenQuery {
     token: Option<String>,
@@ -135,6 +159,7 @@ async fn data(State(state): State<Arc<BrokerState>>, Authorized(id): Authorized)
 /// Everything the dashboard of instance `id` shows; the answer to send instead when the
 /// instance is unknown (404) or the store cannot say (503).
 async fn gather(state: &BrokerState, id: &str) -> Result<View, Response> {
+    let _turn = turn().await?;
     let instance = match tokio::time::timeout(STORE_BOUND, state.store.instance(id)).await {
         Ok(Ok(Some(instance))) if instance.state != InstanceState::Deleted => instance,
         Ok(Ok(_)) => return Err(not_found()),
@@ -273,7 +298,19 @@ fn cache_of(route: &crate::gateway::InstanceRoute) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::path_segment;
+    use super::*;
+
+    /// While every turn is taken, a dashboard request waits a bounded time, then gets 503 with
+    /// `Retry-After`; a turn given back serves the next one.
+    #[tokio::test]
+    async fn dashboards_gathered_at_once_are_bounded_and_the_rest_are_told_to_retry() {
+        let all = TURNS.clone().acquire_many_owned(GATHERED_AT_ONCE as u32).await.unwrap();
+        let refused = turn().await.expect_err("every turn is taken");
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "2");
+        drop(all);
+        assert!(turn().await.is_ok());
+    }
 
     #[test]
     fn an_instance_id_keeps_its_unreserved_characters_in_the_dashboard_path() {
