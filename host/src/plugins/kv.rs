@@ -377,7 +377,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         kv.sweep_expired();
         assert_eq!(kv.len(), 1);
-        assert_eq!((kv.usage("cache/"), kv.usage("rate-limit/")), (((1, "cache/anchor".len() + 1)), (0, 0)));
+        assert_eq!((kv.usage("cache/"), kv.usage("rate-limit/")), ((1, "cache/anchor".len() + 1), (0, 0)));
         let tables = kv.shards.get().unwrap().iter().filter(|s| s.lock().unwrap().capacity() > 0).count();
         assert_eq!(tables, 1, "only the shard of the live entry keeps a table");
         assert_eq!(kv.get("cache/anchor"), Some(b"1".to_vec()));
