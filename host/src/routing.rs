@@ -40,7 +40,8 @@ use crate::store::{InstanceRow, NodeOwner, Store};
 const CHANGE_LOG_WINDOW: i64 = 100_000;
 
 struct Built {
-    plan_id: String,
+    /// Shared by every instance of the plan (see [`RouteSync::plan_name`]).
+    plan_id: Arc<str>,
     parameters: Option<serde_json::Value>,
     /// Who ran the node when the route was built (`process` plans).
     node: Option<NodeOwner>,
@@ -79,7 +80,11 @@ fn keeps_route(
 }
 
 /// The plugins of a chain, by name, each with its version (`None`: no longer available).
-type ChainVersions = Vec<(String, Option<PluginVersion>)>;
+/// Shared by the instances whose chains run the same plugins (see [`RouteSync::chain_plugins`]).
+type ChainVersions = Arc<[(String, Option<PluginVersion>)]>;
+
+/// Distinct chains remembered for sharing (a provider's tenants mostly run their plan's).
+const CHAINS_SHARED: usize = 64;
 
 /// What [`RouteSync::refresh_plugins`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -113,6 +118,12 @@ pub struct RouteSync {
     /// Serving instances whose routes could not be built (no node yet, no plugin slot): retried
     /// on every poll until they are built or stop serving.
     unbuilt: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The plans' ids, one copy each, shared by their instances' routes.
+    plan_names: HashMap<String, Arc<str>>,
+    /// The chains built lately, shared by the instances that run them (newest last).
+    chains: std::sync::Mutex<Vec<ChainVersions>>,
+    /// Each plan's method rules (see [`RouteSync::plan_rules`]).
+    plan_rules: HashMap<String, Option<Arc<MethodRules>>>,
 }
 
 impl RouteSync {
@@ -129,6 +140,17 @@ impl RouteSync {
         replica_id: String,
         usage: Arc<crate::usage::Usage>,
     ) -> Self {
+        let plans = || config.services.iter().flat_map(|s| &s.plans);
+        let plan_names = plans().map(|p| (p.id.clone(), Arc::from(p.id.as_str()))).collect();
+        let plan_rules = plans()
+            .map(|p| {
+                let policy = &p.policy;
+                let rules = policy
+                    .has_method_rules()
+                    .then(|| Arc::new(MethodRules::new(policy.allowed_methods.clone(), policy.denied_methods.clone())));
+                (p.id.clone(), rules)
+            })
+            .collect();
         RouteSync {
             store,
             config,
@@ -146,7 +168,15 @@ impl RouteSync {
             full_syncs: AtomicU64::new(0),
             instance_syncs: AtomicU64::new(0),
             unbuilt: Default::default(),
+            plan_names,
+            chains: Default::default(),
+            plan_rules,
         }
+    }
+
+    /// The id of plan `plan_id`, as the plan's instances share it.
+    fn plan_name(&self, plan_id: &str) -> Arc<str> {
+        self.plan_names.get(plan_id).cloned().unwrap_or_else(|| Arc::from(plan_id))
     }
 
     /// How many times the whole table was rebuilt, and how many single-instance rebuilds
@@ -194,12 +224,10 @@ impl RouteSync {
         crate::chain_policy::chain_of(self.config.plan_by_id(plan_id), parameters)
     }
 
-    /// The method rules of a plan's policy, as the gateway checks them; `None` when it has none.
+    /// The method rules of a plan's policy, as the gateway checks them (one copy per plan,
+    /// shared by its instances); `None` when it has none.
     fn plan_rules(&self, plan_id: &str) -> Option<Arc<MethodRules>> {
-        let policy = &self.config.plan_by_id(plan_id)?.policy;
-        policy
-            .has_method_rules()
-            .then(|| Arc::new(MethodRules::new(policy.allowed_methods.clone(), policy.denied_methods.clone())))
+        self.plan_rules.get(plan_id).cloned().flatten()
     }
 
     /// Rebuilds the snapshot from the store. Errors are logged and the current snapshot kept.
@@ -356,7 +384,7 @@ impl RouteSync {
             self.lock_unbuilt().insert(instance.id.clone());
         }
         Built {
-            plan_id: instance.plan_id.clone(),
+            plan_id: self.plan_name(&instance.plan_id),
             parameters: instance.parameters.clone(),
             node,
             nodeless,
@@ -368,18 +396,35 @@ impl RouteSync {
 
     /// The plugins of the instance's chain, each with the version the registry serves now.
     fn chain_plugins(&self, instance: &InstanceRow) -> ChainVersions {
-        self.chain_elements(&instance.plan_id, instance.parameters.as_ref())
+        let chain: Vec<_> = self
+            .chain_elements(&instance.plan_id, instance.parameters.as_ref())
             .into_iter()
             .map(|element| {
                 let version = self.registry.version_of(&element.name);
                 (element.name, version)
             })
-            .collect()
+            .collect();
+        self.shared_chain(chain)
+    }
+
+    /// `chain`, as the instances that run the same plugins share it: one copy of the names and
+    /// versions per distinct chain, not per instance.
+    fn shared_chain(&self, chain: Vec<(String, Option<PluginVersion>)>) -> ChainVersions {
+        let mut chains = self.chains.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(at) = chains.iter().rposition(|known| **known == *chain) {
+            return chains[at].clone();
+        }
+        let shared: ChainVersions = chain.into();
+        if chains.len() >= CHAINS_SHARED {
+            chains.remove(0);
+        }
+        chains.push(shared.clone());
+        shared
     }
 
     /// The versions the registry serves now of the plugins `built_with` names.
     fn current_versions(&self, built_with: &ChainVersions) -> ChainVersions {
-        built_with.iter().map(|(name, _)| (name.clone(), self.registry.version_of(name))).collect()
+        self.shared_chain(built_with.iter().map(|(name, _)| (name.clone(), self.registry.version_of(name))).collect())
     }
 
     /// Whether the route runs other plugin versions than the registry serves, and has not
@@ -458,7 +503,7 @@ impl RouteSync {
         let built = self.built.lock().await;
         let mut counts: std::collections::BTreeMap<(&str, [u8; 32]), i64> = std::collections::BTreeMap::new();
         for entry in built.values() {
-            for (name, version) in &entry.plugins {
+            for (name, version) in entry.plugins.iter() {
                 if let Some(version) = version {
                     *counts.entry((name.as_str(), version.digest)).or_insert(0) += 1;
                 }
@@ -510,15 +555,19 @@ impl RouteSync {
         self.full_syncs.fetch_add(1, Ordering::Relaxed);
         // Every serving instance is tried again here; those that still fail go back in.
         self.lock_unbuilt().clear();
+        let started = std::time::Instant::now();
         let generation = self.store.generation().await?;
         let (instances, bindings) = self.store.serving().await?;
         let mut owners = self.store.node_owners().await?;
+        let read = started.elapsed();
+        let (instance_count, binding_count) = (instances.len(), bindings.len());
         let mut next: HashMap<String, Built> = HashMap::with_capacity(instances.len());
         for instance in instances {
             let node = owners.remove(&instance.id).filter(|_| self.drivers.is_owned_node(&instance.plan_id));
             let Some(entry) = self.reuse_or_build(built, &instance, node).await else { continue };
             next.insert(instance.id, entry);
         }
+        let chains = started.elapsed();
         let mut table = RouteTable::default();
         for binding in bindings {
             let Some(entry) = next.get(&binding.instance_id) else { continue };
@@ -549,6 +598,15 @@ impl RouteSync {
         *built = next;
         self.generation.store(generation, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
+        // Where a full load's time goes (start-up with many tenants: README, "Provider scale").
+        tracing::info!(
+            instances = instance_count,
+            bindings = binding_count,
+            read_ms = read.as_millis() as u64,
+            chains_ms = (chains - read).as_millis() as u64,
+            table_ms = (started.elapsed() - chains).as_millis() as u64,
+            "routes loaded from the store"
+        );
         Ok(())
     }
 
@@ -614,7 +672,7 @@ impl RouteSync {
             Ok(chain) => Some((
                 Arc::new(InstanceRoute {
                     instance_id: instance.id.as_str().into(),
-                    plan: instance.plan_id.as_str().into(),
+                    plan: self.plan_name(&instance.plan_id),
                     chain,
                     policy: self.plan_rules(&instance.plan_id),
                     upstream,

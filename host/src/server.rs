@@ -266,7 +266,9 @@ impl Server {
         let routes = Arc::new(Routes::default());
         let usage = crate::usage::Usage::new(&config, &replica.id);
         let drivers = Drivers::new(&config, &store, &secret, &tracker, &shutdown);
+        let recovering = std::time::Instant::now();
         drivers.recover(&store, &replica).await?;
+        let recovered_ms = recovering.elapsed().as_millis() as u64;
         let routing = Arc::new(RouteSync::new(
             store.clone(),
             config.clone(),
@@ -278,11 +280,14 @@ impl Server {
             replica.id.clone(),
             usage.clone(),
         ));
+        let loading = std::time::Instant::now();
         routing.sync().await;
+        let routes_ms = loading.elapsed().as_millis() as u64;
         // Before the gateway serves: quotas count what the store holds for their window.
         if let Err(err) = usage.seed(&store).await {
             tracing::warn!("usage: cannot read the quotas' use from the store; they count from now: {err}");
         }
+        let seeded_ms = loading.elapsed().as_millis() as u64 - routes_ms;
         tracker.spawn(usage.clone().flush_periodically(store.clone(), shutdown.clone()));
         let operations = Operations::new(
             store.clone(),
@@ -357,7 +362,8 @@ impl Server {
                 }
             });
         }
-        tracing::info!(broker = %broker_addr, gateway = %gateway_addr, admin = %admin_addr, store = ?store.backend(), replica = %replica.id, "ovsb started");
+        tracing::info!(broker = %broker_addr, gateway = %gateway_addr, admin = %admin_addr, store = ?store.backend(), replica = %replica.id,
+            recovered_ms, routes_ms, seeded_ms, "ovsb started");
         Ok(Server {
             broker_addr,
             gateway_addr,

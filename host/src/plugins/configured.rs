@@ -12,6 +12,9 @@
 //!
 //! Bounded: configurations up to [`MAX_CONFIG_BYTES`], at most [`MAX_ENTRIES`] per plugin
 //! version (then the whole cache starts again).
+//!
+//! The configuration text is kept once here and shared by the pools that run it (a pool keeps
+//! its configuration for every copy it makes): a plan's tenants hold one copy of it, not one each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,29 +39,32 @@ pub struct Configured {
 /// The answers, by configuration text (with the limits they were given under).
 #[derive(Default)]
 pub struct ConfiguredCache {
-    answers: Mutex<HashMap<Box<str>, (PluginLimits, Configured)>>,
+    answers: Mutex<HashMap<Arc<str>, (PluginLimits, Configured)>>,
 }
 
 impl ConfiguredCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, (PluginLimits, Configured)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (PluginLimits, Configured)>> {
         self.answers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The answer `configure` gave for `config` under `limits`, if remembered.
-    pub fn get(&self, config: &str, limits: &PluginLimits) -> Option<Configured> {
-        self.lock().get(config).filter(|(under, _)| under == limits).map(|(_, answer)| answer.clone())
+    /// The answer `configure` gave for `config` under `limits`, if remembered, with the
+    /// configuration's shared text.
+    pub fn get(&self, config: &str, limits: &PluginLimits) -> Option<(Arc<str>, Configured)> {
+        let answers = self.lock();
+        let (text, (_, answer)) = answers.get_key_value(config).filter(|(_, (under, _))| under == limits)?;
+        Some((text.clone(), answer.clone()))
     }
 
-    /// Remembers a successful answer.
-    pub fn insert(&self, config: &str, limits: PluginLimits, answer: Configured) {
+    /// Remembers a successful answer for `config` (its shared text).
+    pub fn insert(&self, config: Arc<str>, limits: PluginLimits, answer: Configured) {
         if config.len() > MAX_CONFIG_BYTES {
             return;
         }
         let mut answers = self.lock();
-        if answers.len() >= MAX_ENTRIES && !answers.contains_key(config) {
+        if answers.len() >= MAX_ENTRIES && !answers.contains_key(&*config) {
             answers.clear();
         }
-        answers.insert(config.into(), (limits, answer));
+        answers.insert(config, (limits, answer));
     }
 
     /// Configurations remembered now.
@@ -77,15 +83,15 @@ mod tests {
         let cache = ConfiguredCache::default();
         let limits = PluginLimits::default();
         let answer = Configured { hooks: 3, selection: None };
-        cache.insert("{}", limits, answer.clone());
-        assert_eq!(cache.get("{}", &limits).map(|a| a.hooks), Some(3));
+        cache.insert("{}".into(), limits, answer.clone());
+        assert_eq!(cache.get("{}", &limits).map(|(_, a)| a.hooks), Some(3));
         assert!(cache.get("{\"a\":1}", &limits).is_none(), "another configuration");
         let other = PluginLimits { memory_bytes: limits.memory_bytes / 2, ..limits };
         assert!(cache.get("{}", &other).is_none(), "the same configuration under other limits");
-        cache.insert(&"x".repeat(MAX_CONFIG_BYTES + 1), limits, answer.clone());
+        cache.insert("x".repeat(MAX_CONFIG_BYTES + 1).into(), limits, answer.clone());
         assert_eq!(cache.remembered(), 1, "a configuration too large to remember");
         for i in 0..MAX_ENTRIES + 10 {
-            cache.insert(&i.to_string(), limits, answer.clone());
+            cache.insert(i.to_string().into(), limits, answer.clone());
         }
         assert!(cache.remembered() <= MAX_ENTRIES);
     }

@@ -9,14 +9,21 @@
 //! (the plugin SDK's `kv::is_full` reads it), so that a plugin can tell it from a value over the
 //! size limit and make room from its own entries. The store lives in memory:
 //! it is a cache for counters, buckets and answers, not a database.
+//!
+//! An idle tenant's store costs little: its shards are made at its first write, and
+//! [`KvStore::sweep_expired`] (run when the instance's last plugin copy is dropped) drops the
+//! expired entries and gives back the tables that empties.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const SHARDS: usize = 16;
+/// Shards of one instance's store: enough that one instance's concurrent calls rarely wait for
+/// one another (each holds a shard for a map operation), few enough that a tenant's store stays
+/// small (each is a lock and a map).
+const SHARDS: usize = 4;
 
 pub use crate::config::KvLimits;
 
@@ -48,7 +55,8 @@ impl Entry {
 
 /// A bounded in-memory key-value store with TTLs and atomic updates.
 pub struct KvStore {
-    shards: Box<[Mutex<HashMap<String, Entry>>]>,
+    /// Made at the first write (an instance that never stores anything holds none).
+    shards: OnceLock<Box<[Mutex<Shard>]>>,
     hasher: RandomState,
     limits: KvLimits,
     entries: AtomicUsize,
@@ -63,7 +71,7 @@ impl KvStore {
     /// An empty store with these bounds.
     pub fn new(limits: KvLimits) -> Self {
         KvStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: OnceLock::new(),
             hasher: RandomState::new(),
             limits,
             entries: AtomicUsize::new(0),
@@ -122,11 +130,34 @@ impl KvStore {
         self.len() == 0
     }
 
+    fn shards(&self) -> &[Mutex<Shard>] {
+        self.shards.get_or_init(|| (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect())
+    }
+
     fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
         let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         // A poisoned shard only means a panic elsewhere while it was held; the map itself is
         // always left consistent by the code below, so keep serving it.
-        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shards()[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Drops every expired entry, and the tables of shards (and of the namespaces' usage) left
+    /// empty: what an idle instance keeps is its live entries. Waits for no shard in use.
+    pub fn sweep_expired(&self) {
+        let Some(shards) = self.shards.get() else { return };
+        let now = Instant::now();
+        for shard in shards.iter() {
+            if let Ok(mut shard) = shard.try_lock() {
+                self.sweep(&mut shard, now);
+                if shard.is_empty() {
+                    *shard = HashMap::new();
+                }
+            }
+        }
+        let mut namespaces = self.namespaces();
+        if namespaces.is_empty() {
+            *namespaces = HashMap::new();
+        }
     }
 
     fn check_key(&self, key: &str) -> Result<(), String> {
@@ -138,6 +169,7 @@ impl KvStore {
 
     /// Reads a live value.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.shards.get()?;
         let now = Instant::now();
         let mut shard = self.shard(key);
         self.live_entry(&mut shard, key, now).map(|e| e.value.clone())
@@ -192,6 +224,9 @@ impl KvStore {
 
     /// Removes a key; returns whether a live entry was there.
     pub fn delete(&self, key: &str) -> bool {
+        if self.shards.get().is_none() {
+            return false;
+        }
         let now = Instant::now();
         let mut shard = self.shard(key);
         match self.remove(&mut shard, key) {
@@ -251,7 +286,7 @@ impl KvStore {
             // Sweep this shard, then every other shard not busy right now (try_lock: waiting for
             // another shard while holding this one could deadlock).
             self.sweep(shard, now);
-            for other in self.shards.iter() {
+            for other in self.shards().iter() {
                 if let Ok(mut other) = other.try_lock() {
                     self.sweep(&mut other, now);
                 }
@@ -327,6 +362,25 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         kv.set("cache/c", b"1", None).expect("the expired entries are swept");
         assert_eq!(kv.usage("cache/"), (1, "cache/c".len() + 1));
+    }
+
+    #[test]
+    fn an_idle_store_holds_its_live_entries_only() {
+        let kv = KvStore::new(KvLimits::default());
+        assert!(kv.shards.get().is_none(), "no shards before the first write");
+        assert_eq!(kv.get("cache/a"), None);
+        assert!(!kv.delete("cache/a"));
+        assert!(kv.shards.get().is_none(), "reads make none");
+        kv.set("cache/a", b"1", Some(Duration::from_millis(10))).unwrap();
+        kv.set("rate-limit/b", b"1", Some(Duration::from_millis(10))).unwrap();
+        kv.set("cache/anchor", b"1", None).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        kv.sweep_expired();
+        assert_eq!(kv.len(), 1);
+        assert_eq!((kv.usage("cache/"), kv.usage("rate-limit/")), ((1, "cache/anchor".len() + 1), (0, 0)));
+        let tables = kv.shards.get().unwrap().iter().filter(|s| s.lock().unwrap().capacity() > 0).count();
+        assert_eq!(tables, 1, "only the shard of the live entry keeps a table");
+        assert_eq!(kv.get("cache/anchor"), Some(b"1".to_vec()));
     }
 
     #[test]

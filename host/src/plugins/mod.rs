@@ -478,13 +478,13 @@ impl PluginRuntime {
         plugin: &Arc<LoadedPlugin>,
         config: &str,
         limits: PluginLimits,
-        instance_id: &str,
+        instance_id: impl Into<Arc<str>>,
         kv: Arc<KvStore>,
         sealed: Arc<[String]>,
     ) -> Result<Arc<InstancePool>, ConfigureError> {
         limits
             .validate(self.inner.max_memory_bytes)
             .map_err(|reason| ConfigureError::Failed { plugin: plugin.name.to_string(), reason })?;
-        InstancePool::create(self.inner.clone(), plugin.clone(), config, limits, instance_id, kv, sealed).await
+        InstancePool::create(self.inner.clone(), plugin.clone(), config, limits, instance_id.into(), kv, sealed).await
     }
 }

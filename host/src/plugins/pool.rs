@@ -55,7 +55,8 @@ impl Drop for Alive {
 pub struct InstancePool {
     runtime: Arc<RuntimeInner>,
     plugin: Arc<LoadedPlugin>,
-    config: String,
+    /// Shared with the other pools that run the same configuration (see `super::configured`).
+    config: Arc<str>,
     limits: PluginLimits,
     settings: CopySettings,
     /// Idle copies with their sequence numbers in the runtime's idle set, newest last.
@@ -88,24 +89,26 @@ impl InstancePool {
         plugin: Arc<LoadedPlugin>,
         config: &str,
         limits: PluginLimits,
-        instance_id: &str,
+        instance_id: Arc<str>,
         kv: Arc<KvStore>,
         sealed: Arc<[String]>,
     ) -> Result<Arc<Self>, ConfigureError> {
         let settings = CopySettings {
             sealed,
             plugin: plugin.name.clone(),
-            instance_id: instance_id.into(),
+            instance_id,
             kv,
             memory_cap: limits.memory_bytes,
             budget: limits.call_budget(),
             max_upstream_calls: limits.max_upstream_calls,
             log_lines_per_second: limits.log_lines_per_second,
         };
+        let known = plugin.configured.get(config, &limits);
+        let text = known.as_ref().map_or_else(|| Arc::from(config), |(text, _)| text.clone());
         let pool = Arc::new_cyclic(|me| InstancePool {
             runtime,
             plugin,
-            config: config.to_string(),
+            config: text,
             limits,
             settings,
             idle: Mutex::new(Vec::new()),
@@ -118,7 +121,7 @@ impl InstancePool {
         // `configure` runs now, so that a bad configuration is refused at provision time; the
         // copy is then released: calls make their own. A configuration this version of the
         // plugin already took is not asked again (see `super::configured`).
-        if let Some(known) = pool.plugin.configured.get(config, &limits) {
+        if let Some((_, known)) = known {
             pool.hooks.store(known.hooks, Ordering::Relaxed);
             let _ = pool.selection.set(known.selection);
             return Ok(pool);
@@ -128,7 +131,7 @@ impl InstancePool {
             hooks: pool.hooks.load(Ordering::Relaxed),
             selection: pool.selection.get().cloned().flatten(),
         };
-        pool.plugin.configured.insert(config, limits, answer);
+        pool.plugin.configured.insert(pool.config.clone(), limits, answer);
         Ok(pool)
     }
 
@@ -367,9 +370,15 @@ impl InstancePool {
                 // hundred bytes; pools of instances that went quiet would keep them all).
                 *idle = Vec::new();
             }
-            copy
+            copy.map(|copy| (copy, idle.is_empty()))
         };
-        copy.is_some()
+        let Some((copy, last)) = copy else { return false };
+        drop(copy);
+        if last {
+            // The instance has gone quiet: its key-value store keeps its live entries only.
+            self.settings.kv.sweep_expired();
+        }
+        true
     }
 
     fn check_size(&self, size: usize) -> Result<(), PluginFailure> {

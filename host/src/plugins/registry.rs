@@ -179,6 +179,8 @@ impl Registry {
     ) -> Result<Chain, ChainError> {
         let set = self.set.load_full();
         let sealed: Arc<[String]> = sealed.iter().filter(|s| !s.is_empty()).cloned().collect();
+        // One copy of the id for the chain's pools.
+        let instance_id: Arc<str> = Arc::from(instance_id);
         let mut entries = Vec::with_capacity(elements.len());
         for element in elements {
             let available =
@@ -186,7 +188,14 @@ impl Registry {
             let config = element.config.to_string();
             let pool = self
                 .runtime
-                .pool_sealed(&available.plugin, &config, available.limits, instance_id, kv.clone(), sealed.clone())
+                .pool_sealed(
+                    &available.plugin,
+                    &config,
+                    available.limits,
+                    instance_id.clone(),
+                    kv.clone(),
+                    sealed.clone(),
+                )
                 .await?;
             entries.push(ChainEntry { pool, fail_open: element.fail_open });
         }

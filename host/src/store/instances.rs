@@ -9,11 +9,12 @@
 use sqlx::Row as _;
 
 use super::changes::{begin_change, insert_audit};
+use super::group::{Tx, Wrote, job};
 use super::rows::{
     AuditEntry, BINDING_COLUMNS, BindingRow, INSTANCE_COLUMNS, InstanceRow, InstanceState, OPERATION_COLUMNS,
     OperationRow, binding_from, instance_from, json_text, operation_from,
 };
-use super::{Result, Store, now_ms};
+use super::{Result, Store, StoreError, now_ms};
 
 /// One write a transition makes.
 #[derive(Debug, Clone)]
@@ -128,56 +129,50 @@ impl Store {
     }
 
     /// Decides, on the current rows of instance `id`, what a request does, and applies the
-    /// decision's changes in one transaction. `plan_id` asks for the count of live instances of
-    /// that plan (for per-plan caps).
+    /// decision's changes in one transaction (shared with the changes that wait beside it: see
+    /// `group`; the answer is returned once it has committed). `plan_id` asks for the count of
+    /// live instances of that plan (for per-plan caps).
     pub async fn instance_transition<T>(
         &self,
         id: &str,
         plan_id: Option<&str>,
         decide: impl FnOnce(InstanceView<'_>) -> Decision<T>,
     ) -> Result<T> {
-        let mut tx = self.pool.begin().await?;
-        begin_change(&mut tx, id).await?;
-        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
-        let instance =
-            sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await?.map(|r| instance_from(&r)).transpose()?;
-        let operation = match &instance {
-            Some(instance) => {
-                let sql = format!("SELECT {OPERATION_COLUMNS} FROM operations WHERE id = $1");
-                sqlx::query(&sql)
-                    .bind(&instance.operation_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|r| operation_from(&r))
-                    .transpose()?
-            }
-            None => None,
+        let (rows_to_decide, rows) =
+            tokio::sync::oneshot::channel::<(Option<InstanceRow>, Option<OperationRow>, u64)>();
+        let (decided, changes) = tokio::sync::oneshot::channel::<Vec<Change>>();
+        let (id_owned, plan_id) = (id.to_string(), plan_id.map(str::to_string));
+        let job = job(move |tx| {
+            Box::pin(async move {
+                let id = id_owned.as_str();
+                begin_change(tx, id).await?;
+                let (instance, operation, plan_count) = read_instance(tx, id, plan_id.as_deref()).await?;
+                // The instance row as it stands in this transaction (read here, then as each
+                // change writes it): `put_instance` need not read it again.
+                let mut current = Known(instance.as_ref().map(|row| (row.plan_id.clone(), row.state)));
+                if rows_to_decide.send((instance, operation, plan_count)).is_err() {
+                    return Ok(Wrote::Nothing); // the caller went away
+                }
+                let changes = changes.await.unwrap_or_default();
+                if changes.is_empty() {
+                    return Ok(Wrote::Nothing);
+                }
+                for change in changes {
+                    apply(tx, id, None, change, &mut current).await?;
+                }
+                Ok(Wrote::Changes)
+            })
+        });
+        let decision = async move {
+            let (instance, operation, plan_count) = rows.await.ok()?;
+            let decision =
+                decide(InstanceView { instance: instance.as_ref(), operation: operation.as_ref(), plan_count });
+            let _ = decided.send(decision.changes);
+            Some(decision.answer)
         };
-        let plan_count = match plan_id {
-            // One row, kept by `put_instance`: counting the plan's instances here grew with them.
-            Some(plan_id) => sqlx::query("SELECT live FROM plan_instances WHERE plan_id = $1")
-                .bind(plan_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|row| row.try_get::<i64, _>("live"))
-                .transpose()?
-                .unwrap_or(0)
-                .max(0) as u64,
-            None => 0,
-        };
-        let decision = decide(InstanceView { instance: instance.as_ref(), operation: operation.as_ref(), plan_count });
-        if decision.changes.is_empty() {
-            tx.rollback().await?;
-            return Ok(decision.answer);
-        }
-        // The instance row as it stands in this transaction (read above, then as each change
-        // writes it): `put_instance` need not read it again.
-        let mut current = Known(instance.map(|row| (row.plan_id, row.state)));
-        for change in decision.changes {
-            apply(&mut tx, id, None, change, &mut current).await?;
-        }
-        tx.commit().await?;
-        Ok(decision.answer)
+        let (answer, committed) = tokio::join!(decision, self.grouped(job));
+        committed?;
+        answer.ok_or_else(|| StoreError::Database(sqlx::Error::Protocol("a transition ran without its rows".into())))
     }
 
     /// Decides, on the current instance and binding rows, what a bind or unbind does, and
@@ -200,44 +195,99 @@ impl Store {
         predecessor_id: Option<&str>,
         decide: impl FnOnce(Option<&InstanceRow>, Option<&BindingRow>, Option<&BindingRow>) -> Decision<T>,
     ) -> Result<T> {
-        let mut tx = self.pool.begin().await?;
-        begin_change(&mut tx, instance_id).await?;
-        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
-        let instance = sqlx::query(&sql)
-            .bind(instance_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| instance_from(&r))
-            .transpose()?;
-        let sql = format!("SELECT {BINDING_COLUMNS} FROM bindings WHERE instance_id = $1 AND id = $2");
-        let binding = sqlx::query(&sql)
-            .bind(instance_id)
-            .bind(binding_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| binding_from(&r))
-            .transpose()?;
-        let predecessor = match predecessor_id {
-            Some(predecessor_id) => sqlx::query(&sql)
-                .bind(instance_id)
-                .bind(predecessor_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| binding_from(&r))
-                .transpose()?,
-            None => None,
+        type Rows = (Option<InstanceRow>, Option<BindingRow>, Option<BindingRow>);
+        let (rows_to_decide, rows) = tokio::sync::oneshot::channel::<Rows>();
+        let (decided, changes) = tokio::sync::oneshot::channel::<Vec<Change>>();
+        let ids = (instance_id.to_string(), binding_id.to_string(), predecessor_id.map(str::to_string));
+        let job = job(move |tx| {
+            Box::pin(async move {
+                let (instance_id, binding_id, predecessor_id) = ids;
+                begin_change(tx, &instance_id).await?;
+                let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
+                let instance = sqlx::query(&sql)
+                    .bind(&instance_id)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|r| instance_from(&r))
+                    .transpose()?;
+                let sql = format!("SELECT {BINDING_COLUMNS} FROM bindings WHERE instance_id = $1 AND id = $2");
+                let binding = sqlx::query(&sql)
+                    .bind(&instance_id)
+                    .bind(&binding_id)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|r| binding_from(&r))
+                    .transpose()?;
+                let predecessor = match predecessor_id {
+                    Some(predecessor_id) => sqlx::query(&sql)
+                        .bind(&instance_id)
+                        .bind(predecessor_id)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                        .map(|r| binding_from(&r))
+                        .transpose()?,
+                    None => None,
+                };
+                if rows_to_decide.send((instance, binding, predecessor)).is_err() {
+                    return Ok(Wrote::Nothing);
+                }
+                let changes = changes.await.unwrap_or_default();
+                if changes.is_empty() {
+                    return Ok(Wrote::Nothing);
+                }
+                for change in changes {
+                    apply(tx, &instance_id, Some(&binding_id), change, &mut Unknown).await?;
+                }
+                Ok(Wrote::Changes)
+            })
+        });
+        let decision = async move {
+            let (instance, binding, predecessor) = rows.await.ok()?;
+            let decision = decide(instance.as_ref(), binding.as_ref(), predecessor.as_ref());
+            let _ = decided.send(decision.changes);
+            Some(decision.answer)
         };
-        let decision = decide(instance.as_ref(), binding.as_ref(), predecessor.as_ref());
-        if decision.changes.is_empty() {
-            tx.rollback().await?;
-            return Ok(decision.answer);
-        }
-        for change in decision.changes {
-            apply(&mut tx, instance_id, Some(binding_id), change, &mut Unknown).await?;
-        }
-        tx.commit().await?;
-        Ok(decision.answer)
+        let (answer, committed) = tokio::join!(decision, self.grouped(job));
+        committed?;
+        answer.ok_or_else(|| StoreError::Database(sqlx::Error::Protocol("a transition ran without its rows".into())))
     }
+}
+
+/// The rows a transition of instance `id` is decided on: the instance (tombstones included),
+/// its latest operation, and (for `plan_id`) the live instances of that plan.
+async fn read_instance(
+    tx: &mut Tx,
+    id: &str,
+    plan_id: Option<&str>,
+) -> Result<(Option<InstanceRow>, Option<OperationRow>, u64)> {
+    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1");
+    let instance =
+        sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await?.map(|r| instance_from(&r)).transpose()?;
+    let operation = match &instance {
+        Some(instance) => {
+            let sql = format!("SELECT {OPERATION_COLUMNS} FROM operations WHERE id = $1");
+            sqlx::query(&sql)
+                .bind(&instance.operation_id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|r| operation_from(&r))
+                .transpose()?
+        }
+        None => None,
+    };
+    let plan_count = match plan_id {
+        // One row, kept by `put_instance`: counting the plan's instances here grew with them.
+        Some(plan_id) => sqlx::query("SELECT live FROM plan_instances WHERE plan_id = $1")
+            .bind(plan_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>("live"))
+            .transpose()?
+            .unwrap_or(0)
+            .max(0) as u64,
+        None => 0,
+    };
+    Ok((instance, operation, plan_count))
 }
 
 /// The plan and state of an instance row before a write, when the transaction knows them

@@ -6,8 +6,8 @@
 //! [`Store::instance_transition`] / [`Store::binding_transition`], what a request does given the
 //! current rows, and the store applies that decision atomically.
 //!
-//! Every state change is one transaction, and every such transaction starts by bumping the
-//! single `changes` row: on PostgreSQL that row lock serializes the writers of all replicas
+//! Every state change is one transaction (or a savepoint of a group's transaction: `group`),
+//! and every such change starts by bumping the single `changes` row: on PostgreSQL that row lock serializes the writers of all replicas
 //! (so two replicas cannot both create the same instance), on SQLite it takes the write lock
 //! up front (so a transaction never fails half-way for a lock upgrade). The generation it
 //! bumps, and the instance it names in `route_changes`, tell other replicas which instance's
@@ -18,6 +18,9 @@
 //!   does not decode is [`StoreError::Corrupt`]); an operation's request as [`OperationRequest`].
 //! - `instances`: instance and binding reads, and the decide-then-apply transitions.
 //! - `operations`: a running operation's progress, its end, leases, hand-over, stale claims.
+//! - `group`: group commit: the state changes that wait for the store together (a provision
+//!   accepted, another's operation ended) run in one transaction, each in a savepoint, and
+//!   commit once; each is answered only after that commit.
 //! - `changes`: the generation, the change log other replicas follow, its pruning, the audit.
 //! - `nodes`: replicas and which of them runs each node.
 //! - `validators`: validator keys and their slashing-protection history.
@@ -29,6 +32,7 @@
 //! This file: [`Store`] itself, opening it, the backend, settings and [`StoreError`].
 
 mod changes;
+mod group;
 mod instances;
 mod nodes;
 mod operations;
@@ -123,6 +127,8 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// State changes waiting for a transaction, committed together (see `group`).
+    group: std::sync::Arc<group::Group>,
 }
 
 /// Which database is behind the store.
@@ -177,7 +183,7 @@ impl Store {
             sqlx::query("PRAGMA synchronous = FULL").execute(&pool).await?;
         }
         sqlx::migrate!("src/store/migrations").run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, group: Default::default() })
     }
 
     /// Which database this is.
@@ -357,6 +363,70 @@ mod tests {
         assert_eq!(claimed.iter().map(|op| op.id.as_str()).collect::<Vec<_>>(), ["op-good"]);
         assert!(corrupt_rows("operations") > after[1]);
         assert!(store.instance("good").await.unwrap().is_some(), "the good rows read on");
+    }
+
+    /// Changes that wait together run in one transaction, in order: each decides on what the
+    /// ones before it wrote, and one that fails (a corrupt row) fails alone.
+    async fn grouped_changes_see_each_other_and_fail_alone(store: &Store) {
+        let now = now_ms();
+        let row = |id: &str| InstanceRow {
+            id: id.into(),
+            service_id: "service".into(),
+            plan_id: "plan".into(),
+            organization_guid: "org".into(),
+            space_guid: "space".into(),
+            parameters: None,
+            context: None,
+            maintenance_version: None,
+            state: InstanceState::Provisioning,
+            operation_id: "op".into(),
+            created_ms: now,
+            updated_ms: now,
+        };
+        let put = |id: &str| Change::PutInstance(row(id));
+        store.instance_transition("bad", None, |_| Decision { changes: vec![put("bad")], answer: () }).await.unwrap();
+        write_raw(store, "UPDATE instances SET context = 'not json' WHERE id = $1", "bad").await;
+        // Each answers whether the instance was there when it decided.
+        let ids = ["a", "b", "dup", "dup", "bad", "c", "d"];
+        let answers = futures::future::join_all(ids.iter().map(|&id| {
+            store.instance_transition(id, None, move |view| {
+                let existed = view.instance.is_some();
+                Decision { changes: if existed { Vec::new() } else { vec![put(id)] }, answer: existed }
+            })
+        }))
+        .await;
+        let answers: Vec<_> = answers.into_iter().map(|a| a.map_err(|e| e.to_string())).collect();
+        assert_eq!(answers[..4], [Ok(false), Ok(false), Ok(false), Ok(true)], "{answers:?}");
+        assert!(matches!(&answers[4], Err(e) if e.contains("corrupt")), "{answers:?}");
+        assert_eq!(answers[5..], [Ok(false), Ok(false)], "{answers:?}");
+        for id in ["a", "b", "dup", "c", "d"] {
+            assert!(store.instance(id).await.unwrap().is_some(), "{id} committed beside a change that failed");
+        }
+        // A finished operation beside a transition: both commit.
+        let request = OperationRequest::Provision(SealedRequest::default());
+        let (finished, transitioned) = tokio::join!(
+            store.finish_operation("no-such-op", "me", OperationState::Succeeded, "done", &request, row("e")),
+            store.instance_transition("f", None, |_| Decision { changes: vec![put("f")], answer: () }),
+        );
+        assert!(!finished.unwrap(), "an operation nobody holds is not ended");
+        transitioned.unwrap();
+        assert!(store.instance("e").await.unwrap().is_none(), "nothing of an operation not held is written");
+        assert!(store.instance("f").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn grouped_changes_see_each_other_and_fail_alone_on_sqlite() {
+        let (store, _dir) = sqlite_store().await;
+        grouped_changes_see_each_other_and_fail_alone(&store).await;
+    }
+
+    #[tokio::test]
+    async fn grouped_changes_see_each_other_and_fail_alone_on_postgres() {
+        let Some((store, admin, name)) = postgres_store().await else {
+            return eprintln!("OVSB_TEST_POSTGRES_URL is not set: skipped");
+        };
+        grouped_changes_see_each_other_and_fail_alone(&store).await;
+        drop_postgres(store, &admin, &name).await;
     }
 
     #[tokio::test]

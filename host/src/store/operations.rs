@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row as _;
 
 use super::changes::begin_change;
+use super::group::{Wrote, job};
 use super::instances::{Previous, put_instance};
 use super::rows::{
     InstanceRow, InstanceState, OPERATION_COLUMNS, OperationRequest, OperationRow, OperationState, operation_from,
@@ -42,9 +43,9 @@ impl Store {
     }
 
     /// Ends an operation that `owner` holds, and writes the instance's resulting row, in one
-    /// transaction. Returns false (and changes nothing) when `owner` no longer holds it.
-    /// `request` replaces the operation's request (the runner drops the sealed secrets it no
-    /// longer needs).
+    /// transaction (shared with the changes that wait beside it: see `group`). Returns false
+    /// (and changes nothing) when `owner` no longer holds it. `request` replaces the
+    /// operation's request (the runner drops the sealed secrets it no longer needs).
     pub async fn finish_operation(
         &self,
         operation_id: &str,
@@ -54,31 +55,42 @@ impl Store {
         request: &OperationRequest,
         instance: InstanceRow,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        begin_change(&mut tx, &instance.id).await?;
-        let done = sqlx::query(
-            "UPDATE operations SET state = $1, description = $2, request = $3, updated_ms = $4 \
-             WHERE id = $5 AND lease_owner = $6 AND state = 'in progress'",
-        )
-        .bind(state.as_str())
-        .bind(description)
-        .bind(request.to_text())
-        .bind(now_ms())
-        .bind(operation_id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        if instance.state == InstanceState::Deleted {
-            // Its node is gone: nobody runs it any more.
-            sqlx::query("DELETE FROM node_owners WHERE instance_id = $1").bind(&instance.id).execute(&mut *tx).await?;
-        }
-        put_instance(&mut tx, instance, &mut Previous::Unknown).await?;
-        tx.commit().await?;
-        Ok(true)
+        let (ended, held) = tokio::sync::oneshot::channel();
+        let (operation_id, owner) = (operation_id.to_string(), owner.to_string());
+        let (description, request) = (description.to_string(), request.to_text());
+        let job = job(move |tx| {
+            Box::pin(async move {
+                begin_change(tx, &instance.id).await?;
+                let done = sqlx::query(
+                    "UPDATE operations SET state = $1, description = $2, request = $3, updated_ms = $4 \
+                     WHERE id = $5 AND lease_owner = $6 AND state = 'in progress'",
+                )
+                .bind(state.as_str())
+                .bind(description)
+                .bind(request)
+                .bind(now_ms())
+                .bind(operation_id)
+                .bind(owner)
+                .execute(&mut **tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    let _ = ended.send(false);
+                    return Ok(Wrote::Nothing);
+                }
+                if instance.state == InstanceState::Deleted {
+                    // Its node is gone: nobody runs it any more.
+                    sqlx::query("DELETE FROM node_owners WHERE instance_id = $1")
+                        .bind(&instance.id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                put_instance(tx, instance, &mut Previous::Unknown).await?;
+                let _ = ended.send(true);
+                Ok(Wrote::Changes)
+            })
+        });
+        self.grouped(job).await?;
+        Ok(held.await.unwrap_or(false))
     }
 
     /// Ends a running operation that `owner` holds as failed, touching nothing else (an

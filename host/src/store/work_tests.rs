@@ -1,10 +1,12 @@
-//! The store work of a provision does not grow with the number of instances.
+//! The store work of a provision does not grow with the number of instances, and its durable
+//! commits do not grow at all.
 //!
 //! SQLite's work is counted in virtual-machine instructions: a progress handler called at every
 //! instruction, installed (through `sqlite3_auto_extension`) on each connection opened to one
 //! test's database file. A point lookup or an insert costs the same number of instructions
 //! whatever the size of the table; a scan, or a count of a plan's instances, costs one or more
-//! per row.
+//! per row. Commits are counted by a commit hook installed the same way: in WAL mode with
+//! `synchronous = FULL` each commit is one fsync of the WAL, what a provision waits for.
 #![allow(unsafe_code)] // SQLite's C interface, to install the counting progress handler.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -17,13 +19,28 @@ use serde_json::json;
 
 use super::*;
 
-/// Database files whose connections count their instructions, with their counters (kept for
-/// the life of the test process: a connection may outlive its test).
-static COUNTED: Mutex<Vec<(PathBuf, Arc<AtomicU64>)>> = Mutex::new(Vec::new());
+/// What a counted database file's connections count.
+#[derive(Default)]
+struct Counters {
+    /// Virtual-machine instructions.
+    steps: AtomicU64,
+    /// Transactions committed (each one fsync of the WAL).
+    commits: AtomicU64,
+}
 
-unsafe extern "C" fn count_step(counter: *mut c_void) -> c_int {
-    // SAFETY: `counter` points into an `Arc<AtomicU64>` that `COUNTED` keeps alive forever.
-    unsafe { (*(counter as *const AtomicU64)).fetch_add(1, Ordering::Relaxed) };
+/// Database files whose connections count their work, with their counters (kept for the life
+/// of the test process: a connection may outlive its test).
+static COUNTED: Mutex<Vec<(PathBuf, Arc<Counters>)>> = Mutex::new(Vec::new());
+
+unsafe extern "C" fn count_step(counters: *mut c_void) -> c_int {
+    // SAFETY: `counters` points into an `Arc<Counters>` that `COUNTED` keeps alive forever.
+    unsafe { (*(counters as *const Counters)).steps.fetch_add(1, Ordering::Relaxed) };
+    0
+}
+
+unsafe extern "C" fn count_commit(counters: *mut c_void) -> c_int {
+    // SAFETY: as for `count_step`. Returning 0 lets the commit proceed.
+    unsafe { (*(counters as *const Counters)).commits.fetch_add(1, Ordering::Relaxed) };
     0
 }
 
@@ -35,21 +52,26 @@ unsafe extern "C" fn on_open(db: *mut ffi::sqlite3, _: *mut *mut c_char, _: *con
     }
     let path = PathBuf::from(unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned());
     let counted = COUNTED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, counter)) = counted.iter().find(|(counted, _)| *counted == path) {
-        // SAFETY: the counter outlives the connection (see `COUNTED`).
-        unsafe { ffi::sqlite3_progress_handler(db, 1, Some(count_step), Arc::as_ptr(counter) as *mut c_void) };
+    if let Some((_, counters)) = counted.iter().find(|(counted, _)| *counted == path) {
+        let counters = Arc::as_ptr(counters) as *mut c_void;
+        // SAFETY: the counters outlive the connection (see `COUNTED`).
+        unsafe {
+            ffi::sqlite3_progress_handler(db, 1, Some(count_step), counters);
+            ffi::sqlite3_commit_hook(db, Some(count_commit), counters);
+        }
     }
     ffi::SQLITE_OK
 }
 
-/// A store on a new SQLite file whose every instruction is counted in the returned counter.
-async fn counted_store() -> (Store, Arc<AtomicU64>, tempfile::TempDir) {
+/// A store on a new SQLite file whose every instruction and commit is counted in the returned
+/// counters.
+async fn counted_store() -> (Store, Arc<Counters>, tempfile::TempDir) {
     static HOOK: Once = Once::new();
     // SAFETY: `on_open` has the signature SQLite calls an automatic extension with.
     HOOK.call_once(|| assert_eq!(unsafe { ffi::sqlite3_auto_extension(Some(on_open)) }, ffi::SQLITE_OK));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().canonicalize().unwrap().join("ovsb.db");
-    let counter = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(Counters::default());
     COUNTED.lock().unwrap().push((path.clone(), counter.clone()));
     let store = Store::open(&format!("sqlite://{}", path.display())).await.unwrap();
     (store, counter, dir)
@@ -147,11 +169,11 @@ async fn provision(store: &Store, id: &str, plan_id: &str) -> u64 {
     counted
 }
 
-/// The instructions SQLite ran for one provision.
-async fn work_of_one(store: &Store, counter: &AtomicU64, id: &str, plan_id: &str) -> u64 {
-    let before = counter.load(Ordering::Relaxed);
+/// The instructions SQLite ran for one provision, and the commits it made.
+async fn work_of_one(store: &Store, counters: &Counters, id: &str, plan_id: &str) -> (u64, u64) {
+    let before = (counters.steps.load(Ordering::Relaxed), counters.commits.load(Ordering::Relaxed));
     provision(store, id, plan_id).await;
-    counter.load(Ordering::Relaxed) - before
+    (counters.steps.load(Ordering::Relaxed) - before.0, counters.commits.load(Ordering::Relaxed) - before.1)
 }
 
 #[tokio::test]
@@ -160,16 +182,52 @@ async fn a_provision_does_the_same_store_work_at_10_and_at_1000_instances() {
     for i in 0..10 {
         provision(&store, &format!("t-{i}"), "plan").await;
     }
-    let small = work_of_one(&store, &counter, "probe-small", "plan").await;
+    let (small, small_commits) = work_of_one(&store, &counter, "probe-small", "plan").await;
     assert!(small > 0, "the progress handler counts this store's instructions");
     for i in 10..1000 {
         provision(&store, &format!("t-{i}"), "plan").await;
     }
-    let large = work_of_one(&store, &counter, "probe-large", "plan").await;
-    println!("store work of a provision: {small} SQLite instructions at 10 instances, {large} at 1000");
+    let (large, large_commits) = work_of_one(&store, &counter, "probe-large", "plan").await;
+    println!(
+        "store work of a provision: {small} SQLite instructions at 10 instances, {large} at 1000; \
+         commits {small_commits} and {large_commits}"
+    );
     // Equal for point lookups and inserts; a count or a scan of the plan's instances would add
     // a thousand instructions or more here.
     assert!(large <= small + small / 10, "store work of a provision: {small} at 10 instances, {large} at 1000");
+    // One durable commit for each step a platform waits for, alone: the broker's transition
+    // (the instance, its operation, the plan's count, the audit row, the change log: all one),
+    // the runner's end of the operation (with the instance's new state), the bind.
+    assert_eq!((small_commits, large_commits), (3, 3), "commits of a provision alone and its bind");
+}
+
+/// Provisions that wait for the store together share its commits (group commit): sixteen at
+/// once commit in two transactions, the first alone and the fifteen that queued behind it
+/// together, and each is answered only once its own is durable.
+#[tokio::test]
+async fn provisions_that_wait_together_commit_together() {
+    let (store, counter, _dir) = counted_store().await;
+    let before = counter.commits.load(Ordering::Relaxed);
+    let accepted = futures::future::join_all((0..16).map(|i| {
+        let store = store.clone();
+        async move {
+            let id = format!("t-{i}");
+            let operation_id = format!("op-{i}");
+            let changes = vec![
+                Change::PutInstance(instance(&id, "plan", InstanceState::Provisioning, &operation_id)),
+                Change::Audit(audit("provision", None)),
+            ];
+            store.instance_transition(&id, Some("plan"), |view| Decision { changes, answer: view.plan_count }).await
+        }
+    }))
+    .await;
+    let commits = counter.commits.load(Ordering::Relaxed) - before;
+    let mut counts: Vec<u64> = accepted.into_iter().map(Result::unwrap).collect();
+    counts.sort();
+    // Each decided on the rows the changes before it in the same transaction left.
+    assert_eq!(counts, (0..16).collect::<Vec<u64>>(), "each saw the plan's count of those before it");
+    assert_eq!(store.counts().await.unwrap().0, 16);
+    assert!(commits <= 2, "16 provisions that waited together took {commits} commits");
 }
 
 #[tokio::test]

@@ -238,6 +238,12 @@ pub struct Metrics {
     /// `ovsb_store_corrupt_rows_total{table}`: rows read from the store that did not decode
     /// (each failed what read it, loudly; none is skipped).
     pub store_corrupt_rows: Family<TableLabels, Counter>,
+    /// `ovsb_store_commits_total`: store transactions committed for state changes (a group of
+    /// changes that waited together commits once: see `store::group`).
+    pub store_commits: Counter,
+    /// `ovsb_store_changes_total`: state changes committed (instance and binding transitions,
+    /// ends of operations); over `store_commits`, how many share a commit.
+    pub store_changes: Counter,
     /// `ovsb_usage_calls_total{plan, outcome}`: metered calls per plan (never per binding),
     /// counted as the meters are flushed.
     pub usage_calls: Family<PlanOutcomeLabels, Counter>,
@@ -401,6 +407,18 @@ impl Metrics {
             "Rows read from the store that did not decode (each failed what read it), by table",
             store_corrupt_rows.clone(),
         );
+        let store_commits = Counter::default();
+        registry.register(
+            "store_commits",
+            "Store transactions committed for state changes (changes that waited together commit once)",
+            store_commits.clone(),
+        );
+        let store_changes = Counter::default();
+        registry.register(
+            "store_changes",
+            "State changes committed: instance and binding transitions, ends of operations",
+            store_changes.clone(),
+        );
         registry.register(
             "plugin_copy_evictions",
             "Idle plugin copies dropped for the idle budget or the idle time",
@@ -473,6 +491,8 @@ impl Metrics {
             plugin_loads,
             plugin_reloads,
             store_corrupt_rows,
+            store_commits,
+            store_changes,
             usage_calls,
             usage_compute_units,
             usage_quota_refusals,
