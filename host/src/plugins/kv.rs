@@ -353,7 +353,7 @@ mod tests {
     fn oversized_keys_and_values_are_refused_and_change_nothing() {
         let kv = small();
         assert!(kv.set("much-too-long", b"1", None).unwrap_err().contains("key is 13 bytes"));
-        assert!(kv.set("k", &[0; 17], None).unwrap_err().contains("value is 17 bytes"));
+        assert!(kv.set("k", [0; 17], None).unwrap_err().contains("value is 17 bytes"));
         assert!(kv.is_empty());
     }
 
