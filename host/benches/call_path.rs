@@ -8,7 +8,7 @@
 //! Cases: the empty chain (`eth_blockNumber`, to the node); method-filter + rate-limit + cache,
 //! the first-party chain, on `eth_blockNumber` (through all three to the node) and on
 //! `eth_chainId` (answered from the cache). Before the timings, each case prints its allocations
-//! per call, counted on the calling thread (the node's thread is not counted; the gateway's
+//! and the bytes they asked for, per call, counted on the calling thread (the node's thread is not counted; the gateway's
 //! client to it runs on the calling thread and is). A change that costs more than 10% here is
 //! explained in its commit (README, "The data plane").
 #![allow(missing_docs)]
@@ -31,21 +31,29 @@ struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    static BYTES: Cell<u64> = const { Cell::new(0) };
 }
 
-fn count() {
+/// Counts one allocation (or reallocation) of `bytes` bytes on this thread.
+fn count(bytes: usize) {
     let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+    let _ = BYTES.try_with(|n| n.set(n.get() + bytes as u64));
+}
+
+/// Allocations and bytes allocated on this thread so far.
+fn counted() -> (u64, u64) {
+    (ALLOCATIONS.with(Cell::get), BYTES.with(Cell::get))
 }
 
 // SAFETY: every call is passed on to mimalloc unchanged; counting touches a const thread-local.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
+        count(layout.size());
         // SAFETY: the caller's contract, passed on.
         unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
+        count(layout.size());
         // SAFETY: the caller's contract, passed on.
         unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
     }
@@ -54,7 +62,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
+        count(new_size);
         // SAFETY: the caller's contract, passed on.
         unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
@@ -91,11 +99,48 @@ fn static_node() -> String {
     url
 }
 
+/// `CALL_PATH_LOOP=<case>:<calls>` (case 0, 1 or 2, in the order of [`CASES`]): after the
+/// setup and a warm-up, make that many calls of the case and exit, without criterion. For an
+/// instruction count that load on the machine does not move (`valgrind --tool=callgrind`, see
+/// the README's "The data plane"): the calls are made in [`measured_calls`], so
+/// `--toggle-collect` can count only them. The runtime then keeps compiled plugins in a cache
+/// directory (the second run does not compile) and has few slots (valgrind cannot reserve the
+/// default runtime's address space).
+fn loop_mode() -> Option<(usize, u64)> {
+    let spec = std::env::var("CALL_PATH_LOOP").ok()?;
+    let (case, calls) = spec.split_once(':').expect("CALL_PATH_LOOP=<case>:<calls>");
+    Some((case.parse().expect("a case number"), calls.parse().expect("a number of calls")))
+}
+
+/// The cases, by name.
+const CASES: [&str; 3] = [
+    "empty chain, eth_blockNumber (node)",
+    "method-filter + rate-limit + cache, eth_blockNumber (node)",
+    "method-filter + rate-limit + cache, eth_chainId (cache hit)",
+];
+
+/// Makes `calls` calls; its own function, for `valgrind --toggle-collect=*measured_calls*`.
+#[inline(never)]
+fn measured_calls(calls: u64, call: &dyn Fn() -> String) {
+    for _ in 0..calls {
+        std::hint::black_box(call());
+    }
+}
+
 fn bench(c: &mut Criterion) {
+    let looping = loop_mode();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let node = static_node();
     let routes = Arc::new(Routes::default());
-    let runtime = PluginRuntime::new(RuntimeConfig::default()).unwrap();
+    let runtime_config = match looping {
+        Some(_) => RuntimeConfig {
+            cache_dir: Some(std::env::temp_dir().join("ovsb-call-path-bench-cache")),
+            max_instances: 8,
+            ..RuntimeConfig::default()
+        },
+        None => RuntimeConfig::default(),
+    };
+    let runtime = PluginRuntime::new(runtime_config).unwrap();
     let kv = Arc::new(KvStore::new(KvLimits::default()));
     let plugin = |path: &str, config: &str, instance: &str| {
         let plugin = runtime.load_file("p", path.as_ref()).unwrap();
@@ -149,23 +194,35 @@ fn bench(c: &mut Criterion) {
     let gateway = InProcess::new(routes.clone(), &GatewayConfig::default());
     let block_number = br#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#;
     let chain_id = br#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#;
-    let cases: [(&str, &str, &[u8]); 3] = [
-        ("empty chain, eth_blockNumber (node)", &empty, block_number),
-        ("method-filter + rate-limit + cache, eth_blockNumber (node)", &three, block_number),
-        ("method-filter + rate-limit + cache, eth_chainId (cache hit)", &three, chain_id),
-    ];
+    let cases: [(&str, &str, &[u8]); 3] =
+        [(CASES[0], &empty, block_number), (CASES[1], &three, block_number), (CASES[2], &three, chain_id)];
+    if let Some((case, calls)) = looping {
+        let (name, key, body) = cases[case];
+        let call = || rt.block_on(gateway.call(key, body)).expect("an answer");
+        for _ in 0..200 {
+            assert!(call().contains(r#""result":"0x7a69""#), "{name}: {}", call());
+        }
+        let before = counted();
+        measured_calls(calls, &call);
+        let after = counted();
+        println!("call_path/{name}: {calls} calls, {} allocations, {} bytes", after.0 - before.0, after.1 - before.1);
+        std::process::exit(0);
+    }
     for (name, key, body) in cases {
         let call = || rt.block_on(gateway.call(key, body)).expect("an answer");
         for _ in 0..200 {
             assert!(call().contains(r#""result":"0x7a69""#), "{name}: {}", call());
         }
         const CALLS: u64 = 2000;
-        let before = ALLOCATIONS.with(Cell::get);
-        for _ in 0..CALLS {
-            std::hint::black_box(call());
-        }
-        let per_call = (ALLOCATIONS.with(Cell::get) - before) as f64 / CALLS as f64;
-        println!("call_path/{name}: {per_call:.1} allocations per call");
+        let before = counted();
+        measured_calls(CALLS, &call);
+        let after = counted();
+        let per_call = |n: u64| n as f64 / CALLS as f64;
+        println!(
+            "call_path/{name}: {:.1} allocations, {:.0} bytes allocated per call",
+            per_call(after.0 - before.0),
+            per_call(after.1 - before.1)
+        );
     }
     let mut group = c.benchmark_group("call_path");
     for (name, key, body) in cases {

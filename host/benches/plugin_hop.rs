@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ovsb::plugins::{
-    Call, Chain, ChainEntry, Context, Isolation, KvLimits, KvStore, Outcome, PluginLimits, PluginRuntime,
+    Call, CallContext, Chain, ChainEntry, Context, Isolation, KvLimits, KvStore, Outcome, PluginLimits, PluginRuntime,
     RuntimeConfig, Upstream,
 };
 
@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
         Chain::new(vec![ChainEntry { pool, fail_open: false }])
     };
     let upstream: Arc<dyn Upstream> = Arc::new(Immediate);
-    let ctx = Arc::new(Context {
+    let ctx = CallContext::from(Context {
         instance_id: "0b9d3bc4-2d5e-4d56-9d7c-6f1f4d1a2b3c".into(),
         binding_id: Some("5f0c2f63-1c7e-4a8e-9f61-3c1d2e4f5a6b".into()),
         plan: "devnet".into(),

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ovsb::plugins::{
-    Call, Chain, ChainEntry, Context, KvLimits, KvStore, Outcome, PluginLimits, PluginRuntime, RuntimeConfig, Upstream,
+    Call, CallContext, Chain, ChainEntry, Context, KvLimits, KvStore, Outcome, PluginLimits, PluginRuntime,
+    RuntimeConfig, Upstream,
 };
 
 const RESULT: &str = "\"0x00000000000000000000000000000000000000000000000000000000000f4240\"";
@@ -45,7 +46,7 @@ fn rss() -> u64 {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let upstream: Arc<dyn Upstream> = Arc::new(Immediate);
-    let ctx = Arc::new(Context {
+    let ctx = CallContext::from(Context {
         instance_id: "0b9d3bc4-2d5e-4d56-9d7c-6f1f4d1a2b3c".into(),
         binding_id: Some("5f0c2f63-1c7e-4a8e-9f61-3c1d2e4f5a6b".into()),
         plan: "shared".into(),

@@ -33,6 +33,45 @@ mod wit {
 pub use wit::ovsb::plugin::types as contract;
 pub use wit::ovsb::plugin::types::{Call, Context, Decision, Hooks, Level, Outcome, RpcError};
 
+/// Who is calling, for the plugins of one call: the contract's [`Context`] with its fields
+/// shared, not copied (the instance's id, the binding's and the plan's are the route's own, the
+/// request id is the call's scope's), so that a call costs no copies of them. A plugin that asks
+/// (`host.call-context`) gets the contract's [`Context`], made then ([`CallContext::contract`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallContext {
+    /// The service instance whose endpoint was called.
+    pub instance_id: std::sync::Arc<str>,
+    /// The binding whose credentials were used, if any.
+    pub binding_id: Option<std::sync::Arc<str>>,
+    /// The plan id of the instance.
+    pub plan: std::sync::Arc<str>,
+    /// The call's id.
+    pub request_id: std::sync::Arc<str>,
+}
+
+impl CallContext {
+    /// The contract's [`Context`], as a plugin gets it.
+    pub fn contract(&self) -> Context {
+        Context {
+            instance_id: self.instance_id.to_string(),
+            binding_id: self.binding_id.as_deref().map(str::to_string),
+            plan: self.plan.to_string(),
+            request_id: self.request_id.to_string(),
+        }
+    }
+}
+
+impl From<Context> for CallContext {
+    fn from(context: Context) -> Self {
+        CallContext {
+            instance_id: context.instance_id.into(),
+            binding_id: context.binding_id.map(Into::into),
+            plan: context.plan.into(),
+            request_id: context.request_id.into(),
+        }
+    }
+}
+
 /// Where a call goes to be answered by the node: the instance's upstream pool, or a guard in
 /// front of it that checks the call first.
 ///
@@ -167,6 +206,11 @@ tokio::task_local! {
 /// `f` of the id of the call running in this scope (`None` out of a call's scope).
 pub fn with_request_id<R>(f: impl FnOnce(&str) -> R) -> Option<R> {
     CALL.try_with(|call| f(&call.request_id)).ok()
+}
+
+/// The id of the call running in this scope, shared (`None` out of a call's scope).
+pub fn request_id() -> Option<std::sync::Arc<str>> {
+    CALL.try_with(|call| call.request_id.clone()).ok()
 }
 
 /// Says who failed the call running in this scope, and with which error. The last word

@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::plugins::{
-    Call, Chain, ChainEntry, Context, KvLimits, KvStore, Outcome, PluginLimits, PluginRuntime, RuntimeConfig, Upstream,
+    Call, CallContext, Chain, ChainEntry, KvLimits, KvStore, Outcome, PluginLimits, PluginRuntime, RuntimeConfig,
+    Upstream,
 };
 
 /// Open Validator Service Broker.
@@ -267,12 +268,12 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             anyhow::ensure!((1..=60_000).contains(&budget_ms), "--budget-ms must be between 1 and 60000");
             let limits = PluginLimits { call_budget_ms: budget_ms, ..PluginLimits::default() };
             let chain = load_chain(&file, &config, limits).await?;
-            let ctx = Arc::new(Context {
+            let ctx = CallContext {
                 instance_id: "cli".into(),
                 binding_id: None,
                 plan: "cli".into(),
                 request_id: "cli-1".into(),
-            });
+            };
             let upstream: Arc<dyn Upstream> = Arc::new(Fixed(upstream_result));
             let outcome = chain.run(&ctx, Call { method, params }, &upstream).await;
             Ok(response_json(outcome))

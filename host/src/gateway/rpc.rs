@@ -33,7 +33,7 @@ use super::revocable::RevocationWatch;
 use super::routes::{KeyDigest, Route, Routes};
 use super::subscriptions::{self, NodeSockets, SubscriptionSlots};
 use crate::budget::{GatewayBudget, REQUEST_BUDGET};
-use crate::call::{Blame, Call, Context, Outcome, Upstream};
+use crate::call::{Blame, Call, CallContext, Outcome, Upstream};
 
 /// Put into request extensions by the front service: the caller's key, by digest, whether the
 /// calls come over a WebSocket, and the binding's allowlist.
@@ -109,19 +109,26 @@ impl RpcState {
         self.routes.lookup_digest(&caller.digest)
     }
 
-    /// A new request id: `<process id in hex>-<counter in hex>`.
-    fn request_id(&self) -> String {
+    /// A new request id: `<process id in hex>-<counter in hex>`, formatted once, in place.
+    fn request_id(&self) -> Arc<str> {
+        use std::io::Write as _;
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.id_prefix)
+        // The prefix is at most 8 hex digits, the counter 16.
+        let mut text = [0u8; 32];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let _ = write!(cursor, "{}-{n:x}", self.id_prefix);
+        let len = cursor.position() as usize;
+        std::str::from_utf8(&text[..len]).unwrap_or_default().into()
     }
 
-    fn context(&self, route: &Route) -> Arc<Context> {
-        Arc::new(Context {
-            instance_id: route.instance.instance_id.to_string(),
-            binding_id: Some(route.binding_id.to_string()),
-            plan: route.instance.plan.to_string(),
-            request_id: crate::call::with_request_id(str::to_string).unwrap_or_else(|| self.request_id()),
-        })
+    /// The plugins' context of a call on `route`: the route's own ids and the call's, shared.
+    fn context(&self, route: &Route) -> CallContext {
+        CallContext {
+            instance_id: route.instance.instance_id.clone(),
+            binding_id: Some(route.binding_id.clone()),
+            plan: route.instance.plan.clone(),
+            request_id: crate::call::request_id().unwrap_or_else(|| self.request_id()),
+        }
     }
 }
 
@@ -445,7 +452,7 @@ fn guard_or_pool(route: &Route, guard: Option<&Arc<Guard>>) -> Arc<dyn Upstream>
 /// when it failed, who is to blame.
 async fn run(state: &RpcState, route: &Route, call: Call, guard: Option<Guard>) -> (Outcome, Option<Blame>) {
     use tracing::Instrument as _;
-    let id: Arc<str> = state.request_id().into();
+    let id = state.request_id();
     let span =
         tracing::debug_span!("rpc", request_id = %id, instance = %route.instance.instance_id, method = %call.method);
     crate::call::judged(id, run_call(state, route, call, guard)).instrument(span).await

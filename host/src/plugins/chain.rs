@@ -29,7 +29,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::errors::PluginFailure;
 use super::pool::InstancePool;
 use super::state::Upstream;
-use super::{Call, Context, Decision, Hooks, Outcome, RpcError};
+use super::{Call, CallContext, Decision, Hooks, Outcome, RpcError};
 use crate::call::Blame;
 
 /// JSON-RPC code of a call refused because its instance's share of plugin calls is taken.
@@ -118,7 +118,7 @@ impl Chain {
     }
 
     /// A turn to run one plugin call, or the error that refuses the call.
-    async fn turn(&self, ctx: &Context) -> Result<SemaphorePermit<'_>, RpcError> {
+    async fn turn(&self, ctx: &CallContext) -> Result<SemaphorePermit<'_>, RpcError> {
         if let Ok(permit) = self.turns.try_acquire() {
             return Ok(permit);
         }
@@ -151,7 +151,7 @@ impl Chain {
     }
 
     /// Runs one call through the chain and, unless a plugin answers it, the upstream.
-    pub async fn run(&self, ctx: &Arc<Context>, call: Call, upstream: &Arc<dyn Upstream>) -> Outcome {
+    pub async fn run(&self, ctx: &CallContext, call: Call, upstream: &Arc<dyn Upstream>) -> Outcome {
         let inbound = self.inbound(ctx, &call, upstream).await;
         let mut outcome = match inbound.answer {
             Some(outcome) => outcome,
@@ -183,7 +183,7 @@ impl Chain {
     /// Runs only the way in: the call as the chain would pass it to the node, or the answer of
     /// the plugin that responded (or failed). `on-result` hooks are not called. Used for
     /// `eth_subscribe`, whose answer is a stream rather than an outcome.
-    pub async fn admit(&self, ctx: &Arc<Context>, call: Call, upstream: &Arc<dyn Upstream>) -> Result<Call, Outcome> {
+    pub async fn admit(&self, ctx: &CallContext, call: Call, upstream: &Arc<dyn Upstream>) -> Result<Call, Outcome> {
         let mut inbound = self.inbound(ctx, &call, upstream).await;
         if let Some(answer) = inbound.answer {
             return Err(answer);
@@ -191,8 +191,9 @@ impl Chain {
         Ok(inbound.rewritten.take().or_else(|| inbound.forwarded.pop().map(|(_, call)| call)).unwrap_or(call))
     }
 
-    async fn inbound(&self, ctx: &Arc<Context>, call: &Call, upstream: &Arc<dyn Upstream>) -> Inbound {
-        let mut inbound = Inbound { forwarded: Vec::with_capacity(self.entries.len()), rewritten: None, answer: None };
+    async fn inbound(&self, ctx: &CallContext, call: &Call, upstream: &Arc<dyn Upstream>) -> Inbound {
+        // No room until a plugin with an `on-result` hook forwards the call (most calls: none).
+        let mut inbound = Inbound { forwarded: Vec::new(), rewritten: None, answer: None };
         for (index, entry) in self.entries.iter().enumerate() {
             let hooks = entry.pool.hooks();
             let current = inbound.last().unwrap_or(call);
@@ -269,6 +270,6 @@ impl Inbound {
     }
 }
 
-fn log_skipped(failure: &PluginFailure, ctx: &Context) {
+fn log_skipped(failure: &PluginFailure, ctx: &CallContext) {
     tracing::debug!(instance = %ctx.instance_id, request = %ctx.request_id, "fail-open plugin skipped: {failure}");
 }

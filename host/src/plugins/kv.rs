@@ -103,7 +103,13 @@ impl KvStore {
                 self.limits.max_entries_per_plugin, self.limits.max_bytes_per_plugin
             ));
         }
-        namespaces.insert(name.into(), Usage { entries, bytes });
+        match namespaces.get_mut(name) {
+            // In place: a namespace in use keeps its name (no allocation per write).
+            Some(usage) => *usage = Usage { entries, bytes },
+            None => {
+                namespaces.insert(name.into(), Usage { entries, bytes });
+            }
+        }
         Ok(())
     }
 
@@ -175,12 +181,12 @@ impl KvStore {
         self.live_entry(&mut shard, key, now).map(|e| e.value.clone())
     }
 
-    /// Stores a value.
-    pub fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), String> {
+    /// Stores a value (a `Vec` is kept as it is, a slice copied).
+    pub fn set(&self, key: &str, value: impl Into<Vec<u8>>, ttl: Option<Duration>) -> Result<(), String> {
         self.check_key(key)?;
         let now = Instant::now();
         let mut shard = self.shard(key);
-        self.put(&mut shard, key, value.to_vec(), ttl.map(|ttl| now + ttl), now)
+        self.put(&mut shard, key, value.into(), ttl.map(|ttl| now + ttl), now)
     }
 
     /// Adds `delta` to the integer at `key`; `ttl` applies when the key is created.
@@ -203,12 +209,13 @@ impl KvStore {
         Ok(next)
     }
 
-    /// Replaces the value at `key` with `new` if the live value equals `expected`.
+    /// Replaces the value at `key` with `new` if the live value equals `expected` (a `Vec` is
+    /// kept as it is, a slice copied).
     pub fn compare_and_swap(
         &self,
         key: &str,
         expected: Option<&[u8]>,
-        new: &[u8],
+        new: impl Into<Vec<u8>>,
         ttl: Option<Duration>,
     ) -> Result<bool, String> {
         self.check_key(key)?;
@@ -218,7 +225,7 @@ impl KvStore {
         if current != expected {
             return Ok(false);
         }
-        self.put(&mut shard, key, new.to_vec(), ttl.map(|ttl| now + ttl), now)?;
+        self.put(&mut shard, key, new.into(), ttl.map(|ttl| now + ttl), now)?;
         Ok(true)
     }
 
@@ -300,11 +307,14 @@ impl KvStore {
         // (Measured again: the sweep may have removed an expired entry under this very key.)
         let old = shard.get(key).map(|e| Entry::size(key, &e.value));
         self.reserve(key, old, new_size)?;
-        match shard.insert(key.to_string(), Entry { value, expires_at }) {
-            Some(previous) => {
+        // A key already there is updated in place (no copy of the key per write).
+        match shard.get_mut(key) {
+            Some(entry) => {
+                let previous = std::mem::replace(entry, Entry { value, expires_at });
                 self.bytes.fetch_sub(Entry::size(key, &previous.value), Ordering::Relaxed);
             }
             None => {
+                shard.insert(key.to_string(), Entry { value, expires_at });
                 self.entries.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -397,7 +407,7 @@ mod tests {
     fn oversized_keys_and_values_are_refused_and_change_nothing() {
         let kv = small();
         assert!(kv.set("much-too-long", b"1", None).unwrap_err().contains("key is 13 bytes"));
-        assert!(kv.set("k", &[0; 17], None).unwrap_err().contains("value is 17 bytes"));
+        assert!(kv.set("k", [0; 17], None).unwrap_err().contains("value is 17 bytes"));
         assert!(kv.is_empty());
     }
 

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use crate::call::{Call, Context, Decision, Hooks, Level, Outcome, RpcError, Upstream};
+pub use crate::call::{Call, CallContext, Context, Decision, Hooks, Level, Outcome, RpcError, Upstream};
 pub use crate::config::{Isolation, PluginLimits};
 pub use chain::{Chain, ChainEntry, PLUGIN_CALLS_PARAMETER, SHARE_EXHAUSTED_CODE, Share};
 pub use errors::{ConfigureError, FailureKind, LoadError, PLUGIN_FAILURE_CODE, PluginFailure, RuntimeError};

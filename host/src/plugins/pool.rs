@@ -18,7 +18,7 @@ use wasmtime::Store;
 
 use super::bindings::{
     self,
-    ovsb::plugin::types::{Call, Context, Decision, Hooks, Outcome, RpcError},
+    ovsb::plugin::types::{Call, Decision, Hooks, Outcome, RpcError},
 };
 use super::errors::{ConfigureError, FailureKind, PluginFailure};
 use super::kv::KvStore;
@@ -174,7 +174,7 @@ impl InstancePool {
     /// Runs the plugin's `on-call`.
     pub async fn on_call(
         &self,
-        ctx: &Arc<Context>,
+        ctx: &super::CallContext,
         call: &Call,
         upstream: &Arc<dyn Upstream>,
     ) -> Result<Decision, PluginFailure> {
@@ -194,7 +194,7 @@ impl InstancePool {
     /// Runs the plugin's `on-result`.
     pub async fn on_result(
         &self,
-        ctx: &Arc<Context>,
+        ctx: &super::CallContext,
         call: &Call,
         outcome: &Outcome,
         upstream: &Arc<dyn Upstream>,
@@ -210,7 +210,11 @@ impl InstancePool {
 
     /// A copy ready for one export call: the call's context and upstream set, the time budget
     /// started. [`settle`](Self::settle) ends the call.
-    async fn checkout(&self, ctx: &Arc<Context>, upstream: &Arc<dyn Upstream>) -> Result<PluginCopy, PluginFailure> {
+    async fn checkout(
+        &self,
+        ctx: &super::CallContext,
+        upstream: &Arc<dyn Upstream>,
+    ) -> Result<PluginCopy, PluginFailure> {
         let mut copy = self.take().await?;
         copy.store.data_mut().begin_call(Some(ctx.clone()), Some(upstream.clone()));
         // One tick: a long call runs in one-tick slices (see `StoreState::on_epoch_deadline`).

@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::ovsb::plugin::host::Host;
 use super::kv::KvStore;
 use super::methods::MethodSelection;
-use crate::call::{Call, Context, Hooks, Level, Outcome, RpcError};
+use crate::call::{Call, CallContext, Context, Hooks, Level, Outcome, RpcError};
 
 /// Longest log line a plugin may write; longer ones are cut.
 const MAX_LOG_LINE: usize = 4096;
@@ -94,7 +94,7 @@ impl LogLimiter {
 /// run on this thread). A slice's running time is from its start (the call's start, or the
 /// moment the executor resumed it) to the deadline, less time spent waiting in host calls.
 pub(crate) struct CallState {
-    context: Option<Arc<Context>>,
+    context: Option<CallContext>,
     upstream: Option<Arc<dyn Upstream>>,
     upstream_left: u32,
     /// Running time of the finished slices.
@@ -110,7 +110,12 @@ pub(crate) struct CallState {
 }
 
 impl CallState {
-    fn new(context: Option<Arc<Context>>, upstream: Option<Arc<dyn Upstream>>, upstream_left: u32) -> Self {
+    fn new(
+        context: Option<CallContext>,
+        upstream: Option<Arc<dyn Upstream>>,
+        upstream_left: u32,
+        resumed: Arc<std::sync::Mutex<Option<Instant>>>,
+    ) -> Self {
         CallState {
             context,
             upstream,
@@ -119,7 +124,7 @@ impl CallState {
             slice_start: Instant::now(),
             slice_host_wait: Duration::ZERO,
             host_wait: Duration::ZERO,
-            resumed: Arc::default(),
+            resumed,
         }
     }
 }
@@ -149,6 +154,8 @@ pub(crate) struct StoreState {
     kv: Arc<KvStore>,
     /// `<plugin name>/`: every key this plugin uses is prefixed with it.
     kv_prefix: String,
+    /// The last full key a host call used (its room is reused).
+    kv_key: String,
     log: LogLimiter,
     budget: Duration,
     max_upstream_calls: u32,
@@ -173,19 +180,24 @@ impl StoreState {
             sealed: settings.sealed.clone(),
             kv: settings.kv.clone(),
             kv_prefix: format!("{}/", settings.plugin),
+            kv_key: String::new(),
             log: LogLimiter::new(settings.log_lines_per_second),
             budget: settings.budget,
             max_upstream_calls: settings.max_upstream_calls,
             declined: Hooks::empty(),
             configuring: false,
             selection: Ok(MethodSelection::default()),
-            call: CallState::new(None, None, 0),
+            call: CallState::new(None, None, 0, Arc::default()),
         }
     }
 
-    /// Starts the bookkeeping of a call (or of `configure`, with no upstream).
-    pub fn begin_call(&mut self, context: Option<Arc<Context>>, upstream: Option<Arc<dyn Upstream>>) {
-        self.call = CallState::new(context, upstream, self.max_upstream_calls);
+    /// Starts the bookkeeping of a call (or of `configure`, with no upstream). The copy's
+    /// `resumed` cell is reused (no allocation per call): no yield of an earlier call is
+    /// pending, since a call's yields end before it does (or are dropped with it).
+    pub fn begin_call(&mut self, context: Option<CallContext>, upstream: Option<Arc<dyn Upstream>>) {
+        let resumed = self.call.resumed.clone();
+        *resumed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.call = CallState::new(context, upstream, self.max_upstream_calls, resumed);
     }
 
     /// Ends the call: the copy keeps no reference to the caller's upstream.
@@ -223,11 +235,16 @@ impl StoreState {
         ))
     }
 
-    fn key(&self, key: &str) -> String {
-        let mut full = String::with_capacity(self.kv_prefix.len() + key.len());
+    /// `f` of the store and the full key of `key` (`<plugin name>/<key>`), built in a buffer
+    /// the copy keeps (no allocation per host call).
+    fn with_key<R>(&mut self, key: &str, f: impl FnOnce(&KvStore, &str) -> R) -> R {
+        let mut full = std::mem::take(&mut self.kv_key);
+        full.clear();
         full.push_str(&self.kv_prefix);
         full.push_str(key);
-        full
+        let result = f(&self.kv, &full);
+        self.kv_key = full;
+        result
     }
 }
 
@@ -344,7 +361,7 @@ impl Host for StoreState {
 
     fn call_context(&mut self) -> Context {
         match &self.call.context {
-            Some(context) => Context::clone(context),
+            Some(context) => context.contract(),
             // During configure: only the instance is known.
             None => Context {
                 instance_id: self.instance_id.to_string(),
@@ -375,15 +392,15 @@ impl Host for StoreState {
     }
 
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.kv.get(&self.key(&key))
+        self.with_key(&key, |kv, key| kv.get(key))
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
-        self.kv.set(&self.key(&key), &value, ttl_ms.map(Duration::from_millis))
+        self.with_key(&key, |kv, key| kv.set(key, value, ttl_ms.map(Duration::from_millis)))
     }
 
     fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
-        self.kv.incr(&self.key(&key), delta, ttl_ms.map(Duration::from_millis))
+        self.with_key(&key, |kv, key| kv.incr(key, delta, ttl_ms.map(Duration::from_millis)))
     }
 
     fn kv_compare_and_swap(
@@ -393,10 +410,12 @@ impl Host for StoreState {
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
-        self.kv.compare_and_swap(&self.key(&key), expected.as_deref(), &new, ttl_ms.map(Duration::from_millis))
+        self.with_key(&key, |kv, key| {
+            kv.compare_and_swap(key, expected.as_deref(), new, ttl_ms.map(Duration::from_millis))
+        })
     }
 
     fn kv_delete(&mut self, key: String) -> bool {
-        self.kv.delete(&self.key(&key))
+        self.with_key(&key, |kv, key| kv.delete(key))
     }
 }

@@ -372,7 +372,10 @@ impl UpstreamPool {
         let params = call.params.as_deref().unwrap_or("[]");
         let mut body = Vec::with_capacity(64 + call.method.len() + params.len());
         body.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
-        body.extend_from_slice(id.to_string().as_bytes());
+        {
+            use std::io::Write as _;
+            let _ = write!(body, "{id}");
+        }
         body.extend_from_slice(br#","method":"#);
         // A method name is a JSON string; serde escapes it.
         serde_json::to_writer(&mut body, &call.method).expect("writing to a Vec cannot fail");

@@ -79,7 +79,7 @@ impl Fixture {
     async fn run(&self, chain: &Chain, method: &str, params: Option<&str>) -> Outcome {
         chain
             .run(
-                &Arc::new(context()),
+                &context().into(),
                 Call { method: method.into(), params: params.map(str::to_string) },
                 &self.upstream(),
             )
@@ -674,17 +674,17 @@ async fn a_call_that_finds_every_slot_busy_gets_32005_naming_the_limit() {
     let call = |method: &str| Call { method: method.into(), params: Some("[]".into()) };
     let busy = {
         let (chain, upstream, call) = (chain.clone(), upstream.clone(), call("test_loop"));
-        tokio::spawn(async move { chain.run(&Arc::new(context()), call, &upstream).await })
+        tokio::spawn(async move { chain.run(&context().into(), call, &upstream).await })
     };
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let refused = chain.run(&Arc::new(context()), call("eth_chainId"), &upstream).await.unwrap_err();
+    let refused = chain.run(&context().into(), call("eth_chainId"), &upstream).await.unwrap_err();
     assert_eq!(refused.code, -32005, "{refused:?}");
     let data: Value = serde_json::from_str(refused.data.as_deref().unwrap()).unwrap();
     assert_eq!(data["reason"], "runtime_copies", "{data}");
     assert_eq!(data["limit"], 1, "{data}");
     assert_eq!(busy.await.unwrap().unwrap_err().code, PLUGIN_FAILURE_CODE, "the looping call ran to its budget");
     // The slot is free again: the next call gets a copy.
-    assert!(chain.run(&Arc::new(context()), call("eth_chainId"), &upstream).await.is_ok());
+    assert!(chain.run(&context().into(), call("eth_chainId"), &upstream).await.is_ok());
 }
 
 /// An instance that serves no calls holds no copy; a call makes one, which stays warm until the
@@ -724,7 +724,7 @@ async fn the_idle_budget_drops_the_least_recently_used_copy_across_instances() {
     }
     for chain in &chains {
         let call = Call { method: "eth_chainId".into(), params: Some("[]".into()) };
-        chain.run(&Arc::new(context()), call, &upstream).await.unwrap();
+        chain.run(&context().into(), call, &upstream).await.unwrap();
     }
     assert_eq!(runtime.idle_copies(), 2, "the budget");
     assert_eq!(runtime.stats().evicted.load(Ordering::SeqCst), 1);

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ovsb::plugins::{
-    Call, Chain, ChainEntry, Context, KvLimits, KvStore, Outcome, PLUGIN_FAILURE_CODE, PluginLimits, PluginRuntime,
-    RuntimeConfig, Upstream,
+    Call, CallContext, Chain, ChainEntry, Context, KvLimits, KvStore, Outcome, PLUGIN_FAILURE_CODE, PluginLimits,
+    PluginRuntime, RuntimeConfig, Upstream,
 };
 use serde_json::{Value, json};
 use support::broker::*;
@@ -39,8 +39,8 @@ impl Upstream for Node {
     }
 }
 
-fn context() -> Arc<Context> {
-    Arc::new(Context {
+fn context() -> CallContext {
+    CallContext::from(Context {
         instance_id: "inst-1".into(),
         binding_id: Some("bind-1".into()),
         plan: "shared".into(),

@@ -83,8 +83,6 @@
 //! selects the methods of the table above (`CACHEABLE_METHODS`): ovsb passes every other call by
 //! without entering the plugin, so a cache in the chain costs other calls nothing.
 
-use std::fmt::Write as _;
-
 use ovsb_plugin_sdk::{Call, Config, Context, Decision, Methods, Outcome, Plugin, kv, log, ok_raw};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -216,9 +214,15 @@ pub fn entry_key(method: &str, params: &Value) -> String {
     let mut text = String::new();
     canonical_json(params, &mut text);
     let digest = Sha256::digest(text.as_bytes());
-    let mut key = format!("cache:entry:{method}:");
+    let mut key = String::with_capacity("cache:entry:".len() + method.len() + 1 + 64);
+    key.push_str("cache:entry:");
+    key.push_str(method);
+    key.push(':');
+    // By hand: 32 `write!`s of `{:02x}` were a tenth of a cache hit's time in the plugin.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for byte in digest {
-        let _ = write!(key, "{byte:02x}");
+        key.push(char::from(HEX[usize::from(byte >> 4)]));
+        key.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     key
 }
