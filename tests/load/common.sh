@@ -60,3 +60,27 @@ TOML
     [ -z "${3:-}" ] || echo "$3"
     echo "driver = { kind = \"upstream\", http = [\"http://127.0.0.1:$ANVIL\"] }"
 }
+
+# The three first-party plugins (their wasm under $W) and the one service, plan `chain3`, over
+# the shared anvil, which runs them all: method-filter, a rate limit far out of reach, cache.
+chain3_toml() {
+    cat <<TOML
+[[plugins]]
+name = "method-filter"
+path = "$W/ovsb_plugin_method_filter.wasm"
+
+[[plugins]]
+name = "rate-limit"
+path = "$W/ovsb_plugin_rate_limit.wasm"
+
+[[plugins]]
+name = "cache"
+path = "$W/ovsb_plugin_cache.wasm"
+
+TOML
+    shared_anvil_service chain3 "the shared anvil behind three first-party plugins" 'plugins = [
+  { name = "method-filter", config = { deny = ["debug_*", "eth_send*"] } },
+  { name = "rate-limit", config = { requests_per_second = 1000000, burst = 1000000 } },
+  { name = "cache" },
+]'
+}

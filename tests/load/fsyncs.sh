@@ -24,23 +24,7 @@ BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
 cat > "$WORK/ovsb.toml" <<TOML
 $(listeners_toml data fsyncs-test)
 
-[[plugins]]
-name = "method-filter"
-path = "$W/ovsb_plugin_method_filter.wasm"
-
-[[plugins]]
-name = "rate-limit"
-path = "$W/ovsb_plugin_rate_limit.wasm"
-
-[[plugins]]
-name = "cache"
-path = "$W/ovsb_plugin_cache.wasm"
-
-$(shared_anvil_service chain3 "the shared anvil behind three first-party plugins" 'plugins = [
-  { name = "method-filter", config = { deny = ["debug_*", "eth_send*"] } },
-  { name = "rate-limit", config = { requests_per_second = 1000000, burst = 1000000 } },
-  { name = "cache" },
-]')
+$(chain3_toml)
 TOML
 strace -f -e trace=fsync,fdatasync -o "$WORK/syncs" "$OVSB" serve --config "$WORK/ovsb.toml" > "$WORK/ovsb.log" 2>&1 &
 STRACE_PID=$!; PIDS+=($STRACE_PID)

@@ -27,23 +27,7 @@ for N in "${SIZES[@]}"; do
     cat > "$WORK/ovsb-$N.toml" <<TOML
 $(listeners_toml "$DATA" startup-test)
 
-[[plugins]]
-name = "method-filter"
-path = "$W/ovsb_plugin_method_filter.wasm"
-
-[[plugins]]
-name = "rate-limit"
-path = "$W/ovsb_plugin_rate_limit.wasm"
-
-[[plugins]]
-name = "cache"
-path = "$W/ovsb_plugin_cache.wasm"
-
-$(shared_anvil_service chain3 "the shared anvil behind three first-party plugins" 'plugins = [
-  { name = "method-filter", config = { deny = ["debug_*", "eth_send*"] } },
-  { name = "rate-limit", config = { requests_per_second = 1000000, burst = 1000000 } },
-  { name = "cache" },
-]')
+$(chain3_toml)
 TOML
     # A first start makes the data directory (secret key, store, migrations); then the rows.
     "$OVSB" serve --config "$WORK/ovsb-$N.toml" > "$WORK/ovsb-$N.log" 2>&1 & pid=$!; PIDS+=($pid)

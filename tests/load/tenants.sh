@@ -28,23 +28,7 @@ $(listeners_toml data tenants-test)
 [runtime]
 idle_ms = 10000
 
-[[plugins]]
-name = "method-filter"
-path = "$W/ovsb_plugin_method_filter.wasm"
-
-[[plugins]]
-name = "rate-limit"
-path = "$W/ovsb_plugin_rate_limit.wasm"
-
-[[plugins]]
-name = "cache"
-path = "$W/ovsb_plugin_cache.wasm"
-
-$(shared_anvil_service chain3 "the shared anvil behind three first-party plugins" 'plugins = [
-  { name = "method-filter", config = { deny = ["debug_*", "eth_send*"] } },
-  { name = "rate-limit", config = { requests_per_second = 1000000, burst = 1000000 } },
-  { name = "cache" },
-]')
+$(chain3_toml)
 TOML
 "$OVSB" serve --config "$WORK/ovsb.toml" > "$WORK/ovsb.log" 2>&1 & OVSB_PID=$!; PIDS+=($OVSB_PID)
 wait_port "$BROKER"; wait_port "$GATEWAY"; wait_port "$ADMIN"
