@@ -84,3 +84,23 @@ TOML
   { name = "cache" },
 ]'
 }
+
+# Builds the three first-party plugins (not with OVSB_SKIP_BUILD: those already under $TARGET
+# are measured as they are) and sets W, the folder of their wasm.
+build_first_party_plugins() {
+    [ -n "${OVSB_SKIP_BUILD:-}" ] ||
+        cargo build --release --target wasm32-wasip2 -q -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache
+    W=$TARGET/wasm32-wasip2/release
+}
+
+# Waits up to 10 minutes, polling every 50 ms, for /readyz 200 on the admin listener $ADMIN;
+# stops the script with the end of log $2 if process $1 exits first, or on the timeout.
+wait_ready() { # pid log
+    for _ in $(seq 12000); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz")" = 200 ] && return 0
+        kill -0 "$1" 2>/dev/null || { tail -20 "$2"; exit 1; }
+        sleep 0.05
+    done
+    echo "ovsb was not ready within 10 minutes (log: $2)" >&2
+    exit 1
+}

@@ -15,9 +15,7 @@ cd "$(dirname "$0")/../.."
 N=${1:-200}
 source tests/load/common.sh
 command -v strace >/dev/null || { echo "strace is not installed (apt-get install strace)" >&2; exit 1; }
-[ -n "${OVSB_SKIP_BUILD:-}" ] ||
-    cargo build --release --target wasm32-wasip2 -q -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache
-W=$TARGET/wasm32-wasip2/release
+build_first_party_plugins
 
 start_anvil
 BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)

@@ -16,9 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZES=("${@:-30000}")
 source tests/load/common.sh
-[ -n "${OVSB_SKIP_BUILD:-}" ] ||
-    cargo build --release --target wasm32-wasip2 -q -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache
-W=$TARGET/wasm32-wasip2/release
+build_first_party_plugins
 
 start_anvil
 for N in "${SIZES[@]}"; do
@@ -31,11 +29,7 @@ $(chain3_toml)
 TOML
     # A first start makes the data directory (secret key, store, migrations); then the rows.
     "$OVSB" serve --config "$WORK/ovsb-$N.toml" > "$WORK/ovsb-$N.log" 2>&1 & pid=$!; PIDS+=($pid)
-    wait_port "$ADMIN"
-    for _ in $(seq 600); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz")" = 200 ] && break
-        sleep 0.1
-    done
+    wait_ready "$pid" "$WORK/ovsb-$N.log"
     kill "$pid"; wait "$pid" 2>/dev/null || true
     python3 tests/load/seed_store.py "$WORK/$DATA/ovsb.db" "$N" chain3 svc
 
@@ -47,11 +41,7 @@ TOML
         "$OVSB" serve --config "$WORK/ovsb-$N.toml" >> "$WORK/ovsb-$N.log" 2>&1 & pid=$!
     fi
     PIDS+=($pid)
-    for _ in $(seq 12000); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz")" = 200 ] && break
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$WORK/ovsb-$N.log"; exit 1; }
-        sleep 0.05
-    done
+    wait_ready "$pid" "$WORK/ovsb-$N.log"
     ready=$(date +%s%N)
     # (Under perf, ovsb is perf's child.)
     server=$(pgrep -P "$pid" || echo "$pid")

@@ -14,10 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-10000}
 source tests/load/common.sh
-# (OVSB_SKIP_BUILD set: the plugins already built under $TARGET are measured as they are.)
-[ -n "${OVSB_SKIP_BUILD:-}" ] ||
-    cargo build --release --target wasm32-wasip2 -q -p ovsb-plugin-method-filter -p ovsb-plugin-rate-limit -p ovsb-plugin-cache
-W=$TARGET/wasm32-wasip2/release
+build_first_party_plugins
 
 start_anvil
 BROKER=$(free_port); GATEWAY=$(free_port); ADMIN=$(free_port)
@@ -41,11 +38,7 @@ python3 tests/load/tenants.py "http://127.0.0.1:$BROKER" tenants-test "http://12
 kill "$OVSB_PID"; wait "$OVSB_PID" 2>/dev/null || true
 started=$(date +%s%N)
 "$OVSB" serve --config "$WORK/ovsb.toml" >> "$WORK/ovsb.log" 2>&1 & OVSB_PID=$!; PIDS+=($OVSB_PID)
-for _ in $(seq 6000); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/readyz")" = 200 ] && break
-    kill -0 "$OVSB_PID" 2>/dev/null || { tail -20 "$WORK/ovsb.log"; exit 1; }
-    sleep 0.1
-done
+wait_ready "$OVSB_PID" "$WORK/ovsb.log"
 ready=$(date +%s%N)
 rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$OVSB_PID/status")
 fds=$(ls "/proc/$OVSB_PID/fd" | wc -l)
