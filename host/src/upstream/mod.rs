@@ -509,34 +509,48 @@ mod tests {
         assert_eq!(parsed["params"], serde_json::json!([1, {"a": 2}]));
     }
 
+    /// Reads a request's head from `socket` (its short body is left to the next read); false
+    /// when the client closed first.
+    async fn read_head(socket: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        let mut read = 0;
+        while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buf[read..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(k) => read += k,
+            }
+        }
+        true
+    }
+
+    /// Writes a 200 whose JSON-RPC result is the string `result`, with `connection: close` when
+    /// `close`.
+    async fn write_answer(socket: &mut tokio::net::TcpStream, result: &str, close: bool) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{result}"}}"#);
+        let connection = if close { "connection: close\r\n" } else { "" };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n",
+            body.len()
+        );
+        socket.write_all(format!("{head}{body}").as_bytes()).await
+    }
+
     /// A test double of a node (anvil cannot hold a call open on demand): it reads each call and
     /// answers `result` once `release` is notified (at once when `release` is `None`).
     async fn node_double(result: &'static str, release: Option<Arc<tokio::sync::Notify>>) -> http::Uri {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri = format!("http://127.0.0.1:{}/", listener.local_addr().unwrap().port()).parse().unwrap();
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let release = release.clone();
                 tokio::spawn(async move {
-                    loop {
-                        let mut buf = vec![0u8; 4096];
-                        let mut read = 0;
-                        while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                            match socket.read(&mut buf[read..]).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => read += k,
-                            }
-                        }
+                    while read_head(&mut socket).await {
                         if let Some(release) = &release {
                             release.notified().await;
                         }
-                        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{result}"}}"#);
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        if socket.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                        if write_answer(&mut socket, result, false).await.is_err() {
                             return;
                         }
                     }
@@ -582,7 +596,6 @@ mod tests {
     #[tokio::test]
     async fn a_read_is_asked_again_once_when_the_connection_closes_before_the_answer() {
         use std::sync::atomic::AtomicUsize;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -591,22 +604,8 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let n = seen.fetch_add(1, Ordering::SeqCst);
-                let mut buf = vec![0u8; 4096];
-                let mut read = 0;
-                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf[read..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => read += k,
-                    }
-                }
-                if n % 2 == 1 {
-                    let body = r#"{"jsonrpc":"2.0","id":1,"result":"0x7a69"}"#;
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = socket.write_all(head.as_bytes()).await;
-                    let _ = socket.write_all(body.as_bytes()).await;
+                if read_head(&mut socket).await && n % 2 == 1 {
+                    let _ = write_answer(&mut socket, "0x7a69", true).await;
                 }
             }
         });
