@@ -51,16 +51,46 @@ const TURN_WAIT: Duration = Duration::from_secs(1);
 static TURNS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(GATHERED_AT_ONCE)));
 
-/// A turn to gather a dashboard, or the 503 to answer when none came within [`TURN_WAIT`].
-async fn turn() -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+/// Instances whose dashboard is being gathered now: each holds at most one of the turns, so one
+/// token holder reloading in a loop leaves the other instances' dashboards their turns.
+static GATHERING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// An instance's dashboard being gathered (its entry in [`GATHERING`], removed on drop).
+#[derive(Debug)]
+struct Gathering(String);
+
+impl Gathering {
+    /// `None` while the instance's dashboard is already being gathered.
+    fn start(id: &str) -> Option<Gathering> {
+        let mut gathering = GATHERING.lock().unwrap_or_else(|p| p.into_inner());
+        gathering.insert(id.to_string()).then(|| Gathering(id.to_string()))
+    }
+}
+
+impl Drop for Gathering {
+    fn drop(&mut self) {
+        GATHERING.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
+    }
+}
+
+/// The 503 of a dashboard request that gets no turn.
+fn busy() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "2"), (header::CONTENT_TYPE, "text/plain")],
+        "dashboards are busy, retry in a few seconds\n",
+    )
+        .into_response()
+}
+
+/// A turn to gather instance `id`'s dashboard: none while that instance's is being gathered,
+/// else one of the [`GATHERED_AT_ONCE`] within [`TURN_WAIT`]; otherwise the 503 to answer.
+async fn turn(id: &str) -> Result<(Gathering, tokio::sync::OwnedSemaphorePermit), Response> {
+    let mine = Gathering::start(id).ok_or_else(busy)?;
     match tokio::time::timeout(TURN_WAIT, TURNS.clone().acquire_owned()).await {
-        Ok(Ok(permit)) => Ok(permit),
-        _ => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "2"), (header::CONTENT_TYPE, "text/plain")],
-            "dashboards are busy, retry in a few seconds\n",
-        )
-            .into_response()),
+        Ok(Ok(permit)) => Ok((mine, permit)),
+        _ => Err(busy()),
     }
 }
 
@@ -159,7 +189,7 @@ async fn data(State(state): State<Arc<BrokerState>>, Authorized(id): Authorized)
 /// Everything the dashboard of instance `id` shows; the answer to send instead when the
 /// instance is unknown (404) or the store cannot say (503).
 async fn gather(state: &BrokerState, id: &str) -> Result<View, Response> {
-    let _turn = turn().await?;
+    let _turn = turn(id).await?;
     let instance = match tokio::time::timeout(STORE_BOUND, state.store.instance(id)).await {
         Ok(Ok(Some(instance))) if instance.state != InstanceState::Deleted => instance,
         Ok(Ok(_)) => return Err(not_found()),
@@ -300,16 +330,33 @@ fn cache_of(route: &crate::gateway::InstanceRoute) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
 
+    /// The tests of the turns, one at a time: the turns are the process's.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// While every turn is taken, a dashboard request waits a bounded time, then gets 503 with
     /// `Retry-After`; a turn given back serves the next one.
     #[tokio::test]
     async fn dashboards_gathered_at_once_are_bounded_and_the_rest_are_told_to_retry() {
+        let _serial = SERIAL.lock().await;
         let all = TURNS.clone().acquire_many_owned(GATHERED_AT_ONCE as u32).await.unwrap();
-        let refused = turn().await.expect_err("every turn is taken");
+        let refused = turn("turns-a").await.expect_err("every turn is taken");
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers()[header::RETRY_AFTER], "2");
         drop(all);
-        assert!(turn().await.is_ok());
+        assert!(turn("turns-a").await.is_ok());
+    }
+
+    /// An instance's dashboard gathered twice at once takes one turn: the second request is told
+    /// to retry at once, and another instance's dashboard is served meanwhile.
+    #[tokio::test]
+    async fn one_instance_holds_at_most_one_turn() {
+        let _serial = SERIAL.lock().await;
+        let first = turn("share-a").await.expect("a turn");
+        let again = turn("share-a").await.expect_err("the instance's dashboard is being gathered");
+        assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(turn("share-b").await.is_ok(), "another instance is served");
+        drop(first);
+        assert!(turn("share-a").await.is_ok(), "the turn is given back");
     }
 
     #[test]
